@@ -1,0 +1,293 @@
+//! One backend: its address and the live state the balancer, health checks and admin share.
+
+use http::Uri;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Consecutive results that flip a backend between healthy and unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive failures that mark a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark an unhealthy backend healthy.
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthPolicy {
+    /// Three failures down, two successes up.
+    fn default() -> Self {
+        HealthPolicy {
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// A change of health caused by one recorded result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The backend stays as it was.
+    None,
+    /// The backend just became unhealthy.
+    Down,
+    /// The backend just became healthy.
+    Up,
+}
+
+/// A backend that routes send requests to. Several routes listing the same URL share one.
+#[derive(Debug)]
+pub struct Backend {
+    url: Uri,
+    url_text: Arc<str>,
+    policy: HealthPolicy,
+    state: BackendState,
+}
+
+/// Live counters and health of a backend.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    unhealthy: AtomicBool,
+    in_flight: AtomicU64,
+    total: AtomicU64,
+    failures_total: AtomicU64,
+    consecutive_failures: AtomicU32,
+    consecutive_successes: AtomicU32,
+    last_check_ms: AtomicU64,
+    last_transition_ms: AtomicU64,
+    // Written only by health probes and failed forwards, never on a successful request.
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of a backend's state at one moment, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSnapshot {
+    /// Backend URL as configured.
+    pub url: String,
+    /// Whether the balancer picks it.
+    pub healthy: bool,
+    /// Requests being forwarded to it now.
+    pub in_flight: u64,
+    /// Requests forwarded to it since start.
+    pub total_requests: u64,
+    /// Failed forwards and probes since start.
+    pub total_failures: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Successes since the last failure.
+    pub consecutive_successes: u32,
+    /// Time of the last probe, in milliseconds since the Unix epoch; `None` before the first.
+    pub last_check_ms: Option<u64>,
+    /// Time health last changed, in milliseconds since the Unix epoch; `None` if never.
+    pub last_transition_ms: Option<u64>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+}
+
+impl Backend {
+    /// Creates a healthy backend for `url` with zeroed counters.
+    pub fn new(url: Uri, policy: HealthPolicy) -> Backend {
+        let text = url.to_string();
+        let text = text.strip_suffix('/').filter(|_| url.path() == "/").unwrap_or(&text);
+        Backend {
+            url_text: Arc::from(text),
+            url,
+            policy,
+            state: BackendState::default(),
+        }
+    }
+
+    /// Base URL of the backend.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// Base URL as text, shared so that request records can hold it without copying.
+    pub fn url_text(&self) -> &Arc<str> {
+        &self.url_text
+    }
+
+    /// Thresholds of the health state machine.
+    pub fn policy(&self) -> HealthPolicy {
+        self.policy
+    }
+
+    /// Returns whether the balancer may pick this backend.
+    pub fn is_healthy(&self) -> bool {
+        !self.state.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as started; the returned guard counts it as finished when dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.state.total.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Records a successful probe or exchange and returns the health change it caused.
+    pub fn record_success(&self) -> Transition {
+        let state = &self.state;
+        // A success on a healthy backend with no failure streak changes nothing; skipping
+        // the stores keeps the shared cache line clean on the request path.
+        if !state.unhealthy.load(Ordering::Relaxed)
+            && state.consecutive_failures.load(Ordering::Relaxed) == 0
+        {
+            return Transition::None;
+        }
+        state.consecutive_failures.store(0, Ordering::Relaxed);
+        let successes = state.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if successes >= self.policy.healthy_threshold
+            && state.unhealthy.swap(false, Ordering::Relaxed)
+        {
+            state.last_transition_ms.store(now_ms(), Ordering::Relaxed);
+            return Transition::Up;
+        }
+        Transition::None
+    }
+
+    /// Records a failed probe or connection with its message and returns the health change
+    /// it caused.
+    pub fn record_failure(&self, error: &str) -> Transition {
+        let state = &self.state;
+        state.failures_total.fetch_add(1, Ordering::Relaxed);
+        state.consecutive_successes.store(0, Ordering::Relaxed);
+        if let Ok(mut last) = state.last_error.lock() {
+            *last = Some(error.to_owned());
+        }
+        let failures = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.policy.unhealthy_threshold
+            && !state.unhealthy.swap(true, Ordering::Relaxed)
+        {
+            state.last_transition_ms.store(now_ms(), Ordering::Relaxed);
+            return Transition::Down;
+        }
+        Transition::None
+    }
+
+    /// Stores the time of a probe, for reports.
+    pub fn mark_checked(&self) {
+        self.state.last_check_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Copies the backend's state for a report.
+    pub fn snapshot(&self) -> BackendSnapshot {
+        let state = &self.state;
+        let optional = |value: u64| (value != 0).then_some(value);
+        BackendSnapshot {
+            url: self.url_text.to_string(),
+            healthy: self.is_healthy(),
+            in_flight: state.in_flight.load(Ordering::Relaxed),
+            total_requests: state.total.load(Ordering::Relaxed),
+            total_failures: state.failures_total.load(Ordering::Relaxed),
+            consecutive_failures: state.consecutive_failures.load(Ordering::Relaxed),
+            consecutive_successes: state.consecutive_successes.load(Ordering::Relaxed),
+            last_check_ms: optional(state.last_check_ms.load(Ordering::Relaxed)),
+            last_transition_ms: optional(state.last_transition_ms.load(Ordering::Relaxed)),
+            last_error: state.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+}
+
+/// An in-flight request on a backend; dropping it counts the request as finished.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    /// The backend the request went to.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(unhealthy: u32, healthy: u32) -> Backend {
+        let policy = HealthPolicy {
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+        };
+        Backend::new(Uri::from_static("http://127.0.0.1:9001"), policy)
+    }
+
+    #[test]
+    fn url_text_drops_root_slash() {
+        assert_eq!(&**backend(1, 1).url_text(), "http://127.0.0.1:9001");
+        let prefixed = Backend::new(Uri::from_static("http://h:1/v1"), HealthPolicy::default());
+        assert_eq!(&**prefixed.url_text(), "http://h:1/v1");
+    }
+
+    #[test]
+    fn goes_down_after_threshold() {
+        let b = backend(3, 2);
+        assert_eq!(b.record_failure("refused"), Transition::None);
+        assert_eq!(b.record_failure("refused"), Transition::None);
+        assert!(b.is_healthy());
+        assert_eq!(b.record_failure("refused"), Transition::Down);
+        assert!(!b.is_healthy());
+        assert_eq!(b.record_failure("refused"), Transition::None);
+        assert_eq!(b.snapshot().consecutive_failures, 4);
+        assert_eq!(b.snapshot().last_error.as_deref(), Some("refused"));
+    }
+
+    #[test]
+    fn comes_back_after_threshold() {
+        let b = backend(1, 2);
+        assert_eq!(b.record_failure("timeout"), Transition::Down);
+        assert_eq!(b.record_success(), Transition::None);
+        assert!(!b.is_healthy());
+        assert_eq!(b.record_success(), Transition::Up);
+        assert!(b.is_healthy());
+        assert!(b.snapshot().last_transition_ms.is_some());
+    }
+
+    #[test]
+    fn success_resets_failure_streak() {
+        let b = backend(3, 1);
+        b.record_failure("x");
+        b.record_failure("x");
+        b.record_success();
+        assert_eq!(b.record_failure("x"), Transition::None);
+        assert_eq!(b.record_failure("x"), Transition::None);
+        assert!(b.is_healthy());
+        assert_eq!(b.record_failure("x"), Transition::Down);
+    }
+
+    #[test]
+    fn flapping_never_reaches_threshold() {
+        let b = backend(2, 2);
+        for _ in 0..10 {
+            assert_eq!(b.record_failure("x"), Transition::None);
+            assert_eq!(b.record_success(), Transition::None);
+        }
+        assert!(b.is_healthy());
+    }
+
+    #[test]
+    fn in_flight_guard_counts() {
+        let b = Arc::new(backend(1, 1));
+        let first = b.start_request();
+        let second = b.start_request();
+        assert_eq!(b.snapshot().in_flight, 2);
+        drop(first);
+        assert_eq!(b.snapshot().in_flight, 1);
+        drop(second);
+        let snapshot = b.snapshot();
+        assert_eq!(snapshot.in_flight, 0);
+        assert_eq!(snapshot.total_requests, 2);
+    }
+}

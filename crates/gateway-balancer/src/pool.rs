@@ -1,0 +1,213 @@
+//! A route's backend pool and its smooth weighted round-robin pick.
+//!
+//! The pick follows the smooth weighted round-robin that NGINX uses: each round every backend's
+//! current weight grows by its weight, the largest is picked and lowered by the total. Weights
+//! 2 and 1 give A, B, A rather than A, A, B. The order only depends on the weights, so it is
+//! computed once when the pool is built, and a pick is one atomic increment and an index.
+
+use crate::backend::Backend;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A route's backends with their weights.
+#[derive(Debug)]
+pub struct Pool {
+    backends: Vec<Arc<Backend>>,
+    weights: Vec<u32>,
+    // One full cycle of the smooth weighted round-robin order, as indexes into `backends`.
+    order: Box<[u32]>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Builds a pool from backends and their weights. A weight of 0 is treated as 1.
+    pub fn new(entries: Vec<(Arc<Backend>, u32)>) -> Pool {
+        let (backends, weights): (Vec<_>, Vec<_>) =
+            entries.into_iter().map(|(b, w)| (b, w.max(1))).unzip();
+        let order = smooth_order(&weights).into_boxed_slice();
+        Pool {
+            backends,
+            weights,
+            order,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks the next healthy backend in weighted order, or `None` when none is healthy.
+    ///
+    /// An unhealthy backend's turn goes to the next healthy backend in the order, so the
+    /// healthy ones keep their relative weights only approximately while another is down.
+    pub fn pick(&self) -> Option<&Arc<Backend>> {
+        self.pick_where(|_| true)
+    }
+
+    /// Picks the next healthy backend other than `exclude`, for a retry.
+    pub fn pick_other(&self, exclude: &Backend) -> Option<&Arc<Backend>> {
+        self.pick_where(|b| !std::ptr::eq(b, exclude))
+    }
+
+    fn pick_where(&self, allowed: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
+        let len = self.order.len();
+        if len == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for step in 0..len {
+            let backend = &self.backends[self.order[(start + step) % len] as usize];
+            if backend.is_healthy() && allowed(backend) {
+                return Some(backend);
+            }
+            // After one miss, give up at once when no backend could serve.
+            if step == 0 && !self.backends.iter().any(|b| b.is_healthy() && allowed(b)) {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// The backends with their weights, in configured order.
+    pub fn backends(&self) -> impl Iterator<Item = (&Arc<Backend>, u32)> {
+        self.backends.iter().zip(self.weights.iter().copied())
+    }
+
+    /// Returns whether at least one backend is healthy.
+    pub fn has_healthy(&self) -> bool {
+        self.backends.iter().any(|b| b.is_healthy())
+    }
+}
+
+/// Computes one cycle of smooth weighted round-robin over `weights`, reduced by their common
+/// divisor so that the cycle is as short as possible.
+fn smooth_order(weights: &[u32]) -> Vec<u32> {
+    let divisor = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::HealthPolicy;
+    use http::Uri;
+
+    fn pool(weights: &[u32]) -> Pool {
+        let policy = HealthPolicy {
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+        };
+        Pool::new(
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let url: Uri = format!("http://127.0.0.1:{}", 9001 + i).parse().unwrap();
+                    (Arc::new(Backend::new(url, policy)), w)
+                })
+                .collect(),
+        )
+    }
+
+    fn picks(pool: &Pool, n: usize) -> Vec<u16> {
+        (0..n)
+            .map(|_| pool.pick().unwrap().url().port_u16().unwrap() - 9001)
+            .collect()
+    }
+
+    #[test]
+    fn two_to_one_interleaves() {
+        let pool = pool(&[2, 1]);
+        assert_eq!(picks(&pool, 6), [0, 1, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn two_to_one_exact_every_cycle() {
+        let pool = pool(&[2, 1]);
+        for _ in 0..10 {
+            let window = picks(&pool, 30);
+            assert_eq!(window.iter().filter(|&&i| i == 0).count(), 20);
+            assert_eq!(window.iter().filter(|&&i| i == 1).count(), 10);
+        }
+    }
+
+    #[test]
+    fn equal_weights_alternate() {
+        let pool = pool(&[1, 1, 1]);
+        assert_eq!(picks(&pool, 6), [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn order_matches_nginx_example() {
+        // Weights 5, 1, 1 give a, a, b, a, c, a, a in NGINX's smooth round-robin.
+        assert_eq!(smooth_order(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn common_divisor_shortens_cycle() {
+        assert_eq!(smooth_order(&[200, 100]), [0, 1, 0]);
+    }
+
+    #[test]
+    fn unhealthy_backend_is_skipped() {
+        let pool = pool(&[2, 1]);
+        let (second, _) = pool.backends().nth(1).unwrap();
+        second.record_failure("refused");
+        assert!(picks(&pool, 30).iter().all(|&i| i == 0));
+        second.record_success();
+        assert_eq!(picks(&pool, 30).iter().filter(|&&i| i == 1).count(), 10);
+    }
+
+    #[test]
+    fn all_unhealthy_gives_none() {
+        let pool = pool(&[1, 1]);
+        for (backend, _) in pool.backends() {
+            backend.record_failure("refused");
+        }
+        assert!(pool.pick().is_none());
+        assert!(!pool.has_healthy());
+    }
+
+    #[test]
+    fn pick_other_avoids_excluded() {
+        let pool = pool(&[1, 1]);
+        let first = Arc::clone(pool.pick().unwrap());
+        for _ in 0..10 {
+            let other = pool.pick_other(&first).unwrap();
+            assert!(!Arc::ptr_eq(other, &first));
+        }
+        let single = self::pool(&[1]);
+        let only = Arc::clone(single.pick().unwrap());
+        assert!(single.pick_other(&only).is_none());
+    }
+
+    #[test]
+    fn concurrent_picks_keep_weights() {
+        let pool = Arc::new(pool(&[2, 1]));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || picks(&pool, 3_000))
+            })
+            .collect();
+        let all: Vec<u16> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert_eq!(all.iter().filter(|&&i| i == 0).count(), 8_000);
+        assert_eq!(all.iter().filter(|&&i| i == 1).count(), 4_000);
+    }
+}

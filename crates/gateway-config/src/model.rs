@@ -1,0 +1,436 @@
+//! The configuration file's sections, each with its defaults.
+//!
+//! Every struct rejects unknown fields and fills missing ones from its `Default`, so a file with
+//! one route is a complete configuration.
+
+use crate::duration;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The listener and its timeouts.
+    pub server: ServerConfig,
+    /// How the gateway connects to backends.
+    pub proxy: ProxyConfig,
+    /// The routes, matched by path.
+    pub routes: Vec<RouteConfig>,
+    /// The default rate limit; a route may override it.
+    pub rate_limiting: RateLimitConfig,
+    /// The default CORS policy; a route may override it.
+    pub cors: CorsConfig,
+    /// The default active health check; a route may override it.
+    pub health_check: HealthCheckConfig,
+    /// The SQLite request log.
+    pub request_log: RequestLogConfig,
+    /// Process logs and the per-request access line.
+    pub logging: LoggingConfig,
+}
+
+/// The listener and its timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `0.0.0.0`.
+    pub host: String,
+    /// TCP port to listen on. Default 8080.
+    pub port: u16,
+    /// Maximum time to read a request head. Default 30s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub read_timeout: Duration,
+    /// Maximum time to send a response, from the end of the request head. Default 30s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub write_timeout: Duration,
+    /// Time an idle keep-alive client connection stays open. Default 60s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Time in-flight requests get to finish after a stop signal. Default 10s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub shutdown_timeout: Duration,
+    /// Runtime worker threads. Default: one per CPU core.
+    pub workers: Option<usize>,
+    /// Peers whose `X-Forwarded-For` is trusted, as CIDRs. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".to_owned(),
+            port: 8080,
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+            workers: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// How the gateway connects to backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Maximum time to open a TCP connection to a backend. Default 5s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    /// Maximum time from sending a request to receiving the backend's response head.
+    /// Default 30s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub response_timeout: Duration,
+    /// Time an idle pooled backend connection is kept. Default 90s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub pool_idle_timeout: Duration,
+    /// Maximum idle pooled connections per backend. Default 256.
+    pub pool_max_idle_per_backend: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_backend: 256,
+        }
+    }
+}
+
+/// One route: a path pattern, the methods it accepts and its backend pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path pattern: `:name` matches one segment and a final `*name` matches the rest.
+    pub path: String,
+    /// The backend pool.
+    pub backends: Vec<BackendConfig>,
+    /// Accepted methods. Default: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Send the client's `Host` header to the backend instead of the backend's authority.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Fields that replace the top-level `health_check` for this route's backends.
+    #[serde(default)]
+    pub health_check: HealthCheckOverride,
+    /// Fields that replace the top-level `rate_limiting` for this route.
+    #[serde(default)]
+    pub rate_limiting: RateLimitOverride,
+    /// Fields that replace the top-level `cors` for this route.
+    #[serde(default)]
+    pub cors: CorsOverride,
+}
+
+/// One backend of a route's pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL, `http://host:port` with an optional path prefix.
+    pub url: String,
+    /// Share of the route's requests relative to the other backends. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Which requests share one rate-limit bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// One bucket per client IP address.
+    ClientIp,
+    /// One bucket for all clients.
+    Global,
+}
+
+/// A token-bucket rate limit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Whether the limit applies. Default false.
+    pub enabled: bool,
+    /// Tokens added per second. Default 100.
+    pub requests_per_second: u32,
+    /// Bucket size: requests an idle client may send at once. Default 50.
+    pub burst: u32,
+    /// Bucket key. Default `client_ip`.
+    pub key: RateLimitKey,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: false,
+            requests_per_second: 100,
+            burst: 50,
+            key: RateLimitKey::ClientIp,
+        }
+    }
+}
+
+/// A route's replacements for fields of [`RateLimitConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitOverride {
+    /// Replaces `enabled`.
+    pub enabled: Option<bool>,
+    /// Replaces `requests_per_second`.
+    pub requests_per_second: Option<u32>,
+    /// Replaces `burst`.
+    pub burst: Option<u32>,
+    /// Replaces `key`.
+    pub key: Option<RateLimitKey>,
+}
+
+impl RateLimitOverride {
+    /// Returns `base` with this override's fields applied.
+    pub fn apply(&self, base: &RateLimitConfig) -> RateLimitConfig {
+        RateLimitConfig {
+            enabled: self.enabled.unwrap_or(base.enabled),
+            requests_per_second: self.requests_per_second.unwrap_or(base.requests_per_second),
+            burst: self.burst.unwrap_or(base.burst),
+            key: self.key.unwrap_or(base.key),
+        }
+    }
+
+    /// Returns true when no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.enabled.is_none()
+            && self.requests_per_second.is_none()
+            && self.burst.is_none()
+            && self.key.is_none()
+    }
+}
+
+/// A CORS policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Whether CORS headers are added and preflights answered. Default false.
+    pub enabled: bool,
+    /// Allowed origins, or `*` for any. Default `["*"]`.
+    pub allowed_origins: Vec<String>,
+    /// Methods allowed in preflights. Default GET, POST, PUT, DELETE.
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed in preflights, or `*`. Default `Content-Type`, `Authorization`.
+    pub allowed_headers: Vec<String>,
+    /// Response headers exposed to scripts. Default none.
+    pub exposed_headers: Vec<String>,
+    /// Whether credentialed requests are allowed. Default false.
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer. Default 10m.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            enabled: false,
+            allowed_origins: vec!["*".to_owned()],
+            allowed_methods: ["GET", "POST", "PUT", "DELETE"].map(String::from).to_vec(),
+            allowed_headers: ["Content-Type", "Authorization"].map(String::from).to_vec(),
+            exposed_headers: Vec::new(),
+            allow_credentials: false,
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A route's replacements for fields of [`CorsConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsOverride {
+    /// Replaces `enabled`.
+    pub enabled: Option<bool>,
+    /// Replaces `allowed_origins`.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Replaces `allowed_methods`.
+    pub allowed_methods: Option<Vec<String>>,
+    /// Replaces `allowed_headers`.
+    pub allowed_headers: Option<Vec<String>>,
+    /// Replaces `exposed_headers`.
+    pub exposed_headers: Option<Vec<String>>,
+    /// Replaces `allow_credentials`.
+    pub allow_credentials: Option<bool>,
+    /// Replaces `max_age`.
+    #[serde(deserialize_with = "duration::option::deserialize")]
+    pub max_age: Option<Duration>,
+}
+
+impl CorsOverride {
+    /// Returns `base` with this override's fields applied.
+    pub fn apply(&self, base: &CorsConfig) -> CorsConfig {
+        CorsConfig {
+            enabled: self.enabled.unwrap_or(base.enabled),
+            allowed_origins: pick(&self.allowed_origins, &base.allowed_origins),
+            allowed_methods: pick(&self.allowed_methods, &base.allowed_methods),
+            allowed_headers: pick(&self.allowed_headers, &base.allowed_headers),
+            exposed_headers: pick(&self.exposed_headers, &base.exposed_headers),
+            allow_credentials: self.allow_credentials.unwrap_or(base.allow_credentials),
+            max_age: self.max_age.unwrap_or(base.max_age),
+        }
+    }
+}
+
+fn pick(value: &Option<Vec<String>>, base: &[String]) -> Vec<String> {
+    value.clone().unwrap_or_else(|| base.to_vec())
+}
+
+/// An active health check of each backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// Whether backends are probed. Default true.
+    pub enabled: bool,
+    /// Path requested with `GET` on the backend. Default `/health`.
+    pub path: String,
+    /// Time between probes. Default 10s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub interval: Duration,
+    /// Maximum time for one probe. Default 2s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+    /// Consecutive failures that mark a healthy backend unhealthy. Default 3.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark an unhealthy backend healthy. Default 2.
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            enabled: true,
+            path: "/health".to_owned(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// A route's replacements for fields of [`HealthCheckConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckOverride {
+    /// Replaces `enabled`.
+    pub enabled: Option<bool>,
+    /// Replaces `path`.
+    pub path: Option<String>,
+    /// Replaces `interval`.
+    #[serde(deserialize_with = "duration::option::deserialize")]
+    pub interval: Option<Duration>,
+    /// Replaces `timeout`.
+    #[serde(deserialize_with = "duration::option::deserialize")]
+    pub timeout: Option<Duration>,
+    /// Replaces `unhealthy_threshold`.
+    pub unhealthy_threshold: Option<u32>,
+    /// Replaces `healthy_threshold`.
+    pub healthy_threshold: Option<u32>,
+}
+
+impl HealthCheckOverride {
+    /// Returns `base` with this override's fields applied.
+    pub fn apply(&self, base: &HealthCheckConfig) -> HealthCheckConfig {
+        HealthCheckConfig {
+            enabled: self.enabled.unwrap_or(base.enabled),
+            path: self.path.clone().unwrap_or_else(|| base.path.clone()),
+            interval: self.interval.unwrap_or(base.interval),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            unhealthy_threshold: self.unhealthy_threshold.unwrap_or(base.unhealthy_threshold),
+            healthy_threshold: self.healthy_threshold.unwrap_or(base.healthy_threshold),
+        }
+    }
+}
+
+/// The SQLite request log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLogConfig {
+    /// Whether requests are recorded. Default true.
+    pub enabled: bool,
+    /// SQLite database file; its folder is created when missing. Default `data/gateway.db`.
+    pub database: PathBuf,
+    /// Maximum rows written in one transaction. Default 512.
+    pub batch_size: usize,
+    /// Maximum time a row waits before its batch is written. Default 1s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub flush_interval: Duration,
+    /// Rows that may wait for the writer; more are dropped and counted. Default 65536.
+    pub queue_capacity: usize,
+    /// Age after which rows are deleted. Default 7d.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub retention: Duration,
+}
+
+impl Default for RequestLogConfig {
+    fn default() -> Self {
+        RequestLogConfig {
+            enabled: true,
+            database: PathBuf::from("data/gateway.db"),
+            batch_size: 512,
+            flush_interval: Duration::from_secs(1),
+            queue_capacity: 65_536,
+            retention: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// Format of the process's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Process logs and the per-request access line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Line format. Default `text`.
+    pub format: LogFormat,
+    /// Whether each request prints an access line on stdout. Default true.
+    pub access_log: bool,
+    /// Default log filter, in `RUST_LOG` syntax; `RUST_LOG` replaces it. Default `info`.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            access_log: true,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl RouteConfig {
+    /// Returns this route's health check: the top-level one with the route's fields applied.
+    pub fn effective_health_check(&self, base: &HealthCheckConfig) -> HealthCheckConfig {
+        self.health_check.apply(base)
+    }
+
+    /// Returns this route's rate limit: the top-level one with the route's fields applied.
+    pub fn effective_rate_limit(&self, base: &RateLimitConfig) -> RateLimitConfig {
+        self.rate_limiting.apply(base)
+    }
+
+    /// Returns this route's CORS policy: the top-level one with the route's fields applied.
+    pub fn effective_cors(&self, base: &CorsConfig) -> CorsConfig {
+        self.cors.apply(base)
+    }
+}
