@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Consecutive results that flip a backend between healthy and unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {
@@ -39,6 +41,7 @@ pub enum Transition {
 /// A backend that routes send requests to. Several routes listing the same URL share one.
 #[derive(Debug)]
 pub struct Backend {
+    id: u64,
     url: Uri,
     url_text: Arc<str>,
     policy: HealthPolicy,
@@ -91,11 +94,18 @@ impl Backend {
         let text = url.to_string();
         let text = text.strip_suffix('/').filter(|_| url.path() == "/").unwrap_or(&text);
         Backend {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             url_text: Arc::from(text),
             url,
             policy,
             state: BackendState::default(),
         }
+    }
+
+    /// Identifier unique among all backends created by this process, for keying per-backend
+    /// caches such as connection pools.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Base URL of the backend.

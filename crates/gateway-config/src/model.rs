@@ -39,15 +39,13 @@ pub struct ServerConfig {
     pub host: String,
     /// TCP port to listen on. Default 8080.
     pub port: u16,
-    /// Maximum time to read a request head. Default 30s.
+    /// Maximum time to receive a request head. On a keep-alive connection the time runs from
+    /// the end of the previous response, so it also closes idle connections. Default 30s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub read_timeout: Duration,
     /// Maximum time to send a response, from the end of the request head. Default 30s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub write_timeout: Duration,
-    /// Time an idle keep-alive client connection stays open. Default 60s.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub idle_timeout: Duration,
     /// Time in-flight requests get to finish after a stop signal. Default 10s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub shutdown_timeout: Duration,
@@ -64,7 +62,6 @@ impl Default for ServerConfig {
             port: 8080,
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             workers: None,
             trusted_proxies: Vec::new(),

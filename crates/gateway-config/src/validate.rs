@@ -55,7 +55,6 @@ impl Config {
         }
         problems.positive("server.read_timeout", server.read_timeout);
         problems.positive("server.write_timeout", server.write_timeout);
-        problems.positive("server.idle_timeout", server.idle_timeout);
         problems.positive("server.shutdown_timeout", server.shutdown_timeout);
         if server.workers == Some(0) {
             problems.push("server.workers", "must be at least 1, or left out for one per CPU core");

@@ -64,7 +64,6 @@ fn minimal_file_gets_defaults() {
     let config = Config::from_yaml(text, "min.yaml").unwrap();
     assert_eq!(config.server.host, "0.0.0.0");
     assert_eq!(config.server.port, 8080);
-    assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
     assert_eq!(config.routes[0].backends[0].weight, 1);
     assert!(config.routes[0].methods.is_empty());
     assert!(!config.rate_limiting.enabled);

@@ -1,1 +1,30 @@
-//! placeholder
+//! The proxy: the route table, header rules, pooled backend connections and forwarding with
+//! streamed bodies.
+//!
+//! A request reaches [`Forward`] after the gateway matched its route with [`RouteTable`]. The
+//! forwarder picks a backend from the route's pool, rewrites the headers, sends the request on a
+//! pooled connection and streams the response back as a [`ProxyBody`]. Every failure becomes a
+//! [`ProxyError`] that says which side failed, and [`ProxyError::status`] maps it to a status.
+//!
+//! # Layout
+//!
+//! - [`routes`]: the compiled route table and the per-route settings.
+//! - [`headers`]: hop-by-hop headers, forwarding headers and the backend URI.
+//! - [`client`]: backend connections, pooled per worker thread.
+//! - [`forward`]: the per-route forwarding service and its retry.
+//! - [`body`]: the response body type shared with the middleware.
+//! - [`error`]: [`ProxyError`] and the JSON error response.
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod client;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod routes;
+
+pub use body::ProxyBody;
+pub use client::BackendClient;
+pub use error::{ErrorKind, ProxyError, Side, error_response};
+pub use forward::{Forward, ForwardInfo};
+pub use routes::{Route, RouteMatch, RouteTable};

@@ -1,0 +1,187 @@
+//! Backend connections: opened with a timeout, kept alive, and pooled per worker thread.
+//!
+//! Each runtime worker thread keeps its own idle connections per backend, so checking one out
+//! or in takes no lock shared between threads. A connection goes back to the pool of the thread
+//! that finishes reading its response, and only when the response body was read to its end.
+
+use crate::error::ProxyError;
+use gateway_balancer::{Backend, InFlight};
+use gateway_config::ProxyConfig;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+type Sender = SendRequest<Incoming>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+thread_local! {
+    // Idle connections of this thread, per backend id. A handful of backends is the norm, so
+    // a vector scan beats hashing.
+    static IDLE: RefCell<Vec<(u64, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Connection settings shared by every forwarder.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendClient {
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// A backend connection in use by one request, with the backend's in-flight count.
+#[derive(Debug)]
+pub struct Lease {
+    in_flight: InFlight,
+    sender: Option<Sender>,
+    client: BackendClient,
+}
+
+impl Lease {
+    /// Ends the lease: the connection returns to this thread's pool when `reusable`.
+    pub(crate) fn finish(mut self, reusable: bool) {
+        if let Some(sender) = self.sender.take() {
+            if reusable && !sender.is_closed() {
+                self.client.check_in(self.in_flight.backend().id(), sender);
+            }
+        }
+    }
+}
+
+impl BackendClient {
+    /// Creates a client from the `proxy` section of the configuration.
+    pub fn new(config: &ProxyConfig) -> BackendClient {
+        BackendClient {
+            connect_timeout: config.connect_timeout,
+            response_timeout: config.response_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle: config.pool_max_idle_per_backend,
+        }
+    }
+
+    /// Maximum wait for a backend's response head.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// Returns a ready connection to `backend`: an idle pooled one when this thread has one,
+    /// else a new one. The flag is true for a pooled connection.
+    ///
+    /// # Errors
+    ///
+    /// Returns a retry-safe [`ProxyError`] when connecting fails or times out.
+    pub(crate) async fn connect(&self, backend: &Backend) -> Result<(Sender, bool), ProxyError> {
+        while let Some(mut sender) = self.check_out(backend.id()) {
+            // A pooled connection may still be finishing its previous response, or the
+            // backend may have closed it; waiting for readiness settles both.
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+        Ok((self.open(backend).await?, false))
+    }
+
+    /// Opens a new connection to `backend`.
+    pub(crate) async fn open(&self, backend: &Backend) -> Result<Sender, ProxyError> {
+        let timeout = self.connect_timeout;
+        match tokio::time::timeout(timeout, open_connection(backend)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::connect_timeout(timeout)),
+        }
+    }
+
+    /// Wraps an exchange's connection and in-flight count for the response body to hold.
+    pub(crate) fn lease(&self, in_flight: InFlight, sender: Sender) -> Lease {
+        Lease {
+            in_flight,
+            sender: Some(sender),
+            client: *self,
+        }
+    }
+
+    fn check_out(&self, backend_id: u64) -> Option<Sender> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let (_, list) = idle.iter_mut().find(|(id, _)| *id == backend_id)?;
+            while let Some(entry) = list.pop() {
+                if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
+                    return Some(entry.sender);
+                }
+            }
+            None
+        })
+    }
+
+    fn check_in(&self, backend_id: u64, sender: Sender) {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let position = idle.iter().position(|(id, _)| *id == backend_id);
+            let list = match position {
+                Some(i) => &mut idle[i].1,
+                None => {
+                    idle.push((backend_id, Vec::new()));
+                    let last = idle.len() - 1;
+                    &mut idle[last].1
+                }
+            };
+            if list.len() < self.max_idle {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+async fn open_connection(backend: &Backend) -> Result<Sender, ProxyError> {
+    let url = backend.url();
+    let host = url.host().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_u16().unwrap_or(80);
+
+    let stream = match host.parse() {
+        Ok(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
+        Err(_) => connect_by_name(host, port).await,
+    }
+    .map_err(ProxyError::connect)?;
+    // Requests and responses are small writes that must leave at once.
+    let _ = stream.set_nodelay(true);
+
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProxyError::connect)?;
+    let url_text = Arc::clone(backend.url_text());
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(backend = %url_text, %error, "backend connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_by_name(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no address found for {host}"),
+        )
+    }))
+}

@@ -1,0 +1,276 @@
+//! Proxy failures, the side that caused each, and the one mapping from failure to status.
+
+use crate::body::ProxyBody;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use std::fmt;
+use std::time::Duration;
+
+/// Which party a failure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something the gateway cannot serve.
+    Client,
+    /// A backend failed or could not be reached.
+    Backend,
+    /// The gateway itself failed.
+    Gateway,
+}
+
+/// What went wrong, as recorded in the request log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matches the path.
+    NoRoute,
+    /// The route does not accept the method.
+    MethodNotAllowed,
+    /// Every backend of the route is unhealthy.
+    NoHealthyBackend,
+    /// Connecting to the backend failed (refused, unreachable, reset).
+    BackendConnect,
+    /// Connecting to the backend or waiting for its response head timed out.
+    BackendTimeout,
+    /// The backend closed the connection or sent an invalid response.
+    BackendError,
+    /// The client's request body failed while it was being forwarded.
+    ClientBody,
+    /// The gateway failed for a reason of its own.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A stable snake_case name, used in the request log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::NoHealthyBackend => "no_healthy_backend",
+            ErrorKind::BackendConnect => "backend_connect",
+            ErrorKind::BackendTimeout => "backend_timeout",
+            ErrorKind::BackendError => "backend_error",
+            ErrorKind::ClientBody => "client_body",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// A failure to proxy one request.
+#[derive(Debug, thiserror::Error)]
+pub struct ProxyError {
+    kind: ErrorKind,
+    detail: Detail,
+    // True when nothing of the request reached a backend, so another backend may get it.
+    nothing_sent: bool,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+#[derive(Debug)]
+enum Detail {
+    None,
+    Timeout(Duration),
+    Allow(HeaderValue),
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.kind, &self.detail) {
+            (ErrorKind::NoRoute, _) => f.write_str("no route matches the path"),
+            (ErrorKind::MethodNotAllowed, _) => f.write_str("method not allowed on this route"),
+            (ErrorKind::NoHealthyBackend, _) => f.write_str("no healthy backend for this route"),
+            (ErrorKind::BackendConnect, _) => f.write_str("failed to connect to backend"),
+            (ErrorKind::BackendTimeout, Detail::Timeout(after)) => {
+                write!(f, "backend timed out after {after:?}")
+            }
+            (ErrorKind::BackendTimeout, _) => f.write_str("backend timed out"),
+            (ErrorKind::BackendError, _) => f.write_str("backend failed"),
+            (ErrorKind::ClientBody, _) => f.write_str("failed to read the request body"),
+            (ErrorKind::Internal, _) => f.write_str("internal gateway error"),
+        }
+    }
+}
+
+impl ProxyError {
+    /// Creates an error of `kind` with no source.
+    pub fn new(kind: ErrorKind) -> ProxyError {
+        ProxyError {
+            kind,
+            detail: Detail::None,
+            nothing_sent: false,
+            source: None,
+        }
+    }
+
+    /// A failure to open a connection to a backend: nothing was sent, so a retry is safe.
+    pub fn connect(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::BackendConnect,
+            detail: Detail::None,
+            nothing_sent: true,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A connect attempt that timed out after `after`: nothing was sent, so a retry is safe.
+    pub fn connect_timeout(after: Duration) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::BackendTimeout,
+            detail: Detail::Timeout(after),
+            nothing_sent: true,
+            source: None,
+        }
+    }
+
+    /// Creates an error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ProxyError {
+        ProxyError {
+            kind,
+            detail: Detail::None,
+            nothing_sent: false,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A backend that sent no response head within `after`.
+    pub fn timeout(after: Duration) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::BackendTimeout,
+            detail: Detail::Timeout(after),
+            nothing_sent: false,
+            source: None,
+        }
+    }
+
+    /// A method the route does not accept; `allow` lists the accepted ones.
+    pub fn method_not_allowed(allow: HeaderValue) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::MethodNotAllowed,
+            detail: Detail::Allow(allow),
+            nothing_sent: false,
+            source: None,
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Which side failed.
+    pub fn side(&self) -> Side {
+        match self.kind {
+            ErrorKind::NoRoute | ErrorKind::MethodNotAllowed | ErrorKind::ClientBody => Side::Client,
+            ErrorKind::NoHealthyBackend
+            | ErrorKind::BackendConnect
+            | ErrorKind::BackendTimeout
+            | ErrorKind::BackendError => Side::Backend,
+            ErrorKind::Internal => Side::Gateway,
+        }
+    }
+
+    /// Whether the request may go to another backend: only when nothing of it reached a
+    /// backend, which is true of failed and timed-out connects alone.
+    pub fn is_retry_safe(&self) -> bool {
+        self.nothing_sent
+    }
+
+    /// The status the client receives for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
+            ErrorKind::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::BackendConnect | ErrorKind::BackendError => StatusCode::BAD_GATEWAY,
+            ErrorKind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Builds the client's response: a small JSON body with the status and a short reason,
+    /// plus `Allow` for 405 and `Retry-After` for 503. Internal details stay out of it.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let reason = match self.side() {
+            Side::Gateway => "internal gateway error".to_owned(),
+            _ => self.to_string(),
+        };
+        let mut response = error_response(status, &reason);
+        match self.detail {
+            Detail::Allow(allow) => {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            _ if self.kind == ErrorKind::NoHealthyBackend => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(self.kind);
+        response
+    }
+}
+
+/// Builds a gateway-made JSON error response: `{"error": reason, "status": code}`.
+pub fn error_response(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": reason, "status": status.as_u16() }).to_string();
+    let mut response = Response::new(ProxyBody::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_side() {
+        let cases = [
+            (ErrorKind::NoRoute, 404, Side::Client),
+            (ErrorKind::ClientBody, 400, Side::Client),
+            (ErrorKind::NoHealthyBackend, 503, Side::Backend),
+            (ErrorKind::BackendConnect, 502, Side::Backend),
+            (ErrorKind::BackendError, 502, Side::Backend),
+            (ErrorKind::BackendTimeout, 504, Side::Backend),
+            (ErrorKind::Internal, 500, Side::Gateway),
+        ];
+        for (kind, status, side) in cases {
+            let error = ProxyError::new(kind);
+            assert_eq!(error.status().as_u16(), status, "{kind:?}");
+            assert_eq!(error.side(), side, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn only_connect_failures_retry() {
+        assert!(ProxyError::connect("refused").is_retry_safe());
+        assert!(ProxyError::connect_timeout(Duration::from_secs(1)).is_retry_safe());
+        assert!(!ProxyError::new(ErrorKind::BackendError).is_retry_safe());
+        assert!(!ProxyError::timeout(Duration::from_secs(1)).is_retry_safe());
+    }
+
+    #[test]
+    fn unavailable_response_has_retry_after() {
+        let response = ProxyError::new(ErrorKind::NoHealthyBackend).into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn internal_details_stay_hidden() {
+        let error = ProxyError::with_source(ErrorKind::Internal, "secret detail");
+        let response = error.into_response();
+        assert_eq!(response.status(), 500);
+        let body = format!("{:?}", response.body());
+        assert!(!body.contains("secret"), "{body}");
+    }
+}

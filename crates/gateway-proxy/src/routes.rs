@@ -1,0 +1,343 @@
+//! The route table: route paths compiled once into a radix tree, with each route's methods,
+//! backend pool and settings.
+
+use gateway_balancer::{Backend, HealthPolicy, Pool};
+use gateway_config::{Config, HealthCheckConfig, route_patterns};
+use http::{HeaderValue, Method, Uri};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Methods a route may accept, in the order an `Allow` header lists them.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// One route, ready for the request path.
+#[derive(Debug)]
+pub struct Route {
+    /// Position of the route in the configuration file.
+    pub index: usize,
+    /// The route's path as configured, such as `/api/users/*filepath`.
+    pub pattern: Arc<str>,
+    /// The backend pool.
+    pub pool: Pool,
+    /// Whether the client's `Host` header is forwarded.
+    pub preserve_host: bool,
+    // Bit i set when METHODS[i] is accepted; every bit set when the route lists none.
+    methods: u16,
+    allow: HeaderValue,
+    targets: Vec<Target>,
+}
+
+/// What the forwarder needs of a backend, computed once.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) backend_id: u64,
+    pub(crate) host: HeaderValue,
+    // The URL's path without its final slash, when it has one beyond "/".
+    pub(crate) prefix: Option<Arc<str>>,
+}
+
+impl Route {
+    /// Returns whether the route accepts `method`.
+    pub fn accepts(&self, method: &Method) -> bool {
+        match METHODS.iter().position(|m| m == method) {
+            Some(i) => self.methods & (1 << i) != 0,
+            None => self.methods == u16::MAX,
+        }
+    }
+
+    /// The `Allow` header value listing the accepted methods.
+    pub fn allow(&self) -> &HeaderValue {
+        &self.allow
+    }
+
+    pub(crate) fn target(&self, backend: &Backend) -> Option<&Target> {
+        self.targets.iter().find(|t| t.backend_id == backend.id())
+    }
+}
+
+/// The result of looking up a request in the route table.
+#[derive(Debug)]
+pub enum RouteMatch<'a> {
+    /// The route serves this request.
+    Found(&'a Arc<Route>),
+    /// No route matches the path.
+    NotFound,
+    /// A route matches the path but not the method.
+    MethodNotAllowed(&'a Arc<Route>),
+}
+
+/// A failure to build the route table from a validated configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteTableError {
+    /// A route path did not compile; validation normally catches this first.
+    #[error("route {path:?} is invalid: {message}")]
+    InvalidPath {
+        /// The route's path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A backend URL did not parse; validation normally catches this first.
+    #[error("backend url {url:?} is invalid")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+}
+
+/// Every route, compiled once, and the distinct backends they share.
+#[derive(Debug)]
+pub struct RouteTable {
+    router: matchit::Router<usize>,
+    routes: Vec<Arc<Route>>,
+    backends: Vec<(Arc<Backend>, HealthCheckConfig)>,
+}
+
+impl RouteTable {
+    /// Compiles the routes of `config`. Routes that list the same backend URL share one
+    /// [`Backend`], whose health check settings come from the first route that lists it.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RouteTableError`] for a path or URL that validation would have rejected.
+    pub fn new(config: &Config) -> Result<RouteTable, RouteTableError> {
+        let mut router = matchit::Router::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut by_url: HashMap<String, usize> = HashMap::new();
+        let mut backends: Vec<(Arc<Backend>, HealthCheckConfig)> = Vec::new();
+        let mut implicit = Vec::new();
+
+        for (index, route) in config.routes.iter().enumerate() {
+            let patterns = route_patterns(&route.path).map_err(|message| {
+                RouteTableError::InvalidPath {
+                    path: route.path.clone(),
+                    message,
+                }
+            })?;
+            for pattern in patterns {
+                if pattern.implicit {
+                    implicit.push((pattern.pattern, index));
+                } else if let Err(error) = router.insert(pattern.pattern, index) {
+                    return Err(RouteTableError::InvalidPath {
+                        path: route.path.clone(),
+                        message: error.to_string(),
+                    });
+                }
+            }
+
+            let health = route.effective_health_check(&config.health_check);
+            let mut entries = Vec::with_capacity(route.backends.len());
+            let mut targets = Vec::with_capacity(route.backends.len());
+            for backend in &route.backends {
+                let url: Uri = backend.url.parse().map_err(|source| RouteTableError::InvalidUrl {
+                    url: backend.url.clone(),
+                    source,
+                })?;
+                let key = url.to_string();
+                let shared = match by_url.get(&key) {
+                    Some(&i) => Arc::clone(&backends[i].0),
+                    None => {
+                        let policy = HealthPolicy {
+                            unhealthy_threshold: health.unhealthy_threshold,
+                            healthy_threshold: health.healthy_threshold,
+                        };
+                        let created = Arc::new(Backend::new(url.clone(), policy));
+                        by_url.insert(key, backends.len());
+                        backends.push((Arc::clone(&created), health.clone()));
+                        created
+                    }
+                };
+                targets.push(target_for(&shared, &url)?);
+                entries.push((shared, backend.weight));
+            }
+
+            let (methods, allow) = method_set(&route.methods);
+            routes.push(Arc::new(Route {
+                index,
+                pattern: Arc::from(route.path.as_str()),
+                pool: Pool::new(entries),
+                preserve_host: route.preserve_host,
+                methods,
+                allow,
+                targets,
+            }));
+        }
+
+        // The bare prefixes that catch-alls add go in last, so that an explicit route with the
+        // same path keeps it; a failed insert means such a route exists.
+        for (pattern, index) in implicit {
+            let _ = router.insert(pattern, index);
+        }
+
+        Ok(RouteTable {
+            router,
+            routes,
+            backends,
+        })
+    }
+
+    /// Looks up the route for `method` and `path`.
+    pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
+        let Ok(matched) = self.router.at(path) else {
+            return RouteMatch::NotFound;
+        };
+        let route = &self.routes[*matched.value];
+        if route.accepts(method) {
+            RouteMatch::Found(route)
+        } else {
+            RouteMatch::MethodNotAllowed(route)
+        }
+    }
+
+    /// The routes in configuration order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Each distinct backend once, with the health check settings it is probed with.
+    pub fn backends(&self) -> &[(Arc<Backend>, HealthCheckConfig)] {
+        &self.backends
+    }
+}
+
+fn target_for(backend: &Backend, url: &Uri) -> Result<Target, RouteTableError> {
+    let authority = url.authority().map_or("", |a| a.as_str());
+    let host = HeaderValue::from_str(authority).map_err(|_| RouteTableError::InvalidPath {
+        path: url.to_string(),
+        message: "the backend authority is not a valid Host header".to_owned(),
+    })?;
+    let path = url.path().trim_end_matches('/');
+    Ok(Target {
+        backend_id: backend.id(),
+        host,
+        prefix: (!path.is_empty()).then(|| Arc::from(path)),
+    })
+}
+
+fn method_set(methods: &[String]) -> (u16, HeaderValue) {
+    let mut bits = 0u16;
+    for method in methods {
+        if let Some(i) = METHODS.iter().position(|m| m.as_str() == method) {
+            bits |= 1 << i;
+        }
+    }
+    if methods.is_empty() {
+        bits = u16::MAX;
+    }
+    let listed: Vec<&str> = METHODS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, m)| m.as_str())
+        .collect();
+    let allow = HeaderValue::from_str(&listed.join(", "))
+        .unwrap_or_else(|_| HeaderValue::from_static("GET"));
+    (bits, allow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let text = r#"
+routes:
+  - path: "/api/users/*filepath"
+    backends:
+      - url: "http://127.0.0.1:9001"
+        weight: 2
+      - url: "http://127.0.0.1:9002"
+    methods: ["GET", "POST", "PUT", "DELETE"]
+  - path: "/api/orders/*filepath"
+    backends:
+      - url: "http://127.0.0.1:9003"
+      - url: "http://127.0.0.1:9001"
+  - path: "/items/:id/detail"
+    backends:
+      - url: "http://127.0.0.1:9001/v1/"
+"#;
+        RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap()
+    }
+
+    fn found(table: &RouteTable, method: Method, path: &str) -> Option<usize> {
+        match table.find(&method, path) {
+            RouteMatch::Found(route) => Some(route.index),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn route_matching_table() {
+        let table = table();
+        let cases: [(&str, Option<usize>); 12] = [
+            ("/api/users", Some(0)),
+            ("/api/users/", Some(0)),
+            ("/api/users/1", Some(0)),
+            ("/api/users/1/orders", Some(0)),
+            ("/api/usersX", None),
+            ("/api/user", None),
+            ("/api/orders/7", Some(1)),
+            ("/api/orders", Some(1)),
+            ("/items/5/detail", Some(2)),
+            ("/items/5", None),
+            ("/items/5/detail/more", None),
+            ("/", None),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(found(&table, Method::GET, path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn excluded_method_is_not_allowed() {
+        let table = table();
+        match table.find(&Method::PATCH, "/api/users/1") {
+            RouteMatch::MethodNotAllowed(route) => {
+                assert_eq!(route.allow(), "GET, POST, PUT, DELETE");
+            }
+            other => panic!("expected 405, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn route_without_methods_accepts_any() {
+        let table = table();
+        assert_eq!(found(&table, Method::PATCH, "/api/orders/1"), Some(1));
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(found(&table, custom, "/api/orders/1"), Some(1));
+    }
+
+    #[test]
+    fn shared_backend_is_one_instance() {
+        let table = table();
+        assert_eq!(table.backends().len(), 4);
+        let users = table.routes()[0].pool.backends().next().unwrap().0;
+        let orders = table.routes()[1].pool.backends().nth(1).unwrap().0;
+        let prefixed = table.routes()[2].pool.backends().next().unwrap().0;
+        assert!(Arc::ptr_eq(users, orders), "same URL shares one backend");
+        assert!(!Arc::ptr_eq(users, prefixed), "a path prefix makes another backend");
+    }
+
+    #[test]
+    fn target_keeps_path_prefix() {
+        let table = table();
+        let route = &table.routes()[2];
+        let backend = route.pool.backends().next().unwrap().0;
+        let target = route.target(backend).unwrap();
+        assert_eq!(target.prefix.as_deref(), Some("/v1"));
+        assert_eq!(target.host, "127.0.0.1:9001");
+    }
+}
