@@ -1,0 +1,166 @@
+//! Request ids: a client's `X-Request-Id` is kept, a missing or unusable one is generated, and
+//! the id goes to the backend and back on the response.
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::task::{Context, Poll, ready};
+use tower::{Layer, Service};
+
+/// The `X-Request-Id` header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-sent id that is kept; a longer one is replaced.
+const MAX_ID_LEN: usize = 128;
+
+/// A random value per process, so ids from different runs differ.
+static PROCESS_PREFIX: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Generates a new request id: 32 hex digits, unique within the process.
+pub fn generate() -> HeaderValue {
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut text = [0u8; 32];
+    write_hex(&mut text[..16], *PROCESS_PREFIX);
+    write_hex(&mut text[16..], count);
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn write_hex(out: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = DIGITS[((value >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+fn is_usable(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Layer that applies [`RequestId`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
+    }
+}
+
+/// Keeps or assigns `X-Request-Id` on the request and copies it onto the response.
+///
+/// A client id of 1 to 128 visible ASCII characters is kept; any other is replaced.
+#[derive(Debug, Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestId<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let id = match request.headers().get(&X_REQUEST_ID) {
+            Some(value) if is_usable(value) => value.clone(),
+            _ => {
+                let value = generate();
+                request.headers_mut().insert(&X_REQUEST_ID, value.clone());
+                value
+            }
+        };
+        ResponseFuture {
+            inner: self.inner.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`RequestId`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            response.headers_mut().insert(&X_REQUEST_ID, id);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    async fn run(request: Request<()>) -> (Option<HeaderValue>, Response<()>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let recorder = std::sync::Arc::clone(&seen);
+        let service = RequestIdLayer.layer(tower::service_fn(move |request: Request<()>| {
+            *recorder.lock().unwrap() = request.headers().get(&X_REQUEST_ID).cloned();
+            async { Ok::<_, Infallible>(Response::new(())) }
+        }));
+        let response = service.oneshot(request).await.unwrap();
+        let forwarded = seen.lock().unwrap().clone();
+        (forwarded, response)
+    }
+
+    #[tokio::test]
+    async fn client_id_is_kept() {
+        let request = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+        let (forwarded, response) = run(request).await;
+        assert_eq!(forwarded.unwrap(), "abc-123");
+        assert_eq!(response.headers()["x-request-id"], "abc-123");
+    }
+
+    #[tokio::test]
+    async fn missing_id_is_generated() {
+        let (forwarded, response) = run(Request::new(())).await;
+        let forwarded = forwarded.unwrap();
+        assert_eq!(forwarded.len(), 32);
+        assert_eq!(response.headers()["x-request-id"], forwarded);
+    }
+
+    #[tokio::test]
+    async fn unusable_id_is_replaced() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        for bad in ["has space", long.as_str(), ""] {
+            let request = Request::builder().header("x-request-id", bad).body(()).unwrap();
+            let (forwarded, _) = run(request).await;
+            assert_eq!(forwarded.unwrap().len(), 32, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_differ() {
+        assert_ne!(generate(), generate());
+    }
+}

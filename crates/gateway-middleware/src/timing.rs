@@ -1,0 +1,280 @@
+//! The timing hook: reports each request to a [`RequestHook`] when its response body ends, with
+//! the latency and the bytes sent, in the manner of tower-http's `on_response` callbacks.
+//!
+//! The hook decides what to keep: the gateway's hook prints the access line and queues a row
+//! for the request log, so this layer needs nothing from either.
+
+use bytes::Buf;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tower::{Layer, Service};
+
+/// Callbacks for the stages of one request. Each request calls `on_request`, then at most one
+/// `on_response`, then exactly one `on_end`.
+pub trait RequestHook: Clone + Send + Sync + 'static {
+    /// What the hook keeps about a request between its stages.
+    type State: Send + 'static;
+
+    /// Called when the request arrives, before the inner service sees it.
+    fn on_request<B>(&self, request: &Request<B>) -> Self::State;
+
+    /// Called when the response head is ready.
+    fn on_response<B>(&self, state: &mut Self::State, response: &Response<B>);
+
+    /// Called once when the response body has ended, failed or been dropped.
+    fn on_end(&self, state: Self::State, end: &RequestEnd);
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestEnd {
+    /// Time from the request's arrival to the end of its response body.
+    pub latency: Duration,
+    /// Bytes of response body sent.
+    pub bytes_sent: u64,
+    /// False when the body failed or was dropped before its end, or no response was made.
+    pub completed: bool,
+}
+
+/// Layer that applies [`Timing`].
+#[derive(Debug, Clone)]
+pub struct TimingLayer<H> {
+    hook: H,
+}
+
+impl<H> TimingLayer<H> {
+    /// Creates a layer that reports to `hook`.
+    pub fn new(hook: H) -> TimingLayer<H> {
+        TimingLayer { hook }
+    }
+}
+
+impl<S, H: Clone> Layer<S> for TimingLayer<H> {
+    type Service = Timing<S, H>;
+
+    fn layer(&self, inner: S) -> Timing<S, H> {
+        Timing {
+            inner,
+            hook: self.hook.clone(),
+        }
+    }
+}
+
+/// Measures each request and reports it to a [`RequestHook`].
+#[derive(Debug, Clone)]
+pub struct Timing<S, H> {
+    inner: S,
+    hook: H,
+}
+
+impl<S, H, ReqBody, ResBody> Service<Request<ReqBody>> for Timing<S, H>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    H: RequestHook,
+    ResBody: Body,
+{
+    type Response = Response<TimedBody<ResBody, H>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, H>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let state = self.hook.on_request(&request);
+        ResponseFuture {
+            inner: self.inner.call(request),
+            report: Some(Report {
+                hook: self.hook.clone(),
+                state,
+                started,
+                bytes_sent: 0,
+            }),
+        }
+    }
+}
+
+struct Report<H: RequestHook> {
+    hook: H,
+    state: H::State,
+    started: Instant,
+    bytes_sent: u64,
+}
+
+impl<H: RequestHook> Report<H> {
+    fn finish(self, completed: bool) {
+        let end = RequestEnd {
+            latency: self.started.elapsed(),
+            bytes_sent: self.bytes_sent,
+            completed,
+        };
+        self.hook.on_end(self.state, &end);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Timing`].
+    pub struct ResponseFuture<F, H: RequestHook> {
+        #[pin]
+        inner: F,
+        report: Option<Report<H>>,
+    }
+}
+
+impl<F, H, ResBody, E> Future for ResponseFuture<F, H>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    H: RequestHook,
+    ResBody: Body,
+{
+    type Output = Result<Response<TimedBody<ResBody, H>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(mut report) = this.report.take() else {
+            // Polled again after completion; the contract of Future allows anything here.
+            return Poll::Pending;
+        };
+        match result {
+            Ok(response) => {
+                report.hook.on_response(&mut report.state, &response);
+                Poll::Ready(Ok(response.map(|body| TimedBody {
+                    inner: body,
+                    report: Some(report),
+                })))
+            }
+            Err(error) => {
+                report.finish(false);
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports to the hook when it ends.
+    pub struct TimedBody<B: Body, H: RequestHook> {
+        #[pin]
+        inner: B,
+        report: Option<Report<H>>,
+    }
+
+    impl<B: Body, H: RequestHook> PinnedDrop for TimedBody<B, H> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(report) = this.report.take() {
+                // A server stops polling once is_end_stream is true, so a body read to its end
+                // usually finishes here rather than in poll_frame.
+                let completed = this.inner.is_end_stream();
+                report.finish(completed);
+            }
+        }
+    }
+}
+
+impl<B: Body, H: RequestHook> Body for TimedBody<B, H> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = ready!(this.inner.poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(report)) = (frame.data_ref(), this.report.as_mut()) {
+                    report.bytes_sent += data.remaining() as u64;
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(report) = this.report.take() {
+                    report.finish(false);
+                }
+            }
+            None => {
+                if let Some(report) = this.report.take() {
+                    report.finish(true);
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt;
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(String, u16, u64, bool)>>>);
+
+    impl RequestHook for Recorder {
+        type State = (String, u16);
+
+        fn on_request<B>(&self, request: &Request<B>) -> Self::State {
+            (request.uri().path().to_owned(), 0)
+        }
+
+        fn on_response<B>(&self, state: &mut Self::State, response: &Response<B>) {
+            state.1 = response.status().as_u16();
+        }
+
+        fn on_end(&self, state: Self::State, end: &RequestEnd) {
+            self.0.lock().unwrap().push((state.0, state.1, end.bytes_sent, end.completed));
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_once_after_body() {
+        let recorder = Recorder::default();
+        let service = TimingLayer::new(recorder.clone()).layer(tower::service_fn(
+            |_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+            },
+        ));
+        let request = Request::builder().uri("/a").body(()).unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert!(recorder.0.lock().unwrap().is_empty(), "reported before the body ended");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports, [("/a".to_owned(), 200, 5, true)]);
+    }
+
+    #[tokio::test]
+    async fn dropped_body_reports_incomplete() {
+        let recorder = Recorder::default();
+        let service = TimingLayer::new(recorder.clone()).layer(tower::service_fn(
+            |_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+            },
+        ));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        drop(response);
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports.len(), 1);
+        assert!(!reports[0].3, "a body dropped unread is not complete");
+    }
+}
