@@ -1,0 +1,290 @@
+//! CORS, following the CORS protocol of the WHATWG Fetch standard: the gateway responds to
+//! preflights itself and adds CORS headers to actual responses.
+//!
+//! The gateway owns the CORS headers of the routes it covers: on a request with an `Origin`, it
+//! sets or removes `Access-Control-Allow-Origin`, `Access-Control-Allow-Credentials` and
+//! `Access-Control-Expose-Headers` whatever the backend sent.
+
+mod layer;
+
+pub use layer::{Cors, CorsLayer, ResponseFuture};
+
+use bytes::Bytes;
+use gateway_config::CorsConfig;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+/// `Vary` of every preflight response: the three request headers it depends on.
+const PREFLIGHT_VARY: HeaderValue = HeaderValue::from_static(
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+);
+
+/// The origins that may read responses.
+#[derive(Debug)]
+enum Origins {
+    /// `*`: any origin.
+    Any,
+    /// Serialized origins (`scheme://host[:port]`), lowercased.
+    List(Vec<String>),
+}
+
+/// The request headers a preflight may request.
+#[derive(Debug)]
+enum RequestHeaders {
+    /// `*`: the preflight response echoes the requested headers.
+    Any,
+    List(Vec<HeaderName>),
+}
+
+/// A CORS policy compiled once from a [`CorsConfig`], with every fixed header value built
+/// ahead so a request does no formatting.
+#[derive(Debug)]
+pub struct CorsPolicy {
+    enabled: bool,
+    origins: Origins,
+    allow_credentials: bool,
+    methods: Vec<Method>,
+    request_headers: RequestHeaders,
+    allow_methods: Option<HeaderValue>,
+    allow_headers: Option<HeaderValue>,
+    expose_headers: Option<HeaderValue>,
+    max_age: HeaderValue,
+}
+
+impl CorsPolicy {
+    /// Compiles `config`.
+    ///
+    /// A `*` anywhere in `allowed_origins` or `allowed_headers` allows any origin or header.
+    /// Entries that are not valid method or header names are skipped, because config
+    /// validation reports them before this. With `allow_credentials` and a `*` origin, which
+    /// validation also rejects, the policy echoes the request's origin rather than send `*`,
+    /// since browsers refuse `*` on credentialed requests.
+    pub fn new(config: &CorsConfig) -> Self {
+        let origins = if config.allowed_origins.iter().any(|origin| origin == "*") {
+            Origins::Any
+        } else {
+            Origins::List(
+                config
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.to_ascii_lowercase())
+                    .collect(),
+            )
+        };
+
+        let methods: Vec<Method> = config
+            .allowed_methods
+            .iter()
+            .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
+            .collect();
+        let allow_methods = join(methods.iter().map(Method::as_str));
+
+        let (request_headers, allow_headers) =
+            if config.allowed_headers.iter().any(|name| name == "*") {
+                (RequestHeaders::Any, None)
+            } else {
+                let names = header_names(&config.allowed_headers);
+                let value = join(names.iter().map(HeaderName::as_str));
+                (RequestHeaders::List(names), value)
+            };
+
+        let exposed = header_names(&config.exposed_headers);
+        let expose_headers = join(exposed.iter().map(HeaderName::as_str));
+
+        CorsPolicy {
+            enabled: config.enabled,
+            origins,
+            allow_credentials: config.allow_credentials,
+            methods,
+            request_headers,
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            max_age: HeaderValue::from(config.max_age.as_secs()),
+        }
+    }
+
+    /// Returns false when the config had `enabled: false`. The layer then passes every request
+    /// and response through untouched.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Returns the `Access-Control-Allow-Origin` value for a request from `origin`, or `None`
+    /// when that origin is not allowed.
+    ///
+    /// Origins match exactly on `scheme://host[:port]`, ignoring ASCII case, so
+    /// `HTTPS://App.Example.com` matches `https://app.example.com` but
+    /// `https://app.example.com:443` does not.
+    pub fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+        match &self.origins {
+            Origins::Any if !self.allow_credentials => Some(HeaderValue::from_static("*")),
+            Origins::Any => Some(origin.clone()),
+            Origins::List(allowed) => allowed
+                .iter()
+                .any(|candidate| candidate.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+                .then(|| origin.clone()),
+        }
+    }
+
+    /// Returns true when the CORS headers of a response depend on the request's `Origin`, so
+    /// caches must key on it: origins are listed rather than `*`, or credentials are allowed.
+    pub fn varies_by_origin(&self) -> bool {
+        matches!(self.origins, Origins::List(_)) || self.allow_credentials
+    }
+
+    /// Builds the response to a preflight with request headers `request`: always 204, with the
+    /// `Access-Control-Allow-*` headers only when the origin, the requested method and every
+    /// requested header are allowed.
+    pub fn preflight<B: From<Bytes>>(&self, request: &HeaderMap) -> Response<B> {
+        let mut response = Response::new(B::from(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response.headers_mut().insert(header::VARY, PREFLIGHT_VARY);
+
+        let Some(allow_origin) = request
+            .get(header::ORIGIN)
+            .and_then(|origin| self.allow_origin(origin))
+        else {
+            return response;
+        };
+        if !self.allows_method(request) {
+            return response;
+        }
+        let Some(allow_headers) = self.allow_headers_for(request) else {
+            return response;
+        };
+
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        if let Some(methods) = &self.allow_methods {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods.clone());
+        }
+        if let Some(allow_headers) = allow_headers {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        }
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+        if self.allow_credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        response
+    }
+
+    /// Sets the CORS headers of an actual (non-preflight) response to a request whose origin
+    /// got `allow_origin` from [`CorsPolicy::allow_origin`].
+    pub fn apply_to_response(&self, allow_origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+        if self.varies_by_origin() {
+            append_vary_origin(headers);
+        }
+
+        let Some(allow_origin) = allow_origin else {
+            headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+            headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+            headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+            return;
+        };
+
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        if self.allow_credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        } else {
+            headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+        }
+        match &self.expose_headers {
+            Some(exposed) => {
+                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
+            }
+            None => {
+                headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+            }
+        }
+    }
+
+    fn allows_method(&self, request: &HeaderMap) -> bool {
+        let Some(requested) = request.get(header::ACCESS_CONTROL_REQUEST_METHOD) else {
+            return false;
+        };
+        match Method::from_bytes(requested.as_bytes()) {
+            Ok(method) => self.methods.contains(&method),
+            Err(_) => false,
+        }
+    }
+
+    /// Returns the `Access-Control-Allow-Headers` value for a preflight (`Some(None)` when none
+    /// is sent), or `None` when a requested header is not allowed.
+    fn allow_headers_for(&self, request: &HeaderMap) -> Option<Option<HeaderValue>> {
+        let requested = request.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS);
+
+        match &self.request_headers {
+            RequestHeaders::Any => {
+                // Echo the request's list, because browsers read a literal `*` as a header
+                // name on credentialed requests and never let it cover `Authorization`.
+                let mut values = requested.iter();
+                let Some(first) = values.next() else {
+                    return Some(None);
+                };
+                if values.next().is_none() {
+                    return Some(Some(first.clone()));
+                }
+
+                // Several fields: merge them into one list.
+                let mut texts = Vec::new();
+                for value in requested {
+                    texts.push(value.to_str().ok()?);
+                }
+                Some(join(texts.into_iter()))
+            }
+            RequestHeaders::List(allowed) => {
+                for value in requested {
+                    let text = value.to_str().ok()?;
+                    for name in text
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|name| !name.is_empty())
+                    {
+                        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                        if !allowed.contains(&name) {
+                            return None;
+                        }
+                    }
+                }
+                Some(self.allow_headers.clone())
+            }
+        }
+    }
+}
+
+/// Appends `Vary: Origin` unless a `Vary` field already names `Origin` or is `*`.
+fn append_vary_origin(headers: &mut HeaderMap) {
+    let already = headers.get_all(header::VARY).iter().any(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',')
+                .map(str::trim)
+                .any(|name| name == "*" || name.eq_ignore_ascii_case("origin"))
+        })
+    });
+    if !already {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+fn header_names(names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect()
+}
+
+/// Joins items into one `a, b, c` header value, or `None` for no items.
+fn join<'a>(items: impl Iterator<Item = &'a str>) -> Option<HeaderValue> {
+    let joined = items.collect::<Vec<_>>().join(", ");
+    if joined.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(joined).ok()
+}

@@ -1,0 +1,283 @@
+//! Token-bucket rate limiting per client IP address or for all clients, with governor's GCRA.
+//!
+//! An idle client may send `burst` requests at once, then `requests_per_second` per second on
+//! average. A rejected request costs no token. Responses carry the `RateLimit` fields in the
+//! structured-field form of draft-ietf-httpapi-ratelimit-headers-11 (the same syntax as
+//! revision -10), with one policy named `"default"`:
+//!
+//! - `RateLimit-Policy: "default";q=BURST;w=WINDOW`, where `WINDOW` is the time to refill an
+//!   empty bucket, `burst / requests_per_second` seconds rounded up. Sent on 429 responses.
+//! - `RateLimit: "default";r=REMAINING;t=SECONDS`. On an allowed response `t` is the time until
+//!   the bucket is full again, rounded up. On a 429 response `r` is 0 and `t` equals
+//!   `Retry-After`, the time until the next token, rounded up to at least one second.
+
+mod layer;
+#[cfg(test)]
+mod tests;
+
+pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};
+
+use crate::json;
+use gateway_config::{RateLimitConfig, RateLimitKey};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota};
+use http::header::HeaderName;
+use http::{HeaderValue, Response, StatusCode, header};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+/// The `RateLimit` response header: the remaining quota of the policy.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The `RateLimit-Policy` response header: the quota and window of the policy.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+type KeyedLimiter<C> =
+    governor::RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, StateInformationMiddleware>;
+type DirectLimiter<C> =
+    governor::RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
+
+/// The outcome of one [`RateLimiter::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The limiter is disabled, so the request passes without a check.
+    Unlimited,
+    /// The request took a token.
+    Allowed {
+        /// Tokens left in the bucket after this request.
+        remaining: u32,
+        /// Upper bound on the time until the bucket is full again: one replenish interval per
+        /// missing token. The true time is at most one interval shorter.
+        full_after: Duration,
+    },
+    /// The bucket is empty, so the request took no token.
+    Rejected {
+        /// Time until the next token arrives.
+        retry_after: Duration,
+    },
+}
+
+enum Buckets<C: Clock> {
+    Disabled,
+    PerClient(KeyedLimiter<C>),
+    Global(DirectLimiter<C>),
+}
+
+/// A rate limit compiled from a [`RateLimitConfig`]: one bucket per client IP address, sharded
+/// so no global lock is taken, or one bucket for all clients.
+///
+/// `C` is governor's clock. Tests pass `governor::clock::FakeRelativeClock` to
+/// [`RateLimiter::with_clock`] and advance it by hand.
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    buckets: Buckets<C>,
+    burst: u32,
+    replenish_interval: Duration,
+    policy: HeaderValue,
+}
+
+impl RateLimiter {
+    /// Creates a limiter on the real clock.
+    ///
+    /// `requests_per_second` and `burst` below 1 are raised to 1, because governor cannot
+    /// represent them. Config validation rejects such values before they get here.
+    pub fn new(config: &RateLimitConfig) -> Self {
+        Self::with_clock(config, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> RateLimiter<C> {
+    /// Creates a limiter on `clock`. See [`RateLimiter::new`].
+    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+        let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(rate).allow_burst(burst);
+
+        let buckets = match (config.enabled, config.key) {
+            (false, _) => Buckets::Disabled,
+            (true, RateLimitKey::ClientIp) => Buckets::PerClient(
+                governor::RateLimiter::dashmap_with_clock(quota, clock)
+                    .with_middleware::<StateInformationMiddleware>(),
+            ),
+            (true, RateLimitKey::Global) => Buckets::Global(
+                governor::RateLimiter::direct_with_clock(quota, clock)
+                    .with_middleware::<StateInformationMiddleware>(),
+            ),
+        };
+
+        // The draft's window is whole seconds and at least 1.
+        let window = burst.get().div_ceil(rate.get()).max(1);
+        let policy = format!("\"default\";q={burst};w={window}");
+
+        RateLimiter {
+            buckets,
+            burst: burst.get(),
+            replenish_interval: quota.replenish_interval(),
+            policy: HeaderValue::try_from(policy).expect("quotes, digits and ASCII are valid"),
+        }
+    }
+
+    /// Returns false when the config had `enabled: false`: every check then returns
+    /// [`Decision::Unlimited`] without touching governor.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.buckets, Buckets::Disabled)
+    }
+
+    /// Takes a token for `client` if one is left.
+    ///
+    /// An IPv4-mapped IPv6 address shares the bucket of its IPv4 address. With the `global`
+    /// key, every client shares one bucket.
+    pub fn check(&self, client: IpAddr) -> Decision {
+        match &self.buckets {
+            Buckets::Disabled => Decision::Unlimited,
+            Buckets::PerClient(limiter) => {
+                // NOTE: an IPv6 client is keyed by its full address, so one holder of a /64
+                // can spread requests over many buckets. Keying IPv6 by /64 would close that.
+                let outcome = limiter.check_key(&client.to_canonical());
+                self.decide(outcome, limiter.clock())
+            }
+            Buckets::Global(limiter) => self.decide(limiter.check(), limiter.clock()),
+        }
+    }
+
+    fn decide(&self, outcome: Result<StateSnapshot, NotUntil<C::Instant>>, clock: &C) -> Decision {
+        match outcome {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let missing = self.burst.saturating_sub(remaining);
+                Decision::Allowed {
+                    remaining,
+                    full_after: self.replenish_interval * missing,
+                }
+            }
+            Err(not_until) => Decision::Rejected {
+                retry_after: not_until.wait_time_from(clock.now()),
+            },
+        }
+    }
+
+    /// Returns the number of client addresses with a bucket in memory: 0 with the `global`
+    /// key or when disabled.
+    pub fn tracked_keys(&self) -> usize {
+        match &self.buckets {
+            Buckets::PerClient(limiter) => limiter.len(),
+            Buckets::Disabled | Buckets::Global(_) => 0,
+        }
+    }
+
+    /// Drops the buckets of clients that have been idle long enough for their bucket to be
+    /// full again, then releases the freed memory. Such a bucket is the same as a new one, so
+    /// no client gains or loses tokens.
+    ///
+    /// governor keeps a bucket until one replenish interval after it is full, so a client's
+    /// bucket goes at the latest `(burst + 1) / requests_per_second` seconds after its last
+    /// request.
+    pub fn evict_idle(&self) {
+        if let Buckets::PerClient(limiter) = &self.buckets {
+            let before = limiter.len();
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            tracing::debug!(
+                before,
+                after = limiter.len(),
+                "evicted idle rate limit buckets"
+            );
+        }
+    }
+
+    /// Returns the `RateLimit-Policy` field value, `"default";q=BURST;w=WINDOW`.
+    pub fn policy_header(&self) -> &HeaderValue {
+        &self.policy
+    }
+
+    /// Builds the 429 response for a rejected request: the body
+    /// `{"error":"rate limit exceeded","status":429}` with the
+    /// `RateLimit-Policy`, `RateLimit` and `Retry-After` headers.
+    pub fn rejection<B: From<bytes::Bytes>>(&self, retry_after: Duration) -> Response<B> {
+        let seconds = whole_seconds_up(retry_after).max(1);
+
+        let mut response =
+            json::error_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", None);
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        headers.insert(RATELIMIT, ratelimit_value(0, seconds));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
+    }
+}
+
+impl<C> RateLimiter<C>
+where
+    C: Clock + Send + Sync + 'static,
+{
+    /// Spawns a task that calls [`RateLimiter::evict_idle`] every `every` (at least 1 ms) until
+    /// `shutdown` becomes true or its sender is dropped.
+    ///
+    /// The task holds only a weak reference, so it also ends once the limiter itself is
+    /// dropped, for example after a config reload replaced it.
+    pub fn spawn_eviction(
+        self: &Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let limiter: Weak<Self> = Arc::downgrade(self);
+        let every = every.max(Duration::from_millis(1));
+
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + every;
+            let mut ticker = tokio::time::interval_at(start, every);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+            loop {
+                if *shutdown.borrow_and_update() {
+                    break;
+                }
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let Some(limiter) = limiter.upgrade() else {
+                            break;
+                        };
+                        limiter.evict_idle();
+                    }
+                    changed = shutdown.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = match self.buckets {
+            Buckets::Disabled => "disabled",
+            Buckets::PerClient(_) => "client_ip",
+            Buckets::Global(_) => "global",
+        };
+        f.debug_struct("RateLimiter")
+            .field("key", &key)
+            .field("burst", &self.burst)
+            .field("replenish_interval", &self.replenish_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Formats a `RateLimit` field value: `"default";r=REMAINING;t=SECONDS`.
+fn ratelimit_value(remaining: u32, seconds: u64) -> HeaderValue {
+    let value = format!("\"default\";r={remaining};t={seconds}");
+    HeaderValue::try_from(value).expect("quotes, digits and ASCII are valid")
+}
+
+fn whole_seconds_up(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}

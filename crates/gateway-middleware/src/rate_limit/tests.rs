@@ -1,0 +1,255 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use governor::clock::FakeRelativeClock;
+use std::net::Ipv4Addr;
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 8));
+
+fn config(requests_per_second: u32, burst: u32, key: RateLimitKey) -> RateLimitConfig {
+    RateLimitConfig {
+        enabled: true,
+        requests_per_second,
+        burst,
+        key,
+    }
+}
+
+fn limiter(
+    requests_per_second: u32,
+    burst: u32,
+) -> (RateLimiter<FakeRelativeClock>, FakeRelativeClock) {
+    let clock = FakeRelativeClock::default();
+    let config = config(requests_per_second, burst, RateLimitKey::ClientIp);
+    (RateLimiter::with_clock(&config, clock.clone()), clock)
+}
+
+fn allowed_count(limiter: &RateLimiter<FakeRelativeClock>, client: IpAddr, attempts: u32) -> u32 {
+    let mut allowed = 0;
+    for _ in 0..attempts {
+        if matches!(limiter.check(client), Decision::Allowed { .. }) {
+            allowed += 1;
+        }
+    }
+    allowed
+}
+
+#[test]
+fn burst_then_reject() {
+    let (limiter, _clock) = limiter(100, 50);
+
+    for expected_remaining in (0..50).rev() {
+        let decision = limiter.check(CLIENT);
+        let Decision::Allowed { remaining, .. } = decision else {
+            panic!("request with {expected_remaining} tokens left was {decision:?}");
+        };
+        assert_eq!(remaining, expected_remaining);
+    }
+
+    assert!(matches!(limiter.check(CLIENT), Decision::Rejected { .. }));
+}
+
+#[test]
+fn refill_after_time() {
+    let (limiter, clock) = limiter(100, 50);
+    assert_eq!(allowed_count(&limiter, CLIENT, 1000), 50);
+
+    // One token every 10 ms.
+    clock.advance(Duration::from_millis(30));
+    assert_eq!(allowed_count(&limiter, CLIENT, 1000), 3);
+
+    // A long idle time fills the bucket only up to the burst.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(allowed_count(&limiter, CLIENT, 1000), 50);
+}
+
+#[test]
+fn exact_counts_over_simulated_seconds() {
+    // A client that tries every millisecond gets the burst plus one token per 10 ms.
+    for seconds in 1..=3u32 {
+        let (limiter, clock) = limiter(100, 50);
+        let mut allowed = 0;
+        for millisecond in 0..=seconds * 1000 {
+            if millisecond > 0 {
+                clock.advance(Duration::from_millis(1));
+            }
+            allowed += allowed_count(&limiter, CLIENT, 5);
+        }
+        assert_eq!(allowed, 50 + 100 * seconds, "after {seconds}s");
+    }
+}
+
+#[test]
+fn rejected_requests_cost_no_token() {
+    let (limiter, clock) = limiter(100, 50);
+    assert_eq!(allowed_count(&limiter, CLIENT, 50), 50);
+
+    // Hammering an empty bucket must not push the next token further away.
+    assert_eq!(allowed_count(&limiter, CLIENT, 10_000), 0);
+    clock.advance(Duration::from_millis(10));
+
+    assert!(matches!(
+        limiter.check(CLIENT),
+        Decision::Allowed { remaining: 0, .. }
+    ));
+}
+
+#[test]
+fn retry_after_is_time_to_next_token() {
+    let (limiter, clock) = limiter(1, 5);
+    assert_eq!(allowed_count(&limiter, CLIENT, 5), 5);
+
+    let decision = limiter.check(CLIENT);
+    assert_eq!(
+        decision,
+        Decision::Rejected {
+            retry_after: Duration::from_secs(1)
+        }
+    );
+
+    clock.advance(Duration::from_millis(300));
+    let decision = limiter.check(CLIENT);
+    assert_eq!(
+        decision,
+        Decision::Rejected {
+            retry_after: Duration::from_millis(700)
+        }
+    );
+
+    // The advertised wait is enough.
+    clock.advance(Duration::from_millis(700));
+    assert!(matches!(limiter.check(CLIENT), Decision::Allowed { .. }));
+}
+
+#[test]
+fn rejection_headers_round_up() {
+    let (limiter, _clock) = limiter(1, 5);
+
+    let cases = [
+        (Duration::from_millis(700), "1"),
+        (Duration::from_millis(1), "1"),
+        (Duration::ZERO, "1"),
+        (Duration::from_secs(2), "2"),
+        (Duration::from_millis(2001), "3"),
+    ];
+    for (retry_after, expected) in cases {
+        let response: Response<bytes::Bytes> = limiter.rejection(retry_after);
+        let headers = response.headers();
+        assert_eq!(headers[header::RETRY_AFTER], expected, "{retry_after:?}");
+        assert_eq!(
+            headers[RATELIMIT],
+            format!("\"default\";r=0;t={expected}").as_str(),
+            "{retry_after:?}"
+        );
+    }
+}
+
+#[test]
+fn full_after_counts_missing_tokens() {
+    let (limiter, _clock) = limiter(2, 10);
+
+    let decision = limiter.check(CLIENT);
+    assert_eq!(
+        decision,
+        Decision::Allowed {
+            remaining: 9,
+            full_after: Duration::from_millis(500)
+        }
+    );
+    assert_eq!(allowed_count(&limiter, CLIENT, 4), 4);
+
+    let decision = limiter.check(CLIENT);
+    assert_eq!(
+        decision,
+        Decision::Allowed {
+            remaining: 4,
+            full_after: Duration::from_millis(3000)
+        }
+    );
+}
+
+#[test]
+fn policy_header_window_rounds_up() {
+    let cases = [
+        (100, 50, "\"default\";q=50;w=1"),
+        (2, 5, "\"default\";q=5;w=3"),
+        (1, 60, "\"default\";q=60;w=60"),
+    ];
+    for (rate, burst, expected) in cases {
+        let (limiter, _clock) = limiter(rate, burst);
+        assert_eq!(limiter.policy_header(), expected);
+    }
+}
+
+#[test]
+fn keys_are_independent() {
+    let (limiter, _clock) = limiter(100, 50);
+
+    assert_eq!(allowed_count(&limiter, CLIENT, 1000), 50);
+    assert_eq!(allowed_count(&limiter, OTHER, 1000), 50);
+    assert_eq!(limiter.tracked_keys(), 2);
+}
+
+#[test]
+fn mapped_ipv6_shares_ipv4_bucket() {
+    let (limiter, _clock) = limiter(100, 50);
+    let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+
+    assert_eq!(allowed_count(&limiter, CLIENT, 30), 30);
+    assert_eq!(allowed_count(&limiter, mapped, 1000), 20);
+    assert_eq!(limiter.tracked_keys(), 1);
+}
+
+#[test]
+fn global_key_is_shared() {
+    let clock = FakeRelativeClock::default();
+    let limiter = RateLimiter::with_clock(&config(100, 50, RateLimitKey::Global), clock.clone());
+
+    assert_eq!(allowed_count(&limiter, CLIENT, 30), 30);
+    assert_eq!(allowed_count(&limiter, OTHER, 1000), 20);
+    assert_eq!(limiter.tracked_keys(), 0);
+
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(allowed_count(&limiter, OTHER, 1000), 10);
+}
+
+#[test]
+fn disabled_limiter_is_unlimited() {
+    let clock = FakeRelativeClock::default();
+    let mut config = config(1, 1, RateLimitKey::ClientIp);
+    config.enabled = false;
+    let limiter = RateLimiter::with_clock(&config, clock);
+
+    assert!(!limiter.is_enabled());
+    for _ in 0..100 {
+        assert_eq!(limiter.check(CLIENT), Decision::Unlimited);
+    }
+    assert_eq!(limiter.tracked_keys(), 0);
+}
+
+#[test]
+fn zero_values_are_raised_to_one() {
+    let (limiter, _clock) = limiter(0, 0);
+
+    assert!(matches!(
+        limiter.check(CLIENT),
+        Decision::Allowed { remaining: 0, .. }
+    ));
+    assert!(matches!(limiter.check(CLIENT), Decision::Rejected { .. }));
+}
+
+#[test]
+fn evict_keeps_busy_clients() {
+    let (limiter, clock) = limiter(1, 10);
+    assert_eq!(allowed_count(&limiter, CLIENT, 10), 10);
+    assert_eq!(allowed_count(&limiter, OTHER, 1), 1);
+
+    // OTHER's bucket is full again after 1 s; CLIENT's needs 10 s.
+    clock.advance(Duration::from_secs(5));
+    limiter.evict_idle();
+    assert_eq!(limiter.tracked_keys(), 1);
+
+    // CLIENT still owes tokens, so its bucket must not have been reset.
+    assert_eq!(allowed_count(&limiter, CLIENT, 100), 5);
+}
