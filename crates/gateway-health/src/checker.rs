@@ -1,0 +1,164 @@
+//! The probe tasks: one per backend, each probing at start and then every interval until
+//! shutdown, and logging each change of health once.
+
+use crate::probe::{self, ProbeError};
+use gateway_balancer::{Backend, Transition};
+use gateway_config::HealthCheckConfig;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{self, MissedTickBehavior};
+use tracing::{Instrument, debug, info, info_span, trace, warn};
+
+/// Shortest time between probes. Validation rejects a zero interval, but one that gets here
+/// anyway is raised to this rather than making the timer panic.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Starts one probe task for each target whose health check is enabled.
+///
+/// Each task sends `GET` to the backend's URL joined with `path` (`http://h:1/v1` with
+/// `/health` probes `http://h:1/v1/health`) right away and then every `interval`, and records
+/// the result with [`Backend::record_success`] or [`Backend::record_failure`]. A probe fails
+/// on a connect error, on a status outside 2xx, or when it takes longer than `timeout`,
+/// including reading the response body. The backend's own
+/// [`HealthPolicy`](gateway_balancer::HealthPolicy) decides when it becomes healthy or
+/// unhealthy, so the config's threshold fields take effect only through the policy the backend
+/// was built with.
+///
+/// The tasks stop, in the middle of a probe or of a wait, once `shutdown` is `true` or its
+/// sender is dropped. All tasks share one HTTP/1 client that keeps one idle connection per
+/// backend. Targets are probed as given, so a backend listed twice is probed twice as often.
+///
+/// # Panics
+///
+/// Panics when called outside a tokio runtime.
+pub fn spawn(
+    targets: Vec<(Arc<Backend>, HealthCheckConfig)>,
+    shutdown: watch::Receiver<bool>,
+) -> HealthTasks {
+    let client = probe::client();
+    let mut tasks = JoinSet::new();
+
+    for (backend, config) in targets {
+        if !config.enabled {
+            debug!(backend = %backend.url_text(), "health check disabled");
+            continue;
+        }
+
+        let url = probe::probe_url(backend.url(), &config.path);
+        let timeout = config.timeout;
+        let client = client.clone();
+        let probe = move || {
+            let client = client.clone();
+            let url = url.clone();
+            async move { probe::probe(&client, &url?, timeout).await }
+        };
+
+        let span = info_span!("health_check", backend = %backend.url_text());
+        let interval = config.interval.max(MIN_INTERVAL);
+        tasks.spawn(run(backend, interval, shutdown.clone(), probe).instrument(span));
+    }
+
+    HealthTasks { tasks }
+}
+
+/// The running probe tasks. Dropping it aborts them.
+#[derive(Debug)]
+pub struct HealthTasks {
+    tasks: JoinSet<()>,
+}
+
+impl HealthTasks {
+    /// Returns the number of tasks still running or not yet joined.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Returns whether no task runs, as when every health check is disabled.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Waits until every task has stopped. Tasks stop only on shutdown, so call this after
+    /// sending `true` on the shutdown channel.
+    pub async fn join(mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(error) = result {
+                warn!(%error, "health check task failed");
+            }
+        }
+    }
+}
+
+/// Probes at once and then every `interval` until shutdown, recording each result on
+/// `backend`.
+async fn run<P, F>(
+    backend: Arc<Backend>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut probe: P,
+) where
+    P: FnMut() -> F,
+    F: Future<Output = Result<(), ProbeError>>,
+{
+    debug!(?interval, "health check started");
+
+    // The first tick completes at once. `Delay` starts the next full interval after a probe
+    // that overran, so a slow backend is not probed in a burst.
+    let mut ticker = time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut shutdown) => break,
+            _ = ticker.tick() => {}
+        }
+
+        // A probe cut short by shutdown is not recorded: it says nothing about the backend.
+        let result = tokio::select! {
+            biased;
+            () = stopped(&mut shutdown) => break,
+            result = probe() => result,
+        };
+        record(&backend, result);
+    }
+
+    debug!("health check stopped");
+}
+
+/// Completes once the shutdown value is `true` or its sender is gone, because a dropped
+/// sender can never ask for shutdown and nothing would stop the task otherwise.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Records one probe result on `backend` and logs a change of health.
+fn record(backend: &Backend, result: Result<(), ProbeError>) {
+    backend.mark_checked();
+    let url = backend.url_text();
+
+    match result {
+        Ok(()) => match backend.record_success() {
+            Transition::Up => info!(backend = %url, "backend is healthy again"),
+            Transition::None | Transition::Down => trace!("health check passed"),
+        },
+        Err(error) => {
+            let message = error.message();
+            match backend.record_failure(&message) {
+                Transition::Down => {
+                    let failures = backend.snapshot().consecutive_failures;
+                    warn!(backend = %url, failures, error = %message, "backend is unhealthy");
+                }
+                Transition::None | Transition::Up => {
+                    debug!(backend = %url, error = %message, "health check failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

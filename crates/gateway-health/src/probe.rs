@@ -1,0 +1,226 @@
+//! One health check probe: a `GET` on the backend over a shared keep-alive client.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, USER_AGENT};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::error::Error as _;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `User-Agent` of every probe, so backends can tell probes from client traffic.
+const PROBE_USER_AGENT: &str = "apigateway-health-check";
+
+/// Time an idle probe connection stays in the pool. It is longer than the default 10s interval,
+/// so probes reuse one connection. With a much longer interval the connection is closed between
+/// probes instead of going stale.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Client shared by all probe tasks.
+pub(crate) type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Builds the probe client: HTTP/1 only, at most one idle connection per backend.
+pub(crate) fn client() -> ProbeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(1)
+        .build(connector)
+}
+
+/// A failed probe.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    /// The probe URL is invalid.
+    #[error(transparent)]
+    InvalidUrl(#[from] InvalidProbeUrl),
+    /// The backend rejected the TCP connection.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// The TCP connection failed for another reason.
+    #[error("connect failed")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// The connection broke before the response head arrived.
+    #[error("request failed")]
+    Request(#[source] hyper_util::client::legacy::Error),
+    /// The connection broke while the response body was read.
+    #[error("reading response body failed")]
+    Body(#[source] hyper::Error),
+    /// The probe, including the response body, took longer than the health check timeout.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The backend responded with a status outside 2xx.
+    #[error("status {}", .0.as_u16())]
+    Status(StatusCode),
+}
+
+impl ProbeError {
+    /// Formats the short text stored as the backend's last error. It is this error followed by
+    /// its root cause, if it has one, like `connect failed: Network is unreachable (os error
+    /// 101)`.
+    pub(crate) fn message(&self) -> String {
+        let mut root = self.source();
+        while let Some(cause) = root.and_then(|error| error.source()) {
+            root = Some(cause);
+        }
+        match root {
+            Some(cause) => format!("{self}: {cause}"),
+            None => self.to_string(),
+        }
+    }
+
+    fn from_client(error: hyper_util::client::legacy::Error) -> ProbeError {
+        if !error.is_connect() {
+            return ProbeError::Request(error);
+        }
+        if io_error_kind(&error) == Some(io::ErrorKind::ConnectionRefused) {
+            return ProbeError::ConnectionRefused;
+        }
+        ProbeError::Connect(error)
+    }
+}
+
+/// A backend URL joined with a health check path that is not a valid absolute URI.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid health check url {url:?}")]
+pub(crate) struct InvalidProbeUrl {
+    url: String,
+    #[source]
+    source: Arc<http::uri::InvalidUri>,
+}
+
+/// Finds the first I/O error in the source chain of `error` and returns its kind.
+fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            return Some(io_error.kind());
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// Joins the backend's base URL and the health check path, so `http://h:1/v1` with `/health`
+/// becomes `http://h:1/v1/health`. A path without a leading `/` gets one.
+pub(crate) fn probe_url(base: &Uri, path: &str) -> Result<Uri, InvalidProbeUrl> {
+    let prefix = base.path().trim_end_matches('/');
+    let path = path.trim_start_matches('/');
+    let scheme = base.scheme_str().unwrap_or_default();
+    let authority = base.authority().map_or("", |authority| authority.as_str());
+    let url = format!("{scheme}://{authority}{prefix}/{path}");
+
+    // Parsing the whole text, rather than setting the parts one by one, also rejects a
+    // base URL without a scheme or host.
+    match url.parse() {
+        Ok(parsed) => Ok(parsed),
+        Err(source) => Err(InvalidProbeUrl {
+            url,
+            source: Arc::new(source),
+        }),
+    }
+}
+
+/// Sends one `GET` to `url`, reads and discards the response body, and succeeds on a 2xx
+/// status. The whole exchange must finish within `timeout`.
+pub(crate) async fn probe(
+    client: &ProbeClient,
+    url: &Uri,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    match tokio::time::timeout(timeout, exchange(client, url)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ProbeError::TimedOut(timeout)),
+    }
+}
+
+async fn exchange(client: &ProbeClient, url: &Uri) -> Result<(), ProbeError> {
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = url.clone();
+    request
+        .headers_mut()
+        .insert(USER_AGENT, HeaderValue::from_static(PROBE_USER_AGENT));
+
+    let response = client
+        .request(request)
+        .await
+        .map_err(ProbeError::from_client)?;
+    let status = response.status();
+
+    // Reading the body to its end, frame by frame without keeping it, lets the connection
+    // return to the pool. A broken body only matters when the status alone would pass.
+    let mut body = response.into_body();
+    let mut body_result = Ok(());
+    while let Some(frame) = body.frame().await {
+        if let Err(error) = frame {
+            body_result = Err(ProbeError::Body(error));
+            break;
+        }
+    }
+
+    if !status.is_success() {
+        return Err(ProbeError::Status(status));
+    }
+    body_result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(base: &'static str, path: &str) -> String {
+        match probe_url(&Uri::from_static(base), path) {
+            Ok(url) => url.to_string(),
+            Err(error) => ProbeError::from(error).message(),
+        }
+    }
+
+    #[test]
+    fn probe_url_joins_base_and_path() {
+        assert_eq!(joined("http://h:1", "/health"), "http://h:1/health");
+        assert_eq!(joined("http://h:1/", "/health"), "http://h:1/health");
+        assert_eq!(joined("http://h:1/v1", "/health"), "http://h:1/v1/health");
+        assert_eq!(joined("http://h:1/v1/", "/health"), "http://h:1/v1/health");
+        assert_eq!(joined("http://h:1/v1", "health"), "http://h:1/v1/health");
+        assert_eq!(joined("http://h:1", "/"), "http://h:1/");
+        assert_eq!(
+            joined("http://h:1", "/ready?full=1"),
+            "http://h:1/ready?full=1"
+        );
+    }
+
+    #[test]
+    fn probe_url_rejects_invalid_path() {
+        let message = joined("http://h:1", "/health check");
+        assert!(
+            message.starts_with("invalid health check url \"http://h:1/health check\": "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn probe_url_rejects_relative_base() {
+        let message = joined("/v1", "/health");
+        assert!(message.starts_with("invalid health check url"), "{message}");
+    }
+
+    #[test]
+    fn error_messages_are_short() {
+        assert_eq!(
+            ProbeError::ConnectionRefused.message(),
+            "connection refused"
+        );
+        let timed_out = ProbeError::TimedOut(Duration::from_secs(2));
+        assert_eq!(timed_out.message(), "timed out after 2s");
+        let sub_second = ProbeError::TimedOut(Duration::from_millis(150));
+        assert_eq!(sub_second.message(), "timed out after 150ms");
+        let status = ProbeError::Status(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status.message(), "status 503");
+    }
+}
