@@ -1,9 +1,9 @@
 //! One backend: its address and the live state the balancer, health checks and admin share.
 
 use http::Uri;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -92,7 +92,10 @@ impl Backend {
     /// Creates a healthy backend for `url` with zeroed counters.
     pub fn new(url: Uri, policy: HealthPolicy) -> Backend {
         let text = url.to_string();
-        let text = text.strip_suffix('/').filter(|_| url.path() == "/").unwrap_or(&text);
+        let text = text
+            .strip_suffix('/')
+            .filter(|_| url.path() == "/")
+            .unwrap_or(&text);
         Backend {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             url_text: Arc::from(text),

@@ -206,7 +206,10 @@ mod tests {
                 std::thread::spawn(move || picks(&pool, 3_000))
             })
             .collect();
-        let all: Vec<u16> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let all: Vec<u16> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         assert_eq!(all.iter().filter(|&&i| i == 0).count(), 8_000);
         assert_eq!(all.iter().filter(|&&i| i == 1).count(), 4_000);
     }

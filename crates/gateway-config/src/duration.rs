@@ -6,11 +6,15 @@ use std::time::Duration;
 /// Parses a duration such as `30s`, `500ms`, `1m30s` or `7d`.
 pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|error| {
-        format!("invalid duration {text:?} ({error}): write a number with a unit, like 30s, 500ms or 1m")
+        format!(
+            "invalid duration {text:?} ({error}): write a number with a unit, like 30s, 500ms or 1m"
+        )
     })
 }
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse(&text).map_err(D::Error::custom)
 }
@@ -22,7 +26,8 @@ pub(crate) mod option {
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|text| parse(&text).map_err(D::Error::custom)).transpose()
+        text.map(|text| parse(&text).map_err(D::Error::custom))
+            .transpose()
     }
 }
 

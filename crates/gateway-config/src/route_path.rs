@@ -32,7 +32,9 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
         ));
     }
     if path.contains(['?', '#']) {
-        return Err(format!("{path:?} must be a path without a query or fragment"));
+        return Err(format!(
+            "{path:?} must be a path without a query or fragment"
+        ));
     }
 
     let segments: Vec<&str> = path[1..].split('/').collect();
@@ -89,9 +91,16 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
     Ok(patterns)
 }
 
-fn check_name<'a>(path: &str, name: &'a str, sigil: char, names: &mut Vec<&'a str>) -> Result<(), String> {
+fn check_name<'a>(
+    path: &str,
+    name: &'a str,
+    sigil: char,
+    names: &mut Vec<&'a str>,
+) -> Result<(), String> {
     if name.is_empty() {
-        return Err(format!("{path:?} has a '{sigil}' without a name: write '{sigil}name'"));
+        return Err(format!(
+            "{path:?} has a '{sigil}' without a name: write '{sigil}name'"
+        ));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(

@@ -1,8 +1,8 @@
 //! Checks that run after parsing, collecting every problem with its field path.
 
+use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
 use crate::route_path::route_patterns;
-use crate::Problem;
 use http::{Method, Uri};
 use std::time::Duration;
 
@@ -48,7 +48,10 @@ impl Config {
     fn validate_server(&self, problems: &mut Problems) {
         let server = &self.server;
         if server.host.trim().is_empty() {
-            problems.push("server.host", "must not be empty: write an address like 0.0.0.0 or 127.0.0.1");
+            problems.push(
+                "server.host",
+                "must not be empty: write an address like 0.0.0.0 or 127.0.0.1",
+            );
         }
         if server.port == 0 {
             problems.push("server.port", "must be between 1 and 65535, got 0");
@@ -57,7 +60,10 @@ impl Config {
         problems.positive("server.write_timeout", server.write_timeout);
         problems.positive("server.shutdown_timeout", server.shutdown_timeout);
         if server.workers == Some(0) {
-            problems.push("server.workers", "must be at least 1, or left out for one per CPU core");
+            problems.push(
+                "server.workers",
+                "must be at least 1, or left out for one per CPU core",
+            );
         }
 
         let proxy = &self.proxy;
@@ -68,7 +74,10 @@ impl Config {
 
     fn validate_routes(&self, problems: &mut Problems) {
         if self.routes.is_empty() {
-            problems.push("routes", "must list at least one route with a path and backends");
+            problems.push(
+                "routes",
+                "must list at least one route with a path and backends",
+            );
         }
 
         // Insert every route's patterns into a router like the proxy's, so conflicts are
@@ -101,7 +110,10 @@ impl Config {
             }
 
             if route.backends.is_empty() {
-                problems.push(format!("{field}.backends"), "must list at least one backend with a url");
+                problems.push(
+                    format!("{field}.backends"),
+                    "must list at least one backend with a url",
+                );
             }
             for (j, backend) in route.backends.iter().enumerate() {
                 validate_backend(problems, &format!("{field}.backends[{j}]"), backend);
@@ -128,7 +140,10 @@ impl Config {
     fn validate_request_log(&self, problems: &mut Problems) {
         let log = &self.request_log;
         if log.database.as_os_str().is_empty() {
-            problems.push("request_log.database", "must name a file, like data/gateway.db");
+            problems.push(
+                "request_log.database",
+                "must name a file, like data/gateway.db",
+            );
         }
         if log.batch_size == 0 {
             problems.push("request_log.batch_size", "must be at least 1, got 0");
@@ -145,7 +160,13 @@ fn conflicting_route(router: &matchit::Router<usize>, pattern: &str) -> Option<u
     // A literal version of the pattern finds the route that already claims it.
     let probe: String = pattern
         .split('/')
-        .map(|segment| if segment.starts_with('{') { "x" } else { segment })
+        .map(|segment| {
+            if segment.starts_with('{') {
+                "x"
+            } else {
+                segment
+            }
+        })
         .collect::<Vec<_>>()
         .join("/");
     router.at(&probe).ok().map(|matched| *matched.value)
@@ -167,9 +188,9 @@ fn validate_backend(problems: &mut Problems, field: &str, backend: &BackendConfi
 
 /// Checks that `url` is an absolute `http` URL with a host and no query or fragment.
 fn check_backend_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|error| format!("invalid URL {url:?} ({error}): write it like http://127.0.0.1:9001"))?;
+    let uri: Uri = url.parse().map_err(|error| {
+        format!("invalid URL {url:?} ({error}): write it like http://127.0.0.1:9001")
+    })?;
     match uri.scheme_str() {
         Some("http") => {}
         Some(other) => {
@@ -181,10 +202,16 @@ fn check_backend_url(url: &str) -> Result<(), String> {
     }
     match uri.host() {
         Some(host) if !host.is_empty() => {}
-        _ => return Err(format!("{url:?} has no host: write it like http://127.0.0.1:9001")),
+        _ => {
+            return Err(format!(
+                "{url:?} has no host: write it like http://127.0.0.1:9001"
+            ));
+        }
     }
     if uri.port_u16() == Some(0) {
-        return Err(format!("{url:?} has port 0: write the port the backend listens on"));
+        return Err(format!(
+            "{url:?} has port 0: write the port the backend listens on"
+        ));
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!("{url:?} must not have a query or fragment"));
@@ -235,10 +262,16 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
     for (i, method) in cors.allowed_methods.iter().enumerate() {
         check_method(problems, &format!("{field}.allowed_methods[{i}]"), method);
     }
-    for (list, name) in [(&cors.allowed_headers, "allowed_headers"), (&cors.exposed_headers, "exposed_headers")] {
+    for (list, name) in [
+        (&cors.allowed_headers, "allowed_headers"),
+        (&cors.exposed_headers, "exposed_headers"),
+    ] {
         for (i, header) in list.iter().enumerate() {
             if header != "*" && http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                problems.push(format!("{field}.{name}[{i}]"), format!("invalid header name {header:?}"));
+                problems.push(
+                    format!("{field}.{name}[{i}]"),
+                    format!("invalid header name {header:?}"),
+                );
             }
         }
     }
@@ -250,13 +283,18 @@ fn is_origin(origin: &str) -> bool {
     };
     matches!(uri.scheme_str(), Some("http" | "https"))
         && uri.host().is_some_and(|host| !host.is_empty())
-        && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
         && !origin.ends_with('/')
 }
 
 fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthCheckConfig) {
     if !check.path.starts_with('/') {
-        problems.push(format!("{field}.path"), format!("must start with '/', got {:?}", check.path));
+        problems.push(
+            format!("{field}.path"),
+            format!("must start with '/', got {:?}", check.path),
+        );
     }
     problems.positive(&format!("{field}.interval"), check.interval);
     problems.positive(&format!("{field}.timeout"), check.timeout);
@@ -270,9 +308,15 @@ fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthChe
         );
     }
     if check.unhealthy_threshold == 0 {
-        problems.push(format!("{field}.unhealthy_threshold"), "must be at least 1, got 0");
+        problems.push(
+            format!("{field}.unhealthy_threshold"),
+            "must be at least 1, got 0",
+        );
     }
     if check.healthy_threshold == 0 {
-        problems.push(format!("{field}.healthy_threshold"), "must be at least 1, got 0");
+        problems.push(
+            format!("{field}.healthy_threshold"),
+            "must be at least 1, got 0",
+        );
     }
 }

@@ -35,7 +35,9 @@ cors:
 
 fn problems(text: &str) -> Vec<String> {
     match Config::from_yaml(text, "test.yaml") {
-        Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(|p| p.to_string()).collect(),
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(|p| p.to_string()).collect()
+        }
         Err(other) => panic!("expected validation problems, got {other}"),
         Ok(_) => panic!("expected validation problems, the file was accepted"),
     }
@@ -74,7 +76,13 @@ fn minimal_file_gets_defaults() {
 fn unknown_field_names_path_and_line() {
     let text = "server:\n  port: 8080\n  prot: 9\nroutes: []\n";
     let error = Config::from_yaml(text, "bad.yaml").unwrap_err();
-    let ConfigError::Parse { field, line, message, .. } = &error else {
+    let ConfigError::Parse {
+        field,
+        line,
+        message,
+        ..
+    } = &error
+    else {
         panic!("expected a parse error, got {error}");
     };
     assert_eq!(field, "server.prot");
@@ -173,7 +181,10 @@ cors:
 "#;
     let found = problems(text);
     assert_eq!(found.len(), 1, "{found:#?}");
-    assert!(found[0].starts_with("cors.allow_credentials:"), "{found:#?}");
+    assert!(
+        found[0].starts_with("cors.allow_credentials:"),
+        "{found:#?}"
+    );
     assert!(found[0].contains("list the allowed origins"), "{found:#?}");
 }
 

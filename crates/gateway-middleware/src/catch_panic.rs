@@ -159,8 +159,11 @@ impl RequestContext {
 
     fn response<B: From<Bytes>>(&self) -> Response<B> {
         let id = Some(self.request_id()).filter(|id| !id.is_empty());
-        let mut response =
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal gateway error", id);
+        let mut response = error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal gateway error",
+            id,
+        );
         if let Some(value) = &self.request_id {
             response.headers_mut().insert(&X_REQUEST_ID, value.clone());
         }
@@ -251,7 +254,11 @@ mod tests {
                 panic!("call exploded")
             }
         }
-        let response = CatchPanicLayer.layer(Explodes).oneshot(Request::new(())).await.unwrap();
+        let response = CatchPanicLayer
+            .layer(Explodes)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(response.status(), 500);
     }
 
@@ -260,6 +267,10 @@ mod tests {
         install_panic_hook();
         let caught = catching(|| panic!("traced")).err().unwrap();
         assert_eq!(caught.message, "traced");
-        assert!(caught.location.contains("catch_panic.rs"), "{}", caught.location);
+        assert!(
+            caught.location.contains("catch_panic.rs"),
+            "{}",
+            caught.location
+        );
     }
 }

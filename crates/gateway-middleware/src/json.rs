@@ -10,7 +10,11 @@ pub(crate) fn error_response<B: From<Bytes>>(
     reason: &str,
     request_id: Option<&str>,
 ) -> Response<B> {
-    let mut text = format!("{{\"error\":{},\"status\":{}", quote(reason), status.as_u16());
+    let mut text = format!(
+        "{{\"error\":{},\"status\":{}",
+        quote(reason),
+        status.as_u16()
+    );
     if let Some(id) = request_id {
         text.push_str(",\"request_id\":");
         text.push_str(&quote(id));

@@ -5,8 +5,8 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
@@ -17,7 +17,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_ID_LEN: usize = 128;
 
 /// A random value per process, so ids from different runs differ.
-static PROCESS_PREFIX: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+static PROCESS_PREFIX: LazyLock<u64> =
+    LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Generates a new request id: 32 hex digits, unique within the process.
@@ -135,7 +136,10 @@ mod tests {
 
     #[tokio::test]
     async fn client_id_is_kept() {
-        let request = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+        let request = Request::builder()
+            .header("x-request-id", "abc-123")
+            .body(())
+            .unwrap();
         let (forwarded, response) = run(request).await;
         assert_eq!(forwarded.unwrap(), "abc-123");
         assert_eq!(response.headers()["x-request-id"], "abc-123");
@@ -153,7 +157,10 @@ mod tests {
     async fn unusable_id_is_replaced() {
         let long = "x".repeat(MAX_ID_LEN + 1);
         for bad in ["has space", long.as_str(), ""] {
-            let request = Request::builder().header("x-request-id", bad).body(()).unwrap();
+            let request = Request::builder()
+                .header("x-request-id", bad)
+                .body(())
+                .unwrap();
             let (forwarded, _) = run(request).await;
             assert_eq!(forwarded.unwrap().len(), 32, "{bad:?}");
         }

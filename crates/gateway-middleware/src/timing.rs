@@ -227,8 +227,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tower::ServiceExt;
 
+    /// Path, status, bytes sent and completion of one reported request.
+    type Reported = (String, u16, u64, bool);
+
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<(String, u16, u64, bool)>>>);
+    struct Recorder(Arc<Mutex<Vec<Reported>>>);
 
     impl RequestHook for Recorder {
         type State = (String, u16);
@@ -242,21 +245,26 @@ mod tests {
         }
 
         fn on_end(&self, state: Self::State, end: &RequestEnd) {
-            self.0.lock().unwrap().push((state.0, state.1, end.bytes_sent, end.completed));
+            self.0
+                .lock()
+                .unwrap()
+                .push((state.0, state.1, end.bytes_sent, end.completed));
         }
     }
 
     #[tokio::test]
     async fn reports_once_after_body() {
         let recorder = Recorder::default();
-        let service = TimingLayer::new(recorder.clone()).layer(tower::service_fn(
-            |_: Request<()>| async {
+        let service =
+            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-            },
-        ));
+            }));
         let request = Request::builder().uri("/a").body(()).unwrap();
         let response = service.oneshot(request).await.unwrap();
-        assert!(recorder.0.lock().unwrap().is_empty(), "reported before the body ended");
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "reported before the body ended"
+        );
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
         let reports = recorder.0.lock().unwrap().clone();
@@ -266,11 +274,10 @@ mod tests {
     #[tokio::test]
     async fn dropped_body_reports_incomplete() {
         let recorder = Recorder::default();
-        let service = TimingLayer::new(recorder.clone()).layer(tower::service_fn(
-            |_: Request<()>| async {
+        let service =
+            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-            },
-        ));
+            }));
         let response = service.oneshot(Request::new(())).await.unwrap();
         drop(response);
         let reports = recorder.0.lock().unwrap().clone();

@@ -31,10 +31,10 @@ pin_project_lite::pin_project! {
 
     impl PinnedDrop for Kind {
         fn drop(this: Pin<&mut Self>) {
-            if let KindProj::Backend { body, lease } = this.project() {
-                if let Some(lease) = lease.take() {
-                    lease.finish(body.is_end_stream());
-                }
+            if let KindProj::Backend { body, lease } = this.project()
+                && let Some(lease) = lease.take()
+            {
+                lease.finish(body.is_end_stream());
             }
         }
     }

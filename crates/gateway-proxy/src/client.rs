@@ -49,10 +49,11 @@ pub struct Lease {
 impl Lease {
     /// Ends the lease: the connection returns to this thread's pool when `reusable`.
     pub(crate) fn finish(mut self, reusable: bool) {
-        if let Some(sender) = self.sender.take() {
-            if reusable && !sender.is_closed() {
-                self.client.check_in(self.in_flight.backend().id(), sender);
-            }
+        if let Some(sender) = self.sender.take()
+            && reusable
+            && !sender.is_closed()
+        {
+            self.client.check_in(self.in_flight.backend().id(), sender);
         }
     }
 }

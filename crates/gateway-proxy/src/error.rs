@@ -162,7 +162,9 @@ impl ProxyError {
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self.kind {
-            ErrorKind::NoRoute | ErrorKind::MethodNotAllowed | ErrorKind::ClientBody => Side::Client,
+            ErrorKind::NoRoute | ErrorKind::MethodNotAllowed | ErrorKind::ClientBody => {
+                Side::Client
+            }
             ErrorKind::NoHealthyBackend
             | ErrorKind::BackendConnect
             | ErrorKind::BackendTimeout

@@ -65,7 +65,11 @@ impl tower::Service<Request<Incoming>> for Forward {
     }
 }
 
-async fn forward(route: &Route, client: BackendClient, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(
+    route: &Route,
+    client: BackendClient,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
     let mut info = ForwardInfo {
         route: Arc::clone(&route.pattern),
         backend: None,
@@ -113,10 +117,12 @@ async fn forward(route: &Route, client: BackendClient, request: Request<Incoming
     info.backend = Some(Arc::clone(backend.url_text()));
 
     let target = route.target(&backend);
-    if !route.preserve_host {
-        if let Some(target) = target {
-            parts.headers.insert(http::header::HOST, target.host.clone());
-        }
+    if !route.preserve_host
+        && let Some(target) = target
+    {
+        parts
+            .headers
+            .insert(http::header::HOST, target.host.clone());
     }
     parts.uri = backend_uri(target.and_then(|t| t.prefix.as_deref()), &parts.uri);
     let outgoing = Request::from_parts(parts, body);

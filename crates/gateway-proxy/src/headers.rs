@@ -144,7 +144,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
         set_forwarding_headers(&mut headers, Some("127.0.0.1".parse().unwrap()), None);
         assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
@@ -175,7 +178,10 @@ mod tests {
     fn backend_uri_joins_prefix() {
         let original: Uri = "/api/users/1?x=1&y=%20".parse().unwrap();
         assert_eq!(backend_uri(None, &original), "/api/users/1?x=1&y=%20");
-        assert_eq!(backend_uri(Some("/v1"), &original), "/v1/api/users/1?x=1&y=%20");
+        assert_eq!(
+            backend_uri(Some("/v1"), &original),
+            "/v1/api/users/1?x=1&y=%20"
+        );
         let absolute: Uri = "http://gw:8080/a?b".parse().unwrap();
         assert_eq!(backend_uri(None, &absolute), "/a?b");
     }

@@ -121,12 +121,11 @@ impl RouteTable {
         let mut implicit = Vec::new();
 
         for (index, route) in config.routes.iter().enumerate() {
-            let patterns = route_patterns(&route.path).map_err(|message| {
-                RouteTableError::InvalidPath {
+            let patterns =
+                route_patterns(&route.path).map_err(|message| RouteTableError::InvalidPath {
                     path: route.path.clone(),
                     message,
-                }
-            })?;
+                })?;
             for pattern in patterns {
                 if pattern.implicit {
                     implicit.push((pattern.pattern, index));
@@ -142,10 +141,14 @@ impl RouteTable {
             let mut entries = Vec::with_capacity(route.backends.len());
             let mut targets = Vec::with_capacity(route.backends.len());
             for backend in &route.backends {
-                let url: Uri = backend.url.parse().map_err(|source| RouteTableError::InvalidUrl {
-                    url: backend.url.clone(),
-                    source,
-                })?;
+                let url: Uri =
+                    backend
+                        .url
+                        .parse()
+                        .map_err(|source| RouteTableError::InvalidUrl {
+                            url: backend.url.clone(),
+                            source,
+                        })?;
                 let key = url.to_string();
                 let shared = match by_url.get(&key) {
                     Some(&i) => Arc::clone(&backends[i].0),
@@ -328,7 +331,10 @@ routes:
         let orders = table.routes()[1].pool.backends().nth(1).unwrap().0;
         let prefixed = table.routes()[2].pool.backends().next().unwrap().0;
         assert!(Arc::ptr_eq(users, orders), "same URL shares one backend");
-        assert!(!Arc::ptr_eq(users, prefixed), "a path prefix makes another backend");
+        assert!(
+            !Arc::ptr_eq(users, prefixed),
+            "a path prefix makes another backend"
+        );
     }
 
     #[test]

@@ -1,0 +1,26 @@
+//! The API gateway assembled: the route table, the layer stack, the admin endpoints, the
+//! listener with graceful shutdown, and the hook that logs each request.
+//!
+//! `main.rs` only parses arguments, loads the configuration, sets up logging and calls
+//! [`serve`]. Tests call [`serve`] directly with a listener bound to port 0.
+//!
+//! # Layout
+//!
+//! - [`app`]: [`Gateway`], everything built once from the configuration.
+//! - `router`: the innermost service, which answers admin paths and dispatches to routes.
+//! - `admin`: `/health` and `/admin/*`.
+//! - `access`: the timing hook that prints the access line and records the request.
+//! - [`server`]: the accept loop, connections, timeouts and draining.
+//! - [`cli`]: command-line arguments.
+
+pub mod app;
+pub mod cli;
+pub mod server;
+
+mod access;
+mod admin;
+mod router;
+mod write_timeout;
+
+pub use app::{BuildError, Gateway};
+pub use server::{ServeError, ServeOutcome, serve};

@@ -1,0 +1,89 @@
+//! The innermost service: admin paths are answered here, other paths go to their route.
+
+use crate::admin;
+use crate::app::{Gateway, RouteService};
+use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::Service;
+
+/// Dispatches a request to the admin endpoints or to its route's service.
+#[derive(Debug, Clone)]
+pub(crate) struct Router {
+    gateway: Arc<Gateway>,
+}
+
+impl Router {
+    pub(crate) fn new(gateway: Arc<Gateway>) -> Router {
+        Router { gateway }
+    }
+}
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = RouterFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> RouterFuture {
+        let path = request.uri().path();
+        if admin::is_admin_path(path) {
+            let gateway = Arc::clone(&self.gateway);
+            return RouterFuture::Admin {
+                future: Box::pin(async move { Ok(admin::handle(&gateway, request).await) }),
+            };
+        }
+
+        let error = match self.gateway.table.find(request.method(), path) {
+            RouteMatch::Found(route) => {
+                // Route services are cheap to clone: every layer holds its state behind Arc.
+                let mut service = self.gateway.routes[route.index].clone();
+                return RouterFuture::Route {
+                    future: service.call(request),
+                };
+            }
+            RouteMatch::NotFound => ProxyError::new(ErrorKind::NoRoute),
+            RouteMatch::MethodNotAllowed(route) => {
+                ProxyError::method_not_allowed(route.allow().clone())
+            }
+        };
+        RouterFuture::Ready {
+            response: Some(error.into_response()),
+        }
+    }
+}
+
+type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Router`].
+    #[project = RouterProj]
+    pub(crate) enum RouterFuture {
+        Ready { response: Option<Response<ProxyBody>> },
+        Route { #[pin] future: <RouteService as Service<Request<Incoming>>>::Future },
+        Admin { future: AdminFuture },
+    }
+}
+
+impl Future for RouterFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RouterProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            RouterProj::Route { future } => future.poll(cx),
+            RouterProj::Admin { future } => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The listener: accepts connections, serves HTTP/1.1 on each, and drains on shutdown.
+
+use crate::access::AccessHook;
+use crate::app::Gateway;
+use crate::router::Router;
+use crate::write_timeout::DeadlineBody;
+use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
+use gateway_middleware::client_ip::ClientIp;
+use gateway_middleware::request_id::{RequestId, RequestIdLayer};
+use gateway_middleware::timing::{TimedBody, Timing, TimingLayer};
+use gateway_proxy::ProxyBody;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::{Layer, Service};
+
+/// How often idle rate-limit buckets are evicted.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
+
+type Stack = RequestId<Timing<CatchPanic<Router>, AccessHook>>;
+type StackBody = TimedBody<ProxyBody, AccessHook>;
+
+/// How a server run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOutcome {
+    /// Connections still open when the shutdown deadline passed, cut off; 0 after a clean drain.
+    pub cut_off: usize,
+}
+
+impl ServeOutcome {
+    /// Returns whether every in-flight request finished before the deadline.
+    pub fn is_clean(&self) -> bool {
+        self.cut_off == 0
+    }
+}
+
+/// A failure of the server itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reading the listener's own address failed.
+    #[error("failed to read the listener address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Serves `gateway` on `listener` until `shutdown` resolves, then drains.
+///
+/// Draining stops accepting (new connections are refused), reports `/health` as 503, closes
+/// idle keep-alive connections, answers in-flight requests with `Connection: close` and waits
+/// for them up to `server.shutdown_timeout`.
+///
+/// # Errors
+///
+/// Returns [`ServeError`] when the listener is unusable.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServeOutcome, ServeError> {
+    let address = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
+
+    let server = &gateway.config.server;
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(server.read_timeout)
+        .keep_alive(true);
+    let write_timeout = server.write_timeout;
+    let shutdown_timeout = server.shutdown_timeout;
+
+    let hook = AccessHook::new(gateway.config.logging.access_log);
+    let stack: Stack = RequestIdLayer.layer(
+        TimingLayer::new(hook).layer(CatchPanicLayer.layer(Router::new(Arc::clone(&gateway)))),
+    );
+
+    // Background tasks stop when this flips to true, after the connections drained.
+    let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
+    let health = gateway_health::spawn(gateway.table.backends().to_vec(), tasks_stopped.clone());
+    for limiter in &gateway.limiters {
+        limiter.spawn_eviction(EVICTION_INTERVAL, tasks_stopped.clone());
+    }
+
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Running out of file descriptors is the usual cause; pausing lets
+                    // connections close instead of spinning on the error.
+                    tracing::warn!(%error, "failed to accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+
+        let service = ConnectionService {
+            stack: stack.clone(),
+            gateway: Arc::clone(&gateway),
+            peer,
+            write_timeout,
+        };
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open = Arc::clone(&open);
+        open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    // Closing the listener makes the kernel refuse new connections from here on.
+    drop(listener);
+    gateway.start_draining();
+    let in_flight = open.load(Ordering::Relaxed);
+    tracing::info!(connections = in_flight, timeout = ?shutdown_timeout, "draining");
+
+    let outcome = match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => {
+            tracing::info!("drained");
+            ServeOutcome { cut_off: 0 }
+        }
+        Err(_) => {
+            let cut_off = open.load(Ordering::Relaxed);
+            tracing::warn!(
+                connections = cut_off,
+                timeout = ?shutdown_timeout,
+                "shutdown timeout passed, cutting off in-flight requests"
+            );
+            ServeOutcome { cut_off }
+        }
+    };
+
+    let _ = stop_tasks.send(true);
+    health.join().await;
+    Ok(outcome)
+}
+
+/// The per-connection service: adds the peer and client address to each request, runs the
+/// layer stack and bounds the response by the write timeout.
+#[derive(Clone)]
+struct ConnectionService {
+    stack: Stack,
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    write_timeout: Duration,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<DeadlineBody<StackBody>>;
+    type Error = Infallible;
+    type Future = ConnectionFuture;
+
+    fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let client = self
+            .gateway
+            .trusted
+            .client_ip(self.peer.ip(), request.headers());
+        let extensions = request.extensions_mut();
+        extensions.insert(self.peer);
+        extensions.insert(ClientIp(client));
+        ConnectionFuture {
+            inner: self.stack.clone().call(request),
+            deadline,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ConnectionFuture {
+        #[pin]
+        inner: <Stack as Service<Request<Incoming>>>::Future,
+        deadline: tokio::time::Instant,
+    }
+}
+
+impl Future for ConnectionFuture {
+    type Output = Result<Response<DeadlineBody<StackBody>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let deadline = *this.deadline;
+        Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
+    }
+}
