@@ -1,1 +1,13 @@
-//! placeholder
+//! Helpers for the end-to-end tests: the real `apigateway` and `mockserver` binaries as child
+//! processes on free loopback ports, and a small HTTP client.
+//!
+//! The binaries are found next to the test executable, in the target folder that
+//! `cargo test --workspace` builds them into. Every child process is killed by its PID when its
+//! handle is dropped, so a failing test leaves nothing running.
+#![allow(missing_docs)]
+
+mod client;
+mod process;
+
+pub use client::{Reply, get, raw_request, request};
+pub use process::{GatewayProcess, MockProcess, binary, free_port};

@@ -19,8 +19,8 @@ pub mod server;
 
 mod access;
 mod admin;
-mod router;
+pub mod router;
 mod write_timeout;
 
 pub use app::{BuildError, Gateway};
-pub use server::{ServeError, ServeOutcome, serve};
+pub use server::{InnerService, Router, ServeError, ServeOutcome, serve, serve_with};

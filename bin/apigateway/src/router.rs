@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
 
-/// Dispatches a request to the admin endpoints or to its route's service.
+/// The innermost service: dispatches a request to the admin endpoints or to its route.
 #[derive(Debug, Clone)]
-pub(crate) struct Router {
+pub struct Router {
     gateway: Arc<Gateway>,
 }
 
@@ -66,7 +66,7 @@ type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infal
 pin_project_lite::pin_project! {
     /// Response future of [`Router`].
     #[project = RouterProj]
-    pub(crate) enum RouterFuture {
+    pub enum RouterFuture {
         Ready { response: Option<Response<ProxyBody>> },
         Route { #[pin] future: <RouteService as Service<Request<Incoming>>>::Future },
         Admin { future: AdminFuture },

@@ -2,7 +2,7 @@
 
 use crate::access::AccessHook;
 use crate::app::Gateway;
-use crate::router::Router;
+pub use crate::router::Router;
 use crate::write_timeout::DeadlineBody;
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
 use gateway_middleware::client_ip::ClientIp;
@@ -23,13 +23,39 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::layer::util::Identity;
 use tower::{Layer, Service};
 
 /// How often idle rate-limit buckets are evicted.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
-type Stack = RequestId<Timing<CatchPanic<Router>, AccessHook>>;
+type Stack<S> = RequestId<Timing<CatchPanic<S>, AccessHook>>;
 type StackBody = TimedBody<ProxyBody, AccessHook>;
+
+/// The service that the layer given to [`serve_with`] must produce around the router.
+pub trait InnerService:
+    Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> InnerService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 
 /// How a server run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +93,25 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServeOutcome, ServeError> {
+    serve_with(listener, gateway, Identity::new(), shutdown).await
+}
+
+/// Serves like [`serve`] with `layer` wrapped around the router, inside panic catching and
+/// timing, so that tests can add behaviour (such as a handler that panics) to a real server.
+///
+/// # Errors
+///
+/// Returns [`ServeError`] when the listener is unusable.
+pub async fn serve_with<L>(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    layer: L,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServeOutcome, ServeError>
+where
+    L: Layer<Router>,
+    L::Service: InnerService,
+{
     let address = listener.local_addr().map_err(ServeError::LocalAddr)?;
     tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
 
@@ -79,9 +124,9 @@ pub async fn serve(
     let shutdown_timeout = server.shutdown_timeout;
 
     let hook = AccessHook::new(gateway.config.logging.access_log);
-    let stack: Stack = RequestIdLayer.layer(
-        TimingLayer::new(hook).layer(CatchPanicLayer.layer(Router::new(Arc::clone(&gateway)))),
-    );
+    let router = layer.layer(Router::new(Arc::clone(&gateway)));
+    let stack: Stack<L::Service> =
+        RequestIdLayer.layer(TimingLayer::new(hook).layer(CatchPanicLayer.layer(router)));
 
     // Background tasks stop when this flips to true, after the connections drained.
     let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
@@ -157,19 +202,19 @@ pub async fn serve(
 /// The per-connection service: adds the peer and client address to each request, runs the
 /// layer stack and bounds the response by the write timeout.
 #[derive(Clone)]
-struct ConnectionService {
-    stack: Stack,
+struct ConnectionService<S> {
+    stack: Stack<S>,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     write_timeout: Duration,
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionService<S> {
     type Response = Response<DeadlineBody<StackBody>>;
     type Error = Infallible;
-    type Future = ConnectionFuture;
+    type Future = ConnectionFuture<S>;
 
-    fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture {
+    fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture<S> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         let client = self
             .gateway
@@ -186,14 +231,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
 }
 
 pin_project_lite::pin_project! {
-    struct ConnectionFuture {
+    struct ConnectionFuture<S: InnerService> {
         #[pin]
-        inner: <Stack as Service<Request<Incoming>>>::Future,
+        inner: <Stack<S> as Service<Request<Incoming>>>::Future,
         deadline: tokio::time::Instant,
     }
 }
 
-impl Future for ConnectionFuture {
+impl<S: InnerService> Future for ConnectionFuture<S> {
     type Output = Result<Response<DeadlineBody<StackBody>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
