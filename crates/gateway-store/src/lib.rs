@@ -1,1 +1,58 @@
-//! placeholder
+//! The request log: every finished request as one row of an SQLite table, and the queries the
+//! admin endpoints and the command line run on it.
+//!
+//! The request path calls [`RequestLog::record`], which puts the record on a bounded queue
+//! without waiting and drops it (counting the drop) when the queue is full. One [`Writer`] task
+//! drains the queue in batches, one transaction per batch, and deletes rows older than the
+//! retention period in small chunks between batches. [`LogReader`] opens the same file
+//! read-only, with or without a running gateway.
+//!
+//! ```no_run
+//! # async fn example(config: gateway_config::RequestLogConfig) -> Result<(), gateway_store::StoreError> {
+//! use gateway_store::{LogFilter, LogReader, RequestLog};
+//!
+//! let (log, writer) = RequestLog::open(&config).await?;
+//! let writer = writer.spawn();
+//! // ... hand clones of `log` to the request path, which calls `log.record(record)` ...
+//! let summary = writer.shutdown().await?;
+//!
+//! let reader = LogReader::open(&config.database).await?;
+//! let newest = reader.recent(&LogFilter::default()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`record`]: [`RequestRecord`], one finished request.
+//! - `queue`: [`RequestLog`], the handle that queues records.
+//! - `writer`: [`Writer`], the batch writer task, and [`WriterHandle`] to stop it.
+//! - `insert` and `retention`: the SQL the writer runs.
+//! - `connect`: opening the file for writing (WAL, migrations) and for reading.
+//! - `reader`, `stats`, `filter`: [`LogReader`] and its queries and filters.
+//! - `time`: microsecond timestamps, RFC 3339 output and [`parse_since`].
+//! - [`error`]: the error type, [`StoreError`].
+//! - `migrations/`: the schema, embedded at build time.
+
+#![warn(missing_docs)]
+
+mod connect;
+pub mod error;
+mod filter;
+mod insert;
+mod queue;
+mod reader;
+pub mod record;
+mod retention;
+mod stats;
+mod time;
+mod writer;
+
+pub use error::StoreError;
+pub use filter::{LogFilter, StatusFilter};
+pub use queue::RequestLog;
+pub use reader::{LogEntry, LogReader};
+pub use record::RequestRecord;
+pub use stats::{BackendStats, RouteStats, Stats, Summary};
+pub use time::{format_rfc3339, now_us, parse_since, unix_micros};
+pub use writer::{DEFAULT_RETENTION_INTERVAL, WriteSummary, Writer, WriterHandle};

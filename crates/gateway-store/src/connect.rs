@@ -1,0 +1,93 @@
+//! Opening the database file for the writer and for readers.
+
+use crate::StoreError;
+use sqlx::Connection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a statement waits for another connection's lock before it fails with
+/// `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections a [`LogReader`](crate::LogReader) keeps for concurrent queries.
+const READER_CONNECTIONS: u32 = 4;
+
+/// Opens the database for writing: creates the folder and the file when missing, switches to
+/// WAL with `synchronous=NORMAL`, and applies the migrations.
+///
+/// WAL with `synchronous=NORMAL` keeps every committed transaction when the process crashes.
+/// A power loss can lose the last few commits, but it does not corrupt the file.
+pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreError> {
+    create_folder(path)?;
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT);
+    let mut connection = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+
+    sqlx::migrate!()
+        .run(&mut connection)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(connection)
+}
+
+/// Opens an existing request log read-only, so that it works whether or not a gateway is
+/// writing to it.
+pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(READER_CONNECTIONS)
+        .connect_with(options)
+        .await
+        .map_err(open_error)?;
+
+    // A file that is not a database can open without error and fail at its first query.
+    let has_table: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .map_err(open_error)?;
+    if has_table.is_none() {
+        pool.close().await;
+        return Err(StoreError::NotRequestLog {
+            path: path.to_owned(),
+        });
+    }
+    Ok(pool)
+}
+
+fn create_folder(path: &Path) -> Result<(), StoreError> {
+    let Some(folder) = path
+        .parent()
+        .filter(|folder| !folder.as_os_str().is_empty())
+    else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(folder).map_err(|source| StoreError::CreateFolder {
+        path: folder.to_owned(),
+        source,
+    })
+}

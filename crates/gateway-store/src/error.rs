@@ -1,0 +1,81 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// An error from opening, writing or querying the request log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The folder that should contain the database could not be created.
+    #[error("failed to create request log folder {}", path.display())]
+    CreateFolder {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// SQLite could not open the database, or the file is not an SQLite database.
+    #[error("failed to open request log database {}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The schema migrations failed.
+    #[error("failed to migrate request log database {}", path.display())]
+    Migrate {
+        /// The database file.
+        path: PathBuf,
+        /// The migration error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
+    /// The file is an SQLite database without the `requests` table.
+    #[error(
+        "{} is not a request log: it has no `requests` table (start the gateway once to create it)",
+        path.display()
+    )]
+    NotRequestLog {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// A query on an open database failed.
+    #[error("request log query failed on {}", path.display())]
+    Query {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A status filter was neither a status code nor a class such as `4xx`.
+    #[error(
+        "invalid status filter `{value}`: expected a code from 100 to 599 such as 404, or a class such as 4xx"
+    )]
+    InvalidStatus {
+        /// The rejected text.
+        value: String,
+    },
+
+    /// A start time was neither a duration nor an RFC 3339 timestamp.
+    #[error(
+        "invalid start time `{value}`: expected a duration such as 5m or 1h, \
+         or a UTC timestamp such as 2025-01-31T12:00:00Z"
+    )]
+    InvalidSince {
+        /// The rejected text.
+        value: String,
+    },
+
+    /// The writer task panicked or was cancelled before it finished.
+    #[error("request log writer task failed")]
+    WriterTask(#[source] tokio::task::JoinError),
+}

@@ -1,0 +1,162 @@
+//! The read side: recent rows for the admin endpoints and the command line.
+
+use crate::{LogFilter, StoreError, connect, time};
+use serde::Serialize;
+use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row};
+use std::path::{Path, PathBuf};
+
+/// A read-only view of a request log, usable while a gateway writes to it or without one.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    path: PathBuf,
+    pool: SqlitePool,
+}
+
+/// One row of the request log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntry {
+    /// The row id, increasing in insert order.
+    pub id: i64,
+    /// Time the request started, as RFC 3339 in UTC with microseconds.
+    pub timestamp: String,
+    /// Time the request started, in microseconds since the Unix epoch.
+    pub ts_us: i64,
+    /// The request id.
+    pub request_id: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The request path.
+    pub path: String,
+    /// The query string without the `?`.
+    pub query: Option<String>,
+    /// The matched route pattern; `None` when no route matched.
+    pub route: Option<String>,
+    /// The response status code.
+    pub status: u16,
+    /// Time to the end of the response body, in microseconds.
+    pub latency_us: u64,
+    /// The client's IP address.
+    pub client_ip: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// The backend's URL; `None` when no backend was chosen.
+    pub backend: Option<String>,
+    /// Request body bytes read from the client.
+    pub bytes_received: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Why the gateway generated the response itself; `None` for proxied responses.
+    pub error_kind: Option<String>,
+    /// Whether the request was sent to a second backend.
+    pub retried: bool,
+}
+
+const ENTRY_COLUMNS: &str = "SELECT id, ts_us, request_id, method, path, query, route, status, \
+     latency_us, client_ip, user_agent, backend, bytes_received, bytes_sent, error_kind, retried \
+     FROM requests";
+
+impl LogReader {
+    /// Opens the request log at `path` read-only.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Open`] when the file is missing, unreadable or not an SQLite
+    /// database, and [`StoreError::NotRequestLog`] when it has no `requests` table.
+    pub async fn open(path: impl AsRef<Path>) -> Result<LogReader, StoreError> {
+        let path = path.as_ref();
+        let pool = connect::open_reader(path).await?;
+        Ok(LogReader {
+            path: path.to_owned(),
+            pool,
+        })
+    }
+
+    /// Returns the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Returns the rows that match `filter`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Query`] when SQLite fails.
+    pub async fn recent(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new(ENTRY_COLUMNS);
+        let mut joiner = " WHERE ";
+        if let Some(status) = filter.status {
+            let codes = status.codes();
+            sql.push(joiner)
+                .push("status >= ")
+                .push_bind(i64::from(codes.start));
+            sql.push(" AND status < ").push_bind(i64::from(codes.end));
+            joiner = " AND ";
+        }
+        if let Some(route) = &filter.route {
+            sql.push(joiner).push("route = ").push_bind(route.as_str());
+            joiner = " AND ";
+        }
+        if let Some(since_us) = filter.since_us {
+            sql.push(joiner).push("ts_us >= ").push_bind(since_us);
+        }
+        let limit = filter.limit.min(LogFilter::MAX_LIMIT);
+        sql.push(" ORDER BY ts_us DESC, id DESC LIMIT ")
+            .push_bind(limit);
+
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| self.query_error(source))?;
+        rows.iter()
+            .map(entry_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|source| self.query_error(source))
+    }
+
+    /// Closes the reader's connections.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) fn query_error(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Query {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<LogEntry, sqlx::Error> {
+    let ts_us: i64 = row.try_get("ts_us")?;
+    Ok(LogEntry {
+        id: row.try_get("id")?,
+        timestamp: time::format_rfc3339(ts_us),
+        ts_us,
+        request_id: row.try_get("request_id")?,
+        method: row.try_get("method")?,
+        path: row.try_get("path")?,
+        query: row.try_get("query")?,
+        route: row.try_get("route")?,
+        status: row.try_get("status")?,
+        latency_us: unsigned(row.try_get("latency_us")?),
+        client_ip: row.try_get("client_ip")?,
+        user_agent: row.try_get("user_agent")?,
+        backend: row.try_get("backend")?,
+        bytes_received: unsigned(row.try_get("bytes_received")?),
+        bytes_sent: unsigned(row.try_get("bytes_sent")?),
+        error_kind: row.try_get("error_kind")?,
+        retried: row.try_get("retried")?,
+    })
+}
+
+/// Reads a counter the writer stored from a `u64`, so it is never negative unless the file
+/// was edited by hand.
+pub(crate) fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}

@@ -1,0 +1,298 @@
+//! The writer task: drains the queue into SQLite in batches and deletes expired rows.
+
+use crate::{RequestRecord, StoreError, insert, retention};
+use gateway_config::RequestLogConfig;
+use sqlx::Connection;
+use sqlx::sqlite::SqliteConnection;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, error, trace, warn};
+
+/// Default time between two retention runs.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The task that writes queued records to the database, returned by
+/// [`RequestLog::open`](crate::RequestLog::open).
+///
+/// It writes a batch in one transaction when `batch_size` records wait or `flush_interval`
+/// has passed since the first of them arrived, whichever comes first. Between batches it
+/// deletes rows older than `retention`, one chunk of 5000 rows at a time, so that a batch
+/// waits for at most one chunk.
+#[derive(Debug)]
+pub struct Writer {
+    path: PathBuf,
+    connection: SqliteConnection,
+    receiver: mpsc::Receiver<RequestRecord>,
+    dropped: Arc<AtomicU64>,
+    batch_size: usize,
+    flush_interval: Duration,
+    retention: Duration,
+    retention_interval: Duration,
+}
+
+/// Counts of what a writer did between its start and its stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Rows committed.
+    pub written: u64,
+    /// Rows lost because their batch failed to commit.
+    pub failed: u64,
+    /// Records dropped by [`RequestLog::record`](crate::RequestLog::record) because the queue
+    /// was full or the writer had stopped, counted up to the stop.
+    pub dropped: u64,
+    /// Expired rows deleted.
+    pub expired: u64,
+}
+
+/// A running writer, returned by [`Writer::spawn`].
+#[derive(Debug)]
+pub struct WriterHandle {
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<WriteSummary>,
+}
+
+impl WriterHandle {
+    /// Stops the writer once it has committed every record queued so far and closed the
+    /// database. Records queued after this call are dropped and counted.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::WriterTask`] when the writer task panicked or was aborted.
+    pub async fn shutdown(self) -> Result<WriteSummary, StoreError> {
+        // The writer may already have stopped because every handle was dropped.
+        let _ = self.shutdown.send(());
+        self.task.await.map_err(StoreError::WriterTask)
+    }
+
+    /// Stops the writer at its next await point without committing the current batch, as a
+    /// crash would. Meant for tests of crash recovery.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        config: &RequestLogConfig,
+        connection: SqliteConnection,
+        receiver: mpsc::Receiver<RequestRecord>,
+        dropped: Arc<AtomicU64>,
+    ) -> Writer {
+        Writer {
+            path: config.database.clone(),
+            connection,
+            receiver,
+            dropped,
+            batch_size: config.batch_size.max(1),
+            flush_interval: config.flush_interval,
+            retention: config.retention,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+        }
+    }
+
+    /// Sets the time between two retention runs. The default is
+    /// [`DEFAULT_RETENTION_INTERVAL`], one hour. The first run starts with the writer.
+    pub fn with_retention_interval(mut self, interval: Duration) -> Writer {
+        self.retention_interval = interval;
+        self
+    }
+
+    /// Starts the writer on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub fn spawn(self) -> WriterHandle {
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let stop = async move {
+            // A dropped handle is not a stop request: the writer then runs until every
+            // `RequestLog` is dropped.
+            if stop.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let task = tokio::spawn(self.run(stop));
+        WriterHandle { shutdown, task }
+    }
+
+    /// Writes queued records until `shutdown` completes or every [`RequestLog`] is dropped,
+    /// then commits what is still queued, closes the database and returns what it did.
+    ///
+    /// [`RequestLog`]: crate::RequestLog
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> WriteSummary {
+        let mut shutdown = pin!(shutdown);
+        let mut stopping = false;
+        let mut summary = WriteSummary::default();
+        let mut drops = DropWarnings::new(self.flush_interval);
+        let mut batch = Vec::with_capacity(self.batch_size);
+
+        // The first tick completes at once, so expired rows go when the writer starts.
+        let mut retention_timer = tokio::time::interval(self.retention_interval);
+        retention_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut retention_cutoff: Option<i64> = None;
+
+        loop {
+            if let Some(cutoff_us) = retention_cutoff {
+                retention_cutoff = self.delete_expired_chunk(cutoff_us, &mut summary).await;
+            }
+
+            // Wait for the first record of the next batch, a retention run or the stop.
+            let received = tokio::select! {
+                biased;
+                () = &mut shutdown, if !stopping => {
+                    debug!(path = %self.path.display(), "request log writer draining");
+                    self.receiver.close();
+                    stopping = true;
+                    continue;
+                }
+                received = self.receiver.recv_many(&mut batch, self.batch_size) => received,
+                _ = retention_timer.tick(), if !stopping => {
+                    retention_cutoff = Some(crate::now_us().saturating_sub(micros(self.retention)));
+                    continue;
+                }
+                () = std::future::ready(()), if retention_cutoff.is_some() => continue,
+            };
+            if received == 0 {
+                // Every sender is gone or the queue was closed, and nothing is left in it.
+                break;
+            }
+
+            // Wait for more records until the batch is full or has waited `flush_interval`.
+            let deadline = Instant::now() + self.flush_interval;
+            while batch.len() < self.batch_size {
+                let room = self.batch_size - batch.len();
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown, if !stopping => {
+                        self.receiver.close();
+                        stopping = true;
+                    }
+                    received = self.receiver.recv_many(&mut batch, room) => {
+                        if received == 0 {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline), if !stopping => break,
+                }
+            }
+
+            self.write_batch(&mut batch, &mut summary).await;
+            drops.warn_if_due(&self.dropped, &self.path, false);
+        }
+
+        drops.warn_if_due(&self.dropped, &self.path, true);
+        summary.dropped = self.dropped.load(Ordering::Relaxed);
+        if let Err(error) = self.connection.close().await {
+            debug!(path = %self.path.display(), %error, "request log close failed");
+        }
+        debug!(
+            path = %self.path.display(),
+            written = summary.written,
+            failed = summary.failed,
+            dropped = summary.dropped,
+            "request log writer stopped"
+        );
+        summary
+    }
+
+    async fn write_batch(&mut self, batch: &mut Vec<RequestRecord>, summary: &mut WriteSummary) {
+        let rows = batch.len() as u64;
+        match insert::insert_batch(&mut self.connection, batch).await {
+            Ok(()) => {
+                summary.written += rows;
+                trace!(rows, "request log batch committed");
+            }
+            Err(error) => {
+                // NOTE: a failed batch is not retried. The busy timeout already covers lock
+                // contention, so what is left (disk full, I/O error) would fail again.
+                summary.failed += rows;
+                error!(
+                    path = %self.path.display(),
+                    rows,
+                    %error,
+                    "request log batch write failed, rows lost"
+                );
+            }
+        }
+        batch.clear();
+    }
+
+    /// Deletes one chunk of rows older than `cutoff_us` and returns the cutoff again when
+    /// more may remain.
+    async fn delete_expired_chunk(
+        &mut self,
+        cutoff_us: i64,
+        summary: &mut WriteSummary,
+    ) -> Option<i64> {
+        let chunk = retention::CHUNK_ROWS;
+        match retention::delete_expired(&mut self.connection, cutoff_us, chunk).await {
+            Ok(deleted) => {
+                summary.expired += deleted;
+                if deleted > 0 {
+                    trace!(deleted, cutoff_us, "request log expired rows deleted");
+                }
+                (deleted == u64::from(chunk)).then_some(cutoff_us)
+            }
+            Err(error) => {
+                error!(
+                    path = %self.path.display(),
+                    %error,
+                    "request log retention failed"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Rate-limits the warning about dropped records to one per flush interval.
+struct DropWarnings {
+    interval: Duration,
+    reported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl DropWarnings {
+    fn new(interval: Duration) -> DropWarnings {
+        DropWarnings {
+            interval,
+            reported: 0,
+            last_warning: None,
+        }
+    }
+
+    /// Warns about records dropped since the last warning, unless one was logged less than an
+    /// interval ago and this is not the final call.
+    fn warn_if_due(&mut self, dropped: &AtomicU64, path: &std::path::Path, last: bool) {
+        let total = dropped.load(Ordering::Relaxed);
+        if total == self.reported {
+            return;
+        }
+        let now = Instant::now();
+        let recent = self
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < self.interval);
+        if recent && !last {
+            return;
+        }
+        warn!(
+            path = %path.display(),
+            dropped = total - self.reported,
+            total,
+            "request log records dropped, queue full or writer stopped"
+        );
+        self.reported = total;
+        self.last_warning = Some(now);
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,139 @@
+//! Opening paths that cannot hold a request log, for writing and for reading.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::config;
+use gateway_store::{LogReader, RequestLog, StoreError};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn assert_names_path(error: &StoreError, path: &Path) {
+    let message = error.to_string();
+    assert!(
+        message.contains(&path.display().to_string()),
+        "message `{message}` does not name {}",
+        path.display()
+    );
+}
+
+#[tokio::test]
+async fn missing_folders_are_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.database = dir.path().join("a/b/c/requests.db");
+
+    let (_log, writer) = RequestLog::open(&config).await.unwrap();
+    writer.spawn().shutdown().await.unwrap();
+
+    assert!(config.database.is_file());
+    LogReader::open(&config.database).await.unwrap();
+}
+
+#[tokio::test]
+async fn folder_at_database_path_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    std::fs::create_dir_all(&config.database).unwrap();
+
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert_names_path(&error, &config.database);
+
+    let error = LogReader::open(&config.database).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert_names_path(&error, &config.database);
+}
+
+#[tokio::test]
+async fn garbage_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    std::fs::create_dir_all(config.database.parent().unwrap()).unwrap();
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
+    std::fs::write(&config.database, &garbage).unwrap();
+
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert_names_path(&error, &config.database);
+
+    let error = LogReader::open(&config.database).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert_names_path(&error, &config.database);
+
+    // Neither attempt may have rewritten the file.
+    assert_eq!(std::fs::read(&config.database).unwrap(), garbage);
+}
+
+#[tokio::test]
+async fn file_in_place_of_folder_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"x").unwrap();
+    config.database = blocker.join("requests.db");
+
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::CreateFolder { .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &blocker);
+}
+
+#[tokio::test]
+async fn unwritable_folder_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("read-only");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o500)).unwrap();
+
+    // Root ignores directory permissions, so this case cannot fail for root: skip it there.
+    let probe = folder.join("probe");
+    if std::fs::write(&probe, b"").is_ok() {
+        eprintln!("skipped: this user can write into a 0o500 folder (running as root)");
+        return;
+    }
+
+    let mut config = config(dir.path());
+    config.database = folder.join("requests.db");
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert_names_path(&error, &config.database);
+}
+
+#[tokio::test]
+async fn reader_rejects_missing_file_without_creating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.db");
+
+    let error = LogReader::open(&path).await.unwrap_err();
+
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert_names_path(&error, &path);
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn reader_rejects_database_without_requests_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("CREATE TABLE things (id INTEGER PRIMARY KEY)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+
+    let error = LogReader::open(&path).await.unwrap_err();
+
+    assert!(
+        matches!(error, StoreError::NotRequestLog { .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &path);
+}

@@ -1,0 +1,272 @@
+//! The queue and the batch writer, on real SQLite files.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{assert_entry_matches, config, count_rows, record, wait_for_rows};
+use gateway_store::{LogFilter, LogReader, RequestLog, now_us};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    let start_us = now_us();
+    let records: Vec<_> = (0..10_000)
+        .map(|i| record(i, start_us + i as i64))
+        .collect();
+    for record in &records {
+        log.record(record.clone());
+    }
+    let summary = writer.shutdown().await.unwrap();
+
+    assert_eq!(log.dropped(), 0);
+    assert_eq!(summary.written, 10_000);
+    assert_eq!(summary.failed, 0);
+    assert_eq!(count_rows(&config.database).await, 10_000);
+
+    let reader = LogReader::open(&config.database).await.unwrap();
+    let filter = LogFilter {
+        limit: LogFilter::MAX_LIMIT,
+        ..LogFilter::default()
+    };
+    let entries = reader.recent(&filter).await.unwrap();
+    assert_eq!(entries.len(), 10_000);
+    let by_id: HashMap<_, _> = entries.iter().map(|e| (e.request_id.as_str(), e)).collect();
+    for record in &records {
+        assert_entry_matches(by_id[record.request_id.as_str()], record);
+    }
+}
+
+#[tokio::test]
+async fn flush_interval_commits_without_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    log.record(record(1, now_us()));
+
+    // One record is far below batch_size, so only the interval can commit it.
+    assert_eq!(wait_for_rows(&config.database, 1).await, 1);
+    writer.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn full_batch_commits_before_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.batch_size = 10;
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    for i in 0..11 {
+        log.record(record(i, now_us()));
+    }
+    let writer = writer.spawn();
+
+    assert_eq!(wait_for_rows(&config.database, 10).await, 10);
+
+    // The eleventh record starts the next batch, which waits for the hour-long interval.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count_rows(&config.database).await, 10);
+
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.written, 11);
+    assert_eq!(count_rows(&config.database).await, 11);
+}
+
+#[tokio::test]
+async fn full_queue_drops_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.queue_capacity = 4;
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+
+    // The writer has not started, so nothing leaves the queue.
+    for i in 0..100 {
+        log.record(record(i, now_us()));
+    }
+    assert_eq!(log.queued(), 4);
+    assert_eq!(log.dropped(), 96);
+
+    let summary = writer.spawn().shutdown().await.unwrap();
+    assert_eq!(summary.written, 4);
+    assert_eq!(summary.dropped, 96);
+    assert_eq!(count_rows(&config.database).await, 4);
+}
+
+#[tokio::test]
+async fn records_after_shutdown_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    writer.spawn().shutdown().await.unwrap();
+
+    log.record(record(1, now_us()));
+
+    assert_eq!(log.dropped(), 1);
+    assert_eq!(count_rows(&config.database).await, 0);
+}
+
+#[tokio::test]
+async fn dropping_every_handle_stops_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let clone = log.clone();
+    let task = tokio::spawn(writer.run(std::future::pending()));
+
+    log.record(record(1, now_us()));
+    clone.record(record(2, now_us()));
+    drop(log);
+    drop(clone);
+
+    let summary = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("writer still running after every handle was dropped")
+        .unwrap();
+    assert_eq!(summary.written, 2);
+    assert_eq!(count_rows(&config.database).await, 2);
+}
+
+#[tokio::test]
+async fn retention_deletes_only_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer
+        .with_retention_interval(Duration::from_millis(20))
+        .spawn();
+
+    let now = now_us();
+    let two_hours_us = 2 * 3_600_000_000;
+    for i in 0..300 {
+        log.record(record(i, now - two_hours_us - i as i64));
+    }
+    for i in 300..350 {
+        log.record(record(i, now));
+    }
+
+    // Rows arrive before or after the first run, so a later periodic run has to catch them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count_rows(&config.database).await != 50 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let summary = writer.shutdown().await.unwrap();
+
+    assert_eq!(summary.written, 350);
+    assert_eq!(summary.expired, 300);
+    let reader = LogReader::open(&config.database).await.unwrap();
+    let entries = reader.recent(&LogFilter::default()).await.unwrap();
+    assert_eq!(entries.len(), 50);
+    assert!(entries.iter().all(|entry| entry.ts_us == now));
+}
+
+#[tokio::test]
+async fn expired_rows_go_when_writer_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    let now = now_us();
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+    log.record(record(1, now - 2 * 3_600_000_000));
+    log.record(record(2, now));
+    writer.shutdown().await.unwrap();
+    assert_eq!(count_rows(&config.database).await, 2);
+
+    // Reopen with a one-hour retention and the default hourly interval: only the run at
+    // start can delete the old row.
+    config.retention = Duration::from_secs(3600);
+    let (_log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count_rows(&config.database).await != 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let summary = writer.shutdown().await.unwrap();
+
+    assert_eq!(summary.expired, 1);
+    assert_eq!(count_rows(&config.database).await, 1);
+}
+
+/// A `tracing` output buffer shared with the test.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn warnings(&self) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|line| line.contains("WARN"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn drop_warning_is_rate_limited() {
+    let buffer = LogBuffer::default();
+    let writer_buffer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer_buffer.clone())
+        .finish();
+    // The test runtime has one thread, so the writer task logs to this subscriber too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.queue_capacity = 4;
+    config.batch_size = 4;
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    for i in 0..100 {
+        log.record(record(i, now_us()));
+    }
+    let writer = writer.spawn();
+    assert_eq!(wait_for_rows(&config.database, 4).await, 4);
+
+    for i in 100..200 {
+        log.record(record(i, now_us()));
+    }
+    assert_eq!(wait_for_rows(&config.database, 8).await, 8);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The second batch's drops come within one flush interval of the first warning.
+    let warnings = buffer.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("dropped=96 total=96"),
+        "{}",
+        warnings[0]
+    );
+
+    // Stopping reports what is left unreported.
+    writer.shutdown().await.unwrap();
+    let warnings = buffer.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[1].contains("dropped=96 total=192"),
+        "{}",
+        warnings[1]
+    );
+}
