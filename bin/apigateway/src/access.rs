@@ -5,7 +5,9 @@ use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
 use gateway_proxy::{ErrorKind, ForwardInfo};
+use gateway_store::{RequestLog, RequestRecord, unix_micros};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -19,12 +21,18 @@ pub(crate) struct AccessHook {
 #[derive(Debug)]
 struct Shared {
     access_log: bool,
+    request_log: Option<RequestLog>,
 }
 
 impl AccessHook {
-    pub(crate) fn new(access_log: bool) -> AccessHook {
+    /// Creates the hook; it prints access lines when `access_log` is true and queues rows on
+    /// `request_log` when there is one.
+    pub(crate) fn new(access_log: bool, request_log: Option<RequestLog>) -> AccessHook {
         AccessHook {
-            shared: Arc::new(Shared { access_log }),
+            shared: Arc::new(Shared {
+                access_log,
+                request_log,
+            }),
         }
     }
 }
@@ -110,12 +118,53 @@ impl RequestHook for AccessHook {
                 completed = end.completed,
             );
         }
-        let _ = (
-            state.started_at,
-            state.user_agent,
-            state.bytes_received,
-            state.route,
-        );
+        if let Some(log) = &self.shared.request_log {
+            log.record(state.into_record(end));
+        }
+    }
+}
+
+impl Pending {
+    fn into_record(self, end: &RequestEnd) -> RequestRecord {
+        let text = |value: Option<HeaderValue>| {
+            value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        RequestRecord {
+            timestamp_us: unix_micros(self.started_at),
+            request_id: text(self.request_id).unwrap_or_default(),
+            method: method_name(&self.method),
+            path: self.uri.path().to_owned(),
+            query: self.uri.query().map(str::to_owned),
+            route: self.route,
+            status: self.status,
+            latency_us: u64::try_from(end.latency.as_micros()).unwrap_or(u64::MAX),
+            client_ip: self.client_ip,
+            user_agent: text(self.user_agent),
+            backend: self.backend,
+            bytes_received: self.bytes_received,
+            bytes_sent: end.bytes_sent,
+            error_kind: self.error_kind,
+            retried: self.retried,
+        }
+    }
+}
+
+/// Returns a standard method's name without allocating.
+fn method_name(method: &Method) -> Cow<'static, str> {
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::TRACE, "TRACE"),
+        (Method::CONNECT, "CONNECT"),
+    ];
+    match STANDARD.iter().find(|(m, _)| m == method) {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(method.as_str().to_owned()),
     }
 }
 

@@ -3,12 +3,16 @@
 //! They are answered before rate limiting and routing, so a route can never shadow them and
 //! the proxy's rate limit never applies to them.
 
-use crate::app::Gateway;
+use crate::app::{Gateway, RequestLogState};
 use bytes::Bytes;
 use gateway_balancer::BackendSnapshot;
 use gateway_proxy::{ProxyBody, error_response};
+use gateway_store::{LogFilter, StatusFilter, now_us, parse_since};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
+
+/// Window of `/admin/stats` when the request names none.
+const DEFAULT_WINDOW: &str = "5m";
 
 /// Returns whether `path` belongs to the admin endpoints.
 pub(crate) fn is_admin_path(path: &str) -> bool {
@@ -24,11 +28,119 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    match request.uri().path() {
-        "/health" => health(gateway),
-        "/admin/backends" => json_response(StatusCode::OK, &backends(gateway)),
-        _ => error_response(StatusCode::NOT_FOUND, "no admin endpoint at this path"),
+    let query = request.uri().query().unwrap_or("");
+    let result = match request.uri().path() {
+        "/health" => Ok(health(gateway)),
+        "/admin/backends" => Ok(json_response(StatusCode::OK, &backends(gateway))),
+        "/admin/logs" => logs(gateway, query).await,
+        "/admin/stats" => stats(gateway, query).await,
+        _ => Err(AdminError(
+            StatusCode::NOT_FOUND,
+            "no admin endpoint at this path".to_owned(),
+        )),
+    };
+    result.unwrap_or_else(|AdminError(status, message)| error_response(status, &message))
+}
+
+/// An admin request that fails: the status and the reason sent to the client.
+struct AdminError(StatusCode, String);
+
+type AdminResult = Result<Response<ProxyBody>, AdminError>;
+
+fn bad_parameter(message: String) -> AdminError {
+    AdminError(StatusCode::BAD_REQUEST, message)
+}
+
+fn query_failed(error: gateway_store::StoreError) -> AdminError {
+    tracing::error!(%error, "request log query failed");
+    AdminError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "request log query failed".to_owned(),
+    )
+}
+
+fn request_log(gateway: &Gateway) -> Result<&RequestLogState, AdminError> {
+    gateway.request_log.get().ok_or_else(|| {
+        AdminError(
+            StatusCode::NOT_FOUND,
+            "the request log is disabled: set request_log.enabled to true".to_owned(),
+        )
+    })
+}
+
+/// `GET /admin/logs?limit=&status=&route=&since=`: recent requests, newest first.
+async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
+    let state = request_log(gateway)?;
+    let mut filter = LogFilter::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=LogFilter::MAX_LIMIT).contains(limit))
+                    .ok_or_else(|| {
+                        bad_parameter(format!(
+                            "invalid limit {value:?}: write a whole number from 1 to {}",
+                            LogFilter::MAX_LIMIT
+                        ))
+                    })?;
+            }
+            "status" => {
+                let status = value
+                    .parse::<StatusFilter>()
+                    .map_err(|error| bad_parameter(format!("invalid status: {error}")))?;
+                filter.status = Some(status);
+            }
+            "route" => filter.route = Some(value.into_owned()),
+            "since" => {
+                let since = parse_since(&value, now_us())
+                    .map_err(|error| bad_parameter(format!("invalid since: {error}")))?;
+                filter.since_us = Some(since);
+            }
+            other => {
+                return Err(bad_parameter(format!(
+                    "unknown parameter {other:?}: use limit, status, route or since"
+                )));
+            }
+        }
     }
+    let entries = state.reader.recent(&filter).await.map_err(query_failed)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "count": entries.len(), "entries": entries }),
+    ))
+}
+
+/// `GET /admin/stats?window=5m`: counts and latency percentiles per route and backend.
+async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
+    let state = request_log(gateway)?;
+    let mut window = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "window" => window = Some(value.into_owned()),
+            other => {
+                return Err(bad_parameter(format!(
+                    "unknown parameter {other:?}: use window"
+                )));
+            }
+        }
+    }
+    let window = window.as_deref().unwrap_or(DEFAULT_WINDOW);
+    let since = parse_since(window, now_us()).map_err(|error| {
+        bad_parameter(format!(
+            "invalid window: {error}; write a duration like 5m or 1h"
+        ))
+    })?;
+    let stats = state.reader.stats(since).await.map_err(query_failed)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "window": window,
+            "stats": stats,
+            "request_log": { "dropped": state.log.dropped(), "queued": state.log.queued() },
+        }),
+    ))
 }
 
 fn health(gateway: &Gateway) -> Response<ProxyBody> {

@@ -6,8 +6,9 @@ use gateway_middleware::cors::{Cors, CorsLayer, CorsPolicy};
 use gateway_middleware::rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
 use gateway_proxy::routes::RouteTableError;
 use gateway_proxy::{BackendClient, Forward, RouteTable};
-use std::sync::Arc;
+use gateway_store::{LogReader, RequestLog};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tower::Layer;
 use tower::util::Either;
@@ -34,6 +35,15 @@ pub struct Gateway {
     pub(crate) trusted: TrustedProxies,
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
+    pub(crate) request_log: OnceLock<RequestLogState>,
+}
+
+/// The open request log: the queue the request path writes to and a reader for the admin
+/// endpoints.
+#[derive(Debug)]
+pub(crate) struct RequestLogState {
+    pub(crate) log: RequestLog,
+    pub(crate) reader: LogReader,
 }
 
 impl Gateway {
@@ -79,6 +89,7 @@ impl Gateway {
             limiters,
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            request_log: OnceLock::new(),
         })
     }
 

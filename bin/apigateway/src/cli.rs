@@ -1,6 +1,6 @@
 //! Command-line arguments.
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// An HTTP API gateway: routes, load balancing, health checks, rate limits, CORS and a
@@ -25,6 +25,66 @@ pub struct Cli {
     /// Format of every log line, replacing `logging.format` from the configuration.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
+
+    /// Read the request log instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands that read the request log database, with or without a running gateway.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print recent requests, newest first.
+    Logs(LogsArgs),
+    /// Print request counts, errors and latency percentiles per route and backend.
+    Stats(StatsArgs),
+}
+
+/// Where the request log database is.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database file; by default `request_log.database` from the configuration file.
+    #[arg(long, value_name = "PATH")]
+    pub database: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `apigateway logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Only requests since this time: a duration back from now (`5m`, `1h`) or an RFC 3339
+    /// UTC timestamp.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// Only requests of this route, written as in the configuration (`/api/users/*filepath`).
+    #[arg(long, value_name = "PATH")]
+    pub route: Option<String>,
+
+    /// Only requests with this status (`404`) or status class (`5xx`).
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+
+    /// Maximum number of requests printed, 1 to 10000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+}
+
+/// Arguments of `apigateway stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Time window back from now, like `5m` or `1h`, or an RFC 3339 UTC start time.
+    #[arg(long, default_value = "5m", value_name = "WINDOW")]
+    pub window: String,
 }
 
 /// Log line format.

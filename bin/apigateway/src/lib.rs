@@ -12,9 +12,11 @@
 //! - `access`: the timing hook that prints the access line and records the request.
 //! - [`server`]: the accept loop, connections, timeouts and draining.
 //! - [`cli`]: command-line arguments.
+//! - [`inspect`]: the `logs` and `stats` commands that read the request log.
 
 pub mod app;
 pub mod cli;
+pub mod inspect;
 pub mod server;
 
 mod access;

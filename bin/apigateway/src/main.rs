@@ -1,7 +1,7 @@
 //! The `apigateway` command: loads the configuration, sets up logging and serves until a stop
 //! signal.
 
-use apigateway::cli::{Cli, LogFormatArg};
+use apigateway::cli::{Cli, Command, LogFormatArg};
 use apigateway::{Gateway, serve};
 use clap::Parser;
 use gateway_config::{Config, LogFormat};
@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return inspect(&cli, command);
+    }
 
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -113,6 +116,36 @@ async fn run(config: Config, workers: usize) -> ExitCode {
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "server failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `logs` or `stats` and prints the result.
+fn inspect(cli: &Cli, command: &Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("apigateway: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Logs(args) => apigateway::inspect::logs(&cli.config, args).await,
+            Command::Stats(args) => apigateway::inspect::stats(&cli.config, args).await,
+        }
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("apigateway: {}", error_chain(&error));
+            ExitCode::from(2)
         }
     }
 }

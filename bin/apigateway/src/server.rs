@@ -1,7 +1,7 @@
 //! The listener: accepts connections, serves HTTP/1.1 on each, and drains on shutdown.
 
 use crate::access::AccessHook;
-use crate::app::Gateway;
+use crate::app::{Gateway, RequestLogState};
 pub use crate::router::Router;
 use crate::write_timeout::DeadlineBody;
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
@@ -9,6 +9,7 @@ use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
 use gateway_middleware::timing::{TimedBody, Timing, TimingLayer};
 use gateway_proxy::ProxyBody;
+use gateway_store::{LogReader, RequestLog};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -77,6 +78,10 @@ pub enum ServeError {
     /// Reading the listener's own address failed.
     #[error("failed to read the listener address")]
     LocalAddr(#[source] std::io::Error),
+
+    /// The request log database could not be opened.
+    #[error("failed to open the request log")]
+    RequestLog(#[from] gateway_store::StoreError),
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains.
@@ -123,7 +128,19 @@ where
     let write_timeout = server.write_timeout;
     let shutdown_timeout = server.shutdown_timeout;
 
-    let hook = AccessHook::new(gateway.config.logging.access_log);
+    // The request log opens before the first connection, so that a bad database path stops
+    // the start instead of losing rows.
+    let writer = if gateway.config.request_log.enabled {
+        let (log, writer) = RequestLog::open(&gateway.config.request_log).await?;
+        let reader = LogReader::open(&gateway.config.request_log.database).await?;
+        let _ = gateway.request_log.set(RequestLogState { log, reader });
+        tracing::info!(database = %gateway.config.request_log.database.display(), "request log open");
+        Some(writer.spawn())
+    } else {
+        None
+    };
+    let request_log = gateway.request_log.get().map(|state| state.log.clone());
+    let hook = AccessHook::new(gateway.config.logging.access_log, request_log);
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
     let stack: Stack<L::Service> =
         RequestIdLayer.layer(TimingLayer::new(hook).layer(CatchPanicLayer.layer(router)));
@@ -196,6 +213,20 @@ where
 
     let _ = stop_tasks.send(true);
     health.join().await;
+
+    // Every request that finished has queued its row by now; the writer commits them all.
+    drop(stack);
+    if let Some(writer) = writer {
+        match writer.shutdown().await {
+            Ok(summary) => tracing::info!(
+                written = summary.written,
+                dropped = summary.dropped,
+                failed = summary.failed,
+                "request log closed"
+            ),
+            Err(error) => tracing::error!(%error, "request log writer failed"),
+        }
+    }
     Ok(outcome)
 }
 
