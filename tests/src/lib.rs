@@ -6,8 +6,12 @@
 //! handle is dropped, so a failing test leaves nothing running.
 #![allow(missing_docs)]
 
+mod admin;
 mod client;
 mod process;
+mod raw;
 
+pub use admin::{admin_backends, backend_state, wait_for_health};
 pub use client::{Reply, get, raw_request, request};
 pub use process::{GatewayProcess, MockProcess, binary, free_port};
+pub use raw::{RawConnection, RawResponse};

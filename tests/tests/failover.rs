@@ -1,0 +1,247 @@
+//! Failover: a backend that dies leaves rotation without failing idempotent requests, comes
+//! back when it recovers, and non-idempotent requests are never sent twice.
+
+use bytes::Bytes;
+use gateway_tests::{
+    GatewayProcess, MockProcess, admin_backends, free_port, get, request, wait_for_health,
+};
+use http::Method;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Health check interval of these tests; the bounds below are multiples of it.
+const INTERVAL: Duration = Duration::from_secs(1);
+/// Slack on top of each bound, for process scheduling on a loaded machine.
+const MARGIN: Duration = Duration::from_secs(2);
+
+const HEALTH_CHECK: &str = "
+health_check:
+  interval: 1s
+  unhealthy_threshold: 3
+  healthy_threshold: 2
+  timeout: 500ms
+";
+
+fn two_backend_gateway(first: &str, second: &str) -> GatewayProcess {
+    GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+request_log:
+  database: "{{dir}}/gateway.db"
+{HEALTH_CHECK}
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{first}"
+        weight: 2
+      - url: "{second}"
+        weight: 1
+"#
+    ))
+}
+
+/// One request of the steady client stream.
+#[derive(Debug)]
+struct Sent {
+    at: Duration,
+    status: u16,
+    server: String,
+}
+
+/// Sends a GET every 20 ms until `stop` is set or 15 seconds pass.
+async fn steady_stream(gateway_url: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
+    let start = Instant::now();
+    let mut sent = Vec::new();
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(15) {
+        let url = format!("{gateway_url}/api/stream/{i}");
+        let (status, server) = match request(Method::GET, &url, &[], Bytes::new()).await {
+            Ok(reply) => {
+                let server = reply.header("x-mock-server").to_owned();
+                (reply.status.as_u16(), server)
+            }
+            Err(_) => (0, String::new()),
+        };
+        sent.push(Sent {
+            at: start.elapsed(),
+            status,
+            server,
+        });
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sent
+}
+
+#[tokio::test]
+async fn killed_backend_fails_over_and_returns() {
+    let primary = MockProcess::start("Primary");
+    let mut secondary = MockProcess::start("Secondary");
+    let secondary_port = secondary.addr.port();
+    let secondary_url = secondary.url.clone();
+    let gateway = two_backend_gateway(&primary.url, &secondary.url);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = tokio::spawn(steady_stream(gateway.url.clone(), Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Kill the weight-1 backend while requests flow.
+    secondary.kill();
+    let down = wait_for_health(&gateway.url, &secondary_url, false, 3 * INTERVAL + MARGIN).await;
+    // A panic here drops the runtime, which cancels the client stream.
+    let (entry, _) = down
+        .unwrap_or_else(|last| panic!("killed backend still healthy after 3 intervals: {last}"));
+    assert!(
+        entry["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "unhealthy backend has no last_error: {entry}"
+    );
+
+    // Bring it back on the same port.
+    let _restarted = MockProcess::start_on("Secondary", secondary_port);
+    let up = wait_for_health(&gateway.url, &secondary_url, true, 2 * INTERVAL + MARGIN).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = stream.await.expect("client stream task");
+    if let Err(last) = up {
+        panic!("restarted backend still unhealthy after 2 intervals: {last}");
+    }
+
+    let failed: Vec<String> = sent
+        .iter()
+        .filter(|s| s.status != 200)
+        .map(|s| format!("{} at {:?}", s.status, s.at))
+        .collect();
+    assert!(sent.len() > 20, "only {} requests sent", sent.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} GETs failed during failover: {failed:?}",
+        failed.len(),
+        sent.len()
+    );
+    assert!(
+        sent.iter().any(|s| s.server == "Secondary"),
+        "no request reached the weight-1 backend"
+    );
+
+    // With both healthy again, the next 30 requests split 2:1.
+    let mut primary_count = 0;
+    let mut secondary_count = 0;
+    for i in 0..30 {
+        let reply = get(&format!("{}/api/after/{i}", gateway.url)).await;
+        assert_eq!(reply.status, 200, "request {i} after recovery");
+        match reply.header("x-mock-server") {
+            "Primary" => primary_count += 1,
+            "Secondary" => secondary_count += 1,
+            other => panic!("unknown server {other:?}"),
+        }
+    }
+    assert_eq!(primary_count, 20);
+    assert_eq!(secondary_count, 10);
+
+    for entry in admin_backends(&gateway.url).await {
+        assert_eq!(entry["in_flight"], 0, "{entry}");
+    }
+}
+
+#[tokio::test]
+async fn post_to_dead_backend_is_not_retried() {
+    let live = MockProcess::start("Live");
+    let dead_solo = format!("http://127.0.0.1:{}", free_port());
+    let dead_mixed = format!("http://127.0.0.1:{}", free_port());
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+request_log:
+  database: "{{dir}}/gateway.db"
+health_check:
+  enabled: false
+routes:
+  - path: "/solo/*rest"
+    backends:
+      - url: "{dead_solo}"
+  - path: "/mixed/*rest"
+    backends:
+      - url: "{dead_mixed}"
+      - url: "{live}"
+"#,
+        live = live.url
+    ));
+
+    // A route whose only backend is dead: nothing to retry on, whatever the method.
+    let post = request(
+        Method::POST,
+        &format!("{}/solo/order", gateway.url),
+        &[],
+        "payload",
+    )
+    .await
+    .expect("POST");
+    assert_eq!(post.status, 502);
+    assert_eq!(post.json()["status"], 502);
+    let get_reply = get(&format!("{}/solo/order", gateway.url)).await;
+    assert_eq!(get_reply.status, 502);
+
+    // A dead and a live backend: a POST gets its response from the backend it was sent to,
+    // or fails with 502, and never reaches the live backend after failing on the dead one.
+    let stats_url = format!("{}/_mock/stats", live.url);
+    let mut post_failures = 0;
+    for i in 0..4 {
+        let before = get(&stats_url).await.json()["requests"].as_u64();
+        let post = request(
+            Method::POST,
+            &format!("{}/mixed/order/{i}", gateway.url),
+            &[],
+            "payload",
+        )
+        .await
+        .expect("POST");
+        let after = get(&stats_url).await.json()["requests"].as_u64();
+        match post.status.as_u16() {
+            200 => assert_eq!(after, before.map(|n| n + 1), "POST {i} answered twice?"),
+            502 => {
+                post_failures += 1;
+                assert_eq!(after, before, "POST {i} failed with 502 yet reached Live");
+            }
+            other => panic!("POST {i}: unexpected status {other}"),
+        }
+
+        let reply = get(&format!("{}/mixed/item/{i}", gateway.url)).await;
+        assert_eq!(reply.status, 200, "GET {i} is retried on the live backend");
+    }
+    assert!(post_failures > 0, "no POST was sent to the dead backend");
+}
+
+#[tokio::test]
+async fn all_backends_down_gives_fast_503() {
+    let mut first = MockProcess::start("First");
+    let mut second = MockProcess::start("Second");
+    let gateway = two_backend_gateway(&first.url, &second.url);
+    let urls = [first.url.clone(), second.url.clone()];
+
+    first.kill();
+    second.kill();
+    for url in &urls {
+        if let Err(last) = wait_for_health(&gateway.url, url, false, 3 * INTERVAL + MARGIN).await {
+            panic!("killed backend {url} still healthy after 3 intervals: {last}");
+        }
+    }
+
+    let started = Instant::now();
+    let reply = get(&format!("{}/api/anything", gateway.url)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["status"], 503);
+    let retry_after = reply.header("retry-after");
+    assert!(
+        retry_after.parse::<u32>().is_ok(),
+        "Retry-After {retry_after:?} is not a number of seconds"
+    );
+    // A correctness bound: the gateway must respond from backend state, not after trying to
+    // connect.
+    assert!(elapsed < Duration::from_secs(1), "503 took {elapsed:?}");
+}

@@ -1,0 +1,167 @@
+//! Graceful shutdown: SIGTERM stops accepting, lets in-flight requests finish within
+//! `server.shutdown_timeout`, cuts them off after it, and a second signal stops at once.
+
+use bytes::Bytes;
+use gateway_tests::{GatewayProcess, MockProcess, RawConnection, Reply, backend_state, request};
+use http::Method;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+fn start(shutdown_timeout: &str) -> (MockProcess, GatewayProcess) {
+    let mock = MockProcess::start("Slow");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  shutdown_timeout: {shutdown_timeout}
+request_log:
+  database: "{{dir}}/gateway.db"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        mock.url
+    ));
+    (mock, gateway)
+}
+
+/// Starts a GET that the backend holds for `delay_ms`, and returns once the gateway counts it
+/// in flight.
+async fn start_slow_request(
+    gateway: &GatewayProcess,
+    mock: &MockProcess,
+    delay_ms: u64,
+) -> JoinHandle<Result<Reply, hyper_util::client::legacy::Error>> {
+    let url = format!("{}/api/slow?delay={delay_ms}", gateway.url);
+    let task = tokio::spawn(async move { request(Method::GET, &url, &[], Bytes::new()).await });
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let entry = backend_state(&gateway.url, &mock.url).await;
+        if entry["in_flight"] == 1 {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow request not in flight after 5 s: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_request() {
+    let (mock, mut gateway) = start("10s");
+    let slow = start_slow_request(&gateway, &mock, 2000).await;
+
+    gateway.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = TcpStream::connect(gateway.addr);
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+
+    let reply = slow
+        .await
+        .expect("request task")
+        .expect("in-flight request completes during the drain");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection"), "close");
+
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits before shutdown_timeout");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        gateway
+            .wait_for_line(&["drained"], Duration::from_secs(2))
+            .is_some(),
+        "no drained line; output:\n{}",
+        gateway.lines().join("\n")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_timeout_cuts_off_slow_request() {
+    let (mock, mut gateway) = start("1s");
+    let slow = start_slow_request(&gateway, &mock, 5000).await;
+
+    let signalled = Instant::now();
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(5))
+        .expect("gateway exits within 5 s of SIGTERM with shutdown_timeout 1s");
+    let waited = signalled.elapsed();
+    assert!(!status.success(), "exit status {status} after a cut-off");
+    assert!(
+        waited >= Duration::from_millis(800),
+        "exited after {waited:?}, before the 1 s shutdown_timeout"
+    );
+
+    let warning = gateway.wait_for_line(&["WARN", "cutting off"], Duration::from_secs(2));
+    assert!(
+        warning.is_some(),
+        "no warning about cut-off requests; output:\n{}",
+        gateway.lines().join("\n")
+    );
+
+    let outcome = slow.await.expect("request task");
+    assert!(
+        outcome.as_ref().map_or(true, |reply| reply.status != 200),
+        "cut-off request still got 200"
+    );
+}
+
+#[tokio::test]
+async fn second_signal_stops_at_once() {
+    let (mock, mut gateway) = start("10s");
+    let _slow = start_slow_request(&gateway, &mock, 5000).await;
+
+    gateway.signal("TERM");
+    assert!(
+        gateway
+            .wait_for_line(&["draining"], Duration::from_secs(5))
+            .is_some(),
+        "no draining line after the first SIGTERM"
+    );
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(2))
+        .expect("gateway exits within 2 s of the second SIGTERM");
+    assert!(!status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn health_is_never_ok_while_draining() {
+    let (mock, gateway) = start("10s");
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let before = connection
+        .exchange(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("first /health");
+    assert_eq!(before.status, 200);
+
+    // The slow request keeps the drain going while /health is asked again.
+    let _slow = start_slow_request(&gateway, &mock, 3000).await;
+    gateway.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The gateway may close the idle connection instead of responding, but it must not
+    // report itself healthy.
+    match connection.exchange(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n") {
+        Ok(reply) => {
+            assert_eq!(reply.status, 503, "/health during the drain");
+            assert_eq!(reply.json()["status"], "draining");
+        }
+        Err(error) => {
+            assert!(
+                error.kind() != std::io::ErrorKind::WouldBlock
+                    && error.kind() != std::io::ErrorKind::TimedOut,
+                "/health hung during the drain: {error}"
+            );
+        }
+    }
+}
