@@ -168,8 +168,6 @@ fn nested_unknown_field_names_path() {
 /// The parser's own message already contains the field path and the position, so the error
 /// line should contain each once.
 #[test]
-#[ignore = "parse errors print the field path and the line twice, once from the loader and \
-            once inside the YAML parser's message"]
 fn parse_error_says_each_fact_once() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = write_config(dir.path(), "server:\n  host: 127.0.0.1\n  hots: example\n");

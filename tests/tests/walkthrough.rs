@@ -367,7 +367,6 @@ async fn dead_backend_gives_502() {
 /// unhealthy. So the gateway must keep trying it: every request to a dead backend is a 502
 /// (not a 503), and the backend serves again as soon as it is up.
 #[tokio::test]
-#[ignore = "with health checks off, 3 failed requests mark a backend unhealthy for good"]
 async fn backend_without_health_check_stays_in_rotation() {
     let port = free_port();
     let dead = format!("http://127.0.0.1:{port}");

@@ -9,7 +9,7 @@ use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
 use gateway_middleware::timing::{TimedBody, Timing, TimingLayer};
 use gateway_proxy::ProxyBody;
-use gateway_store::{LogReader, RequestLog};
+use gateway_store::{LogReader, RequestLog, WriterHandle};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::layer::util::Identity;
 use tower::{Layer, Service};
+
+/// Largest request head accepted; a larger one gets 431 Request Header Fields Too Large.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How often idle rate-limit buckets are evicted.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -118,12 +121,12 @@ where
     L::Service: InnerService,
 {
     let address = listener.local_addr().map_err(ServeError::LocalAddr)?;
-    tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
 
     let server = &gateway.config.server;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(server.read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let write_timeout = server.write_timeout;
     let shutdown_timeout = server.shutdown_timeout;
@@ -131,15 +134,14 @@ where
     // The request log opens before the first connection, so that a bad database path stops
     // the start instead of losing rows.
     let writer = if gateway.config.request_log.enabled {
-        let (log, writer) = RequestLog::open(&gateway.config.request_log).await?;
-        let reader = LogReader::open(&gateway.config.request_log.database).await?;
-        let _ = gateway.request_log.set(RequestLogState { log, reader });
-        tracing::info!(database = %gateway.config.request_log.database.display(), "request log open");
-        Some(writer.spawn())
+        let (state, writer) = open_request_log(&gateway.config.request_log).await?;
+        let _ = gateway.request_log.set(state);
+        Some(writer)
     } else {
         None
     };
     let request_log = gateway.request_log.get().map(|state| state.log.clone());
+    tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
     let hook = AccessHook::new(gateway.config.logging.access_log, request_log);
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
     let stack: Stack<L::Service> =
@@ -230,6 +232,16 @@ where
     Ok(outcome)
 }
 
+/// Opens the request log's queue, writer and reader.
+async fn open_request_log(
+    config: &gateway_config::RequestLogConfig,
+) -> Result<(RequestLogState, WriterHandle), ServeError> {
+    let (log, writer) = RequestLog::open(config).await?;
+    let reader = LogReader::open(&config.database).await?;
+    tracing::info!(database = %config.database.display(), "request log open");
+    Ok((RequestLogState { log, reader }, writer.spawn()))
+}
+
 /// The per-connection service: adds the peer and client address to each request, runs the
 /// layer stack and bounds the response by the write timeout.
 #[derive(Clone)]
@@ -277,5 +289,17 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
         let response = ready!(this.inner.poll(cx))?;
         let deadline = *this.deadline;
         Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles only while the server future can be handed to `tokio::spawn`.
+    #[allow(dead_code)]
+    fn serve_future_is_send(listener: TcpListener, gateway: Arc<Gateway>) {
+        fn spawnable<F: Future + Send + 'static>(_: F) {}
+        spawnable(serve(listener, gateway, std::future::pending()));
     }
 }

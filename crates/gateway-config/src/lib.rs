@@ -51,13 +51,15 @@ impl Config {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let field = error.path().to_string();
+            let field = if field == "." { String::new() } else { field };
             let location = error.inner().location();
+            let message = parser_message(&error.inner().to_string(), &field);
             ConfigError::Parse {
                 file: file.to_owned(),
-                field: if field == "." { String::new() } else { field },
+                field,
                 line: location.as_ref().map(|l| l.line()),
                 column: location.as_ref().map(|l| l.column()),
-                message: error.inner().to_string(),
+                message,
             }
         })?;
 
@@ -70,5 +72,47 @@ impl Config {
                 problems,
             })
         }
+    }
+}
+
+/// Removes what the error report already shows from the YAML parser's message: the field
+/// path it puts in front and the position it puts at the end.
+fn parser_message(message: &str, field: &str) -> String {
+    let mut text = message;
+    if let Some(at) = text.rfind(" at line ") {
+        let tail = &text[at + " at line ".len()..];
+        if tail.split(" column ").all(|n| n.parse::<usize>().is_ok()) {
+            text = &text[..at];
+        }
+    }
+    if let Some((prefix, rest)) = text.split_once(": ") {
+        let names_field = field == prefix
+            || field.starts_with(&format!("{prefix}."))
+            || field.starts_with(&format!("{prefix}["));
+        if names_field {
+            text = rest;
+        }
+    }
+    text.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parser_message;
+
+    #[test]
+    fn parser_message_drops_path_and_position() {
+        let message = "server: unknown field `hots`, expected `host` at line 2 column 3";
+        assert_eq!(
+            parser_message(message, "server.hots"),
+            "unknown field `hots`, expected `host`"
+        );
+        let message =
+            "routes[1].backends[0].weight: invalid type: integer `-1` at line 5 column 52";
+        assert_eq!(
+            parser_message(message, "routes[1].backends[0].weight"),
+            "invalid type: integer `-1`"
+        );
+        assert_eq!(parser_message("invalid type: map", ""), "invalid type: map");
     }
 }

@@ -92,14 +92,14 @@ impl Config {
                         if pattern.implicit {
                             continue;
                         }
-                        if let Err(error) = router.insert(pattern.pattern.as_str(), i) {
+                        if router.insert(pattern.pattern.as_str(), i).is_err() {
                             let other = conflicting_route(&router, &pattern.pattern)
-                                .map(|j| format!(" (routes[{j}].path {:?})", self.routes[j].path))
-                                .unwrap_or_default();
+                                .map(|j| format!("routes[{j}].path {:?}", self.routes[j].path))
+                                .unwrap_or_else(|| "another route".to_owned());
                             problems.push(
                                 format!("{field}.path"),
                                 format!(
-                                    "{:?} conflicts with another route{other}: {error}; give each route a distinct path",
+                                    "{:?} conflicts with {other}: both match the same requests; give each route a distinct path",
                                     route.path
                                 ),
                             );

@@ -128,7 +128,7 @@ routes:
         "routes[0].backends[1].weight: must be at least 1, got 0",
         "routes[0].methods[1]: unknown HTTP method \"FETCH\"",
         "routes[0].methods[2]: unknown HTTP method \"post\": write it in capitals: \"POST\"",
-        "routes[1].path: \"/api/users/*other\" conflicts with another route (routes[0].path",
+        "routes[1].path: \"/api/users/*other\" conflicts with routes[0].path \"/api/users/*filepath\": both match",
         "routes[1].backends[0].url:",
         "routes[2].backends: must list at least one backend",
         "routes[3].backends[0].url: scheme \"https\"",

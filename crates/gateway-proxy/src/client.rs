@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-type Sender = SendRequest<Incoming>;
+/// The sending half of a backend connection.
+pub(crate) type Sender = SendRequest<Incoming>;
 
 struct Idle {
     sender: Sender,

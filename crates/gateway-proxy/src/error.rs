@@ -179,6 +179,16 @@ impl ProxyError {
         self.nothing_sent
     }
 
+    /// Whether the failure counts toward the backend's unhealthy threshold: a failed connect
+    /// or a broken exchange does, a slow response does not, because a slow backend is alive.
+    pub fn counts_against_backend(&self) -> bool {
+        match self.kind {
+            ErrorKind::BackendConnect | ErrorKind::BackendError => true,
+            ErrorKind::BackendTimeout => self.nothing_sent,
+            _ => false,
+        }
+    }
+
     /// The status the client receives for this failure.
     pub fn status(&self) -> StatusCode {
         match self.kind {

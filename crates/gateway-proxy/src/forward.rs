@@ -1,7 +1,7 @@
 //! Forwarding one request to a backend of its route, with one retry for failed connects.
 
 use crate::body::ProxyBody;
-use crate::client::BackendClient;
+use crate::client::{BackendClient, Sender};
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::{backend_uri, remove_hop_by_hop, set_forwarding_headers};
 use crate::routes::Route;
@@ -85,86 +85,118 @@ async fn forward(
     remove_hop_by_hop(&mut parts.headers);
     set_forwarding_headers(&mut parts.headers, peer, None);
     let idempotent = is_idempotent(&parts.method);
+    // The client's URI; each attempt derives the backend's URI from it.
+    let original_uri = parts.uri.clone();
+    let mut request = Request::from_parts(parts, body);
 
-    // Connect first: while no connection exists nothing was sent, so an idempotent request
-    // may still go to another backend.
-    let (mut sender, pooled, in_flight) = loop {
+    loop {
         let in_flight = backend.start_request();
-        match client.connect(&backend).await {
-            Ok((sender, pooled)) => break (sender, pooled, in_flight),
-            Err(error) => {
-                note_failure(&backend, &error);
-                drop(in_flight);
-                let other = if idempotent && !info.retried && error.is_retry_safe() {
-                    route.pool.pick_other(&backend)
-                } else {
-                    None
-                };
-                match other {
-                    Some(other) => {
-                        tracing::debug!(backend = %backend.url_text(), %error, "retrying on another backend");
-                        backend = Arc::clone(other);
-                        info.retried = true;
-                    }
-                    None => {
-                        info.backend = Some(Arc::clone(backend.url_text()));
-                        return error_with_info(error, info);
-                    }
-                }
+        if let Some(target) = route.target(&backend) {
+            if !route.preserve_host {
+                request
+                    .headers_mut()
+                    .insert(http::header::HOST, target.host.clone());
             }
+            *request.uri_mut() = backend_uri(target.prefix.as_deref(), &original_uri);
+        }
+        info.backend = Some(Arc::clone(backend.url_text()));
+
+        let failure = match exchange(&client, &backend, request).await {
+            Ok((response, sender)) => {
+                backend.record_success();
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                parts.extensions.insert(info);
+                let lease = client.lease(in_flight, sender);
+                return Response::from_parts(parts, ProxyBody::backend(body, lease));
+            }
+            Err(failure) => failure,
+        };
+        drop(in_flight);
+        if failure.error.counts_against_backend() {
+            note_failure(&backend, &failure.error);
+        }
+
+        // Only a request that never reached a backend may go to another, and only once.
+        let retry = match failure.unsent {
+            Some(unsent) if idempotent && !info.retried => {
+                route.pool.pick_other(&backend).map(|other| (other, unsent))
+            }
+            _ => None,
+        };
+        let Some((other, unsent)) = retry else {
+            return error_with_info(failure.error, info);
+        };
+        tracing::debug!(
+            backend = %backend.url_text(),
+            error = %failure.error,
+            "retrying on another backend"
+        );
+        backend = Arc::clone(other);
+        info.retried = true;
+        request = unsent;
+    }
+}
+
+/// A failed exchange, with the request when none of it was sent.
+struct Failure {
+    error: ProxyError,
+    unsent: Option<Request<Incoming>>,
+}
+
+/// Sends `request` to `backend` on a pooled or new connection and waits for the response
+/// head. A pooled connection that the backend closed while idle is replaced once.
+async fn exchange(
+    client: &BackendClient,
+    backend: &Backend,
+    request: Request<Incoming>,
+) -> Result<(Response<Incoming>, Sender), Failure> {
+    let (mut sender, pooled) = match client.connect(backend).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            return Err(Failure {
+                error,
+                unsent: Some(request),
+            });
         }
     };
-    info.backend = Some(Arc::clone(backend.url_text()));
-
-    let target = route.target(&backend);
-    if !route.preserve_host
-        && let Some(target) = target
-    {
-        parts
-            .headers
-            .insert(http::header::HOST, target.host.clone());
-    }
-    parts.uri = backend_uri(target.and_then(|t| t.prefix.as_deref()), &parts.uri);
-    let outgoing = Request::from_parts(parts, body);
 
     let timeout = client.response_timeout();
-    let sent = tokio::time::timeout(timeout, sender.try_send_request(outgoing)).await;
-    let result = match sent {
-        Err(_) => Err(ProxyError::timeout(timeout)),
-        Ok(Ok(response)) => Ok(response),
+    let error = match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+        Err(_) => ProxyError::timeout(timeout),
+        Ok(Ok(response)) => return Ok((response, sender)),
         Ok(Err(mut error)) => match error.take_message() {
-            // A pooled connection that the backend closed while it was idle: the request was
-            // not written, so it goes on a new connection to the same backend.
-            Some(unsent) if pooled => match client.open(&backend).await {
-                Ok(fresh) => {
-                    sender = fresh;
-                    match tokio::time::timeout(timeout, sender.send_request(unsent)).await {
-                        Err(_) => Err(ProxyError::timeout(timeout)),
-                        Ok(result) => result.map_err(exchange_error),
+            // The request was not written, so it goes on a new connection to the same
+            // backend.
+            Some(unsent) if pooled => {
+                let mut fresh = match client.open(backend).await {
+                    Ok(fresh) => fresh,
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            unsent: Some(unsent),
+                        });
                     }
+                };
+                match tokio::time::timeout(timeout, fresh.send_request(unsent)).await {
+                    Err(_) => ProxyError::timeout(timeout),
+                    Ok(Ok(response)) => return Ok((response, fresh)),
+                    Ok(Err(error)) => exchange_error(error),
                 }
-                Err(error) => Err(error),
-            },
-            _ => Err(exchange_error(error.into_error())),
+            }
+            Some(unsent) => {
+                return Err(Failure {
+                    error: exchange_error(error.into_error()),
+                    unsent: Some(unsent),
+                });
+            }
+            None => exchange_error(error.into_error()),
         },
     };
-
-    match result {
-        Ok(response) => {
-            backend.record_success();
-            let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
-            parts.extensions.insert(info);
-            let lease = client.lease(in_flight, sender);
-            Response::from_parts(parts, ProxyBody::backend(body, lease))
-        }
-        Err(error) => {
-            if error.side() == crate::Side::Backend {
-                note_failure(&backend, &error);
-            }
-            error_with_info(error, info)
-        }
-    }
+    Err(Failure {
+        error,
+        unsent: None,
+    })
 }
 
 fn exchange_error(error: hyper::Error) -> ProxyError {

@@ -153,10 +153,7 @@ impl RouteTable {
                 let shared = match by_url.get(&key) {
                     Some(&i) => Arc::clone(&backends[i].0),
                     None => {
-                        let policy = HealthPolicy {
-                            unhealthy_threshold: health.unhealthy_threshold,
-                            healthy_threshold: health.healthy_threshold,
-                        };
+                        let policy = health_policy(&health);
                         let created = Arc::new(Backend::new(url.clone(), policy));
                         by_url.insert(key, backends.len());
                         backends.push((Arc::clone(&created), health.clone()));
@@ -213,6 +210,22 @@ impl RouteTable {
     /// Each distinct backend once, with the health check settings it is probed with.
     pub fn backends(&self) -> &[(Arc<Backend>, HealthCheckConfig)] {
         &self.backends
+    }
+}
+
+/// Thresholds for a backend's health. Without active health checks nothing could bring a
+/// backend back, so failed requests never take it out of rotation.
+fn health_policy(health: &HealthCheckConfig) -> HealthPolicy {
+    if health.enabled {
+        HealthPolicy {
+            unhealthy_threshold: health.unhealthy_threshold,
+            healthy_threshold: health.healthy_threshold,
+        }
+    } else {
+        HealthPolicy {
+            unhealthy_threshold: u32::MAX,
+            healthy_threshold: 1,
+        }
     }
 }
 
@@ -335,6 +348,24 @@ routes:
             !Arc::ptr_eq(users, prefixed),
             "a path prefix makes another backend"
         );
+    }
+
+    #[test]
+    fn failures_without_health_check_keep_backend() {
+        let text = r#"
+health_check:
+  enabled: false
+routes:
+  - path: "/a"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#;
+        let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        let (backend, _) = &table.backends()[0];
+        for _ in 0..10 {
+            backend.record_failure("connection refused");
+        }
+        assert!(backend.is_healthy());
     }
 
     #[test]

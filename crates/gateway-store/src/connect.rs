@@ -29,20 +29,29 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT);
-    let mut connection = SqliteConnection::connect_with(&options)
-        .await
-        .map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
 
-    sqlx::migrate!()
-        .run(&mut connection)
+    // Migrations run through a one-connection pool: run on a bare `&mut SqliteConnection`,
+    // sqlx's `Acquire` bound makes the caller's future fail to prove `Send` for every
+    // lifetime, and a server that opens the log could then not be spawned.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
         .await
-        .map_err(|source| StoreError::Migrate {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(open_error)?;
+    let migrated = sqlx::migrate!().run(&pool).await;
+    pool.close().await;
+    migrated.map_err(|source| StoreError::Migrate {
+        path: path.to_owned(),
+        source,
+    })?;
+
+    let connection = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(open_error)?;
     Ok(connection)
 }
 
