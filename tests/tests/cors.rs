@@ -241,8 +241,6 @@ async fn request_without_origin_has_no_cors_headers() {
 }
 
 #[tokio::test]
-#[ignore = "Vary: Origin is sent only on requests that carry Origin, so a shared cache may \
-            serve a response without CORS headers to a cross-origin request"]
 async fn response_without_origin_varies_by_origin() {
     let (_mock, gateway) = start("CacheKey");
 
@@ -276,8 +274,6 @@ async fn plain_options_is_proxied() {
 }
 
 #[tokio::test]
-#[ignore = "the route table answers 405 before the CORS layer sees the preflight when the \
-            route lists methods without OPTIONS"]
 async fn preflight_works_on_route_with_methods() {
     let mock = MockProcess::start("Methods");
     let gateway = GatewayProcess::start(&gateway_config(
@@ -293,8 +289,6 @@ async fn preflight_works_on_route_with_methods() {
 }
 
 #[tokio::test]
-#[ignore = "the rate limit layer wraps the CORS layer, so its 429 carries no CORS headers and \
-            a browser script cannot read it"]
 async fn rate_limited_response_carries_cors_headers() {
     let mock = MockProcess::start("Limited");
     let config = format!(
@@ -315,6 +309,55 @@ async fn rate_limited_response_carries_cors_headers() {
         "Expose-Headers is {:?}",
         second.header("access-control-expose-headers")
     );
+}
+
+#[tokio::test]
+async fn method_not_allowed_carries_cors_headers() {
+    let mock = MockProcess::start("NotAllowed");
+    let gateway = GatewayProcess::start(&gateway_config(&mock.url, POLICY, "    methods: [GET]"));
+    let url = format!("{}/api/x", gateway.url);
+
+    let cross_origin = send(Method::POST, &url, &[("origin", ORIGIN)]).await;
+    let same_origin = send(Method::POST, &url, &[]).await;
+
+    // Without CORS headers a browser hides the 405 from the script behind a network error.
+    assert_eq!(cross_origin.status, 405);
+    assert_eq!(cross_origin.header("allow"), "GET");
+    assert_eq!(cross_origin.header("access-control-allow-origin"), ORIGIN);
+    assert!(
+        varies_by_origin(&cross_origin),
+        "Vary is {:?}",
+        cross_origin.header("vary")
+    );
+    assert_eq!(same_origin.status, 405);
+    assert_no_cors_headers(&same_origin, "405 without Origin");
+    assert!(
+        varies_by_origin(&same_origin),
+        "Vary is {:?}",
+        same_origin.header("vary")
+    );
+    assert_eq!(backend_requests(&mock).await, 0);
+}
+
+#[tokio::test]
+async fn preflight_takes_no_rate_limit_token() {
+    let mock = MockProcess::start("FreePreflight");
+    let config = format!(
+        "{}rate_limiting: {{enabled: true, requests_per_second: 1, burst: 1}}\n",
+        gateway_config(&mock.url, POLICY, "")
+    );
+    let gateway = GatewayProcess::start(&config);
+    let url = format!("{}/api/x", gateway.url);
+
+    for attempt in 0..3 {
+        let reply = preflight(&url, ORIGIN, "POST", "").await;
+        assert_eq!(reply.status, 204, "preflight {attempt}");
+        assert_eq!(reply.header("ratelimit"), "", "preflight {attempt}");
+    }
+    let actual = send(Method::GET, &url, &[("origin", ORIGIN)]).await;
+
+    assert_eq!(actual.status, 200, "the preflights used up the bucket");
+    assert_eq!(backend_requests(&mock).await, 1);
 }
 
 /// Runs `apigateway --check` on `config` and returns its exit success and combined output.

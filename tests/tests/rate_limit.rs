@@ -460,7 +460,6 @@ async fn admin_paths_are_never_limited() {
 }
 
 #[tokio::test]
-#[ignore = "each route builds its own limiter, so a limit inherited from the top level is per route"]
 async fn inherited_limit_spans_routes() {
     let mock = MockProcess::start("Spans");
     let routes = [

@@ -1,21 +1,31 @@
 //! Everything built once from the configuration and shared by every connection.
 
-use gateway_config::Config;
+use gateway_config::{Config, RateLimitConfig, RouteConfig};
 use gateway_middleware::client_ip::TrustedProxies;
 use gateway_middleware::cors::{Cors, CorsLayer, CorsPolicy};
-use gateway_middleware::rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
+use gateway_middleware::rate_limit::{
+    RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer, RateLimiter,
+};
 use gateway_proxy::routes::RouteTableError;
 use gateway_proxy::{BackendClient, Forward, RouteTable};
 use gateway_store::{LogReader, RequestLog};
+use http::header::{self, HeaderName};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tower::Layer;
 use tower::util::Either;
 
-/// A route's service: rate limit (when on), then CORS (when on), then the forwarder.
-pub(crate) type RouteService = Either<RateLimit<CorsOrForward>, CorsOrForward>;
-pub(crate) type CorsOrForward = Either<Cors<Forward>, Forward>;
+/// A route's service: CORS (when on), then the rate limit (when on), then the forwarder.
+///
+/// CORS is outside the rate limit, so the CORS layer responds to preflights without taking a
+/// token, and 429 responses carry the CORS headers a script needs to read them.
+pub(crate) type RouteService = Either<Cors<LimitOrForward>, LimitOrForward>;
+pub(crate) type LimitOrForward = Either<RateLimit<Forward>, Forward>;
+
+/// The headers the rate limit adds to responses, exposed to scripts on routes with both a
+/// rate limit and CORS.
+const RATE_LIMIT_HEADERS: [HeaderName; 3] = [header::RETRY_AFTER, RATELIMIT, RATELIMIT_POLICY];
 
 /// A failure to build the gateway from a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -57,24 +67,25 @@ impl Gateway {
         let table = Arc::new(RouteTable::new(&config)?);
         let client = BackendClient::new(&config.proxy);
         let mut routes = Vec::with_capacity(table.routes().len());
-        let mut limiters = Vec::new();
+        let mut limiters = Limiters::default();
 
         for (route, route_config) in table.routes().iter().zip(&config.routes) {
             let forward = Forward::new(Arc::clone(route), client);
 
-            let cors = route_config.effective_cors(&config.cors);
-            let inner = if cors.enabled {
-                let policy = Arc::new(CorsPolicy::new(&cors));
-                Either::Left(CorsLayer::new(policy).layer(forward))
-            } else {
-                Either::Right(forward)
+            let limiter = limiters.for_route(route_config, &config.rate_limiting);
+            let is_limited = limiter.is_some();
+            let inner = match limiter {
+                Some(limiter) => Either::Left(RateLimitLayer::new(limiter).layer(forward)),
+                None => Either::Right(forward),
             };
 
-            let limit = route_config.effective_rate_limit(&config.rate_limiting);
-            let service = if limit.enabled {
-                let limiter = Arc::new(RateLimiter::new(&limit));
-                limiters.push(Arc::clone(&limiter));
-                Either::Left(RateLimitLayer::new(limiter).layer(inner))
+            let cors = route_config.effective_cors(&config.cors);
+            let service = if cors.enabled {
+                let mut policy = CorsPolicy::new(&cors);
+                if is_limited {
+                    policy = policy.with_exposed_headers(RATE_LIMIT_HEADERS);
+                }
+                Either::Left(CorsLayer::new(Arc::new(policy)).layer(inner))
             } else {
                 Either::Right(inner)
             };
@@ -86,7 +97,7 @@ impl Gateway {
             config: Arc::new(config),
             table,
             routes,
-            limiters,
+            limiters: limiters.all,
             draining: AtomicBool::new(false),
             started: Instant::now(),
             request_log: OnceLock::new(),
@@ -110,5 +121,154 @@ impl Gateway {
 
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns the CORS policy of the route at `index` in the route table, or `None` when
+    /// CORS is off for it.
+    pub(crate) fn route_cors(&self, index: usize) -> Option<&CorsPolicy> {
+        match self.routes.get(index)? {
+            Either::Left(cors) => Some(cors.policy()).filter(|policy| policy.is_enabled()),
+            Either::Right(_) => None,
+        }
+    }
+}
+
+/// The rate limiters of the routes, built while the routes are.
+#[derive(Default)]
+struct Limiters {
+    /// The limiter built from the top-level `rate_limiting`, created by the first route that
+    /// inherits it.
+    shared: Option<Arc<RateLimiter>>,
+    /// Every distinct limiter, once each.
+    all: Vec<Arc<RateLimiter>>,
+}
+
+impl Limiters {
+    /// Returns the limiter of `route`, or `None` when its rate limit is off.
+    ///
+    /// Routes without a `rate_limiting` override share one limiter, so the top-level limit
+    /// (and the one bucket of `key: global`) spans all of them. A route with an override gets
+    /// its own limiter, even when the override repeats the top-level values.
+    fn for_route(
+        &mut self,
+        route: &RouteConfig,
+        top_level: &RateLimitConfig,
+    ) -> Option<Arc<RateLimiter>> {
+        if route.rate_limiting.is_empty() {
+            if !top_level.enabled {
+                return None;
+            }
+            let shared = self.shared.get_or_insert_with(|| {
+                let limiter = Arc::new(RateLimiter::new(top_level));
+                self.all.push(Arc::clone(&limiter));
+                limiter
+            });
+            return Some(Arc::clone(shared));
+        }
+
+        let limit = route.effective_rate_limit(top_level);
+        if !limit.enabled {
+            return None;
+        }
+        let limiter = Arc::new(RateLimiter::new(&limit));
+        self.all.push(Arc::clone(&limiter));
+        Some(limiter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    const APP: &str = "https://app.example.com";
+
+    /// Builds a gateway from YAML `top_level` sections and the route items `routes`.
+    fn gateway(top_level: &str, routes: &[&str]) -> Gateway {
+        let mut yaml = format!("{top_level}\nroutes:\n");
+        for (index, extra) in routes.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - path: \"/r{index}/*rest\"\n    backends: [{{url: \"http://127.0.0.1:9\"}}]\n"
+            ));
+            if !extra.is_empty() {
+                yaml.push_str(&format!("    {extra}\n"));
+            }
+        }
+        Gateway::new(Config::from_yaml(&yaml, "test.yaml").unwrap()).unwrap()
+    }
+
+    /// Returns the `Access-Control-Expose-Headers` the route at `index` sends to `APP`.
+    fn exposed_headers(gateway: &Gateway, index: usize) -> String {
+        let mut request = HeaderMap::new();
+        request.insert(http::header::ORIGIN, HeaderValue::from_static(APP));
+        let mut response = HeaderMap::new();
+        gateway
+            .route_cors(index)
+            .unwrap()
+            .apply(&request, &mut response);
+        response
+            .get(http::header::ACCESS_CONTROL_EXPOSE_HEADERS)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn inheriting_routes_share_one_limiter() {
+        let gateway = gateway(
+            "rate_limiting: {enabled: true, burst: 3, key: global}",
+            &["", "", "rate_limiting: {burst: 5}"],
+        );
+
+        assert_eq!(gateway.limiters.len(), 2, "{:?}", gateway.limiters);
+
+        // Each route service holds one reference to its limiter, and `limiters` one more.
+        assert_eq!(Arc::strong_count(&gateway.limiters[0]), 3);
+        assert_eq!(Arc::strong_count(&gateway.limiters[1]), 2);
+    }
+
+    #[test]
+    fn override_enables_limit_on_one_route() {
+        let gateway = gateway(
+            "rate_limiting: {enabled: false}",
+            &["", "rate_limiting: {enabled: true}", ""],
+        );
+
+        assert_eq!(gateway.limiters.len(), 1, "{:?}", gateway.limiters);
+        assert_eq!(Arc::strong_count(&gateway.limiters[0]), 2);
+    }
+
+    #[test]
+    fn disabled_limit_builds_no_limiter() {
+        let gateway = gateway(
+            "rate_limiting: {enabled: true}",
+            &["rate_limiting: {enabled: false}"],
+        );
+
+        assert!(gateway.limiters.is_empty(), "{:?}", gateway.limiters);
+    }
+
+    #[test]
+    fn limited_route_exposes_rate_limit_headers() {
+        let cors = format!(
+            "cors: {{enabled: true, allowed_origins: [\"{APP}\"], exposed_headers: [X-Total, Retry-After]}}"
+        );
+        let top_level = format!("{cors}\nrate_limiting: {{enabled: true}}");
+        let gateway = gateway(
+            &top_level,
+            &[
+                "",
+                "rate_limiting: {enabled: false}",
+                "cors: {enabled: false}",
+            ],
+        );
+
+        assert_eq!(
+            exposed_headers(&gateway, 0),
+            "x-total, retry-after, ratelimit, ratelimit-policy"
+        );
+        assert_eq!(exposed_headers(&gateway, 1), "x-total, retry-after");
+        assert!(gateway.route_cors(2).is_none(), "CORS is off on route 2");
     }
 }

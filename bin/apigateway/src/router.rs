@@ -2,6 +2,7 @@
 
 use crate::admin;
 use crate::app::{Gateway, RouteService};
+use gateway_middleware::cors;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -21,6 +22,15 @@ pub struct Router {
 impl Router {
     pub(crate) fn new(gateway: Arc<Gateway>) -> Router {
         Router { gateway }
+    }
+
+    /// Sends `request` to the service of the route at `index` in the route table.
+    fn dispatch(&self, index: usize, request: Request<Incoming>) -> RouterFuture {
+        // Route services are cheap to clone: every layer holds its state behind Arc.
+        let mut service = self.gateway.routes[index].clone();
+        RouterFuture::Route {
+            future: service.call(request),
+        }
     }
 }
 
@@ -42,21 +52,31 @@ impl Service<Request<Incoming>> for Router {
             };
         }
 
-        let error = match self.gateway.table.find(request.method(), path) {
-            RouteMatch::Found(route) => {
-                // Route services are cheap to clone: every layer holds its state behind Arc.
-                let mut service = self.gateway.routes[route.index].clone();
-                return RouterFuture::Route {
-                    future: service.call(request),
-                };
-            }
-            RouteMatch::NotFound => ProxyError::new(ErrorKind::NoRoute),
+        let response = match self.gateway.table.find(request.method(), path) {
+            RouteMatch::Found(route) => return self.dispatch(route.index, request),
+            // NOTE: a 404 carries no CORS headers, because no route means no route policy,
+            // so a browser reports a network error to a cross-origin script, not the 404.
+            RouteMatch::NotFound => ProxyError::new(ErrorKind::NoRoute).into_response(),
             RouteMatch::MethodNotAllowed(route) => {
-                ProxyError::method_not_allowed(route.allow().clone())
+                let cors = self.gateway.route_cors(route.index);
+
+                // The route's methods are what its backends accept, but a preflight is
+                // checked against the CORS policy's methods. The route's CORS layer responds
+                // to it without forwarding, so it goes there even when OPTIONS is not listed.
+                if cors.is_some() && cors::is_preflight(&request) {
+                    return self.dispatch(route.index, request);
+                }
+
+                let error = ProxyError::method_not_allowed(route.allow().clone());
+                let mut response = error.into_response();
+                if let Some(policy) = cors {
+                    policy.apply(request.headers(), response.headers_mut());
+                }
+                response
             }
         };
         RouterFuture::Ready {
-            response: Some(error.into_response()),
+            response: Some(response),
         }
     }
 }

@@ -266,14 +266,28 @@ async fn plain_options_is_forwarded() {
 }
 
 #[tokio::test]
-async fn request_without_origin_is_untouched() {
+async fn request_without_origin_gets_only_vary() {
     for method in [Method::GET, Method::OPTIONS] {
         let (response, calls) = send(policy(|_| {}), actual(method.clone(), None)).await;
 
         assert_eq!(calls, 1, "{method}");
         assert_no_allow_headers(response.headers(), method.as_str());
-        assert_eq!(vary(response.headers()), ["Accept-Encoding"], "{method}");
+        assert_eq!(
+            vary(response.headers()),
+            ["Accept-Encoding", "Origin"],
+            "{method}"
+        );
     }
+}
+
+#[tokio::test]
+async fn request_without_origin_to_wildcard_is_untouched() {
+    let any = policy(|config| config.allowed_origins = vec!["*".to_owned()]);
+    let (response, calls) = send(any, actual(Method::GET, None)).await;
+
+    assert_eq!(calls, 1);
+    assert_no_allow_headers(response.headers(), "wildcard");
+    assert_eq!(vary(response.headers()), ["Accept-Encoding"]);
 }
 
 #[tokio::test]

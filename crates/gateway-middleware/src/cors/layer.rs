@@ -1,8 +1,8 @@
 //! The tower service, layer and response future around [`CorsPolicy`].
 
-use super::CorsPolicy;
+use super::{CorsPolicy, is_preflight};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,7 +36,8 @@ impl<S> Layer<S> for CorsLayer {
 
 /// Responds to CORS preflights itself and adds CORS headers to the inner service's responses.
 ///
-/// - A request without `Origin` passes through untouched.
+/// - A request without `Origin` passes through, and its response gets only `Vary: Origin`
+///   when [`CorsPolicy::varies_by_origin`].
 /// - A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) gets a 204
 ///   response from this layer and never reaches the inner service, even though that service
 ///   was polled ready.
@@ -46,6 +47,13 @@ impl<S> Layer<S> for CorsLayer {
 pub struct Cors<S> {
     inner: S,
     policy: Arc<CorsPolicy>,
+}
+
+impl<S> Cors<S> {
+    /// Returns the policy this service applies.
+    pub fn policy(&self) -> &CorsPolicy {
+        &self.policy
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cors<S>
@@ -66,31 +74,43 @@ where
             return ResponseFuture::forward(self.inner.call(request), None);
         }
         let Some(origin) = request.headers().get(header::ORIGIN) else {
-            return ResponseFuture::forward(self.inner.call(request), None);
+            let actual = self.policy.varies_by_origin().then(|| ActualRequest {
+                policy: Arc::clone(&self.policy),
+                origin: RequestOrigin::Missing,
+            });
+            return ResponseFuture::forward(self.inner.call(request), actual);
         };
 
-        let is_preflight = request.method() == Method::OPTIONS
-            && request
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        if is_preflight {
+        if is_preflight(&request) {
             let response = self.policy.preflight(request.headers());
             return ResponseFuture::ready(response);
         }
 
         let actual = ActualRequest {
-            allow_origin: self.policy.allow_origin(origin),
+            origin: RequestOrigin::Sent {
+                allow_origin: self.policy.allow_origin(origin),
+            },
             policy: Arc::clone(&self.policy),
         };
         ResponseFuture::forward(self.inner.call(request), Some(actual))
     }
 }
 
-/// The policy and `Access-Control-Allow-Origin` value for the response to an actual request.
+/// The policy and what it decided about the origin of an actual request, kept for its
+/// response.
 #[derive(Debug)]
 struct ActualRequest {
     policy: Arc<CorsPolicy>,
-    allow_origin: Option<HeaderValue>,
+    origin: RequestOrigin,
+}
+
+#[derive(Debug)]
+enum RequestOrigin {
+    /// The request had no `Origin`.
+    Missing,
+    /// The request had an `Origin`, and the policy returned this
+    /// `Access-Control-Allow-Origin` value for it, or `None` when it is not allowed.
+    Sent { allow_origin: Option<HeaderValue> },
 }
 
 pin_project! {
@@ -141,10 +161,14 @@ where
         match self.project().kind.project() {
             KindProjection::Forward { future, actual } => {
                 let mut response = ready!(future.poll(cx))?;
-                if let Some(actual) = actual.take() {
-                    actual
-                        .policy
-                        .apply_to_response(actual.allow_origin, response.headers_mut());
+                if let Some(ActualRequest { policy, origin }) = actual.take() {
+                    let headers = response.headers_mut();
+                    match origin {
+                        RequestOrigin::Missing => policy.add_vary_origin(headers),
+                        RequestOrigin::Sent { allow_origin } => {
+                            policy.apply_to_response(allow_origin, headers);
+                        }
+                    }
                 }
                 Poll::Ready(Ok(response))
             }

@@ -3,16 +3,19 @@
 //!
 //! The gateway owns the CORS headers of the routes it covers: on a request with an `Origin`, it
 //! sets or removes `Access-Control-Allow-Origin`, `Access-Control-Allow-Credentials` and
-//! `Access-Control-Expose-Headers` whatever the backend sent.
+//! `Access-Control-Expose-Headers` whatever the backend sent. When those headers depend on the
+//! `Origin`, every response carries `Vary: Origin`, including responses to requests without one.
 
 mod layer;
+#[cfg(test)]
+mod tests;
 
 pub use layer::{Cors, CorsLayer, ResponseFuture};
 
 use bytes::Bytes;
 use gateway_config::CorsConfig;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 /// `Vary` of every preflight response: the three request headers it depends on.
 const PREFLIGHT_VARY: HeaderValue = HeaderValue::from_static(
@@ -47,8 +50,18 @@ pub struct CorsPolicy {
     request_headers: RequestHeaders,
     allow_methods: Option<HeaderValue>,
     allow_headers: Option<HeaderValue>,
+    exposed: Vec<HeaderName>,
     expose_headers: Option<HeaderValue>,
     max_age: HeaderValue,
+}
+
+/// Returns true when `request` is a CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`. A plain `OPTIONS` is an actual request.
+pub fn is_preflight<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    request.method() == Method::OPTIONS
+        && headers.contains_key(header::ORIGIN)
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 impl CorsPolicy {
@@ -99,9 +112,23 @@ impl CorsPolicy {
             request_headers,
             allow_methods,
             allow_headers,
+            exposed,
             expose_headers,
             max_age: HeaderValue::from(config.max_age.as_secs()),
         }
+    }
+
+    /// Adds `names` to `Access-Control-Expose-Headers`, skipping names already exposed, so
+    /// scripts can read the headers that a layer inside CORS adds to responses.
+    #[must_use]
+    pub fn with_exposed_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        for name in names {
+            if !self.exposed.contains(&name) {
+                self.exposed.push(name);
+            }
+        }
+        self.expose_headers = join(self.exposed.iter().map(HeaderName::as_str));
+        self
     }
 
     /// Returns false when the config had `enabled: false`. The layer then passes every request
@@ -172,12 +199,38 @@ impl CorsPolicy {
         response
     }
 
-    /// Sets the CORS headers of an actual (non-preflight) response to a request whose origin
-    /// got `allow_origin` from [`CorsPolicy::allow_origin`].
-    pub fn apply_to_response(&self, allow_origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+    /// Sets the CORS headers of the response to an actual (non-preflight) request with
+    /// headers `request`, for responses the gateway builds outside the [`Cors`] layer. Does
+    /// nothing when the policy is disabled.
+    ///
+    /// With an `Origin`, this is [`CorsPolicy::apply_to_response`]. Without one, only
+    /// [`CorsPolicy::add_vary_origin`] applies and the response is otherwise untouched.
+    pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
+        if !self.enabled {
+            return;
+        }
+        match request.get(header::ORIGIN) {
+            Some(origin) => self.apply_to_response(self.allow_origin(origin), response),
+            None => self.add_vary_origin(response),
+        }
+    }
+
+    /// Appends `Vary: Origin` when [`CorsPolicy::varies_by_origin`], unless a `Vary` field
+    /// already names `Origin` or is `*`.
+    ///
+    /// The response to a request without `Origin` needs it too. The Fetch standard (section
+    /// "CORS protocol and HTTP caches") recommends it, so that a cache does not reuse a
+    /// response without CORS headers for a later request from an allowed origin.
+    pub fn add_vary_origin(&self, headers: &mut HeaderMap) {
         if self.varies_by_origin() {
             append_vary_origin(headers);
         }
+    }
+
+    /// Sets the CORS headers of an actual (non-preflight) response to a request whose origin
+    /// got `allow_origin` from [`CorsPolicy::allow_origin`].
+    pub fn apply_to_response(&self, allow_origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+        self.add_vary_origin(headers);
 
         let Some(allow_origin) = allow_origin else {
             headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);

@@ -1,0 +1,293 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::rate_limit::{RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, RateLimiter};
+use gateway_config::{RateLimitConfig, RateLimitKey};
+use governor::clock::FakeRelativeClock;
+use http_body_util::Full;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+const APP: &str = "https://app.example.com";
+
+fn config(change: impl FnOnce(&mut CorsConfig)) -> CorsConfig {
+    let mut config = CorsConfig {
+        enabled: true,
+        allowed_origins: vec![APP.to_owned()],
+        max_age: Duration::from_secs(600),
+        ..CorsConfig::default()
+    };
+    change(&mut config);
+    config
+}
+
+fn request_headers(origin: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(origin) = origin {
+        headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+    }
+    headers
+}
+
+fn vary(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .collect()
+}
+
+fn request(method: Method, headers: &[(HeaderName, &str)]) -> Request<()> {
+    let mut builder = Request::builder().method(method).uri("/api/items");
+    for (name, value) in headers {
+        builder = builder.header(name, *value);
+    }
+    builder.body(()).unwrap()
+}
+
+#[test]
+fn preflight_needs_options_origin_and_method() {
+    let origin = (header::ORIGIN, APP);
+    let method = (header::ACCESS_CONTROL_REQUEST_METHOD, "POST");
+
+    // (case, request method, request headers, whether it is a preflight)
+    let cases = [
+        (
+            "OPTIONS with both",
+            Method::OPTIONS,
+            vec![origin.clone(), method.clone()],
+            true,
+        ),
+        (
+            "no request method",
+            Method::OPTIONS,
+            vec![origin.clone()],
+            false,
+        ),
+        ("no Origin", Method::OPTIONS, vec![method.clone()], false),
+        ("GET with both", Method::GET, vec![origin, method], false),
+    ];
+    for (case, request_method, headers, expected) in cases {
+        assert_eq!(
+            is_preflight(&request(request_method, &headers)),
+            expected,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn exposed_headers_are_added_once() {
+    let policy = CorsPolicy::new(&config(|config| {
+        config.exposed_headers = vec!["X-Total".to_owned(), "RateLimit".to_owned()];
+    }))
+    .with_exposed_headers([header::RETRY_AFTER, RATELIMIT, RATELIMIT_POLICY]);
+    let mut response = HeaderMap::new();
+
+    policy.apply(&request_headers(Some(APP)), &mut response);
+
+    assert_eq!(
+        response[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+        "x-total, ratelimit, retry-after, ratelimit-policy"
+    );
+}
+
+#[test]
+fn exposed_headers_added_to_empty_list() {
+    let policy = CorsPolicy::new(&config(|_| {})).with_exposed_headers([header::RETRY_AFTER]);
+    let mut response = HeaderMap::new();
+
+    policy.apply(&request_headers(Some(APP)), &mut response);
+
+    assert_eq!(
+        response[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+        "retry-after"
+    );
+}
+
+#[test]
+fn apply_without_origin_adds_only_vary() {
+    let policy = CorsPolicy::new(&config(|_| {}));
+    let mut response = HeaderMap::new();
+    response.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+
+    policy.apply(&request_headers(None), &mut response);
+
+    assert_eq!(vary(&response), ["Origin"]);
+    assert_eq!(
+        response[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "*",
+        "a response to a request without Origin keeps the backend's CORS headers"
+    );
+}
+
+#[test]
+fn apply_with_origin_sets_allow_origin() {
+    let policy = CorsPolicy::new(&config(|_| {}));
+
+    let mut allowed = HeaderMap::new();
+    policy.apply(&request_headers(Some(APP)), &mut allowed);
+    let mut denied = HeaderMap::new();
+    policy.apply(
+        &request_headers(Some("https://evil.example.com")),
+        &mut denied,
+    );
+
+    assert_eq!(allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
+    assert_eq!(vary(&allowed), ["Origin"]);
+    assert!(denied.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    assert_eq!(vary(&denied), ["Origin"]);
+}
+
+#[test]
+fn apply_with_disabled_policy_changes_nothing() {
+    let policy = CorsPolicy::new(&config(|config| config.enabled = false));
+    let mut response = HeaderMap::new();
+
+    policy.apply(&request_headers(Some(APP)), &mut response);
+    policy.apply(&request_headers(None), &mut response);
+
+    assert!(response.is_empty(), "headers: {response:?}");
+}
+
+#[test]
+fn vary_origin_follows_policy() {
+    // (case, policy, whether responses vary by Origin)
+    let cases = [
+        ("listed origins", config(|_| {}), true),
+        (
+            "any origin",
+            config(|config| config.allowed_origins = vec!["*".to_owned()]),
+            false,
+        ),
+        (
+            "any origin with credentials",
+            config(|config| {
+                config.allowed_origins = vec!["*".to_owned()];
+                config.allow_credentials = true;
+            }),
+            true,
+        ),
+    ];
+
+    for (case, config, expected) in cases {
+        let policy = CorsPolicy::new(&config);
+        let mut response = HeaderMap::new();
+
+        policy.add_vary_origin(&mut response);
+
+        let expected_vary: &[&str] = if expected { &["Origin"] } else { &[] };
+        assert_eq!(vary(&response), expected_vary, "{case}");
+    }
+}
+
+#[test]
+fn vary_origin_is_not_repeated() {
+    let policy = CorsPolicy::new(&config(|_| {}));
+
+    // (case, the response's Vary fields)
+    let cases: [(&str, &[&str]); 3] = [
+        ("named in a list", &["Accept-Encoding, origin"]),
+        ("in a second field", &["Accept-Encoding", "Origin"]),
+        ("star", &["*"]),
+    ];
+    for (case, fields) in cases {
+        let mut response = HeaderMap::new();
+        for field in fields {
+            response.append(header::VARY, HeaderValue::from_str(field).unwrap());
+        }
+
+        policy.add_vary_origin(&mut response);
+
+        assert_eq!(vary(&response), fields, "{case}");
+    }
+}
+
+/// CORS outside a rate limit of burst 1, over a service that returns 200.
+fn limited_service()
+-> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> {
+    let limit = RateLimitConfig {
+        enabled: true,
+        requests_per_second: 1,
+        burst: 1,
+        key: RateLimitKey::Global,
+    };
+    let clock = FakeRelativeClock::default();
+    let limiter = Arc::new(RateLimiter::with_clock(&limit, clock));
+    let policy = CorsPolicy::new(&config(|_| {})).with_exposed_headers([
+        header::RETRY_AFTER,
+        RATELIMIT,
+        RATELIMIT_POLICY,
+    ]);
+    let backend = tower::service_fn(|_request: Request<()>| async {
+        Ok(Response::new(Full::new(Bytes::new())))
+    });
+    CorsLayer::new(Arc::new(policy)).layer(RateLimitLayer::new(limiter).layer(backend))
+}
+
+#[tokio::test]
+async fn preflight_outside_rate_limit_takes_no_token() {
+    let mut service = limited_service();
+    let preflight = [
+        (header::ORIGIN, APP),
+        (header::ACCESS_CONTROL_REQUEST_METHOD, "GET"),
+    ];
+
+    for attempt in 0..3 {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(Method::OPTIONS, &preflight))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::NO_CONTENT,
+            "preflight {attempt}"
+        );
+    }
+    let actual = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(Method::GET, &[(header::ORIGIN, APP)]))
+        .await
+        .unwrap();
+
+    assert_eq!(actual.status(), StatusCode::OK, "preflights took the token");
+}
+
+#[tokio::test]
+async fn rate_limited_response_gets_cors_headers() {
+    let mut service = limited_service();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..2 {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(Method::GET, &[(header::ORIGIN, APP)]))
+            .await
+            .unwrap();
+        statuses.push(response.status());
+        last = Some(response);
+    }
+    let rejected = last.unwrap();
+
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    let headers = rejected.headers();
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+        "retry-after, ratelimit, ratelimit-policy"
+    );
+    assert_eq!(vary(headers), ["Origin"]);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+}
