@@ -9,6 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
+// The request path allocates and frees small buffers and header values from several tasks;
+// mimalloc's thread-local free lists make that cheaper than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(command) = &cli.command {
