@@ -56,9 +56,14 @@ pub(crate) struct Pending {
 }
 
 impl RequestHook for AccessHook {
-    type State = Pending;
+    // None when neither the access line nor the request log is on, so the request pays
+    // nothing for them.
+    type State = Option<Pending>;
 
-    fn on_request<B>(&self, request: &Request<B>) -> Pending {
+    fn on_request<B>(&self, request: &Request<B>) -> Option<Pending> {
+        if !self.shared.access_log && self.shared.request_log.is_none() {
+            return None;
+        }
         let headers = request.headers();
         // NOTE: bytes received is the declared Content-Length; a chunked upload counts as 0.
         let bytes_received = headers
@@ -66,7 +71,7 @@ impl RequestHook for AccessHook {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        Pending {
+        Some(Pending {
             started_at: SystemTime::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -79,10 +84,13 @@ impl RequestHook for AccessHook {
             backend: None,
             retried: false,
             error_kind: None,
-        }
+        })
     }
 
-    fn on_response<B>(&self, state: &mut Pending, response: &Response<B>) {
+    fn on_response<B>(&self, state: &mut Option<Pending>, response: &Response<B>) {
+        let Some(state) = state else {
+            return;
+        };
         state.status = response.status().as_u16();
         let extensions = response.extensions();
         if let Some(info) = extensions.get::<ForwardInfo>() {
@@ -101,7 +109,10 @@ impl RequestHook for AccessHook {
         };
     }
 
-    fn on_end(&self, state: Pending, end: &RequestEnd) {
+    fn on_end(&self, state: Option<Pending>, end: &RequestEnd) {
+        let Some(state) = state else {
+            return;
+        };
         if self.shared.access_log {
             let latency_ms = end.latency.as_secs_f64() * 1000.0;
             tracing::info!(
