@@ -1118,7 +1118,6 @@ fn unusable_database_stops_start() {
 }
 
 #[test]
-#[ignore = "product bug: `listening` is logged before the request log opens and fails"]
 fn unusable_database_logs_no_listening_line() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let (_, output) = run_on_unusable_database(dir.path(), "folder");
@@ -1276,7 +1275,6 @@ async fn restart_deletes_expired_rows() {
 }
 
 #[tokio::test]
-#[ignore = "product bug: a request whose client leaves before the response head gets no row"]
 async fn client_abort_is_logged() {
     let mock = MockProcess::start("Slow");
     let mut gateway = GatewayProcess::start(&gateway_config(

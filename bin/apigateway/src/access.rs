@@ -12,6 +12,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Status recorded for a request that ended before any response.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// Reports finished requests to the access log.
 #[derive(Debug, Clone)]
 pub(crate) struct AccessHook {
@@ -110,9 +113,15 @@ impl RequestHook for AccessHook {
     }
 
     fn on_end(&self, state: Option<Pending>, end: &RequestEnd) {
-        let Some(state) = state else {
+        let Some(mut state) = state else {
             return;
         };
+        if state.status == 0 {
+            // No response was made: the client closed the connection first, or the drain
+            // deadline cut it off. 499 is the status NGINX logs for this case.
+            state.status = CLIENT_CLOSED_REQUEST;
+            state.error_kind = Some("client_closed");
+        }
         if self.shared.access_log {
             let latency_ms = end.latency.as_secs_f64() * 1000.0;
             tracing::info!(

@@ -212,12 +212,17 @@ fn print_sources(error: &dyn std::error::Error) {
     }
 }
 
+/// Joins an error and its sources with ": ", skipping a source whose message the text already
+/// contains, since some errors print their source themselves.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
         source = cause.source();
     }
     text

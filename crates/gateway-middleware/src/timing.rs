@@ -25,7 +25,8 @@ pub trait RequestHook: Clone + Send + Sync + 'static {
     /// Called when the response head is ready.
     fn on_response<B>(&self, state: &mut Self::State, response: &Response<B>);
 
-    /// Called once when the response body has ended, failed or been dropped.
+    /// Called once when the response body has ended, failed or been dropped, or when the
+    /// request was dropped before a response was made (then `on_response` was not called).
     fn on_end(&self, state: Self::State, end: &RequestEnd);
 }
 
@@ -124,6 +125,16 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         report: Option<Report<H>>,
+    }
+
+    impl<F, H: RequestHook> PinnedDrop for ResponseFuture<F, H> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before a response: the client went away or the server cut the
+            // connection off. The request still ends, without a response.
+            if let Some(report) = this.project().report.take() {
+                report.finish(false);
+            }
+        }
     }
 }
 
@@ -269,6 +280,20 @@ mod tests {
         assert_eq!(body, "hello");
         let reports = recorder.0.lock().unwrap().clone();
         assert_eq!(reports, [("/a".to_owned(), 200, 5, true)]);
+    }
+
+    #[tokio::test]
+    async fn dropped_request_reports_incomplete() {
+        let recorder = Recorder::default();
+        let mut service =
+            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }));
+        let future = service.call(Request::builder().uri("/gone").body(()).unwrap());
+        drop(future);
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports, [("/gone".to_owned(), 0, 0, false)]);
     }
 
     #[tokio::test]
