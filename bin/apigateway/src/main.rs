@@ -179,6 +179,9 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Size of the buffer between the log writer thread and stdout.
+const STDOUT_BUFFER_BYTES: usize = 64 * 1024;
+
 fn init_logging(
     format: LogFormat,
     level: &str,
@@ -189,10 +192,13 @@ fn init_logging(
     }
     .map_err(|error| format!("invalid log filter ({error}): write a level like info or debug"))?;
 
-    // Log lines go through a writer thread, so a request task never blocks on stdout.
+    // Log lines go through a writer thread, so a request task never blocks on stdout. The
+    // thread writes each batch of queued lines through one buffer and flushes it when the
+    // queue is empty, so a busy gateway makes one write per batch instead of one per line.
+    let stdout = std::io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(stdout);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
