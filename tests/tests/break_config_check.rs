@@ -1,0 +1,105 @@
+//! Configuration files that `apigateway --check` accepts although the gateway cannot serve
+//! them as written. Each must be rejected with the field's path and exit status 2.
+
+use gateway_tests::binary;
+use std::process::{Command, Output};
+
+/// Writes `text` to a temporary file and runs `apigateway --check` on it.
+fn check(text: &str) -> Output {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, text).expect("write config");
+    Command::new(binary("apigateway"))
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run apigateway")
+}
+
+fn assert_rejected(text: &str, field: &str) {
+    let output = check(text);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "--check accepted the file; stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains(field), "message names no {field}: {stderr}");
+}
+
+#[test]
+#[ignore = "--check does not validate logging.level, which serving rejects"]
+fn check_rejects_an_invalid_log_level() {
+    assert_rejected(
+        r#"
+logging:
+  level: "foo=bar=baz["
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "logging.level",
+    );
+}
+
+#[test]
+#[ignore = "a backend port above 65535 passes validation"]
+fn check_rejects_a_backend_port_out_of_range() {
+    assert_rejected(
+        r#"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:99999"
+"#,
+        "routes[0].backends[0].url",
+    );
+}
+
+#[test]
+#[ignore = "user:password in a backend URL is sent on as the Host header"]
+fn check_rejects_credentials_in_a_backend_url() {
+    assert_rejected(
+        r#"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://user:secret@127.0.0.1:9001"
+"#,
+        "routes[0].backends[0].url",
+    );
+}
+
+#[test]
+#[ignore = "server.host is only resolved when binding, which exits 1 blaming the port"]
+fn check_rejects_a_host_that_is_no_address() {
+    assert_rejected(
+        r#"
+server:
+  host: "not a host"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "server.host",
+    );
+}
+
+#[test]
+#[ignore = "a route path with non-ASCII characters is accepted but never matches a request"]
+fn check_rejects_a_route_path_that_cannot_match() {
+    assert_rejected(
+        r#"
+routes:
+  - path: "/api/ünïcödé/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "routes[0].path",
+    );
+}
