@@ -322,7 +322,7 @@ async fn method_not_allowed_carries_cors_headers() {
 
     // Without CORS headers a browser hides the 405 from the script behind a network error.
     assert_eq!(cross_origin.status, 405);
-    assert_eq!(cross_origin.header("allow"), "GET");
+    assert_eq!(cross_origin.header("allow"), "GET, HEAD");
     assert_eq!(cross_origin.header("access-control-allow-origin"), ORIGIN);
     assert!(
         varies_by_origin(&cross_origin),

@@ -182,7 +182,7 @@ async fn routes_match_path_and_method() {
         .await
         .expect("PATCH");
     assert_eq!(patch.status, 405);
-    assert_eq!(patch.header("allow"), "GET, POST, PUT, DELETE");
+    assert_eq!(patch.header("allow"), "GET, HEAD, POST, PUT, DELETE");
     assert_eq!(patch.json()["status"], 405);
 }
 

@@ -1,10 +1,11 @@
-//! The innermost service: admin paths are answered here, other paths go to their route.
+//! The innermost service: it handles admin paths itself and dispatches other paths to their route.
 
 use crate::admin;
 use crate::app::{Gateway, RouteService};
 use gateway_middleware::cors;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
-use http::{Request, Response};
+use http::uri::Authority;
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,7 +44,13 @@ impl Service<Request<Incoming>> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> RouterFuture {
+    fn call(&mut self, mut request: Request<Incoming>) -> RouterFuture {
+        if let Err(error) = check_request(&mut request) {
+            return RouterFuture::Ready {
+                response: Some(error.into_response()),
+            };
+        }
+
         let path = request.uri().path();
         if admin::is_admin_path(path) {
             let gateway = Arc::clone(&self.gateway);
@@ -81,6 +88,57 @@ impl Service<Request<Incoming>> for Router {
     }
 }
 
+/// Rejects what hyper's parser lets through but RFC 9112 forbids or the gateway cannot
+/// proxy safely, and makes the `Host` header agree with an absolute-form target.
+fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::new(ErrorKind::UnsupportedMethod));
+    }
+
+    // RFC 9112 section 3.2.2: an absolute-form target's authority replaces the Host header.
+    if let Some(authority) = request.uri().authority() {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::invalid_request("invalid authority in the request target"))?;
+        request.headers_mut().insert(header::HOST, host);
+    }
+
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host header.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::invalid_request("more than one Host header")),
+        (Some(host), None) => {
+            let valid = host
+                .to_str()
+                .ok()
+                .is_some_and(|text| text.parse::<Authority>().is_ok());
+            if !valid {
+                return Err(ProxyError::invalid_request("invalid Host header"));
+            }
+        }
+        (None, _) if request.version() == Version::HTTP_11 => {
+            return Err(ProxyError::invalid_request("missing Host header"));
+        }
+        (None, _) => {}
+    }
+
+    if has_dot_segment(request.uri().path()) {
+        return Err(ProxyError::invalid_request(
+            "path contains a '.' or '..' segment",
+        ));
+    }
+    Ok(())
+}
+
+/// Returns whether a path has a `.` or `..` segment, also percent-encoded. Such a path can
+/// climb out of the route's prefix once a backend normalizes it, so it is rejected rather than
+/// forwarded byte for byte.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 pin_project_lite::pin_project! {
@@ -105,5 +163,84 @@ impl Future for RouterFuture {
             RouterProj::Route { future } => future.poll(cx),
             RouterProj::Admin { future } => future.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(request: Request<()>) -> Result<Request<()>, u16> {
+        let mut request = request;
+        check_request(&mut request)
+            .map(|()| request)
+            .map_err(|error| error.status().as_u16())
+    }
+
+    #[test]
+    fn dot_segments_are_found() {
+        for path in ["/a/../b", "/a/./b", "/a/%2e%2E/b", "/a/.%2e", "/.."] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/a/b", "/a/.hidden", "/a/..b", "/a/b.", "/"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn host_rules_follow_rfc() {
+        let ok = Request::builder()
+            .uri("/a")
+            .header("host", "gw:8080")
+            .body(())
+            .unwrap();
+        assert!(checked(ok).is_ok());
+
+        let missing = Request::builder().uri("/a").body(()).unwrap();
+        assert_eq!(checked(missing).unwrap_err(), 400);
+
+        let old = Request::builder()
+            .uri("/a")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert!(checked(old).is_ok());
+
+        let twice = Request::builder()
+            .uri("/a")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(twice).unwrap_err(), 400);
+
+        let spaced = Request::builder()
+            .uri("/a")
+            .header("host", "a b")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(spaced).unwrap_err(), 400);
+    }
+
+    #[test]
+    fn absolute_target_sets_host() {
+        let request = Request::builder()
+            .uri("http://target.example:1234/a")
+            .header("host", "other.example")
+            .body(())
+            .unwrap();
+        let request = checked(request).unwrap();
+        assert_eq!(request.headers()["host"], "target.example:1234");
+    }
+
+    #[test]
+    fn connect_is_not_implemented() {
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com:443")
+            .header("host", "example.com:443")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(request).unwrap_err(), 501);
     }
 }

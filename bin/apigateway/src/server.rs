@@ -3,7 +3,7 @@
 use crate::access::AccessHook;
 use crate::app::{Gateway, RequestLogState};
 pub use crate::router::Router;
-use crate::write_timeout::DeadlineBody;
+use crate::write_timeout::{DeadlineBody, ResponseDeadline, deadline_passed};
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
@@ -174,18 +174,28 @@ where
         };
         let _ = stream.set_nodelay(true);
 
+        let deadline = Arc::new(ResponseDeadline::default());
         let service = ConnectionService {
             stack: stack.clone(),
             gateway: Arc::clone(&gateway),
             peer,
             write_timeout,
+            deadline: Arc::clone(&deadline),
         };
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let open = Arc::clone(&open);
         open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "client connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes its socket.
+                () = deadline_passed(&deadline, write_timeout) => {
+                    tracing::debug!(%peer, timeout = ?write_timeout, "response not sent within the write timeout, closing the connection");
+                }
             }
             open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -250,6 +260,7 @@ struct ConnectionService<S> {
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     write_timeout: Duration,
+    deadline: Arc<ResponseDeadline>,
 }
 
 impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionService<S> {
@@ -258,7 +269,7 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
     type Future = ConnectionFuture<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture<S> {
-        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let deadline_at = tokio::time::Instant::now() + self.write_timeout;
         let client = self
             .gateway
             .trusted
@@ -268,7 +279,8 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
         extensions.insert(ClientIp(client));
         ConnectionFuture {
             inner: self.stack.clone().call(request),
-            deadline,
+            deadline: Arc::clone(&self.deadline),
+            deadline_at,
         }
     }
 }
@@ -277,7 +289,8 @@ pin_project_lite::pin_project! {
     struct ConnectionFuture<S: InnerService> {
         #[pin]
         inner: <Stack<S> as Service<Request<Incoming>>>::Future,
-        deadline: tokio::time::Instant,
+        deadline: Arc<ResponseDeadline>,
+        deadline_at: tokio::time::Instant,
     }
 }
 
@@ -287,7 +300,10 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let deadline = *this.deadline;
+        // The head is ready; from here the write timeout bounds sending the response. Until
+        // now the backend's response timeout bounded the wait.
+        this.deadline.set(*this.deadline_at);
+        let deadline = Arc::clone(this.deadline);
         Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
     }
 }

@@ -1,65 +1,84 @@
-//! The server's write timeout: a response body that is still sending when the deadline passes
-//! fails, which makes the server close the connection.
+//! The server's write timeout: a response still being sent when its deadline passes makes the
+//! connection close.
+//!
+//! A client that stops reading blocks the socket, and then nothing polls the response body, so
+//! the deadline cannot live in the body. Each connection's task keeps one timer instead and
+//! closes the connection when the deadline of the response in progress has passed. Requests
+//! store that deadline here; the response body clears it when it ends.
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
-use tokio::time::{Instant, Sleep};
+use std::time::Duration;
+use tokio::time::Instant;
 
-/// The error a body reports when its deadline passes.
-#[derive(Debug, thiserror::Error)]
-#[error("response not sent within the write timeout")]
-pub(crate) struct WriteTimedOut;
+/// The start of the millisecond clock that deadlines are stored in.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The deadline of the response a connection is sending, if any.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseDeadline {
+    // Milliseconds since EPOCH, plus one so that 0 means "no response in progress".
+    at_ms: AtomicU64,
+}
+
+impl ResponseDeadline {
+    /// Starts a deadline at `at`.
+    pub(crate) fn set(&self, at: Instant) {
+        let ms = at.saturating_duration_since(*EPOCH).as_millis() as u64;
+        self.at_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Clears the deadline: no response is being sent.
+    pub(crate) fn clear(&self) {
+        self.at_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The deadline in progress.
+    pub(crate) fn get(&self) -> Option<Instant> {
+        match self.at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(*EPOCH + Duration::from_millis(ms - 1)),
+        }
+    }
+}
 
 pin_project! {
-    /// A body that fails once `deadline` has passed. The timer is only created when the inner
-    /// body has to wait, so bodies that are ready at once cost no timer.
+    /// A response body that clears its connection's deadline when it is dropped.
     pub(crate) struct DeadlineBody<B> {
         #[pin]
         inner: B,
-        deadline: Instant,
-        #[pin]
-        sleep: Option<Sleep>,
+        deadline: Arc<ResponseDeadline>,
+    }
+
+    impl<B> PinnedDrop for DeadlineBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // NOTE: hyper may still hold the body's last bytes in its write buffer (at most
+            // its buffer size, about 400 KiB) after this; a client that never reads them
+            // keeps the connection until the operating system's TCP timeouts end it.
+            this.project().deadline.clear();
+        }
     }
 }
 
 impl<B> DeadlineBody<B> {
-    pub(crate) fn new(inner: B, deadline: Instant) -> DeadlineBody<B> {
-        DeadlineBody {
-            inner,
-            deadline,
-            sleep: None,
-        }
+    pub(crate) fn new(inner: B, deadline: Arc<ResponseDeadline>) -> DeadlineBody<B> {
+        DeadlineBody { inner, deadline }
     }
 }
 
-impl<B> Body for DeadlineBody<B>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<B: Body> Body for DeadlineBody<B> {
     type Data = B::Data;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
-        let mut this = self.project();
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
-        }
-        if this.sleep.is_none() {
-            this.sleep
-                .set(Some(tokio::time::sleep_until(*this.deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut()
-            && sleep.poll(cx).is_ready()
-        {
-            return Poll::Ready(Some(Err(Box::new(WriteTimedOut))));
-        }
-        Poll::Pending
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -68,5 +87,45 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Waits until the connection's response deadline has passed, checking again whenever the
+/// deadline moves; `idle_check` is how long to wait while no response is in progress.
+pub(crate) async fn deadline_passed(deadline: &ResponseDeadline, idle_check: Duration) {
+    loop {
+        let now = Instant::now();
+        match deadline.get() {
+            Some(at) if at <= now => return,
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => tokio::time::sleep(idle_check).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_after_deadline() {
+        let deadline = Arc::new(ResponseDeadline::default());
+        deadline.set(Instant::now() + Duration::from_secs(5));
+        let started = Instant::now();
+        deadline_passed(&deadline, Duration::from_secs(1)).await;
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cleared_deadline_never_passes() {
+        let deadline = Arc::new(ResponseDeadline::default());
+        deadline.set(Instant::now() + Duration::from_secs(1));
+        deadline.clear();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            deadline_passed(&deadline, Duration::from_secs(1)),
+        )
+        .await;
+        assert!(waited.is_err(), "a cleared deadline must not end the wait");
     }
 }

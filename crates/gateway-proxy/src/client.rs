@@ -5,9 +5,9 @@
 //! that finishes reading its response, and only when the response body was read to its end.
 
 use crate::error::ProxyError;
+use crate::request_body::RequestBody;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// The sending half of a backend connection.
-pub(crate) type Sender = SendRequest<Incoming>;
+pub(crate) type Sender = SendRequest<RequestBody>;
 
 struct Idle {
     sender: Sender,

@@ -34,6 +34,12 @@ pub enum ErrorKind {
     BackendError,
     /// The client's request body failed while it was being forwarded.
     ClientBody,
+    /// The client's request body stopped arriving.
+    ClientTimeout,
+    /// The request is malformed in a way the HTTP parser lets through.
+    InvalidRequest,
+    /// The method is one the gateway does not proxy, such as CONNECT.
+    UnsupportedMethod,
     /// The gateway failed for a reason of its own.
     Internal,
 }
@@ -49,6 +55,9 @@ impl ErrorKind {
             ErrorKind::BackendTimeout => "backend_timeout",
             ErrorKind::BackendError => "backend_error",
             ErrorKind::ClientBody => "client_body",
+            ErrorKind::ClientTimeout => "client_timeout",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::UnsupportedMethod => "unsupported_method",
             ErrorKind::Internal => "internal",
         }
     }
@@ -70,6 +79,7 @@ enum Detail {
     None,
     Timeout(Duration),
     Allow(HeaderValue),
+    Reason(&'static str),
 }
 
 impl fmt::Display for ProxyError {
@@ -85,6 +95,13 @@ impl fmt::Display for ProxyError {
             (ErrorKind::BackendTimeout, _) => f.write_str("backend timed out"),
             (ErrorKind::BackendError, _) => f.write_str("backend failed"),
             (ErrorKind::ClientBody, _) => f.write_str("failed to read the request body"),
+            (ErrorKind::ClientTimeout, Detail::Timeout(after)) => {
+                write!(f, "request body not received within {after:?}")
+            }
+            (ErrorKind::ClientTimeout, _) => f.write_str("request body not received in time"),
+            (ErrorKind::InvalidRequest, Detail::Reason(reason)) => f.write_str(reason),
+            (ErrorKind::InvalidRequest, _) => f.write_str("invalid request"),
+            (ErrorKind::UnsupportedMethod, _) => f.write_str("method not supported by the gateway"),
             (ErrorKind::Internal, _) => f.write_str("internal gateway error"),
         }
     }
@@ -144,6 +161,26 @@ impl ProxyError {
         }
     }
 
+    /// A client whose request body made no progress for `after`.
+    pub fn client_timeout(after: Duration) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::ClientTimeout,
+            detail: Detail::Timeout(after),
+            nothing_sent: false,
+            source: None,
+        }
+    }
+
+    /// A request the gateway rejects before routing; `reason` is sent to the client.
+    pub fn invalid_request(reason: &'static str) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::InvalidRequest,
+            detail: Detail::Reason(reason),
+            nothing_sent: false,
+            source: None,
+        }
+    }
+
     /// A method the route does not accept; `allow` lists the accepted ones.
     pub fn method_not_allowed(allow: HeaderValue) -> ProxyError {
         ProxyError {
@@ -162,9 +199,12 @@ impl ProxyError {
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self.kind {
-            ErrorKind::NoRoute | ErrorKind::MethodNotAllowed | ErrorKind::ClientBody => {
-                Side::Client
-            }
+            ErrorKind::NoRoute
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::ClientBody
+            | ErrorKind::ClientTimeout
+            | ErrorKind::InvalidRequest
+            | ErrorKind::UnsupportedMethod => Side::Client,
             ErrorKind::NoHealthyBackend
             | ErrorKind::BackendConnect
             | ErrorKind::BackendTimeout
@@ -194,7 +234,9 @@ impl ProxyError {
         match self.kind {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
+            ErrorKind::ClientBody | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::UnsupportedMethod => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::BackendConnect | ErrorKind::BackendError => StatusCode::BAD_GATEWAY,
             ErrorKind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -247,6 +289,9 @@ mod tests {
     fn statuses_follow_side() {
         let cases = [
             (ErrorKind::NoRoute, 404, Side::Client),
+            (ErrorKind::ClientTimeout, 408, Side::Client),
+            (ErrorKind::InvalidRequest, 400, Side::Client),
+            (ErrorKind::UnsupportedMethod, 501, Side::Client),
             (ErrorKind::ClientBody, 400, Side::Client),
             (ErrorKind::NoHealthyBackend, 503, Side::Backend),
             (ErrorKind::BackendConnect, 502, Side::Backend),

@@ -4,6 +4,7 @@ use crate::body::ProxyBody;
 use crate::client::{BackendClient, Sender};
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::{backend_uri, remove_hop_by_hop, set_forwarding_headers};
+use crate::request_body::{Progress, RequestBody};
 use crate::routes::Route;
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response};
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// What the forwarder did, attached to every response it returns as an extension.
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ async fn forward(
     let idempotent = is_idempotent(&parts.method);
     // The client's URI; each attempt derives the backend's URI from it.
     let original_uri = parts.uri.clone();
+    let (body, progress) = RequestBody::new(body);
     let mut request = Request::from_parts(parts, body);
 
     loop {
@@ -101,7 +104,7 @@ async fn forward(
         }
         info.backend = Some(Arc::clone(backend.url_text()));
 
-        let failure = match exchange(&client, &backend, request).await {
+        let failure = match exchange(&client, &backend, request, progress.as_deref()).await {
             Ok((response, sender)) => {
                 backend.record_success();
                 let (mut parts, body) = response.into_parts();
@@ -141,7 +144,7 @@ async fn forward(
 /// A failed exchange, with the request when none of it was sent.
 struct Failure {
     error: ProxyError,
-    unsent: Option<Request<Incoming>>,
+    unsent: Option<Request<RequestBody>>,
 }
 
 /// Sends `request` to `backend` on a pooled or new connection and waits for the response
@@ -149,7 +152,8 @@ struct Failure {
 async fn exchange(
     client: &BackendClient,
     backend: &Backend,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
+    progress: Option<&Progress>,
 ) -> Result<(Response<Incoming>, Sender), Failure> {
     let (mut sender, pooled) = match client.connect(backend).await {
         Ok(connection) => connection,
@@ -162,8 +166,8 @@ async fn exchange(
     };
 
     let timeout = client.response_timeout();
-    let error = match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
-        Err(_) => ProxyError::timeout(timeout),
+    let error = match wait_for_head(sender.try_send_request(request), timeout, progress).await {
+        Err(error) => error,
         Ok(Ok(response)) => return Ok((response, sender)),
         Ok(Err(mut error)) => match error.take_message() {
             // The request was not written, so it goes on a new connection to the same
@@ -178,8 +182,8 @@ async fn exchange(
                         });
                     }
                 };
-                match tokio::time::timeout(timeout, fresh.send_request(unsent)).await {
-                    Err(_) => ProxyError::timeout(timeout),
+                match wait_for_head(fresh.send_request(unsent), timeout, progress).await {
+                    Err(error) => error,
                     Ok(Ok(response)) => return Ok((response, fresh)),
                     Ok(Err(error)) => exchange_error(error),
                 }
@@ -197,6 +201,28 @@ async fn exchange(
         error,
         unsent: None,
     })
+}
+
+/// Waits for a response head. The wait ends with a backend timeout after `timeout` without a
+/// head once the request body has been sent, or with a client timeout when the client's body
+/// made no progress for `timeout`; a body still arriving extends the wait.
+async fn wait_for_head<F: Future>(
+    future: F,
+    timeout: Duration,
+    progress: Option<&Progress>,
+) -> Result<F::Output, ProxyError> {
+    tokio::pin!(future);
+    let mut last = progress.and_then(Progress::sent);
+    loop {
+        if let Ok(output) = tokio::time::timeout(timeout, &mut future).await {
+            return Ok(output);
+        }
+        match progress.and_then(Progress::sent) {
+            None => return Err(ProxyError::timeout(timeout)),
+            Some(sent) if Some(sent) != last => last = Some(sent),
+            Some(_) => return Err(ProxyError::client_timeout(timeout)),
+        }
+    }
 }
 
 fn exchange_error(error: hyper::Error) -> ProxyError {

@@ -21,10 +21,12 @@ pub mod client;
 pub mod error;
 pub mod forward;
 pub mod headers;
+mod request_body;
 pub mod routes;
 
 pub use body::ProxyBody;
 pub use client::BackendClient;
 pub use error::{ErrorKind, ProxyError, Side, error_response};
 pub use forward::{Forward, ForwardInfo};
+pub use request_body::RequestBody;
 pub use routes::{Route, RouteMatch, RouteTable};

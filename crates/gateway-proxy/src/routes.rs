@@ -250,6 +250,11 @@ fn method_set(methods: &[String]) -> (u16, HeaderValue) {
             bits |= 1 << i;
         }
     }
+    // RFC 9110 section 9.3.2: a resource that answers GET answers HEAD the same way, without
+    // the body, so listing GET accepts HEAD too.
+    if bits & 1 != 0 {
+        bits |= 1 << 1;
+    }
     if methods.is_empty() {
         bits = u16::MAX;
     }
@@ -322,10 +327,16 @@ routes:
         let table = table();
         match table.find(&Method::PATCH, "/api/users/1") {
             RouteMatch::MethodNotAllowed(route) => {
-                assert_eq!(route.allow(), "GET, POST, PUT, DELETE");
+                assert_eq!(route.allow(), "GET, HEAD, POST, PUT, DELETE");
             }
             other => panic!("expected 405, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn listed_get_accepts_head() {
+        let table = table();
+        assert_eq!(found(&table, Method::HEAD, "/api/users/1"), Some(0));
     }
 
     #[test]
