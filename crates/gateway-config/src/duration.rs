@@ -5,10 +5,20 @@ use std::time::Duration;
 
 /// Parses a duration such as `30s`, `500ms`, `1m30s` or `7d`.
 pub(crate) fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|error| {
-        format!(
+    humantime::parse_duration(text.trim()).map_err(|error| match error {
+        // humantime reports both a total above u64::MAX seconds and a fraction finer than
+        // 1ns as an overflow.
+        humantime::DurationError::NumberOverflow if text.contains('.') => format!(
+            "duration {text:?} is too large or finer than 1ns: write a smaller duration in whole nanoseconds, at most {}s",
+            u64::MAX
+        ),
+        humantime::DurationError::NumberOverflow => format!(
+            "duration {text:?} is too large: the maximum is {}s (about 584 billion years), so write a smaller duration",
+            u64::MAX
+        ),
+        error => format!(
             "invalid duration {text:?} ({error}): write a number with a unit, like 30s, 500ms or 1m"
-        )
+        ),
     })
 }
 
@@ -42,6 +52,22 @@ mod tests {
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn too_large_names_maximum() {
+        let error = parse("99999999999999999999s").unwrap_err();
+        assert!(error.contains("too large"), "{error}");
+        assert!(error.contains("18446744073709551615s"), "{error}");
+        assert!(error.contains("smaller duration"), "{error}");
+    }
+
+    #[test]
+    fn maximum_is_accepted() {
+        assert_eq!(
+            parse("18446744073709551615s"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
     }
 
     #[test]

@@ -10,14 +10,20 @@
 //!
 //! - [`model`]: the serde types of every section, with their defaults.
 //! - `duration`: durations written as `30s`, `500ms` or `1m`.
+//! - `parse_message`: the parser's messages, reworded with the fix for common mistakes.
 //! - `route_path`: the route path syntax (`:name` for one segment, `*name` for the rest).
+//! - `trusted_proxies`: the networks of `server.trusted_proxies`.
 //! - `validate`: the checks that run after parsing.
 //! - [`error`]: [`ConfigError`] and the [`Problem`] list it carries.
+
+#![warn(missing_docs)]
 
 mod duration;
 pub mod error;
 pub mod model;
+mod parse_message;
 mod route_path;
+mod trusted_proxies;
 mod validate;
 
 pub use error::{ConfigError, Problem};
@@ -53,7 +59,12 @@ impl Config {
             let field = error.path().to_string();
             let field = if field == "." { String::new() } else { field };
             let location = error.inner().location();
-            let message = parser_message(&error.inner().to_string(), &field);
+            let message = parse_message::explain(
+                &error.inner().to_string(),
+                &field,
+                text,
+                location.as_ref().map(|l| l.line()),
+            );
             ConfigError::Parse {
                 file: file.to_owned(),
                 field,
@@ -72,47 +83,5 @@ impl Config {
                 problems,
             })
         }
-    }
-}
-
-/// Removes what the error report already shows from the YAML parser's message: the field
-/// path it puts in front and the position it puts at the end.
-fn parser_message(message: &str, field: &str) -> String {
-    let mut text = message;
-    if let Some(at) = text.rfind(" at line ") {
-        let tail = &text[at + " at line ".len()..];
-        if tail.split(" column ").all(|n| n.parse::<usize>().is_ok()) {
-            text = &text[..at];
-        }
-    }
-    if let Some((prefix, rest)) = text.split_once(": ") {
-        let names_field = field == prefix
-            || field.starts_with(&format!("{prefix}."))
-            || field.starts_with(&format!("{prefix}["));
-        if names_field {
-            text = rest;
-        }
-    }
-    text.to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parser_message;
-
-    #[test]
-    fn parser_message_drops_path_and_position() {
-        let message = "server: unknown field `hots`, expected `host` at line 2 column 3";
-        assert_eq!(
-            parser_message(message, "server.hots"),
-            "unknown field `hots`, expected `host`"
-        );
-        let message =
-            "routes[1].backends[0].weight: invalid type: integer `-1` at line 5 column 52";
-        assert_eq!(
-            parser_message(message, "routes[1].backends[0].weight"),
-            "invalid type: integer `-1`"
-        );
-        assert_eq!(parser_message("invalid type: map", ""), "invalid type: map");
     }
 }

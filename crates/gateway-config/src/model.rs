@@ -3,7 +3,7 @@
 //! Every struct rejects unknown fields and fills missing ones from its `Default`, so a file with
 //! one route is a complete configuration.
 
-use crate::duration;
+use crate::{duration, trusted_proxies};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -51,7 +51,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Runtime worker threads. Default: one per CPU core.
     pub workers: Option<usize>,
-    /// Peers whose `X-Forwarded-For` is trusted, as CIDRs. Default: none.
+    /// Peers whose `X-Forwarded-For` is trusted, written as CIDRs or single addresses.
+    /// Default: none.
+    #[serde(deserialize_with = "trusted_proxies::deserialize")]
     pub trusted_proxies: Vec<IpNet>,
 }
 

@@ -36,6 +36,22 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
             "{path:?} must be a path without a query or fragment"
         ));
     }
+    if let Some(found) = path
+        .chars()
+        .find(|c| !c.is_ascii() || needs_encoding(*c as u8))
+    {
+        // Requests are matched on the raw path, in which clients percent-encode these
+        // characters, so a route that contains them literally could never match.
+        let found = match found {
+            ' ' => "a space".to_owned(),
+            c if c.is_ascii_control() => format!("the control character U+{:04X}", c as u32),
+            c => format!("the non-ASCII character '{c}'"),
+        };
+        return Err(format!(
+            "{path:?} contains {found}, which clients send percent-encoded, so no request would match: write the path percent-encoded as clients send it, like {:?}",
+            percent_encode(path)
+        ));
+    }
 
     let segments: Vec<&str> = path[1..].split('/').collect();
     let mut pattern = String::with_capacity(path.len() + 8);
@@ -89,6 +105,24 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
         });
     }
     Ok(patterns)
+}
+
+fn needs_encoding(byte: u8) -> bool {
+    byte == b' ' || byte.is_ascii_control() || !byte.is_ascii()
+}
+
+/// Percent-encodes the bytes of `path` that [`needs_encoding`] selects, as UTF-8, so that
+/// `ü` becomes `%C3%BC`.
+fn percent_encode(path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len() * 3);
+    for byte in path.bytes() {
+        if needs_encoding(byte) {
+            encoded.push_str(&format!("%{byte:02X}"));
+        } else {
+            encoded.push(char::from(byte));
+        }
+    }
+    encoded
 }
 
 fn check_name<'a>(
@@ -168,5 +202,27 @@ mod tests {
         ] {
             assert!(route_patterns(path).is_err(), "{path} was accepted");
         }
+    }
+
+    #[test]
+    fn unencoded_characters_are_rejected_with_encoding() {
+        for (path, encoded) in [
+            ("/api/ünï/*rest", "/api/%C3%BCn%C3%AF/*rest"),
+            ("/api/a b", "/api/a%20b"),
+            ("/api/a\tb", "/api/a%09b"),
+            ("/api/\u{7f}", "/api/%7F"),
+        ] {
+            let error = route_patterns(path).unwrap_err();
+            assert!(error.contains("percent-encoded"), "{path}: {error}");
+            assert!(error.contains(encoded), "{path}: {error}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_path_is_accepted() {
+        assert_eq!(
+            patterns("/api/%C3%BC/:id"),
+            vec![("/api/%C3%BC/{id}".to_owned(), false)]
+        );
     }
 }

@@ -4,6 +4,7 @@ use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
 use crate::route_path::route_patterns;
 use http::{Method, Uri};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 /// Methods a route or a CORS policy may list.
@@ -13,7 +14,7 @@ const KNOWN_METHODS: [&str; 9] = [
 
 /// Largest backend weight; larger weights make the round-robin counters overflow-prone and are
 /// never needed to express a ratio.
-const MAX_WEIGHT: u32 = 10_000;
+pub(crate) const MAX_WEIGHT: u32 = 10_000;
 
 struct Problems(Vec<Problem>);
 
@@ -47,11 +48,8 @@ impl Config {
 
     fn validate_server(&self, problems: &mut Problems) {
         let server = &self.server;
-        if server.host.trim().is_empty() {
-            problems.push(
-                "server.host",
-                "must not be empty: write an address like 0.0.0.0 or 127.0.0.1",
-            );
+        if let Err(message) = check_host(&server.host) {
+            problems.push("server.host", message);
         }
         if server.port == 0 {
             problems.push("server.port", "must be between 1 and 65535, got 0");
@@ -186,7 +184,53 @@ fn validate_backend(problems: &mut Problems, field: &str, backend: &BackendConfi
     }
 }
 
-/// Checks that `url` is an absolute `http` URL with a host and no query or fragment.
+/// Example listen addresses, quoted by every `server.host` message.
+const HOST_EXAMPLES: &str = "0.0.0.0 (every IPv4 interface), 127.0.0.1 (this machine only), :: (every interface) or localhost";
+
+/// Checks that `host` is an IP address or a syntactically valid host name, so that binding
+/// can only fail for reasons outside the file.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.trim().is_empty() {
+        return Err(format!(
+            "must not be empty: write an address like {HOST_EXAMPLES}"
+        ));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        && inner.parse::<Ipv6Addr>().is_ok()
+    {
+        return Err(format!(
+            "{host:?} has brackets: write the IPv6 address without them, like {inner}"
+        ));
+    }
+    if !is_host_name(host) {
+        return Err(format!(
+            "{host:?} is neither an IP address nor a host name: write an address like {HOST_EXAMPLES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Returns whether `name` is a host name by RFC 1123: dot-separated labels of 1 to 63
+/// letters, digits and hyphens, not starting or ending with a hyphen, 253 bytes at most.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Checks that `url` is an absolute `http` URL with a host, a port from 1 to 65535 when one
+/// is written, no user name or password, and no query or fragment.
 fn check_backend_url(url: &str) -> Result<(), String> {
     let uri: Uri = url.parse().map_err(|error| {
         format!("invalid URL {url:?} ({error}): write it like http://127.0.0.1:9001")
@@ -208,15 +252,48 @@ fn check_backend_url(url: &str) -> Result<(), String> {
             ));
         }
     }
-    if uri.port_u16() == Some(0) {
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        // The URL is not repeated, so the password does not reach logs or terminals.
         return Err(format!(
-            "{url:?} has port 0: write the port the backend listens on"
+            "a backend URL must not contain a user name or password, because the gateway would send them on in the Host header: remove the part before '@' and write it like http://{host}"
         ));
+    }
+    if port_text(authority) == Some("") {
+        return Err(format!(
+            "{url:?} has a ':' but no port after it: write a port from 1 to 65535 or remove the ':'"
+        ));
+    }
+    if let Some(port) = port_text(authority) {
+        match port.parse::<u16>() {
+            Ok(0) => {
+                return Err(format!(
+                    "{url:?} has port 0: write the port the backend listens on"
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "port {port:?} of {url:?} is invalid: write a port from 1 to 65535"
+                ));
+            }
+        }
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!("{url:?} must not have a query or fragment"));
     }
     Ok(())
+}
+
+/// Returns the text after the port colon of `authority`, or `None` when it has no port.
+/// [`Uri::port_u16`] cannot tell a missing port from one above 65535, because both are `None`.
+fn port_text(authority: &str) -> Option<&str> {
+    // An IPv6 host is bracketed, so a port colon can only follow the closing bracket.
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority,
+    };
+    after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
 fn check_method(problems: &mut Problems, field: &str, method: &str) {

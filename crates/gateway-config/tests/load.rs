@@ -243,3 +243,157 @@ fn committed_config_files_load() {
         }
     }
 }
+
+/// One route to a valid backend, appended to files that test other sections.
+const ONE_ROUTE: &str =
+    "routes:\n  - path: /a/*rest\n    backends:\n      - url: http://127.0.0.1:9001\n";
+
+fn parse_error(text: &str) -> String {
+    match Config::from_yaml(text, "test.yaml") {
+        Err(error @ ConfigError::Parse { .. }) => error.to_string(),
+        Err(other) => panic!("expected a parse error, got {other}"),
+        Ok(_) => panic!("expected a parse error, the file was accepted"),
+    }
+}
+
+#[test]
+fn server_host_must_be_address_or_name() {
+    for host in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "::",
+        "::1",
+        "localhost",
+        "gw-1.internal.",
+    ] {
+        let text = format!("server:\n  host: \"{host}\"\n{ONE_ROUTE}");
+        if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+            panic!("{host:?} was rejected: {error}");
+        }
+    }
+    for host in ["not a host", "-lead.example", "a..b", "exa_mple.com", " "] {
+        let found = problems(&format!("server:\n  host: \"{host}\"\n{ONE_ROUTE}"));
+        assert_eq!(found.len(), 1, "{host:?}: {found:#?}");
+        assert!(found[0].starts_with("server.host:"), "{host:?}: {found:#?}");
+        for example in ["0.0.0.0", "127.0.0.1", "::", "localhost"] {
+            assert!(found[0].contains(example), "{host:?}: {found:#?}");
+        }
+    }
+    let found = problems(&format!("server:\n  host: \"[::1]\"\n{ONE_ROUTE}"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("without them, like ::1"), "{found:#?}");
+}
+
+#[test]
+fn backend_url_port_and_credentials_are_checked() {
+    let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends:
+      - url: "http://127.0.0.1:99999"
+      - url: "http://user:secret@127.0.0.1:9001"
+      - url: "http://[::1]:70000"
+      - url: "http://127.0.0.1:"
+      - url: "http://[::1]"
+      - url: "http://[::1]:9002"
+      - url: "http://localhost:65535"
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].backends[0].url: port \"99999\""),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("1 to 65535"), "{found:#?}");
+    assert!(
+        found[1].starts_with("routes[0].backends[1].url:"),
+        "{found:#?}"
+    );
+    assert!(found[1].contains("user name or password"), "{found:#?}");
+    assert!(
+        !found[1].contains("secret"),
+        "password repeated: {found:#?}"
+    );
+    assert!(
+        found[2].starts_with("routes[0].backends[2].url: port \"70000\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[3].starts_with("routes[0].backends[3].url:"),
+        "{found:#?}"
+    );
+    assert!(found[3].contains("no port"), "{found:#?}");
+}
+
+#[test]
+fn non_ascii_route_path_is_rejected() {
+    let text = "routes:\n  - path: \"/api/ünïcödé/*rest\"\n    backends:\n      - url: http://127.0.0.1:9001\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].starts_with("routes[0].path:"), "{found:#?}");
+    assert!(found[0].contains("percent-encoded"), "{found:#?}");
+    assert!(
+        found[0].contains("/api/%C3%BCn%C3%AFc%C3%B6d%C3%A9/*rest"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn trusted_proxies_accept_bare_addresses() {
+    let text = format!(
+        "server:\n  trusted_proxies: [10.0.0.0/8, 192.168.1.7, \"::1\", \"fd00::/8\"]\n{ONE_ROUTE}"
+    );
+    let config = Config::from_yaml(&text, "test.yaml").unwrap();
+    let networks: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|network| network.to_string())
+        .collect();
+    assert_eq!(
+        networks,
+        ["10.0.0.0/8", "192.168.1.7/32", "::1/128", "fd00::/8"]
+    );
+}
+
+#[test]
+fn trusted_proxies_name_every_bad_entry() {
+    let text = format!(
+        "server:\n  trusted_proxies: [10.0.0.0/8, nope, 10.0.0.0/33, \"::1/129\"]\n{ONE_ROUTE}"
+    );
+    let error = parse_error(&text);
+    assert!(error.contains("server.trusted_proxies"), "{error}");
+    assert!(error.contains(r#"[1] "nope""#), "{error}");
+    assert!(error.contains(r#"[2] "10.0.0.0/33""#), "{error}");
+    assert!(error.contains(r#"[3] "::1/129""#), "{error}");
+    assert!(!error.contains("[0]"), "{error}");
+    assert!(
+        error.contains("10.0.0.0/8, 127.0.0.1/32 or ::1/128"),
+        "{error}"
+    );
+}
+
+#[test]
+fn out_of_range_port_names_range() {
+    for port in ["-1", "70000"] {
+        let error = parse_error(&format!("server:\n  port: {port}\n"));
+        assert!(error.contains("server.port"), "{error}");
+        assert!(error.contains("must be between 1 and 65535"), "{error}");
+        assert!(error.contains(port), "{error}");
+    }
+}
+
+#[test]
+fn tab_indentation_gets_hint() {
+    let error = parse_error("server:\n\tport: 8080\n");
+    assert!(error.contains("indent with spaces, not tabs"), "{error}");
+    assert!(!error.contains("at line"), "position repeated: {error}");
+}
+
+#[test]
+fn huge_duration_names_maximum() {
+    let error = parse_error("server:\n  read_timeout: 99999999999999999999s\n");
+    assert!(error.contains("server.read_timeout"), "{error}");
+    assert!(error.contains("too large"), "{error}");
+    assert!(error.contains("18446744073709551615s"), "{error}");
+}

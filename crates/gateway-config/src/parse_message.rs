@@ -1,0 +1,203 @@
+//! Rewording of the YAML parser's messages: drops what the error report already shows and
+//! adds the fix for common mistakes.
+
+/// Integer fields that accept 0. Every other integer field must be at least 1, which
+/// validation enforces.
+const ZERO_ALLOWED: [&str; 1] = ["pool_max_idle_per_backend"];
+
+/// Builds the message of a parse error at `field` from the parser's `message`, given the
+/// configuration `text` and the 1-based `line` of the error.
+pub(crate) fn explain(message: &str, field: &str, text: &str, line: Option<usize>) -> String {
+    let message = parser_message(message, field);
+    if let Some(range) = integer_range_message(&message, field) {
+        return range;
+    }
+    if is_tab_error(&message, text, line) {
+        return format!("{message}: indent with spaces, not tabs");
+    }
+    message
+}
+
+/// Removes what the error report already shows from the YAML parser's message: the field
+/// path it puts in front and the positions it puts at the end or before a comma.
+fn parser_message(message: &str, field: &str) -> String {
+    let mut text = strip_positions(message);
+    if let Some((prefix, rest)) = text.split_once(": ") {
+        let names_field = field == prefix
+            || field.starts_with(&format!("{prefix}."))
+            || field.starts_with(&format!("{prefix}["));
+        if names_field {
+            text = rest.to_owned();
+        }
+    }
+    text
+}
+
+/// Removes each ` at line N column M` from `message`.
+fn strip_positions(message: &str) -> String {
+    const MARKER: &str = " at line ";
+    let mut text = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARKER) {
+        let tail = &rest[at + MARKER.len()..];
+        let end = tail.find(',').unwrap_or(tail.len());
+        let is_position = tail[..end]
+            .split(" column ")
+            .all(|n| n.parse::<usize>().is_ok());
+        text.push_str(&rest[..at]);
+        if is_position {
+            rest = &tail[end..];
+        } else {
+            text.push_str(MARKER);
+            rest = tail;
+        }
+    }
+    text.push_str(rest);
+    text
+}
+
+/// Rewrites serde's `invalid type: integer `-1`, expected u16` as the range the field
+/// accepts, such as `must be between 1 and 65535, got -1`.
+fn integer_range_message(message: &str, field: &str) -> Option<String> {
+    let (found, expected) = message.rsplit_once(", expected ")?;
+    let max = match expected {
+        "u8" => u64::from(u8::MAX),
+        "u16" => u64::from(u16::MAX),
+        "u32" => u64::from(u32::MAX),
+        "u64" | "usize" => u64::MAX,
+        _ => return None,
+    };
+    let found = found
+        .strip_prefix("invalid type: ")
+        .or_else(|| found.strip_prefix("invalid value: "))
+        .unwrap_or(found);
+    let name = field.rsplit('.').next().unwrap_or(field);
+    let min = u64::from(!ZERO_ALLOWED.contains(&name));
+    let max = if name == "weight" {
+        u64::from(crate::validate::MAX_WEIGHT)
+    } else {
+        max
+    };
+
+    let whole = if found.starts_with("integer ") {
+        ""
+    } else {
+        "a whole number "
+    };
+    let found = found.strip_prefix("integer ").unwrap_or(found);
+    let range = if max == u64::MAX {
+        format!("at least {min}")
+    } else {
+        format!("between {min} and {max}")
+    };
+    Some(format!("must be {whole}{range}, got {found}"))
+}
+
+/// Returns whether the parser rejected a tab, which YAML does not allow in indentation.
+fn is_tab_error(message: &str, text: &str, line: Option<usize>) -> bool {
+    if message.contains("tab character") {
+        return true;
+    }
+    let line_text = line
+        .and_then(|line| line.checked_sub(1))
+        .and_then(|index| text.lines().nth(index));
+    message.contains("found character that cannot start any token")
+        && line_text.is_some_and(|line| line.contains('\t'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_message_drops_path_and_position() {
+        let message = "server: unknown field `hots`, expected `host` at line 2 column 3";
+        assert_eq!(
+            parser_message(message, "server.hots"),
+            "unknown field `hots`, expected `host`"
+        );
+        let message =
+            "routes[1].backends[0].weight: invalid type: integer `-1` at line 5 column 52";
+        assert_eq!(
+            parser_message(message, "routes[1].backends[0].weight"),
+            "invalid type: integer `-1`"
+        );
+        assert_eq!(parser_message("invalid type: map", ""), "invalid type: map");
+    }
+
+    #[test]
+    fn position_before_comma_is_dropped() {
+        let message = "server: found character that cannot start any token at line 2 column 1, while scanning for the next token";
+        assert_eq!(
+            parser_message(message, "server"),
+            "found character that cannot start any token, while scanning for the next token"
+        );
+        assert_eq!(
+            strip_positions("a value at line one"),
+            "a value at line one"
+        );
+    }
+
+    #[test]
+    fn port_out_of_range_names_range() {
+        for (message, got) in [
+            ("invalid type: integer `-1`, expected u16", "`-1`"),
+            ("invalid value: integer `70000`, expected u16", "`70000`"),
+        ] {
+            assert_eq!(
+                explain(message, "server.port", "", None),
+                format!("must be between 1 and 65535, got {got}")
+            );
+        }
+    }
+
+    #[test]
+    fn integer_fields_name_their_range() {
+        let cases = [
+            ("routes[0].backends[0].weight", "u32", "between 1 and 10000"),
+            ("rate_limiting.burst", "u32", "between 1 and 4294967295"),
+            ("request_log.batch_size", "usize", "at least 1"),
+            ("proxy.pool_max_idle_per_backend", "usize", "at least 0"),
+        ];
+        for (field, kind, range) in cases {
+            let message = format!("invalid type: integer `-1`, expected {kind}");
+            assert_eq!(
+                explain(&message, field, "", None),
+                format!("must be {range}, got `-1`"),
+                "{field}"
+            );
+        }
+        assert_eq!(
+            explain(
+                "invalid type: string \"abc\", expected u16",
+                "server.port",
+                "",
+                None
+            ),
+            "must be a whole number between 1 and 65535, got string \"abc\""
+        );
+    }
+
+    #[test]
+    fn other_expectations_are_kept() {
+        let message = "invalid type: integer `5`, expected a sequence";
+        assert_eq!(
+            explain(message, "server.trusted_proxies", "", None),
+            message
+        );
+    }
+
+    #[test]
+    fn tab_indentation_gets_hint() {
+        let text = "server:\n\tport: 1\n";
+        let message =
+            "found character that cannot start any token, while scanning for the next token";
+        assert!(
+            explain(message, "server", text, Some(2)).ends_with("indent with spaces, not tabs")
+        );
+        assert_eq!(
+            explain(message, "server", "server:\n  x\n", Some(2)),
+            message
+        );
+    }
+}
