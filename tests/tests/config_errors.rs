@@ -1,9 +1,13 @@
 //! Configuration errors as a user meets them: `apigateway --check` and a plain start both
-//! name the file, every invalid field with its path, and what to write instead.
+//! name the file, every invalid field with its path, and what to write instead. Start errors
+//! (a taken port, an unopenable request log) and the read commands' argument errors name the
+//! field or option to change too.
 
-use gateway_tests::binary;
+use gateway_tests::{binary, free_port};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `apigateway` with `args` and waits for it; every case here exits without serving.
 fn run(args: &[&str]) -> Output {
@@ -224,4 +228,299 @@ fn version_prints_version() {
         stdout(&output).trim(),
         format!("apigateway {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Runs `apigateway` with `args` like [`run`], but kills it after 10 seconds, for cases that
+/// would serve if the error under test were missed.
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = Command::new(binary("apigateway"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start apigateway");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("poll apigateway").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect output");
+            panic!(
+                "apigateway was still running after 10 s; stdout:\n{}",
+                stdout(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// A route to a port where nothing listens; these cases stop before any request.
+const ROUTE: &str =
+    "routes:\n  - path: /api/*rest\n    backends:\n      - url: http://127.0.0.1:9\n";
+
+#[test]
+fn check_rejects_bad_backend_urls() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = write_config(
+        dir.path(),
+        r#"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:99999"
+      - url: "http://user:secret@127.0.0.1:9001"
+      - url: "http://127.0.0.1:0"
+"#,
+    );
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
+    let text = stderr(&output);
+    for (field, fix) in [
+        ("routes[0].backends[0].url", "1 to 65535"),
+        ("routes[0].backends[1].url", "user name or password"),
+        ("routes[0].backends[2].url", "port 0"),
+    ] {
+        let line = text
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("{field} not named:\n{text}"));
+        assert!(line.contains(fix), "{field} gives no fix ({fix:?}): {line}");
+    }
+    assert!(!text.contains("secret"), "password printed:\n{text}");
+}
+
+#[test]
+fn invalid_log_level_stops_serving() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let config = format!(
+        "server:\n  host: 127.0.0.1\n  port: {}\nlogging:\n  level: \"foo=bar=baz[\"\n{ROUTE}",
+        free_port()
+    );
+    let path = write_config(dir.path(), &config);
+    let path_text = path.display().to_string();
+
+    let output = run_bounded(&["--config", &path_text]);
+    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(text.contains(&path_text), "file not named:\n{text}");
+    assert!(text.contains("logging.level"), "field not named:\n{text}");
+}
+
+#[test]
+fn port_in_use_names_fields_and_address() {
+    let port_holder = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = port_holder.local_addr().expect("local address").port();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let config = format!(
+        "server:\n  host: 127.0.0.1\n  port: {port}\nrequest_log:\n  enabled: false\n{ROUTE}"
+    );
+    let path = write_config(dir.path(), &config);
+    let path_text = path.display().to_string();
+
+    let output = run_bounded(&["--config", &path_text]);
+    assert!(!output.status.success(), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(
+        text.contains("server.host"),
+        "host field not named:\n{text}"
+    );
+    assert!(
+        text.contains("server.port"),
+        "port field not named:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")),
+        "address not named:\n{text}"
+    );
+    assert!(
+        text.contains("another process"),
+        "no hint about the port being taken:\n{text}"
+    );
+}
+
+#[test]
+fn foreign_address_does_not_blame_port() {
+    // 192.0.2.1 is reserved for documentation (RFC 5737), so no interface of this machine
+    // has it and binding fails before any packet is sent.
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let config = format!(
+        "server:\n  host: 192.0.2.1\n  port: {}\nrequest_log:\n  enabled: false\n{ROUTE}",
+        free_port()
+    );
+    let path = write_config(dir.path(), &config);
+    let path_text = path.display().to_string();
+
+    let output = run_bounded(&["--config", &path_text]);
+    assert!(!output.status.success(), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(
+        text.contains("server.host"),
+        "host field not named:\n{text}"
+    );
+    assert!(text.contains("192.0.2.1"), "address not named:\n{text}");
+    assert!(
+        !text.contains("another process"),
+        "blames another process:\n{text}"
+    );
+}
+
+#[test]
+fn unopenable_request_log_names_database() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // A folder where the database file should be cannot be opened as SQLite.
+    let database = dir.path().join("gateway.db");
+    std::fs::create_dir(&database).expect("create folder");
+    let config = format!(
+        "server:\n  host: 127.0.0.1\n  port: {}\nrequest_log:\n  database: \"{}\"\n{ROUTE}",
+        free_port(),
+        database.display()
+    );
+    let path = write_config(dir.path(), &config);
+    let path_text = path.display().to_string();
+
+    let output = run_bounded(&["--config", &path_text]);
+    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("{path_text}: request_log.database:")),
+        "file and field not named:\n{text}"
+    );
+    assert!(
+        text.contains(&database.display().to_string()),
+        "database path not named:\n{text}"
+    );
+}
+
+#[test]
+fn missing_default_config_gives_hint() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let output = Command::new(binary("apigateway"))
+        .arg("--check")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run apigateway");
+    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(
+        text.contains("config/gateway.yaml"),
+        "path not named:\n{text}"
+    );
+    assert!(
+        text.contains("run from the repository root or pass --config PATH"),
+        "no hint:\n{text}"
+    );
+}
+
+#[test]
+fn parse_errors_explain_the_fix() {
+    let cases = [
+        (
+            "server:\n  port: -1\n",
+            "server.port",
+            "must be between 1 and 65535",
+        ),
+        (
+            "server:\n  port: 70000\n",
+            "server.port",
+            "must be between 1 and 65535",
+        ),
+        (
+            "server:\n\tport: 8080\n",
+            "server",
+            "indent with spaces, not tabs",
+        ),
+        (
+            "server:\n  read_timeout: 99999999999999999999s\n",
+            "server.read_timeout",
+            "18446744073709551615s",
+        ),
+        (
+            "server:\n  trusted_proxies: [10.0.0.0/8, nope, 10.0.0.0/33]\n",
+            "server.trusted_proxies",
+            "10.0.0.0/8, 127.0.0.1/32 or ::1/128",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("temporary folder");
+    for (config, field, fix) in cases {
+        let path = write_config(dir.path(), config);
+        let path_text = path.display().to_string();
+
+        let output = run(&["--check", "--config", &path_text]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{config:?}: exit {}",
+            output.status
+        );
+        let text = stderr(&output);
+        assert!(text.contains(field), "{config:?}: field not named:\n{text}");
+        assert!(text.contains(fix), "{config:?}: no fix ({fix:?}):\n{text}");
+    }
+}
+
+#[test]
+fn every_bad_trusted_proxy_is_named() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "server:\n  trusted_proxies: [10.0.0.0/8, nope, 10.0.0.0/33, 192.168.0.1]\n{ROUTE}"
+        ),
+    );
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(
+        text.contains(r#"[1] "nope""#),
+        "first bad entry not named:\n{text}"
+    );
+    assert!(
+        text.contains(r#"[2] "10.0.0.0/33""#),
+        "second bad entry not named:\n{text}"
+    );
+    assert!(
+        !text.contains("192.168.0.1"),
+        "bare address rejected:\n{text}"
+    );
+}
+
+#[test]
+fn logs_names_folder_and_missing_database() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let folder = dir.path().display().to_string();
+    let missing = dir.path().join("absent.db").display().to_string();
+
+    for (database, problem) in [(&folder, "is a folder"), (&missing, "not found")] {
+        let output = run(&["logs", "--database", database]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{database}: exit {}",
+            output.status
+        );
+        let text = stderr(&output);
+        assert!(
+            text.contains(database),
+            "{database}: path not named:\n{text}"
+        );
+        assert!(
+            text.contains(problem),
+            "{database}: {problem:?} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn negative_limit_names_range() {
+    let output = run(&["logs", "--database", "unused.db", "--limit", "-1"]);
+    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(text.contains("--limit"), "option not named:\n{text}");
+    assert!(text.contains("1..=10000"), "range not given:\n{text}");
 }

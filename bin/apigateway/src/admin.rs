@@ -4,10 +4,11 @@
 //! the proxy's rate limit never applies to them.
 
 use crate::app::{Gateway, RequestLogState};
+use crate::inspect::{parse_start_time, parse_window};
 use bytes::Bytes;
 use gateway_balancer::BackendSnapshot;
 use gateway_proxy::{ProxyBody, error_response};
-use gateway_store::{LogFilter, StatusFilter, now_us, parse_since};
+use gateway_store::{LogFilter, StatusFilter, now_us};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -19,7 +20,7 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
     path == "/health" || path == "/admin" || path.starts_with("/admin/")
 }
 
-/// Answers an admin request.
+/// Builds the response to an admin request.
 pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -43,6 +44,7 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
 }
 
 /// An admin request that fails: the status and the reason sent to the client.
+#[derive(Debug)]
 struct AdminError(StatusCode, String);
 
 type AdminResult = Result<Response<ProxyBody>, AdminError>;
@@ -71,8 +73,20 @@ fn request_log(gateway: &Gateway) -> Result<&RequestLogState, AdminError> {
 /// `GET /admin/logs?limit=&status=&route=&since=`: recent requests, newest first.
 async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
+    let filter = logs_filter(query, now_us())?;
+    let entries = state.reader.recent(&filter).await.map_err(query_failed)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "count": entries.len(), "entries": entries }),
+    ))
+}
+
+/// Builds the filter of `/admin/logs` from its query string.
+fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
     let mut filter = LogFilter::default();
+    let mut seen = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        reject_repeated(&mut seen, &name)?;
         match &*name {
             "limit" => {
                 filter.limit = value
@@ -94,7 +108,7 @@ async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
             }
             "route" => filter.route = Some(value.into_owned()),
             "since" => {
-                let since = parse_since(&value, now_us())
+                let since = parse_start_time(&value, now_us)
                     .map_err(|error| bad_parameter(format!("invalid since: {error}")))?;
                 filter.since_us = Some(since);
             }
@@ -105,33 +119,14 @@ async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
             }
         }
     }
-    let entries = state.reader.recent(&filter).await.map_err(query_failed)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "count": entries.len(), "entries": entries }),
-    ))
+    Ok(filter)
 }
 
 /// `GET /admin/stats?window=5m`: counts and latency percentiles per route and backend.
 async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
-    let mut window = None;
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        match &*name {
-            "window" => window = Some(value.into_owned()),
-            other => {
-                return Err(bad_parameter(format!(
-                    "unknown parameter {other:?}: use window"
-                )));
-            }
-        }
-    }
-    let window = window.as_deref().unwrap_or(DEFAULT_WINDOW);
-    let since = parse_since(window, now_us()).map_err(|error| {
-        bad_parameter(format!(
-            "invalid window: {error}; write a duration like 5m or 1h"
-        ))
-    })?;
+    let window = stats_window(query)?;
+    let since = parse_window(&window, now_us()).map_err(bad_parameter)?;
     let stats = state.reader.stats(since).await.map_err(query_failed)?;
     Ok(json_response(
         StatusCode::OK,
@@ -143,22 +138,68 @@ async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
     ))
 }
 
+/// Returns the `window` parameter of `/admin/stats`, or the default window.
+fn stats_window(query: &str) -> Result<String, AdminError> {
+    let mut window = None;
+    let mut seen = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        reject_repeated(&mut seen, &name)?;
+        match &*name {
+            "window" => window = Some(value.into_owned()),
+            other => {
+                return Err(bad_parameter(format!(
+                    "unknown parameter {other:?}: use window"
+                )));
+            }
+        }
+    }
+    Ok(window.unwrap_or_else(|| DEFAULT_WINDOW.to_owned()))
+}
+
+/// Rejects a parameter given twice, because silently using one value would hide a mistake.
+fn reject_repeated(seen: &mut Vec<String>, name: &str) -> Result<(), AdminError> {
+    if seen.iter().any(|earlier| earlier == name) {
+        return Err(bad_parameter(format!(
+            "parameter {name:?} is repeated: send it once"
+        )));
+    }
+    seen.push(name.to_owned());
+    Ok(())
+}
+
+/// Reports the gateway's state: `ok`, `degraded` when some backends are unhealthy,
+/// `unavailable` (503) when no backend can serve, and `draining` (503) during shutdown.
 fn health(gateway: &Gateway) -> Response<ProxyBody> {
     let backends = gateway.table.backends();
     let healthy = backends.iter().filter(|(b, _)| b.is_healthy()).count();
-    let draining = gateway.is_draining();
+    let routes = gateway.table.routes().len();
+    let (status, state) = health_state(gateway.is_draining(), routes, healthy, backends.len());
     let body = json!({
-        "status": if draining { "draining" } else { "ok" },
+        "status": state,
         "uptime_seconds": gateway.started.elapsed().as_secs(),
-        "routes": gateway.table.routes().len(),
+        "routes": routes,
         "backends": { "healthy": healthy, "total": backends.len() },
     });
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
     json_response(status, &body)
+}
+
+/// Returns the status code and state name of `/health`. A load balancer that polls it takes
+/// a 503 as "send no traffic here", so only a gateway that cannot serve any route gets one.
+fn health_state(
+    draining: bool,
+    routes: usize,
+    healthy: usize,
+    total: usize,
+) -> (StatusCode, &'static str) {
+    if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if routes > 0 && healthy == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if healthy < total {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
+    }
 }
 
 fn backends(gateway: &Gateway) -> Value {
@@ -211,4 +252,130 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<ProxyB
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_config::Config;
+
+    const NOW_US: i64 = 1_700_000_000_000_000;
+
+    fn rejection(result: Result<impl std::fmt::Debug, AdminError>) -> (StatusCode, String) {
+        match result {
+            Ok(value) => panic!("accepted: {value:?}"),
+            Err(AdminError(status, message)) => (status, message),
+        }
+    }
+
+    #[test]
+    fn repeated_parameter_is_rejected() {
+        let (status, message) = rejection(logs_filter("limit=5&limit=7", NOW_US));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("\"limit\" is repeated"), "{message}");
+
+        let (status, message) = rejection(stats_window("window=5m&window=1h"));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("\"window\" is repeated"), "{message}");
+    }
+
+    #[test]
+    fn distinct_parameters_are_accepted() {
+        let filter = logs_filter("limit=5&status=5xx&route=/a/*rest&since=1m", NOW_US).unwrap();
+        assert_eq!(filter.limit, 5);
+        assert_eq!(filter.route.as_deref(), Some("/a/*rest"));
+        assert_eq!(filter.since_us, Some(NOW_US - 60_000_000));
+        assert_eq!(stats_window("").unwrap(), DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn since_with_offset_is_converted_to_utc() {
+        let utc = logs_filter("since=2023-11-14T22:13:20Z", NOW_US).unwrap();
+        let plus = logs_filter("since=2023-11-14T23:13:20%2B01:00", NOW_US).unwrap();
+        let minus = logs_filter("since=2023-11-14T20:43:20.000-01:30", NOW_US).unwrap();
+        assert_eq!(utc.since_us, Some(1_700_000_000_000_000));
+        assert_eq!(plus.since_us, utc.since_us);
+        assert_eq!(minus.since_us, utc.since_us);
+    }
+
+    #[test]
+    fn zero_and_invalid_windows_share_hint() {
+        let zero = parse_window("0s", NOW_US).unwrap_err();
+        let zero_minutes = parse_window("0m", NOW_US).unwrap_err();
+        let invalid = parse_window("soon", NOW_US).unwrap_err();
+        assert!(zero.contains("longer than zero"), "{zero}");
+        assert!(zero_minutes.contains("longer than zero"), "{zero_minutes}");
+        let hint = "write a duration like 5m or 1h, or a start time like";
+        for message in [&zero, &zero_minutes, &invalid] {
+            assert!(message.contains(hint), "{message}");
+        }
+        assert_eq!(parse_window("5m", NOW_US), Ok(NOW_US - 300_000_000));
+    }
+
+    #[test]
+    fn health_state_follows_backends() {
+        let cases = [
+            (false, 2, 3, 3, StatusCode::OK, "ok"),
+            (false, 2, 1, 3, StatusCode::OK, "degraded"),
+            (
+                false,
+                2,
+                0,
+                3,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (true, 2, 3, 3, StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            (true, 2, 0, 3, StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        ];
+        for (draining, routes, healthy, total, status, state) in cases {
+            assert_eq!(
+                health_state(draining, routes, healthy, total),
+                (status, state),
+                "draining {draining}, {healthy} of {total} healthy"
+            );
+        }
+    }
+
+    async fn health_body(gateway: &Gateway) -> (StatusCode, Value) {
+        use http_body_util::BodyExt;
+        let response = health(gateway);
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_reports_unhealthy_backends() {
+        let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+      - url: "http://127.0.0.1:9002"
+"#;
+        let gateway = Gateway::new(Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        let (status, body) = health_body(&gateway).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ok", "{body}");
+
+        // Enough failures cross the default unhealthy threshold of 3.
+        let backends = gateway.table().backends();
+        let fail = |index: usize| {
+            for _ in 0..3 {
+                backends[index].0.record_failure("connection refused");
+            }
+        };
+        fail(0);
+        let (status, body) = health_body(&gateway).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "degraded", "{body}");
+        assert_eq!(body["backends"]["healthy"], 1, "{body}");
+
+        fail(1);
+        let (status, body) = health_body(&gateway).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "unavailable", "{body}");
+        assert_eq!(body["backends"]["healthy"], 0, "{body}");
+    }
 }

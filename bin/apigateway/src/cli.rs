@@ -3,6 +3,9 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// Configuration file read when `--config` is not given, relative to the working folder.
+pub const DEFAULT_CONFIG: &str = "config/gateway.yaml";
+
 /// An HTTP API gateway: routes, load balancing, health checks, rate limits, CORS and a
 /// request log.
 #[derive(Debug, Parser)]
@@ -13,7 +16,7 @@ pub struct Cli {
         long,
         short,
         value_name = "PATH",
-        default_value = "config/gateway.yaml",
+        default_value = DEFAULT_CONFIG,
         global = true
     )]
     pub config: PathBuf,
@@ -59,7 +62,7 @@ pub struct LogsArgs {
     pub database: DatabaseArgs,
 
     /// Only requests since this time: a duration back from now (`5m`, `1h`) or an RFC 3339
-    /// UTC timestamp.
+    /// timestamp (`2025-01-31T12:00:00Z`, or with an offset like `+01:00`).
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
 
@@ -72,7 +75,12 @@ pub struct LogsArgs {
     pub status: Option<String>,
 
     /// Maximum number of requests printed, 1 to 10000.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(
+        long,
+        default_value_t = 100,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
     pub limit: u32,
 }
 
@@ -82,7 +90,8 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Time window back from now, like `5m` or `1h`, or an RFC 3339 UTC start time.
+    /// Time window back from now, like `5m` or `1h` (longer than zero), or an RFC 3339 start
+    /// time like `2025-01-31T12:00:00Z`.
     #[arg(long, default_value = "5m", value_name = "WINDOW")]
     pub window: String,
 }

@@ -3,9 +3,17 @@
 
 use crate::cli::{DatabaseArgs, LogsArgs, StatsArgs};
 use gateway_config::Config;
-use gateway_store::{LogFilter, LogReader, Stats, StatusFilter, Summary, now_us, parse_since};
+use gateway_store::{
+    LogFilter, LogReader, Stats, StatusFilter, StoreError, Summary, now_us, parse_since,
+};
 use std::fmt::Write as _;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The fix quoted by every message about an invalid stats window.
+const WINDOW_HINT: &str =
+    "write a duration like 5m or 1h, or a start time like 2025-01-31T12:00:00Z";
 
 /// A failure of a read command.
 #[derive(Debug, thiserror::Error)]
@@ -13,16 +21,116 @@ pub enum InspectError {
     /// The configuration file, needed for the database path, did not load.
     #[error(transparent)]
     Config(#[from] gateway_config::ConfigError),
+    /// The database file is missing or is a folder.
+    #[error("request log database {} ({origin}) {problem}", path.display())]
+    Database {
+        /// The path that was checked.
+        path: PathBuf,
+        /// Source of the path: `--database`, or `request_log.database` in a file.
+        origin: String,
+        /// The problem and its fix.
+        problem: String,
+    },
+    /// A command-line value was invalid.
+    #[error("{0}")]
+    Argument(String),
     /// The database could not be read, or an argument was invalid.
     #[error(transparent)]
     Store(#[from] gateway_store::StoreError),
 }
 
-fn database_path(config_path: &Path, args: &DatabaseArgs) -> Result<PathBuf, InspectError> {
+/// Returns the database to read and where its path came from.
+fn database_path(
+    config_path: &Path,
+    args: &DatabaseArgs,
+) -> Result<(PathBuf, String), InspectError> {
     match &args.database {
-        Some(path) => Ok(path.clone()),
-        None => Ok(Config::load(config_path)?.request_log.database),
+        Some(path) => Ok((path.clone(), "--database".to_owned())),
+        None => Ok((
+            Config::load(config_path)?.request_log.database,
+            format!("request_log.database in {}", config_path.display()),
+        )),
     }
+}
+
+/// Opens the database read-only after checking that the path is an existing file, because
+/// SQLite's own message for a folder or a missing file does not say which.
+async fn open_reader(config_path: &Path, args: &DatabaseArgs) -> Result<LogReader, InspectError> {
+    let (path, origin) = database_path(config_path, args)?;
+    let problem = match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.is_dir() => {
+            Some("is a folder: pass the database file inside it, like --database data/gateway.db")
+        }
+        Err(error) if error.kind() == ErrorKind::NotFound => Some(
+            "not found: start the gateway once with request_log.enabled to create it, or pass --database PATH",
+        ),
+        // SQLite reports other failures, such as a permission error, with the path.
+        _ => None,
+    };
+    if let Some(problem) = problem {
+        return Err(InspectError::Database {
+            path,
+            origin,
+            problem: problem.to_owned(),
+        });
+    }
+    Ok(LogReader::open(path).await?)
+}
+
+/// Parses a start time like [`parse_since`], and also accepts an RFC 3339 timestamp with a
+/// numeric UTC offset (`2025-01-31T13:00:00+01:00`), converted to UTC.
+///
+/// # Errors
+///
+/// Returns [`StoreError::InvalidSince`] when `text` is neither a duration nor a timestamp.
+pub(crate) fn parse_start_time(text: &str, now_us: i64) -> Result<i64, StoreError> {
+    let text = text.trim();
+    match split_utc_offset(text) {
+        Some((local, offset_us)) => parse_since(local, now_us)
+            .map(|local_us| local_us - offset_us)
+            .map_err(|_| StoreError::InvalidSince {
+                value: text.to_owned(),
+            }),
+        None => parse_since(text, now_us),
+    }
+}
+
+/// Splits a timestamp ending in `+HH:MM` or `-HH:MM` into the local time and the offset in
+/// microseconds; `None` for anything else.
+fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
+    let at = text.len().checked_sub(6)?;
+    let (local, offset) = (text.get(..at)?, text.get(at..)?);
+    // Only a timestamp has an offset: `YYYY-MM-DDTHH:MM:SS` comes first.
+    if local.len() < 19 || local.as_bytes().get(4) != Some(&b'-') {
+        return None;
+    }
+    let sign = match offset.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (hours, minutes) = offset[1..].split_once(':')?;
+    let (hours, minutes) = (hours.parse::<i64>().ok()?, minutes.parse::<i64>().ok()?);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((local, sign * (hours * 3600 + minutes * 60) * 1_000_000))
+}
+
+/// Parses a stats window, a duration back from now or a start time, into the start time in
+/// microseconds since the Unix epoch.
+///
+/// # Errors
+///
+/// Returns the message for the client when the window is invalid or zero.
+pub(crate) fn parse_window(window: &str, now_us: i64) -> Result<i64, String> {
+    if humantime::parse_duration(window.trim()).is_ok_and(|duration| duration == Duration::ZERO) {
+        return Err(format!(
+            "invalid window {window:?}: it must be longer than zero, so {WINDOW_HINT}"
+        ));
+    }
+    parse_start_time(window, now_us)
+        .map_err(|_| format!("invalid window {window:?}: {WINDOW_HINT}"))
 }
 
 /// Runs `apigateway logs` and returns what it prints.
@@ -40,10 +148,10 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
         filter.status = Some(status.parse::<StatusFilter>()?);
     }
     if let Some(since) = &args.since {
-        filter.since_us = Some(parse_since(since, now_us())?);
+        filter.since_us = Some(parse_start_time(since, now_us())?);
     }
 
-    let reader = LogReader::open(database_path(config_path, &args.database)?).await?;
+    let reader = open_reader(config_path, &args.database).await?;
     let entries = reader.recent(&filter).await?;
     reader.close().await;
 
@@ -74,8 +182,8 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
 ///
 /// Returns [`InspectError`] for an unreadable configuration or database, or an invalid window.
 pub async fn stats(config_path: &Path, args: &StatsArgs) -> Result<String, InspectError> {
-    let since = parse_since(&args.window, now_us())?;
-    let reader = LogReader::open(database_path(config_path, &args.database)?).await?;
+    let since = parse_window(&args.window, now_us()).map_err(InspectError::Argument)?;
+    let reader = open_reader(config_path, &args.database).await?;
     let stats = reader.stats(since).await?;
     reader.close().await;
 
@@ -118,4 +226,57 @@ fn row(out: &mut String, name: &str, summary: &Summary) {
         ms(summary.latency_p95_us),
         ms(summary.latency_p99_us),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_split_from_timestamps() {
+        assert_eq!(
+            split_utc_offset("2025-01-31T13:00:00+01:00"),
+            Some(("2025-01-31T13:00:00", 3_600_000_000))
+        );
+        assert_eq!(
+            split_utc_offset("2025-01-31T13:00:00.25-00:30"),
+            Some(("2025-01-31T13:00:00.25", -1_800_000_000))
+        );
+        for text in [
+            "5m",
+            "2025-01-31T13:00:00Z",
+            "2025-01-31T13:00:00+24:00",
+            "1h30m+01:00",
+        ] {
+            assert_eq!(split_utc_offset(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_timestamp_with_offset_names_whole_value() {
+        let error = parse_start_time("2025-13-45T13:00:00+01:00", 0).unwrap_err();
+        assert!(
+            error.to_string().contains("2025-13-45T13:00:00+01:00"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn folder_and_missing_database_are_named() {
+        // The package's own folder exists, and nothing in it is named absent.db.
+        let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let missing = folder.join("absent.db");
+        for (path, problem) in [(folder, "is a folder"), (missing, "not found")] {
+            let args = DatabaseArgs {
+                database: Some(path.clone()),
+                json: false,
+            };
+            let error = open_reader(Path::new("unused.yaml"), &args)
+                .await
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(problem), "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+    }
 }

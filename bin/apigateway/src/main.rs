@@ -1,10 +1,14 @@
 //! The `apigateway` command: loads the configuration, sets up logging and serves until a stop
 //! signal.
 
-use apigateway::cli::{Cli, Command, LogFormatArg};
-use apigateway::{Gateway, serve};
+use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
+use apigateway::inspect::InspectError;
+use apigateway::{Gateway, ServeError, serve};
 use clap::Parser;
-use gateway_config::{Config, LogFormat};
+use gateway_config::{Config, ConfigError, LogFormat};
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
@@ -25,9 +29,21 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("apigateway: {error}");
             print_sources(&error);
+            if let Some(hint) = config_hint(&cli.config, &error) {
+                eprintln!("  hint: {hint}");
+            }
             return ExitCode::from(2);
         }
     };
+    // The filter syntax belongs to tracing-subscriber, which the config crate does not use, so
+    // this one field is checked here, for --check and serving alike.
+    if let Err(message) = parse_log_filter(&config.logging.level) {
+        eprintln!(
+            "apigateway: {}: logging.level: {message}",
+            cli.config.display()
+        );
+        return ExitCode::from(2);
+    }
     if cli.check {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
@@ -41,10 +57,7 @@ fn main() -> ExitCode {
     let _log_guard = match init_logging(format, &config.logging.level) {
         Ok(guard) => guard,
         Err(message) => {
-            eprintln!(
-                "apigateway: {}: logging.level: {message}",
-                cli.config.display()
-            );
+            eprintln!("apigateway: RUST_LOG: {message}");
             return ExitCode::from(2);
         }
     };
@@ -72,11 +85,13 @@ fn main() -> ExitCode {
         }
     };
 
-    runtime.block_on(run(config, workers))
+    runtime.block_on(run(config, &cli.config, workers))
 }
 
-async fn run(config: Config, workers: usize) -> ExitCode {
-    let address = format!("{}:{}", config.server.host, config.server.port);
+async fn run(config: Config, config_path: &Path, workers: usize) -> ExitCode {
+    let host = config.server.host.clone();
+    let port = config.server.port;
+    let database = config.request_log.database.clone();
     let gateway = match Gateway::new(config) {
         Ok(gateway) => Arc::new(gateway),
         Err(error) => {
@@ -84,10 +99,15 @@ async fn run(config: Config, workers: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(&address).await {
+    // A (host, port) pair takes IPv6 addresses such as `::` unbracketed and resolves names.
+    let listener = match tokio::net::TcpListener::bind((host.as_str(), port)).await {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(%address, %error, "failed to bind the listener; is another process using the port?");
+            eprintln!(
+                "apigateway: {}: {}",
+                config_path.display(),
+                bind_error_message(&host, port, &error)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -118,10 +138,60 @@ async fn run(config: Config, workers: usize) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(_) => ExitCode::FAILURE,
+        Err(ServeError::RequestLog(error)) => {
+            // Most store errors name the file already.
+            let mut message = error_chain(&error);
+            let database = database.display().to_string();
+            if !message.contains(&database) {
+                message = format!("{database}: {message}");
+            }
+            eprintln!(
+                "apigateway: {}: request_log.database: {message}",
+                config_path.display(),
+            );
+            ExitCode::from(2)
+        }
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Describes a failure to bind `host`:`port`, naming the fields to change. Only an address
+/// already in use suggests another process, because other errors have other causes.
+fn bind_error_message(host: &str, port: u16, error: &std::io::Error) -> String {
+    let address = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    };
+    let hint = match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "another process is using port {port}: stop it, or set server.port to a free port"
+        ),
+        ErrorKind::PermissionDenied if port < 1024 => {
+            format!("port {port} needs extra privileges: set server.port to 1024 or above")
+        }
+        ErrorKind::AddrNotAvailable => format!(
+            "{host} is not an address of this machine: set server.host to one, like 0.0.0.0 or 127.0.0.1"
+        ),
+        _ => "check server.host and server.port".to_owned(),
+    };
+    format!("server.host, server.port: failed to bind the listener to {address}: {error}: {hint}")
+}
+
+/// Returns a hint for a configuration file that does not exist.
+fn config_hint(path: &Path, error: &ConfigError) -> Option<&'static str> {
+    let ConfigError::Read { source, .. } = error else {
+        return None;
+    };
+    if source.kind() != ErrorKind::NotFound {
+        return None;
+    }
+    if path == Path::new(DEFAULT_CONFIG) {
+        Some("run from the repository root or pass --config PATH")
+    } else {
+        Some("check the path given to --config")
     }
 }
 
@@ -150,6 +220,11 @@ fn inspect(cli: &Cli, command: &Command) -> ExitCode {
         }
         Err(error) => {
             eprintln!("apigateway: {}", error_chain(&error));
+            if let InspectError::Config(error) = &error
+                && let Some(hint) = config_hint(&cli.config, error)
+            {
+                eprintln!("  hint: {hint}");
+            }
             ExitCode::from(2)
         }
     }
@@ -182,15 +257,28 @@ async fn wait_for_signal() -> &'static str {
 /// Size of the buffer between the log writer thread and stdout.
 const STDOUT_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Parses a log filter in `RUST_LOG` syntax, the syntax of `logging.level`.
+fn parse_log_filter(text: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(text).map_err(|error| {
+        format!(
+            "invalid log filter {text:?} ({error}): write a level like info or debug, or directives like info,gateway_proxy=debug"
+        )
+    })
+}
+
+/// Installs the global subscriber with the filter from `RUST_LOG`, or `level` when it is unset.
+///
+/// # Errors
+///
+/// Returns a message when `RUST_LOG` is not a valid filter.
 fn init_logging(
     format: LogFormat,
     level: &str,
 ) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.is_empty() => EnvFilter::try_new(value),
-        _ => EnvFilter::try_new(level),
-    }
-    .map_err(|error| format!("invalid log filter ({error}): write a level like info or debug"))?;
+        Ok(value) if !value.is_empty() => parse_log_filter(&value)?,
+        _ => parse_log_filter(level)?,
+    };
 
     // Log lines go through a writer thread, so a request task never blocks on stdout. The
     // thread writes each batch of queued lines through one buffer and flushes it when the
