@@ -65,12 +65,13 @@ impl Gateway {
     /// prevents.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
         let table = Arc::new(RouteTable::new(&config)?);
-        let client = BackendClient::new(&config.proxy);
+        let backend_ids = table.backends().iter().map(|(backend, _)| backend.id());
+        let client = BackendClient::new(&config.proxy, backend_ids);
         let mut routes = Vec::with_capacity(table.routes().len());
         let mut limiters = Limiters::default();
 
         for (route, route_config) in table.routes().iter().zip(&config.routes) {
-            let forward = Forward::new(Arc::clone(route), client);
+            let forward = Forward::new(Arc::clone(route), client.clone());
 
             let limiter = limiters.for_route(route_config, &config.rate_limiting);
             let is_limited = limiter.is_some();

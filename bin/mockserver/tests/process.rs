@@ -102,8 +102,8 @@ fn fleet_starts_three_named_backends() {
 fn fleet_uses_consecutive_ports_from_base() {
     // A free run of three ports can be taken by another process between the probe and the
     // start, so a failed start is retried with a new probe.
-    for _ in 0..5 {
-        let Some(base) = probe_free_port_run(3) else {
+    for attempt in 0..50 {
+        let Some(base) = probe_free_port_run(attempt, 3) else {
             continue;
         };
         let base_arg = base.to_string();
@@ -142,20 +142,17 @@ fn fleet_uses_consecutive_ports_from_base() {
         );
         return;
     }
-    panic!("found no free run of three ports in five attempts");
+    panic!("found no free run of three ports in 50 attempts");
 }
 
 /// Returns a port `p` such that `p`, `p + 1` and so on up to `count` ports could be bound a
-/// moment ago.
-fn probe_free_port_run(count: u16) -> Option<u16> {
-    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
-    let base = first.local_addr().ok()?.port();
-    if base > u16::MAX - count {
-        return None;
-    }
+/// moment ago. Candidates lie below the usual ephemeral range (32768 and up on Linux), where
+/// busy client sockets would often take a neighbour of a port the kernel handed out.
+fn probe_free_port_run(attempt: u16, count: u16) -> Option<u16> {
+    let base = 20_000 + (std::process::id() as u16 % 97 + attempt * 211) % 12_000;
     // The listeners close when this function returns, which frees the ports again.
-    let mut bound_listeners = vec![first];
-    for offset in 1..count {
+    let mut bound_listeners = Vec::new();
+    for offset in 0..count {
         bound_listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, base + offset)).ok()?);
     }
     Some(base)

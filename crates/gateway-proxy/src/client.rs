@@ -1,16 +1,16 @@
-//! Backend connections: opened with a timeout, kept alive, and pooled per worker thread.
+//! Backend connections: opened with a timeout, kept alive, and pooled per backend.
 //!
-//! Each runtime worker thread keeps its own idle connections per backend, so checking one out
-//! or in takes no lock shared between threads. A connection goes back to the pool of the thread
-//! that finishes reading its response, and only when the response body was read to its end.
+//! Each backend's idle connections wait in a bounded lock-free queue, so checking one out or in
+//! takes no lock, and any worker thread can reuse a connection another thread returned. A
+//! connection goes back only when its response body was read to its end.
 
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
+use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,19 +24,26 @@ struct Idle {
     since: Instant,
 }
 
-thread_local! {
-    // Idle connections of this thread, per backend id. A handful of backends is the norm, so
-    // a vector scan beats hashing.
-    static IDLE: RefCell<Vec<(u64, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Connection settings shared by every forwarder.
-#[derive(Debug, Clone, Copy)]
+/// Connection settings and idle connections, shared by every forwarder.
+#[derive(Clone)]
 pub struct BackendClient {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
-    max_idle: usize,
+    // Idle connections per backend id. A handful of backends is the norm, so a vector scan
+    // beats hashing.
+    pools: Arc<Vec<(u64, ArrayQueue<Idle>)>>,
+}
+
+impl std::fmt::Debug for BackendClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendClient")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("backends", &self.pools.len())
+            .finish()
+    }
 }
 
 /// A backend connection in use by one request, with the backend's in-flight count.
@@ -60,14 +67,28 @@ impl Lease {
 }
 
 impl BackendClient {
-    /// Creates a client from the `proxy` section of the configuration.
-    pub fn new(config: &ProxyConfig) -> BackendClient {
+    /// Creates a client from the `proxy` section of the configuration, with a pool for each
+    /// backend in `backend_ids`. Connections to other backends are not kept.
+    pub fn new(config: &ProxyConfig, backend_ids: impl IntoIterator<Item = u64>) -> BackendClient {
+        let capacity = config.pool_max_idle_per_backend;
+        let pools = backend_ids
+            .into_iter()
+            .filter(|_| capacity > 0)
+            .map(|id| (id, ArrayQueue::new(capacity)))
+            .collect();
         BackendClient {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             idle_timeout: config.pool_idle_timeout,
-            max_idle: config.pool_max_idle_per_backend,
+            pools: Arc::new(pools),
         }
+    }
+
+    fn pool(&self, backend_id: u64) -> Option<&ArrayQueue<Idle>> {
+        self.pools
+            .iter()
+            .find(|(id, _)| *id == backend_id)
+            .map(|(_, pool)| pool)
     }
 
     /// Maximum wait for a backend's response head.
@@ -106,42 +127,28 @@ impl BackendClient {
         Lease {
             in_flight,
             sender: Some(sender),
-            client: *self,
+            client: self.clone(),
         }
     }
 
     fn check_out(&self, backend_id: u64) -> Option<Sender> {
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let (_, list) = idle.iter_mut().find(|(id, _)| *id == backend_id)?;
-            while let Some(entry) = list.pop() {
-                if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
-                    return Some(entry.sender);
-                }
+        let pool = self.pool(backend_id)?;
+        while let Some(entry) = pool.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
+                return Some(entry.sender);
             }
-            None
-        })
+        }
+        None
     }
 
     fn check_in(&self, backend_id: u64, sender: Sender) {
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let position = idle.iter().position(|(id, _)| *id == backend_id);
-            let list = match position {
-                Some(i) => &mut idle[i].1,
-                None => {
-                    idle.push((backend_id, Vec::new()));
-                    let last = idle.len() - 1;
-                    &mut idle[last].1
-                }
-            };
-            if list.len() < self.max_idle {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        });
+        if let Some(pool) = self.pool(backend_id) {
+            // A full pool drops the connection, which closes it.
+            let _ = pool.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 }
 

@@ -62,7 +62,7 @@ impl tower::Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let route = Arc::clone(&self.route);
-        let client = self.client;
+        let client = self.client.clone();
         Box::pin(async move { Ok(forward(&route, client, request).await) })
     }
 }
