@@ -57,7 +57,7 @@ pin_project! {
     impl<B> PinnedDrop for DeadlineBody<B> {
         fn drop(this: Pin<&mut Self>) {
             // NOTE: hyper may still hold the body's last bytes in its write buffer (at most
-            // its buffer size, about 400 KiB) after this; a client that never reads them
+            // its buffer size, about 400 KiB) after this. A client that never reads them
             // keeps the connection until the operating system's TCP timeouts end it.
             this.project().deadline.clear();
         }
@@ -91,7 +91,7 @@ impl<B: Body> Body for DeadlineBody<B> {
 }
 
 /// Waits until the connection's response deadline has passed, checking again whenever the
-/// deadline moves; `idle_check` is how long to wait while no response is in progress.
+/// deadline moves. While no response is in progress it checks every `idle_check`.
 pub(crate) async fn deadline_passed(deadline: &ResponseDeadline, idle_check: Duration) {
     loop {
         let now = Instant::now();

@@ -55,7 +55,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Ends the lease: the connection returns to this thread's pool when `reusable`.
+    /// Ends the lease: the connection returns to its backend's pool when `reusable`.
     pub(crate) fn finish(mut self, reusable: bool) {
         if let Some(sender) = self.sender.take()
             && reusable
@@ -96,7 +96,7 @@ impl BackendClient {
         self.response_timeout
     }
 
-    /// Returns a ready connection to `backend`: an idle pooled one when this thread has one,
+    /// Returns a ready connection to `backend`: an idle pooled one when the pool has one,
     /// else a new one. The flag is true for a pooled connection.
     ///
     /// # Errors

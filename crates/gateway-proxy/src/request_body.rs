@@ -1,5 +1,5 @@
 //! The request body sent to a backend, with a count of the bytes that left, so that a stalled
-//! upload is told apart from a slow backend.
+//! upload can be distinguished from a slow backend.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
