@@ -97,6 +97,11 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
 
     // RFC 9112 section 3.2.2: an absolute-form target's authority replaces the Host header.
     if let Some(authority) = request.uri().authority() {
+        if !is_valid_host(authority.as_str()) {
+            return Err(ProxyError::invalid_request(
+                "invalid authority in the request target",
+            ));
+        }
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| ProxyError::invalid_request("invalid authority in the request target"))?;
         request.headers_mut().insert(header::HOST, host);
@@ -107,10 +112,7 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(ProxyError::invalid_request("more than one Host header")),
         (Some(host), None) => {
-            let valid = host
-                .to_str()
-                .ok()
-                .is_some_and(|text| text.parse::<Authority>().is_ok());
+            let valid = host.to_str().ok().is_some_and(is_valid_host);
             if !valid {
                 return Err(ProxyError::invalid_request("invalid Host header"));
             }
@@ -127,6 +129,22 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         ));
     }
     Ok(())
+}
+
+/// Returns whether `text` is a valid `Host` value: a host and an optional numeric port, with
+/// no user information (RFC 9110 section 4.2.4 treats `user@host` as an error).
+fn is_valid_host(text: &str) -> bool {
+    if text.is_empty() || text.contains('@') || text.parse::<Authority>().is_err() {
+        return false;
+    }
+    let port = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((_, after)) => after.strip_prefix(':'),
+            None => return false,
+        },
+        None => text.split_once(':').map(|(_, port)| port),
+    };
+    port.is_none_or(|port| port.is_empty() || port.parse::<u16>().is_ok())
 }
 
 /// Returns whether a path has a `.` or `..` segment, also percent-encoded. Such a path can
@@ -220,6 +238,34 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(checked(spaced).unwrap_err(), 400);
+    }
+
+    #[test]
+    fn host_values_are_checked() {
+        for good in ["gw", "gw:8080", "127.0.0.1:1", "[::1]:80", "[::1]", "gw:"] {
+            assert!(is_valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a:xyz",
+            "a:99999",
+            "u:p@host:1",
+            "[::1",
+            "[::1]:x",
+        ] {
+            assert!(!is_valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn absolute_target_with_credentials_is_rejected() {
+        let request = Request::builder()
+            .uri("http://u:p@target.example:1/a")
+            .header("host", "x")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(request).unwrap_err(), 400);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::access::AccessHook;
 use crate::app::{Gateway, RequestLogState};
 pub use crate::router::Router;
-use crate::write_timeout::{DeadlineBody, ResponseDeadline, deadline_passed};
+use crate::write_timeout::{ClientStream, DeadlineBody, ResponseDeadline, deadline_passed};
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
@@ -182,19 +182,26 @@ where
             write_timeout,
             deadline: Arc::clone(&deadline),
         };
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(ClientStream::new(stream, Arc::clone(&deadline)));
+        let connection = graceful.watch(http.serve_connection(io, service));
         let open = Arc::clone(&open);
         open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
             tokio::select! {
-                result = connection => {
+                result = &mut connection => {
                     if let Err(error) = result {
                         tracing::debug!(%peer, %error, "client connection ended with an error");
                     }
                 }
-                // Dropping the connection closes its socket.
                 () = deadline_passed(&deadline, write_timeout) => {
-                    tracing::debug!(%peer, timeout = ?write_timeout, "response not sent within the write timeout, closing the connection");
+                    // Marked before the connection drops, so that its socket is reset.
+                    deadline.expire();
+                    tracing::debug!(
+                        %peer,
+                        timeout = ?write_timeout,
+                        "response not sent within the write timeout, closing the connection"
+                    );
                 }
             }
             open.fetch_sub(1, Ordering::Relaxed);

@@ -9,10 +9,12 @@
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The start of the millisecond clock that deadlines are stored in.
@@ -23,6 +25,8 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 pub(crate) struct ResponseDeadline {
     // Milliseconds since EPOCH, plus one so that 0 means "no response in progress".
     at_ms: AtomicU64,
+    // Set when the deadline passed, so that the socket is reset rather than closed.
+    expired: AtomicBool,
 }
 
 impl ResponseDeadline {
@@ -35,6 +39,11 @@ impl ResponseDeadline {
     /// Clears the deadline: no response is being sent.
     pub(crate) fn clear(&self) {
         self.at_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Marks the deadline as passed: the connection's socket is then reset when it closes.
+    pub(crate) fn expire(&self) {
+        self.expired.store(true, Ordering::Relaxed);
     }
 
     /// The deadline in progress.
@@ -87,6 +96,74 @@ impl<B: Body> Body for DeadlineBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A client socket that is reset instead of closed once its response deadline expired.
+    ///
+    /// A plain close leaves the unsent part of the response in the kernel's send buffer (up to
+    /// several MiB), which a slow reader would keep receiving long after the deadline; a
+    /// reset (`SO_LINGER` of zero) discards it.
+    pub(crate) struct ClientStream {
+        #[pin]
+        stream: TcpStream,
+        deadline: Arc<ResponseDeadline>,
+    }
+
+    impl PinnedDrop for ClientStream {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.deadline.expired.load(Ordering::Relaxed) {
+                let _ = this.stream.set_zero_linger();
+            }
+        }
+    }
+}
+
+impl ClientStream {
+    pub(crate) fn new(stream: TcpStream, deadline: Arc<ResponseDeadline>) -> ClientStream {
+        ClientStream { stream, deadline }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
     }
 }
 

@@ -61,6 +61,8 @@ pub struct BackendState {
     last_transition_ms: AtomicU64,
     // Written only by health probes and failed forwards, never on a successful request.
     last_error: Mutex<Option<String>>,
+    // Wakes the backend's health check when failed requests mark it unhealthy.
+    went_down: tokio::sync::Notify,
 }
 
 /// A copy of a backend's state at one moment, for reports.
@@ -176,6 +178,19 @@ impl Backend {
             return Transition::Down;
         }
         Transition::None
+    }
+
+    /// Asks the backend's health check to probe now. The proxy calls it when failed requests
+    /// took the backend out of rotation, so that the probes that bring it back start at once
+    /// instead of at the next interval.
+    pub fn request_health_check(&self) {
+        self.state.went_down.notify_one();
+    }
+
+    /// Completes when [`Backend::request_health_check`] was called, at once when it was called
+    /// since the last wait.
+    pub async fn health_check_requested(&self) {
+        self.state.went_down.notified().await;
     }
 
     /// Stores the time of a probe, for reports.

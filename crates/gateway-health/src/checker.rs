@@ -12,6 +12,9 @@ use tokio::task::JoinSet;
 use tokio::time::{self, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, trace, warn};
 
+/// Time between probes of an unhealthy backend, when the configured interval is longer.
+pub const UNHEALTHY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Shortest time between probes. Validation rejects a zero interval, but one that gets here
 /// anyway is raised to this rather than making the timer panic.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -107,7 +110,8 @@ async fn run<P, F>(
 
     // The first tick completes at once. `Delay` starts the next full interval after a probe
     // that overran, so a slow backend is not probed in a burst.
-    let mut ticker = time::interval(interval);
+    let mut period = interval;
+    let mut ticker = time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
@@ -115,6 +119,8 @@ async fn run<P, F>(
             biased;
             () = stopped(&mut shutdown) => break,
             _ = ticker.tick() => {}
+            // Failed requests took the backend out: probe now rather than at the next tick.
+            () = backend.health_check_requested() => {}
         }
 
         // A probe cut short by shutdown is not recorded: it says nothing about the backend.
@@ -124,6 +130,19 @@ async fn run<P, F>(
             result = probe() => result,
         };
         record(&backend, result);
+
+        // An unhealthy backend is probed more often, so that it returns soon after it
+        // recovers; a healthy one at the configured interval.
+        let wanted = if backend.is_healthy() {
+            interval
+        } else {
+            interval.min(UNHEALTHY_INTERVAL)
+        };
+        if wanted != period {
+            period = wanted;
+            ticker = time::interval_at(time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
     }
 
     debug!("health check stopped");

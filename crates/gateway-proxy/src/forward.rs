@@ -237,6 +237,7 @@ fn exchange_error(error: hyper::Error) -> ProxyError {
 fn note_failure(backend: &Backend, error: &ProxyError) {
     let message = error_chain(error);
     if backend.record_failure(&message) == Transition::Down {
+        backend.request_health_check();
         tracing::warn!(
             backend = %backend.url_text(),
             error = %message,

@@ -139,14 +139,40 @@ async fn failures_at_threshold_mark_unhealthy() {
     assert_eq!(call_count(&starts), 3);
     assert!(!backend.is_healthy());
 
-    // The fourth probe is the first success: one short of the healthy threshold.
-    time::sleep(INTERVAL).await;
+    // An unhealthy backend is probed every UNHEALTHY_INTERVAL. The fourth probe is the first
+    // success: one short of the healthy threshold.
+    time::sleep(UNHEALTHY_INTERVAL).await;
     assert_eq!(call_count(&starts), 4);
     assert!(!backend.is_healthy());
 
-    time::sleep(INTERVAL).await;
+    time::sleep(UNHEALTHY_INTERVAL).await;
     assert_eq!(call_count(&starts), 5);
     assert!(backend.is_healthy());
+
+    // Healthy again, it goes back to the configured interval.
+    time::sleep(UNHEALTHY_INTERVAL).await;
+    assert_eq!(call_count(&starts), 5);
+    time::sleep(INTERVAL).await;
+    assert_eq!(call_count(&starts), 6);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn requested_check_probes_at_once() {
+    let backend = backend(3, 2);
+    let (probe, starts) = fake_probe(|_| Outcome::Pass);
+    let (_sender, shutdown) = watch::channel(false);
+    let task = tokio::spawn(run(Arc::clone(&backend), INTERVAL, shutdown, probe));
+
+    time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(call_count(&starts), 1);
+    backend.request_health_check();
+    time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        call_count(&starts),
+        2,
+        "a requested check waits for no interval"
+    );
     task.abort();
 }
 
@@ -293,8 +319,10 @@ async fn transitions_are_logged_once() {
     });
     let (_sender, shutdown) = watch::channel(false);
     let running = run(backend(3, 2), INTERVAL, shutdown, probe);
-    let _ = time::timeout(Duration::from_secs(75), running).await;
-    assert_eq!(call_count(&starts), 8);
+    // Probes at 0, 10 and 20 s (down), then every second while unhealthy: 21, 22, 23 and 24 s
+    // (up).
+    let _ = time::timeout(Duration::from_secs(30), running).await;
+    assert_eq!(call_count(&starts), 7);
 
     let lines = logs.lines();
     let matching = |level: &str, message: &str| -> Vec<&String> {
