@@ -10,7 +10,7 @@
 //!
 //! - [`routes`]: the compiled route table and the per-route settings.
 //! - [`headers`]: hop-by-hop headers, forwarding headers and the backend URI.
-//! - [`client`]: backend connections, pooled per worker thread.
+//! - [`client`]: backend connections, pooled per backend.
 //! - [`forward`]: the per-route forwarding service and its retry.
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
