@@ -1,5 +1,5 @@
-//! Configuration files that the gateway cannot serve as written, which `apigateway --check`
-//! once accepted. Each must be rejected with the field's path and exit status 2.
+//! Configuration files that the gateway cannot serve as written. `apigateway --check` must
+//! reject each with the field's path and exit status 2, as serving does.
 
 use gateway_tests::binary;
 use std::process::{Command, Output};

@@ -1,5 +1,6 @@
-//! A client that announces a body and stops sending it is at fault, so the gateway must not
-//! respond with a 5xx status that blames the backend.
+//! Slow clients: one that announces a body and stops sending it is at fault, so the gateway
+//! must not respond with a 5xx status that blames the backend, and one that stops reading must
+//! not hold a response past the write timeout.
 
 use gateway_tests::{GatewayProcess, MockProcess, RawConnection};
 use std::time::Duration;
