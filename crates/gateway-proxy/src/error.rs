@@ -6,7 +6,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use std::fmt;
 use std::time::Duration;
 
-/// Which party a failure belongs to.
+/// The party a failure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The client sent something the gateway cannot serve.
@@ -17,7 +17,7 @@ pub enum Side {
     Gateway,
 }
 
-/// What went wrong, as recorded in the request log.
+/// The kind of failure, as recorded in the request log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// No route matches the path.
@@ -45,7 +45,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// A stable snake_case name, used in the request log.
+    /// Returns a stable snake_case name for the request log.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no_route",
@@ -118,7 +118,8 @@ impl ProxyError {
         }
     }
 
-    /// A failure to open a connection to a backend: nothing was sent, so a retry is safe.
+    /// Creates a failure to open a connection to a backend: nothing was sent, so a retry is
+    /// safe.
     pub fn connect(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ProxyError {
         ProxyError {
             kind: ErrorKind::BackendConnect,
@@ -128,7 +129,8 @@ impl ProxyError {
         }
     }
 
-    /// A connect attempt that timed out after `after`: nothing was sent, so a retry is safe.
+    /// Creates a connect attempt that timed out after `after`: nothing was sent, so a retry is
+    /// safe.
     pub fn connect_timeout(after: Duration) -> ProxyError {
         ProxyError {
             kind: ErrorKind::BackendTimeout,
@@ -151,7 +153,7 @@ impl ProxyError {
         }
     }
 
-    /// A backend that sent no response head within `after`.
+    /// Creates the failure of a backend that sent no response head within `after`.
     pub fn timeout(after: Duration) -> ProxyError {
         ProxyError {
             kind: ErrorKind::BackendTimeout,
@@ -161,7 +163,7 @@ impl ProxyError {
         }
     }
 
-    /// A client whose request body made no progress for `after`.
+    /// Creates the failure of a client whose request body made no progress for `after`.
     pub fn client_timeout(after: Duration) -> ProxyError {
         ProxyError {
             kind: ErrorKind::ClientTimeout,
@@ -171,7 +173,7 @@ impl ProxyError {
         }
     }
 
-    /// A request the gateway rejects before routing; `reason` is sent to the client.
+    /// Creates the rejection of a request before routing. The client receives `reason`.
     pub fn invalid_request(reason: &'static str) -> ProxyError {
         ProxyError {
             kind: ErrorKind::InvalidRequest,
@@ -191,12 +193,12 @@ impl ProxyError {
         }
     }
 
-    /// What went wrong.
+    /// Returns the kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
-    /// Which side failed.
+    /// Returns the side that failed.
     pub fn side(&self) -> Side {
         match self.kind {
             ErrorKind::NoRoute
@@ -213,13 +215,13 @@ impl ProxyError {
         }
     }
 
-    /// Whether the request may go to another backend: only when nothing of it reached a
+    /// Returns whether the request may go to another backend: only when nothing of it reached a
     /// backend, which is true of failed and timed-out connects alone.
     pub fn is_retry_safe(&self) -> bool {
         self.nothing_sent
     }
 
-    /// Whether the failure counts toward the backend's unhealthy threshold: a failed connect
+    /// Returns whether the failure counts toward the backend's unhealthy threshold: a failed connect
     /// or a broken exchange does, a slow response does not, because a slow backend is alive.
     pub fn counts_against_backend(&self) -> bool {
         match self.kind {

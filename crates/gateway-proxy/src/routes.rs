@@ -37,7 +37,7 @@ pub struct Route {
     targets: Vec<Target>,
 }
 
-/// What the forwarder needs of a backend, computed once.
+/// The forwarder's view of a backend, computed once.
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) backend_id: u64,
@@ -55,7 +55,7 @@ impl Route {
         }
     }
 
-    /// The `Allow` header value listing the accepted methods.
+    /// Returns the `Allow` header value listing the accepted methods.
     pub fn allow(&self) -> &HeaderValue {
         &self.allow
     }
@@ -84,7 +84,7 @@ pub enum RouteTableError {
     InvalidPath {
         /// The route's path.
         path: String,
-        /// What is wrong.
+        /// The reason the path is invalid.
         message: String,
     },
     /// A backend URL did not parse; validation normally catches this first.
@@ -177,7 +177,7 @@ impl RouteTable {
         }
 
         // The bare prefixes that catch-alls add go in last, so that an explicit route with the
-        // same path keeps it; a failed insert means such a route exists.
+        // same path keeps it. A failed insert means such a route exists.
         for (pattern, index) in implicit {
             let _ = router.insert(pattern, index);
         }
@@ -202,12 +202,12 @@ impl RouteTable {
         }
     }
 
-    /// The routes in configuration order.
+    /// Returns the routes in configuration order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
-    /// Each distinct backend once, with the health check settings it is probed with.
+    /// Returns each distinct backend once, with the health check settings it is probed with.
     pub fn backends(&self) -> &[(Arc<Backend>, HealthCheckConfig)] {
         &self.backends
     }
