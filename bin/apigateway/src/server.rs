@@ -61,7 +61,7 @@ impl<S> InnerService for S where
 {
 }
 
-/// How a server run ended.
+/// The outcome of a server run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOutcome {
     /// Connections still open when the shutdown deadline passed, cut off; 0 after a clean drain.
@@ -90,7 +90,7 @@ pub enum ServeError {
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains.
 ///
 /// Draining stops accepting (new connections are refused), reports `/health` as 503, closes
-/// idle keep-alive connections, answers in-flight requests with `Connection: close` and waits
+/// idle keep-alive connections, sends `Connection: close` on the responses of in-flight requests and waits
 /// for them up to `server.shutdown_timeout`.
 ///
 /// # Errors

@@ -46,7 +46,7 @@ impl ResponseDeadline {
         self.expired.store(true, Ordering::Relaxed);
     }
 
-    /// The deadline in progress.
+    /// Returns the deadline in progress.
     pub(crate) fn get(&self) -> Option<Instant> {
         match self.at_ms.load(Ordering::Relaxed) {
             0 => None,
@@ -103,8 +103,8 @@ pin_project! {
     /// A client socket that is reset instead of closed once its response deadline expired.
     ///
     /// A plain close leaves the unsent part of the response in the kernel's send buffer (up to
-    /// several MiB), which a slow reader would keep receiving long after the deadline; a
-    /// reset (`SO_LINGER` of zero) discards it.
+    /// several MiB), so a slow reader would keep receiving it long after the deadline. A reset
+    /// (`SO_LINGER` of zero) discards it.
     pub(crate) struct ClientStream {
         #[pin]
         stream: TcpStream,

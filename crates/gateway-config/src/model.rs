@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct Config {
     /// The listener and its timeouts.
     pub server: ServerConfig,
-    /// How the gateway connects to backends.
+    /// Connections from the gateway to backends.
     pub proxy: ProxyConfig,
     /// The routes, matched by path.
     pub routes: Vec<RouteConfig>,
@@ -71,7 +71,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// How the gateway connects to backends.
+/// Connections from the gateway to backends.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
@@ -140,7 +140,7 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Which requests share one rate-limit bucket.
+/// The key that decides which requests share one rate-limit bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitKey {

@@ -133,13 +133,13 @@ async fn run<P, F>(
 
         // An unhealthy backend is probed more often, so that it returns soon after it
         // recovers; a healthy one at the configured interval.
-        let wanted = if backend.is_healthy() {
+        let next_period = if backend.is_healthy() {
             interval
         } else {
             interval.min(UNHEALTHY_INTERVAL)
         };
-        if wanted != period {
-            period = wanted;
+        if next_period != period {
+            period = next_period;
             ticker = time::interval_at(time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }

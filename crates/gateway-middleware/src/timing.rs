@@ -16,10 +16,10 @@ use tower::{Layer, Service};
 /// Callbacks for the stages of one request. Each request calls `on_request`, then at most one
 /// `on_response`, then exactly one `on_end`.
 pub trait RequestHook: Clone + Send + Sync + 'static {
-    /// What the hook keeps about a request between its stages.
+    /// The hook's record of a request between its stages.
     type State: Send + 'static;
 
-    /// Called when the request arrives, before the inner service sees it.
+    /// Called when the request arrives, before the inner service receives it.
     fn on_request<B>(&self, request: &Request<B>) -> Self::State;
 
     /// Called when the response head is ready.

@@ -41,14 +41,14 @@ pin_project_lite::pin_project! {
 }
 
 impl ProxyBody {
-    /// An empty body.
+    /// Creates an empty body.
     pub fn empty() -> ProxyBody {
         ProxyBody {
             kind: Kind::Full { data: None },
         }
     }
 
-    /// A backend's body, holding `lease` until it ends.
+    /// Wraps a backend's body, keeping `lease` until it ends.
     pub fn backend(body: Incoming, lease: Lease) -> ProxyBody {
         ProxyBody {
             kind: Kind::Backend {

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// What the forwarder did, attached to every response it returns as an extension.
+/// A record of the forwarding, attached to every response the forwarder returns as an
+/// extension.
 #[derive(Debug, Clone)]
 pub struct ForwardInfo {
     /// The route's path as configured.
@@ -45,7 +46,7 @@ impl Forward {
         Forward { route, client }
     }
 
-    /// The route this forwarder serves.
+    /// Returns the route this forwarder serves.
     pub fn route(&self) -> &Arc<Route> {
         &self.route
     }
@@ -203,9 +204,9 @@ async fn exchange(
     })
 }
 
-/// Waits for a response head. The wait ends with a backend timeout after `timeout` without a
-/// head once the request body has been sent, or with a client timeout when the client's body
-/// made no progress for `timeout`; a body still arriving extends the wait.
+/// Waits for a response head. Once the request body has been sent, the wait ends with a
+/// backend timeout after `timeout` without a head. While the body is still arriving, each
+/// `timeout` with progress extends the wait, and one without ends it with a client timeout.
 async fn wait_for_head<F: Future>(
     future: F,
     timeout: Duration,
