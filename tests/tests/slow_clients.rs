@@ -1,6 +1,6 @@
-//! Slow clients: one that announces a body and stops sending it is at fault, so the gateway
-//! must not respond with a 5xx status that blames the backend, and one that stops reading must
-//! not hold a response past the write timeout.
+//! Slow clients. One that announces a body and stops sending it is at fault, so the gateway
+//! must not respond with a 5xx status that blames the backend. One that stops reading must not
+//! keep a response open past the write timeout.
 
 use gateway_tests::{GatewayProcess, MockProcess, RawConnection};
 use std::time::Duration;

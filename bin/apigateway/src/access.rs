@@ -40,7 +40,7 @@ impl AccessHook {
     }
 }
 
-/// What is known of a request before it ends. Every field is a cheap clone of the request's
+/// The record of a request before it ends. Every field is a cheap clone of the request's
 /// own parts; text is only built when the request ends.
 #[derive(Debug)]
 pub(crate) struct Pending {

@@ -1,6 +1,6 @@
 //! The gateway's own endpoints: `GET /health` and `GET /admin/*`.
 //!
-//! They are answered before rate limiting and routing, so a route can never shadow them and
+//! The gateway handles them before rate limiting and routing, so a route can never shadow them and
 //! the proxy's rate limit never applies to them.
 
 use crate::app::{Gateway, RequestLogState};

@@ -105,12 +105,12 @@ impl Gateway {
         })
     }
 
-    /// The configuration the gateway was built from.
+    /// Returns the configuration the gateway was built from.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The compiled routes and their backends.
+    /// Returns the compiled routes and their backends.
     pub fn table(&self) -> &RouteTable {
         &self.table
     }

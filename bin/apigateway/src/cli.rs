@@ -43,7 +43,7 @@ pub enum Command {
     Stats(StatsArgs),
 }
 
-/// Where the request log database is.
+/// The location of the request log database, and the output format.
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Database file; by default `request_log.database` from the configuration file.

@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`app`]: [`Gateway`], everything built once from the configuration.
-//! - `router`: the innermost service, which answers admin paths and dispatches to routes.
+//! - `router`: the innermost service, which handles admin paths and dispatches to routes.
 //! - `admin`: `/health` and `/admin/*`.
 //! - `access`: the timing hook that prints the access line and records the request.
 //! - [`server`]: the accept loop, connections, timeouts and draining.

@@ -27,7 +27,7 @@ impl Router {
 
     /// Sends `request` to the service of the route at `index` in the route table.
     fn dispatch(&self, index: usize, request: Request<Incoming>) -> RouterFuture {
-        // Route services are cheap to clone: every layer holds its state behind Arc.
+        // Route services are cheap to clone: every layer keeps its state behind an Arc.
         let mut service = self.gateway.routes[index].clone();
         RouterFuture::Route {
             future: service.call(request),

@@ -222,7 +222,7 @@ impl Backend {
 pub struct InFlight(Arc<Backend>);
 
 impl InFlight {
-    /// The backend the request went to.
+    /// Returns the backend the request went to.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.0
     }

@@ -65,7 +65,7 @@ impl Pool {
         None
     }
 
-    /// The backends with their weights, in configured order.
+    /// Returns the backends with their weights, in configured order.
     pub fn backends(&self) -> impl Iterator<Item = (&Arc<Backend>, u32)> {
         self.backends.iter().zip(self.weights.iter().copied())
     }

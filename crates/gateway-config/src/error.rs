@@ -45,7 +45,7 @@ pub enum ConfigError {
 pub struct Problem {
     /// Path of the field, such as `routes[0].backends[1].weight`.
     pub field: String,
-    /// What is wrong and how to fix it.
+    /// The reason the value is invalid, and how to fix it.
     pub message: String,
 }
 

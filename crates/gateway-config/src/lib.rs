@@ -1,8 +1,9 @@
 //! The gateway's configuration file: its types, defaults and validation.
 //!
-//! The file is YAML. Loading it runs in two steps: serde reads the text into [`Config`], rejecting
-//! unknown fields and reporting the first type error with its field path and line, then
-//! [`Config::validate`] checks the values and collects every problem with its path and the fix.
+//! The file is YAML, and loading it runs in two steps. First serde reads the text into
+//! [`Config`], rejecting unknown fields and reporting the first type error with its field path
+//! and line. Then [`Config::validate`] checks the values and collects every problem with its
+//! path and the fix.
 //! No I/O happens here besides reading the file, so every other crate can trust a loaded
 //! [`Config`].
 //!

@@ -213,7 +213,7 @@ impl RateLimitOverride {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
-    /// Whether CORS headers are added and preflights answered. Default false.
+    /// Whether the gateway adds CORS headers and responds to preflights itself. Default false.
     pub enabled: bool,
     /// Allowed origins, or `*` for any. Default `["*"]`.
     pub allowed_origins: Vec<String>,
@@ -225,7 +225,7 @@ pub struct CorsConfig {
     pub exposed_headers: Vec<String>,
     /// Whether credentialed requests are allowed. Default false.
     pub allow_credentials: bool,
-    /// How long a browser may cache a preflight answer. Default 10m.
+    /// Maximum time a browser may cache a preflight response. Default 10m.
     #[serde(deserialize_with = "duration::deserialize")]
     pub max_age: Duration,
 }

@@ -123,7 +123,8 @@ async fn run<P, F>(
             () = backend.health_check_requested() => {}
         }
 
-        // A probe cut short by shutdown is not recorded: it says nothing about the backend.
+        // A probe cut short by shutdown is not recorded, because it tells nothing about the
+        // backend.
         let result = tokio::select! {
             biased;
             () = stopped(&mut shutdown) => break,

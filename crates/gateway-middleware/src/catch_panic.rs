@@ -29,8 +29,8 @@ thread_local! {
     static CAUGHT: RefCell<Option<Caught>> = const { RefCell::new(None) };
 }
 
-/// Installs the process-wide panic hook that captures stack traces. Call it once at start;
-/// without it, caught panics are still answered with 500 but logged without a trace.
+/// Installs the process-wide panic hook that captures stack traces. Call it once at start.
+/// Without it, caught panics still get a 500 response but are logged without a trace.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = panic_message(info.payload());

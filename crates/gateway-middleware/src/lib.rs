@@ -2,8 +2,8 @@
 //! limiting, CORS, and the timing hook that reports each finished request.
 //!
 //! Each layer works on its own over any inner service, so each is tested with `oneshot`. Layers
-//! that answer a request themselves build the response body with `ResBody::from(Bytes)`, so they
-//! compose with the gateway's body type.
+//! that respond to a request themselves build the response body with `ResBody::from(Bytes)`, so
+//! they compose with the gateway's body type.
 //!
 //! # Layout
 //!
@@ -11,7 +11,7 @@
 //! - [`request_id`]: keeps or assigns `X-Request-Id` and returns it on the response.
 //! - [`client_ip`]: the client address behind trusted proxies.
 //! - [`rate_limit`]: token-bucket limits per client or global.
-//! - [`cors`]: preflight answers and CORS response headers.
+//! - [`cors`]: preflight responses and CORS response headers.
 //! - [`timing`]: reports each request to a sink when its response body ends.
 #![warn(missing_docs)]
 

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 /// The `X-Request-Id` header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Longest client-sent id that is kept; a longer one is replaced.
+/// Maximum length of a client-sent id that is kept. A longer one is replaced.
 const MAX_ID_LEN: usize = 128;
 
 /// A random value per process, so ids from different runs differ.

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 pin_project_lite::pin_project! {
     /// A response body: either bytes the gateway made, or a backend's body streamed through.
     ///
-    /// A backend body holds the backend's in-flight count and its pooled connection until the
+    /// A backend body keeps the backend's in-flight count and its pooled connection until the
     /// body ends; the connection returns to the pool only when the body was read to its end.
     pub struct ProxyBody {
         #[pin]

@@ -221,8 +221,9 @@ impl ProxyError {
         self.nothing_sent
     }
 
-    /// Returns whether the failure counts toward the backend's unhealthy threshold: a failed connect
-    /// or a broken exchange does, a slow response does not, because a slow backend is alive.
+    /// Returns whether the failure counts toward the backend's unhealthy threshold. A failed
+    /// connect or a broken exchange does, and a slow response does not, because a slow backend
+    /// is alive.
     pub fn counts_against_backend(&self) -> bool {
         match self.kind {
             ErrorKind::BackendConnect | ErrorKind::BackendError => true,
@@ -231,7 +232,7 @@ impl ProxyError {
         }
     }
 
-    /// The status the client receives for this failure.
+    /// Returns the status the client receives for this failure.
     pub fn status(&self) -> StatusCode {
         match self.kind {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,

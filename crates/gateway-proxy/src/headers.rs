@@ -104,7 +104,7 @@ pub fn backend_uri(prefix: Option<&str>, original: &Uri) -> Uri {
     joined.push_str(prefix);
     joined.push_str(path_and_query.as_str());
     // The joined text is a valid path followed by the original query; fall back to the
-    // unprefixed path only if the prefix holds bytes a URI cannot carry.
+    // unprefixed path only if the prefix contains bytes a URI cannot carry.
     joined
         .parse::<PathAndQuery>()
         .map(Uri::from)

@@ -4,7 +4,7 @@
 //! A request reaches [`Forward`] after the gateway matched its route with [`RouteTable`]. The
 //! forwarder picks a backend from the route's pool, rewrites the headers, sends the request on a
 //! pooled connection and streams the response back as a [`ProxyBody`]. Every failure becomes a
-//! [`ProxyError`] that says which side failed, and [`ProxyError::status`] maps it to a status.
+//! [`ProxyError`] that records which side failed, and [`ProxyError::status`] maps it to a status.
 //!
 //! # Layout
 //!

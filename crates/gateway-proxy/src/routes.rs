@@ -250,7 +250,7 @@ fn method_set(methods: &[String]) -> (u16, HeaderValue) {
             bits |= 1 << i;
         }
     }
-    // RFC 9110 section 9.3.2: a resource that answers GET answers HEAD the same way, without
+    // RFC 9110 section 9.3.2: a resource that supports GET responds to HEAD the same way, without
     // the body, so listing GET accepts HEAD too.
     if bits & 1 != 0 {
         bits |= 1 << 1;
