@@ -1,26 +1,40 @@
-//! Backend connections: opened with a timeout, kept alive, and pooled per backend.
+//! Backend connections: opened with a timeout, kept alive, pooled per backend, and driven by
+//! the request task itself.
 //!
 //! Each backend's idle connections wait in a bounded lock-free queue, so checking one out or in
 //! takes no lock, and any worker thread can reuse a connection another thread returned. A
-//! connection goes back only when its response body was read to its end.
+//! connection goes back only when its response was read to its end and the backend allowed
+//! another request on it.
+//!
+//! A connection is a socket with a read buffer and a write queue. The request's task writes the
+//! request and reads the response on it, with no task or channel of its own, so a proxied
+//! request costs one task's work instead of two tasks handing messages to each other.
 
+use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
+use bytes::{Buf, Bytes};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, Method};
+use http_body::Body;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The sending half of a backend connection.
-pub(crate) type Sender = SendRequest<RequestBody>;
+/// Size of a new connection's read buffer.
+const READ_BUFFER: usize = 16 * 1024;
+/// Largest the read buffer grows to while a body arrives faster than one buffer per read.
+const MAX_READ_BUFFER: usize = 256 * 1024;
 
 struct Idle {
-    sender: Sender,
+    connection: Box<Connection>,
     since: Instant,
 }
 
@@ -50,18 +64,15 @@ impl std::fmt::Debug for BackendClient {
 #[derive(Debug)]
 pub struct Lease {
     in_flight: InFlight,
-    sender: Option<Sender>,
     client: BackendClient,
 }
 
 impl Lease {
-    /// Ends the lease: the connection returns to its backend's pool when `reusable`.
-    pub(crate) fn finish(mut self, reusable: bool) {
-        if let Some(sender) = self.sender.take()
-            && reusable
-            && !sender.is_closed()
-        {
-            self.client.check_in(self.in_flight.backend().id(), sender);
+    /// Ends the lease: `connection` returns to its backend's pool when given.
+    pub(crate) fn finish(self, connection: Option<Box<Connection>>) {
+        if let Some(connection) = connection {
+            self.client
+                .check_in(self.in_flight.backend().id(), connection);
         }
     }
 }
@@ -96,63 +107,64 @@ impl BackendClient {
         self.response_timeout
     }
 
-    /// Returns a ready connection to `backend`: an idle pooled one when the pool has one,
+    /// Returns a connection to `backend`: an idle pooled one when the pool has a usable one,
     /// else a new one. The flag is true for a pooled connection.
     ///
     /// # Errors
     ///
     /// Returns a retry-safe [`ProxyError`] when connecting fails or times out.
-    pub(crate) async fn connect(&self, backend: &Backend) -> Result<(Sender, bool), ProxyError> {
-        while let Some(mut sender) = self.check_out(backend.id()) {
-            // A pooled connection may still be finishing its previous response, or the
-            // backend may have closed it; waiting for readiness settles both.
-            if sender.ready().await.is_ok() {
-                return Ok((sender, true));
-            }
+    pub(crate) async fn connect(
+        &self,
+        backend: &Backend,
+    ) -> Result<(Box<Connection>, bool), ProxyError> {
+        if let Some(connection) = self.check_out(backend.id()) {
+            return Ok((connection, true));
         }
         Ok((self.open(backend).await?, false))
     }
 
     /// Opens a new connection to `backend`.
-    pub(crate) async fn open(&self, backend: &Backend) -> Result<Sender, ProxyError> {
+    pub(crate) async fn open(&self, backend: &Backend) -> Result<Box<Connection>, ProxyError> {
         let timeout = self.connect_timeout;
-        match tokio::time::timeout(timeout, open_connection(backend)).await {
-            Ok(result) => result,
+        match tokio::time::timeout(timeout, open_stream(backend)).await {
+            // Boxed once, so that handing a connection around moves a pointer.
+            Ok(Ok(stream)) => Ok(Box::new(Connection::new(stream))),
+            Ok(Err(error)) => Err(ProxyError::connect(error)),
             Err(_) => Err(ProxyError::connect_timeout(timeout)),
         }
     }
 
-    /// Wraps an exchange's connection and in-flight count for the response body to hold.
-    pub(crate) fn lease(&self, in_flight: InFlight, sender: Sender) -> Lease {
+    /// Wraps an exchange's in-flight count for the response body to hold.
+    pub(crate) fn lease(&self, in_flight: InFlight) -> Lease {
         Lease {
             in_flight,
-            sender: Some(sender),
             client: self.clone(),
         }
     }
 
-    fn check_out(&self, backend_id: u64) -> Option<Sender> {
+    fn check_out(&self, backend_id: u64) -> Option<Box<Connection>> {
         let pool = self.pool(backend_id)?;
-        while let Some(entry) = pool.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
-                return Some(entry.sender);
+        while let Some(mut entry) = pool.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.connection.is_idle_and_open() {
+                return Some(entry.connection);
             }
         }
         None
     }
 
-    fn check_in(&self, backend_id: u64, sender: Sender) {
+    fn check_in(&self, backend_id: u64, mut connection: Box<Connection>) {
         if let Some(pool) = self.pool(backend_id) {
+            connection.release_memory();
             // A full pool drops the connection, which closes it.
             let _ = pool.push(Idle {
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
     }
 }
 
-async fn open_connection(backend: &Backend) -> Result<Sender, ProxyError> {
+async fn open_stream(backend: &Backend) -> io::Result<TcpStream> {
     let url = backend.url();
     let host = url.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -161,25 +173,13 @@ async fn open_connection(backend: &Backend) -> Result<Sender, ProxyError> {
     let stream = match host.parse() {
         Ok(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
         Err(_) => connect_by_name(host, port).await,
-    }
-    .map_err(ProxyError::connect)?;
+    }?;
     // Requests and responses are small writes that must leave at once.
-    let _ = stream.set_nodelay(true);
-
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ProxyError::connect)?;
-    let url_text = Arc::clone(backend.url_text());
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(backend = %url_text, %error, "backend connection closed");
-        }
-    });
-    Ok(sender)
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
-async fn connect_by_name(host: &str, port: u16) -> std::io::Result<TcpStream> {
+async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
     let mut last_error = None;
     for address in tokio::net::lookup_host((host, port)).await? {
         match TcpStream::connect(address).await {
@@ -188,9 +188,365 @@ async fn connect_by_name(host: &str, port: u16) -> std::io::Result<TcpStream> {
         }
     }
     Err(last_error.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
+        io::Error::new(
+            io::ErrorKind::NotFound,
             format!("no address found for {host}"),
         )
     }))
+}
+
+/// One HTTP/1.1 connection to a backend.
+pub(crate) struct Connection {
+    stream: TcpStream,
+    read: ReadBuffer,
+    send: SendState,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.read.filled().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed exchange on a connection.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// Reading or writing the socket failed, or the backend closed it. `silent` is true when
+    /// the backend sent nothing at all before that.
+    Io { error: io::Error, silent: bool },
+    /// The backend's response head was malformed.
+    Head(codec::HeadError),
+    /// The client's request body failed.
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Connection {
+    fn new(stream: TcpStream) -> Connection {
+        Connection {
+            stream,
+            read: ReadBuffer::new(),
+            send: SendState::new(),
+        }
+    }
+
+    /// Returns whether a pooled connection can carry a request: nothing arrived while it was
+    /// idle. An end of stream, a reset or stray bytes all mark the socket readable.
+    fn is_idle_and_open(&mut self) -> bool {
+        // Readiness is cleared when a read drains the socket, so without a syscall this tells
+        // whether anything happened since the last response was read.
+        let mut cx = Context::from_waker(Waker::noop());
+        self.read.filled().is_empty() && self.stream.poll_read_ready(&mut cx).is_pending()
+    }
+
+    /// Writes a request head into the send queue; [`Connection::exchange`] sends it.
+    pub(crate) fn head_buffer(&mut self) -> &mut Vec<u8> {
+        self.send.reset();
+        &mut self.send.head
+    }
+
+    /// Sends the queued head and `body`, framed as `framing`, and waits for the final
+    /// response head. Returns the head and whether the whole request was sent.
+    pub(crate) async fn exchange(
+        &mut self,
+        body: &mut RequestBody,
+        framing: RequestFraming,
+        method: &Method,
+    ) -> Result<(ResponseHead, bool), ExchangeError> {
+        self.send.chunked = framing == RequestFraming::Chunked;
+        self.send.body_done = framing == RequestFraming::Empty;
+        let mut write_error: Option<io::Error> = None;
+        let mut received = false;
+        std::future::poll_fn(|cx| {
+            if write_error.is_none() && !self.send.finished() {
+                match self.poll_send(cx, body) {
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                    Poll::Ready(Err(SendError::Body(error))) => {
+                        return Poll::Ready(Err(ExchangeError::ClientBody(error)));
+                    }
+                    // The backend may still have sent a response, for instance to reject the body.
+                    Poll::Ready(Err(SendError::Io(error))) => write_error = Some(error),
+                }
+            }
+            match ready!(self.poll_head(cx, method, &mut received)) {
+                Ok(head) => Poll::Ready(Ok((head, self.send.finished()))),
+                Err(ExchangeError::Io { error, silent }) => Poll::Ready(Err(ExchangeError::Io {
+                    error: write_error.take().unwrap_or(error),
+                    silent,
+                })),
+                Err(other) => Poll::Ready(Err(other)),
+            }
+        })
+        .await
+    }
+
+    /// Sends what is queued, then the body's frames as they come. Ready once the whole request
+    /// was written.
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut RequestBody,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            ready!(self.send.poll_flush(&mut self.stream, cx)).map_err(SendError::Io)?;
+            if self.send.body_done {
+                return Poll::Ready(Ok(()));
+            }
+            let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                None => {
+                    self.send.end_body(None);
+                    continue;
+                }
+                Some(Err(error)) => return Poll::Ready(Err(SendError::Body(error.into()))),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => self.send.queue_data(data),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.send.end_body(Some(&trailers));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads until a final response head is complete, skipping interim responses.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+        received: &mut bool,
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
+        loop {
+            if !self.read.filled().is_empty() {
+                match codec::parse_response_head(self.read.filled(), method) {
+                    Ok(Parsed::Partial) => {}
+                    Ok(Parsed::Interim(len)) => {
+                        self.read.consume(len);
+                        continue;
+                    }
+                    Ok(Parsed::Head(len, head)) => {
+                        self.read.consume(len);
+                        return Poll::Ready(Ok(head));
+                    }
+                    Err(error) => return Poll::Ready(Err(ExchangeError::Head(error))),
+                }
+            }
+            let silent = !*received;
+            match ready!(self.read.poll_fill(&mut self.stream, cx)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(ExchangeError::Io {
+                        error: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "backend closed the connection before a complete response head",
+                        ),
+                        silent,
+                    }));
+                }
+                Ok(_) => *received = true,
+                Err(error) => return Poll::Ready(Err(ExchangeError::Io { error, silent })),
+            }
+        }
+    }
+
+    /// Shrinks buffers that a large head or a fast body grew, before the connection idles.
+    fn release_memory(&mut self) {
+        if self.read.buf.len() > READ_BUFFER {
+            self.read.buf.truncate(READ_BUFFER);
+            self.read.buf.shrink_to_fit();
+        }
+        if self.send.head.capacity() > READ_BUFFER {
+            self.send.head = Vec::with_capacity(512);
+        }
+        self.send.data = Bytes::new();
+    }
+
+    /// Returns the bytes read but not yet consumed.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        self.read.filled()
+    }
+
+    /// Marks `len` buffered bytes as consumed.
+    pub(crate) fn consume(&mut self, len: usize) {
+        self.read.consume(len);
+    }
+
+    /// Takes `len` buffered bytes as body data.
+    pub(crate) fn take(&mut self, len: usize) -> Bytes {
+        let data = Bytes::copy_from_slice(&self.read.filled()[..len]);
+        self.read.consume(len);
+        data
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` means the backend closed the connection.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.poll_fill(&mut self.stream, cx)
+    }
+}
+
+/// A failure while sending a request.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Writing to the backend failed.
+    Io(io::Error),
+    /// The client's body failed.
+    Body(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The unsent part of a request: head or framing bytes, then body data, then a fixed suffix
+/// (the CRLF after a chunk).
+struct SendState {
+    head: Vec<u8>,
+    head_sent: usize,
+    data: Bytes,
+    suffix: &'static [u8],
+    chunked: bool,
+    body_done: bool,
+}
+
+impl SendState {
+    fn new() -> SendState {
+        SendState {
+            head: Vec::with_capacity(512),
+            head_sent: 0,
+            data: Bytes::new(),
+            suffix: b"",
+            chunked: false,
+            body_done: true,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.head.clear();
+        self.head_sent = 0;
+        self.data = Bytes::new();
+        self.suffix = b"";
+    }
+
+    fn is_flushed(&self) -> bool {
+        self.head_sent == self.head.len() && self.data.is_empty() && self.suffix.is_empty()
+    }
+
+    fn finished(&self) -> bool {
+        self.body_done && self.is_flushed()
+    }
+
+    fn queue_data(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.head.clear();
+        self.head_sent = 0;
+        if self.chunked {
+            // `io::Write` for a Vec only appends, so it returns no error.
+            let _ = io::Write::write_fmt(&mut self.head, format_args!("{:x}\r\n", data.len()));
+            self.suffix = b"\r\n";
+        }
+        self.data = data;
+    }
+
+    fn end_body(&mut self, trailers: Option<&HeaderMap>) {
+        self.body_done = true;
+        if !self.chunked {
+            return;
+        }
+        self.head.clear();
+        self.head_sent = 0;
+        self.head.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers.into_iter().flatten() {
+            self.head.extend_from_slice(name.as_str().as_bytes());
+            self.head.extend_from_slice(b": ");
+            self.head.extend_from_slice(value.as_bytes());
+            self.head.extend_from_slice(b"\r\n");
+        }
+        self.head.extend_from_slice(b"\r\n");
+    }
+
+    fn poll_flush(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.is_flushed() {
+            let slices = [
+                IoSlice::new(&self.head[self.head_sent..]),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.suffix),
+            ];
+            let mut written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let from_head = written.min(self.head.len() - self.head_sent);
+            self.head_sent += from_head;
+            written -= from_head;
+            let from_data = written.min(self.data.len());
+            self.data.advance(from_data);
+            written -= from_data;
+            self.suffix = &self.suffix[written..];
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A connection's read buffer: bytes at `start..end` were read and not yet consumed.
+struct ReadBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    fn new() -> ReadBuffer {
+        ReadBuffer {
+            buf: vec![0; READ_BUFFER],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, len: usize) {
+        self.start += len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn poll_fill(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                // A head or a chunk line longer than the buffer: grow, up to the head limit
+                // (a longer head fails to parse before this).
+                let grown = (self.buf.len() * 2).min(codec::MAX_HEAD_BYTES.max(MAX_READ_BUFFER));
+                if grown == self.buf.len() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "read buffer full",
+                    )));
+                }
+                self.buf.resize(grown, 0);
+            }
+        }
+        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        let len = read.filled().len();
+        // A read that fills the buffer suggests a fast body; a larger buffer takes it in
+        // fewer reads.
+        if len > 0 && self.end + len == self.buf.len() && self.buf.len() < MAX_READ_BUFFER {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        self.end += len;
+        Poll::Ready(Ok(len))
+    }
 }

@@ -1,13 +1,15 @@
 //! Forwarding one request to a backend of its route, with one retry for failed connects.
 
-use crate::body::ProxyBody;
-use crate::client::{BackendClient, Sender};
+use crate::body::{BackendBody, ProxyBody};
+use crate::client::{BackendClient, Connection, ExchangeError};
+use crate::codec::{RequestFraming, ResponseHead, encode_request_head};
 use crate::error::{ErrorKind, ProxyError};
-use crate::headers::{backend_uri, remove_hop_by_hop, set_forwarding_headers};
+use crate::headers::{remove_hop_by_hop, set_forwarding_headers};
 use crate::request_body::{Progress, RequestBody};
 use crate::routes::Route;
 use gateway_balancer::{Backend, Transition};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, header};
+use http_body::Body;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
@@ -87,121 +89,139 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     set_forwarding_headers(&mut parts.headers, peer, None);
-    let idempotent = is_idempotent(&parts.method);
-    // The client's URI; each attempt derives the backend's URI from it.
-    let original_uri = parts.uri.clone();
-    let (body, progress) = RequestBody::new(body);
-    let mut request = Request::from_parts(parts, body);
+    let framing = if body.is_end_stream() {
+        RequestFraming::Empty
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        RequestFraming::Length
+    } else {
+        RequestFraming::Chunked
+    };
+    let (mut body, progress) = RequestBody::new(body);
+    let request = Outgoing {
+        parts: &parts,
+        framing,
+        progress: progress.as_deref(),
+    };
 
     loop {
         let in_flight = backend.start_request();
-        if let Some(target) = route.target(&backend) {
-            if !route.preserve_host {
-                request
-                    .headers_mut()
-                    .insert(http::header::HOST, target.host.clone());
-            }
-            *request.uri_mut() = backend_uri(target.prefix.as_deref(), &original_uri);
-        }
         info.backend = Some(Arc::clone(backend.url_text()));
 
-        let failure = match exchange(&client, &backend, request, progress.as_deref()).await {
-            Ok((response, sender)) => {
+        let error = match exchange(&client, route, &backend, &request, &mut body).await {
+            Ok((head, connection, sent_all)) => {
                 backend.record_success();
-                let (mut parts, body) = response.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                parts.extensions.insert(info);
-                let lease = client.lease(in_flight, sender);
-                return Response::from_parts(parts, ProxyBody::backend(body, lease));
+                let ResponseHead {
+                    status,
+                    version,
+                    headers,
+                    framing,
+                    keep_alive,
+                } = head;
+                let unsent = (!sent_all).then_some(body);
+                let lease = client.lease(in_flight);
+                let body = BackendBody::new(connection, framing, keep_alive, unsent, lease);
+                let mut response = Response::new(ProxyBody::backend(body));
+                *response.status_mut() = status;
+                *response.version_mut() = version;
+                *response.headers_mut() = headers;
+                response.extensions_mut().insert(info);
+                return response;
             }
-            Err(failure) => failure,
+            Err(error) => error,
         };
         drop(in_flight);
-        if failure.error.counts_against_backend() {
-            note_failure(&backend, &failure.error);
+        if error.counts_against_backend() {
+            note_failure(&backend, &error);
         }
 
         // Only a request that never reached a backend may go to another, and only once.
-        let retry = match failure.unsent {
-            Some(unsent) if idempotent && !info.retried => {
-                route.pool.pick_other(&backend).map(|other| (other, unsent))
-            }
-            _ => None,
+        let retry = error.is_retry_safe() && is_idempotent(&parts.method) && !info.retried;
+        let other = if retry {
+            route.pool.pick_other(&backend)
+        } else {
+            None
         };
-        let Some((other, unsent)) = retry else {
-            return error_with_info(failure.error, info);
+        let Some(other) = other else {
+            return error_with_info(error, info);
         };
         tracing::debug!(
             backend = %backend.url_text(),
-            error = %failure.error,
+            error = %error,
             "retrying on another backend"
         );
         backend = Arc::clone(other);
         info.retried = true;
-        request = unsent;
     }
 }
 
-/// A failed exchange, with the request when none of it was sent.
-struct Failure {
-    error: ProxyError,
-    unsent: Option<Request<RequestBody>>,
+/// The parts of a request that every attempt sends.
+struct Outgoing<'a> {
+    parts: &'a http::request::Parts,
+    framing: RequestFraming,
+    progress: Option<&'a Progress>,
 }
 
-/// Sends `request` to `backend` on a pooled or new connection and waits for the response
-/// head. A pooled connection that the backend closed while idle is replaced once.
+/// Sends the request to `backend` on a pooled or new connection and waits for the response
+/// head. Returns the head, the connection and whether the whole request was sent. A pooled
+/// connection that turns out closed is replaced once, when the request can be sent again.
 async fn exchange(
     client: &BackendClient,
+    route: &Route,
     backend: &Backend,
-    request: Request<RequestBody>,
-    progress: Option<&Progress>,
-) -> Result<(Response<Incoming>, Sender), Failure> {
-    let (mut sender, pooled) = match client.connect(backend).await {
-        Ok(connection) => connection,
-        Err(error) => {
-            return Err(Failure {
-                error,
-                unsent: Some(request),
-            });
-        }
-    };
+    request: &Outgoing<'_>,
+    body: &mut RequestBody,
+) -> Result<(ResponseHead, Box<Connection>, bool), ProxyError> {
+    let (mut connection, pooled) = client.connect(backend).await?;
+    match attempt(client, route, backend, request, &mut connection, body).await {
+        Ok(Ok((head, sent_all))) => return Ok((head, connection, sent_all)),
+        // The backend closed a pooled connection without a word, most likely as its idle
+        // timeout ended: an idempotent request goes once on a new connection.
+        Ok(Err(ExchangeError::Io { silent: true, .. }))
+            if pooled && body.is_replayable() && is_idempotent(&request.parts.method) => {}
+        Ok(Err(error)) => return Err(exchange_error(error)),
+        Err(error) => return Err(error),
+    }
+    drop(connection);
+    let mut fresh = client.open(backend).await?;
+    match attempt(client, route, backend, request, &mut fresh, body).await? {
+        Ok((head, sent_all)) => Ok((head, fresh, sent_all)),
+        Err(error) => Err(exchange_error(error)),
+    }
+}
 
-    let timeout = client.response_timeout();
-    let error = match wait_for_head(sender.try_send_request(request), timeout, progress).await {
-        Err(error) => error,
-        Ok(Ok(response)) => return Ok((response, sender)),
-        Ok(Err(mut error)) => match error.take_message() {
-            // The request was not written, so it goes on a new connection to the same
-            // backend.
-            Some(unsent) if pooled => {
-                let mut fresh = match client.open(backend).await {
-                    Ok(fresh) => fresh,
-                    Err(error) => {
-                        return Err(Failure {
-                            error,
-                            unsent: Some(unsent),
-                        });
-                    }
-                };
-                match wait_for_head(fresh.send_request(unsent), timeout, progress).await {
-                    Err(error) => error,
-                    Ok(Ok(response)) => return Ok((response, fresh)),
-                    Ok(Err(error)) => exchange_error(error),
-                }
-            }
-            Some(unsent) => {
-                return Err(Failure {
-                    error: exchange_error(error.into_error()),
-                    unsent: Some(unsent),
-                });
-            }
-            None => exchange_error(error.into_error()),
-        },
+/// Writes the request head for `backend` and runs one exchange on `connection`, within the
+/// response timeout.
+async fn attempt(
+    client: &BackendClient,
+    route: &Route,
+    backend: &Backend,
+    request: &Outgoing<'_>,
+    connection: &mut Connection,
+    body: &mut RequestBody,
+) -> Result<Result<(ResponseHead, bool), ExchangeError>, ProxyError> {
+    let parts = request.parts;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
+    let (prefix, host) = match route.target(backend) {
+        Some(target) => (
+            target.prefix.as_deref(),
+            (!route.preserve_host).then_some(&target.host),
+        ),
+        None => (None, None),
     };
-    Err(Failure {
-        error,
-        unsent: None,
-    })
+    encode_request_head(
+        connection.head_buffer(),
+        &parts.method,
+        prefix,
+        target,
+        &parts.headers,
+        host,
+        request.framing,
+    );
+    let exchange = connection.exchange(body, request.framing, &parts.method);
+    wait_for_head(exchange, client.response_timeout(), request.progress).await
 }
 
 /// Waits for a response head. Once the request body has been sent, the wait ends with a
@@ -226,11 +246,11 @@ async fn wait_for_head<F: Future>(
     }
 }
 
-fn exchange_error(error: hyper::Error) -> ProxyError {
-    if error.is_user() {
-        ProxyError::with_source(ErrorKind::ClientBody, error)
-    } else {
-        ProxyError::with_source(ErrorKind::BackendError, error)
+fn exchange_error(error: ExchangeError) -> ProxyError {
+    match error {
+        ExchangeError::ClientBody(source) => ProxyError::with_source(ErrorKind::ClientBody, source),
+        ExchangeError::Io { error, .. } => ProxyError::with_source(ErrorKind::BackendError, error),
+        ExchangeError::Head(error) => ProxyError::with_source(ErrorKind::BackendError, error),
     }
 }
 

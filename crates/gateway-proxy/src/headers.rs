@@ -2,7 +2,6 @@
 //! forwarding headers tell the backend who asked.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
 use std::net::IpAddr;
 
 /// Headers that describe one connection rather than the message, never forwarded.
@@ -89,28 +88,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     }
 }
 
-/// Builds the origin-form URI sent to a backend: the backend's path prefix, then the client's
-/// path and query byte for byte.
-pub fn backend_uri(prefix: Option<&str>, original: &Uri) -> Uri {
-    let path_and_query = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Some(prefix) = prefix else {
-        return Uri::from(path_and_query);
-    };
-
-    let mut joined = String::with_capacity(prefix.len() + path_and_query.as_str().len());
-    joined.push_str(prefix);
-    joined.push_str(path_and_query.as_str());
-    // The joined text is a valid path followed by the original query; fall back to the
-    // unprefixed path only if the prefix contains bytes a URI cannot carry.
-    joined
-        .parse::<PathAndQuery>()
-        .map(Uri::from)
-        .unwrap_or_else(|_| Uri::from(path_and_query))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,17 +149,5 @@ mod tests {
         let mut headers = map(&[("host", "gateway.example:8080")]);
         set_forwarding_headers(&mut headers, None, None);
         assert_eq!(headers["host"], "gateway.example:8080");
-    }
-
-    #[test]
-    fn backend_uri_joins_prefix() {
-        let original: Uri = "/api/users/1?x=1&y=%20".parse().unwrap();
-        assert_eq!(backend_uri(None, &original), "/api/users/1?x=1&y=%20");
-        assert_eq!(
-            backend_uri(Some("/v1"), &original),
-            "/v1/api/users/1?x=1&y=%20"
-        );
-        let absolute: Uri = "http://gw:8080/a?b".parse().unwrap();
-        assert_eq!(backend_uri(None, &absolute), "/a?b");
     }
 }

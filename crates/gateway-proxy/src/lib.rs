@@ -10,14 +10,19 @@
 //!
 //! - [`routes`]: the compiled route table and the per-route settings.
 //! - [`headers`]: hop-by-hop headers, forwarding headers and the backend URI.
-//! - [`client`]: backend connections, pooled per backend.
+//! - [`client`]: backend connections, pooled per backend, read and written by the request's
+//!   own task.
+//! - `codec` and `chunked`: the HTTP/1.1 request head, response head and chunked body on the
+//!   backend side.
 //! - [`forward`]: the per-route forwarding service and its retry.
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
 #![warn(missing_docs)]
 
 pub mod body;
+mod chunked;
 pub mod client;
+mod codec;
 pub mod error;
 pub mod forward;
 pub mod headers;

@@ -31,6 +31,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         progress: Option<Arc<Progress>>,
+        // Whether any frame was taken, after which the body cannot be sent again.
+        touched: bool,
     }
 }
 
@@ -41,8 +43,14 @@ impl RequestBody {
         let body = RequestBody {
             inner,
             progress: progress.clone(),
+            touched: false,
         };
         (body, progress)
+    }
+
+    /// Returns whether the body can still be sent from its start: none of it was taken yet.
+    pub(crate) fn is_replayable(&self) -> bool {
+        !self.touched
     }
 }
 
@@ -56,6 +64,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
+        *this.touched |= frame.is_some();
         if let Some(progress) = this.progress {
             match &frame {
                 Some(Ok(frame)) => {

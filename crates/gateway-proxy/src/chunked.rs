@@ -1,0 +1,308 @@
+//! Decoding a chunked response body (RFC 9112 section 7.1) as it arrives, in pieces of any
+//! size.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use std::ops::Range;
+
+/// Longest chunk-size line, extensions included.
+const MAX_SIZE_LINE: usize = 4096;
+/// Largest trailer section.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Most trailer fields.
+const MAX_TRAILER_FIELDS: usize = 64;
+
+/// What one decoding step found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    /// Body data: this range of the input.
+    Data(Range<usize>),
+    /// The trailer fields after the last chunk.
+    Trailers(HeaderMap),
+    /// The body ended.
+    End,
+}
+
+/// Why a chunked body was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum ChunkError {
+    #[error("invalid chunk size line")]
+    SizeLine,
+    #[error("chunk not followed by CRLF")]
+    MissingCrlf,
+    #[error("invalid trailer section")]
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailers,
+    TrailersReturned,
+    End,
+}
+
+/// The decoder's position in a chunked body.
+#[derive(Debug)]
+pub(crate) struct ChunkedDecoder {
+    state: State,
+    // Bytes left in the current chunk, or the size being read.
+    size: u64,
+    digits: usize,
+    line: usize,
+    trailers: Vec<u8>,
+}
+
+impl ChunkedDecoder {
+    pub(crate) fn new() -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: State::Size,
+            size: 0,
+            digits: 0,
+            line: 0,
+            trailers: Vec::new(),
+        }
+    }
+
+    /// Decodes from the start of `input`. Returns the bytes consumed and what they held, or
+    /// `None` when every byte was consumed and more input is needed.
+    pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Decoded>), ChunkError> {
+        let mut at = 0;
+        loop {
+            match self.state {
+                State::End => return Ok((at, Some(Decoded::End))),
+                State::TrailersReturned => {
+                    self.state = State::End;
+                    return Ok((at, Some(Decoded::End)));
+                }
+                State::Data => {
+                    if at == input.len() {
+                        return Ok((at, None));
+                    }
+                    let available = (input.len() - at) as u64;
+                    let take = available.min(self.size) as usize;
+                    self.size -= take as u64;
+                    if self.size == 0 {
+                        self.state = State::DataCr;
+                    }
+                    return Ok((at + take, Some(Decoded::Data(at..at + take))));
+                }
+                _ => {}
+            }
+            let Some(&byte) = input.get(at) else {
+                return Ok((at, None));
+            };
+            at += 1;
+            match self.state {
+                State::Size => {
+                    self.count_line_byte()?;
+                    match byte {
+                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                            // Sixteen hex digits already fill a u64.
+                            if self.digits == 15 {
+                                return Err(ChunkError::SizeLine);
+                            }
+                            self.digits += 1;
+                            self.size = self.size * 16 + hex_value(byte);
+                        }
+                        b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Extension,
+                        b'\r' if self.digits > 0 => self.state = State::SizeLf,
+                        _ => return Err(ChunkError::SizeLine),
+                    }
+                }
+                State::Extension => {
+                    self.count_line_byte()?;
+                    match byte {
+                        b'\r' => self.state = State::SizeLf,
+                        b'\n' => return Err(ChunkError::SizeLine),
+                        _ => {}
+                    }
+                }
+                State::SizeLf => {
+                    if byte != b'\n' {
+                        return Err(ChunkError::SizeLine);
+                    }
+                    self.line = 0;
+                    self.digits = 0;
+                    self.state = if self.size == 0 {
+                        State::Trailers
+                    } else {
+                        State::Data
+                    };
+                }
+                State::DataCr => {
+                    if byte != b'\r' {
+                        return Err(ChunkError::MissingCrlf);
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if byte != b'\n' {
+                        return Err(ChunkError::MissingCrlf);
+                    }
+                    self.state = State::Size;
+                }
+                State::Trailers => {
+                    if self.trailers.len() >= MAX_TRAILERS {
+                        return Err(ChunkError::Trailers);
+                    }
+                    self.trailers.push(byte);
+                    if self.trailers == b"\r\n" {
+                        self.state = State::End;
+                        return Ok((at, Some(Decoded::End)));
+                    }
+                    if self.trailers.ends_with(b"\r\n\r\n") {
+                        let fields = parse_trailers(&self.trailers)?;
+                        self.trailers = Vec::new();
+                        self.state = State::TrailersReturned;
+                        return Ok((at, Some(Decoded::Trailers(fields))));
+                    }
+                }
+                State::Data | State::TrailersReturned | State::End => unreachable!(),
+            }
+        }
+    }
+
+    fn count_line_byte(&mut self) -> Result<(), ChunkError> {
+        self.line += 1;
+        if self.line > MAX_SIZE_LINE {
+            return Err(ChunkError::SizeLine);
+        }
+        Ok(())
+    }
+}
+
+fn hex_value(byte: u8) -> u64 {
+    u64::from(match byte {
+        b'0'..=b'9' => byte - b'0',
+        b'a'..=b'f' => byte - b'a' + 10,
+        _ => byte - b'A' + 10,
+    })
+}
+
+fn parse_trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return Err(ChunkError::Trailers);
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ChunkError::Trailers)?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| ChunkError::Trailers)?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed in pieces of `step` bytes; returns the data, the trailers and
+    /// whether the end was reached.
+    fn decode_in_pieces(
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, HeaderMap, bool), ChunkError> {
+        let mut decoder = ChunkedDecoder::new();
+        let mut data = Vec::new();
+        let mut trailers = HeaderMap::new();
+        let mut buffered: Vec<u8> = Vec::new();
+        for piece in input.chunks(step) {
+            buffered.extend_from_slice(piece);
+            loop {
+                let (used, found) = decoder.decode(&buffered)?;
+                let found_something = found.is_some();
+                match found {
+                    Some(Decoded::Data(range)) => data.extend_from_slice(&buffered[range]),
+                    Some(Decoded::Trailers(map)) => trailers = map,
+                    Some(Decoded::End) => return Ok((data, trailers, true)),
+                    None => {}
+                }
+                buffered.drain(..used);
+                if !found_something {
+                    break;
+                }
+            }
+        }
+        Ok((data, trailers, false))
+    }
+
+    #[test]
+    fn decodes_any_piece_size() {
+        let body = b"5\r\nhello\r\n1;name=value\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, body.len()] {
+            let (data, trailers, ended) = decode_in_pieces(body, step).unwrap();
+            assert_eq!(data, b"hello 0123456789", "step {step}");
+            assert!(trailers.is_empty());
+            assert!(ended);
+        }
+    }
+
+    #[test]
+    fn returns_trailers_then_the_end() {
+        let body = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-other: a\r\n\r\n";
+        for step in [1, 5, body.len()] {
+            let (data, trailers, ended) = decode_in_pieces(body, step).unwrap();
+            assert_eq!(data, b"abc");
+            assert_eq!(trailers["x-checksum"], "42");
+            assert_eq!(trailers["x-other"], "a");
+            assert!(ended);
+        }
+    }
+
+    #[test]
+    fn stops_at_the_end_of_the_body() {
+        let mut decoder = ChunkedDecoder::new();
+        let input = b"0\r\n\r\nHTTP/1.1 200 OK";
+        assert_eq!(decoder.decode(input).unwrap(), (5, Some(Decoded::End)));
+        assert_eq!(
+            decoder.decode(&input[5..]).unwrap(),
+            (0, Some(Decoded::End))
+        );
+    }
+
+    #[test]
+    fn incomplete_body_waits_for_more() {
+        let (data, _, ended) = decode_in_pieces(b"5\r\nhel", 100).unwrap();
+        assert_eq!(data, b"hel");
+        assert!(!ended);
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        let cases: [(&[u8], ChunkError); 6] = [
+            (b"x\r\n", ChunkError::SizeLine),
+            (b"\r\n", ChunkError::SizeLine),
+            (b"5\nhello", ChunkError::SizeLine),
+            (b"3\r\nabcX\r\n", ChunkError::MissingCrlf),
+            (b"10000000000000000\r\n", ChunkError::SizeLine),
+            (b"0\r\nbad trailer\r\n\r\n", ChunkError::Trailers),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                decode_in_pieces(input, input.len()).unwrap_err(),
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn long_size_line_is_rejected() {
+        let mut line = b"1;".to_vec();
+        line.resize(MAX_SIZE_LINE + 10, b'a');
+        assert_eq!(
+            decode_in_pieces(&line, 64).unwrap_err(),
+            ChunkError::SizeLine
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! HTTP/1.1 on the backend side: writing a request head and reading a response head, with the
+//! body framing rules of RFC 9112 section 6.
+//!
+//! The gateway speaks HTTP/1.1 to backends itself rather than through a client library, so
+//! that the request task reads and writes the backend socket directly: no second task, no
+//! channel between them, and the request head is written from the client's header map without
+//! building a new one.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Largest response head accepted from a backend.
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Most header fields accepted in a response head.
+const MAX_HEADERS: usize = 100;
+
+/// How the request body is delimited on the way to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body.
+    Empty,
+    /// A body of the length the client's `Content-Length` header gives.
+    Length,
+    /// A body of unknown length, sent with chunked transfer coding.
+    Chunked,
+}
+
+/// Appends a request head to `out`: the request line with `prefix` joined to `target`, every
+/// header of `headers` (with `host` in place of the client's `Host` when given) and the
+/// framing header that `framing` needs.
+pub(crate) fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    prefix: Option<&str>,
+    target: &str,
+    headers: &HeaderMap,
+    host: Option<&HeaderValue>,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    if let Some(prefix) = prefix {
+        out.extend_from_slice(prefix.as_bytes());
+    }
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        put_header(out, header::HOST.as_str(), host);
+    }
+    for (name, value) in headers {
+        if host.is_some() && name == header::HOST {
+            continue;
+        }
+        put_header(out, name.as_str(), value);
+    }
+    if framing == RequestFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body: a response to HEAD, a 204 or a 304.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the backend closes the connection.
+    UntilClose,
+}
+
+/// A response head read from a backend, with hop-by-hop headers already removed.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) framing: BodyFraming,
+    /// Whether the connection may carry another request after this response.
+    pub(crate) keep_alive: bool,
+}
+
+/// The outcome of parsing the start of a backend's read buffer.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// The head is not complete yet.
+    Partial,
+    /// An interim (1xx) response of this many bytes, to be skipped.
+    Interim(usize),
+    /// A final response head of this many bytes.
+    Head(usize, ResponseHead),
+}
+
+/// Why a backend's response head was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    #[error("invalid response head: {0}")]
+    Syntax(httparse::Error),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    TooLarge,
+    #[error("response version is not HTTP/1.x")]
+    Version,
+    #[error("invalid header in the response: {0}")]
+    Header(&'static str),
+    #[error("invalid or conflicting Content-Length in the response")]
+    ContentLength,
+    #[error("backend switched protocols, which the gateway does not proxy")]
+    Upgrade,
+}
+
+/// Parses a response head at the start of `buf`, the response to a request with `method`.
+pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Header("too many fields")),
+        Err(error) => return Err(HeadError::Syntax(error)),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Version),
+    };
+    let code = response.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Header("invalid status"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(HeadError::Upgrade);
+    }
+    if status.is_informational() {
+        return Ok(Parsed::Interim(len));
+    }
+
+    // First pass: what the connection and framing headers say.
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut named_by_connection: Vec<&str> = Vec::new();
+    let mut transfer_encoding: Option<bool> = None;
+    let mut content_length: Option<u64> = None;
+    for field in response.headers.iter() {
+        if field.name.eq_ignore_ascii_case("connection") {
+            let value = std::str::from_utf8(field.value)
+                .map_err(|_| HeadError::Header("Connection is not text"))?;
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive |= version == Version::HTTP_10;
+                } else if !token.is_empty() {
+                    named_by_connection.push(token);
+                }
+            }
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only the last coding decides whether the body is chunked.
+            let last = field
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
+            transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if field.name.eq_ignore_ascii_case("content-length") {
+            let length = parse_content_length(field.value)?;
+            if content_length.is_some_and(|earlier| earlier != length) {
+                return Err(HeadError::ContentLength);
+            }
+            content_length = Some(length);
+        }
+    }
+
+    let no_body = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        BodyFraming::Empty
+    } else {
+        match (transfer_encoding, content_length) {
+            (Some(true), _) => BodyFraming::Chunked,
+            (Some(false), _) => BodyFraming::UntilClose,
+            (None, Some(length)) => BodyFraming::Length(length),
+            (None, None) => BodyFraming::UntilClose,
+        }
+    };
+    // A message with both headers may be an attempt at request smuggling; the connection
+    // ends with it (RFC 9112 section 6.3).
+    if transfer_encoding.is_some() && content_length.is_some() {
+        keep_alive = false;
+    }
+    if framing == BodyFraming::UntilClose {
+        keep_alive = false;
+    }
+
+    // Second pass: the headers the client gets.
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| HeadError::Header("invalid field name"))?;
+        if is_hop_by_hop(&name)
+            || named_by_connection
+                .iter()
+                .any(|named| name.as_str().eq_ignore_ascii_case(named))
+            || (name == header::CONTENT_LENGTH && transfer_encoding.is_some())
+        {
+            continue;
+        }
+        // The value is a slice of the copied head, so no header copies its bytes again.
+        let start = field.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + field.value.len()))
+            .map_err(|_| HeadError::Header("invalid field value"))?;
+        headers.append(name, value);
+    }
+
+    Ok(Parsed::Head(
+        len,
+        ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        },
+    ))
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
+    // A list of equal values is allowed (RFC 9110 section 8.6); each must be digits only.
+    let mut length = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::ContentLength);
+        }
+        let parsed = digits
+            .iter()
+            .fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0'));
+        if length.is_some_and(|earlier| earlier != parsed) {
+            return Err(HeadError::ContentLength);
+        }
+        length = Some(parsed);
+    }
+    length.ok_or(HeadError::ContentLength)
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: &Method) -> (usize, ResponseHead) {
+        match parse_response_head(text.as_bytes(), method) {
+            Ok(Parsed::Head(len, head)) => (len, head),
+            other => panic!("expected a head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_head_joins_prefix_and_frames_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let host = HeaderValue::from_static("10.0.0.1:8080");
+        let mut out = Vec::new();
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            Some("/v1"),
+            "/users?id=7",
+            &headers,
+            Some(&host),
+            RequestFraming::Chunked,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1/users?id=7 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\nx-a: 2\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_head_keeps_client_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        let mut out = Vec::new();
+        encode_request_head(
+            &mut out,
+            &Method::GET,
+            None,
+            "/",
+            &headers,
+            None,
+            RequestFraming::Empty,
+        );
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: client.example\r\n\r\n");
+    }
+
+    #[test]
+    fn content_length_response_keeps_connection() {
+        let text = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-id: 9\r\n\r\nhello";
+        let (len, head) = head(text, &Method::GET);
+        assert_eq!(&text[len..], "hello");
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(head.headers["x-id"], "9");
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn chunked_wins_over_content_length() {
+        let text =
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n";
+        let (_, head) = head(text, &Method::GET);
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        assert!(!head.keep_alive);
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!head.headers.contains_key(header::TRANSFER_ENCODING));
+    }
+
+    #[test]
+    fn non_chunked_coding_reads_until_close() {
+        let (_, head) = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(head.framing, BodyFraming::UntilClose);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn response_without_length_reads_until_close() {
+        let (_, head) = head("HTTP/1.1 200 OK\r\n\r\n", &Method::GET);
+        assert_eq!(head.framing, BodyFraming::UntilClose);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn head_204_and_304_have_no_body() {
+        let (_, to_head) = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(to_head.framing, BodyFraming::Empty);
+        assert_eq!(to_head.headers[header::CONTENT_LENGTH], "10");
+        let (_, no_content) = head("HTTP/1.1 204 No Content\r\n\r\n", &Method::GET);
+        assert_eq!(no_content.framing, BodyFraming::Empty);
+        assert!(no_content.keep_alive);
+        let (_, not_modified) = head(
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 3\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(not_modified.framing, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let (_, head) = head(
+            "HTTP/1.1 200 OK\r\nconnection: close, x-secret\r\nx-secret: 1\r\nkeep-alive: \
+             timeout=5\r\nx-kept: 2\r\ncontent-length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(!head.keep_alive);
+        assert!(!head.headers.contains_key("x-secret"));
+        assert!(!head.headers.contains_key("keep-alive"));
+        assert!(!head.headers.contains_key(header::CONNECTION));
+        assert_eq!(head.headers["x-kept"], "2");
+    }
+
+    #[test]
+    fn http_10_keep_alive_on_request() {
+        let (_, plain) = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", &Method::GET);
+        assert!(!plain.keep_alive);
+        assert_eq!(plain.version, Version::HTTP_10);
+        let (_, asked) = head(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(asked.keep_alive);
+    }
+
+    #[test]
+    fn interim_skipped_and_101_rejected() {
+        let text = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert!(matches!(
+            parse_response_head(text, &Method::POST),
+            Ok(Parsed::Interim(25))
+        ));
+        assert_eq!(
+            parse_response_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET)
+                .unwrap_err(),
+            HeadError::Upgrade
+        );
+    }
+
+    #[test]
+    fn partial_and_oversized_heads() {
+        assert!(matches!(
+            parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        huge.resize(MAX_HEAD_BYTES + 1, b'a');
+        assert_eq!(
+            parse_response_head(&huge, &Method::GET).unwrap_err(),
+            HeadError::TooLarge
+        );
+    }
+
+    #[test]
+    fn bad_content_lengths_are_rejected() {
+        for value in ["abc", "-1", "", "5, 6", "99999999999999999999"] {
+            let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {value}\r\n\r\n");
+            assert_eq!(
+                parse_response_head(text.as_bytes(), &Method::GET).unwrap_err(),
+                HeadError::ContentLength,
+                "{value}"
+            );
+        }
+        let twice = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n";
+        assert_eq!(
+            parse_response_head(twice.as_bytes(), &Method::GET).unwrap_err(),
+            HeadError::ContentLength
+        );
+        let (_, same) = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(same.framing, BodyFraming::Length(5));
+    }
+
+    #[test]
+    fn malformed_heads_are_errors() {
+        assert!(matches!(
+            parse_response_head(b"HTTP/2.0 200 OK\r\n\r\n", &Method::GET),
+            Err(HeadError::Syntax(_) | HeadError::Version)
+        ));
+        assert!(matches!(
+            parse_response_head(b"garbage\r\n\r\n", &Method::GET),
+            Err(HeadError::Syntax(_))
+        ));
+    }
+}

@@ -1,0 +1,342 @@
+//! How the gateway reads what backends send: interim responses, chunked bodies with
+//! extensions and trailers, bodies that end with the connection, malformed heads, responses that
+//! come before the request body was read, and keep-alive connections that backends close.
+//!
+//! The backend here is a scripted server on a real socket, so that each test controls the
+//! exact bytes the gateway receives.
+
+use gateway_tests::{GatewayProcess, RawConnection};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// What the backend does with one request.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Reads the request and its body, then writes these bytes.
+    Reply(&'static [u8]),
+    /// Reads the request and its body, writes these bytes, waits a moment and closes.
+    ReplyThenClose(&'static [u8]),
+    /// Reads the request head only, writes these bytes, then reads and discards the body and
+    /// closes.
+    ReplyBeforeBody(&'static [u8]),
+    /// Reads the request and closes without a word.
+    Close,
+}
+
+/// A backend that handles requests with the steps of its script, in order, across every
+/// connection. Once the script is used up, it responds `200 ok`.
+struct ScriptedBackend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl ScriptedBackend {
+    fn start(script: &[Step]) -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (counted, served) = (Arc::clone(&connections), Arc::clone(&requests));
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (script, served) = (Arc::clone(&script), Arc::clone(&served));
+                thread::spawn(move || serve(stream, &script, &served));
+            }
+        });
+        ScriptedBackend {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut writer = stream.try_clone().expect("clone backend socket");
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(body) = read_head(&mut reader) else {
+            return;
+        };
+        served.fetch_add(1, Ordering::SeqCst);
+        let step = script
+            .lock()
+            .expect("script lock")
+            .pop_front()
+            .unwrap_or(Step::Reply(OK));
+        match step {
+            Step::ReplyBeforeBody(bytes) => {
+                let _ = writer.write_all(bytes);
+                let _ = body.skip(&mut reader);
+                return;
+            }
+            _ if body.skip(&mut reader).is_err() => return,
+            Step::Reply(bytes) => {
+                if writer.write_all(bytes).is_err() {
+                    return;
+                }
+            }
+            Step::ReplyThenClose(bytes) => {
+                let _ = writer.write_all(bytes);
+                thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            Step::Close => return,
+        }
+    }
+}
+
+/// How a request's body is framed.
+enum RequestBody {
+    Length(usize),
+    Chunked,
+}
+
+impl RequestBody {
+    fn skip(self, reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
+        match self {
+            RequestBody::Length(length) => {
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body)
+            }
+            RequestBody::Chunked => loop {
+                let mut line = String::new();
+                reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                let mut chunk = vec![0; size + 2];
+                reader.read_exact(&mut chunk)?;
+                if size == 0 {
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+/// Reads one request head; `None` when the connection closed first.
+fn read_head(reader: &mut BufReader<TcpStream>) -> Option<RequestBody> {
+    let mut body = RequestBody::Length(0);
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            return (!first).then_some(body);
+        }
+        first = false;
+        let lower = line.to_ascii_lowercase();
+        if let Some(length) = lower.strip_prefix("content-length:") {
+            body = RequestBody::Length(length.trim().parse().ok()?);
+        } else if lower.starts_with("transfer-encoding:") && lower.ends_with("chunked") {
+            body = RequestBody::Chunked;
+        }
+    }
+}
+
+fn gateway_for(backend: &ScriptedBackend) -> GatewayProcess {
+    GatewayProcess::start(&format!(
+        r#"
+server: {{host: 127.0.0.1, port: {{port}}, workers: 1}}
+routes:
+  - path: "/*rest"
+    methods: [GET, POST, HEAD]
+    backends:
+      - url: "http://{}"
+health_check: {{enabled: false}}
+request_log: {{enabled: false}}
+"#,
+        backend.addr
+    ))
+}
+
+fn get(gateway: &GatewayProcess, path: &str) -> gateway_tests::RawResponse {
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n");
+    connection.exchange(request.as_bytes()).expect("response")
+}
+
+fn post(gateway: &GatewayProcess, body: &[u8]) -> gateway_tests::RawResponse {
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: gateway\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    connection.exchange(&request).expect("response")
+}
+
+#[test]
+fn interim_responses_are_skipped() {
+    let backend = ScriptedBackend::start(&[Step::Reply(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+    )]);
+    let gateway = gateway_for(&backend);
+    let response = get(&gateway, "/");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"hello");
+}
+
+#[test]
+fn chunked_body_with_trailers_arrives_whole() {
+    let backend = ScriptedBackend::start(&[Step::Reply(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n\
+          6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
+    )]);
+    let gateway = gateway_for(&backend);
+    let response = get(&gateway, "/");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"hello world");
+    assert_eq!(get(&gateway, "/again").body, b"ok");
+    assert_eq!(backend.connections(), 1, "the connection was not reused");
+}
+
+#[test]
+fn close_delimited_body_arrives_whole() {
+    let backend = ScriptedBackend::start(&[Step::ReplyThenClose(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+    )]);
+    let gateway = gateway_for(&backend);
+    let response = get(&gateway, "/");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"until the end");
+    assert_eq!(get(&gateway, "/again").body, b"ok");
+    assert_eq!(backend.connections(), 2);
+}
+
+#[test]
+fn head_response_keeps_its_length() {
+    let backend = ScriptedBackend::start(&[Step::Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n",
+    )]);
+    let gateway = gateway_for(&backend);
+    // Two requests on one connection: a HEAD response has no body, so the second response
+    // follows the first head directly.
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"HEAD / HTTP/1.1\r\nhost: gateway\r\n\r\n\
+          GET /next HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n",
+    );
+    let (first, second) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head in {text:?}"));
+    assert!(first.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(first.contains("content-length: 1234"), "{text}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(second.ends_with("\r\n\r\nok"), "{text}");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[test]
+fn malformed_backend_responses_get_502() {
+    let cases: [&'static [u8]; 5] = [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ];
+    let script: Vec<Step> = cases
+        .iter()
+        .map(|&bytes| Step::ReplyThenClose(bytes))
+        .collect();
+    let backend = ScriptedBackend::start(&script);
+    let gateway = gateway_for(&backend);
+    for (index, case) in cases.iter().enumerate() {
+        let mut connection = RawConnection::open(gateway.addr).expect("connect");
+        let outcome = connection
+            .exchange(b"GET / HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n")
+            .map(|response| response.status);
+        let text = String::from_utf8_lossy(case);
+        if index == 4 {
+            // The head was valid and went to the client; the broken body cuts the response
+            // short, so the client never sees a complete one.
+            assert!(outcome.is_err(), "{text}: {outcome:?}");
+        } else {
+            assert_eq!(outcome.ok(), Some(502), "{text}");
+        }
+    }
+    assert_eq!(get(&gateway, "/after").body, b"ok");
+}
+
+#[test]
+fn oversized_response_head_gets_502() {
+    let mut head = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+    head.resize(70 * 1024, b'a');
+    head.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+    let head: &'static [u8] = Box::leak(head.into_boxed_slice());
+    let backend = ScriptedBackend::start(&[Step::ReplyThenClose(head)]);
+    let gateway = gateway_for(&backend);
+    assert_eq!(get(&gateway, "/").status, 502);
+}
+
+#[test]
+fn early_response_to_upload_reaches_client() {
+    let backend = ScriptedBackend::start(&[Step::ReplyBeforeBody(
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
+    )]);
+    let gateway = gateway_for(&backend);
+    let response = post(&gateway, &vec![b'x'; 4 * 1024 * 1024]);
+    assert_eq!(response.status, 413);
+    assert_eq!(response.body, b"too big!");
+    assert_eq!(post(&gateway, b"small").body, b"ok");
+}
+
+#[test]
+fn closed_idle_connection_is_not_reused() {
+    let backend = ScriptedBackend::start(&[Step::ReplyThenClose(OK)]);
+    let gateway = gateway_for(&backend);
+    assert_eq!(get(&gateway, "/").body, b"ok");
+    // The backend closes its side 100 ms after its response.
+    thread::sleep(Duration::from_millis(300));
+    let response = get(&gateway, "/again");
+    assert_eq!(response.status, 200);
+    assert_eq!(backend.connections(), 2);
+    assert_eq!(
+        backend.requests(),
+        2,
+        "a request went to the closed connection"
+    );
+}
+
+#[test]
+fn silent_close_resends_get_not_post() {
+    // The backend responds to the first request. It reads the second, on the same kept-alive
+    // connection, and closes without a response, as when its idle timeout races a request.
+    let backend = ScriptedBackend::start(&[Step::Reply(OK), Step::Close]);
+    let gateway = gateway_for(&backend);
+    assert_eq!(get(&gateway, "/").body, b"ok");
+    let response = get(&gateway, "/again");
+    assert_eq!(response.status, 200, "the GET was not sent again");
+    assert_eq!(backend.connections(), 2);
+
+    let backend = ScriptedBackend::start(&[Step::Reply(OK), Step::Close]);
+    let gateway = gateway_for(&backend);
+    assert_eq!(post(&gateway, b"first").body, b"ok");
+    assert_eq!(post(&gateway, b"second").status, 502);
+    assert_eq!(backend.requests(), 2, "the POST was sent twice");
+}
