@@ -28,6 +28,8 @@ enum Step {
     ReplyBeforeBody(&'static [u8]),
     /// Reads the request and closes without a word.
     Close,
+    /// Reads the request and sends nothing, keeping the connection open for a while.
+    Stall,
 }
 
 /// A backend that handles requests with the steps of its script, in order, across every
@@ -101,6 +103,10 @@ fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize
                 return;
             }
             Step::Close => return,
+            Step::Stall => {
+                thread::sleep(Duration::from_secs(5));
+                return;
+            }
         }
     }
 }
@@ -157,8 +163,13 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> Option<RequestBody> {
 }
 
 fn gateway_for(backend: &ScriptedBackend) -> GatewayProcess {
+    gateway_with(backend, "")
+}
+
+fn gateway_with(backend: &ScriptedBackend, extra: &str) -> GatewayProcess {
     GatewayProcess::start(&format!(
         r#"
+{extra}
 server: {{host: 127.0.0.1, port: {{port}}, workers: 1}}
 routes:
   - path: "/*rest"
@@ -186,7 +197,19 @@ fn post(gateway: &GatewayProcess, body: &[u8]) -> gateway_tests::RawResponse {
     );
     let mut request = head.into_bytes();
     request.extend_from_slice(body);
-    connection.exchange(&request).expect("response")
+    // A response that comes before the whole body was sent ends the exchange: the gateway
+    // then closes the connection, and the rest of the upload fails to send. The response is
+    // already on its way, so the write error is not the outcome.
+    if let Err(error) = connection.send(&request) {
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "upload failed: {error}"
+        );
+    }
+    connection.read_response().expect("response")
 }
 
 #[test]
@@ -339,4 +362,27 @@ fn silent_close_resends_get_not_post() {
     assert_eq!(post(&gateway, b"first").body, b"ok");
     assert_eq!(post(&gateway, b"second").status, 502);
     assert_eq!(backend.requests(), 2, "the POST was sent twice");
+}
+
+#[test]
+fn response_timeout_restarts_on_reused_connection() {
+    let backend = ScriptedBackend::start(&[Step::Reply(OK), Step::Stall]);
+    let gateway = gateway_with(&backend, "proxy: {response_timeout: 1s}");
+    assert_eq!(get(&gateway, "/").body, b"ok");
+    // The second request reuses the connection after 600 ms, so a timer still counting from
+    // the first request would fire after 400 ms.
+    thread::sleep(Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    let response = get(&gateway, "/stalls");
+    let waited = started.elapsed();
+    assert_eq!(response.status, 504);
+    assert_eq!(backend.connections(), 1);
+    assert!(
+        waited >= Duration::from_millis(950),
+        "timed out after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "timed out after {waited:?}"
+    );
 }

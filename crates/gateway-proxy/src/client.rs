@@ -12,13 +12,14 @@
 
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
-use crate::request_body::RequestBody;
+use crate::request_body::{Progress, RequestBody};
 use bytes::{Buf, Bytes};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
 use http::{HeaderMap, Method};
 use http_body::Body;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,6 +28,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Size of a new connection's read buffer.
 const READ_BUFFER: usize = 16 * 1024;
@@ -200,6 +202,10 @@ pub(crate) struct Connection {
     stream: TcpStream,
     read: ReadBuffer,
     send: SendState,
+    // The response timer, kept across requests. It is armed for the first request's deadline
+    // and moved to the current one only when it fires early, so most requests touch the
+    // runtime's timer wheel not at all.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -220,6 +226,10 @@ pub(crate) enum ExchangeError {
     Head(codec::HeadError),
     /// The client's request body failed.
     ClientBody(Box<dyn std::error::Error + Send + Sync>),
+    /// No response head came within the response timeout after the request was sent.
+    Timeout,
+    /// The request body made no progress for a whole response timeout.
+    ClientTimeout,
 }
 
 impl Connection {
@@ -228,6 +238,7 @@ impl Connection {
             stream,
             read: ReadBuffer::new(),
             send: SendState::new(),
+            timer: None,
         }
     }
 
@@ -248,14 +259,22 @@ impl Connection {
 
     /// Sends the queued head and `body`, framed as `framing`, and waits for the final
     /// response head. Returns the head and whether the whole request was sent.
+    ///
+    /// Once the body has been sent, the wait ends with [`ExchangeError::Timeout`] after
+    /// `timeout` without a head. While the body is still arriving, each `timeout` with progress
+    /// extends the wait, and one without ends it with [`ExchangeError::ClientTimeout`].
     pub(crate) async fn exchange(
         &mut self,
         body: &mut RequestBody,
         framing: RequestFraming,
         method: &Method,
+        timeout: Duration,
+        progress: Option<&Progress>,
     ) -> Result<(ResponseHead, bool), ExchangeError> {
         self.send.chunked = framing == RequestFraming::Chunked;
         self.send.body_done = framing == RequestFraming::Empty;
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut last_progress = progress.and_then(Progress::sent);
         let mut write_error: Option<io::Error> = None;
         let mut received = false;
         std::future::poll_fn(|cx| {
@@ -269,16 +288,48 @@ impl Connection {
                     Poll::Ready(Err(SendError::Io(error))) => write_error = Some(error),
                 }
             }
-            match ready!(self.poll_head(cx, method, &mut received)) {
-                Ok(head) => Poll::Ready(Ok((head, self.send.finished()))),
-                Err(ExchangeError::Io { error, silent }) => Poll::Ready(Err(ExchangeError::Io {
-                    error: write_error.take().unwrap_or(error),
-                    silent,
-                })),
-                Err(other) => Poll::Ready(Err(other)),
+            match self.poll_head(cx, method, &mut received) {
+                Poll::Ready(Ok(head)) => return Poll::Ready(Ok((head, self.send.finished()))),
+                Poll::Ready(Err(ExchangeError::Io { error, silent })) => {
+                    return Poll::Ready(Err(ExchangeError::Io {
+                        error: write_error.take().unwrap_or(error),
+                        silent,
+                    }));
+                }
+                Poll::Ready(Err(other)) => return Poll::Ready(Err(other)),
+                Poll::Pending => {}
             }
+            while self.poll_timer(cx, deadline).is_ready() {
+                match progress.and_then(Progress::sent) {
+                    None => return Poll::Ready(Err(ExchangeError::Timeout)),
+                    Some(sent) if Some(sent) != last_progress => {
+                        last_progress = Some(sent);
+                        deadline = tokio::time::Instant::now() + timeout;
+                    }
+                    Some(_) => return Poll::Ready(Err(ExchangeError::ClientTimeout)),
+                }
+            }
+            Poll::Pending
         })
         .await
+    }
+
+    /// Polls the response timer for `deadline`; ready once the deadline has passed.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: tokio::time::Instant) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if timer.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // Armed for an earlier request: move it to this one's deadline.
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// Sends what is queued, then the body's frames as they come. Ready once the whole request

@@ -172,20 +172,20 @@ async fn exchange(
     body: &mut RequestBody,
 ) -> Result<(ResponseHead, Box<Connection>, bool), ProxyError> {
     let (mut connection, pooled) = client.connect(backend).await?;
+    let timeout = client.response_timeout();
     match attempt(client, route, backend, request, &mut connection, body).await {
-        Ok(Ok((head, sent_all))) => return Ok((head, connection, sent_all)),
+        Ok((head, sent_all)) => return Ok((head, connection, sent_all)),
         // The backend closed a pooled connection without a word, most likely as its idle
         // timeout ended: an idempotent request goes once on a new connection.
-        Ok(Err(ExchangeError::Io { silent: true, .. }))
+        Err(ExchangeError::Io { silent: true, .. })
             if pooled && body.is_replayable() && is_idempotent(&request.parts.method) => {}
-        Ok(Err(error)) => return Err(exchange_error(error)),
-        Err(error) => return Err(error),
+        Err(error) => return Err(exchange_error(error, timeout)),
     }
     drop(connection);
     let mut fresh = client.open(backend).await?;
-    match attempt(client, route, backend, request, &mut fresh, body).await? {
+    match attempt(client, route, backend, request, &mut fresh, body).await {
         Ok((head, sent_all)) => Ok((head, fresh, sent_all)),
-        Err(error) => Err(exchange_error(error)),
+        Err(error) => Err(exchange_error(error, timeout)),
     }
 }
 
@@ -198,7 +198,7 @@ async fn attempt(
     request: &Outgoing<'_>,
     connection: &mut Connection,
     body: &mut RequestBody,
-) -> Result<Result<(ResponseHead, bool), ExchangeError>, ProxyError> {
+) -> Result<(ResponseHead, bool), ExchangeError> {
     let parts = request.parts;
     let target = parts
         .uri
@@ -220,37 +220,24 @@ async fn attempt(
         host,
         request.framing,
     );
-    let exchange = connection.exchange(body, request.framing, &parts.method);
-    wait_for_head(exchange, client.response_timeout(), request.progress).await
+    connection
+        .exchange(
+            body,
+            request.framing,
+            &parts.method,
+            client.response_timeout(),
+            request.progress,
+        )
+        .await
 }
 
-/// Waits for a response head. Once the request body has been sent, the wait ends with a
-/// backend timeout after `timeout` without a head. While the body is still arriving, each
-/// `timeout` with progress extends the wait, and one without ends it with a client timeout.
-async fn wait_for_head<F: Future>(
-    future: F,
-    timeout: Duration,
-    progress: Option<&Progress>,
-) -> Result<F::Output, ProxyError> {
-    tokio::pin!(future);
-    let mut last = progress.and_then(Progress::sent);
-    loop {
-        if let Ok(output) = tokio::time::timeout(timeout, &mut future).await {
-            return Ok(output);
-        }
-        match progress.and_then(Progress::sent) {
-            None => return Err(ProxyError::timeout(timeout)),
-            Some(sent) if Some(sent) != last => last = Some(sent),
-            Some(_) => return Err(ProxyError::client_timeout(timeout)),
-        }
-    }
-}
-
-fn exchange_error(error: ExchangeError) -> ProxyError {
+fn exchange_error(error: ExchangeError, timeout: Duration) -> ProxyError {
     match error {
         ExchangeError::ClientBody(source) => ProxyError::with_source(ErrorKind::ClientBody, source),
         ExchangeError::Io { error, .. } => ProxyError::with_source(ErrorKind::BackendError, error),
         ExchangeError::Head(error) => ProxyError::with_source(ErrorKind::BackendError, error),
+        ExchangeError::Timeout => ProxyError::timeout(timeout),
+        ExchangeError::ClientTimeout => ProxyError::client_timeout(timeout),
     }
 }
 
