@@ -21,8 +21,8 @@ pub mod server;
 
 mod access;
 mod admin;
+mod deadline;
 pub mod router;
-mod write_timeout;
 
 pub use app::{BuildError, Gateway};
 pub use server::{InnerService, Router, ServeError, ServeOutcome, serve, serve_with};

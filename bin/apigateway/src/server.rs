@@ -2,8 +2,8 @@
 
 use crate::access::AccessHook;
 use crate::app::{Gateway, RequestLogState};
+use crate::deadline::{ClientStream, ConnectionDeadline, DeadlineBody, Phase, deadline_passed};
 pub use crate::router::Router;
-use crate::write_timeout::{ClientStream, DeadlineBody, ResponseDeadline, deadline_passed};
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
@@ -13,7 +13,7 @@ use gateway_store::{LogReader, RequestLog, WriterHandle};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
@@ -123,12 +123,14 @@ where
     let address = listener.local_addr().map_err(ServeError::LocalAddr)?;
 
     let server = &gateway.config.server;
+    // The read timeout is kept by each connection's own timer (see `deadline`), not by
+    // hyper's, which would register a timer for every request head.
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(server.read_timeout)
-        .max_header_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
+    http.max_header_size(MAX_HEADER_BYTES).keep_alive(true);
+    let read_timeout = server.read_timeout;
     let write_timeout = server.write_timeout;
+    // Every deadline is at least this far ahead when it is set.
+    let check_interval = read_timeout.min(write_timeout);
     let shutdown_timeout = server.shutdown_timeout;
 
     // The request log opens before the first connection, so that a bad database path stops
@@ -174,7 +176,7 @@ where
         };
         let _ = stream.set_nodelay(true);
 
-        let deadline = Arc::new(ResponseDeadline::default());
+        let deadline = Arc::new(ConnectionDeadline::new(read_timeout));
         let service = ConnectionService {
             stack: stack.clone(),
             gateway: Arc::clone(&gateway),
@@ -194,15 +196,22 @@ where
                         tracing::debug!(%peer, %error, "client connection ended with an error");
                     }
                 }
-                () = deadline_passed(&deadline, write_timeout) => {
-                    // Marked before the connection drops, so that its socket is reset.
-                    deadline.expire();
-                    tracing::debug!(
+                phase = deadline_passed(&deadline, check_interval) => match phase {
+                    Phase::Response => {
+                        // Marked before the connection drops, so that its socket is reset.
+                        deadline.expire();
+                        tracing::debug!(
+                            %peer,
+                            timeout = ?write_timeout,
+                            "response not sent within the write timeout, closing the connection"
+                        );
+                    }
+                    Phase::Head => tracing::debug!(
                         %peer,
-                        timeout = ?write_timeout,
-                        "response not sent within the write timeout, closing the connection"
-                    );
-                }
+                        timeout = ?read_timeout,
+                        "no request head within the read timeout, closing the connection"
+                    ),
+                },
             }
             open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -267,7 +276,7 @@ struct ConnectionService<S> {
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     write_timeout: Duration,
-    deadline: Arc<ResponseDeadline>,
+    deadline: Arc<ConnectionDeadline>,
 }
 
 impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionService<S> {
@@ -276,6 +285,8 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
     type Future = ConnectionFuture<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture<S> {
+        // The head arrived: the read timeout no longer applies.
+        self.deadline.clear();
         let deadline_at = tokio::time::Instant::now() + self.write_timeout;
         let client = self
             .gateway
@@ -296,7 +307,7 @@ pin_project_lite::pin_project! {
     struct ConnectionFuture<S: InnerService> {
         #[pin]
         inner: <Stack<S> as Service<Request<Incoming>>>::Future,
-        deadline: Arc<ResponseDeadline>,
+        deadline: Arc<ConnectionDeadline>,
         deadline_at: tokio::time::Instant,
     }
 }

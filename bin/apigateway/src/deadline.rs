@@ -1,0 +1,309 @@
+//! The server's read and write timeouts, kept by one timer per connection.
+//!
+//! A connection waits for a request head for at most `server.read_timeout` (counted from the
+//! accept or from the end of the previous response), and sends a response for at most
+//! `server.write_timeout` from its head. A client that stops reading blocks the socket, and
+//! then nothing polls the response body, so the deadline cannot live in the body. Each
+//! connection's task keeps one timer instead and closes the connection when the deadline in
+//! progress has passed. The request path only stores deadlines here, in atomics, so a request
+//! costs no timer registration.
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The start of the millisecond clock that deadlines are stored in.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// What a connection's deadline bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for a request head: the read timeout.
+    Head,
+    /// Sending a response: the write timeout.
+    Response,
+}
+
+/// The deadline of the phase a connection is in, if any.
+#[derive(Debug)]
+pub(crate) struct ConnectionDeadline {
+    // Milliseconds since EPOCH, plus one so that 0 means "no deadline".
+    at_ms: AtomicU64,
+    // True while the deadline bounds a response rather than a request head.
+    responding: AtomicBool,
+    // Set when a response deadline passed, so that the socket is reset rather than closed.
+    expired: AtomicBool,
+    read_timeout: Duration,
+}
+
+impl ConnectionDeadline {
+    /// Creates the deadline of a connection accepted now: its first request head is due
+    /// within `read_timeout`.
+    pub(crate) fn new(read_timeout: Duration) -> ConnectionDeadline {
+        let deadline = ConnectionDeadline {
+            at_ms: AtomicU64::new(0),
+            responding: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
+            read_timeout,
+        };
+        deadline.await_head();
+        deadline
+    }
+
+    /// Starts a response deadline at `at`.
+    pub(crate) fn set(&self, at: Instant) {
+        self.store(at);
+        self.responding.store(true, Ordering::Relaxed);
+    }
+
+    /// Starts waiting for the next request head, due within the read timeout.
+    pub(crate) fn await_head(&self) {
+        self.store(Instant::now() + self.read_timeout);
+        self.responding.store(false, Ordering::Relaxed);
+    }
+
+    /// Clears the deadline: a request is being handled and the backend's timeouts bound it.
+    pub(crate) fn clear(&self) {
+        self.at_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn store(&self, at: Instant) {
+        let ms = at.saturating_duration_since(*EPOCH).as_millis() as u64;
+        self.at_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Returns what the deadline in progress bounds.
+    pub(crate) fn phase(&self) -> Phase {
+        if self.responding.load(Ordering::Relaxed) {
+            Phase::Response
+        } else {
+            Phase::Head
+        }
+    }
+
+    /// Marks a response deadline as passed: the connection's socket is then reset when it
+    /// closes.
+    pub(crate) fn expire(&self) {
+        self.expired.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns the deadline in progress.
+    pub(crate) fn get(&self) -> Option<Instant> {
+        match self.at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(*EPOCH + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that starts the wait for the next request head when it is dropped.
+    pub(crate) struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        deadline: Arc<ConnectionDeadline>,
+    }
+
+    impl<B> PinnedDrop for DeadlineBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // NOTE: hyper may still hold the body's last bytes in its write buffer (at most
+            // its buffer size, about 400 KiB) after this, and from here the read timeout
+            // bounds sending them.
+            this.project().deadline.await_head();
+        }
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    pub(crate) fn new(inner: B, deadline: Arc<ConnectionDeadline>) -> DeadlineBody<B> {
+        DeadlineBody { inner, deadline }
+    }
+}
+
+impl<B: Body> Body for DeadlineBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A client socket that is reset instead of closed once its response deadline expired.
+    ///
+    /// A plain close leaves the unsent part of the response in the kernel's send buffer (up to
+    /// several MiB), so a slow reader would keep receiving it long after the deadline. A reset
+    /// (`SO_LINGER` of zero) discards it.
+    pub(crate) struct ClientStream {
+        #[pin]
+        stream: TcpStream,
+        deadline: Arc<ConnectionDeadline>,
+    }
+
+    impl PinnedDrop for ClientStream {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.deadline.expired.load(Ordering::Relaxed) {
+                let _ = this.stream.set_zero_linger();
+            }
+        }
+    }
+}
+
+impl ClientStream {
+    pub(crate) fn new(stream: TcpStream, deadline: Arc<ConnectionDeadline>) -> ClientStream {
+        ClientStream { stream, deadline }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}
+
+/// Waits until the connection's deadline has passed, and returns the phase it bounded.
+///
+/// The request path moves the deadline without waking this wait, so it checks again at least
+/// every `check_interval`. A deadline set to at least `check_interval` ahead, as every
+/// deadline is when `check_interval` is the shorter of the read and write timeouts, is
+/// therefore enforced at most one interval late.
+pub(crate) async fn deadline_passed(
+    deadline: &ConnectionDeadline,
+    check_interval: Duration,
+) -> Phase {
+    loop {
+        let now = Instant::now();
+        let next_check = now + check_interval;
+        match deadline.get() {
+            Some(at) if at <= now => return deadline.phase(),
+            Some(at) => tokio::time::sleep_until(at.min(next_check)).await,
+            None => tokio::time::sleep_until(next_check).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_after_deadline() {
+        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
+        deadline.set(Instant::now() + Duration::from_secs(5));
+        let started = Instant::now();
+        let phase = deadline_passed(&deadline, Duration::from_secs(1)).await;
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        assert_eq!(phase, Phase::Response);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_connection_waits_read_timeout_for_head() {
+        let started = Instant::now();
+        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(3)));
+        let phase = deadline_passed(&deadline, Duration::from_secs(1)).await;
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert_eq!(phase, Phase::Head);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_moved_later_is_waited_for() {
+        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(2)));
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let deadline = Arc::clone(&deadline);
+            async move { deadline_passed(&deadline, Duration::from_secs(1)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        deadline.set(Instant::now() + Duration::from_secs(5));
+        let phase = waiting.await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(6));
+        assert_eq!(phase, Phase::Response);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_deadline_set_while_waiting_for_head_is_enforced() {
+        // A 30 s read timeout must not delay a 1 s write timeout set meanwhile.
+        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let deadline = Arc::clone(&deadline);
+            async move { deadline_passed(&deadline, Duration::from_secs(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        deadline.set(Instant::now() + Duration::from_secs(1));
+        let phase = waiting.await.unwrap();
+        assert_eq!(phase, Phase::Response);
+        assert!(
+            started.elapsed() <= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cleared_deadline_never_passes() {
+        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
+        deadline.set(Instant::now() + Duration::from_secs(1));
+        deadline.clear();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            deadline_passed(&deadline, Duration::from_secs(1)),
+        )
+        .await;
+        assert!(waited.is_err(), "a cleared deadline must not end the wait");
+    }
+}
