@@ -6,9 +6,11 @@
 //! channel between them, and the request head is written from the client's header map without
 //! building a new one.
 
+use crate::headers::{is_hop_by_hop, write_forwarded_headers};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use std::net::IpAddr;
 
 /// Largest response head accepted from a backend.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -27,45 +29,40 @@ pub(crate) enum RequestFraming {
     Chunked,
 }
 
-/// Appends a request head to `out`: the request line with `prefix` joined to `target`, every
-/// header of `headers` (with `host` in place of the client's `Host` when given) and the
-/// framing header that `framing` needs.
-pub(crate) fn encode_request_head(
-    out: &mut Vec<u8>,
-    method: &Method,
-    prefix: Option<&str>,
-    target: &str,
-    headers: &HeaderMap,
-    host: Option<&HeaderValue>,
-    framing: RequestFraming,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    if let Some(prefix) = prefix {
-        out.extend_from_slice(prefix.as_bytes());
-    }
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = host {
-        put_header(out, header::HOST.as_str(), host);
-    }
-    for (name, value) in headers {
-        if host.is_some() && name == header::HOST {
-            continue;
-        }
-        put_header(out, name.as_str(), value);
-    }
-    if framing == RequestFraming::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+/// A request head as it goes to a backend, borrowed from the client's request.
+#[derive(Debug)]
+pub(crate) struct RequestHead<'a> {
+    pub(crate) method: &'a Method,
+    /// The backend's path prefix, joined in front of `target`.
+    pub(crate) prefix: Option<&'a str>,
+    /// The client's path and query, byte for byte.
+    pub(crate) target: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub(crate) peer: Option<IpAddr>,
+    /// The backend's authority for `Host`, or `None` to keep the client's.
+    pub(crate) host: Option<&'a HeaderValue>,
+    pub(crate) framing: RequestFraming,
 }
 
-fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
+impl RequestHead<'_> {
+    /// Appends the head to `out`: the request line, the client's headers with the proxy's
+    /// header rules applied (see [`write_forwarded_headers`]), and the framing header that
+    /// the body needs.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        if let Some(prefix) = self.prefix {
+            out.extend_from_slice(prefix.as_bytes());
+        }
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        write_forwarded_headers(out, self.headers, self.peer, self.host);
+        if self.framing == RequestFraming::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// How a response body is delimited (RFC 9112 section 6.3).
@@ -260,16 +257,6 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     length.ok_or(HeadError::ContentLength)
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,19 +276,21 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("2"));
         let host = HeaderValue::from_static("10.0.0.1:8080");
         let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::POST,
-            Some("/v1"),
-            "/users?id=7",
-            &headers,
-            Some(&host),
-            RequestFraming::Chunked,
-        );
+        let head = RequestHead {
+            method: &Method::POST,
+            prefix: Some("/v1"),
+            target: "/users?id=7",
+            headers: &headers,
+            peer: Some("192.0.2.7".parse().unwrap()),
+            host: Some(&host),
+            framing: RequestFraming::Chunked,
+        };
+        head.encode(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /v1/users?id=7 HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\nx-a: 2\r\n\
-             transfer-encoding: chunked\r\n\r\n"
+             x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: client.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 
@@ -310,16 +299,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("client.example"));
         let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::GET,
-            None,
-            "/",
-            &headers,
-            None,
-            RequestFraming::Empty,
+        let head = RequestHead {
+            method: &Method::GET,
+            prefix: None,
+            target: "/",
+            headers: &headers,
+            peer: None,
+            host: None,
+            framing: RequestFraming::Empty,
+        };
+        head.encode(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: client.example\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: client.example\r\n\r\n"
         );
-        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: client.example\r\n\r\n");
     }
 
     #[test]

@@ -2,9 +2,8 @@
 
 use crate::body::{BackendBody, ProxyBody};
 use crate::client::{BackendClient, Connection, ExchangeError};
-use crate::codec::{RequestFraming, ResponseHead, encode_request_head};
+use crate::codec::{RequestFraming, RequestHead, ResponseHead};
 use crate::error::{ErrorKind, ProxyError};
-use crate::headers::{remove_hop_by_hop, set_forwarding_headers};
 use crate::request_body::{Progress, RequestBody};
 use crate::routes::Route;
 use gateway_balancer::{Backend, Transition};
@@ -13,7 +12,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -86,9 +85,7 @@ async fn forward(
     let mut backend = Arc::clone(first);
 
     let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
-    let (mut parts, body) = request.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    set_forwarding_headers(&mut parts.headers, peer, None);
+    let (parts, body) = request.into_parts();
     let framing = if body.is_end_stream() {
         RequestFraming::Empty
     } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
@@ -99,6 +96,7 @@ async fn forward(
     let (mut body, progress) = RequestBody::new(body);
     let request = Outgoing {
         parts: &parts,
+        peer,
         framing,
         progress: progress.as_deref(),
     };
@@ -157,6 +155,7 @@ async fn forward(
 /// The parts of a request that every attempt sends.
 struct Outgoing<'a> {
     parts: &'a http::request::Parts,
+    peer: Option<IpAddr>,
     framing: RequestFraming,
     progress: Option<&'a Progress>,
 }
@@ -211,15 +210,16 @@ async fn attempt(
         ),
         None => (None, None),
     };
-    encode_request_head(
-        connection.head_buffer(),
-        &parts.method,
+    let head = RequestHead {
+        method: &parts.method,
         prefix,
         target,
-        &parts.headers,
+        headers: &parts.headers,
+        peer: request.peer,
         host,
-        request.framing,
-    );
+        framing: request.framing,
+    };
+    head.encode(connection.head_buffer());
     connection
         .exchange(
             body,

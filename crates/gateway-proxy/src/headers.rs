@@ -1,19 +1,12 @@
 //! Header rules of a proxy (RFC 9110, section 7.6): hop-by-hop headers stay on their hop, and
-//! forwarding headers tell the backend who asked.
+//! forwarding headers tell the backend who sent the request.
+//!
+//! The rules are applied while the request head is written for the backend, in one pass over
+//! the client's headers, so the client's header map is never modified.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::io::Write;
 use std::net::IpAddr;
-
-/// Headers that describe one connection rather than the message, never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// `X-Forwarded-For`: the chain of client addresses.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -22,70 +15,86 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `X-Forwarded-Host`: the `Host` the client sent.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop headers: the fixed list and every header that `Connection` names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by Connection are removed first, while Connection is still there.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
+/// Returns whether `name` describes one connection rather than the message, so that it is
+/// never forwarded.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
-/// Sets the forwarding headers of a request about to go to a backend.
+/// Writes the header fields of a request forwarded to a backend, one `name: value` line each.
 ///
-/// `X-Forwarded-For` gets `peer` appended (earlier values are joined into one header),
-/// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`. `Host` becomes
-/// `backend_host` unless it is `None`, which keeps the client's.
-pub fn set_forwarding_headers(
-    headers: &mut HeaderMap,
+/// Hop-by-hop headers are left out: the fixed list and every header that `Connection` names.
+/// `Host` becomes `backend_host` unless it is `None`, which keeps the client's.
+/// `X-Forwarded-For` gets `peer` appended (earlier values are joined into one line),
+/// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`.
+pub fn write_forwarded_headers(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
     peer: Option<IpAddr>,
     backend_host: Option<&HeaderValue>,
 ) {
-    if let Some(peer) = peer {
-        append_forwarded_for(headers, peer);
+    let client_host = headers.get(header::HOST);
+    if let Some(host) = backend_host.or(client_host) {
+        put(out, header::HOST.as_str(), host.as_bytes());
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match headers.get(header::HOST).cloned() {
-        Some(host) => {
-            headers.insert(&X_FORWARDED_HOST, host);
+
+    // Headers named by Connection are rare; a request without Connection allocates nothing.
+    let named_by_connection: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in headers {
+        let replaced = *name == header::HOST
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST;
+        if replaced || is_hop_by_hop(name) || named_by_connection.contains(name) {
+            continue;
+        }
+        put(out, name.as_str(), value.as_bytes());
+    }
+
+    match peer {
+        Some(peer) => {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                let Ok(text) = value.to_str() else { continue };
+                let text = text.trim();
+                if !text.is_empty() {
+                    out.extend_from_slice(text.as_bytes());
+                    out.extend_from_slice(b", ");
+                }
+            }
+            // Formatting an address into a Vec cannot fail.
+            let _ = write!(out, "{peer}");
+            out.extend_from_slice(b"\r\n");
         }
         None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
-    if let Some(host) = backend_host {
-        headers.insert(header::HOST, host.clone());
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let mut chain = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(text) = value.to_str() {
-            let text = text.trim();
-            if !text.is_empty() {
-                chain.push_str(text);
-                chain.push_str(", ");
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                put(out, X_FORWARDED_FOR.as_str(), value.as_bytes());
             }
         }
     }
-    chain.push_str(&peer.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(&X_FORWARDED_FOR, value);
+    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(host) = client_host {
+        put(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
     }
+}
+
+fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -100,9 +109,37 @@ mod tests {
         headers
     }
 
+    /// Writes the forwarded headers and returns them as `(name, value)` lines.
+    fn forwarded(
+        headers: &HeaderMap,
+        peer: Option<&str>,
+        backend_host: Option<&HeaderValue>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let peer = peer.map(|text| text.parse().unwrap());
+        write_forwarded_headers(&mut out, headers, peer, backend_host);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n"), "{text:?}");
+        text.trim_end_matches("\r\n")
+            .split("\r\n")
+            .map(|line| {
+                let (name, value) = line.split_once(": ").unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    fn values<'a>(lines: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        lines
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
     #[test]
     fn hop_by_hop_headers_are_removed() {
-        let mut headers = map(&[
+        let headers = map(&[
             ("connection", "keep-alive, x-private, Upgrade"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
@@ -114,40 +151,53 @@ mod tests {
             ("x-kept", "1"),
             ("content-type", "text/plain"),
         ]);
-        remove_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept", "content-type"]);
+        let lines = forwarded(&headers, None, None);
+        let names: Vec<&str> = lines.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["x-kept", "content-type", "x-forwarded-proto"]);
     }
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut headers = map(&[
+        let headers = map(&[
             ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-for", " 2.2.2.2 "),
         ]);
-        set_forwarding_headers(&mut headers, Some("127.0.0.1".parse().unwrap()), None);
-        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
-        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        let lines = forwarded(&headers, Some("127.0.0.1"), None);
+        assert_eq!(
+            values(&lines, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 127.0.0.1"]
+        );
     }
 
     #[test]
     fn forwarded_for_starts_with_peer() {
-        let mut headers = HeaderMap::new();
-        set_forwarding_headers(&mut headers, Some("::1".parse().unwrap()), None);
-        assert_eq!(headers["x-forwarded-for"], "::1");
-        assert_eq!(headers["x-forwarded-proto"], "http");
+        let lines = forwarded(&HeaderMap::new(), Some("::1"), None);
+        assert_eq!(values(&lines, "x-forwarded-for"), ["::1"]);
+        assert_eq!(values(&lines, "x-forwarded-proto"), ["http"]);
+        assert!(values(&lines, "x-forwarded-host").is_empty());
+    }
+
+    #[test]
+    fn client_forwarding_headers_are_replaced() {
+        let headers = map(&[
+            ("host", "gateway.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed.example"),
+        ]);
+        let lines = forwarded(&headers, Some("10.0.0.9"), None);
+        assert_eq!(values(&lines, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&lines, "x-forwarded-host"), ["gateway.example"]);
     }
 
     #[test]
     fn host_is_rewritten_unless_preserved() {
         let backend = HeaderValue::from_static("127.0.0.1:9001");
-        let mut headers = map(&[("host", "gateway.example:8080")]);
-        set_forwarding_headers(&mut headers, None, Some(&backend));
-        assert_eq!(headers["host"], "127.0.0.1:9001");
-        assert_eq!(headers["x-forwarded-host"], "gateway.example:8080");
+        let headers = map(&[("host", "gateway.example:8080")]);
+        let lines = forwarded(&headers, None, Some(&backend));
+        assert_eq!(values(&lines, "host"), ["127.0.0.1:9001"]);
+        assert_eq!(values(&lines, "x-forwarded-host"), ["gateway.example:8080"]);
 
-        let mut headers = map(&[("host", "gateway.example:8080")]);
-        set_forwarding_headers(&mut headers, None, None);
-        assert_eq!(headers["host"], "gateway.example:8080");
+        let lines = forwarded(&headers, None, None);
+        assert_eq!(values(&lines, "host"), ["gateway.example:8080"]);
     }
 }

@@ -9,7 +9,7 @@
 //! # Layout
 //!
 //! - [`routes`]: the compiled route table and the per-route settings.
-//! - [`headers`]: hop-by-hop headers, forwarding headers and the backend URI.
+//! - [`headers`]: hop-by-hop and forwarding headers, applied as the request head is written.
 //! - [`client`]: backend connections, pooled per backend, read and written by the request's
 //!   own task.
 //! - `codec` and `chunked`: the HTTP/1.1 request head, response head and chunked body on the
