@@ -22,7 +22,7 @@ use tokio::time::Instant;
 /// The start of the millisecond clock that deadlines are stored in.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// What a connection's deadline bounds.
+/// The phase of a connection that its deadline bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Waiting for a request head: the read timeout.
@@ -275,7 +275,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn response_deadline_set_while_waiting_for_head_is_enforced() {
+    async fn response_deadline_during_head_wait() {
         // A 30 s read timeout must not delay a 1 s write timeout set meanwhile.
         let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
         let started = Instant::now();

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, ready};
 /// A response body: either bytes the gateway made, or a backend's body streamed through.
 ///
 /// A backend body keeps the backend's in-flight count and its connection until the body
-/// ends; the connection returns to the pool only when the body was read to its end.
+/// ends. The connection returns to the pool only when the body was read to its end.
 pub struct ProxyBody {
     kind: Kind,
 }
@@ -31,7 +31,7 @@ impl ProxyBody {
         }
     }
 
-    /// Wraps a backend's body, read from `connection` as `framing` says.
+    /// Wraps a backend's body.
     pub(crate) fn backend(backend: BackendBody) -> ProxyBody {
         ProxyBody {
             kind: Kind::Backend(backend),
@@ -85,7 +85,7 @@ impl std::fmt::Debug for ProxyBody {
     }
 }
 
-/// Where a backend body stands.
+/// The read position in a backend body.
 enum Reading {
     /// This many bytes are still to come.
     Length(u64),
@@ -96,7 +96,7 @@ enum Reading {
     Done,
 }
 
-/// A backend's response body, read from its connection as the server asks for it.
+/// A backend's response body, read from its connection each time the server polls it.
 pub(crate) struct BackendBody {
     connection: Option<Box<Connection>>,
     reading: Reading,

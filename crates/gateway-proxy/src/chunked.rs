@@ -5,14 +5,14 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use std::ops::Range;
 
-/// Longest chunk-size line, extensions included.
+/// Maximum length of a chunk-size line, extensions included.
 const MAX_SIZE_LINE: usize = 4096;
 /// Largest trailer section.
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Most trailer fields.
 const MAX_TRAILER_FIELDS: usize = 64;
 
-/// What one decoding step found.
+/// The result of one decoding step.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Decoded {
     /// Body data: this range of the input.
@@ -23,7 +23,7 @@ pub(crate) enum Decoded {
     End,
 }
 
-/// Why a chunked body was rejected.
+/// The reason a chunked body was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum ChunkError {
     #[error("invalid chunk size line")]

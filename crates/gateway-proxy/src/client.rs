@@ -245,7 +245,7 @@ impl Connection {
     /// Returns whether a pooled connection can carry a request: nothing arrived while it was
     /// idle. An end of stream, a reset or stray bytes all mark the socket readable.
     fn is_idle_and_open(&mut self) -> bool {
-        // Readiness is cleared when a read drains the socket, so without a syscall this tells
+        // Readiness is cleared when a read drains the socket, so without a system call this shows
         // whether anything happened since the last response was read.
         let mut cx = Context::from_waker(Waker::noop());
         self.read.filled().is_empty() && self.stream.poll_read_ready(&mut cx).is_pending()

@@ -1,9 +1,9 @@
 //! HTTP/1.1 on the backend side: writing a request head and reading a response head, with the
 //! body framing rules of RFC 9112 section 6.
 //!
-//! The gateway speaks HTTP/1.1 to backends itself rather than through a client library, so
-//! that the request task reads and writes the backend socket directly: no second task, no
-//! channel between them, and the request head is written from the client's header map without
+//! The gateway speaks HTTP/1.1 to backends itself rather than through a client library. The
+//! request's own task reads and writes the backend socket, so there is no second task and no
+//! channel between tasks, and the request head is written from the client's header map without
 //! building a new one.
 
 use crate::headers::{is_hop_by_hop, write_forwarded_headers};
@@ -18,7 +18,7 @@ pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields accepted in a response head.
 const MAX_HEADERS: usize = 100;
 
-/// How the request body is delimited on the way to the backend.
+/// The framing of the request body on the way to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestFraming {
     /// No body.
@@ -65,7 +65,7 @@ impl RequestHead<'_> {
     }
 }
 
-/// How a response body is delimited (RFC 9112 section 6.3).
+/// The framing of a response body (RFC 9112 section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFraming {
     /// No body: a response to HEAD, a 204 or a 304.
@@ -100,7 +100,7 @@ pub(crate) enum Parsed {
     Head(usize, ResponseHead),
 }
 
-/// Why a backend's response head was rejected.
+/// The reason a backend's response head was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum HeadError {
     #[error("invalid response head: {0}")]
@@ -147,7 +147,7 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
         return Ok(Parsed::Interim(len));
     }
 
-    // First pass: what the connection and framing headers say.
+    // First pass: read the connection and framing headers.
     let mut keep_alive = version == Version::HTTP_11;
     let mut named_by_connection: Vec<&str> = Vec::new();
     let mut transfer_encoding: Option<bool> = None;
@@ -204,7 +204,7 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
         keep_alive = false;
     }
 
-    // Second pass: the headers the client gets.
+    // Second pass: build the headers the client receives.
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;

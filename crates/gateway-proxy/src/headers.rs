@@ -74,7 +74,7 @@ pub fn write_forwarded_headers(
                     out.extend_from_slice(b", ");
                 }
             }
-            // Formatting an address into a Vec cannot fail.
+            // `io::Write` for a Vec only appends, so formatting returns no error.
             let _ = write!(out, "{peer}");
             out.extend_from_slice(b"\r\n");
         }
