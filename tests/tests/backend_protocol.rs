@@ -30,6 +30,9 @@ enum Step {
     Close,
     /// Reads the request and sends nothing, keeping the connection open for a while.
     Stall,
+    /// Reads the request head only and sends nothing, keeping the connection open for a
+    /// while.
+    StallBeforeBody,
 }
 
 /// A backend that handles requests with the steps of its script, in order, across every
@@ -38,6 +41,7 @@ struct ScriptedBackend {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    closed_by_gateway: Arc<AtomicUsize>,
 }
 
 impl ScriptedBackend {
@@ -47,18 +51,32 @@ impl ScriptedBackend {
         let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (counted, served) = (Arc::clone(&connections), Arc::clone(&requests));
+        let closed_by_gateway = Arc::new(AtomicUsize::new(0));
+        let (counted, served, closed) = (
+            Arc::clone(&connections),
+            Arc::clone(&requests),
+            Arc::clone(&closed_by_gateway),
+        );
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 counted.fetch_add(1, Ordering::SeqCst);
-                let (script, served) = (Arc::clone(&script), Arc::clone(&served));
-                thread::spawn(move || serve(stream, &script, &served));
+                let (script, served, closed) = (
+                    Arc::clone(&script),
+                    Arc::clone(&served),
+                    Arc::clone(&closed),
+                );
+                thread::spawn(move || {
+                    if serve(stream, &script, &served) == End::ClosedByPeer {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         ScriptedBackend {
             addr,
             connections,
             requests,
+            closed_by_gateway,
         }
     }
 
@@ -69,15 +87,29 @@ impl ScriptedBackend {
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Connections the gateway closed while the backend waited for a request.
+    fn closed_by_gateway(&self) -> usize {
+        self.closed_by_gateway.load(Ordering::SeqCst)
+    }
 }
 
-fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize) {
+/// How a backend connection ended.
+#[derive(PartialEq, Eq)]
+enum End {
+    /// The gateway closed it while the backend waited for the next request.
+    ClosedByPeer,
+    /// The backend closed it, as its script said or after an error.
+    ClosedHere,
+}
+
+fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize) -> End {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut writer = stream.try_clone().expect("clone backend socket");
     let mut reader = BufReader::new(stream);
     loop {
         let Some(body) = read_head(&mut reader) else {
-            return;
+            return End::ClosedByPeer;
         };
         served.fetch_add(1, Ordering::SeqCst);
         let step = script
@@ -89,23 +121,27 @@ fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize
             Step::ReplyBeforeBody(bytes) => {
                 let _ = writer.write_all(bytes);
                 let _ = body.skip(&mut reader);
-                return;
+                return End::ClosedHere;
             }
-            _ if body.skip(&mut reader).is_err() => return,
+            Step::StallBeforeBody => {
+                thread::sleep(Duration::from_secs(5));
+                return End::ClosedHere;
+            }
+            _ if body.skip(&mut reader).is_err() => return End::ClosedHere,
             Step::Reply(bytes) => {
                 if writer.write_all(bytes).is_err() {
-                    return;
+                    return End::ClosedHere;
                 }
             }
             Step::ReplyThenClose(bytes) => {
                 let _ = writer.write_all(bytes);
                 thread::sleep(Duration::from_millis(100));
-                return;
+                return End::ClosedHere;
             }
-            Step::Close => return,
+            Step::Close => return End::ClosedHere,
             Step::Stall => {
                 thread::sleep(Duration::from_secs(5));
-                return;
+                return End::ClosedHere;
             }
         }
     }
@@ -276,11 +312,12 @@ fn head_response_keeps_its_length() {
 
 #[test]
 fn malformed_backend_responses_get_502() {
-    let cases: [&'static [u8]; 5] = [
+    let cases: [&'static [u8]; 6] = [
         b"garbage\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nnot gzip",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
     ];
     let script: Vec<Step> = cases
@@ -295,7 +332,7 @@ fn malformed_backend_responses_get_502() {
             .exchange(b"GET / HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n")
             .map(|response| response.status);
         let text = String::from_utf8_lossy(case);
-        if index == 4 {
+        if index == cases.len() - 1 {
             // The head was valid and went to the client; the broken body cuts the response
             // short, so the client never sees a complete one.
             assert!(outcome.is_err(), "{text}: {outcome:?}");
@@ -385,4 +422,104 @@ fn response_timeout_restarts_on_reused_connection() {
         waited < Duration::from_secs(3),
         "timed out after {waited:?}"
     );
+}
+
+#[test]
+fn backend_not_reading_upload_gets_504() {
+    let backend = ScriptedBackend::start(&[Step::StallBeforeBody]);
+    let gateway = gateway_with(&backend, "proxy: {response_timeout: 1s}");
+    let started = std::time::Instant::now();
+    let response = post(&gateway, &vec![b'x'; 32 * 1024 * 1024]);
+    let waited = started.elapsed();
+    // The client sent all it could; the backend stopped taking the body.
+    assert_eq!(
+        response.status,
+        504,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+}
+
+#[test]
+fn stalled_upload_gets_408_one_timeout_after_last_byte() {
+    let backend = ScriptedBackend::start(&[]);
+    let gateway = gateway_with(&backend, "proxy: {response_timeout: 1s}");
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .send(b"POST /upload HTTP/1.1\r\nhost: gateway\r\ncontent-length: 100\r\n\r\n0123456789")
+        .expect("send part of the body");
+    let started = std::time::Instant::now();
+    let response = connection.read_response().expect("response");
+    let waited = started.elapsed();
+    assert_eq!(response.status, 408);
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1800),
+        "answered after {waited:?}"
+    );
+}
+
+#[test]
+fn idle_pooled_connections_close_after_idle_timeout() {
+    let backend = ScriptedBackend::start(&[]);
+    let gateway = gateway_with(&backend, "proxy: {pool_idle_timeout: 1s}");
+    assert_eq!(get(&gateway, "/").body, b"ok");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while backend.closed_by_gateway() == 0 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        backend.closed_by_gateway(),
+        1,
+        "the idle connection stayed open"
+    );
+}
+
+#[test]
+fn http_10_backend_does_not_downgrade_client() {
+    let backend = ScriptedBackend::start(&[
+        Step::ReplyThenClose(b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nfirst"),
+        Step::ReplyThenClose(b"HTTP/1.0 200 OK\r\ncontent-length: 6\r\n\r\nsecond"),
+    ]);
+    let gateway = gateway_for(&backend);
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"GET /a HTTP/1.1\r\nhost: gateway\r\n\r\n\
+          GET /b HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.ends_with("second"), "{text}");
+}
+
+#[test]
+fn trailers_reach_client_that_accepts_them() {
+    let backend = ScriptedBackend::start(&[Step::Reply(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n",
+    )]);
+    let gateway = gateway_for(&backend);
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"GET / HTTP/1.1\r\nhost: gateway\r\nte: trailers\r\nconnection: close\r\n\r\n",
+    );
+    assert!(text.contains("hello"), "{text}");
+    assert!(text.contains("x-checksum: 42"), "{text}");
+}
+
+#[test]
+fn request_with_unknown_transfer_coding_gets_501() {
+    let backend = ScriptedBackend::start(&[]);
+    let gateway = gateway_for(&backend);
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"POST /upload HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: gzip, chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+    assert_eq!(backend.requests(), 0);
 }

@@ -41,6 +41,8 @@ pub struct Gateway {
     pub(crate) config: Arc<Config>,
     pub(crate) table: Arc<RouteTable>,
     pub(crate) routes: Vec<RouteService>,
+    /// Backend connections shared by every route.
+    pub(crate) client: BackendClient,
     pub(crate) limiters: Vec<Arc<RateLimiter>>,
     pub(crate) trusted: TrustedProxies,
     pub(crate) draining: AtomicBool,
@@ -94,6 +96,7 @@ impl Gateway {
         }
 
         Ok(Gateway {
+            client,
             trusted: TrustedProxies::new(config.server.trusted_proxies.clone()),
             config: Arc::new(config),
             table,

@@ -123,6 +123,19 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         (None, _) => {}
     }
 
+    // RFC 9112 section 6.1: a transfer coding the gateway cannot decode gets 501. Chunked is
+    // the only one it decodes, and it may be applied once.
+    let mut codings = request.headers().get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let chunked = first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+        if !chunked || codings.next().is_some() {
+            return Err(ProxyError::new(ErrorKind::UnsupportedTransferCoding));
+        }
+    }
+
     if has_dot_segment(request.uri().path()) {
         return Err(ProxyError::invalid_request(
             "path contains a '.' or '..' segment",

@@ -155,6 +155,7 @@ where
     for limiter in &gateway.limiters {
         limiter.spawn_eviction(EVICTION_INTERVAL, tasks_stopped.clone());
     }
+    gateway.client.spawn_eviction(tasks_stopped.clone());
 
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));

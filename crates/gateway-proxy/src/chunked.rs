@@ -103,8 +103,8 @@ impl ChunkedDecoder {
                     self.count_line_byte()?;
                     match byte {
                         b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                            // Sixteen hex digits already fill a u64.
-                            if self.digits == 15 {
+                            // Leading zeros are allowed; a size that overflows a u64 is not.
+                            if self.size > u64::MAX >> 4 {
                                 return Err(ChunkError::SizeLine);
                             }
                             self.digits += 1;
@@ -267,6 +267,14 @@ mod tests {
             decoder.decode(&input[5..]).unwrap(),
             (0, Some(Decoded::End))
         );
+    }
+
+    #[test]
+    fn zero_padded_sizes_are_accepted() {
+        let body = b"0000000000000005\r\nhello\r\n0\r\n\r\n";
+        let (data, _, ended) = decode_in_pieces(body, 4).unwrap();
+        assert_eq!(data, b"hello");
+        assert!(ended);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
-use crate::request_body::{Progress, RequestBody};
+use crate::request_body::RequestBody;
 use bytes::{Buf, Bytes};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
@@ -28,6 +28,8 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
 /// Size of a new connection's read buffer.
@@ -144,6 +146,58 @@ impl BackendClient {
         }
     }
 
+    /// Closes idle connections that outlived the idle timeout or that their backend closed,
+    /// and returns how many were closed. The rest keep their order in the pool.
+    pub fn evict_idle(&self) -> usize {
+        let mut closed = 0;
+        for (_, pool) in self.pools.iter() {
+            // Each connection idle now is looked at once; connections that requests return
+            // meanwhile join the back of the queue and wait for the next round.
+            for _ in 0..pool.len() {
+                let Some(mut entry) = pool.pop() else { break };
+                if entry.since.elapsed() < self.idle_timeout && entry.connection.is_idle_and_open()
+                {
+                    // A full pool drops the connection, which closes it.
+                    if pool.push(entry).is_err() {
+                        closed += 1;
+                    }
+                } else {
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
+    /// Spawns a task that calls [`BackendClient::evict_idle`] every half idle timeout (between
+    /// 1 and 10 seconds) until `shutdown` turns true.
+    pub fn spawn_eviction(&self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        let client = self.clone();
+        let every = (self.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                if *shutdown.borrow_and_update() {
+                    break;
+                }
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let closed = client.evict_idle();
+                        if closed > 0 {
+                            tracing::debug!(closed, "closed idle backend connections");
+                        }
+                    }
+                    changed = shutdown.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     fn check_out(&self, backend_id: u64) -> Option<Box<Connection>> {
         let pool = self.pool(backend_id)?;
         while let Some(mut entry) = pool.pop() {
@@ -226,9 +280,10 @@ pub(crate) enum ExchangeError {
     Head(codec::HeadError),
     /// The client's request body failed.
     ClientBody(Box<dyn std::error::Error + Send + Sync>),
-    /// No response head came within the response timeout after the request was sent.
+    /// The backend took no body bytes and sent no response head for a whole response
+    /// timeout.
     Timeout,
-    /// The request body made no progress for a whole response timeout.
+    /// The client sent no body bytes for a whole response timeout.
     ClientTimeout,
 }
 
@@ -260,21 +315,22 @@ impl Connection {
     /// Sends the queued head and `body`, framed as `framing`, and waits for the final
     /// response head. Returns the head and whether the whole request was sent.
     ///
-    /// Once the body has been sent, the wait ends with [`ExchangeError::Timeout`] after
-    /// `timeout` without a head. While the body is still arriving, each `timeout` with progress
-    /// extends the wait, and one without ends it with [`ExchangeError::ClientTimeout`].
+    /// The wait ends after `timeout` without progress: no body bytes from the client, none
+    /// written to the backend and no response head. Whose fault that is depends on what the
+    /// exchange was waiting for: the client's next body bytes give
+    /// [`ExchangeError::ClientTimeout`], anything else (a backend that does not read the body
+    /// or does not respond) gives [`ExchangeError::Timeout`].
     pub(crate) async fn exchange(
         &mut self,
         body: &mut RequestBody,
         framing: RequestFraming,
         method: &Method,
         timeout: Duration,
-        progress: Option<&Progress>,
     ) -> Result<(ResponseHead, bool), ExchangeError> {
         self.send.chunked = framing == RequestFraming::Chunked;
         self.send.body_done = framing == RequestFraming::Empty;
-        let mut deadline = tokio::time::Instant::now() + timeout;
-        let mut last_progress = progress.and_then(Progress::sent);
+        // Set after the head is written, then moved by every body byte either way.
+        let mut last_progress = None;
         let mut write_error: Option<io::Error> = None;
         let mut received = false;
         std::future::poll_fn(|cx| {
@@ -286,6 +342,9 @@ impl Connection {
                     }
                     // The backend may still have sent a response, for instance to reject the body.
                     Poll::Ready(Err(SendError::Io(error))) => write_error = Some(error),
+                }
+                if std::mem::take(&mut self.send.progressed) || last_progress.is_none() {
+                    last_progress = Some(tokio::time::Instant::now());
                 }
             }
             match self.poll_head(cx, method, &mut received) {
@@ -299,17 +358,15 @@ impl Connection {
                 Poll::Ready(Err(other)) => return Poll::Ready(Err(other)),
                 Poll::Pending => {}
             }
-            while self.poll_timer(cx, deadline).is_ready() {
-                match progress.and_then(Progress::sent) {
-                    None => return Poll::Ready(Err(ExchangeError::Timeout)),
-                    Some(sent) if Some(sent) != last_progress => {
-                        last_progress = Some(sent);
-                        deadline = tokio::time::Instant::now() + timeout;
-                    }
-                    Some(_) => return Poll::Ready(Err(ExchangeError::ClientTimeout)),
-                }
-            }
-            Poll::Pending
+            let since = *last_progress.get_or_insert_with(tokio::time::Instant::now);
+            ready!(self.poll_timer(cx, since + timeout));
+            let client_stalled =
+                write_error.is_none() && !self.send.finished() && self.send.waiting_for_client;
+            Poll::Ready(Err(if client_stalled {
+                ExchangeError::ClientTimeout
+            } else {
+                ExchangeError::Timeout
+            }))
         })
         .await
     }
@@ -340,10 +397,12 @@ impl Connection {
         body: &mut RequestBody,
     ) -> Poll<Result<(), SendError>> {
         loop {
+            self.send.waiting_for_client = false;
             ready!(self.send.poll_flush(&mut self.stream, cx)).map_err(SendError::Io)?;
             if self.send.body_done {
                 return Poll::Ready(Ok(()));
             }
+            self.send.waiting_for_client = true;
             let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
                 None => {
                     self.send.end_body(None);
@@ -352,6 +411,7 @@ impl Connection {
                 Some(Err(error)) => return Poll::Ready(Err(SendError::Body(error.into()))),
                 Some(Ok(frame)) => frame,
             };
+            self.send.progressed = true;
             match frame.into_data() {
                 Ok(data) => self.send.queue_data(data),
                 Err(frame) => {
@@ -455,6 +515,11 @@ struct SendState {
     suffix: &'static [u8],
     chunked: bool,
     body_done: bool,
+    // Set when body bytes arrived or were written since the flag was last taken.
+    progressed: bool,
+    // Whether sending last stopped for the client's next body bytes rather than for the
+    // backend to take more.
+    waiting_for_client: bool,
 }
 
 impl SendState {
@@ -466,6 +531,8 @@ impl SendState {
             suffix: b"",
             chunked: false,
             body_done: true,
+            progressed: false,
+            waiting_for_client: false,
         }
     }
 
@@ -526,6 +593,7 @@ impl SendState {
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.progressed = true;
             let from_head = written.min(self.head.len() - self.head_sent);
             self.head_sent += from_head;
             written -= from_head;

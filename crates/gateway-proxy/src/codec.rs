@@ -78,11 +78,12 @@ pub(crate) enum BodyFraming {
     UntilClose,
 }
 
-/// A response head read from a backend, with hop-by-hop headers already removed.
+/// A response head read from a backend, with hop-by-hop headers already removed. The
+/// backend's HTTP version is not kept: it belongs to its hop, and the client gets the
+/// gateway's.
 #[derive(Debug)]
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
-    pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
     pub(crate) framing: BodyFraming,
     /// Whether the connection may carry another request after this response.
@@ -115,6 +116,8 @@ pub(crate) enum HeadError {
     ContentLength,
     #[error("backend switched protocols, which the gateway does not proxy")]
     Upgrade,
+    #[error("response uses a transfer coding other than chunked")]
+    TransferCoding,
 }
 
 /// Parses a response head at the start of `buf`, the response to a request with `method`.
@@ -150,7 +153,7 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
     // First pass: read the connection and framing headers.
     let mut keep_alive = version == Version::HTTP_11;
     let mut named_by_connection: Vec<&str> = Vec::new();
-    let mut transfer_encoding: Option<bool> = None;
+    let mut transfer_encoding: Option<()> = None;
     let mut content_length: Option<u64> = None;
     for field in response.headers.iter() {
         if field.name.eq_ignore_ascii_case("connection") {
@@ -166,13 +169,14 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
                 }
             }
         } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only the last coding decides whether the body is chunked.
-            let last = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Chunked is the only coding the gateway decodes. Another coding would reach the
+            // client undeclared once Transfer-Encoding is removed, so it is rejected, as is
+            // chunked listed twice.
+            let chunked = field.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            if !chunked || transfer_encoding.is_some() {
+                return Err(HeadError::TransferCoding);
+            }
+            transfer_encoding = Some(());
         } else if field.name.eq_ignore_ascii_case("content-length") {
             let length = parse_content_length(field.value)?;
             if content_length.is_some_and(|earlier| earlier != length) {
@@ -189,15 +193,15 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
         BodyFraming::Empty
     } else {
         match (transfer_encoding, content_length) {
-            (Some(true), _) => BodyFraming::Chunked,
-            (Some(false), _) => BodyFraming::UntilClose,
+            (Some(_), _) => BodyFraming::Chunked,
             (None, Some(length)) => BodyFraming::Length(length),
             (None, None) => BodyFraming::UntilClose,
         }
     };
-    // A message with both headers may be an attempt at request smuggling; the connection
-    // ends with it (RFC 9112 section 6.3).
-    if transfer_encoding.is_some() && content_length.is_some() {
+    // A message with both headers may be an attempt at request smuggling, and HTTP/1.0 has no
+    // transfer codings, so in either case the connection ends with the message (RFC 9112
+    // sections 6.1 and 6.3).
+    if transfer_encoding.is_some() && (content_length.is_some() || version == Version::HTTP_10) {
         keep_alive = false;
     }
     if framing == BodyFraming::UntilClose {
@@ -230,7 +234,6 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
         len,
         ResponseHead {
             status,
-            version,
             headers,
             framing,
             keep_alive,
@@ -330,8 +333,7 @@ mod tests {
 
     #[test]
     fn chunked_wins_over_content_length() {
-        let text =
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n";
+        let text = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n";
         let (_, head) = head(text, &Method::GET);
         assert_eq!(head.framing, BodyFraming::Chunked);
         assert!(!head.keep_alive);
@@ -340,12 +342,30 @@ mod tests {
     }
 
     #[test]
-    fn non_chunked_coding_reads_until_close() {
+    fn other_transfer_codings_are_rejected() {
+        for value in ["gzip", "gzip, chunked", "chunked, identity", "identity"] {
+            let text = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {value}\r\n\r\n");
+            assert_eq!(
+                parse_response_head(text.as_bytes(), &Method::GET).unwrap_err(),
+                HeadError::TransferCoding,
+                "{value}"
+            );
+        }
+        let twice =
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse_response_head(twice.as_bytes(), &Method::GET).unwrap_err(),
+            HeadError::TransferCoding
+        );
+    }
+
+    #[test]
+    fn http_10_chunked_response_ends_the_connection() {
         let (_, head) = head(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
             &Method::GET,
         );
-        assert_eq!(head.framing, BodyFraming::UntilClose);
+        assert_eq!(head.framing, BodyFraming::Chunked);
         assert!(!head.keep_alive);
     }
 
@@ -392,7 +412,6 @@ mod tests {
     fn http_10_keep_alive_on_request() {
         let (_, plain) = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", &Method::GET);
         assert!(!plain.keep_alive);
-        assert_eq!(plain.version, Version::HTTP_10);
         let (_, asked) = head(
             "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
             &Method::GET,

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The method is one the gateway does not proxy, such as CONNECT.
     UnsupportedMethod,
+    /// The request body uses a transfer coding other than chunked.
+    UnsupportedTransferCoding,
     /// The gateway failed for a reason of its own.
     Internal,
 }
@@ -58,6 +60,7 @@ impl ErrorKind {
             ErrorKind::ClientTimeout => "client_timeout",
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::UnsupportedMethod => "unsupported_method",
+            ErrorKind::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ErrorKind::Internal => "internal",
         }
     }
@@ -102,6 +105,9 @@ impl fmt::Display for ProxyError {
             (ErrorKind::InvalidRequest, Detail::Reason(reason)) => f.write_str(reason),
             (ErrorKind::InvalidRequest, _) => f.write_str("invalid request"),
             (ErrorKind::UnsupportedMethod, _) => f.write_str("method not supported by the gateway"),
+            (ErrorKind::UnsupportedTransferCoding, _) => {
+                f.write_str("transfer coding not supported by the gateway; use chunked")
+            }
             (ErrorKind::Internal, _) => f.write_str("internal gateway error"),
         }
     }
@@ -206,7 +212,8 @@ impl ProxyError {
             | ErrorKind::ClientBody
             | ErrorKind::ClientTimeout
             | ErrorKind::InvalidRequest
-            | ErrorKind::UnsupportedMethod => Side::Client,
+            | ErrorKind::UnsupportedMethod
+            | ErrorKind::UnsupportedTransferCoding => Side::Client,
             ErrorKind::NoHealthyBackend
             | ErrorKind::BackendConnect
             | ErrorKind::BackendTimeout
@@ -239,7 +246,9 @@ impl ProxyError {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::ClientBody | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::UnsupportedMethod => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::UnsupportedMethod | ErrorKind::UnsupportedTransferCoding => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             ErrorKind::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::BackendConnect | ErrorKind::BackendError => StatusCode::BAD_GATEWAY,
             ErrorKind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -295,6 +304,7 @@ mod tests {
             (ErrorKind::ClientTimeout, 408, Side::Client),
             (ErrorKind::InvalidRequest, 400, Side::Client),
             (ErrorKind::UnsupportedMethod, 501, Side::Client),
+            (ErrorKind::UnsupportedTransferCoding, 501, Side::Client),
             (ErrorKind::ClientBody, 400, Side::Client),
             (ErrorKind::NoHealthyBackend, 503, Side::Backend),
             (ErrorKind::BackendConnect, 502, Side::Backend),

@@ -4,7 +4,7 @@ use crate::body::{BackendBody, ProxyBody};
 use crate::client::{BackendClient, Connection, ExchangeError};
 use crate::codec::{RequestFraming, RequestHead, ResponseHead};
 use crate::error::{ErrorKind, ProxyError};
-use crate::request_body::{Progress, RequestBody};
+use crate::request_body::RequestBody;
 use crate::routes::Route;
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response, header};
@@ -93,12 +93,11 @@ async fn forward(
     } else {
         RequestFraming::Chunked
     };
-    let (mut body, progress) = RequestBody::new(body);
+    let mut body = RequestBody::new(body);
     let request = Outgoing {
         parts: &parts,
         peer,
         framing,
-        progress: progress.as_deref(),
     };
 
     loop {
@@ -110,7 +109,6 @@ async fn forward(
                 backend.record_success();
                 let ResponseHead {
                     status,
-                    version,
                     headers,
                     framing,
                     keep_alive,
@@ -120,7 +118,6 @@ async fn forward(
                 let body = BackendBody::new(connection, framing, keep_alive, unsent, lease);
                 let mut response = Response::new(ProxyBody::backend(body));
                 *response.status_mut() = status;
-                *response.version_mut() = version;
                 *response.headers_mut() = headers;
                 response.extensions_mut().insert(info);
                 return response;
@@ -157,7 +154,6 @@ struct Outgoing<'a> {
     parts: &'a http::request::Parts,
     peer: Option<IpAddr>,
     framing: RequestFraming,
-    progress: Option<&'a Progress>,
 }
 
 /// Sends the request to `backend` on a pooled or new connection and waits for the response
@@ -226,7 +222,6 @@ async fn attempt(
             request.framing,
             &parts.method,
             client.response_timeout(),
-            request.progress,
         )
         .await
 }

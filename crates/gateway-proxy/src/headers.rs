@@ -15,12 +15,12 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `X-Forwarded-Host`: the `Host` the client sent.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Returns whether `name` describes one connection rather than the message, so that it is
-/// never forwarded.
+/// Returns whether `name` describes one connection rather than the message (RFC 9110 section
+/// 7.6.1), so that it is never forwarded. `Trailer` is not one of them: it announces the
+/// trailer fields, and a server sends only the trailers it announces.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == header::TE
-        || *name == header::TRAILER
         || *name == header::TRANSFER_ENCODING
         || *name == header::UPGRADE
         || name.as_str() == "keep-alive"
@@ -144,7 +144,6 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
             ("te", "trailers"),
-            ("trailer", "x-sum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("x-private", "secret"),
