@@ -99,7 +99,7 @@ impl ScriptedBackend {
 enum End {
     /// The gateway closed it while the backend waited for the next request.
     ClosedByPeer,
-    /// The backend closed it, as its script said or after an error.
+    /// The backend closed it, at a step of its script or after an error.
     ClosedHere,
 }
 
@@ -442,7 +442,7 @@ fn backend_not_reading_upload_gets_504() {
 }
 
 #[test]
-fn stalled_upload_gets_408_one_timeout_after_last_byte() {
+fn stalled_upload_gets_timely_408() {
     let backend = ScriptedBackend::start(&[]);
     let gateway = gateway_with(&backend, "proxy: {response_timeout: 1s}");
     let mut connection = RawConnection::open(gateway.addr).expect("connect");

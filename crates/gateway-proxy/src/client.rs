@@ -300,9 +300,9 @@ impl Connection {
     /// Returns whether a pooled connection can carry a request: nothing arrived while it was
     /// idle. An end of stream, a reset or stray bytes all mark the socket readable.
     ///
-    /// NOTE: a backend that breaks framing (for instance a body after a HEAD response) can
-    /// still send its stray bytes after this check; the next response on the connection is
-    /// then misread. Pooling HTTP/1.1 clients share this limit.
+    /// NOTE: a backend that breaks framing (for instance with a body after a HEAD response)
+    /// can still send its stray bytes after this check. The next response on the connection
+    /// is then misread. Pooling HTTP/1.1 clients share this limit.
     fn is_idle_and_open(&mut self) -> bool {
         // Readiness is cleared when a read drains the socket, so without a system call this shows
         // whether anything happened since the last response was read.
