@@ -73,7 +73,11 @@ impl Gateway {
         let mut limiters = Limiters::default();
 
         for (route, route_config) in table.routes().iter().zip(&config.routes) {
-            let forward = Forward::new(Arc::clone(route), client.clone());
+            let mut forward = Forward::new(Arc::clone(route), client.clone());
+            // Only the access line and the request log read what the forwarder reports.
+            if !config.logging.access_log && !config.request_log.enabled {
+                forward = forward.without_info();
+            }
 
             let limiter = limiters.for_route(route_config, &config.rate_limiting);
             let is_limited = limiter.is_some();

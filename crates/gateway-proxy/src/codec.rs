@@ -209,7 +209,9 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
     }
 
     // Second pass: build the headers the client receives.
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    // Room for the headers the gateway adds (such as X-Request-Id), so that adding them does
+    // not grow the map.
+    let mut headers = HeaderMap::with_capacity(response.headers.len() + 4);
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
     for field in response.headers.iter() {
