@@ -198,6 +198,8 @@ impl BackendClient {
         })
     }
 
+    // NOTE: the pool is first in, first out, so it reuses the connection that idled longest,
+    // the one most likely to meet the backend's own idle close.
     fn check_out(&self, backend_id: u64) -> Option<Box<Connection>> {
         let pool = self.pool(backend_id)?;
         while let Some(mut entry) = pool.pop() {

@@ -105,9 +105,9 @@ impl fmt::Display for ProxyError {
             (ErrorKind::InvalidRequest, Detail::Reason(reason)) => f.write_str(reason),
             (ErrorKind::InvalidRequest, _) => f.write_str("invalid request"),
             (ErrorKind::UnsupportedMethod, _) => f.write_str("method not supported by the gateway"),
-            (ErrorKind::UnsupportedTransferCoding, _) => {
-                f.write_str("transfer coding not supported by the gateway; use chunked")
-            }
+            (ErrorKind::UnsupportedTransferCoding, _) => f.write_str(
+                "unsupported transfer coding: send the body with Content-Length or chunked",
+            ),
             (ErrorKind::Internal, _) => f.write_str("internal gateway error"),
         }
     }

@@ -53,8 +53,7 @@ impl Forward {
     }
 
     /// Leaves the [`ForwardInfo`] extension off responses, for a gateway that reads it
-    /// nowhere. A response's extensions then stay empty, which saves three allocations per
-    /// request.
+    /// nowhere, which saves its allocation on every request.
     pub fn without_info(mut self) -> Forward {
         self.attach_info = false;
         self
@@ -191,8 +190,8 @@ async fn exchange(
     let timeout = client.response_timeout();
     match attempt(client, route, backend, request, &mut connection, body).await {
         Ok((head, sent_all)) => return Ok((head, connection, sent_all)),
-        // The backend closed a pooled connection without a word, most likely as its idle
-        // timeout ended: an idempotent request goes once on a new connection.
+        // The backend closed a pooled connection before sending any byte, most likely because
+        // its idle timeout ended. An idempotent request then goes once on a new connection.
         Err(ExchangeError::Io { silent: true, .. })
             if pooled && body.is_replayable() && is_idempotent(&request.parts.method) => {}
         Err(error) => return Err(exchange_error(error, timeout)),
