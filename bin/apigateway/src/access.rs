@@ -1,6 +1,7 @@
 //! The timing hook of the gateway: one access line per request on stdout, and one row for the
 //! request log.
 
+use crate::access_line::{AccessLine, AccessLines};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
@@ -23,17 +24,20 @@ pub(crate) struct AccessHook {
 
 #[derive(Debug)]
 struct Shared {
-    access_log: bool,
+    access_lines: Option<AccessLines>,
     request_log: Option<RequestLog>,
 }
 
 impl AccessHook {
-    /// Creates the hook; it prints access lines when `access_log` is true and queues rows on
-    /// `request_log` when there is one.
-    pub(crate) fn new(access_log: bool, request_log: Option<RequestLog>) -> AccessHook {
+    /// Creates the hook; it prints access lines through `access_lines` and queues rows on
+    /// `request_log`, each when there is one.
+    pub(crate) fn new(
+        access_lines: Option<AccessLines>,
+        request_log: Option<RequestLog>,
+    ) -> AccessHook {
         AccessHook {
             shared: Arc::new(Shared {
-                access_log,
+                access_lines,
                 request_log,
             }),
         }
@@ -64,7 +68,7 @@ impl RequestHook for AccessHook {
     type State = Option<Pending>;
 
     fn on_request<B>(&self, request: &Request<B>) -> Option<Pending> {
-        if !self.shared.access_log && self.shared.request_log.is_none() {
+        if self.shared.access_lines.is_none() && self.shared.request_log.is_none() {
             return None;
         }
         let headers = request.headers();
@@ -122,21 +126,20 @@ impl RequestHook for AccessHook {
             state.status = CLIENT_CLOSED_REQUEST;
             state.error_kind = Some("client_closed");
         }
-        if self.shared.access_log {
-            let latency_ms = end.latency.as_secs_f64() * 1000.0;
-            tracing::info!(
-                target: "access",
-                method = %state.method,
-                path = state.uri.path(),
-                status = state.status,
-                latency_ms = format_args!("{latency_ms:.3}"),
-                backend = state.backend.as_deref().unwrap_or("-"),
-                client_ip = %DisplayIp(state.client_ip),
-                request_id = state.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-                retried = state.retried,
-                error = state.error_kind.unwrap_or("-"),
-                completed = end.completed,
-            );
+        if let Some(lines) = &self.shared.access_lines {
+            lines.push(&AccessLine {
+                time: state.started_at + end.latency,
+                method: state.method.as_str(),
+                path: state.uri.path(),
+                status: state.status,
+                latency: end.latency,
+                backend: state.backend.as_deref(),
+                client_ip: state.client_ip,
+                request_id: state.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                retried: state.retried,
+                error: state.error_kind,
+                completed: end.completed,
+            });
         }
         if let Some(log) = &self.shared.request_log {
             log.record(state.into_record(end));
@@ -185,16 +188,5 @@ fn method_name(method: &Method) -> Cow<'static, str> {
     match STANDARD.iter().find(|(m, _)| m == method) {
         Some((_, name)) => Cow::Borrowed(name),
         None => Cow::Owned(method.as_str().to_owned()),
-    }
-}
-
-struct DisplayIp(Option<IpAddr>);
-
-impl std::fmt::Display for DisplayIp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(ip) => write!(f, "{ip}"),
-            None => f.write_str("-"),
-        }
     }
 }

@@ -10,6 +10,7 @@
 //! - `router`: the innermost service, which handles admin paths and dispatches to routes.
 //! - `admin`: `/health` and `/admin/*`.
 //! - `access`: the timing hook that prints the access line and records the request.
+//! - `access_line`: the access line's format and the thread that writes it to stdout.
 //! - [`server`]: the accept loop, connections, timeouts and draining.
 //! - [`cli`]: command-line arguments.
 //! - [`inspect`]: the `logs` and `stats` commands that read the request log.
@@ -20,6 +21,7 @@ pub mod inspect;
 pub mod server;
 
 mod access;
+mod access_line;
 mod admin;
 mod deadline;
 pub mod router;

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         return inspect(&cli, command);
     }
 
-    let config = match Config::load(&cli.config) {
+    let mut config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("apigateway: {error}");
@@ -54,6 +54,8 @@ fn main() -> ExitCode {
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => config.logging.format,
     };
+    // The access line writer reads the format from the configuration.
+    config.logging.format = format;
     let _log_guard = match init_logging(format, &config.logging.level) {
         Ok(guard) => guard,
         Err(message) => {

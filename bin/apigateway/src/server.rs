@@ -1,6 +1,7 @@
 //! The listener: accepts connections, serves HTTP/1.1 on each, and drains on shutdown.
 
 use crate::access::AccessHook;
+use crate::access_line::AccessLines;
 use crate::app::{Gateway, RequestLogState};
 use crate::deadline::{ClientStream, ConnectionDeadline, DeadlineBody, Phase, deadline_passed};
 pub use crate::router::Router;
@@ -85,6 +86,10 @@ pub enum ServeError {
     /// The request log database could not be opened.
     #[error("failed to open the request log")]
     RequestLog(#[from] gateway_store::StoreError),
+
+    /// The thread that writes access lines could not be started.
+    #[error("failed to start the access log writer")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains.
@@ -144,7 +149,20 @@ where
     };
     let request_log = gateway.request_log.get().map(|state| state.log.clone());
     tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
-    let hook = AccessHook::new(gateway.config.logging.access_log, request_log);
+    // Access lines bypass the subscriber, so its filter is asked once here: a level above
+    // info, or a directive that silences the `access` target, turns them off.
+    let access_lines = if gateway.config.logging.access_log
+        && tracing::enabled!(target: "access", tracing::Level::INFO)
+    {
+        let lines = AccessLines::start(gateway.config.logging.format, std::io::stdout())
+            .map_err(ServeError::AccessLog)?;
+        Some(lines)
+    } else {
+        None
+    };
+    // Writes what is buffered and stops the writer thread however this function returns.
+    let _close_access_lines = access_lines.clone().map(CloseOnDrop);
+    let hook = AccessHook::new(access_lines, request_log);
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
     let stack: Stack<L::Service> =
         RequestIdLayer.layer(TimingLayer::new(hook).layer(CatchPanicLayer.layer(router)));
@@ -324,6 +342,15 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
         this.deadline.set(*this.deadline_at);
         let deadline = Arc::clone(this.deadline);
         Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
+    }
+}
+
+/// Closes the access log's writer thread when dropped, writing the lines still buffered.
+struct CloseOnDrop(AccessLines);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

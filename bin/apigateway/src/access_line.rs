@@ -1,0 +1,570 @@
+//! The access line: one line per finished request on stdout, formatted by hand into a buffer
+//! and written by a thread of its own.
+//!
+//! A request thread appends its line to one of a few buffers, each behind its own mutex, and
+//! returns. The writer thread swaps full buffers out and writes them to stdout, so a busy
+//! gateway makes one `write` per tens of kilobytes of lines and its request threads never touch
+//! stdout. The writer sleeps until the first line after a quiet period, then writes what has
+//! collected every [`FLUSH_INTERVAL`] while lines keep coming, or sooner when a buffer passes
+//! [`WAKE_BYTES`]. A line reaches stdout at most one interval after its request ended.
+//!
+//! The text format is the one the rest of the gateway's log lines use (`tracing`'s default
+//! format); the JSON format matches `--log-format json`.
+
+use gateway_config::LogFormat;
+use std::cell::Cell;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Maximum time a line waits in a buffer while lines keep coming.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A buffer this full wakes the writer before the interval ends.
+const WAKE_BYTES: usize = 64 * 1024;
+
+/// A buffer this full drops further lines (and counts them) until the writer catches up,
+/// which only happens when stdout blocks.
+const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
+
+/// Buffers that request threads spread over. Threads are assigned round-robin, so up to this
+/// many runtime workers never share one.
+const BUFFERS: usize = 16;
+
+/// One finished request as its access line shows it.
+#[derive(Debug)]
+pub(crate) struct AccessLine<'a> {
+    /// When the request ended.
+    pub(crate) time: SystemTime,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) latency: Duration,
+    pub(crate) backend: Option<&'a str>,
+    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) retried: bool,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) completed: bool,
+}
+
+/// The handle request threads write access lines through. Cloning is cheap, and every clone
+/// feeds the same writer thread.
+#[derive(Debug, Clone)]
+pub(crate) struct AccessLines {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    format: LogFormat,
+    buffers: [Padded; BUFFERS],
+    /// True while the writer waits without a timeout for the first line.
+    sleeping: AtomicBool,
+    stopping: AtomicBool,
+    dropped: AtomicU64,
+    writer: Thread,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A buffer on a cache line of its own, so that threads appending to neighbouring buffers do
+/// not slow each other down.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Vec<u8>>);
+
+impl Padded {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        // A panic while a line was appended leaves at worst a partial line, so carry on.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AccessLines {
+    /// Starts the writer thread, which writes lines in `format` to `out`.
+    ///
+    /// # Errors
+    ///
+    /// Returns the error of spawning the thread.
+    pub(crate) fn start<W>(format: LogFormat, out: W) -> std::io::Result<AccessLines>
+    where
+        W: Write + Send + 'static,
+    {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
+        let handle = std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(move || {
+                if let Ok(shared) = handle_rx.recv() {
+                    write_lines(&shared, out);
+                }
+            })?;
+        let shared = Arc::new(Shared {
+            format,
+            buffers: Default::default(),
+            sleeping: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            writer: handle.thread().clone(),
+            handle: Mutex::new(None),
+        });
+        *shared.handle.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        // A failed send means the thread has already exited, and `close` joins it.
+        let _ = handle_tx.send(Arc::clone(&shared));
+        Ok(AccessLines { shared })
+    }
+
+    /// Appends `line` to this thread's buffer. Takes only that buffer's lock, which the
+    /// writer holds just long enough to swap the buffer out.
+    pub(crate) fn push(&self, line: &AccessLine<'_>) {
+        let shared = &*self.shared;
+        let mut buffer = shared.buffers[buffer_index()].lock();
+        if buffer.len() >= MAX_BUFFERED_BYTES {
+            drop(buffer);
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let before = buffer.len();
+        match shared.format {
+            LogFormat::Text => format_text(&mut buffer, line),
+            LogFormat::Json => format_json(&mut buffer, line),
+        }
+        let crossed = before < WAKE_BYTES && buffer.len() >= WAKE_BYTES;
+        // The flag is read under the buffer's lock. The writer sets it before it locks each
+        // buffer to look for lines, so either the writer finds this line or this thread reads
+        // the flag as set.
+        let sleeping = shared.sleeping.load(Ordering::Relaxed);
+        drop(buffer);
+        if crossed || (sleeping && shared.sleeping.swap(false, Ordering::Relaxed)) {
+            shared.writer.unpark();
+        }
+    }
+
+    /// Returns how many lines were dropped because stdout did not keep up.
+    #[cfg(test)]
+    fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes every buffered line and stops the writer thread. Lines pushed afterwards stay
+    /// in their buffers.
+    pub(crate) fn close(&self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::Release);
+        shared.writer.unpark();
+        let handle = shared
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Returns the buffer index of the calling thread, assigned on its first line.
+fn buffer_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|index| {
+        if index.get() == usize::MAX {
+            index.set(NEXT.fetch_add(1, Ordering::Relaxed) % BUFFERS);
+        }
+        index.get()
+    })
+}
+
+/// Runs the writer thread: swaps each non-empty buffer for an empty one and writes it to `out`.
+fn write_lines<W: Write>(shared: &Shared, mut out: W) {
+    let mut spare = Vec::new();
+    let mut reported_drops = 0;
+    loop {
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        let mut wrote = false;
+        for buffer in &shared.buffers {
+            {
+                let mut lines = buffer.lock();
+                if lines.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut *lines, &mut spare);
+            }
+            // A closed or failing stdout loses the lines, and the gateway keeps serving.
+            let _ = out.write_all(&spare);
+            spare.clear();
+            wrote = true;
+        }
+        if wrote {
+            let _ = out.flush();
+        }
+        let dropped = shared.dropped.load(Ordering::Relaxed);
+        if dropped > reported_drops {
+            tracing::warn!(
+                lines = dropped - reported_drops,
+                "access lines dropped because stdout did not keep up"
+            );
+            reported_drops = dropped;
+        }
+        if stopping {
+            return;
+        }
+        if wrote {
+            std::thread::park_timeout(FLUSH_INTERVAL);
+            continue;
+        }
+        shared.sleeping.store(true, Ordering::Relaxed);
+        let waiting = shared
+            .buffers
+            .iter()
+            .any(|buffer| !buffer.lock().is_empty());
+        if waiting || shared.stopping.load(Ordering::Acquire) {
+            shared.sleeping.store(false, Ordering::Relaxed);
+        } else {
+            // A spurious wake-up only costs one more look at the buffers.
+            std::thread::park();
+        }
+    }
+}
+
+/// Appends `line` in `tracing`'s default text format.
+fn format_text(out: &mut Vec<u8>, line: &AccessLine<'_>) {
+    push_timestamp(out, line.time);
+    out.extend_from_slice(b"  INFO access: method=");
+    out.extend_from_slice(line.method.as_bytes());
+    out.extend_from_slice(b" path=");
+    push_quoted(out, line.path);
+    out.extend_from_slice(b" status=");
+    push_u64(out, u64::from(line.status));
+    out.extend_from_slice(b" latency_ms=");
+    push_millis(out, line.latency);
+    out.extend_from_slice(b" backend=");
+    push_quoted(out, line.backend.unwrap_or("-"));
+    out.extend_from_slice(b" client_ip=");
+    push_ip(out, line.client_ip);
+    out.extend_from_slice(b" request_id=");
+    push_quoted(out, line.request_id.unwrap_or("-"));
+    out.extend_from_slice(b" retried=");
+    push_bool(out, line.retried);
+    out.extend_from_slice(b" error=");
+    push_quoted(out, line.error.unwrap_or("-"));
+    out.extend_from_slice(b" completed=");
+    push_bool(out, line.completed);
+    out.push(b'\n');
+}
+
+/// Appends `line` as one JSON object, with the fields `--log-format json` gives other lines.
+fn format_json(out: &mut Vec<u8>, line: &AccessLine<'_>) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    push_timestamp(out, line.time);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"method\":");
+    push_quoted(out, line.method);
+    out.extend_from_slice(b",\"path\":");
+    push_quoted(out, line.path);
+    out.extend_from_slice(b",\"status\":");
+    push_u64(out, u64::from(line.status));
+    out.extend_from_slice(b",\"latency_ms\":");
+    push_millis(out, line.latency);
+    out.extend_from_slice(b",\"backend\":");
+    push_quoted(out, line.backend.unwrap_or("-"));
+    out.extend_from_slice(b",\"client_ip\":\"");
+    push_ip(out, line.client_ip);
+    out.extend_from_slice(b"\",\"request_id\":");
+    push_quoted(out, line.request_id.unwrap_or("-"));
+    out.extend_from_slice(b",\"retried\":");
+    push_bool(out, line.retried);
+    out.extend_from_slice(b",\"error\":");
+    push_quoted(out, line.error.unwrap_or("-"));
+    out.extend_from_slice(b",\"completed\":");
+    push_bool(out, line.completed);
+    out.extend_from_slice(b",\"target\":\"access\"}\n");
+}
+
+/// Appends `time` as RFC 3339 in UTC with microseconds, such as `2026-01-31T12:00:00.250000Z`.
+/// The date and time of day are formatted once per second per thread.
+fn push_timestamp(out: &mut Vec<u8>, time: SystemTime) {
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    let prefix = SECOND.with(|cached| {
+        let (cached_second, mut prefix) = cached.get();
+        if cached_second != second {
+            let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second))
+                .to_string();
+            // Years past 9999 have no RFC 3339 form, so such a clock shows a fixed date.
+            let bytes = text.as_bytes();
+            if bytes.len() == 20 {
+                prefix.copy_from_slice(&bytes[..19]);
+            } else {
+                prefix.copy_from_slice(b"9999-12-31T23:59:59");
+            }
+            cached.set((second, prefix));
+        }
+        prefix
+    });
+    out.extend_from_slice(&prefix);
+    out.push(b'.');
+    push_padded(out, u64::from(since_epoch.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// Appends `latency` in milliseconds with three decimals.
+fn push_millis(out: &mut Vec<u8>, latency: Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    push_u64(out, micros / 1000);
+    out.push(b'.');
+    push_padded(out, micros % 1000, 3);
+}
+
+fn push_bool(out: &mut Vec<u8>, value: bool) {
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
+
+/// Appends `value` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Appends `value` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut Vec<u8>, value: u64, width: usize) {
+    let start = out.len();
+    push_u64(out, value);
+    let written = out.len() - start;
+    if written < width {
+        let pad = width - written;
+        out.splice(start..start, std::iter::repeat_n(b'0', pad));
+    }
+}
+
+/// Appends the address, or `-` when there is none.
+fn push_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        Some(ip @ IpAddr::V6(_)) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+}
+
+/// Appends `text` in double quotes, escaping quotes, backslashes and control characters the
+/// way JSON does, so the same field reads back in both formats.
+fn push_quoted(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn sample() -> AccessLine<'static> {
+        AccessLine {
+            time: UNIX_EPOCH + Duration::from_micros(1_764_873_533_367_030),
+            method: "GET",
+            path: "/api/users/7",
+            status: 200,
+            latency: Duration::from_micros(2_616),
+            backend: Some("http://127.0.0.1:9001"),
+            client_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 12, 255))),
+            request_id: Some("abc"),
+            retried: false,
+            error: None,
+            completed: true,
+        }
+    }
+
+    /// A writer that keeps what it gets, for reading back in a test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn text_line_matches_log_format() {
+        let mut out = Vec::new();
+        format_text(&mut out, &sample());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2025-12-04T18:38:53.367030Z  INFO access: method=GET path=\"/api/users/7\" \
+             status=200 latency_ms=2.616 backend=\"http://127.0.0.1:9001\" \
+             client_ip=10.0.12.255 request_id=\"abc\" retried=false error=\"-\" \
+             completed=true\n"
+        );
+    }
+
+    #[test]
+    fn json_line_parses_back() {
+        let mut line = sample();
+        line.path = "/a\"b\\c\u{1}";
+        line.client_ip = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        line.backend = None;
+        line.error = Some("backend_timeout");
+        line.latency = Duration::from_micros(1_000_004);
+        let mut out = Vec::new();
+        format_json(&mut out, &line);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["timestamp"], "2025-12-04T18:38:53.367030Z");
+        assert_eq!(value["level"], "INFO");
+        assert_eq!(value["target"], "access");
+        assert_eq!(value["path"], "/a\"b\\c\u{1}");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["latency_ms"], 1000.004);
+        assert_eq!(value["client_ip"], "::1");
+        assert_eq!(value["backend"], "-");
+        assert_eq!(value["error"], "backend_timeout");
+        assert_eq!(value["completed"], true);
+    }
+
+    #[test]
+    fn numbers_keep_their_zeros() {
+        let mut out = Vec::new();
+        push_millis(&mut out, Duration::from_micros(7));
+        out.push(b' ');
+        push_millis(&mut out, Duration::from_micros(120_050));
+        out.push(b' ');
+        push_u64(&mut out, 0);
+        out.push(b' ');
+        push_u64(&mut out, u64::MAX);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0.007 120.050 0 18446744073709551615"
+        );
+    }
+
+    #[test]
+    fn timestamp_follows_the_second() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut out = Vec::new();
+        push_timestamp(&mut out, base + Duration::from_micros(5));
+        out.push(b' ');
+        push_timestamp(&mut out, base + Duration::from_micros(1_000_000));
+        out.push(b' ');
+        push_timestamp(&mut out, base + Duration::from_micros(999_999));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2023-11-14T22:13:20.000005Z 2023-11-14T22:13:21.000000Z \
+             2023-11-14T22:13:20.999999Z"
+        );
+    }
+
+    #[test]
+    fn writer_prints_every_line_once() {
+        let out = Captured::default();
+        let lines = AccessLines::start(LogFormat::Text, out.clone()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|thread| {
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    for n in 0..2_500 {
+                        let path = format!("/t{thread}/n{n}");
+                        let mut line = sample();
+                        line.path = &path;
+                        lines.push(&line);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        lines.close();
+        let text = out.text();
+        assert_eq!(text.lines().count(), 10_000);
+        for thread in 0..4 {
+            let paths: Vec<usize> = text
+                .lines()
+                .filter_map(|line| {
+                    let rest = line.split(&format!("path=\"/t{thread}/n")).nth(1)?;
+                    rest.split('"').next()?.parse().ok()
+                })
+                .collect();
+            assert_eq!(paths, (0..2_500).collect::<Vec<_>>(), "thread {thread}");
+        }
+        assert_eq!(lines.dropped(), 0);
+    }
+
+    #[test]
+    fn quiet_writer_wakes_for_one_line() {
+        let out = Captured::default();
+        let lines = AccessLines::start(LogFormat::Text, out.clone()).unwrap();
+        for round in 0..3 {
+            // Long enough for the writer to fall asleep between rounds.
+            std::thread::sleep(FLUSH_INTERVAL * 3);
+            let mut line = sample();
+            let path = format!("/round{round}");
+            line.path = &path;
+            lines.push(&line);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !out.text().contains(&path) {
+                assert!(std::time::Instant::now() < deadline, "{path} not written");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        lines.close();
+    }
+}
