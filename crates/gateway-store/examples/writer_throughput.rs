@@ -1,5 +1,6 @@
 //! Measures how fast the writer commits rows: queues 200,000 records, waits for the writer to
-//! commit them all, and prints rows per second.
+//! commit them all, and prints rows per second and the process's CPU time per row (user and
+//! system, all threads, read from `/proc/self/stat` on Linux).
 //!
 //! Run with `cargo run --release -p gateway-store --example writer_throughput`. The database
 //! goes to a temporary folder, removed at the end.
@@ -56,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
 
+    let cpu_before = cpu_ticks();
     let started = Instant::now();
     let writer = writer.spawn();
     for record in records {
@@ -64,18 +66,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queued_in = started.elapsed();
     let summary = writer.shutdown().await?;
     let elapsed = started.elapsed();
+    let cpu_after = cpu_ticks();
 
     let rows_per_second = summary.written as f64 / elapsed.as_secs_f64();
+    let cpu_us_per_row = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if summary.written > 0 => {
+            format!(
+                "{:.2}",
+                (after - before) as f64 * 1e6 / TICKS_PER_SECOND / summary.written as f64
+            )
+        }
+        _ => "unknown".to_owned(),
+    };
     println!(
-        "wrote {} rows in {:.3} s: {:.0} rows/s (batch_size {}, dropped {}, failed {}, \
-         queueing took {:.3} s)",
+        "wrote {} rows in {:.3} s: {:.0} rows/s, {} us of CPU per row (batch_size {}, \
+         dropped {}, failed {}, queueing took {:.3} s)",
         summary.written,
         elapsed.as_secs_f64(),
         rows_per_second,
+        cpu_us_per_row,
         config.batch_size,
         summary.dropped,
         summary.failed,
         queued_in.as_secs_f64(),
     );
     Ok(())
+}
+
+/// Clock ticks per second of `/proc/self/stat`, 100 on Linux unless the kernel was built
+/// otherwise.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Returns the process's user plus system time in clock ticks, or `None` off Linux.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
 }

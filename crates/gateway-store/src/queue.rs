@@ -4,9 +4,9 @@ use crate::writer::Writer;
 use crate::{RequestRecord, StoreError, connect};
 use gateway_config::RequestLogConfig;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 
 /// The request log's handle: queues records for the [`Writer`] without waiting.
 ///
@@ -16,6 +16,32 @@ use tokio::sync::mpsc::error::TrySendError;
 pub struct RequestLog {
     sender: mpsc::Sender<RequestRecord>,
     dropped: Arc<AtomicU64>,
+    /// Wakes the writer when enough records wait, so it is not woken for every record.
+    batch_ready: Arc<BatchReady>,
+    /// Half the queue: the writer is woken at this many records even when its batch needs
+    /// more, so the queue still has room while the writer catches up.
+    half_queue: usize,
+    /// Declared after `sender`, so the writer is woken only once every sender is gone.
+    _last_drop: Arc<WakeOnDrop>,
+}
+
+/// The signal between the senders and the writer while the writer fills a batch.
+#[derive(Debug)]
+pub(crate) struct BatchReady {
+    pub(crate) notify: Notify,
+    /// Records the writer still needs to fill its batch.
+    pub(crate) needed: AtomicUsize,
+}
+
+/// Wakes the writer when the last [`RequestLog`] is dropped, so that it commits what is
+/// queued and stops.
+#[derive(Debug)]
+struct WakeOnDrop(Arc<BatchReady>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.notify.notify_one();
+    }
 }
 
 impl RequestLog {
@@ -40,11 +66,18 @@ impl RequestLog {
         // tokio's bounded channel panics on a capacity of 0, which config validation rejects.
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let batch_ready = Arc::new(BatchReady {
+            notify: Notify::new(),
+            needed: AtomicUsize::new(config.batch_size.max(1)),
+        });
         let log = RequestLog {
             sender,
             dropped: Arc::clone(&dropped),
+            batch_ready: Arc::clone(&batch_ready),
+            half_queue: (config.queue_capacity / 2).max(1),
+            _last_drop: Arc::new(WakeOnDrop(Arc::clone(&batch_ready))),
         };
-        let writer = Writer::new(config, connection, receiver, dropped);
+        let writer = Writer::new(config, connection, receiver, dropped, batch_ready);
         Ok((log, writer))
     }
 
@@ -53,7 +86,12 @@ impl RequestLog {
     /// blocks of slots, but a send may allocate a new block while the queue grows.
     pub fn record(&self, record: RequestRecord) {
         match self.sender.try_send(record) {
-            Ok(()) => {}
+            Ok(()) => {
+                let needed = self.batch_ready.needed.load(Ordering::Relaxed);
+                if self.queued() >= needed.min(self.half_queue) {
+                    self.batch_ready.notify.notify_one();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }

@@ -1,5 +1,6 @@
 //! The writer task: drains the queue into SQLite in batches and deletes expired rows.
 
+use crate::queue::BatchReady;
 use crate::{RequestRecord, StoreError, insert, retention};
 use gateway_config::RequestLogConfig;
 use sqlx::Connection;
@@ -10,6 +11,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -31,6 +33,7 @@ pub struct Writer {
     connection: SqliteConnection,
     receiver: mpsc::Receiver<RequestRecord>,
     dropped: Arc<AtomicU64>,
+    batch_ready: Arc<BatchReady>,
     batch_size: usize,
     flush_interval: Duration,
     retention: Duration,
@@ -84,12 +87,14 @@ impl Writer {
         connection: SqliteConnection,
         receiver: mpsc::Receiver<RequestRecord>,
         dropped: Arc<AtomicU64>,
+        batch_ready: Arc<BatchReady>,
     ) -> Writer {
         Writer {
             path: config.database.clone(),
             connection,
             receiver,
             dropped,
+            batch_ready,
             batch_size: config.batch_size.max(1),
             flush_interval: config.flush_interval,
             retention: config.retention,
@@ -164,22 +169,30 @@ impl Writer {
                 break;
             }
 
-            // Wait for more records until the batch is full or has waited `flush_interval`.
-            let deadline = Instant::now() + self.flush_interval;
-            while batch.len() < self.batch_size {
-                let room = self.batch_size - batch.len();
+            // Wait until the batch is full or has waited `flush_interval`. The queue is read
+            // when a sender sees enough records waiting to fill the batch (or half the queue)
+            // or the time is up, so a busy gateway wakes this task about once per batch.
+            let mut deadline = pin!(tokio::time::sleep_until(
+                Instant::now() + self.flush_interval
+            ));
+            loop {
+                let open = take_queued(&mut self.receiver, &mut batch, self.batch_size);
+                if batch.len() >= self.batch_size || stopping || !open {
+                    break;
+                }
+                let needed = self.batch_size - batch.len();
+                self.batch_ready.needed.store(needed, Ordering::Relaxed);
                 tokio::select! {
                     biased;
-                    () = &mut shutdown, if !stopping => {
+                    () = &mut shutdown => {
                         self.receiver.close();
                         stopping = true;
                     }
-                    received = self.receiver.recv_many(&mut batch, room) => {
-                        if received == 0 {
-                            break;
-                        }
+                    () = self.batch_ready.notify.notified() => {}
+                    () = &mut deadline => {
+                        take_queued(&mut self.receiver, &mut batch, self.batch_size);
+                        break;
                     }
-                    () = tokio::time::sleep_until(deadline), if !stopping => break,
                 }
             }
 
@@ -250,6 +263,23 @@ impl Writer {
             }
         }
     }
+}
+
+/// Moves records that are already queued into `batch` until it contains `batch_size`, without
+/// waiting. Returns false when the queue is empty and every sender is gone.
+fn take_queued(
+    receiver: &mut mpsc::Receiver<RequestRecord>,
+    batch: &mut Vec<RequestRecord>,
+    batch_size: usize,
+) -> bool {
+    while batch.len() < batch_size {
+        match receiver.try_recv() {
+            Ok(record) => batch.push(record),
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 /// Rate-limits the warning about dropped records to one per flush interval.

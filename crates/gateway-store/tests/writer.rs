@@ -82,6 +82,50 @@ async fn full_batch_commits_before_interval() {
 }
 
 #[tokio::test]
+async fn batch_filled_while_running_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.batch_size = 10;
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    // The writer takes the first record and then waits for the other nine of its batch.
+    log.record(record(0, now_us()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 1..10 {
+        log.record(record(i, now_us()));
+        tokio::task::yield_now().await;
+    }
+
+    assert_eq!(wait_for_rows(&config.database, 10).await, 10);
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.written, 10);
+}
+
+#[tokio::test]
+async fn small_queue_drains_before_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.queue_capacity = 8;
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    // Far more records than the queue has room for, with a chance for the writer to run between
+    // them: it must take them from the queue although its batch of 512 never fills.
+    for i in 0..200 {
+        log.record(record(i, now_us()));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(log.dropped(), 0);
+
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.written, 200);
+    assert_eq!(count_rows(&config.database).await, 200);
+}
+
+#[tokio::test]
 async fn full_queue_drops_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
