@@ -253,3 +253,12 @@ fn evict_keeps_busy_clients() {
     // CLIENT still owes tokens, so its bucket must not have been reset.
     assert_eq!(allowed_count(&limiter, CLIENT, 100), 5);
 }
+
+#[test]
+fn ratelimit_value_fits_largest_numbers() {
+    assert_eq!(
+        super::ratelimit_value(u32::MAX, u64::MAX),
+        "\"default\";r=4294967295;t=18446744073709551615"
+    );
+    assert_eq!(super::ratelimit_value(0, 1), "\"default\";r=0;t=1");
+}
