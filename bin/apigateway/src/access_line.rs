@@ -6,7 +6,12 @@
 //! gateway makes one `write` per tens of kilobytes of lines and its request threads never touch
 //! stdout. The writer sleeps until the first line after a quiet period, then writes what has
 //! collected every [`FLUSH_INTERVAL`] while lines keep coming, or sooner when a buffer passes
-//! [`WAKE_BYTES`]. A line reaches stdout at most one interval after its request ended.
+//! [`WAKE_BYTES`]. A line reaches stdout at most one interval after its request ended, unless
+//! stdout blocks.
+//!
+//! The writer thread runs as long as the process. The code that stops the gateway calls
+//! [`AccessLines::flush`], which waits a bounded time, so an unread stdout cannot keep the
+//! process from exiting.
 //!
 //! The text format is the one the rest of the gateway's log lines use (`tracing`'s default
 //! format); the JSON format matches `--log-format json`.
@@ -17,8 +22,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::thread::Thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Maximum time a line waits in a buffer while lines keep coming.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -33,6 +38,9 @@ const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
 /// Buffers that request threads spread over. Threads are assigned round-robin, so up to this
 /// many runtime workers never share one.
 const BUFFERS: usize = 16;
+
+/// A buffer that grew past this while stdout was blocked is not kept for reuse.
+const KEEP_CAPACITY: usize = 4 * WAKE_BYTES;
 
 /// One finished request as its access line shows it.
 #[derive(Debug)]
@@ -54,7 +62,7 @@ pub(crate) struct AccessLine<'a> {
 /// The handle request threads write access lines through. Cloning is cheap, and every clone
 /// feeds the same writer thread.
 #[derive(Debug, Clone)]
-pub(crate) struct AccessLines {
+pub struct AccessLines {
     shared: Arc<Shared>,
 }
 
@@ -64,10 +72,10 @@ struct Shared {
     buffers: [Padded; BUFFERS],
     /// True while the writer waits without a timeout for the first line.
     sleeping: AtomicBool,
-    stopping: AtomicBool,
+    /// True from before the writer swaps buffers out until their lines are written.
+    writing: AtomicBool,
     dropped: AtomicU64,
     writer: Thread,
-    handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A buffer on a cache line of its own, so that threads appending to neighbouring buffers do
@@ -84,20 +92,21 @@ impl Padded {
 }
 
 impl AccessLines {
-    /// Starts the writer thread, which writes lines in `format` to `out`.
+    /// Starts the writer thread, which writes lines in `format` to `out` for as long as the
+    /// process runs.
     ///
     /// # Errors
     ///
     /// Returns the error of spawning the thread.
-    pub(crate) fn start<W>(format: LogFormat, out: W) -> std::io::Result<AccessLines>
+    pub fn start<W>(format: LogFormat, out: W) -> std::io::Result<AccessLines>
     where
         W: Write + Send + 'static,
     {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
+        let (shared_tx, shared_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
         let handle = std::thread::Builder::new()
             .name("access-log".to_owned())
             .spawn(move || {
-                if let Ok(shared) = handle_rx.recv() {
+                if let Ok(shared) = shared_rx.recv() {
                     write_lines(&shared, out);
                 }
             })?;
@@ -105,14 +114,12 @@ impl AccessLines {
             format,
             buffers: Default::default(),
             sleeping: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             writer: handle.thread().clone(),
-            handle: Mutex::new(None),
         });
-        *shared.handle.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
-        // A failed send means the thread has already exited, and `close` joins it.
-        let _ = handle_tx.send(Arc::clone(&shared));
+        // The thread waits for this before its loop, so it is still there to receive it.
+        let _ = shared_tx.send(Arc::clone(&shared));
         Ok(AccessLines { shared })
     }
 
@@ -148,19 +155,24 @@ impl AccessLines {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Writes every buffered line and stops the writer thread. Lines pushed afterwards stay
-    /// in their buffers.
-    pub(crate) fn close(&self) {
-        let shared = &self.shared;
-        shared.stopping.store(true, Ordering::Release);
+    /// Wakes the writer and waits until every line pushed so far is written, or `timeout`
+    /// passes, as it does while stdout blocks. Returns whether everything was written.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let shared = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        shared.sleeping.store(false, Ordering::Relaxed);
         shared.writer.unpark();
-        let handle = shared
-            .handle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        loop {
+            // Buffers first, then the flag: the writer sets the flag before it swaps a buffer
+            // out, so an emptied buffer with the flag clear means its lines are written.
+            let empty = shared.buffers.iter().all(|buffer| buffer.lock().is_empty());
+            if empty && !shared.writing.load(Ordering::SeqCst) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -184,7 +196,7 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
     let mut spare = Vec::new();
     let mut reported_drops = 0;
     loop {
-        let stopping = shared.stopping.load(Ordering::Acquire);
+        shared.writing.store(true, Ordering::SeqCst);
         let mut wrote = false;
         for buffer in &shared.buffers {
             {
@@ -197,11 +209,16 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             // A closed or failing stdout loses the lines, and the gateway keeps serving.
             let _ = out.write_all(&spare);
             spare.clear();
+            if spare.capacity() > KEEP_CAPACITY {
+                spare = Vec::new();
+            }
             wrote = true;
         }
         if wrote {
             let _ = out.flush();
         }
+        shared.writing.store(false, Ordering::SeqCst);
+
         let dropped = shared.dropped.load(Ordering::Relaxed);
         if dropped > reported_drops {
             tracing::warn!(
@@ -209,9 +226,6 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
                 "access lines dropped because stdout did not keep up"
             );
             reported_drops = dropped;
-        }
-        if stopping {
-            return;
         }
         if wrote {
             std::thread::park_timeout(FLUSH_INTERVAL);
@@ -222,7 +236,7 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             .buffers
             .iter()
             .any(|buffer| !buffer.lock().is_empty());
-        if waiting || shared.stopping.load(Ordering::Acquire) {
+        if waiting {
             shared.sleeping.store(false, Ordering::Relaxed);
         } else {
             // A spurious wake-up only costs one more look at the buffers.
@@ -532,7 +546,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        lines.close();
+        assert!(lines.flush(Duration::from_secs(5)));
         let text = out.text();
         assert_eq!(text.lines().count(), 10_000);
         for thread in 0..4 {
@@ -565,6 +579,5 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        lines.close();
     }
 }

@@ -1,5 +1,6 @@
 //! Everything built once from the configuration and shared by every connection.
 
+use crate::access_line::AccessLines;
 use gateway_config::{Config, RateLimitConfig, RouteConfig};
 use gateway_middleware::client_ip::TrustedProxies;
 use gateway_middleware::cors::{Cors, CorsLayer, CorsPolicy};
@@ -48,6 +49,8 @@ pub struct Gateway {
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) request_log: OnceLock<RequestLogState>,
+    /// The writer of access lines, when they are on.
+    pub(crate) access_lines: Option<AccessLines>,
 }
 
 /// The open request log: the queue the request path writes to and a reader for the admin
@@ -109,7 +112,16 @@ impl Gateway {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             request_log: OnceLock::new(),
+            access_lines: None,
         })
+    }
+
+    /// Prints an access line for every request through `lines`. Without this call the
+    /// gateway prints none, whatever the value of `logging.access_log`, because the caller
+    /// decides where stdout goes and how the log filter applies.
+    pub fn with_access_lines(mut self, lines: AccessLines) -> Gateway {
+        self.access_lines = Some(lines);
+        self
     }
 
     /// Returns the configuration the gateway was built from.

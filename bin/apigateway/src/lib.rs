@@ -10,21 +10,24 @@
 //! - `router`: the innermost service, which handles admin paths and dispatches to routes.
 //! - `admin`: `/health` and `/admin/*`.
 //! - `access`: the timing hook that prints the access line and records the request.
-//! - `access_line`: the access line's format and the thread that writes it to stdout.
+//! - [`access_line`]: the access line's format and the thread that writes it to stdout.
 //! - [`server`]: the accept loop, connections, timeouts and draining.
 //! - [`cli`]: command-line arguments.
 //! - [`inspect`]: the `logs` and `stats` commands that read the request log.
 
+pub mod access_line;
 pub mod app;
 pub mod cli;
 pub mod inspect;
 pub mod server;
 
 mod access;
-mod access_line;
 mod admin;
 mod deadline;
 pub mod router;
 
+pub use access_line::AccessLines;
 pub use app::{BuildError, Gateway};
-pub use server::{InnerService, Router, ServeError, ServeOutcome, serve, serve_with};
+pub use server::{
+    ACCESS_FLUSH_TIMEOUT, InnerService, Router, ServeError, ServeOutcome, serve, serve_with,
+};

@@ -3,7 +3,7 @@
 
 use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
 use apigateway::inspect::InspectError;
-use apigateway::{Gateway, ServeError, serve};
+use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve};
 use clap::Parser;
 use gateway_config::{Config, ConfigError, LogFormat};
 use std::io::ErrorKind;
@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 // The request path allocates and frees small buffers and header values from several tasks;
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
         return inspect(&cli, command);
     }
 
-    let mut config = match Config::load(&cli.config) {
+    let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("apigateway: {error}");
@@ -54,8 +55,6 @@ fn main() -> ExitCode {
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => config.logging.format,
     };
-    // The access line writer reads the format from the configuration.
-    config.logging.format = format;
     let _log_guard = match init_logging(format, &config.logging.level) {
         Ok(guard) => guard,
         Err(message) => {
@@ -64,6 +63,21 @@ fn main() -> ExitCode {
         }
     };
     gateway_middleware::catch_panic::install_panic_hook();
+
+    // Access lines bypass the subscriber, so its filter is asked once here: a level above
+    // info, or a directive that silences the `access` target, turns them off.
+    let access_lines =
+        if config.logging.access_log && tracing::enabled!(target: "access", tracing::Level::INFO) {
+            match AccessLines::start(format, std::io::stdout()) {
+                Ok(lines) => Some(lines),
+                Err(error) => {
+                    tracing::error!(%error, "failed to start the access log writer thread");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
 
     let workers = config
         .server
@@ -87,15 +101,30 @@ fn main() -> ExitCode {
         }
     };
 
-    runtime.block_on(run(config, &cli.config, workers))
+    let code = runtime.block_on(run(config, &cli.config, workers, access_lines.clone()));
+    // Requests cut off at the drain deadline end when the runtime drops their connections,
+    // and their access lines are written after that.
+    runtime.shutdown_timeout(ACCESS_FLUSH_TIMEOUT);
+    if let Some(lines) = access_lines {
+        lines.flush(ACCESS_FLUSH_TIMEOUT);
+    }
+    code
 }
 
-async fn run(config: Config, config_path: &Path, workers: usize) -> ExitCode {
+async fn run(
+    config: Config,
+    config_path: &Path,
+    workers: usize,
+    access_lines: Option<AccessLines>,
+) -> ExitCode {
     let host = config.server.host.clone();
     let port = config.server.port;
     let database = config.request_log.database.clone();
     let gateway = match Gateway::new(config) {
-        Ok(gateway) => Arc::new(gateway),
+        Ok(gateway) => match access_lines.clone() {
+            Some(lines) => Arc::new(gateway.with_access_lines(lines)),
+            None => Arc::new(gateway),
+        },
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "failed to build the gateway");
             return ExitCode::FAILURE;
@@ -128,6 +157,10 @@ async fn run(config: Config, config_path: &Path, workers: usize) -> ExitCode {
             signal = name,
             "second stop signal received, stopping at once"
         );
+        // The lines of requests that already finished are still written, briefly.
+        if let Some(lines) = access_lines {
+            lines.flush(SECOND_SIGNAL_FLUSH_TIMEOUT);
+        }
         std::process::exit(130);
     });
 
@@ -255,6 +288,9 @@ async fn wait_for_signal() -> &'static str {
         "ctrl-c"
     }
 }
+
+/// Maximum time a second stop signal waits for buffered access lines before the process exits.
+const SECOND_SIGNAL_FLUSH_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Size of the buffer between the log writer thread and stdout.
 const STDOUT_BUFFER_BYTES: usize = 64 * 1024;

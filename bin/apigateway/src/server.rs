@@ -62,6 +62,10 @@ impl<S> InnerService for S where
 {
 }
 
+/// Maximum time a stop waits for buffered access lines to reach stdout, so that an unread
+/// stdout cannot keep the gateway from exiting.
+pub const ACCESS_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The outcome of a server run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOutcome {
@@ -86,10 +90,6 @@ pub enum ServeError {
     /// The request log database could not be opened.
     #[error("failed to open the request log")]
     RequestLog(#[from] gateway_store::StoreError),
-
-    /// The thread that writes access lines could not be started.
-    #[error("failed to start the access log writer")]
-    AccessLog(#[source] std::io::Error),
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then drains.
@@ -149,20 +149,7 @@ where
     };
     let request_log = gateway.request_log.get().map(|state| state.log.clone());
     tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
-    // Access lines bypass the subscriber, so its filter is asked once here: a level above
-    // info, or a directive that silences the `access` target, turns them off.
-    let access_lines = if gateway.config.logging.access_log
-        && tracing::enabled!(target: "access", tracing::Level::INFO)
-    {
-        let lines = AccessLines::start(gateway.config.logging.format, std::io::stdout())
-            .map_err(ServeError::AccessLog)?;
-        Some(lines)
-    } else {
-        None
-    };
-    // Writes what is buffered and stops the writer thread however this function returns.
-    let _close_access_lines = access_lines.clone().map(CloseOnDrop);
-    let hook = AccessHook::new(access_lines, request_log);
+    let hook = AccessHook::new(gateway.access_lines.clone(), request_log);
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
     let stack: Stack<L::Service> =
         RequestIdLayer.layer(TimingLayer::new(hook).layer(CatchPanicLayer.layer(router)));
@@ -274,7 +261,24 @@ where
             Err(error) => tracing::error!(%error, "request log writer failed"),
         }
     }
+
+    // The lines of the requests served so far go out before the caller reports the stop.
+    if let Some(lines) = gateway.access_lines.clone() {
+        flush_access_lines(lines).await;
+    }
     Ok(outcome)
+}
+
+/// Waits up to [`ACCESS_FLUSH_TIMEOUT`] for buffered access lines to reach stdout, on a blocking
+/// thread, so that the runtime still handles a second stop signal meanwhile.
+async fn flush_access_lines(lines: AccessLines) {
+    let flushed = tokio::task::spawn_blocking(move || lines.flush(ACCESS_FLUSH_TIMEOUT)).await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::warn!(
+            timeout = ?ACCESS_FLUSH_TIMEOUT,
+            "access lines not all written before the stop, stdout is blocked"
+        );
+    }
 }
 
 /// Opens the request log's queue, writer and reader.
@@ -342,15 +346,6 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
         this.deadline.set(*this.deadline_at);
         let deadline = Arc::clone(this.deadline);
         Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
-    }
-}
-
-/// Closes the access log's writer thread when dropped, writing the lines still buffered.
-struct CloseOnDrop(AccessLines);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
     }
 }
 
