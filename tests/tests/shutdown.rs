@@ -133,6 +133,15 @@ async fn second_signal_stops_at_once() {
         .wait_exit(Duration::from_secs(2))
         .expect("gateway exits within 2 s of the second SIGTERM");
     assert!(!status.success(), "exit status {status}");
+    // The warning is queued for the log writer thread just before the exit, and still
+    // reaches stdout.
+    assert!(
+        gateway
+            .wait_for_line(&["second stop signal received"], Duration::from_secs(2))
+            .is_some(),
+        "no warning line for the second SIGTERM: {:?}",
+        gateway.lines()
+    );
 }
 
 #[tokio::test]

@@ -10,8 +10,9 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 // The request path allocates and frees small buffers and header values from several tasks;
@@ -55,8 +56,8 @@ fn main() -> ExitCode {
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => config.logging.format,
     };
-    let _log_guard = match init_logging(format, &config.logging.level) {
-        Ok(guard) => guard,
+    match init_logging(format, &config.logging.level) {
+        Ok(guard) => *LOG_GUARD.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard),
         Err(message) => {
             eprintln!("apigateway: RUST_LOG: {message}");
             return ExitCode::from(2);
@@ -64,6 +65,13 @@ fn main() -> ExitCode {
     };
     gateway_middleware::catch_panic::install_panic_hook();
 
+    let code = serve_config(config, &cli.config, format);
+    flush_log();
+    code
+}
+
+/// Starts the access line writer and the runtime, and serves `config` until a stop signal.
+fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> ExitCode {
     // Access lines bypass the subscriber, so its filter is asked once here: a level above
     // info, or a directive that silences the `access` target, turns them off.
     let access_lines =
@@ -101,7 +109,7 @@ fn main() -> ExitCode {
         }
     };
 
-    let code = runtime.block_on(run(config, &cli.config, workers, access_lines.clone()));
+    let code = runtime.block_on(run(config, config_path, workers, access_lines.clone()));
     // Requests cut off at the drain deadline end when the runtime drops their connections,
     // and their access lines are written after that.
     runtime.shutdown_timeout(ACCESS_FLUSH_TIMEOUT);
@@ -161,6 +169,7 @@ async fn run(
         if let Some(lines) = access_lines {
             lines.flush(SECOND_SIGNAL_FLUSH_TIMEOUT);
         }
+        flush_log();
         std::process::exit(130);
     });
 
@@ -287,6 +296,22 @@ async fn wait_for_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "ctrl-c"
     }
+}
+
+/// The log writer thread's guard, kept here rather than on `main`'s stack so that an exit
+/// without unwinding can still write the queued log lines through [`flush_log`].
+static LOG_GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Writes the log lines still queued for stdout and stops the log writer thread. Later log
+/// lines are lost, so this runs just before the process exits.
+fn flush_log() {
+    // Dropping the guard waits, for a bounded time, until the writer thread has written
+    // every queued line.
+    let guard = LOG_GUARD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    drop(guard);
 }
 
 /// Maximum time a second stop signal waits for buffered access lines before the process exits.
