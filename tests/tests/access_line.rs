@@ -180,6 +180,7 @@ async fn cut_off_request_gets_access_line() {
     let line = line.unwrap_or_else(|| panic!("no access line for the cut-off request:\n{output}"));
     assert!(line.contains("status=499"), "{line}");
     assert!(line.contains("completed=false"), "{line}");
+    assert!(line.contains("error=\"shutdown\""), "{line}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, header};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 /// Status recorded for a request that ended before any response.
@@ -26,6 +27,8 @@ pub(crate) struct AccessHook {
 struct Shared {
     access_lines: Option<AccessLines>,
     request_log: Option<RequestLog>,
+    /// Set when the stop cuts off the requests still in flight at the drain deadline.
+    stopped: AtomicBool,
 }
 
 impl AccessHook {
@@ -39,8 +42,15 @@ impl AccessHook {
             shared: Arc::new(Shared {
                 access_lines,
                 request_log,
+                stopped: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Marks requests that end without a response from now on as cut off by the stop rather
+    /// than by their client.
+    pub(crate) fn mark_stopped(&self) {
+        self.shared.stopped.store(true, Ordering::Relaxed);
     }
 }
 
@@ -124,7 +134,11 @@ impl RequestHook for AccessHook {
             // No response was made: the client closed the connection first, or the drain
             // deadline cut it off. 499 is the status NGINX logs for this case.
             state.status = CLIENT_CLOSED_REQUEST;
-            state.error_kind = Some("client_closed");
+            state.error_kind = if self.shared.stopped.load(Ordering::Relaxed) {
+                Some("shutdown")
+            } else {
+                Some("client_closed")
+            };
         }
         if let Some(lines) = &self.shared.access_lines {
             lines.push(&AccessLine {

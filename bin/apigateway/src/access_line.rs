@@ -74,6 +74,8 @@ struct Shared {
     sleeping: AtomicBool,
     /// True from before the writer swaps buffers out until their lines are written.
     writing: AtomicBool,
+    /// True once a flush gave up because stdout blocked.
+    blocked: AtomicBool,
     dropped: AtomicU64,
     writer: Thread,
 }
@@ -115,6 +117,7 @@ impl AccessLines {
             buffers: Default::default(),
             sleeping: AtomicBool::new(false),
             writing: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             writer: handle.thread().clone(),
         });
@@ -149,6 +152,11 @@ impl AccessLines {
         }
     }
 
+    /// Returns whether a flush gave up because stdout blocked.
+    pub fn stdout_blocked(&self) -> bool {
+        self.shared.blocked.load(Ordering::Relaxed)
+    }
+
     /// Returns how many lines were dropped because stdout did not keep up.
     #[cfg(test)]
     fn dropped(&self) -> u64 {
@@ -156,9 +164,14 @@ impl AccessLines {
     }
 
     /// Wakes the writer and waits until every line pushed so far is written, or `timeout`
-    /// passes, as it does while stdout blocks. Returns whether everything was written.
+    /// passes, as it does while stdout blocks. Returns whether everything was written. Once a
+    /// flush has given up, later ones return false at once while the writer is still stuck,
+    /// so a stop that flushes several times waits only once.
     pub fn flush(&self, timeout: Duration) -> bool {
         let shared = &*self.shared;
+        if shared.blocked.load(Ordering::Relaxed) && shared.writing.load(Ordering::SeqCst) {
+            return false;
+        }
         let deadline = Instant::now() + timeout;
         shared.sleeping.store(false, Ordering::Relaxed);
         shared.writer.unpark();
@@ -170,6 +183,7 @@ impl AccessLines {
                 return true;
             }
             if Instant::now() >= deadline {
+                shared.blocked.store(true, Ordering::Relaxed);
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));

@@ -67,13 +67,20 @@ fn main() -> ExitCode {
     };
     gateway_middleware::catch_panic::install_panic_hook();
 
-    let code = serve_config(config, &cli.config, format);
-    flush_log();
+    let (code, stdout_blocked) = serve_config(config, &cli.config, format);
+    if stdout_blocked {
+        // The log writer thread is stuck on the same stdout: waiting for it would only add
+        // its own timeout to the stop.
+        abandon_log();
+    } else {
+        flush_log();
+    }
     code
 }
 
 /// Starts the access line writer and the runtime, and serves `config` until a stop signal.
-fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> ExitCode {
+/// Returns the exit code and whether stdout blocked the access lines at the stop.
+fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitCode, bool) {
     // Access lines bypass the subscriber, so its filter is asked once here: a level above
     // info, or a directive that silences the `access` target, turns them off.
     let access_lines =
@@ -82,7 +89,7 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> ExitCo
                 Ok(lines) => Some(lines),
                 Err(error) => {
                     tracing::error!(%error, "failed to start the access log writer thread");
-                    return ExitCode::FAILURE;
+                    return (ExitCode::FAILURE, false);
                 }
             }
         } else {
@@ -107,7 +114,7 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> ExitCo
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "failed to start the async runtime");
-            return ExitCode::FAILURE;
+            return (ExitCode::FAILURE, false);
         }
     };
 
@@ -115,10 +122,11 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> ExitCo
     // Requests cut off at the drain deadline end when the runtime drops their connections,
     // and their access lines are written after that.
     runtime.shutdown_timeout(ACCESS_FLUSH_TIMEOUT);
-    if let Some(lines) = access_lines {
-        lines.flush(ACCESS_FLUSH_TIMEOUT);
-    }
-    code
+    let stdout_blocked = match access_lines {
+        Some(lines) => !lines.flush(ACCESS_FLUSH_TIMEOUT) && lines.stdout_blocked(),
+        None => false,
+    };
+    (code, stdout_blocked)
 }
 
 async fn run(
@@ -168,10 +176,13 @@ async fn run(
             "second stop signal received, stopping at once"
         );
         // The lines of requests that already finished are still written, briefly.
-        if let Some(lines) = access_lines {
-            lines.flush(SECOND_SIGNAL_FLUSH_TIMEOUT);
+        let stdout_blocked =
+            access_lines.is_some_and(|lines| !lines.flush(SECOND_SIGNAL_FLUSH_TIMEOUT));
+        if stdout_blocked {
+            abandon_log();
+        } else {
+            flush_log();
         }
-        flush_log();
         std::process::exit(130);
     });
 
@@ -314,6 +325,16 @@ fn flush_log() {
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     drop(guard);
+}
+
+/// Leaves the log writer thread and its queued lines to end with the process, without waiting.
+fn abandon_log() {
+    let guard = LOG_GUARD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    // Dropping the guard would wait for the stuck thread. The process exits right after.
+    std::mem::forget(guard);
 }
 
 /// Maximum time a second stop signal waits for buffered access lines before the process exits.

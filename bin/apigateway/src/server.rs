@@ -152,7 +152,7 @@ where
     let hook = AccessHook::new(gateway.access_lines.clone(), request_log);
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
     let stack: Stack<L::Service> =
-        RequestIdLayer.layer(TimingLayer::new(hook).layer(CatchPanicLayer.layer(router)));
+        RequestIdLayer.layer(TimingLayer::new(hook.clone()).layer(CatchPanicLayer.layer(router)));
 
     // Background tasks stop when this flips to true, after the connections drained.
     let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
@@ -166,7 +166,12 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
 
+    // Connection tasks live in a set, so that the ones still running at the drain deadline
+    // can be ended while the request log still takes their rows.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Finished tasks are taken out as new connections arrive, so the set stays small.
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -194,7 +199,7 @@ where
         let connection = graceful.watch(http.serve_connection(io, service));
         let open = Arc::clone(&open);
         open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 result = &mut connection => {
@@ -241,6 +246,11 @@ where
                 timeout = ?shutdown_timeout,
                 "shutdown timeout passed, cutting off in-flight requests"
             );
+            // Ending the tasks drops their requests, which then report to the access line
+            // and the request log as cut off by the stop.
+            hook.mark_stopped();
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
             ServeOutcome { cut_off }
         }
     };

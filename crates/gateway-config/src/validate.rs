@@ -145,14 +145,38 @@ impl Config {
         }
         if log.batch_size == 0 {
             problems.push("request_log.batch_size", "must be at least 1, got 0");
+        } else if log.batch_size > MAX_BATCH_SIZE {
+            problems.push(
+                "request_log.batch_size",
+                format!(
+                    "must be at most {MAX_BATCH_SIZE}, got {}: a larger transaction holds the \
+                     database lock longer and writes no faster",
+                    log.batch_size
+                ),
+            );
         }
         if log.queue_capacity == 0 {
             problems.push("request_log.queue_capacity", "must be at least 1, got 0");
+        } else if log.queue_capacity > MAX_QUEUE_CAPACITY {
+            problems.push(
+                "request_log.queue_capacity",
+                format!(
+                    "must be at most {MAX_QUEUE_CAPACITY}, got {}: a full queue that size \
+                     holds gigabytes of rows",
+                    log.queue_capacity
+                ),
+            );
         }
         problems.positive("request_log.flush_interval", log.flush_interval);
         problems.positive("request_log.retention", log.retention);
     }
 }
+
+/// Largest `request_log.batch_size` accepted.
+const MAX_BATCH_SIZE: usize = 100_000;
+
+/// Largest `request_log.queue_capacity` accepted. A queued row takes about 200 bytes.
+const MAX_QUEUE_CAPACITY: usize = 10_000_000;
 
 fn conflicting_route(router: &matchit::Router<usize>, pattern: &str) -> Option<usize> {
     // A literal version of the pattern finds the route that already claims it.

@@ -219,6 +219,28 @@ routes:
 }
 
 #[test]
+fn huge_request_log_sizes_rejected() {
+    let text = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+request_log:
+  batch_size: 100000000
+  queue_capacity: 100000000000
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("request_log.batch_size: must be at most 100000,"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("request_log.queue_capacity: must be at most 10000000,"),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn health_timeout_longer_than_interval_rejected() {
     let text = r#"
 routes:

@@ -31,6 +31,8 @@ pub(crate) struct BatchReady {
     pub(crate) notify: Notify,
     /// Records the writer still needs to fill its batch.
     pub(crate) needed: AtomicUsize,
+    /// Records the writer has taken from the queue and not yet committed.
+    pub(crate) in_batch: AtomicUsize,
 }
 
 /// Wakes the writer when the last [`RequestLog`] is dropped, so that it commits what is
@@ -69,6 +71,7 @@ impl RequestLog {
         let batch_ready = Arc::new(BatchReady {
             notify: Notify::new(),
             needed: AtomicUsize::new(config.batch_size.max(1)),
+            in_batch: AtomicUsize::new(0),
         });
         let log = RequestLog {
             sender,
@@ -88,7 +91,7 @@ impl RequestLog {
         match self.sender.try_send(record) {
             Ok(()) => {
                 let needed = self.batch_ready.needed.load(Ordering::Relaxed);
-                if self.queued() >= needed.min(self.half_queue) {
+                if self.in_queue() >= needed.min(self.half_queue) {
                     self.batch_ready.notify.notify_one();
                 }
             }
@@ -104,8 +107,13 @@ impl RequestLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Returns how many records wait in the queue.
+    /// Returns how many records wait to be committed: in the queue, and taken by the writer
+    /// for its current batch.
     pub fn queued(&self) -> usize {
+        self.in_queue() + self.batch_ready.in_batch.load(Ordering::Relaxed)
+    }
+
+    fn in_queue(&self) -> usize {
         self.sender.max_capacity() - self.sender.capacity()
     }
 }

@@ -136,7 +136,8 @@ impl Writer {
         let mut stopping = false;
         let mut summary = WriteSummary::default();
         let mut drops = DropWarnings::new(self.flush_interval);
-        let mut batch = Vec::with_capacity(self.batch_size);
+        // Room for a default batch up front, and more only when that many rows arrive.
+        let mut batch = Vec::with_capacity(self.batch_size.min(1024));
 
         // The first tick completes at once, so expired rows go when the writer starts.
         let mut retention_timer = tokio::time::interval(self.retention_interval);
@@ -170,13 +171,16 @@ impl Writer {
             }
 
             // Wait until the batch is full or has waited `flush_interval`. The queue is read
-            // when a sender sees enough records waiting to fill the batch (or half the queue)
+            // when a sender finds enough records waiting to fill the batch (or half the queue)
             // or the time is up, so a busy gateway wakes this task about once per batch.
             let mut deadline = pin!(tokio::time::sleep_until(
                 Instant::now() + self.flush_interval
             ));
             loop {
                 let open = take_queued(&mut self.receiver, &mut batch, self.batch_size);
+                self.batch_ready
+                    .in_batch
+                    .store(batch.len(), Ordering::Relaxed);
                 if batch.len() >= self.batch_size || stopping || !open {
                     break;
                 }
@@ -196,7 +200,11 @@ impl Writer {
                 }
             }
 
+            self.batch_ready
+                .in_batch
+                .store(batch.len(), Ordering::Relaxed);
             self.write_batch(&mut batch, &mut summary).await;
+            self.batch_ready.in_batch.store(0, Ordering::Relaxed);
             drops.warn_if_due(&self.dropped, &self.path, false);
         }
 

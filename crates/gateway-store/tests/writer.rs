@@ -104,6 +104,26 @@ async fn batch_filled_while_running_commits() {
 }
 
 #[tokio::test]
+async fn queued_counts_rows_in_writer_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    for i in 0..5 {
+        log.record(record(i, now_us()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The writer has taken the records into its batch, which waits for the interval.
+    assert_eq!(log.queued(), 5);
+
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.written, 5);
+    assert_eq!(log.queued(), 0);
+}
+
+#[tokio::test]
 async fn small_queue_drains_before_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
