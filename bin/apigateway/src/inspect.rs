@@ -172,7 +172,12 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
             entry.client_ip.as_deref().unwrap_or("-"),
         );
     }
-    let _ = writeln!(out, "{} requests", entries.len());
+    let noun = if entries.len() == 1 {
+        "request"
+    } else {
+        "requests"
+    };
+    let _ = writeln!(out, "{} {noun}", entries.len());
     Ok(out)
 }
 
