@@ -1,6 +1,6 @@
-//! The access line as a user reads it on the gateway's stdout: the JSON format, one line per
-//! request up to a clean stop, the log level that turns the lines off, a request cut off at
-//! the drain deadline, and an unread stdout.
+//! The access line as a user reads it on the gateway's stdout. The tests cover the JSON format,
+//! one line per request up to a clean stop, and the log level that turns the lines off. They
+//! also cover a request cut off at the drain deadline and a stdout that is never read.
 
 use bytes::Bytes;
 use gateway_tests::{

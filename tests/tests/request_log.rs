@@ -982,9 +982,9 @@ async fn readers_agree_with_traffic() {
         "logs --limit 5 shows the newest"
     );
 
-    let one = run_cli(dir, &["logs", "--database", db, "--limit", "1"]);
-    let text = String::from_utf8_lossy(&one.stdout);
-    assert!(one.status.success(), "logs --limit 1: {text}");
+    let single = run_cli(dir, &["logs", "--database", db, "--limit", "1"]);
+    let text = String::from_utf8_lossy(&single.stdout);
+    assert!(single.status.success(), "logs --limit 1: {text}");
     assert!(
         text.ends_with("\n1 request\n"),
         "logs --limit 1 total line: {text}"
