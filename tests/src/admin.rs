@@ -1,8 +1,12 @@
 //! Reading backend state from the gateway's `/admin/backends` endpoint.
 
-use crate::client::get;
+use crate::client::{Reply, get, request};
+use crate::process::{GatewayProcess, MockProcess};
+use bytes::Bytes;
+use http::Method;
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 /// Fetches every backend entry of every route from `GET /admin/backends`.
 ///
@@ -62,5 +66,33 @@ pub async fn wait_for_health(
             return Err(entry);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a GET of `path_and_query` on `gateway`, which should make `mock` hold it (with a
+/// `delay` parameter), and returns once the gateway counts it in flight to that backend.
+///
+/// # Panics
+///
+/// Panics when the request is not in flight within 5 seconds.
+pub async fn start_slow_request(
+    gateway: &GatewayProcess,
+    mock: &MockProcess,
+    path_and_query: &str,
+) -> JoinHandle<Result<Reply, hyper_util::client::legacy::Error>> {
+    let url = format!("{}{path_and_query}", gateway.url);
+    let task = tokio::spawn(async move { request(Method::GET, &url, &[], Bytes::new()).await });
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let entry = backend_state(&gateway.url, &mock.url).await;
+        if entry["in_flight"] == 1 {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path_and_query} not in flight after 5 s: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

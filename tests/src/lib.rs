@@ -11,7 +11,7 @@ mod client;
 mod process;
 mod raw;
 
-pub use admin::{admin_backends, backend_state, wait_for_health};
+pub use admin::{admin_backends, backend_state, start_slow_request, wait_for_health};
 pub use client::{Reply, get, raw_request, request};
-pub use process::{GatewayProcess, MockProcess, binary, free_port};
+pub use process::{ConfigFile, GatewayProcess, MockProcess, binary, free_port};
 pub use raw::{RawConnection, RawResponse};

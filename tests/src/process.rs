@@ -128,6 +128,31 @@ impl Drop for MockProcess {
     }
 }
 
+/// A gateway configuration written to a temporary folder.
+pub struct ConfigFile {
+    /// The folder, removed when this is dropped.
+    pub dir: tempfile::TempDir,
+    /// The file, `gateway.yaml` in `dir`.
+    pub path: PathBuf,
+    /// The free port that replaced `{port}`.
+    pub port: u16,
+}
+
+impl ConfigFile {
+    /// Writes `config`, a YAML text in which `{port}` stands for a free port and `{dir}` for
+    /// the temporary folder, to `gateway.yaml` in a new temporary folder.
+    pub fn write(config: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let port = free_port();
+        let text = config
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, text).expect("write config");
+        ConfigFile { dir, path, port }
+    }
+}
+
 /// A running `apigateway`.
 pub struct GatewayProcess {
     child: Child,
@@ -142,13 +167,11 @@ impl GatewayProcess {
     /// Starts the gateway with `config`, a YAML text in which `{port}` stands for a free port
     /// and `{dir}` for a temporary folder that lives as long as the process.
     pub fn start(config: &str) -> GatewayProcess {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let port = free_port();
-        let text = config
-            .replace("{port}", &port.to_string())
-            .replace("{dir}", &dir.path().display().to_string());
-        let config_path = dir.path().join("gateway.yaml");
-        std::fs::write(&config_path, text).expect("write config");
+        let ConfigFile {
+            dir,
+            path: config_path,
+            port,
+        } = ConfigFile::write(config);
 
         let mut child = Command::new(binary("apigateway"))
             .arg("--config")

@@ -1,12 +1,9 @@
 //! Graceful shutdown: SIGTERM stops accepting, lets in-flight requests finish within
 //! `server.shutdown_timeout`, cuts them off after it, and a second signal stops at once.
 
-use bytes::Bytes;
-use gateway_tests::{GatewayProcess, MockProcess, RawConnection, Reply, backend_state, request};
-use http::Method;
+use gateway_tests::{GatewayProcess, MockProcess, RawConnection, start_slow_request};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 
 fn start(shutdown_timeout: &str) -> (MockProcess, GatewayProcess) {
     let mock = MockProcess::start("Slow");
@@ -28,34 +25,10 @@ routes:
     (mock, gateway)
 }
 
-/// Starts a GET that the backend holds for `delay_ms`, and returns once the gateway counts it
-/// in flight.
-async fn start_slow_request(
-    gateway: &GatewayProcess,
-    mock: &MockProcess,
-    delay_ms: u64,
-) -> JoinHandle<Result<Reply, hyper_util::client::legacy::Error>> {
-    let url = format!("{}/api/slow?delay={delay_ms}", gateway.url);
-    let task = tokio::spawn(async move { request(Method::GET, &url, &[], Bytes::new()).await });
-
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let entry = backend_state(&gateway.url, &mock.url).await;
-        if entry["in_flight"] == 1 {
-            return task;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slow request not in flight after 5 s: {entry}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_request() {
     let (mock, mut gateway) = start("10s");
-    let slow = start_slow_request(&gateway, &mock, 2000).await;
+    let slow = start_slow_request(&gateway, &mock, "/api/slow?delay=2000").await;
 
     gateway.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -88,7 +61,7 @@ async fn sigterm_drains_in_flight_request() {
 #[tokio::test]
 async fn shutdown_timeout_cuts_off_slow_request() {
     let (mock, mut gateway) = start("1s");
-    let slow = start_slow_request(&gateway, &mock, 5000).await;
+    let slow = start_slow_request(&gateway, &mock, "/api/slow?delay=5000").await;
 
     let signalled = Instant::now();
     gateway.signal("TERM");
@@ -119,7 +92,7 @@ async fn shutdown_timeout_cuts_off_slow_request() {
 #[tokio::test]
 async fn second_signal_stops_at_once() {
     let (mock, mut gateway) = start("10s");
-    let _slow = start_slow_request(&gateway, &mock, 5000).await;
+    let _slow = start_slow_request(&gateway, &mock, "/api/slow?delay=5000").await;
 
     gateway.signal("TERM");
     assert!(
@@ -154,7 +127,7 @@ async fn health_is_never_ok_while_draining() {
     assert_eq!(before.status, 200);
 
     // The slow request keeps the drain going while /health is asked again.
-    let _slow = start_slow_request(&gateway, &mock, 3000).await;
+    let _slow = start_slow_request(&gateway, &mock, "/api/slow?delay=3000").await;
     gateway.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
 

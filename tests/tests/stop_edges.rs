@@ -1,16 +1,39 @@
-//! Stops at the edges: a request cut off at `server.shutdown_timeout` is still counted by the
-//! request log, and a stop with an unread stdout keeps to the one-second bound that the README
-//! gives.
+//! Stops at the edges. A request cut off at `server.shutdown_timeout` still gets its access
+//! line and is counted by the request log. A stop with an unread stdout keeps to the
+//! one-second bound that the README gives.
 
-use bytes::Bytes;
-use gateway_tests::{GatewayProcess, MockProcess, backend_state, binary, free_port, get, request};
-use http::Method;
+use gateway_tests::{
+    ConfigFile, GatewayProcess, MockProcess, RawConnection, binary, start_slow_request,
+};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Returns a configuration with one route to `backend_url`, a one-second drain and the request
+/// log in `{dir}`, with `{port}` and `{dir}` left for [`ConfigFile::write`] to fill in.
+fn config(backend_url: &str) -> String {
+    format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  shutdown_timeout: 1s
+health_check:
+  enabled: false
+request_log:
+  database: "{{dir}}/gateway.db"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{backend_url}"
+"#
+    )
+}
+
+/// Returns the number after `name=` in a `key=value` log line.
 fn log_field(line: &str, name: &str) -> Option<u64> {
     line.split_whitespace().find_map(|word| {
         let value = word.strip_prefix(name)?.strip_prefix('=')?;
@@ -34,37 +57,14 @@ async fn count_rows_with_path(database: &Path, path: &str) -> i64 {
     count
 }
 
-/// A request cut off at the drain deadline gets an access line with status 499. The request
-/// log must then either hold its row or count it as dropped, so that written plus dropped
-/// still equals the requests served.
+/// A request cut off at the drain deadline gets an access line with status 499 and the error
+/// kind `shutdown`. The request log either writes its row or counts it as dropped, so that
+/// written plus dropped still equals the requests served.
 #[tokio::test]
-async fn cut_off_request_is_logged_or_counted() {
+async fn cut_off_request_gets_line_and_row() {
     let mock = MockProcess::start("Slow");
-    let mut gateway = GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  shutdown_timeout: 1s
-health_check:
-  enabled: false
-request_log:
-  database: "{{dir}}/gateway.db"
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{}"
-"#,
-        mock.url
-    ));
-
-    let url = format!("{}/api/slow?delay=5000", gateway.url);
-    let slow = tokio::spawn(async move { request(Method::GET, &url, &[], Bytes::new()).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend_state(&gateway.url, &mock.url).await["in_flight"] != 1 {
-        assert!(Instant::now() < deadline, "slow request not in flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let slow = start_slow_request(&gateway, &mock, "/api/cut-off?delay=5000").await;
 
     gateway.signal("TERM");
     let status = gateway
@@ -73,19 +73,18 @@ routes:
     assert!(!status.success(), "exit status {status} after a cut-off");
     let _ = slow.await;
 
-    let access = gateway.wait_for_line(&["access", "/api/slow"], Duration::from_secs(2));
-    assert!(
-        access
-            .as_deref()
-            .is_some_and(|line| line.contains("status=499")),
-        "no access line with status 499 for the cut-off request; output:\n{}",
-        gateway.lines().join("\n")
-    );
+    let line = gateway.wait_for_line(&["access", "/api/cut-off"], Duration::from_secs(2));
+    let output = gateway.lines().join("\n");
+    let line = line.unwrap_or_else(|| panic!("no access line for the cut-off request:\n{output}"));
+    assert!(line.contains("status=499"), "{line}");
+    assert!(line.contains("completed=false"), "{line}");
+    assert!(line.contains("error=\"shutdown\""), "{line}");
+
     let closed = gateway
         .wait_for_line(&["request log closed"], Duration::from_secs(2))
         .expect("closing line of the request log");
     let dropped = log_field(&closed, "dropped").expect("dropped= in closing line");
-    let rows = count_rows_with_path(&gateway.dir().join("gateway.db"), "/api/slow").await;
+    let rows = count_rows_with_path(&gateway.dir().join("gateway.db"), "/api/cut-off").await;
     assert_eq!(
         rows + i64::try_from(dropped).expect("dropped fits i64"),
         1,
@@ -94,57 +93,42 @@ routes:
 }
 
 /// With stdout a pipe that no process reads, a stop waits at most a second for access lines,
-/// so a gateway with no request in flight must exit within two seconds of SIGTERM.
-#[tokio::test]
-async fn stop_with_unread_stdout_is_bounded() {
-    let mock = MockProcess::start("Fast");
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let port = free_port();
-    let config = format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {port}
-health_check:
-  enabled: false
-request_log:
-  enabled: false
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{}"
-"#,
-        mock.url
-    );
-    let config_path = dir.path().join("gateway.yaml");
-    std::fs::write(&config_path, config).expect("write config");
-    // This test never reads the stdout pipe, so it fills once the kernel's pipe buffer is full
-    // (64 KiB by default on Linux).
+/// so a gateway with no request in flight exits within two seconds of SIGTERM.
+#[test]
+fn unread_stdout_stop_is_bounded() {
+    let mock = MockProcess::start("Backend");
+    let file = ConfigFile::write(&config(&mock.url));
+
+    // The pipe is never read, so once its kernel buffer (64 KiB on Linux) is full every
+    // write to stdout blocks.
     let mut child = Command::new(binary("apigateway"))
         .arg("--config")
-        .arg(&config_path)
+        .arg(&file.path)
+        .current_dir(file.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start apigateway");
+    let addr: SocketAddr = format!("127.0.0.1:{}", file.port).parse().expect("address");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("apigateway did not accept connections within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while request(Method::GET, &format!("{base}/health"), &[], Bytes::new())
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // About 350 KiB of access lines, several times the pipe's capacity.
+    let path = format!("/api/{}", "x".repeat(1000));
+    let mut connection = RawConnection::open(addr).expect("connect");
+    for n in 0..300 {
+        let head = format!("GET {path}?n={n} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let reply = connection.exchange(head.as_bytes()).expect("response");
+        assert_eq!(reply.status, 200, "request {n}");
     }
-    // About 200 bytes per access line, so 2000 requests fill the pipe several times over.
-    for i in 0..2000 {
-        let reply = get(&format!("{base}/api/fill?i={i}")).await;
-        assert_eq!(reply.status, 200, "request {i}");
-    }
+    drop(connection);
 
     let status = Command::new("kill")
         .arg("-TERM")
@@ -163,11 +147,12 @@ routes:
         std::thread::sleep(Duration::from_millis(10));
     };
     let waited = signalled.elapsed();
-    if exited.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(exited.is_some(), "gateway still running 10 s after SIGTERM");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        exited.is_some(),
+        "gateway still running 10 s after SIGTERM while its stdout was not read"
+    );
     assert!(
         waited < Duration::from_secs(2),
         "gateway took {waited:?} to exit with an unread stdout"
