@@ -37,6 +37,8 @@ const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
 
 /// Buffers that request threads spread over. Threads are assigned round-robin, so up to this
 /// many runtime workers never share one.
+// NOTE: each buffer is written whole, so with several workers, lines can reach stdout out of
+// time order by up to one flush interval.
 const BUFFERS: usize = 16;
 
 /// A buffer that grew past this while stdout was blocked is not kept for reuse.
