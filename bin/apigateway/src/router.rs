@@ -4,11 +4,11 @@ use crate::admin;
 use crate::app::{Gateway, RouteService};
 use gateway_middleware::cors;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
-use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::Ipv6Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -144,30 +144,88 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Returns whether `text` is a valid `Host` value: a host and an optional numeric port, with
-/// no user information (RFC 9110 section 4.2.4 treats `user@host` as an error).
+/// Returns whether `text` is a valid `Host` value (RFC 9110 section 7.2): a host and an optional
+/// numeric port. The host is a bracketed IPv6 address or a registered name of the characters
+/// RFC 3986 section 3.2.2 allows, which leaves out user information (`user@host`). Reads the
+/// bytes in place, because every request is checked.
 fn is_valid_host(text: &str) -> bool {
-    if text.is_empty() || text.contains('@') || text.parse::<Authority>().is_err() {
+    let (host_valid, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let Some((literal, after)) = rest.split_once(']') else {
+                return false;
+            };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return false,
+                },
+            };
+            (literal.parse::<Ipv6Addr>().is_ok(), port)
+        }
+        None => {
+            let (name, port) = match text.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (text, None),
+            };
+            (is_registered_name(name), port)
+        }
+    };
+    host_valid && port.is_none_or(is_port)
+}
+
+/// Returns whether `name` is a non-empty registered name: letters, digits, `-._~`, the
+/// sub-delimiters `!$&'()*+,;=` and percent-encoded bytes (RFC 3986 section 3.2.2).
+fn is_registered_name(name: &str) -> bool {
+    let mut rest = name.as_bytes();
+    if rest.is_empty() {
         return false;
     }
-    let port = match text.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((_, after)) => after.strip_prefix(':'),
-            None => return false,
-        },
-        None => text.split_once(':').map(|(_, port)| port),
-    };
-    port.is_none_or(|port| port.is_empty() || port.parse::<u16>().is_ok())
+    while let [first, after @ ..] = rest {
+        rest = match first {
+            b'%' => match after {
+                [high, low, after @ ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                    after
+                }
+                _ => return false,
+            },
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => after,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => after,
+            _ => return false,
+        };
+    }
+    true
+}
+
+/// Returns whether `port` is digits only and at most 65535. An empty port is valid (RFC 3986
+/// section 3.2.3). Rust's integer parser also takes a leading `+`, so the digits are checked
+/// first.
+fn is_port(port: &str) -> bool {
+    port.bytes().all(|byte| byte.is_ascii_digit())
+        && (port.is_empty() || port.parse::<u16>().is_ok())
 }
 
 /// Returns whether a path has a `.` or `..` segment, also percent-encoded. Such a path can
 /// climb out of the route's prefix once a backend normalizes it, so it is rejected rather than
 /// forwarded byte for byte.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// Returns whether a segment decodes to `.` or `..`, reading `%2e` and `%2E` as a dot. Runs on
+/// every request, so it reads the bytes in place instead of building a decoded copy.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', after @ ..] => after,
+            [b'%', b'2', b'e' | b'E', after @ ..] => after,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -210,11 +268,59 @@ mod tests {
 
     #[test]
     fn dot_segments_are_found() {
-        for path in ["/a/../b", "/a/./b", "/a/%2e%2E/b", "/a/.%2e", "/.."] {
+        for path in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/..",
+            "/%2E",
+            "/a/%2e/",
+        ] {
             assert!(has_dot_segment(path), "{path}");
         }
-        for path in ["/a/b", "/a/.hidden", "/a/..b", "/a/b.", "/"] {
+        let others = [
+            "/a/b",
+            "/a/.hidden",
+            "/a/..b",
+            "/a/b.",
+            "/",
+            "/a/...",
+            "/a/%2e%2e%2e",
+            "/a/%2",
+            "/a/%2f",
+            "/a/%%2e",
+            "//",
+        ];
+        for path in others {
             assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn host_values_follow_rfc() {
+        let valid = [
+            "gw",
+            "gw:8080",
+            "gw:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::7]:",
+            "a-b.example_c~d",
+            "x%2Dy",
+            "a!$&'()*+,;=",
+            "gw:65535",
+        ];
+        for host in valid {
+            assert!(is_valid_host(host), "{host}");
+        }
+        let invalid = [
+            "", ":80", "user@gw", "gw:80:80", "gw:+80", "gw:65536", "gw:8o", "[::1", "[::1]x",
+            "[::1]:x", "[gw]", "a b", "gw/x", "gw?", "x%2", "x%zz", "\"gw\"",
+        ];
+        for host in invalid {
+            assert!(!is_valid_host(host), "{host}");
         }
     }
 
