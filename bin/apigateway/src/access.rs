@@ -165,8 +165,13 @@ impl Pending {
     // NOTE: the row copies the request id, path, query and User-Agent into new strings, up to
     // four allocations per request, and sqlx copies each text again when it binds the batch.
     fn into_record(self, end: &RequestEnd) -> RequestRecord {
+        // `str::from_utf8` checks ASCII a word at a time, where the lossy conversion reads
+        // byte by byte, so the lossy one runs only for values that are not UTF-8.
         let text = |value: Option<HeaderValue>| {
-            value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            value.map(|v| match std::str::from_utf8(v.as_bytes()) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            })
         };
         RequestRecord {
             timestamp_us: unix_micros(self.started_at),
@@ -204,5 +209,55 @@ fn method_name(method: &Method) -> Cow<'static, str> {
     match STANDARD.iter().find(|(m, _)| m == method) {
         Some((_, name)) => Cow::Borrowed(name),
         None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::time::Duration;
+
+    fn pending(user_agent: &'static [u8]) -> Pending {
+        Pending {
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            method: Method::GET,
+            uri: Uri::from_static("/users/7?expand=orders"),
+            request_id: Some(HeaderValue::from_static("req-1")),
+            client_ip: None,
+            user_agent: Some(HeaderValue::from_bytes(user_agent).unwrap()),
+            bytes_received: 0,
+            status: 200,
+            route: None,
+            backend: None,
+            retried: false,
+            error_kind: None,
+        }
+    }
+
+    const END: RequestEnd = RequestEnd {
+        latency: Duration::from_micros(250),
+        bytes_sent: 10,
+        completed: true,
+    };
+
+    #[test]
+    fn record_copies_request_text() {
+        let record = pending(b"curl/8.5.0").into_record(&END);
+
+        assert_eq!(record.timestamp_us, 1_000_000);
+        assert_eq!(record.request_id, "req-1");
+        assert_eq!(record.path, "/users/7");
+        assert_eq!(record.query.as_deref(), Some("expand=orders"));
+        assert_eq!(record.user_agent.as_deref(), Some("curl/8.5.0"));
+        assert_eq!(record.latency_us, 250);
+    }
+
+    #[test]
+    fn record_replaces_bytes_not_utf8() {
+        let record = pending(b"agent \xff/1").into_record(&END);
+
+        assert_eq!(record.user_agent.as_deref(), Some("agent \u{fffd}/1"));
     }
 }
