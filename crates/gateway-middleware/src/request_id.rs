@@ -1,6 +1,7 @@
 //! Request ids: a client's `X-Request-Id` is kept, a missing or unusable one is generated, and
 //! the id goes to the backend and back on the response.
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -27,8 +28,11 @@ pub fn generate() -> HeaderValue {
     let mut text = [0u8; 32];
     write_hex(&mut text[..16], *PROCESS_PREFIX);
     write_hex(&mut text[16..], count);
+    // The id goes into the request and the response. Bytes that own the array are shared by
+    // both with one allocation, where a copied slice costs a second one on its first clone.
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn write_hex(out: &mut [u8], value: u64) {
