@@ -93,7 +93,7 @@ impl RequestHook for AccessHook {
             method: request.method().clone(),
             uri: request.uri().clone(),
             request_id: headers.get(&X_REQUEST_ID).cloned(),
-            client_ip: request.extensions().get::<ClientIp>().map(|c| c.0),
+            client_ip: ClientIp::of(request.extensions()),
             user_agent: headers.get(header::USER_AGENT).cloned(),
             bytes_received,
             status: 0,

@@ -327,7 +327,9 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
             .client_ip(self.peer.ip(), request.headers());
         let extensions = request.extensions_mut();
         extensions.insert(self.peer);
-        extensions.insert(ClientIp(client));
+        if client != self.peer.ip() {
+            extensions.insert(ClientIp(client));
+        }
         ConnectionFuture {
             inner: self.stack.clone().call(request),
             deadline: Arc::clone(&self.deadline),

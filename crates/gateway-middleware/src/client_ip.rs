@@ -1,8 +1,8 @@
 //! The client's IP address, taken from the connection's peer or, behind trusted proxies, from
 //! `X-Forwarded-For`.
 
-use http::HeaderMap;
 use http::header::HeaderValue;
+use http::{Extensions, HeaderMap};
 use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -10,12 +10,26 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 /// the request from.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The client's IP address, stored as a request extension.
+/// The client's IP address, stored as a request extension when it differs from the address
+/// of the connection's peer (the request's `SocketAddr` extension).
 ///
 /// The gateway computes it once per request with [`TrustedProxies::client_ip`]. An IPv4-mapped
-/// IPv6 address (`::ffff:192.0.2.1`) is stored as the IPv4 address.
+/// IPv6 address (`::ffff:192.0.2.1`) is stored as the IPv4 address. Most clients connect
+/// directly, and each extension costs an allocation per request, so [`ClientIp::of`] reads
+/// the peer's address when this extension is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// Returns the client's address of a request: its `ClientIp` extension, else the address of
+    /// its `SocketAddr` extension. `None` when the request has neither.
+    pub fn of(extensions: &Extensions) -> Option<IpAddr> {
+        match extensions.get::<ClientIp>() {
+            Some(ClientIp(ip)) => Some(*ip),
+            None => extensions.get::<SocketAddr>().map(SocketAddr::ip),
+        }
+    }
+}
 
 /// The networks of the proxies whose `X-Forwarded-For` header is believed.
 #[derive(Debug, Clone, Default)]
@@ -123,6 +137,20 @@ mod tests {
 
     fn proxies(networks: &[&str]) -> TrustedProxies {
         TrustedProxies::new(networks.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn client_of_extensions_falls_back_to_peer() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut extensions = Extensions::new();
+        assert_eq!(ClientIp::of(&extensions), None);
+
+        extensions.insert(peer);
+        assert_eq!(ClientIp::of(&extensions), Some(peer.ip()));
+
+        let forwarded: IpAddr = "203.0.113.9".parse().unwrap();
+        extensions.insert(ClientIp(forwarded));
+        assert_eq!(ClientIp::of(&extensions), Some(forwarded));
     }
 
     fn headers(fields: &[&str]) -> HeaderMap {

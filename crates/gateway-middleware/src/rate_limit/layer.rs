@@ -7,7 +7,7 @@ use governor::clock::{Clock, DefaultClock};
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -55,7 +55,7 @@ impl<S, C: Clock> Layer<S> for RateLimitLayer<C> {
 /// Rate-limits requests before they reach the inner service.
 ///
 /// The client is the request's [`ClientIp`] extension, else the ip of its
-/// [`SocketAddr`] extension, else `0.0.0.0`. An allowed request goes to the inner service and
+/// [`SocketAddr`](std::net::SocketAddr) extension, else `0.0.0.0`. An allowed request goes to the inner service and
 /// its response gets a `RateLimit` field appended. A rejected request gets a 429 response from
 /// this layer, and the inner service is not called even though it was polled ready.
 pub struct RateLimit<S, C: Clock = DefaultClock> {
@@ -119,14 +119,7 @@ where
 }
 
 fn client_of<B>(request: &Request<B>) -> IpAddr {
-    let extensions = request.extensions();
-    if let Some(ClientIp(ip)) = extensions.get::<ClientIp>() {
-        return *ip;
-    }
-    match extensions.get::<SocketAddr>() {
-        Some(peer) => peer.ip(),
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    }
+    ClientIp::of(request.extensions()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 pin_project! {
