@@ -32,47 +32,49 @@ fn insert_sql(rows: usize) -> String {
     format!("INSERT INTO requests ({COLUMNS}) VALUES {values}")
 }
 
-/// Inserts `batch` in one transaction.
+/// Inserts the rows of `batch` in one transaction and leaves `batch` empty, whether or not
+/// the transaction commits.
+///
+/// The records are moved into the statements' arguments. sqlx copies every borrowed text
+/// argument before it hands a statement to its worker thread, and owned strings skip that copy.
 pub(crate) async fn insert_batch(
     connection: &mut SqliteConnection,
-    batch: &[RequestRecord],
+    batch: &mut Vec<RequestRecord>,
 ) -> Result<(), sqlx::Error> {
+    let mut records = batch.drain(..);
     let mut transaction = connection.begin().await?;
 
-    let mut rest = batch;
     for (rows, sql) in STATEMENT_ROWS.into_iter().zip(INSERTS.iter()) {
-        while rest.len() >= rows {
-            let (chunk, after) = rest.split_at(rows);
+        while records.len() >= rows {
             let mut arguments = SqliteArguments::default();
             arguments.reserve(rows * PARAMETERS_PER_ROW, 0);
-            for record in chunk {
+            for record in records.by_ref().take(rows) {
                 bind_record(&mut arguments, record).map_err(sqlx::Error::Encode)?;
             }
             sqlx::query_with(sql.as_str(), arguments)
                 .execute(&mut *transaction)
                 .await?;
-            rest = after;
         }
     }
 
     transaction.commit().await
 }
 
-fn bind_record<'q>(
-    arguments: &mut SqliteArguments<'q>,
-    record: &'q RequestRecord,
+fn bind_record(
+    arguments: &mut SqliteArguments<'static>,
+    record: RequestRecord,
 ) -> Result<(), BoxDynError> {
     arguments.add(record.timestamp_us)?;
-    arguments.add(record.request_id.as_str())?;
-    arguments.add(record.method.as_ref())?;
-    arguments.add(record.path.as_str())?;
-    arguments.add(record.query.as_deref())?;
-    arguments.add(record.route.as_deref())?;
+    arguments.add(record.request_id)?;
+    arguments.add(record.method)?;
+    arguments.add(record.path)?;
+    arguments.add(record.query)?;
+    arguments.add(record.route.as_deref().map(str::to_owned))?;
     arguments.add(i64::from(record.status))?;
     arguments.add(saturating_i64(record.latency_us))?;
     arguments.add(record.client_ip.map(|ip| ip.to_string()))?;
-    arguments.add(record.user_agent.as_deref())?;
-    arguments.add(record.backend.as_deref())?;
+    arguments.add(record.user_agent)?;
+    arguments.add(record.backend.as_deref().map(str::to_owned))?;
     arguments.add(saturating_i64(record.bytes_received))?;
     arguments.add(saturating_i64(record.bytes_sent))?;
     arguments.add(record.error_kind)?;

@@ -58,10 +58,18 @@ mod tests {
         let mut connection = connect::open_writer(&dir.path().join("log.db"))
             .await
             .unwrap();
-        let old: Vec<_> = (0..100).map(record).collect();
-        let new: Vec<_> = (1000..1010).map(record).collect();
-        insert::insert_batch(&mut connection, &old).await.unwrap();
-        insert::insert_batch(&mut connection, &new).await.unwrap();
+        let mut old: Vec<_> = (0..100).map(record).collect();
+        let mut new: Vec<_> = (1000..1010).map(record).collect();
+        insert::insert_batch(&mut connection, &mut old)
+            .await
+            .unwrap();
+        insert::insert_batch(&mut connection, &mut new)
+            .await
+            .unwrap();
+        assert!(
+            old.is_empty() && new.is_empty(),
+            "inserted records are moved out"
+        );
 
         let mut chunks = Vec::new();
         loop {

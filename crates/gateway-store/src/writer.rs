@@ -242,7 +242,6 @@ impl Writer {
                 );
             }
         }
-        batch.clear();
     }
 
     /// Deletes one chunk of rows older than `cutoff_us` and returns the cutoff again when
