@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Splits the gateway's CPU per request into user and system time, one feature at a time, beside
-# NGINX's worker, in front of the benchmark origin. Every process runs on one core (CPU, default
-# 1). For each target it sends a warm-up, then h2load --h1 -c50 -n REQUESTS twice, and reads
-# utime and stime from /proc/PID/stat before and after. Prints µs per request.
+# NGINX's worker without and with its access log, in front of the benchmark origin. Every
+# process runs on one core (CPU, default 1). For each target it sends a warm-up, then
+# h2load --h1 -c50 -n REQUESTS twice, and reads utime and stime from /proc/PID/stat before and
+# after. Prints µs per request.
 # Usage: bench/features.sh [--quick]
 set -euo pipefail
 
@@ -34,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ORIGIN_PORT=9111 GW_PORT=9311 NGINX_PORT=9211
+ORIGIN_PORT=9111 GW_PORT=9311 NGINX_PORT=9211 NGINX_LOG_PORT=9214
 taskset -c "$CPU" "$ORIGIN_TARGET/release/bench-origin" "127.0.0.1:$ORIGIN_PORT" >"$RUN/origin.log" 2>&1 &
 STARTED+=($!)
 
@@ -65,6 +66,14 @@ taskset -c "$CPU" nginx -p "$RUN/nginx" -c "$RUN/nginx.conf" &
 STARTED+=($!)
 sleep 0.5
 measure nginx "$(pgrep -P "${STARTED[-1]}" | head -1)" "$NGINX_PORT"
+
+# NGINX with its buffered access log, the peer of the gateway with every feature on.
+mkdir -p "$RUN/nginx-log/tmp"
+sed "s/9101/$ORIGIN_PORT/; s/9204/$NGINX_LOG_PORT/" "$HERE/peers/nginx-log.conf" >"$RUN/nginx-log.conf"
+taskset -c "$CPU" nginx -p "$RUN/nginx-log" -c "$RUN/nginx-log.conf" &
+STARTED+=($!)
+sleep 0.5
+measure "nginx, access log" "$(pgrep -P "${STARTED[-1]}" | head -1)" "$NGINX_LOG_PORT"
 
 # variant NAME ACCESS_LOG REQUEST_LOG LIMIT_AND_CORS
 variant() {

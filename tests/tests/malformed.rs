@@ -97,6 +97,27 @@ async fn malformed_heads_are_rejected() {
 }
 
 #[tokio::test]
+async fn climbing_paths_get_400() {
+    let (_mock, gateway) = start();
+    let paths = [
+        "/api/../x",
+        "/api/%2e%2E/x",
+        "/api/..%2fx",
+        "/api/%2e%2e%5Cx",
+        "/api/..;/x",
+        "/api/.;v=1/x",
+    ];
+    for path in paths {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        match send_raw(&gateway, head.as_bytes()) {
+            Outcome::Status(status) => assert_eq!(status, 400, "{path}"),
+            Outcome::Closed => panic!("{path}: connection closed without a response"),
+        }
+    }
+    assert_still_serving(&gateway, "climbing paths").await;
+}
+
+#[tokio::test]
 async fn huge_header_is_rejected() {
     let (mock, gateway) = start();
     let mut request = b"GET /api/huge HTTP/1.1\r\nHost: a\r\nX-Huge: ".to_vec();

@@ -205,27 +205,54 @@ fn is_port(port: &str) -> bool {
         && (port.is_empty() || port.parse::<u16>().is_ok())
 }
 
-/// Returns whether a path has a `.` or `..` segment, also percent-encoded. Such a path can
-/// climb out of the route's prefix once a backend normalizes it, so it is rejected rather than
-/// forwarded byte for byte.
+/// Returns whether a path has a `.` or `..` segment. Such a path can climb out of the route's
+/// prefix once a backend normalizes it, so it is rejected rather than forwarded byte for byte.
+///
+/// Backends differ in what they decode before they normalize, so the check takes the widest
+/// reading: `%2e` is a dot, `\`, `%2f` and `%5c` end a segment as `/` does, and a segment's
+/// parameters (`..;x`, which Tomcat reads as `..`) are ignored. Runs on every request, so it
+/// reads the bytes in place instead of building a decoded copy.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(is_dot_segment)
-}
-
-/// Returns whether a segment decodes to `.` or `..`, reading `%2e` and `%2E` as a dot. Runs on
-/// every request, so it reads the bytes in place instead of building a decoded copy.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
+    let mut rest = path.as_bytes();
+    // The current segment: its dots so far, whether it had anything else before its
+    // parameters, and whether its parameters began.
     let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', after @ ..] => after,
-            [b'%', b'2', b'e' | b'E', after @ ..] => after,
-            _ => return false,
+    let mut other = false;
+    let mut parameters = false;
+    loop {
+        let (segment_ends, after) = match rest {
+            [] => (true, rest),
+            [b'/' | b'\\', after @ ..] => (true, after),
+            [b'%', b'2', b'f' | b'F', after @ ..] | [b'%', b'5', b'c' | b'C', after @ ..] => {
+                (true, after)
+            }
+            [_, after @ ..] if parameters => (false, after),
+            [b'.', after @ ..] | [b'%', b'2', b'e' | b'E', after @ ..] => {
+                dots += 1;
+                (false, after)
+            }
+            [b';', after @ ..] => {
+                parameters = true;
+                (false, after)
+            }
+            [_, after @ ..] => {
+                other = true;
+                (false, after)
+            }
         };
-        dots += 1;
+        if segment_ends {
+            if !other && (dots == 1 || dots == 2) {
+                return true;
+            }
+            if rest.is_empty() {
+                return false;
+            }
+            dots = 0;
+            other = false;
+            parameters = false;
+        }
+        rest = after;
     }
-    dots == 1 || dots == 2
 }
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -276,6 +303,14 @@ mod tests {
             "/..",
             "/%2E",
             "/a/%2e/",
+            "/a/..%2fb",
+            "/a/%2e%2e%2Fb",
+            "/a/..%5cb",
+            "/a/..%5C",
+            "/a\\..\\b",
+            "/a/..;/b",
+            "/a/.;x=1/b",
+            "/a/%2e%2e;jsessionid=1",
         ] {
             assert!(has_dot_segment(path), "{path}");
         }
@@ -291,6 +326,11 @@ mod tests {
             "/a/%2f",
             "/a/%%2e",
             "//",
+            "/a/b;..",
+            "/a/x..%2fb",
+            "/a/;../b",
+            "/a/%2fb",
+            "",
         ];
         for path in others {
             assert!(!has_dot_segment(path), "{path}");
