@@ -89,9 +89,11 @@ fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
         reject_repeated(&mut seen, &name)?;
         match &*name {
             "limit" => {
-                filter.limit = value
-                    .parse()
-                    .ok()
+                // Digits only: the integer parser also takes a leading `+`, which the CLI
+                // rejects, so both read the same values.
+                filter.limit = Some(&value)
+                    .filter(|value| value.bytes().all(|byte| byte.is_ascii_digit()))
+                    .and_then(|value| value.parse().ok())
                     .filter(|limit| (1..=LogFilter::MAX_LIMIT).contains(limit))
                     .ok_or_else(|| {
                         bad_parameter(format!(
@@ -266,6 +268,28 @@ mod tests {
             Ok(value) => panic!("accepted: {value:?}"),
             Err(AdminError(status, message)) => (status, message),
         }
+    }
+
+    #[test]
+    fn limit_outside_digits_or_range_is_rejected() {
+        for limit in [
+            "0",
+            "10001",
+            "-1",
+            "+5",
+            " 5",
+            "5 ",
+            "abc",
+            "",
+            "99999999999",
+        ] {
+            let query = format!("limit={}", limit.replace('+', "%2B"));
+            let (status, message) = rejection(logs_filter(&query, NOW_US));
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{limit:?}");
+            assert!(message.contains("invalid limit"), "{limit:?}: {message}");
+        }
+        assert_eq!(logs_filter("limit=10000", NOW_US).unwrap().limit, 10_000);
+        assert_eq!(logs_filter("limit=007", NOW_US).unwrap().limit, 7);
     }
 
     #[test]
