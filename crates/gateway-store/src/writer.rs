@@ -210,6 +210,25 @@ impl Writer {
 
         drops.warn_if_due(&self.dropped, &self.path, true);
         summary.dropped = self.dropped.load(Ordering::Relaxed);
+        // Closing the last connection copies the WAL into the database file, but the gateway's
+        // reader pool may still be open. The explicit checkpoint leaves every row in the
+        // database file itself, so a copy of that file alone is complete. It waits for a
+        // reader that is mid-query, for at most the busy timeout.
+        let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut self.connection)
+            .await;
+        match checkpoint {
+            Ok((0, _, _)) => {}
+            // SQLite's first column is 1 when a reader kept the checkpoint from finishing. The
+            // rows are safe in the WAL file, and SQLite reads them from there.
+            Ok(_) => warn!(
+                path = %self.path.display(),
+                "request log checkpoint blocked by a reader, rows remain in the WAL file"
+            ),
+            Err(error) => {
+                warn!(path = %self.path.display(), %error, "request log checkpoint failed");
+            }
+        }
         if let Err(error) = self.connection.close().await {
             debug!(path = %self.path.display(), %error, "request log close failed");
         }

@@ -45,6 +45,37 @@ async fn ten_thousand_records_are_written() {
 }
 
 #[tokio::test]
+async fn stop_leaves_rows_in_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+    // A reader with an open connection, as the gateway's admin endpoints keep, so that the
+    // writer's connection is not the last one to close.
+    let reader = LogReader::open(&config.database).await.unwrap();
+    assert!(
+        reader
+            .recent(&LogFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let start_us = now_us();
+    for i in 0..2_000 {
+        log.record(record(i, start_us + i as i64));
+    }
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.written, 2_000);
+
+    let copy = tempfile::tempdir().unwrap();
+    let copied = copy.path().join("requests.db");
+    std::fs::copy(&config.database, &copied).unwrap();
+    assert_eq!(count_rows(&copied).await, 2_000);
+    drop(reader);
+}
+
+#[tokio::test]
 async fn flush_interval_commits_without_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
