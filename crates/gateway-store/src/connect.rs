@@ -2,6 +2,7 @@
 
 use crate::StoreError;
 use sqlx::Connection;
+use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -44,9 +45,15 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         .map_err(open_error)?;
     let migrated = sqlx::migrate!().run(&pool).await;
     pool.close().await;
-    migrated.map_err(|source| StoreError::Migrate {
-        path: path.to_owned(),
-        source,
+    migrated.map_err(|source| match source {
+        MigrateError::VersionMissing(version) => StoreError::NewerSchema {
+            path: path.to_owned(),
+            version,
+        },
+        source => StoreError::Migrate {
+            path: path.to_owned(),
+            source,
+        },
     })?;
 
     let connection = SqliteConnection::connect_with(&options)

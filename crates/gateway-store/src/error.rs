@@ -36,6 +36,19 @@ pub enum StoreError {
         source: sqlx::migrate::MigrateError,
     },
 
+    /// A schema newer than this version's: a newer gateway upgraded the database.
+    #[error(
+        "request log database {} was upgraded by a newer apigateway (schema version {version}): \
+         run that version, or move the file away so that this one starts a new log",
+        path.display()
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// A schema version recorded in the file that this version does not know.
+        version: i64,
+    },
+
     /// The file is an SQLite database without the `requests` table.
     #[error(
         "{} is not a request log: it has no `requests` table (start the gateway once to create it)",

@@ -137,3 +137,33 @@ async fn reader_rejects_database_without_requests_table() {
     );
     assert_names_path(&error, &path);
 }
+
+#[tokio::test]
+async fn database_of_newer_version_is_rejected() {
+    use sqlx::{Connection, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (_log, writer) = RequestLog::open(&config).await.unwrap();
+    writer.spawn().shutdown().await.unwrap();
+
+    // A migration this version does not have, as a newer gateway would record it.
+    let url = format!("sqlite://{}", config.database.display());
+    let mut connection = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer version', 1, x'00', 0)",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    connection.close().await.unwrap();
+
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::NewerSchema { version: 9999, .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &config.database);
+    assert!(error.to_string().contains("move the file away"), "{error}");
+}
