@@ -1,6 +1,7 @@
-//! Stops at the edges. A request cut off at `server.shutdown_timeout` still gets its access
-//! line and is counted by the request log. A stop with an unread stdout keeps to the
-//! one-second bound that the README gives.
+//! Requests that end without a response, and stops at the edges. A request whose client
+//! closes first gets a row that names its route. A request cut off at
+//! `server.shutdown_timeout` still gets its access line and is counted by the request log. A
+//! stop with an unread stdout keeps to the one-second bound that the README gives.
 
 use gateway_tests::{
     ConfigFile, GatewayProcess, MockProcess, RawConnection, binary, start_slow_request,
@@ -55,6 +56,51 @@ async fn count_rows_with_path(database: &Path, path: &str) -> i64 {
         .expect("count rows");
     connection.close().await.expect("close database");
     count
+}
+
+/// Returns the status, route and error kind of the rows with `path`.
+async fn rows_with_path(database: &Path, path: &str) -> Vec<(i64, Option<String>, Option<String>)> {
+    let options = SqliteConnectOptions::new()
+        .filename(database)
+        .busy_timeout(Duration::from_secs(5));
+    let mut connection = SqliteConnection::connect_with(&options)
+        .await
+        .unwrap_or_else(|error| panic!("open {}: {error}", database.display()));
+    let rows = sqlx::query_as("SELECT status, route, error_kind FROM requests WHERE path = ?")
+        .bind(path)
+        .fetch_all(&mut connection)
+        .await
+        .expect("read rows");
+    connection.close().await.expect("close database");
+    rows
+}
+
+/// A client that closes its connection before the response gets a row with status 499, the
+/// error kind `client_closed` and the route its request matched, although no response named it.
+#[tokio::test]
+async fn client_closed_row_names_route() {
+    let mock = MockProcess::start("Slow");
+    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let slow = start_slow_request(&gateway, &mock, "/api/given-up?delay=3000").await;
+    slow.abort();
+    let _ = slow.await;
+    gateway
+        .wait_for_line(&["access", "/api/given-up"], Duration::from_secs(5))
+        .expect("access line of the closed request");
+
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+
+    let rows = rows_with_path(&gateway.dir().join("gateway.db"), "/api/given-up").await;
+    let expected = (
+        499,
+        Some("/api/*rest".to_owned()),
+        Some("client_closed".to_owned()),
+    );
+    assert_eq!(rows, vec![expected]);
 }
 
 /// A request cut off at the drain deadline gets an access line with status 499 and the error

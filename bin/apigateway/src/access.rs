@@ -5,7 +5,7 @@ use crate::access_line::{AccessLine, AccessLines};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
-use gateway_proxy::{ErrorKind, ForwardInfo};
+use gateway_proxy::{ErrorKind, ForwardInfo, RouteMatch, RouteTable};
 use gateway_store::{RequestLog, RequestRecord, unix_micros};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use std::borrow::Cow;
@@ -27,21 +27,25 @@ pub(crate) struct AccessHook {
 struct Shared {
     access_lines: Option<AccessLines>,
     request_log: Option<RequestLog>,
+    /// Names the route of a request that ended before its response, which would carry it.
+    table: Arc<RouteTable>,
     /// Set when the stop cuts off the requests still in flight at the drain deadline.
     stopped: AtomicBool,
 }
 
 impl AccessHook {
     /// Creates the hook, which prints access lines through `access_lines` and queues rows on
-    /// `request_log`, each when there is one.
+    /// `request_log`, each when there is one. `table` is the gateway's route table.
     pub(crate) fn new(
         access_lines: Option<AccessLines>,
         request_log: Option<RequestLog>,
+        table: Arc<RouteTable>,
     ) -> AccessHook {
         AccessHook {
             shared: Arc::new(Shared {
                 access_lines,
                 request_log,
+                table,
                 stopped: AtomicBool::new(false),
             }),
         }
@@ -139,6 +143,13 @@ impl RequestHook for AccessHook {
             } else {
                 Some("client_closed")
             };
+            // The route comes with the response, so a request without one looks it up here,
+            // and only such requests pay for the second match. The backend stays unknown.
+            if let RouteMatch::Found(route) =
+                self.shared.table.find(&state.method, state.uri.path())
+            {
+                state.route = Some(Arc::clone(&route.pattern));
+            }
         }
         if let Some(lines) = &self.shared.access_lines {
             lines.push(&AccessLine {

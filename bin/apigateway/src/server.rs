@@ -149,7 +149,11 @@ where
     };
     let request_log = gateway.request_log.get().map(|state| state.log.clone());
     tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
-    let hook = AccessHook::new(gateway.access_lines.clone(), request_log);
+    let hook = AccessHook::new(
+        gateway.access_lines.clone(),
+        request_log,
+        Arc::clone(&gateway.table),
+    );
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
     let stack: Stack<L::Service> =
         RequestIdLayer.layer(TimingLayer::new(hook.clone()).layer(CatchPanicLayer.layer(router)));
