@@ -27,7 +27,8 @@ pub(crate) struct AccessHook {
 struct Shared {
     access_lines: Option<AccessLines>,
     request_log: Option<RequestLog>,
-    /// Names the route of a request that ended before its response, which would carry it.
+    /// The route table, which names the route of a request that ends without a response
+    /// (a response carries its route).
     table: Arc<RouteTable>,
     /// Set when the stop cuts off the requests still in flight at the drain deadline.
     stopped: AtomicBool,
