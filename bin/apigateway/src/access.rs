@@ -2,6 +2,7 @@
 //! request log.
 
 use crate::access_line::{AccessLine, AccessLines};
+use crate::admin;
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
@@ -146,11 +147,7 @@ impl RequestHook for AccessHook {
             };
             // The route comes with the response, so a request without one looks it up here,
             // and only such requests pay for the second match. The backend stays unknown.
-            if let RouteMatch::Found(route) =
-                self.shared.table.find(&state.method, state.uri.path())
-            {
-                state.route = Some(Arc::clone(&route.pattern));
-            }
+            state.route = route_of(&self.shared.table, &state.method, state.uri.path());
         }
         if let Some(lines) = &self.shared.access_lines {
             lines.push(&AccessLine {
@@ -170,6 +167,18 @@ impl RequestHook for AccessHook {
         if let Some(log) = &self.shared.request_log {
             log.record(state.into_record(end));
         }
+    }
+}
+
+/// Returns the pattern of the route that serves `method` and `path`. `/health` and `/admin/*`
+/// are served before routing, so they have none even when a catch-all route matches them.
+fn route_of(table: &RouteTable, method: &Method, path: &str) -> Option<Arc<str>> {
+    if admin::is_admin_path(path) {
+        return None;
+    }
+    match table.find(method, path) {
+        RouteMatch::Found(route) => Some(Arc::clone(&route.pattern)),
+        RouteMatch::NotFound | RouteMatch::MethodNotAllowed(_) => None,
     }
 }
 
@@ -254,6 +263,30 @@ mod tests {
         bytes_sent: 10,
         completed: true,
     };
+
+    #[test]
+    fn unanswered_route_skips_admin_paths() {
+        let yaml = r#"
+routes:
+  - path: "/api/*rest"
+    methods: [GET]
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: "/*rest"
+    methods: [GET]
+    backends: [{url: "http://127.0.0.1:9002"}]
+"#;
+        let config = gateway_config::Config::from_yaml(yaml, "test.yaml").unwrap();
+        let table = RouteTable::new(&config).unwrap();
+
+        let api = route_of(&table, &Method::GET, "/api/users/7");
+        assert_eq!(api.as_deref(), Some("/api/*rest"));
+        let other = route_of(&table, &Method::GET, "/page");
+        assert_eq!(other.as_deref(), Some("/*rest"));
+        assert_eq!(route_of(&table, &Method::POST, "/page"), None);
+        for path in ["/health", "/admin/logs", "/admin"] {
+            assert_eq!(route_of(&table, &Method::GET, path), None, "{path}");
+        }
+    }
 
     #[test]
     fn record_copies_request_text() {
