@@ -211,19 +211,21 @@ impl Writer {
         drops.warn_if_due(&self.dropped, &self.path, true);
         summary.dropped = self.dropped.load(Ordering::Relaxed);
         // Closing the last connection copies the WAL into the database file, but the gateway's
-        // reader pool may still be open. The explicit checkpoint leaves every row in the
-        // database file itself, so a copy of that file alone is complete. It waits for a
-        // reader that is mid-query, for at most the busy timeout.
-        let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+        // reader pool may still be open. A passive checkpoint copies it now, so that a copy of
+        // the database file alone is complete, and never waits: a reader in the middle of a
+        // query can keep it from finishing, and then the WAL file is needed with the database.
+        let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut self.connection)
             .await;
         match checkpoint {
-            Ok((0, _, _)) => {}
-            // SQLite's first column is 1 when a reader kept the checkpoint from finishing. The
-            // rows are safe in the WAL file, and SQLite reads them from there.
-            Ok(_) => warn!(
+            // SQLite's columns: whether it was blocked, frames in the WAL, frames copied.
+            Ok((_, frames, copied)) if frames == copied => {}
+            Ok((_, frames, copied)) => warn!(
                 path = %self.path.display(),
-                "request log checkpoint blocked by a reader, rows remain in the WAL file"
+                frames,
+                copied,
+                "request log checkpoint left rows in the WAL file: a reader was mid-query, \
+                 so copy the -wal file along with the database"
             ),
             Err(error) => {
                 warn!(path = %self.path.display(), %error, "request log checkpoint failed");

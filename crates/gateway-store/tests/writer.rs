@@ -365,3 +365,59 @@ async fn drop_warning_is_rate_limited() {
         warnings[1]
     );
 }
+
+/// A reader in the middle of a read transaction keeps the stop's checkpoint from copying the
+/// rows written after its snapshot. The stop does not wait for it, warns that the WAL file is
+/// needed, and the rows stay readable through the WAL.
+#[tokio::test]
+async fn stop_with_reader_mid_query_warns_without_waiting() {
+    use sqlx::Connection;
+
+    let buffer = LogBuffer::default();
+    let writer_buffer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer_buffer.clone())
+        .finish();
+    // The test runtime has one thread, so the writer task logs to this subscriber too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    // The snapshot of an open read transaction pins the WAL frames written after it.
+    let mut reader = common::connect(&config.database).await;
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(before, 0);
+
+    let start_us = now_us();
+    for i in 0..500 {
+        log.record(record(i, start_us + i as i64));
+    }
+    let stopping = std::time::Instant::now();
+    let summary = writer.shutdown().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(summary.written, 500);
+
+    let warnings = buffer.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line.contains("copy the -wal file along with the database")),
+        "{warnings:?}"
+    );
+
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    reader.close().await.unwrap();
+    assert_eq!(count_rows(&config.database).await, 500);
+}
