@@ -517,10 +517,23 @@ fn logs_names_folder_and_missing_database() {
 }
 
 #[test]
-fn negative_limit_names_range() {
-    let output = run(&["logs", "--database", "unused.db", "--limit", "-1"]);
-    assert_eq!(output.status.code(), Some(2), "exit {}", output.status);
-    let text = stderr(&output);
-    assert!(text.contains("--limit"), "option not named:\n{text}");
-    assert!(text.contains("1..=10000"), "range not given:\n{text}");
+fn invalid_limit_names_range() {
+    for limit in ["-1", "+5", "0", "10001", "5.0", ""] {
+        let output = run(&["logs", "--database", "unused.db", "--limit", limit]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{limit:?}: exit {}",
+            output.status
+        );
+        let text = stderr(&output);
+        assert!(
+            text.contains("--limit"),
+            "{limit:?}: option not named:\n{text}"
+        );
+        assert!(
+            text.contains("from 1 to 10000"),
+            "{limit:?}: range not given:\n{text}"
+        );
+    }
 }

@@ -79,9 +79,19 @@ pub struct LogsArgs {
         long,
         default_value_t = 100,
         allow_negative_numbers = true,
-        value_parser = clap::value_parser!(u32).range(1..=10_000)
+        value_parser = parse_limit
     )]
     pub limit: u32,
+}
+
+/// Reads `--limit`: digits only, from 1 to 10000. Rust's integer parser also takes a leading
+/// `+`, which `/admin/logs` rejects, so both read the same values.
+fn parse_limit(text: &str) -> Result<u32, String> {
+    Some(text)
+        .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|text| text.parse().ok())
+        .filter(|limit| (1..=10_000).contains(limit))
+        .ok_or_else(|| "expected a whole number from 1 to 10000".to_owned())
 }
 
 /// Arguments of `apigateway stats`.

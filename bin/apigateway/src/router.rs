@@ -208,10 +208,11 @@ fn is_port(port: &str) -> bool {
 /// Returns whether a path has a `.` or `..` segment. Such a path can climb out of the route's
 /// prefix once a backend normalizes it, so it is rejected rather than forwarded byte for byte.
 ///
-/// Backends differ in what they decode before they normalize, so the check takes the widest
+/// Backends differ in what they decode before they normalize, so the check takes a wide
 /// reading: `%2e` is a dot, `\`, `%2f` and `%5c` end a segment as `/` does, and a segment's
-/// parameters (`..;x`, which Tomcat reads as `..`) are ignored. Runs on every request, so it
-/// reads the bytes in place instead of building a decoded copy.
+/// parameters after `;` or `%3b` (`..;x`, which Tomcat reads as `..`) are ignored. Spellings
+/// outside RFC 3986, such as double encoding (`%252e`) or overlong UTF-8, are passed on. Runs
+/// on every request, so it reads the bytes in place instead of building a decoded copy.
 fn has_dot_segment(path: &str) -> bool {
     let mut rest = path.as_bytes();
     // The current segment: its dots so far, whether it had anything else before its
@@ -231,7 +232,7 @@ fn has_dot_segment(path: &str) -> bool {
                 dots += 1;
                 (false, after)
             }
-            [b';', after @ ..] => {
+            [b';', after @ ..] | [b'%', b'3', b'b' | b'B', after @ ..] => {
                 parameters = true;
                 (false, after)
             }
@@ -311,6 +312,8 @@ mod tests {
             "/a/..;/b",
             "/a/.;x=1/b",
             "/a/%2e%2e;jsessionid=1",
+            "/a/..%3b/b",
+            "/a/.%3Bx",
         ] {
             assert!(has_dot_segment(path), "{path}");
         }
