@@ -56,10 +56,51 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         },
     })?;
 
-    let connection = SqliteConnection::connect_with(&options)
+    let mut connection = SqliteConnection::connect_with(&options)
         .await
         .map_err(open_error)?;
+    ensure_writable(&mut connection, path).await?;
     Ok(connection)
+}
+
+/// Returns whether an SQLite extended result code is one of `SQLITE_READONLY`'s (8 in its
+/// low byte), such as 1544 for a folder that cannot be written.
+fn is_read_only(code: Option<&str>) -> bool {
+    const SQLITE_READONLY: i64 = 8;
+    code.and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_READONLY)
+}
+
+/// Fails when `connection` cannot write. SQLite opens a file that its process may not write
+/// read-only without an error, and an up-to-date schema needs no write, so without this check
+/// the gateway would start and then lose every batch.
+async fn ensure_writable(connection: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // A table created in a transaction that is rolled back needs a writable file but leaves
+    // it as it was. Taking the write lock alone succeeds on a read-only connection.
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await
+        .map_err(open_error)?;
+    let probe = sqlx::query("CREATE TABLE write_probe (x)")
+        .execute(&mut *connection)
+        .await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut *connection)
+        .await
+        .map_err(open_error)?;
+    match probe {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error)) if is_read_only(error.code().as_deref()) => {
+            Err(StoreError::ReadOnly {
+                path: path.to_owned(),
+            })
+        }
+        Err(source) => Err(open_error(source)),
+    }
 }
 
 /// Opens an existing request log read-only, so that it works whether or not a gateway is
@@ -106,4 +147,37 @@ fn create_folder(path: &Path) -> Result<(), StoreError> {
         path: folder.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn read_only_connection_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.db");
+        let mut writable = open_writer(&path).await.unwrap();
+        ensure_writable(&mut writable, &path).await.unwrap();
+        writable.close().await.unwrap();
+
+        // SQLite opens a file that the process may not write like this, without an error.
+        let options = SqliteConnectOptions::new().filename(&path).read_only(true);
+        let mut read_only = SqliteConnection::connect_with(&options).await.unwrap();
+        let error = ensure_writable(&mut read_only, &path).await.unwrap_err();
+        assert!(matches!(error, StoreError::ReadOnly { .. }), "{error:?}");
+        assert!(error.to_string().contains("is read-only"), "{error}");
+    }
+
+    #[test]
+    fn read_only_codes_are_recognized() {
+        for code in ["8", "264", "520", "776", "1032", "1288", "1544"] {
+            assert!(is_read_only(Some(code)), "{code}");
+        }
+        for code in [None, Some("5"), Some("14"), Some("readonly")] {
+            assert!(!is_read_only(code), "{code:?}");
+        }
+    }
 }

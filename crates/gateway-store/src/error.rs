@@ -36,6 +36,17 @@ pub enum StoreError {
         source: sqlx::migrate::MigrateError,
     },
 
+    /// The database file, or its folder, cannot be written by this process.
+    #[error(
+        "request log database {} is read-only: give the gateway's user write access to the \
+         file and its folder, or set request_log.database to a writable path",
+        path.display()
+    )]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// A schema newer than this version's: a newer gateway upgraded the database.
     #[error(
         "request log database {} was upgraded by a newer apigateway (schema version {version}): \
