@@ -886,6 +886,7 @@ async fn readers_agree_with_traffic() {
     let body = reply.json();
     assert_eq!(body["window"], "5m");
     assert_eq!(body["request_log"]["dropped"], 0, "dropped: {body}");
+    assert_eq!(body["request_log"]["failed"], 0, "failed: {body}");
     let stats = &body["stats"];
     let users_route = group(&stats["routes"], "route", Some(USERS_ROUTE));
     assert_eq!(users_route["requests"], 33, "{users_route}");

@@ -135,7 +135,11 @@ async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
         &json!({
             "window": window,
             "stats": stats,
-            "request_log": { "dropped": state.log.dropped(), "queued": state.log.queued() },
+            "request_log": {
+                "dropped": state.log.dropped(),
+                "failed": state.log.failed(),
+                "queued": state.log.queued(),
+            },
         }),
     ))
 }

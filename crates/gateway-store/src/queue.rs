@@ -16,6 +16,8 @@ use tokio::sync::{Notify, mpsc};
 pub struct RequestLog {
     sender: mpsc::Sender<RequestRecord>,
     dropped: Arc<AtomicU64>,
+    /// Rows whose batch failed to commit, counted by the writer.
+    failed: Arc<AtomicU64>,
     /// Wakes the writer when enough records wait, so it is not woken for every record.
     batch_ready: Arc<BatchReady>,
     /// Half the queue: the writer is woken at this many records even when its batch needs
@@ -60,14 +62,16 @@ impl RequestLog {
     ///
     /// Returns [`StoreError::CreateFolder`] when the folder cannot be created,
     /// [`StoreError::Open`] when SQLite cannot open or create the file (a folder in its place,
-    /// a file that is not a database, no write permission), and [`StoreError::Migrate`] when the
-    /// schema cannot be applied.
+    /// a file that is not a database), [`StoreError::ReadOnly`] when it cannot write to it,
+    /// [`StoreError::NewerSchema`] when a newer gateway upgraded it, and
+    /// [`StoreError::Migrate`] when the schema cannot be applied.
     pub async fn open(config: &RequestLogConfig) -> Result<(RequestLog, Writer), StoreError> {
         let connection = connect::open_writer(&config.database).await?;
 
         // tokio's bounded channel panics on a capacity of 0, which config validation rejects.
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
         let batch_ready = Arc::new(BatchReady {
             notify: Notify::new(),
             needed: AtomicUsize::new(config.batch_size.max(1)),
@@ -76,11 +80,12 @@ impl RequestLog {
         let log = RequestLog {
             sender,
             dropped: Arc::clone(&dropped),
+            failed: Arc::clone(&failed),
             batch_ready: Arc::clone(&batch_ready),
             half_queue: (config.queue_capacity / 2).max(1),
             _last_drop: Arc::new(WakeOnDrop(Arc::clone(&batch_ready))),
         };
-        let writer = Writer::new(config, connection, receiver, dropped, batch_ready);
+        let writer = Writer::new(config, connection, receiver, dropped, failed, batch_ready);
         Ok((log, writer))
     }
 
@@ -105,6 +110,12 @@ impl RequestLog {
     /// or the writer had stopped.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many rows were lost since the log opened because their batch failed to
+    /// commit (a full disk, an I/O error, a table changed under the gateway).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Returns how many records wait to be committed: in the queue, and taken by the writer

@@ -33,6 +33,7 @@ pub struct Writer {
     connection: SqliteConnection,
     receiver: mpsc::Receiver<RequestRecord>,
     dropped: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
     batch_ready: Arc<BatchReady>,
     batch_size: usize,
     flush_interval: Duration,
@@ -87,6 +88,7 @@ impl Writer {
         connection: SqliteConnection,
         receiver: mpsc::Receiver<RequestRecord>,
         dropped: Arc<AtomicU64>,
+        failed: Arc<AtomicU64>,
         batch_ready: Arc<BatchReady>,
     ) -> Writer {
         Writer {
@@ -94,6 +96,7 @@ impl Writer {
             connection,
             receiver,
             dropped,
+            failed,
             batch_ready,
             batch_size: config.batch_size.max(1),
             flush_interval: config.flush_interval,
@@ -255,6 +258,7 @@ impl Writer {
                 // NOTE: a failed batch is not retried. The busy timeout already covers lock
                 // contention, so what is left (disk full, I/O error) would fail again.
                 summary.failed += rows;
+                self.failed.fetch_add(rows, Ordering::Relaxed);
                 error!(
                     path = %self.path.display(),
                     rows,

@@ -176,6 +176,42 @@ async fn small_queue_drains_before_interval() {
     assert_eq!(count_rows(&config.database).await, 200);
 }
 
+/// Rows of a batch that fails to commit are counted as failed while the writer runs, so that
+/// `/admin/stats` shows the loss, not only the writer's closing line.
+#[tokio::test]
+async fn failed_batch_is_counted_while_running() {
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.batch_size = 10;
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    // A table changed under the gateway makes every insert fail.
+    let url = format!("sqlite://{}", config.database.display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DROP TABLE requests")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+
+    for i in 0..10 {
+        log.record(record(i, now_us()));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while log.failed() < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(log.failed(), 10);
+    assert_eq!(log.queued(), 0);
+
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.failed, 10);
+    assert_eq!(summary.written, 0);
+}
+
 #[tokio::test]
 async fn full_queue_drops_and_counts() {
     let dir = tempfile::tempdir().unwrap();
