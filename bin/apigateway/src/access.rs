@@ -83,6 +83,10 @@ impl RequestHook for AccessHook {
     // nothing for them.
     type State = Option<Pending>;
 
+    fn is_active(&self) -> bool {
+        self.shared.access_lines.is_some() || self.shared.request_log.is_some()
+    }
+
     fn on_request<B>(&self, request: &Request<B>) -> Option<Pending> {
         if self.shared.access_lines.is_none() && self.shared.request_log.is_none() {
             return None;

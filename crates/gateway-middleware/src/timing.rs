@@ -28,6 +28,12 @@ pub trait RequestHook: Clone + Send + Sync + 'static {
     /// Called once when the response body has ended, failed or been dropped, or when the
     /// request was dropped before a response was made (then `on_response` was not called).
     fn on_end(&self, state: Self::State, end: &RequestEnd);
+
+    /// Returns whether the hook reports anything. When it returns false, no method above is
+    /// called, and requests skip the clock and the hook's clone.
+    fn is_active(&self) -> bool {
+        true
+    }
 }
 
 /// How a request ended.
@@ -87,16 +93,15 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let started = Instant::now();
-        let state = self.hook.on_request(&request);
+        let report = self.hook.is_active().then(|| Report {
+            started: Instant::now(),
+            state: self.hook.on_request(&request),
+            hook: self.hook.clone(),
+            bytes_sent: 0,
+        });
         ResponseFuture {
             inner: self.inner.call(request),
-            report: Some(Report {
-                hook: self.hook.clone(),
-                state,
-                started,
-                bytes_sent: 0,
-            }),
+            report,
         }
     }
 }
@@ -149,20 +154,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let Some(mut report) = this.report.take() else {
-            // Polled again after completion; the contract of Future allows anything here.
-            return Poll::Pending;
-        };
+        let mut report = this.report.take();
         match result {
             Ok(response) => {
-                report.hook.on_response(&mut report.state, &response);
+                if let Some(report) = &mut report {
+                    report.hook.on_response(&mut report.state, &response);
+                }
                 Poll::Ready(Ok(response.map(|body| TimedBody {
                     inner: body,
-                    report: Some(report),
+                    report,
                 })))
             }
             Err(error) => {
-                report.finish(false);
+                if let Some(report) = report {
+                    report.finish(false);
+                }
                 Poll::Ready(Err(error))
             }
         }
@@ -294,6 +300,45 @@ mod tests {
         drop(future);
         let reports = recorder.0.lock().unwrap().clone();
         assert_eq!(reports, [("/gone".to_owned(), 0, 0, false)]);
+    }
+
+    /// A hook that is off: any call to it fails the test.
+    #[derive(Clone)]
+    struct Off;
+
+    impl RequestHook for Off {
+        type State = ();
+
+        fn on_request<B>(&self, _: &Request<B>) {
+            panic!("on_request called on a hook that is off");
+        }
+
+        fn on_response<B>(&self, (): &mut (), _: &Response<B>) {
+            panic!("on_response called on a hook that is off");
+        }
+
+        fn on_end(&self, (): (), _: &RequestEnd) {
+            panic!("on_end called on a hook that is off");
+        }
+
+        fn is_active(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn inactive_hook_is_never_called() {
+        let service = TimingLayer::new(Off).layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        }));
+        let response = service.clone().oneshot(Request::new(())).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+
+        let mut service = service;
+        drop(service.call(Request::new(())));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        drop(response);
     }
 
     #[tokio::test]
