@@ -6,7 +6,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// `X-Forwarded-For`: the chain of client addresses.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -25,6 +25,23 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == header::UPGRADE
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
+}
+
+/// Appends `ip` in dotted decimal, as its `Display` does, without the formatting machinery:
+/// every proxied request writes its peer's address.
+fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            out.push(b'.');
+        }
+        if octet >= 100 {
+            out.push(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            out.push(b'0' + octet / 10 % 10);
+        }
+        out.push(b'0' + octet % 10);
+    }
 }
 
 /// Writes the header fields of a request forwarded to a backend, one `name: value` line each.
@@ -74,8 +91,13 @@ pub fn write_forwarded_headers(
                     out.extend_from_slice(b", ");
                 }
             }
-            // `io::Write` for a Vec only appends, so formatting returns no error.
-            let _ = write!(out, "{peer}");
+            match peer {
+                IpAddr::V4(peer) => put_ipv4(out, peer),
+                // `io::Write` for a Vec only appends, so formatting returns no error.
+                IpAddr::V6(peer) => {
+                    let _ = write!(out, "{peer}");
+                }
+            }
             out.extend_from_slice(b"\r\n");
         }
         None => {
@@ -135,6 +157,18 @@ mod tests {
             .filter(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
             .collect()
+    }
+
+    #[test]
+    fn ipv4_is_written_as_display_writes_it() {
+        let mut octets = vec![0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 249, 250, 255];
+        octets.extend(0..=255);
+        for (n, &octet) in octets.iter().enumerate() {
+            let ip = Ipv4Addr::new(octet, octets[(n + 3) % octets.len()], 7, octet);
+            let mut out = Vec::new();
+            put_ipv4(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]
