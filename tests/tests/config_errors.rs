@@ -309,6 +309,52 @@ fn invalid_log_level_stops_serving() {
     assert!(text.contains("logging.level"), "field not named:\n{text}");
 }
 
+/// A misspelled level is a valid filter for `tracing` (a target name) that logs nothing, so
+/// `--check` rejects it by name instead of letting the gateway run silent.
+#[test]
+fn misspelled_log_level_is_rejected() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    for level in ["warning", "infoo", "verbose", "info,dbug"] {
+        let config = format!(
+            "server:\n  host: 127.0.0.1\n  port: {}\nlogging:\n  level: \"{level}\"\n{ROUTE}",
+            free_port()
+        );
+        let path = write_config(dir.path(), &config);
+        let path_text = path.display().to_string();
+
+        let output = run(&["--check", "--config", &path_text]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{level}: exit {}",
+            output.status
+        );
+        let text = stderr(&output);
+        assert!(
+            text.contains("logging.level"),
+            "{level}: field not named:\n{text}"
+        );
+        assert!(
+            text.contains("is not a level"),
+            "{level}: no fix given:\n{text}"
+        );
+    }
+    for level in ["warn", "INFO", "off", "info,gateway_proxy=debug"] {
+        let config = format!(
+            "server:\n  host: 127.0.0.1\n  port: {}\nlogging:\n  level: \"{level}\"\n{ROUTE}",
+            free_port()
+        );
+        let path = write_config(dir.path(), &config);
+        let output = run(&["--check", "--config", &path.display().to_string()]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{level}: {}",
+            stderr(&output)
+        );
+    }
+}
+
 #[test]
 fn port_in_use_names_fields_and_address() {
     let port_holder = TcpListener::bind("127.0.0.1:0").expect("bind a port");

@@ -341,7 +341,25 @@ const SECOND_SIGNAL_FLUSH_TIMEOUT: Duration = Duration::from_millis(200);
 const STDOUT_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Parses a log filter in `RUST_LOG` syntax, the syntax of `logging.level`.
+///
+/// That syntax reads a bare word as a target to log at every level, so a misspelled level
+/// (`warning`, `infoo`) would log only that target, which is nothing. A bare word must be a
+/// level here; a target is written with its level, as `gateway_proxy=trace`.
 fn parse_log_filter(text: &str) -> Result<EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let bare_word = text.split(',').map(str::trim).find(|directive| {
+        !directive.is_empty()
+            && !directive.contains(['=', '['])
+            && !LEVELS
+                .iter()
+                .any(|level| directive.eq_ignore_ascii_case(level))
+    });
+    if let Some(word) = bare_word {
+        return Err(format!(
+            "invalid log filter {text:?}: {word:?} is not a level: write one of error, warn, \
+             info, debug, trace or off, or a target with its level like gateway_proxy=debug"
+        ));
+    }
     EnvFilter::try_new(text).map_err(|error| {
         format!(
             "invalid log filter {text:?} ({error}): write a level like info or debug, or directives like info,gateway_proxy=debug"
