@@ -238,10 +238,17 @@ fn check_host(host: &str) -> Result<(), String> {
 }
 
 /// Returns whether `name` is a host name by RFC 1123: dot-separated labels of 1 to 63
-/// letters, digits and hyphens, not starting or ending with a hyphen, 253 bytes at most.
+/// letters, digits and hyphens, not starting or ending with a hyphen, 253 bytes at most. The
+/// last label is not all digits (RFC 1123 section 2.1 keeps names apart from addresses), so
+/// `127.0.0.300` is a mistyped address, not a name.
 fn is_host_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
+    let numeric_top = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()));
     !name.is_empty()
+        && !numeric_top
         && name.len() <= 253
         && name.split('.').all(|label| {
             (1..=63).contains(&label.len())

@@ -287,13 +287,25 @@ fn server_host_must_be_address_or_name() {
         "::1",
         "localhost",
         "gw-1.internal.",
+        "10.example",
+        "host-2",
     ] {
         let text = format!("server:\n  host: \"{host}\"\n{ONE_ROUTE}");
         if let Err(error) = Config::from_yaml(&text, "test.yaml") {
             panic!("{host:?} was rejected: {error}");
         }
     }
-    for host in ["not a host", "-lead.example", "a..b", "exa_mple.com", " "] {
+    let invalid = [
+        "not a host",
+        "-lead.example",
+        "a..b",
+        "exa_mple.com",
+        " ",
+        "127.0.0.300",
+        "10.0.0",
+        "8080",
+    ];
+    for host in invalid {
         let found = problems(&format!("server:\n  host: \"{host}\"\n{ONE_ROUTE}"));
         assert_eq!(found.len(), 1, "{host:?}: {found:#?}");
         assert!(found[0].starts_with("server.host:"), "{host:?}: {found:#?}");

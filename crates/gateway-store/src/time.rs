@@ -43,8 +43,10 @@ pub fn parse_since(text: &str, now_us: i64) -> Result<i64, StoreError> {
     };
 
     if let Ok(duration) = humantime::parse_duration(text) {
+        // A duration reaching back before 1970 means every row, and stops at the epoch so
+        // that the start time prints as the time it is.
         let back = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
-        return Ok(now_us.saturating_sub(back));
+        return Ok(now_us.saturating_sub(back).max(0));
     }
     if !has_utc_suffix(text) {
         return Err(invalid());
@@ -80,6 +82,8 @@ mod tests {
         assert_eq!(parse_since("5m", NOW_US).unwrap(), NOW_US - 300_000_000);
         assert_eq!(parse_since("1h", NOW_US).unwrap(), NOW_US - 3_600_000_000);
         assert_eq!(parse_since(" 250ms ", NOW_US).unwrap(), NOW_US - 250_000);
+        assert_eq!(parse_since("99999999999d", NOW_US).unwrap(), 0);
+        assert_eq!(parse_since("60y", NOW_US).unwrap(), 0);
     }
 
     #[test]
