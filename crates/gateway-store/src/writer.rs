@@ -138,7 +138,7 @@ impl Writer {
         let mut shutdown = pin!(shutdown);
         let mut stopping = false;
         let mut summary = WriteSummary::default();
-        let mut drops = DropWarnings::new(self.flush_interval);
+        let mut drops = DropWarnings::new(self.flush_interval.max(MIN_DROP_WARNING_INTERVAL));
         // Room for a default batch up front, and more only when that many rows arrive.
         let mut batch = Vec::with_capacity(self.batch_size.min(1024));
 
@@ -314,7 +314,11 @@ fn take_queued(
     true
 }
 
-/// Rate-limits the warning about dropped records to one per flush interval.
+/// Shortest time between two warnings about dropped records, for a short flush interval.
+const MIN_DROP_WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rate-limits the warning about dropped records to one per flush interval, and at most one
+/// a second.
 struct DropWarnings {
     interval: Duration,
     reported: u64,

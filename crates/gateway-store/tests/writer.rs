@@ -457,3 +457,41 @@ async fn stop_with_reader_mid_query_warns_without_waiting() {
     reader.close().await.unwrap();
     assert_eq!(count_rows(&config.database).await, 500);
 }
+
+/// A short flush interval does not make the drop warning more frequent than once a second.
+#[tokio::test]
+async fn drop_warning_waits_a_second_with_short_interval() {
+    let buffer = LogBuffer::default();
+    let writer_buffer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer_buffer.clone())
+        .finish();
+    // The test runtime has one thread, so the writer task logs to this subscriber too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.queue_capacity = 4;
+    config.batch_size = 4;
+    config.flush_interval = Duration::from_millis(10);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    // Drops keep coming for about half a second, past many flush intervals.
+    for round in 0..25 {
+        for i in 0..20 {
+            log.record(record(round * 20 + i, now_us()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = buffer.warnings().len();
+    writer.shutdown().await.unwrap();
+
+    assert!(log.dropped() > 0, "no record was dropped");
+    assert!(
+        (1..=2).contains(&during),
+        "{during} warnings in half a second: {:?}",
+        buffer.warnings()
+    );
+}
