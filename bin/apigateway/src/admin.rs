@@ -11,6 +11,7 @@ use gateway_proxy::{ProxyBody, error_response};
 use gateway_store::{LogFilter, StatusFilter, now_us};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// Window of `/admin/stats` when the request names none.
 const DEFAULT_WINDOW: &str = "5m";
@@ -40,7 +41,34 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
             "no admin endpoint at this path".to_owned(),
         )),
     };
-    result.unwrap_or_else(|AdminError(status, message)| error_response(status, &message))
+    result.unwrap_or_else(|AdminError(status, message)| {
+        let mut response = error_response(status, &message);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    })
+}
+
+/// How long a request log query waits for the one running before it, before it gets 503.
+const QUERY_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs `query` on the request log once no other admin query runs. A query can take seconds
+/// of CPU on a large table, on the core that also serves requests, so they run one at a time,
+/// and one that waits longer than [`QUERY_WAIT`] gets 503 with `Retry-After`.
+async fn one_at_a_time<T>(
+    state: &RequestLogState,
+    query: impl Future<Output = Result<T, gateway_store::StoreError>>,
+) -> Result<T, AdminError> {
+    let Ok(Ok(_permit)) = tokio::time::timeout(QUERY_WAIT, state.query_slot.acquire()).await else {
+        return Err(AdminError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another request log query is running: try again when it ends".to_owned(),
+        ));
+    };
+    query.await.map_err(query_failed)
 }
 
 /// An admin request that fails: the status and the reason sent to the client.
@@ -54,7 +82,8 @@ fn bad_parameter(message: String) -> AdminError {
 }
 
 fn query_failed(error: gateway_store::StoreError) -> AdminError {
-    tracing::error!(%error, "request log query failed");
+    let cause = std::error::Error::source(&error).map(ToString::to_string);
+    tracing::error!(%error, cause = cause.as_deref().unwrap_or(""), "request log query failed");
     AdminError(
         StatusCode::INTERNAL_SERVER_ERROR,
         "request log query failed".to_owned(),
@@ -74,7 +103,7 @@ fn request_log(gateway: &Gateway) -> Result<&RequestLogState, AdminError> {
 async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let filter = logs_filter(query, now_us())?;
-    let entries = state.reader.recent(&filter).await.map_err(query_failed)?;
+    let entries = one_at_a_time(state, state.reader.recent(&filter)).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "count": entries.len(), "entries": entries }),
@@ -129,7 +158,7 @@ async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let window = stats_window(query)?;
     let since = parse_window(&window, now_us()).map_err(bad_parameter)?;
-    let stats = state.reader.stats(since).await.map_err(query_failed)?;
+    let stats = one_at_a_time(state, state.reader.stats(since)).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -266,6 +295,46 @@ mod tests {
     use gateway_config::Config;
 
     const NOW_US: i64 = 1_700_000_000_000_000;
+
+    #[tokio::test]
+    async fn second_query_waits_then_gets_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = gateway_config::RequestLogConfig {
+            database: dir.path().join("requests.db"),
+            ..gateway_config::RequestLogConfig::default()
+        };
+        let (log, writer) = gateway_store::RequestLog::open(&config).await.unwrap();
+        let reader = gateway_store::LogReader::open(&config.database)
+            .await
+            .unwrap();
+        let state = RequestLogState {
+            log,
+            reader,
+            query_slot: tokio::sync::Semaphore::new(1),
+        };
+        let filter = LogFilter::default();
+
+        let entries = one_at_a_time(&state, state.reader.recent(&filter))
+            .await
+            .unwrap();
+        assert!(entries.is_empty());
+
+        let running = state.query_slot.acquire().await.unwrap();
+        let started = std::time::Instant::now();
+        let (status, message) =
+            rejection(one_at_a_time(&state, state.reader.recent(&filter)).await);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(message.contains("another request log query"), "{message}");
+        assert!(started.elapsed() >= QUERY_WAIT, "{:?}", started.elapsed());
+        drop(running);
+
+        assert!(
+            one_at_a_time(&state, state.reader.recent(&filter))
+                .await
+                .is_ok()
+        );
+        writer.spawn().shutdown().await.unwrap();
+    }
 
     fn rejection(result: Result<impl std::fmt::Debug, AdminError>) -> (StatusCode, String) {
         match result {

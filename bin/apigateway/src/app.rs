@@ -59,6 +59,8 @@ pub struct Gateway {
 pub(crate) struct RequestLogState {
     pub(crate) log: RequestLog,
     pub(crate) reader: LogReader,
+    /// One permit: admin queries on the request log run one at a time.
+    pub(crate) query_slot: tokio::sync::Semaphore,
 }
 
 impl Gateway {

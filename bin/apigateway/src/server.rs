@@ -302,7 +302,12 @@ async fn open_request_log(
     let (log, writer) = RequestLog::open(config).await?;
     let reader = LogReader::open(&config.database).await?;
     tracing::info!(database = %config.database.display(), "request log open");
-    Ok((RequestLogState { log, reader }, writer.spawn()))
+    let state = RequestLogState {
+        log,
+        reader,
+        query_slot: tokio::sync::Semaphore::new(1),
+    };
+    Ok((state, writer.spawn()))
 }
 
 /// The per-connection service: adds the peer and client address to each request, runs the
