@@ -329,7 +329,6 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
     fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture<S> {
         // The head arrived: the read timeout no longer applies.
         self.deadline.clear();
-        let deadline_at = tokio::time::Instant::now() + self.write_timeout;
         let client = self
             .gateway
             .trusted
@@ -342,7 +341,7 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
         ConnectionFuture {
             inner: self.stack.clone().call(request),
             deadline: Arc::clone(&self.deadline),
-            deadline_at,
+            write_timeout: self.write_timeout,
         }
     }
 }
@@ -352,7 +351,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: <Stack<S> as Service<Request<Incoming>>>::Future,
         deadline: Arc<ConnectionDeadline>,
-        deadline_at: tokio::time::Instant,
+        write_timeout: Duration,
     }
 }
 
@@ -363,8 +362,10 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
         // The head is ready; from here the write timeout bounds sending the response. Until
-        // now the backend's response timeout bounded the wait.
-        this.deadline.set(*this.deadline_at);
+        // now the backend's response timeout bounded the wait, and the client's upload was
+        // bounded only between reads, as NGINX bounds it.
+        this.deadline
+            .set(tokio::time::Instant::now() + *this.write_timeout);
         let deadline = Arc::clone(this.deadline);
         Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
     }
