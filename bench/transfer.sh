@@ -13,6 +13,9 @@
 #   body keeps it flat after the first transfer.
 #   3. 10,000 idle keep-alive client connections, each after one GET /x, to the gateway and
 #      then to NGINX: (VmRSS with the connections - VmRSS before) / connections, in KiB.
+#   4. 50 clients that read a 50 MB response 1 KiB every 50 ms through a 4 KiB receive buffer,
+#      to a second, fresh gateway and to NGINX: (VmRSS after 4 s of reading - VmRSS before) /
+#      clients, in KiB.
 # Nothing is pinned to a core, so curl, the mockserver and the proxy share every core.
 #
 # Usage: bench/transfer.sh [--quick]
@@ -443,6 +446,84 @@ for name in gateway nginx; do
     fi
 done
 
+# --- 4. Slow readers ------------------------------------------------------------------------
+
+# Opens $2 connections to port $1, each with a 4 KiB receive buffer and a GET of a 50 MB body,
+# reads 1 KiB from each every 50 ms for $3 seconds, then prints `reading` and waits for the
+# file $4 (at most 30 s) before it closes them.
+cat >"$work/slow.py" <<'EOF'
+import os
+import socket
+import sys
+import time
+
+port, count, read_seconds, done_file = (
+    int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
+sockets = []
+for _ in range(count):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /slow?size=50000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+    sock.setblocking(False)
+    sockets.append(sock)
+read_until = time.monotonic() + read_seconds
+while time.monotonic() < read_until:
+    for sock in sockets:
+        try:
+            sock.recv(1024)
+        except BlockingIOError:
+            pass
+    time.sleep(0.05)
+print("reading", flush=True)
+wait_until = time.monotonic() + 30
+while time.monotonic() < wait_until and not os.path.exists(done_file):
+    time.sleep(0.1)
+for sock in sockets:
+    sock.close()
+EOF
+
+# A fresh gateway, because the first one keeps the memory that the idle connections freed,
+# and the slow readers would reuse it unseen.
+slow_gateway_port="$(free_port)"
+sed "s/port: $gateway_port/port: $slow_gateway_port/" "$work/gateway.yaml" >"$work/slow-gateway.yaml"
+"$work/apigateway" --config "$work/slow-gateway.yaml" >"$work/slow-gateway.log" 2>&1 &
+slow_gateway_pid="$!"
+pids+=("$slow_gateway_pid")
+for _ in $(seq 100); do
+    curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$slow_gateway_port/x" && break
+    sleep 0.1
+done
+
+slow_readers=50
+declare -A rss_per_slow_reader
+echo "== $slow_readers slow readers of a 50 MB response"
+for name in slow_gateway nginx; do
+    pid_var="${name}_pid"
+    pid="${!pid_var}"
+    port_var="${name}_port"
+    port="${!port_var}"
+    rss_before="$(memory_kib "$pid" VmRSS)"
+    rm -f "$work/slow-done"
+    python3 "$work/slow.py" "$port" "$slow_readers" 4 "$work/slow-done" \
+        >"$work/slow-$name.log" 2>&1 &
+    client_pid="$!"
+    pids+=("$client_pid")
+    for _ in $(seq 100); do
+        if grep -q '^reading' "$work/slow-$name.log" || ! kill -0 "$client_pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    rss_with="$(memory_kib "$pid" VmRSS)"
+    touch "$work/slow-done"
+    wait "$client_pid" || true
+    rss_per_slow_reader[$name]="$(awk -v a="$rss_with" -v b="$rss_before" \
+        -v n="$slow_readers" 'BEGIN { printf "%.0f", (a - b) / n }')"
+    printf '%-7s: RSS %d KiB before, %d KiB with %d slow readers: %s KiB per reader\n' \
+        "$name" "$rss_before" "$rss_with" "$slow_readers" "${rss_per_slow_reader[$name]}"
+done
+
 # --- Report ---------------------------------------------------------------------------------
 
 # Prints $1 / $2, or `-` when either is not a positive number.
@@ -480,4 +561,7 @@ done
 printf '| RSS per idle keep-alive connection (%d open), KiB | - | %s | %s | %s |\n' \
     "$idle_connections" "${rss_per_connection[gateway]}" "${rss_per_connection[nginx]}" \
     "$(ratio "${rss_per_connection[gateway]}" "${rss_per_connection[nginx]}")"
+printf '| RSS per slow reader of a 50 MB response (%d readers), KiB | - | %s | %s | %s |\n' \
+    "$slow_readers" "${rss_per_slow_reader[slow_gateway]}" "${rss_per_slow_reader[nginx]}" \
+    "$(ratio "${rss_per_slow_reader[slow_gateway]}" "${rss_per_slow_reader[nginx]}")"
 exit "$failed"

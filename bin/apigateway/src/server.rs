@@ -31,6 +31,11 @@ use tower::{Layer, Service};
 /// Largest request head accepted; a larger one gets 431 Request Header Fields Too Large.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Most bytes hyper buffers per client connection, in each direction: response body data
+/// waiting for a slow client, and request bytes read ahead. Below hyper's default of about
+/// 400 KiB, and large enough that a 100 MiB upload through the gateway keeps its speed.
+const MAX_CONNECTION_BUFFER: usize = 256 * 1024;
+
 /// How often idle rate-limit buckets are evicted.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -131,7 +136,9 @@ where
     // The read timeout is kept by each connection's own timer (see `deadline`), not by
     // hyper's, which would register a timer for every request head.
     let mut http = http1::Builder::new();
-    http.max_header_size(MAX_HEADER_BYTES).keep_alive(true);
+    http.max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
+        .keep_alive(true);
     let read_timeout = server.read_timeout;
     let write_timeout = server.write_timeout;
     // Every deadline is at least this far ahead when it is set.
