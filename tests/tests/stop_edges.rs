@@ -8,6 +8,7 @@ use gateway_tests::{
 };
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -99,6 +100,44 @@ async fn client_closed_row_names_route() {
         499,
         Some("/api/*rest".to_owned()),
         Some("client_closed".to_owned()),
+    );
+    assert_eq!(rows, vec![expected]);
+}
+
+/// A client that leaves in the middle of a response body gets a row that keeps the status and
+/// says the response was incomplete, so that it does not read as a success.
+#[tokio::test]
+async fn download_left_midway_row_is_incomplete() {
+    let mock = MockProcess::start("Big");
+    let mut gateway = GatewayProcess::start(&config(&mock.url));
+
+    let mut stream = TcpStream::connect(gateway.addr).expect("connect");
+    stream
+        .write_all(b"GET /api/left?size=50000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send request");
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < 100_000 {
+        let read = stream.read(&mut buffer).expect("read response");
+        assert!(read > 0, "closed after {received} bytes");
+        received += read;
+    }
+    drop(stream);
+    gateway
+        .wait_for_line(&["access", "/api/left"], Duration::from_secs(5))
+        .expect("access line of the download");
+
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+
+    let rows = rows_with_path(&gateway.dir().join("gateway.db"), "/api/left").await;
+    let expected = (
+        200,
+        Some("/api/*rest".to_owned()),
+        Some("response_incomplete".to_owned()),
     );
     assert_eq!(rows, vec![expected]);
 }

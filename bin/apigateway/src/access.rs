@@ -140,6 +140,11 @@ impl RequestHook for AccessHook {
         let Some(mut state) = state else {
             return;
         };
+        if state.status != 0 && !end.completed && state.error_kind.is_none() {
+            // The response started but its body did not reach its end: the client left, or the
+            // write timeout cut it. Its status alone would read as a success.
+            state.error_kind = Some("response_incomplete");
+        }
         if state.status == 0 {
             // No response was made: the client closed the connection first, or the drain
             // deadline cut it off. 499 is the status NGINX logs for this case.
