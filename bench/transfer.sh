@@ -448,9 +448,9 @@ done
 
 # --- 4. Slow readers ------------------------------------------------------------------------
 
-# Opens $2 connections to port $1, each with a 4 KiB receive buffer and a GET of a 50 MB body,
-# reads 1 KiB from each every 50 ms for $3 seconds, then prints `reading` and waits for the
-# file $4 (at most 30 s) before it closes them.
+# Opens $2 connections to port $1, each with a 4 KiB receive buffer and a GET of a 50 MB body.
+# Reads 1 KiB from each every 50 ms for $3 seconds, then prints `reading`. Closes them once the
+# file $4 exists, or after 30 s.
 cat >"$work/slow.py" <<'EOF'
 import os
 import socket

@@ -105,7 +105,7 @@ async fn client_closed_row_names_route() {
 }
 
 /// A client that leaves in the middle of a response body gets a row that keeps the status and
-/// says the response was incomplete, so that it does not read as a success.
+/// marks the response incomplete, so that it does not read as a success.
 #[tokio::test]
 async fn download_left_midway_row_is_incomplete() {
     let mock = MockProcess::start("Big");

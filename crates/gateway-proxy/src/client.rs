@@ -36,8 +36,8 @@ use tokio::time::Sleep;
 const READ_BUFFER: usize = 16 * 1024;
 /// Largest the read buffer grows to while a body arrives faster than one buffer per read.
 /// A slow client keeps its backend connection's buffer full, so this bounds what each slow
-/// reader of a large response holds: about 180 KiB per connection in all at 64 KiB, against
-/// about 800 KiB at 256 KiB, with the same download speed.
+/// reader of a large response holds. At 64 KiB that is about 180 KiB per connection in all,
+/// against about 800 KiB at 256 KiB, and downloads keep their speed.
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
 struct Idle {

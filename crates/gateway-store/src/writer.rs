@@ -215,7 +215,7 @@ impl Writer {
         summary.dropped = self.dropped.load(Ordering::Relaxed);
         // Closing the last connection copies the WAL into the database file, but the gateway's
         // reader pool may still be open. A passive checkpoint copies it now, so that a copy of
-        // the database file alone is complete, and never waits: a reader in the middle of a
+        // the database file alone is complete. It never waits. A reader in the middle of a
         // query can keep it from finishing, and then the WAL file is needed with the database.
         let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut self.connection)
