@@ -56,8 +56,8 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
 const QUERY_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs `query` on the request log once no other admin query runs. A query can take seconds
-/// of CPU on a large table, on the core that also serves requests, so they run one at a time,
-/// and one that waits longer than [`QUERY_WAIT`] gets 503 with `Retry-After`.
+/// of CPU on a large table, on the cores that also serve requests, so queries run one at a
+/// time. One that waits longer than [`QUERY_WAIT`] gets 503 with `Retry-After`.
 async fn one_at_a_time<T>(
     state: &RequestLogState,
     query: impl Future<Output = Result<T, gateway_store::StoreError>>,
