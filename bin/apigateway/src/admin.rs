@@ -11,6 +11,7 @@ use gateway_proxy::{ProxyBody, error_response};
 use gateway_store::{LogFilter, StatusFilter, now_us};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Window of `/admin/stats` when the request names none.
@@ -58,17 +59,36 @@ const QUERY_WAIT: Duration = Duration::from_secs(1);
 /// Runs `query` on the request log once no other admin query runs. A query can take seconds
 /// of CPU on a large table, on the cores that also serve requests, so queries run one at a
 /// time. One that waits longer than [`QUERY_WAIT`] gets 503 with `Retry-After`.
-async fn one_at_a_time<T>(
-    state: &RequestLogState,
-    query: impl Future<Output = Result<T, gateway_store::StoreError>>,
-) -> Result<T, AdminError> {
-    let Ok(Ok(_permit)) = tokio::time::timeout(QUERY_WAIT, state.query_slot.acquire()).await else {
+///
+/// The query runs in a task of its own that keeps the slot until SQLite has finished, because
+/// SQLite goes on with a statement whose client has left.
+async fn one_at_a_time<T, F>(state: &RequestLogState, query: F) -> Result<T, AdminError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, gateway_store::StoreError>> + Send + 'static,
+{
+    let slot = Arc::clone(&state.query_slot).acquire_owned();
+    let Ok(Ok(permit)) = tokio::time::timeout(QUERY_WAIT, slot).await else {
         return Err(AdminError(
             StatusCode::SERVICE_UNAVAILABLE,
             "another request log query is running: try again when it ends".to_owned(),
         ));
     };
-    query.await.map_err(query_failed)
+    let task = tokio::spawn(async move {
+        let result = query.await;
+        drop(permit);
+        result
+    });
+    match task.await {
+        Ok(result) => result.map_err(query_failed),
+        Err(error) => {
+            tracing::error!(%error, "request log query task failed");
+            Err(AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "request log query failed".to_owned(),
+            ))
+        }
+    }
 }
 
 /// An admin request that fails: the status and the reason sent to the client.
@@ -103,7 +123,8 @@ fn request_log(gateway: &Gateway) -> Result<&RequestLogState, AdminError> {
 async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let filter = logs_filter(query, now_us())?;
-    let entries = one_at_a_time(state, state.reader.recent(&filter)).await?;
+    let reader = state.reader.clone();
+    let entries = one_at_a_time(state, async move { reader.recent(&filter).await }).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "count": entries.len(), "entries": entries }),
@@ -158,7 +179,8 @@ async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let window = stats_window(query)?;
     let since = parse_window(&window, now_us()).map_err(bad_parameter)?;
-    let stats = one_at_a_time(state, state.reader.stats(since)).await?;
+    let reader = state.reader.clone();
+    let stats = one_at_a_time(state, async move { reader.stats(since).await }).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -310,29 +332,34 @@ mod tests {
         let state = RequestLogState {
             log,
             reader,
-            query_slot: tokio::sync::Semaphore::new(1),
+            query_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         };
-        let filter = LogFilter::default();
-
-        let entries = one_at_a_time(&state, state.reader.recent(&filter))
-            .await
-            .unwrap();
+        let recent = || {
+            let reader = state.reader.clone();
+            async move { reader.recent(&LogFilter::default()).await }
+        };
+        let entries = one_at_a_time(&state, recent()).await.unwrap();
         assert!(entries.is_empty());
 
-        let running = state.query_slot.acquire().await.unwrap();
+        // A query whose client gives up keeps the slot until the query itself ends.
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let long_query = async move {
+            let _ = finished.await;
+            Ok(())
+        };
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), one_at_a_time(&state, long_query))
+                .await;
+        assert!(gave_up.is_err(), "the long query ended early");
+
         let started = std::time::Instant::now();
-        let (status, message) =
-            rejection(one_at_a_time(&state, state.reader.recent(&filter)).await);
+        let (status, message) = rejection(one_at_a_time(&state, recent()).await);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(message.contains("another request log query"), "{message}");
         assert!(started.elapsed() >= QUERY_WAIT, "{:?}", started.elapsed());
-        drop(running);
 
-        assert!(
-            one_at_a_time(&state, state.reader.recent(&filter))
-                .await
-                .is_ok()
-        );
+        finish.send(()).unwrap();
+        assert!(one_at_a_time(&state, recent()).await.is_ok());
         writer.spawn().shutdown().await.unwrap();
     }
 

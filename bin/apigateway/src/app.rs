@@ -60,7 +60,7 @@ pub(crate) struct RequestLogState {
     pub(crate) log: RequestLog,
     pub(crate) reader: LogReader,
     /// One permit: admin queries on the request log run one at a time.
-    pub(crate) query_slot: tokio::sync::Semaphore,
+    pub(crate) query_slot: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {

@@ -312,7 +312,7 @@ async fn open_request_log(
     let state = RequestLogState {
         log,
         reader,
-        query_slot: tokio::sync::Semaphore::new(1),
+        query_slot: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     Ok((state, writer.spawn()))
 }
