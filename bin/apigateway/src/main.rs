@@ -49,6 +49,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if cli.check {
+        // Serving takes RUST_LOG over logging.level, so --check reads it too.
+        if let Ok(value) = std::env::var("RUST_LOG")
+            && !value.is_empty()
+            && let Err(message) = parse_log_filter(&value)
+        {
+            eprintln!("apigateway: RUST_LOG: {message}");
+            return ExitCode::from(2);
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -344,12 +352,26 @@ const STDOUT_BUFFER_BYTES: usize = 64 * 1024;
 ///
 /// That syntax reads a bare word as a target to log at every level, so a misspelled level
 /// (`warning`, `infoo`) would log only that target, which is nothing. A bare word must be a
-/// level here; a target is written with its level, as `gateway_proxy=trace`.
+/// level here (a name, or 0 to 5); a target is written with its level, as
+/// `gateway_proxy=trace`. Spaces around directives are dropped, since the syntax would read
+/// them as part of a target, and an empty filter is rejected, since it logs nothing.
 fn parse_log_filter(text: &str) -> Result<EnvFilter, String> {
-    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
-    let bare_word = text.split(',').map(str::trim).find(|directive| {
-        !directive.is_empty()
-            && !directive.contains(['=', '['])
+    const LEVELS: [&str; 12] = [
+        "error", "warn", "info", "debug", "trace", "off", "0", "1", "2", "3", "4", "5",
+    ];
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!(
+            "invalid log filter {text:?}: it is empty, so nothing would be logged: write a level \
+             like info"
+        ));
+    }
+    let bare_word = directives.iter().find(|directive| {
+        !directive.contains(['=', '['])
             && !LEVELS
                 .iter()
                 .any(|level| directive.eq_ignore_ascii_case(level))
@@ -360,7 +382,7 @@ fn parse_log_filter(text: &str) -> Result<EnvFilter, String> {
              info, debug, trace or off, or a target with its level like gateway_proxy=debug"
         ));
     }
-    EnvFilter::try_new(text).map_err(|error| {
+    EnvFilter::try_new(directives.join(",")).map_err(|error| {
         format!(
             "invalid log filter {text:?} ({error}): write a level like info or debug, or directives like info,gateway_proxy=debug"
         )
