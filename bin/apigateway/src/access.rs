@@ -141,8 +141,9 @@ impl RequestHook for AccessHook {
             return;
         };
         if state.status != 0 && !end.completed && state.error_kind.is_none() {
-            // The response started but its body did not reach its end: the client left, or the
-            // write timeout cut it. Its status alone would read as a success.
+            // The response started but its body did not reach its end: the client left, a
+            // timeout or the stop cut it, or the backend failed. The status alone would read
+            // as a success.
             state.error_kind = Some("response_incomplete");
         }
         if state.status == 0 {

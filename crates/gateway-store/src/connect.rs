@@ -30,9 +30,18 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT);
-    let open_error = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
+    // A folder the process cannot write fails here with one of SQLite's read-only codes,
+    // because WAL mode creates files beside the database.
+    let open_error = |source: sqlx::Error| match &source {
+        sqlx::Error::Database(error) if is_read_only(error.code().as_deref()) => {
+            StoreError::ReadOnly {
+                path: path.to_owned(),
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
     };
 
     // Migrations run through a one-connection pool: run on a bare `&mut SqliteConnection`,
@@ -50,6 +59,13 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
             path: path.to_owned(),
             version,
         },
+        MigrateError::Execute(sqlx::Error::Database(error))
+            if is_read_only(error.code().as_deref()) =>
+        {
+            StoreError::ReadOnly {
+                path: path.to_owned(),
+            }
+        }
         source => StoreError::Migrate {
             path: path.to_owned(),
             source,
