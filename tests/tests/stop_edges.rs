@@ -76,6 +76,20 @@ async fn rows_with_path(database: &Path, path: &str) -> Vec<(i64, Option<String>
     rows
 }
 
+/// Stops `gateway` cleanly with SIGTERM, checks that it exits 0, and returns the status, route
+/// and error kind of its request log rows with `path`.
+async fn stop_and_read_rows(
+    gateway: &mut GatewayProcess,
+    path: &str,
+) -> Vec<(i64, Option<String>, Option<String>)> {
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    rows_with_path(&gateway.dir().join("gateway.db"), path).await
+}
+
 /// A client that closes its connection before the response gets a row with status 499, the
 /// error kind `client_closed` and the route its request matched, although no response named it.
 #[tokio::test]
@@ -89,13 +103,7 @@ async fn client_closed_row_names_route() {
         .wait_for_line(&["access", "/api/given-up"], Duration::from_secs(5))
         .expect("access line of the closed request");
 
-    gateway.signal("TERM");
-    let status = gateway
-        .wait_exit(Duration::from_secs(10))
-        .expect("gateway exits after SIGTERM");
-    assert!(status.success(), "exit status {status}");
-
-    let rows = rows_with_path(&gateway.dir().join("gateway.db"), "/api/given-up").await;
+    let rows = stop_and_read_rows(&mut gateway, "/api/given-up").await;
     let expected = (
         499,
         Some("/api/*rest".to_owned()),
@@ -127,13 +135,7 @@ async fn download_left_midway_row_is_incomplete() {
         .wait_for_line(&["access", "/api/left"], Duration::from_secs(5))
         .expect("access line of the download");
 
-    gateway.signal("TERM");
-    let status = gateway
-        .wait_exit(Duration::from_secs(10))
-        .expect("gateway exits after SIGTERM");
-    assert!(status.success(), "exit status {status}");
-
-    let rows = rows_with_path(&gateway.dir().join("gateway.db"), "/api/left").await;
+    let rows = stop_and_read_rows(&mut gateway, "/api/left").await;
     let expected = (
         200,
         Some("/api/*rest".to_owned()),

@@ -344,6 +344,18 @@ impl std::io::Write for LogBuffer {
 }
 
 impl LogBuffer {
+    /// Sends this thread's `tracing` output to a new buffer until the guard is dropped.
+    fn capture() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+        let buffer = LogBuffer::default();
+        let writer_buffer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer_buffer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (buffer, guard)
+    }
+
     fn warnings(&self) -> Vec<String> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
         text.lines()
@@ -355,14 +367,8 @@ impl LogBuffer {
 
 #[tokio::test]
 async fn drop_warning_is_rate_limited() {
-    let buffer = LogBuffer::default();
-    let writer_buffer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer_buffer.clone())
-        .finish();
     // The test runtime has one thread, so the writer task logs to this subscriber too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = LogBuffer::capture();
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
@@ -409,14 +415,8 @@ async fn drop_warning_is_rate_limited() {
 async fn stop_with_reader_mid_query_warns_without_waiting() {
     use sqlx::Connection;
 
-    let buffer = LogBuffer::default();
-    let writer_buffer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer_buffer.clone())
-        .finish();
     // The test runtime has one thread, so the writer task logs to this subscriber too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = LogBuffer::capture();
 
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
@@ -461,14 +461,8 @@ async fn stop_with_reader_mid_query_warns_without_waiting() {
 /// A short flush interval does not make the drop warning more frequent than once a second.
 #[tokio::test]
 async fn drop_warning_waits_a_second_with_short_interval() {
-    let buffer = LogBuffer::default();
-    let writer_buffer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer_buffer.clone())
-        .finish();
     // The test runtime has one thread, so the writer task logs to this subscriber too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buffer, _guard) = LogBuffer::capture();
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
