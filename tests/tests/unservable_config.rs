@@ -86,6 +86,45 @@ routes:
     );
 }
 
+/// A name under `.invalid` never resolves, by its reservation for that purpose.
+const UNRESOLVABLE_HOST_CONFIG: &str = r#"
+server:
+  host: "gateway.invalid"
+  port: 19981
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#;
+
+#[test]
+fn check_rejects_a_host_name_that_does_not_resolve() {
+    assert_rejected(UNRESOLVABLE_HOST_CONFIG, "server.host");
+}
+
+#[test]
+fn serving_a_host_name_that_does_not_resolve_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, UNRESOLVABLE_HOST_CONFIG).expect("write config");
+    let output = Command::new(binary("apigateway"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run apigateway");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("server.host"),
+        "message names no field: {stderr}"
+    );
+    assert!(
+        stderr.contains("gateway.invalid"),
+        "message names no host: {stderr}"
+    );
+}
+
 #[test]
 fn check_rejects_a_route_path_that_cannot_match() {
     assert_rejected(

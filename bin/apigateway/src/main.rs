@@ -57,6 +57,11 @@ fn main() -> ExitCode {
             eprintln!("apigateway: RUST_LOG: {message}");
             return ExitCode::from(2);
         }
+        // A name that does not resolve passes the field's syntax check, yet stops the start.
+        if let Err(message) = resolve_listen_address(&config.server.host, config.server.port) {
+            eprintln!("apigateway: {}: {message}", cli.config.display());
+            return ExitCode::from(2);
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -153,8 +158,16 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    // A (host, port) pair takes IPv6 addresses such as `::` unbracketed and resolves names.
-    let listener = match tokio::net::TcpListener::bind((host.as_str(), port)).await {
+    // Resolved apart from the bind, so that a name that does not resolve is reported as the
+    // configuration error it is.
+    let addresses = match resolve_listen_address(&host, port) {
+        Ok(addresses) => addresses,
+        Err(message) => {
+            eprintln!("apigateway: {}: {message}", config_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addresses.as_slice()).await {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!(
@@ -217,6 +230,27 @@ async fn run(
             tracing::error!(error = %error_chain(&error), "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves the listen address. A (host, port) pair takes IPv6 addresses such as `::`
+/// unbracketed, and names through the system's resolver. The error names the field and the
+/// fix.
+fn resolve_listen_address(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(host, port));
+    match resolved.map(Iterator::collect::<Vec<_>>) {
+        Ok(addresses) if !addresses.is_empty() => Ok(addresses),
+        Ok(_) => Err(format!(
+            "server.host: {host} resolves to no address: set server.host to an IP address \
+             such as 0.0.0.0 or 127.0.0.1, or to a name this machine resolves"
+        )),
+        Err(error) => Err(format!(
+            "server.host: cannot resolve {host}: {error}: set server.host to an IP address \
+             such as 0.0.0.0 or 127.0.0.1, or to a name this machine resolves"
+        )),
     }
 }
 
