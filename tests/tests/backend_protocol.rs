@@ -523,3 +523,23 @@ fn request_with_unknown_transfer_coding_gets_501() {
     assert!(text.starts_with("HTTP/1.1 501"), "{text}");
     assert_eq!(backend.requests(), 0);
 }
+
+#[test]
+fn connection_naming_content_length_cannot_smuggle_a_request() {
+    // Were the client's Content-Length dropped as a header its Connection names, the backend
+    // would read the body as a second request of the client's making.
+    let backend = ScriptedBackend::start(&[]);
+    let gateway = gateway_for(&backend);
+    let hidden = "GET /hidden HTTP/1.1\r\nhost: internal\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nhost: gateway\r\nconnection: content-length\r\n\
+         content-length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    );
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let response = connection.exchange(request.as_bytes()).expect("response");
+    assert_eq!(response.status, 200);
+    // A second request would reach the backend right after the first on the same connection.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(backend.requests(), 1);
+}

@@ -337,7 +337,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(ResponseHead, bool), ExchangeError> {
         self.send.chunked = framing == RequestFraming::Chunked;
-        self.send.body_done = framing == RequestFraming::Empty;
+        self.send.body_done = matches!(framing, RequestFraming::Empty | RequestFraming::Length(0));
         // Set after the head is written, then moved by every body byte either way.
         let mut last_progress = None;
         let mut write_error: Option<io::Error> = None;

@@ -23,8 +23,10 @@ const MAX_HEADERS: usize = 100;
 pub(crate) enum RequestFraming {
     /// No body.
     Empty,
-    /// A body of the length the client's `Content-Length` header gives.
-    Length,
+    /// A body of this many bytes, the length the client declared. The gateway writes its own
+    /// `Content-Length` for it, never the client's header, so that no header the client
+    /// controls (such as a `Connection` that names `Content-Length`) can change the framing.
+    Length(u64),
     /// A body of unknown length, sent with chunked transfer coding.
     Chunked,
 }
@@ -58,11 +60,34 @@ impl RequestHead<'_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         write_forwarded_headers(out, self.headers, self.peer, self.host);
-        if self.framing == RequestFraming::Chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        match self.framing {
+            RequestFraming::Empty => {}
+            RequestFraming::Length(length) => {
+                out.extend_from_slice(b"content-length: ");
+                put_decimal(out, length);
+                out.extend_from_slice(b"\r\n");
+            }
+            RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `value` in decimal.
+fn put_decimal(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        // The remainder is below 10, so the cast keeps it whole.
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// The framing of a response body (RFC 9112 section 6.3).
@@ -142,7 +167,11 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
         _ => return Err(HeadError::Version),
     };
     let code = response.code.unwrap_or_default();
-    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Header("invalid status"))?;
+    // `StatusCode` takes 100 to 999, but HTTP defines only 100 to 599 (RFC 9110 section 15).
+    let status = StatusCode::from_u16(code)
+        .ok()
+        .filter(|status| status.as_u16() <= 599)
+        .ok_or(HeadError::Header("invalid status"))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(HeadError::Upgrade);
     }
@@ -214,14 +243,24 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
     let mut headers = HeaderMap::with_capacity(response.headers.len() + 4);
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
+    let mut length_written = false;
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| HeadError::Header("invalid field name"))?;
+        if name == header::CONTENT_LENGTH {
+            // One field with one value, whatever `Connection` names: a list of equal values
+            // or repeated fields reach the client as one number, which every client parses.
+            if let (None, Some(length), false) = (transfer_encoding, content_length, length_written)
+            {
+                headers.append(name, HeaderValue::from(length));
+                length_written = true;
+            }
+            continue;
+        }
         if is_hop_by_hop(&name)
             || named_by_connection
                 .iter()
                 .any(|named| name.as_str().eq_ignore_ascii_case(named))
-            || (name == header::CONTENT_LENGTH && transfer_encoding.is_some())
         {
             continue;
         }
@@ -436,6 +475,82 @@ mod tests {
     }
 
     #[test]
+    fn content_length_survives_connection_naming_it() {
+        let (_, head) = head(
+            "HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 5\r\n\
+             content-length: 5\r\n\r\nhello",
+            &Method::GET,
+        );
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert_eq!(
+            head.headers.get_all(header::CONTENT_LENGTH).iter().count(),
+            1
+        );
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn statuses_beyond_599_are_rejected() {
+        for code in ["600", "999"] {
+            let text = format!("HTTP/1.1 {code} Odd\r\ncontent-length: 0\r\n\r\n");
+            assert_eq!(
+                parse_response_head(text.as_bytes(), &Method::GET).unwrap_err(),
+                HeadError::Header("invalid status"),
+                "{code}"
+            );
+        }
+        let (_, head) = head(
+            "HTTP/1.1 599 Odd\r\ncontent-length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(head.status.as_u16(), 599);
+    }
+
+    #[test]
+    fn request_length_is_the_gateways_own_header() {
+        // The client's Connection names Content-Length, which drops the client's header; the
+        // declared length must still frame the body on the way to the backend.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("content-length"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("39"));
+        for (framing, expected) in [
+            (RequestFraming::Length(39), Some("39")),
+            (RequestFraming::Length(0), Some("0")),
+            (RequestFraming::Empty, None),
+        ] {
+            let mut out = Vec::new();
+            RequestHead {
+                method: &Method::POST,
+                prefix: None,
+                target: "/",
+                headers: &headers,
+                peer: None,
+                host: None,
+                framing,
+            }
+            .encode(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            let lengths: Vec<&str> = text
+                .split("\r\n")
+                .filter_map(|line| line.strip_prefix("content-length: "))
+                .collect();
+            assert_eq!(lengths, expected.into_iter().collect::<Vec<_>>(), "{text}");
+        }
+    }
+
+    #[test]
+    fn decimal_lengths_are_written_whole() {
+        for value in [0, 7, 10, 39, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            put_decimal(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
+    }
+
+    #[test]
     fn partial_and_oversized_heads() {
         assert!(matches!(
             parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET),
@@ -469,6 +584,12 @@ mod tests {
             &Method::GET,
         );
         assert_eq!(same.framing, BodyFraming::Length(5));
+        // The client gets one value that any parser reads.
+        assert_eq!(same.headers[header::CONTENT_LENGTH], "5");
+        assert_eq!(
+            same.headers.get_all(header::CONTENT_LENGTH).iter().count(),
+            1
+        );
     }
 
     #[test]

@@ -104,12 +104,13 @@ async fn forward(
 
     let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
     let (parts, body) = request.into_parts();
-    let framing = if body.is_end_stream() {
-        RequestFraming::Empty
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
-        RequestFraming::Length
-    } else {
-        RequestFraming::Chunked
+    // hyper has checked the client's Content-Length, and its body reports that length as an
+    // exact size. A declared length of 0 is passed on as such.
+    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let framing = match body.size_hint().exact() {
+        Some(length) if declared => RequestFraming::Length(length),
+        _ if body.is_end_stream() => RequestFraming::Empty,
+        _ => RequestFraming::Chunked,
     };
     let mut body = RequestBody::new(body);
     let request = Outgoing {

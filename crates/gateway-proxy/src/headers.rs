@@ -15,6 +15,9 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `X-Forwarded-Host`: the `Host` the client sent.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// `X-Request-Id`: the id the gateway gave the request, or kept from the client.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Returns whether `name` describes one connection rather than the message (RFC 9110 section
 /// 7.6.1), so that it is never forwarded. `Trailer` is not one of them: it announces the
 /// trailer fields, and a server sends only the trailers it announces.
@@ -46,8 +49,9 @@ fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 
 /// Writes the header fields of a request forwarded to a backend, one `name: value` line each.
 ///
-/// Hop-by-hop headers are left out: the fixed list and every header that `Connection` names.
-/// `Host` becomes `backend_host` unless it is `None`, which keeps the client's.
+/// Hop-by-hop headers are left out: the fixed list and every header that `Connection` names,
+/// except `X-Request-Id`, which the gateway itself sets. `Content-Length` is left out too: the
+/// request head's framing writes its own (see `RequestHead::encode`). `Host` becomes `backend_host` unless it is `None`, which keeps the client's.
 /// `X-Forwarded-For` gets `peer` appended (earlier values are joined into one line),
 /// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`.
 pub fn write_forwarded_headers(
@@ -71,10 +75,13 @@ pub fn write_forwarded_headers(
         .collect();
     for (name, value) in headers {
         let replaced = *name == header::HOST
+            || *name == header::CONTENT_LENGTH
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST;
-        if replaced || is_hop_by_hop(name) || named_by_connection.contains(name) {
+        let dropped =
+            is_hop_by_hop(name) || (named_by_connection.contains(name) && *name != X_REQUEST_ID);
+        if replaced || dropped {
             continue;
         }
         put(out, name.as_str(), value.as_bytes());
@@ -187,6 +194,27 @@ mod tests {
         let lines = forwarded(&headers, None, None);
         let names: Vec<&str> = lines.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["x-kept", "content-type", "x-forwarded-proto"]);
+    }
+
+    #[test]
+    fn connection_cannot_drop_what_the_gateway_sets() {
+        let headers = map(&[
+            (
+                "connection",
+                "x-request-id, content-length, host, x-forwarded-for, x-other",
+            ),
+            ("x-request-id", "abc"),
+            ("content-length", "5"),
+            ("host", "gateway.example"),
+            ("x-other", "dropped"),
+        ]);
+        let lines = forwarded(&headers, Some("10.0.0.9"), None);
+        assert_eq!(values(&lines, "x-request-id"), ["abc"]);
+        assert_eq!(values(&lines, "host"), ["gateway.example"]);
+        assert_eq!(values(&lines, "x-forwarded-for"), ["10.0.0.9"]);
+        assert!(values(&lines, "x-other").is_empty());
+        // The request head writes the length from its framing, never the client's header.
+        assert!(values(&lines, "content-length").is_empty());
     }
 
     #[test]
