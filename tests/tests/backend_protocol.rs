@@ -367,6 +367,29 @@ fn early_response_to_upload_reaches_client() {
 }
 
 #[test]
+fn early_response_to_a_partial_upload_is_logged_whole() {
+    let backend = ScriptedBackend::start(&[Step::ReplyBeforeBody(
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
+    )]);
+    let gateway = gateway_for(&backend);
+    // The client declares 2 MB, sends a part and waits for the answer.
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nhost: gateway\r\ncontent-length: 2000000\r\n\r\n".to_vec();
+    request.resize(request.len() + 100_000, b'x');
+    connection.send(&request).expect("send part of the upload");
+    let response = connection.read_response().expect("response");
+    assert_eq!(response.status, 413);
+    assert_eq!(response.body, b"too big!");
+    // The client got the whole response, and the access line says so.
+    let line = gateway
+        .wait_for_line(&["method=POST", "status=413"], Duration::from_secs(5))
+        .expect("an access line for the upload");
+    assert!(line.contains("completed=true"), "{line}");
+    assert!(!line.contains("response_incomplete"), "{line}");
+}
+
+#[test]
 fn closed_idle_connection_is_not_reused() {
     let backend = ScriptedBackend::start(&[Step::ReplyThenClose(OK)]);
     let gateway = gateway_for(&backend);
@@ -542,4 +565,39 @@ fn connection_naming_content_length_cannot_smuggle_a_request() {
     // A second request would reach the backend right after the first on the same connection.
     thread::sleep(Duration::from_millis(300));
     assert_eq!(backend.requests(), 1);
+}
+
+#[test]
+fn http_10_keep_alive_client_is_told_when_the_body_ends_the_connection() {
+    let backend = ScriptedBackend::start(&[
+        Step::Reply(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        Step::Reply(OK),
+    ]);
+    let gateway = gateway_for(&backend);
+    // A chunked body has no length an HTTP/1.0 client can read, so it ends with the
+    // connection, and the response must not promise to keep it.
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    );
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200"), "{text}");
+    assert!(head.contains("connection: close"), "{text}");
+    assert!(!head.contains("keep-alive"), "{text}");
+    assert_eq!(body, "hello");
+
+    // A body of known length keeps the connection, as the client asked.
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let response = connection
+        .exchange(b"GET /b HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .expect("response");
+    assert_eq!(response.body, b"ok");
+    let keep = response
+        .headers
+        .iter()
+        .any(|(name, value)| name == "connection" && value.eq_ignore_ascii_case("keep-alive"));
+    assert!(keep, "{:?}", response.headers);
 }

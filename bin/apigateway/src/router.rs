@@ -4,7 +4,7 @@ use crate::admin;
 use crate::app::{Gateway, RouteService};
 use gateway_middleware::cors;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
@@ -95,6 +95,20 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::new(ErrorKind::UnsupportedMethod));
     }
 
+    // RFC 9112 sections 3.2.3 and 3.2.4: the authority form is for CONNECT only, and the
+    // asterisk form for OPTIONS only.
+    let uri = request.uri();
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(ProxyError::invalid_request(
+            "an authority-form request target is only for CONNECT",
+        ));
+    }
+    if uri.path() == "*" && request.method() != Method::OPTIONS {
+        return Err(ProxyError::invalid_request(
+            "an asterisk-form request target is only for OPTIONS",
+        ));
+    }
+
     // RFC 9112 section 3.2.2: an absolute-form target's authority replaces the Host header.
     if let Some(authority) = request.uri().authority() {
         if !is_valid_host(authority.as_str()) {
@@ -123,22 +137,48 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         (None, _) => {}
     }
 
-    // RFC 9112 section 6.1: a transfer coding the gateway cannot decode gets 501. Chunked is
-    // the only one it decodes, and it may be applied once.
-    let mut codings = request.headers().get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
-        let chunked = first
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked");
-        if !chunked || codings.next().is_some() {
-            return Err(ProxyError::new(ErrorKind::UnsupportedTransferCoding));
-        }
-    }
+    check_transfer_codings(request.headers())?;
 
     if has_dot_segment(request.uri().path()) {
         return Err(ProxyError::invalid_request(
             "path contains a '.' or '..' segment",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the request's transfer codings (RFC 9112 section 6.1). Chunked is the only one the
+/// gateway decodes: chunked applied twice, or not last, is a malformed request (400), and any
+/// other coding is one the gateway cannot decode (501).
+fn check_transfer_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut chunked = 0;
+    let mut other = false;
+    let mut last_is_chunked = false;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            if last_is_chunked {
+                chunked += 1;
+            } else {
+                other = true;
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(ProxyError::invalid_request(
+            "the chunked transfer coding is applied more than once",
+        ));
+    }
+    if other {
+        return Err(ProxyError::new(ErrorKind::UnsupportedTransferCoding));
+    }
+    if chunked == 1 && !last_is_chunked {
+        return Err(ProxyError::invalid_request(
+            "the chunked transfer coding is not the last one",
         ));
     }
     Ok(())
@@ -292,6 +332,64 @@ mod tests {
         check_request(&mut request)
             .map(|()| request)
             .map_err(|error| error.status().as_u16())
+    }
+
+    fn with_codings(values: &[&'static str]) -> Request<()> {
+        let mut builder = Request::post("/upload").header(header::HOST, "gw");
+        for value in values {
+            builder = builder.header(header::TRANSFER_ENCODING, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn transfer_codings_are_checked() {
+        for ok in [&["chunked"][..], &["Chunked "], &[]] {
+            assert!(checked(with_codings(ok)).is_ok(), "{ok:?}");
+        }
+        for malformed in [
+            &["chunked", "chunked"][..],
+            &["chunked, chunked"],
+            &["chunked", " , chunked"],
+        ] {
+            assert_eq!(
+                checked(with_codings(malformed)).unwrap_err(),
+                400,
+                "{malformed:?}"
+            );
+        }
+        for unknown in [
+            &["gzip"][..],
+            &["gzip, chunked"],
+            &["chunked", "gzip"],
+            &["x"],
+        ] {
+            assert_eq!(
+                checked(with_codings(unknown)).unwrap_err(),
+                501,
+                "{unknown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_forms_match_their_methods() {
+        let request = |method: Method, target: &str| {
+            Request::builder()
+                .method(method)
+                .uri(target)
+                .header(header::HOST, "gw")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(checked(request(Method::GET, "*")).unwrap_err(), 400);
+        assert!(checked(request(Method::OPTIONS, "*")).is_ok());
+        assert_eq!(
+            checked(request(Method::GET, "gw.example:80")).unwrap_err(),
+            400
+        );
+        assert!(checked(request(Method::GET, "http://gw.example:80/a")).is_ok());
+        assert!(checked(request(Method::GET, "/a")).is_ok());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use gateway_middleware::request_id::{RequestId, RequestIdLayer};
 use gateway_middleware::timing::{TimedBody, Timing, TimingLayer};
 use gateway_proxy::ProxyBody;
 use gateway_store::{LogReader, RequestLog, WriterHandle};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -345,10 +346,12 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
         if client != self.peer.ip() {
             extensions.insert(ClientIp(client));
         }
+        let http_10 = request.version() == Version::HTTP_10;
         ConnectionFuture {
             inner: self.stack.clone().call(request),
             deadline: Arc::clone(&self.deadline),
             write_timeout: self.write_timeout,
+            http_10,
         }
     }
 }
@@ -359,6 +362,7 @@ pin_project_lite::pin_project! {
         inner: <Stack<S> as Service<Request<Incoming>>>::Future,
         deadline: Arc<ConnectionDeadline>,
         write_timeout: Duration,
+        http_10: bool,
     }
 }
 
@@ -367,7 +371,16 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
+        let mut response = ready!(this.inner.poll(cx))?;
+        // HTTP/1.0 has no chunked coding, so a body of unknown length ends with the
+        // connection. hyper closes it then, but to a keep-alive request it still answers
+        // `Connection: keep-alive` unless the response is marked HTTP/1.0 without it.
+        if *this.http_10 && response.body().size_hint().exact().is_none() {
+            *response.version_mut() = Version::HTTP_10;
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // The head is ready; from here the write timeout bounds sending the response. Until
         // now the backend's response timeout bounded the wait, and the client's upload was
         // bounded only between reads, as NGINX bounds it.

@@ -245,7 +245,13 @@ impl BackendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.reading, Reading::Done) && self.connection.is_none()
+        // A connection still held after the body is read is released by the next poll, back
+        // to the pool, so the body does not end before it. The exception is a request the
+        // backend answered before reading all of it: that connection closes either way, and
+        // a server that stops polling here drops the body, which closes it. The response is
+        // whole then, and must be reported so.
+        matches!(self.reading, Reading::Done)
+            && (self.connection.is_none() || self.request.is_some())
     }
 
     fn size_hint(&self) -> SizeHint {
