@@ -24,12 +24,7 @@ const READER_CONNECTIONS: u32 = 4;
 /// A power loss can lose the last few commits, but it does not corrupt the file.
 pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreError> {
     create_folder(path)?;
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(BUSY_TIMEOUT);
+    let options = writer_options(path);
     // A folder the process cannot write fails here with one of SQLite's read-only codes,
     // because WAL mode creates files beside the database.
     let open_error = |source: sqlx::Error| match &source {
@@ -77,6 +72,21 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         .map_err(open_error)?;
     ensure_writable(&mut connection, path).await?;
     Ok(connection)
+}
+
+/// Opens a new writer connection to a database that [`open_writer`] has set up, with the same
+/// settings, after the previous connection failed.
+pub(crate) async fn reopen_writer(path: &Path) -> Result<SqliteConnection, sqlx::Error> {
+    SqliteConnection::connect_with(&writer_options(path)).await
+}
+
+fn writer_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
 }
 
 /// Returns whether an SQLite extended result code is one of `SQLITE_READONLY`'s (8 in its

@@ -1,7 +1,7 @@
 //! The writer task: drains the queue into SQLite in batches and deletes expired rows.
 
 use crate::queue::BatchReady;
-use crate::{RequestRecord, StoreError, insert, retention};
+use crate::{RequestRecord, StoreError, connect, insert, retention};
 use gateway_config::RequestLogConfig;
 use sqlx::Connection;
 use sqlx::sqlite::SqliteConnection;
@@ -30,7 +30,9 @@ pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Writer {
     path: PathBuf,
-    connection: SqliteConnection,
+    /// `None` after a batch failed, until the next write opens a new connection.
+    connection: Option<SqliteConnection>,
+    failures: FailureWarnings,
     receiver: mpsc::Receiver<RequestRecord>,
     dropped: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -93,7 +95,8 @@ impl Writer {
     ) -> Writer {
         Writer {
             path: config.database.clone(),
-            connection,
+            connection: Some(connection),
+            failures: FailureWarnings::default(),
             receiver,
             dropped,
             failed,
@@ -217,9 +220,14 @@ impl Writer {
         // reader pool may still be open. A passive checkpoint copies it now, so that a copy of
         // the database file alone is complete. It never waits. A reader in the middle of a
         // query can keep it from finishing, and then the WAL file is needed with the database.
-        let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&mut self.connection)
-            .await;
+        let checkpoint = match self.open_connection().await {
+            Ok(connection) => {
+                sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(connection)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         match checkpoint {
             // SQLite's columns: whether it was blocked, frames in the WAL, frames copied.
             Ok((_, frames, copied)) if frames == copied => {}
@@ -234,9 +242,7 @@ impl Writer {
                 warn!(path = %self.path.display(), %error, "request log checkpoint failed");
             }
         }
-        if let Err(error) = self.connection.close().await {
-            debug!(path = %self.path.display(), %error, "request log close failed");
-        }
+        self.close_connection().await;
         debug!(
             path = %self.path.display(),
             written = summary.written,
@@ -249,7 +255,14 @@ impl Writer {
 
     async fn write_batch(&mut self, batch: &mut Vec<RequestRecord>, summary: &mut WriteSummary) {
         let rows = batch.len() as u64;
-        match insert::insert_batch(&mut self.connection, batch).await {
+        let written = match self.open_connection().await {
+            Ok(connection) => insert::insert_batch(connection, batch).await,
+            Err(error) => {
+                batch.clear();
+                Err(error)
+            }
+        };
+        match written {
             Ok(()) => {
                 summary.written += rows;
                 trace!(rows, "request log batch committed");
@@ -259,13 +272,34 @@ impl Writer {
                 // contention, so what is left (disk full, I/O error) would fail again.
                 summary.failed += rows;
                 self.failed.fetch_add(rows, Ordering::Relaxed);
-                error!(
-                    path = %self.path.display(),
-                    rows,
-                    %error,
-                    "request log batch write failed, rows lost"
-                );
+                self.failures.report(rows, &error, &self.path);
+                // SQLite rolls a transaction back by itself on some errors, a full disk among
+                // them, and sqlx's count of open transactions can then be wrong: later batches
+                // would go into a transaction that never commits. A new connection starts
+                // clean, and the next batch opens it.
+                self.close_connection().await;
             }
+        }
+    }
+
+    /// Returns the writer's connection, first opening a new one when the last batch failed.
+    async fn open_connection(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => {
+                let connection = connect::reopen_writer(&self.path).await?;
+                debug!(path = %self.path.display(), "request log database reopened");
+                connection
+            }
+        };
+        Ok(self.connection.insert(connection))
+    }
+
+    async fn close_connection(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && let Err(error) = connection.close().await
+        {
+            debug!(path = %self.path.display(), %error, "request log close failed");
         }
     }
 
@@ -277,7 +311,11 @@ impl Writer {
         summary: &mut WriteSummary,
     ) -> Option<i64> {
         let chunk = retention::CHUNK_ROWS;
-        match retention::delete_expired(&mut self.connection, cutoff_us, chunk).await {
+        let deleted = match self.open_connection().await {
+            Ok(connection) => retention::delete_expired(connection, cutoff_us, chunk).await,
+            Err(error) => Err(error),
+        };
+        match deleted {
             Ok(deleted) => {
                 summary.expired += deleted;
                 if deleted > 0 {
@@ -312,6 +350,46 @@ fn take_queued(
         }
     }
     true
+}
+
+/// Shortest time between two errors about failed batches.
+const MIN_FAILURE_ERROR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rate-limits the error about failed batches, which a full disk repeats for every batch, to
+/// one a second. Each error counts the rows lost since the previous one.
+#[derive(Default)]
+struct FailureWarnings {
+    unreported: u64,
+    last_error: Option<Instant>,
+}
+
+impl std::fmt::Debug for FailureWarnings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureWarnings")
+            .field("unreported", &self.unreported)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailureWarnings {
+    fn report(&mut self, rows: u64, error: &sqlx::Error, path: &std::path::Path) {
+        self.unreported += rows;
+        let now = Instant::now();
+        if self
+            .last_error
+            .is_some_and(|at| now.duration_since(at) < MIN_FAILURE_ERROR_INTERVAL)
+        {
+            return;
+        }
+        error!(
+            path = %path.display(),
+            rows = self.unreported,
+            %error,
+            "request log batch write failed, rows lost"
+        );
+        self.unreported = 0;
+        self.last_error = Some(now);
+    }
 }
 
 /// Shortest time between two warnings about dropped records, for a short flush interval.
@@ -361,4 +439,93 @@ impl DropWarnings {
 
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::RequestLog;
+    use std::borrow::Cow;
+
+    fn record(i: u64) -> RequestRecord {
+        RequestRecord {
+            timestamp_us: crate::now_us(),
+            request_id: format!("req-{i}"),
+            method: Cow::Borrowed("GET"),
+            path: format!("/items/{i}/{}", "x".repeat(200)),
+            query: None,
+            route: None,
+            status: 200,
+            latency_us: i,
+            client_ip: None,
+            user_agent: Some("test-agent/1.0".to_owned()),
+            backend: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            error_kind: None,
+            retried: false,
+        }
+    }
+
+    async fn count_rows(path: &std::path::Path) -> i64 {
+        let mut connection = crate::connect::open_writer(path).await.unwrap();
+        let count = sqlx::query_scalar("SELECT count(*) FROM requests")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+        connection.close().await.unwrap();
+        count
+    }
+
+    /// A full disk fails a batch with `SQLITE_FULL`, which SQLite answers by rolling the
+    /// transaction back itself. `max_page_count` makes the database full the same way, for
+    /// the writer's connection only. Rows after the failure must reach the file once there is
+    /// room again, and must be counted as written only when they do.
+    #[tokio::test]
+    async fn writing_resumes_after_a_full_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RequestLogConfig {
+            enabled: true,
+            database: dir.path().join("requests.db"),
+            batch_size: 512,
+            flush_interval: Duration::from_millis(20),
+            queue_capacity: 65_536,
+            retention: Duration::from_secs(86_400),
+        };
+        let (log, mut writer) = RequestLog::open(&config).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(writer.connection.as_mut().unwrap())
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 1))
+            .execute(writer.connection.as_mut().unwrap())
+            .await
+            .unwrap();
+        let writer = writer.spawn();
+
+        for i in 0..2000 {
+            log.record(record(i));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.failed() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(log.failed() > 0, "the full database failed no batch");
+
+        for i in 2000..2010 {
+            log.record(record(i));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let summary = writer.shutdown().await.unwrap();
+
+        let rows = count_rows(&config.database).await;
+        assert_eq!(u64::try_from(rows).unwrap(), summary.written, "{summary:?}");
+        assert_eq!(summary.written + summary.failed, 2010, "{summary:?}");
+        assert!(
+            summary.written >= 10,
+            "rows after the failure were lost: {summary:?}"
+        );
+    }
 }
