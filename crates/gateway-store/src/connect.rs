@@ -33,6 +33,14 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
                 path: path.to_owned(),
             }
         }
+        // A new file in a folder the process cannot write fails to open, with no cause given.
+        sqlx::Error::Database(error)
+            if is_cannot_open(error.code().as_deref()) && !folder_is_writable(path) =>
+        {
+            StoreError::ReadOnly {
+                path: path.to_owned(),
+            }
+        }
         _ => StoreError::Open {
             path: path.to_owned(),
             source,
@@ -95,6 +103,39 @@ fn is_read_only(code: Option<&str>) -> bool {
     const SQLITE_READONLY: i64 = 8;
     code.and_then(|code| code.parse::<i64>().ok())
         .is_some_and(|code| code & 0xff == SQLITE_READONLY)
+}
+
+/// Returns whether an SQLite extended result code is one of `SQLITE_CANTOPEN`'s (14 in its
+/// low byte).
+fn is_cannot_open(code: Option<&str>) -> bool {
+    const SQLITE_CANTOPEN: i64 = 14;
+    code.and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_CANTOPEN)
+}
+
+/// Returns whether the process can create a file in the folder of `path`, by creating and
+/// removing one. Any error other than a denied permission or a read-only file system counts
+/// as writable, so that the caller reports SQLite's own error.
+fn folder_is_writable(path: &Path) -> bool {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let probe = folder.join(format!(".write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        ),
+    }
 }
 
 /// Fails when `connection` cannot write. SQLite opens a file that its process may not write
@@ -205,5 +246,23 @@ mod tests {
         for code in [None, Some("5"), Some("14"), Some("readonly")] {
             assert!(!is_read_only(code), "{code:?}");
         }
+    }
+
+    #[test]
+    fn cannot_open_codes_are_recognized() {
+        // SQLITE_CANTOPEN and its extended codes, such as SQLITE_CANTOPEN_ISDIR (526).
+        for code in ["14", "270", "526", "782"] {
+            assert!(is_cannot_open(Some(code)), "{code}");
+        }
+        for code in [None, Some("8"), Some("1544"), Some("cantopen")] {
+            assert!(!is_cannot_open(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn writable_folder_is_found_writable_and_left_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(folder_is_writable(&dir.path().join("requests.db")));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

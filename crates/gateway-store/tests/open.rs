@@ -99,7 +99,7 @@ async fn unwritable_folder_is_rejected() {
     let mut config = config(dir.path());
     config.database = folder.join("requests.db");
     let error = RequestLog::open(&config).await.unwrap_err();
-    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::ReadOnly { .. }), "{error:?}");
     assert_names_path(&error, &config.database);
 }
 
