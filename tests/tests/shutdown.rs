@@ -1,5 +1,6 @@
 //! Graceful shutdown: SIGTERM stops accepting, lets in-flight requests finish within
 //! `server.shutdown_timeout`, cuts them off after it, and a second signal stops at once.
+//! SIGHUP changes nothing but a warning.
 
 use gateway_tests::{GatewayProcess, MockProcess, RawConnection, start_slow_request};
 use std::net::TcpStream;
@@ -146,4 +147,30 @@ async fn health_is_never_ok_while_draining() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn sighup_is_logged_and_ignored() {
+    let (mock, mut gateway) = start("10s");
+    let slow = start_slow_request(&gateway, &mock, "/api/slow?delay=500").await;
+
+    gateway.signal("HUP");
+    let warning = gateway.wait_for_line(&["WARN", "SIGHUP"], Duration::from_secs(5));
+    assert!(
+        warning.is_some(),
+        "no warning about SIGHUP; output:\n{}",
+        gateway.lines().join("\n")
+    );
+    let reply = slow
+        .await
+        .expect("request task")
+        .expect("the request in flight at SIGHUP completes");
+    assert_eq!(reply.status, 200);
+    assert_ne!(reply.header("connection"), "close");
+    let reply = gateway_tests::get(&format!("{}/api/after", gateway.url)).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        gateway.wait_exit(Duration::from_millis(200)).is_none(),
+        "the gateway exited after SIGHUP"
+    );
 }

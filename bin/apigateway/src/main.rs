@@ -145,6 +145,8 @@ async fn run(
     workers: usize,
     access_lines: Option<AccessLines>,
 ) -> ExitCode {
+    // Before the listener exists, so that no client can see a SIGHUP end the process.
+    ignore_hangup();
     let host = config.server.host.clone();
     let port = config.server.port;
     let database = config.request_log.database.clone();
@@ -327,6 +329,28 @@ fn inspect(cli: &Cli, command: &Command) -> ExitCode {
 }
 
 /// Waits for SIGINT or SIGTERM and returns its name.
+/// Keeps SIGHUP from ending the process, which is its default action. Operators send it
+/// expecting a configuration reload, and a closed terminal sends it too. The gateway does not
+/// reload its configuration, so it logs a warning and keeps serving.
+fn ignore_hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::warn!(
+                    signal = "SIGHUP",
+                    "signal ignored: the configuration is not reloaded, restart the gateway \
+                     to apply changes"
+                );
+            }
+        });
+    }
+}
+
 async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
