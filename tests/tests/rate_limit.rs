@@ -185,7 +185,7 @@ fn check_rejection(reply: &Reply, problems: &mut Vec<String>) {
             reply.header("retry-after")
         )),
     }
-    if reply.header("ratelimit-policy") != "\"default\";q=50;w=1" {
+    if reply.header("ratelimit-policy") != "\"default\";q=100;w=1" {
         problems.push(format!(
             "429 RateLimit-Policy is {:?}",
             reply.header("ratelimit-policy")

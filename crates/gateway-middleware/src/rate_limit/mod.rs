@@ -5,8 +5,11 @@
 //! structured-field form of draft-ietf-httpapi-ratelimit-headers-11 (the same syntax as
 //! revision -10), with one policy named `"default"`:
 //!
-//! - `RateLimit-Policy: "default";q=BURST;w=WINDOW`, where `WINDOW` is the time to refill an
-//!   empty bucket, `burst / requests_per_second` seconds rounded up. Sent on 429 responses.
+//! - `RateLimit-Policy: "default";q=QUOTA;w=WINDOW`, where `WINDOW` is the time to refill an
+//!   empty bucket, `burst / requests_per_second` seconds rounded up to at least 1, and `QUOTA`
+//!   is `requests_per_second × WINDOW`, the requests a client can keep sending in each window.
+//!   A client that paces itself by the policy gets the configured rate. An idle client can
+//!   send up to `burst` more in its first window. Sent on 429 responses.
 //! - `RateLimit: "default";r=REMAINING;t=SECONDS`. On an allowed response `t` is the time until
 //!   the bucket is full again, rounded up. On a 429 response `r` is 0 and `t` equals
 //!   `Retry-After`, the time until the next token, rounded up to at least one second.
@@ -112,9 +115,11 @@ impl<C: Clock> RateLimiter<C> {
             ),
         };
 
-        // The draft's window is whole seconds and at least 1.
+        // The draft's window is whole seconds and at least 1. The quota is the sustained rate
+        // over the window: the burst alone would understate it whenever the window rounds up.
         let window = burst.get().div_ceil(rate.get()).max(1);
-        let policy = format!("\"default\";q={burst};w={window}");
+        let quota_per_window = u64::from(rate.get()) * u64::from(window);
+        let policy = format!("\"default\";q={quota_per_window};w={window}");
 
         RateLimiter {
             buckets,
@@ -192,7 +197,7 @@ impl<C: Clock> RateLimiter<C> {
         }
     }
 
-    /// Returns the `RateLimit-Policy` field value, `"default";q=BURST;w=WINDOW`.
+    /// Returns the `RateLimit-Policy` field value, `"default";q=QUOTA;w=WINDOW`.
     pub fn policy_header(&self) -> &HeaderValue {
         &self.policy
     }

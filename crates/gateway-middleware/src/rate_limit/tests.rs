@@ -170,11 +170,13 @@ fn full_after_counts_missing_tokens() {
 }
 
 #[test]
-fn policy_header_window_rounds_up() {
+fn policy_quota_is_the_rate_over_a_window_rounded_up() {
     let cases = [
-        (100, 50, "\"default\";q=50;w=1"),
-        (2, 5, "\"default\";q=5;w=3"),
+        (100, 50, "\"default\";q=100;w=1"),
+        (2, 5, "\"default\";q=6;w=3"),
         (1, 60, "\"default\";q=60;w=60"),
+        (20, 10, "\"default\";q=20;w=1"),
+        (10, 25, "\"default\";q=30;w=3"),
     ];
     for (rate, burst, expected) in cases {
         let (limiter, _clock) = limiter(rate, burst);
