@@ -1,18 +1,21 @@
 //! Opening the database file for the writer and for readers.
 
 use crate::StoreError;
-use sqlx::Connection;
 use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 use std::path::Path;
 use std::time::Duration;
 
 /// How long a statement waits for another connection's lock before it fails with
 /// `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time after which a reader's statement is logged as slow, at debug level.
+const SLOW_READER_STATEMENT: Duration = Duration::from_secs(1);
 
 /// Connections a [`LogReader`](crate::LogReader) keeps for concurrent queries.
 const READER_CONNECTIONS: u32 = 4;
@@ -177,10 +180,13 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
         path: path.to_owned(),
         source,
     };
+    // sqlx warns about every statement slower than a second, with its whole text. Queries of
+    // statistics over a large window take seconds by design, so those notes go to debug.
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        .log_slow_statements(log::LevelFilter::Debug, SLOW_READER_STATEMENT);
     let pool = SqlitePoolOptions::new()
         .max_connections(READER_CONNECTIONS)
         .connect_with(options)
