@@ -17,6 +17,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time after which a reader's statement is logged as slow, at debug level.
 const SLOW_READER_STATEMENT: Duration = Duration::from_secs(1);
 
+/// Longest time a reader's connection is kept open.
+const READER_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Connections a [`LogReader`](crate::LogReader) keeps for concurrent queries.
 const READER_CONNECTIONS: u32 = 4;
 
@@ -83,12 +86,6 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         .map_err(open_error)?;
     ensure_writable(&mut connection, path).await?;
     Ok(connection)
-}
-
-/// Opens a new writer connection to a database that [`open_writer`] has set up, with the same
-/// settings, after the previous connection failed.
-pub(crate) async fn reopen_writer(path: &Path) -> Result<SqliteConnection, sqlx::Error> {
-    SqliteConnection::connect_with(&writer_options(path)).await
 }
 
 fn writer_options(path: &Path) -> SqliteConnectOptions {
@@ -187,8 +184,11 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
         .read_only(true)
         .busy_timeout(BUSY_TIMEOUT)
         .log_slow_statements(log::LevelFilter::Debug, SLOW_READER_STATEMENT);
+    // A connection lives a minute at most, so that readers follow the writer to a new file
+    // when the database file is removed or moved away.
     let pool = SqlitePoolOptions::new()
         .max_connections(READER_CONNECTIONS)
+        .max_lifetime(READER_CONNECTION_LIFETIME)
         .connect_with(options)
         .await
         .map_err(open_error)?;

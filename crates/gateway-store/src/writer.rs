@@ -32,6 +32,10 @@ pub struct Writer {
     path: PathBuf,
     /// `None` after a batch failed, until the next write opens a new connection.
     connection: Option<SqliteConnection>,
+    /// The database file the connection has open, to find it removed or replaced.
+    file: Option<FileIdentity>,
+    /// When `file` was last compared with what the path names.
+    file_checked: Instant,
     failures: FailureWarnings,
     receiver: mpsc::Receiver<RequestRecord>,
     dropped: Arc<AtomicU64>,
@@ -95,6 +99,8 @@ impl Writer {
     ) -> Writer {
         Writer {
             path: config.database.clone(),
+            file: FileIdentity::of(&config.database),
+            file_checked: Instant::now(),
             connection: Some(connection),
             failures: FailureWarnings::default(),
             receiver,
@@ -209,6 +215,7 @@ impl Writer {
             self.batch_ready
                 .in_batch
                 .store(batch.len(), Ordering::Relaxed);
+            self.check_file().await;
             self.write_batch(&mut batch, &mut summary).await;
             self.batch_ready.in_batch.store(0, Ordering::Relaxed);
             drops.warn_if_due(&self.dropped, &self.path, false);
@@ -225,8 +232,9 @@ impl Writer {
                 sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
                     .fetch_one(connection)
                     .await
+                    .map_err(WriteError::from)
             }
-            Err(error) => Err(error),
+            Err(error) => Err(WriteError::from(error)),
         };
         match checkpoint {
             // SQLite's columns: whether it was blocked, frames in the WAL, frames copied.
@@ -256,10 +264,12 @@ impl Writer {
     async fn write_batch(&mut self, batch: &mut Vec<RequestRecord>, summary: &mut WriteSummary) {
         let rows = batch.len() as u64;
         let written = match self.open_connection().await {
-            Ok(connection) => insert::insert_batch(connection, batch).await,
+            Ok(connection) => insert::insert_batch(connection, batch)
+                .await
+                .map_err(WriteError::from),
             Err(error) => {
                 batch.clear();
-                Err(error)
+                Err(WriteError::from(error))
             }
         };
         match written {
@@ -282,17 +292,41 @@ impl Writer {
         }
     }
 
-    /// Returns the writer's connection, first opening a new one when the last batch failed.
-    async fn open_connection(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+    /// Returns the writer's connection, first opening a new one when the last batch failed or
+    /// the file was removed. A new connection creates the file and its schema when missing.
+    async fn open_connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
         let connection = match self.connection.take() {
             Some(connection) => connection,
             None => {
-                let connection = connect::reopen_writer(&self.path).await?;
+                let connection = connect::open_writer(&self.path).await?;
+                self.file = FileIdentity::of(&self.path);
                 debug!(path = %self.path.display(), "request log database reopened");
                 connection
             }
         };
         Ok(self.connection.insert(connection))
+    }
+
+    /// Closes the connection when the database path no longer names the file it has open,
+    /// at most once per [`FILE_CHECK_INTERVAL`], so that the next batch goes to a new file at
+    /// the path. Rows written to a removed file would be lost when the writer stops, and a
+    /// file moved away (rotated) should stop growing.
+    async fn check_file(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.file_checked) < FILE_CHECK_INTERVAL || self.connection.is_none()
+        {
+            return;
+        }
+        self.file_checked = now;
+        let current = FileIdentity::of(&self.path);
+        if current.is_some() && current == self.file {
+            return;
+        }
+        warn!(
+            path = %self.path.display(),
+            "request log database file was removed or replaced, writing to a new file at its path"
+        );
+        self.close_connection().await;
     }
 
     async fn close_connection(&mut self) {
@@ -312,8 +346,10 @@ impl Writer {
     ) -> Option<i64> {
         let chunk = retention::CHUNK_ROWS;
         let deleted = match self.open_connection().await {
-            Ok(connection) => retention::delete_expired(connection, cutoff_us, chunk).await,
-            Err(error) => Err(error),
+            Ok(connection) => retention::delete_expired(connection, cutoff_us, chunk)
+                .await
+                .map_err(WriteError::from),
+            Err(error) => Err(WriteError::from(error)),
         };
         match deleted {
             Ok(deleted) => {
@@ -352,6 +388,52 @@ fn take_queued(
     true
 }
 
+/// Why a batch, a retention run or the checkpoint at the stop failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// A new connection could not be opened.
+    #[error(transparent)]
+    Open(#[from] StoreError),
+    /// A statement failed.
+    #[error(transparent)]
+    Statement(#[from] sqlx::Error),
+}
+
+/// Time between two checks that the database path still names the writer's file.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The device and inode of a file, which change when the file at a path is removed and
+/// created again, or replaced by a rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    /// Returns the identity of the file at `path`, or `None` when there is none. On other
+    /// systems than Unix, every file has the same identity, so only a removal is found.
+    fn of(path: &std::path::Path) -> Option<FileIdentity> {
+        let metadata = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Some(FileIdentity {
+                device: metadata.dev(),
+                inode: metadata.ino(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = metadata;
+            Some(FileIdentity {
+                device: 0,
+                inode: 0,
+            })
+        }
+    }
+}
+
 /// Shortest time between two errors about failed batches.
 const MIN_FAILURE_ERROR_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -372,7 +454,7 @@ impl std::fmt::Debug for FailureWarnings {
 }
 
 impl FailureWarnings {
-    fn report(&mut self, rows: u64, error: &sqlx::Error, path: &std::path::Path) {
+    fn report(&mut self, rows: u64, error: &WriteError, path: &std::path::Path) {
         self.unreported += rows;
         let now = Instant::now();
         if self

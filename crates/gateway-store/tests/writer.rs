@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_entry_matches, config, count_rows, record, wait_for_rows};
+use common::{assert_entry_matches, config, connect, count_rows, record, wait_for_rows};
 use gateway_store::{LogFilter, LogReader, RequestLog, now_us};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -488,4 +488,61 @@ async fn drop_warning_waits_a_second_with_short_interval() {
         "{during} warnings in half a second: {:?}",
         buffer.warnings()
     );
+}
+
+#[tokio::test]
+async fn removed_database_file_is_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let (buffer, _guard) = LogBuffer::capture();
+    let writer = writer.spawn();
+
+    for i in 0..10 {
+        log.record(record(i, now_us()));
+    }
+    wait_for_rows(&config.database, 10).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = config.database.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(&file);
+    }
+
+    // The writer compares the path with its open file before a batch, at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 10..20 {
+        log.record(record(i, now_us()));
+    }
+    // The new file exists a moment before its schema does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !has_requests_table(&config.database).await && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rows = wait_for_rows(&config.database, 10).await;
+    let summary = writer.shutdown().await.unwrap();
+
+    assert_eq!(rows, 10, "rows in the new file");
+    assert_eq!(summary.written, 20);
+    assert!(
+        buffer
+            .warnings()
+            .iter()
+            .any(|line| line.contains("removed or replaced")),
+        "no warning: {:?}",
+        buffer.warnings()
+    );
+}
+
+async fn has_requests_table(path: &std::path::Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let mut connection = connect(path).await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    tables == 1
 }
