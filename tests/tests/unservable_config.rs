@@ -125,6 +125,64 @@ fn serving_a_host_name_that_does_not_resolve_exits_2_naming_the_field() {
     );
 }
 
+/// 192.0.2.0/24 is reserved for documentation (RFC 5737), so no test machine has it.
+const FOREIGN_HOST_CONFIG: &str = r#"
+server:
+  host: "192.0.2.1"
+  port: 19982
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#;
+
+#[test]
+fn check_rejects_an_address_of_another_machine() {
+    assert_rejected(FOREIGN_HOST_CONFIG, "server.host");
+}
+
+#[test]
+fn serving_an_address_of_another_machine_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, FOREIGN_HOST_CONFIG).expect("write config");
+    let output = Command::new(binary("apigateway"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run apigateway");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("server.host"),
+        "message names no field: {stderr}"
+    );
+}
+
+#[test]
+fn check_passes_while_another_process_holds_the_port() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = holder.local_addr().expect("address").port();
+    let output = check(&format!(
+        r#"
+server:
+  host: "127.0.0.1"
+  port: {port}
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#
+    ));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn check_rejects_a_route_path_that_cannot_match() {
     assert_rejected(

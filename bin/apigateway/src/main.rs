@@ -57,8 +57,9 @@ fn main() -> ExitCode {
             eprintln!("apigateway: RUST_LOG: {message}");
             return ExitCode::from(2);
         }
-        // A name that does not resolve passes the field's syntax check, yet stops the start.
-        if let Err(message) = resolve_listen_address(&config.server.host, config.server.port) {
+        // A name that does not resolve, or an address of another machine, passes the field's
+        // syntax check, yet stops the start.
+        if let Err(message) = check_listen_address(&config.server.host, config.server.port) {
             eprintln!("apigateway: {}: {message}", cli.config.display());
             return ExitCode::from(2);
         }
@@ -177,7 +178,13 @@ async fn run(
                 config_path.display(),
                 bind_error_message(&host, port, &error)
             );
-            return ExitCode::FAILURE;
+            // A port another process holds may be free on the next try. The other causes are
+            // in the configuration.
+            return if error.kind() == ErrorKind::AddrInUse {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), workers, "starting");
@@ -254,6 +261,20 @@ fn resolve_listen_address(host: &str, port: u16) -> Result<Vec<SocketAddr>, Stri
              such as 0.0.0.0 or 127.0.0.1, or to a name this machine resolves"
         )),
     }
+}
+
+/// Checks that `host` resolves to addresses of this machine, by binding each to a free port.
+/// The configured port is left alone, so a running gateway on it does not fail the check.
+fn check_listen_address(host: &str, port: u16) -> Result<(), String> {
+    for address in resolve_listen_address(host, port)? {
+        let probe = SocketAddr::new(address.ip(), 0);
+        if let Err(error) = std::net::TcpListener::bind(probe)
+            && error.kind() == ErrorKind::AddrNotAvailable
+        {
+            return Err(bind_error_message(host, port, &error));
+        }
+    }
+    Ok(())
 }
 
 /// Describes a failure to bind `host`:`port`, naming the fields to change. Only an address
