@@ -184,6 +184,25 @@ routes:
 }
 
 #[test]
+fn check_rejects_a_folder_as_the_request_log_database() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let folder = dir.path().display().to_string();
+    assert_rejected(
+        &format!(
+            r#"
+request_log:
+  database: "{folder}"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#
+        ),
+        "request_log.database",
+    );
+}
+
+#[test]
 fn check_rejects_a_route_path_that_cannot_match() {
     assert_rejected(
         r#"

@@ -63,6 +63,16 @@ fn main() -> ExitCode {
             eprintln!("apigateway: {}: {message}", cli.config.display());
             return ExitCode::from(2);
         }
+        if config.request_log.enabled
+            && let Err(error) = gateway_store::check_database_path(&config.request_log.database)
+        {
+            eprintln!(
+                "apigateway: {}: request_log.database: {}",
+                cli.config.display(),
+                error_chain(&error)
+            );
+            return ExitCode::from(2);
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }

@@ -29,6 +29,7 @@ const READER_CONNECTIONS: u32 = 4;
 /// WAL with `synchronous=NORMAL` keeps every committed transaction when the process crashes.
 /// A power loss can lose the last few commits, but it does not corrupt the file.
 pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreError> {
+    check_database_path(path)?;
     create_folder(path)?;
     let options = writer_options(path);
     // A folder the process cannot write fails here with one of SQLite's read-only codes,
@@ -173,6 +174,11 @@ async fn ensure_writable(connection: &mut SqliteConnection, path: &Path) -> Resu
 /// Opens an existing request log read-only, so that it works whether or not a gateway is
 /// writing to it.
 pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
+    if path.is_dir() {
+        return Err(StoreError::IsFolder {
+            path: path.to_owned(),
+        });
+    }
     let open_error = |source| StoreError::Open {
         path: path.to_owned(),
         source,
@@ -207,6 +213,36 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
         });
     }
     Ok(pool)
+}
+
+/// Checks what can be checked about a database path without creating anything: that it does
+/// not name a folder, and that no file stands where its folder would be created.
+///
+/// # Errors
+///
+/// Returns [`StoreError::IsFolder`] or [`StoreError::CreateFolder`].
+pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
+    if path.is_dir() {
+        return Err(StoreError::IsFolder {
+            path: path.to_owned(),
+        });
+    }
+    // The nearest ancestor that exists must be a folder, or creating the rest fails.
+    let existing = path.ancestors().skip(1).find(|ancestor| {
+        !ancestor.as_os_str().is_empty() && std::fs::symlink_metadata(ancestor).is_ok()
+    });
+    if let Some(ancestor) = existing
+        && !ancestor.is_dir()
+    {
+        return Err(StoreError::CreateFolder {
+            path: path.parent().unwrap_or(ancestor).to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is a file, not a folder", ancestor.display()),
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn create_folder(path: &Path) -> Result<(), StoreError> {

@@ -16,6 +16,18 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// The database path names a folder.
+    #[error(
+        "request log database {} is a folder: set request_log.database to a file path, such as \
+         {}",
+        path.display(),
+        path.join("gateway.db").display()
+    )]
+    IsFolder {
+        /// The path.
+        path: PathBuf,
+    },
+
     /// SQLite could not open the database, or the file is not an SQLite database.
     #[error("failed to open request log database {}", path.display())]
     Open {

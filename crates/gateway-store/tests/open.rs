@@ -37,12 +37,18 @@ async fn folder_at_database_path_is_rejected() {
     let config = config(dir.path());
     std::fs::create_dir_all(&config.database).unwrap();
 
+    let error = gateway_store::check_database_path(&config.database).unwrap_err();
+    assert!(matches!(error, StoreError::IsFolder { .. }), "{error:?}");
     let error = RequestLog::open(&config).await.unwrap_err();
-    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::IsFolder { .. }), "{error:?}");
     assert_names_path(&error, &config.database);
+    assert!(
+        error.to_string().contains("gateway.db"),
+        "no fix given: {error}"
+    );
 
     let error = LogReader::open(&config.database).await.unwrap_err();
-    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::IsFolder { .. }), "{error:?}");
     assert_names_path(&error, &config.database);
 }
 
@@ -166,4 +172,22 @@ async fn database_of_newer_version_is_rejected() {
     );
     assert_names_path(&error, &config.database);
     assert!(error.to_string().contains("move the file away"), "{error}");
+}
+
+#[tokio::test]
+async fn file_in_place_of_a_folder_fails_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"x").unwrap();
+
+    let path = blocker.join("deeper").join("requests.db");
+    let error = gateway_store::check_database_path(&path).unwrap_err();
+    assert!(
+        matches!(error, StoreError::CreateFolder { .. }),
+        "{error:?}"
+    );
+    // A path whose folders are still to be created passes.
+    let fresh = dir.path().join("a").join("b").join("requests.db");
+    gateway_store::check_database_path(&fresh).unwrap();
+    assert!(!dir.path().join("a").exists(), "the check created a folder");
 }
