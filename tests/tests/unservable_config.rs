@@ -214,3 +214,18 @@ routes:
         "routes[0].path",
     );
 }
+
+#[test]
+fn check_rejects_too_many_workers() {
+    assert_rejected(
+        r#"
+server:
+  workers: 100000
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "server.workers",
+    );
+}

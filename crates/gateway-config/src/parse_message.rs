@@ -73,10 +73,10 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
         .unwrap_or(found);
     let name = field.rsplit('.').next().unwrap_or(field);
     let min = u64::from(!ZERO_ALLOWED.contains(&name));
-    let max = if name == "weight" {
-        u64::from(crate::validate::MAX_WEIGHT)
-    } else {
-        max
+    let max = match name {
+        "weight" => u64::from(crate::validate::MAX_WEIGHT),
+        "workers" => crate::validate::MAX_WORKERS as u64,
+        _ => max,
     };
 
     let whole = if found.starts_with("integer ") {
@@ -157,6 +157,7 @@ mod tests {
             ("routes[0].backends[0].weight", "u32", "between 1 and 10000"),
             ("rate_limiting.burst", "u32", "between 1 and 4294967295"),
             ("request_log.batch_size", "usize", "at least 1"),
+            ("server.workers", "usize", "between 1 and 1024"),
             ("proxy.pool_max_idle_per_backend", "usize", "at least 0"),
         ];
         for (field, kind, range) in cases {

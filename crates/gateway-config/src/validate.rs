@@ -16,6 +16,10 @@ const KNOWN_METHODS: [&str; 9] = [
 /// never needed to express a ratio.
 pub(crate) const MAX_WEIGHT: u32 = 10_000;
 
+/// Largest `server.workers`. Current servers have at most a few hundred hardware threads, and a
+/// mistyped count far above that makes the runtime fail to start its threads and abort.
+pub(crate) const MAX_WORKERS: usize = 1024;
+
 struct Problems(Vec<Problem>);
 
 impl Problems {
@@ -57,11 +61,20 @@ impl Config {
         problems.positive("server.read_timeout", server.read_timeout);
         problems.positive("server.write_timeout", server.write_timeout);
         problems.positive("server.shutdown_timeout", server.shutdown_timeout);
-        if server.workers == Some(0) {
-            problems.push(
+        match server.workers {
+            Some(0) => problems.push(
                 "server.workers",
-                "must be at least 1, or left out for one per CPU core",
-            );
+                format!(
+                    "must be between 1 and {MAX_WORKERS}, got 0: write a count or leave it out for one per CPU core"
+                ),
+            ),
+            Some(workers) if workers > MAX_WORKERS => problems.push(
+                "server.workers",
+                format!(
+                    "must be between 1 and {MAX_WORKERS}, got {workers}: write a count or leave it out for one per CPU core"
+                ),
+            ),
+            _ => {}
         }
 
         let proxy = &self.proxy;

@@ -431,3 +431,32 @@ fn huge_duration_names_maximum() {
     assert!(error.contains("too large"), "{error}");
     assert!(error.contains("18446744073709551615s"), "{error}");
 }
+
+#[test]
+fn workers_must_be_between_1_and_1024() {
+    for workers in ["1", "1024"] {
+        let text = format!("server:\n  workers: {workers}\n{ONE_ROUTE}");
+        if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+            panic!("workers {workers} was rejected: {error}");
+        }
+    }
+    for workers in ["0", "1025", "100000"] {
+        let found = problems(&format!("server:\n  workers: {workers}\n{ONE_ROUTE}"));
+        assert_eq!(found.len(), 1, "{workers}: {found:#?}");
+        assert!(
+            found[0].starts_with(&format!(
+                "server.workers: must be between 1 and 1024, got {workers}"
+            )),
+            "{workers}: {found:#?}"
+        );
+        assert!(
+            found[0].contains("leave it out for one per CPU core"),
+            "{workers}: {found:#?}"
+        );
+    }
+    let error = parse_error(&format!("server:\n  workers: -1\n{ONE_ROUTE}"));
+    assert!(
+        error.contains("server.workers: must be between 1 and 1024, got `-1`"),
+        "{error}"
+    );
+}
