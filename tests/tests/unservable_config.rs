@@ -229,3 +229,37 @@ routes:
         "server.workers",
     );
 }
+
+/// A read or write timeout of 1ns expires before any request can be served, and a shutdown
+/// that waits for billions of days never ends.
+#[test]
+fn check_rejects_timeouts_out_of_range() {
+    let output = check(
+        r#"
+server:
+  read_timeout: 1ns
+  write_timeout: 1ns
+  shutdown_timeout: 9999999999d
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    for field in [
+        "server.read_timeout",
+        "server.write_timeout",
+        "server.shutdown_timeout",
+    ] {
+        let line = stderr
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("{field} not named: {stderr}"));
+        assert!(
+            line.contains("between 1ms and 7d"),
+            "{field} gives no range: {line}"
+        );
+    }
+}

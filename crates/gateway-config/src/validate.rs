@@ -35,7 +35,33 @@ impl Problems {
             self.push(field, "must be greater than zero, like 5s or 500ms");
         }
     }
+
+    /// Checks a timeout or interval against [`MIN_TIMER`] and [`MAX_TIMER`], and returns
+    /// whether it is in that range.
+    fn check_timer(&mut self, field: &str, value: Duration) -> bool {
+        let valid = (MIN_TIMER..=MAX_TIMER).contains(&value);
+        if !valid {
+            self.push(
+                field,
+                format!("must be {TIMER_RANGE}, got {value:?}: write a duration like 5s or 500ms"),
+            );
+        }
+        valid
+    }
 }
+
+/// Minimum timeout or interval accepted. tokio's timers have millisecond granularity (tokio
+/// 1.54 `time::sleep` docs), so a shorter one is no more precise, and a read or write timeout
+/// of a few nanoseconds expires before any request can be served.
+const MIN_TIMER: Duration = Duration::from_millis(1);
+
+/// Maximum timeout or interval accepted: a week, far above any useful timeout. The server, the
+/// health checker and the request log writer add these to `Instant::now()`, which panics on
+/// overflow for durations near the parser's maximum of u64::MAX seconds.
+const MAX_TIMER: Duration = Duration::from_secs(7 * 86_400);
+
+/// [`MIN_TIMER`] and [`MAX_TIMER`] as the configuration file writes them.
+const TIMER_RANGE: &str = "between 1ms and 7d";
 
 impl Config {
     /// Checks every value and returns each problem found, in file order; empty when valid.
@@ -58,9 +84,9 @@ impl Config {
         if server.port == 0 {
             problems.push("server.port", "must be between 1 and 65535, got 0");
         }
-        problems.positive("server.read_timeout", server.read_timeout);
-        problems.positive("server.write_timeout", server.write_timeout);
-        problems.positive("server.shutdown_timeout", server.shutdown_timeout);
+        problems.check_timer("server.read_timeout", server.read_timeout);
+        problems.check_timer("server.write_timeout", server.write_timeout);
+        problems.check_timer("server.shutdown_timeout", server.shutdown_timeout);
         match server.workers {
             Some(0) => problems.push(
                 "server.workers",
@@ -78,9 +104,9 @@ impl Config {
         }
 
         let proxy = &self.proxy;
-        problems.positive("proxy.connect_timeout", proxy.connect_timeout);
-        problems.positive("proxy.response_timeout", proxy.response_timeout);
-        problems.positive("proxy.pool_idle_timeout", proxy.pool_idle_timeout);
+        problems.check_timer("proxy.connect_timeout", proxy.connect_timeout);
+        problems.check_timer("proxy.response_timeout", proxy.response_timeout);
+        problems.check_timer("proxy.pool_idle_timeout", proxy.pool_idle_timeout);
     }
 
     fn validate_routes(&self, problems: &mut Problems) {
@@ -180,7 +206,7 @@ impl Config {
                 ),
             );
         }
-        problems.positive("request_log.flush_interval", log.flush_interval);
+        problems.check_timer("request_log.flush_interval", log.flush_interval);
         problems.positive("request_log.retention", log.retention);
     }
 }
@@ -417,9 +443,10 @@ fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthChe
             format!("must start with '/', got {:?}", check.path),
         );
     }
-    problems.positive(&format!("{field}.interval"), check.interval);
-    problems.positive(&format!("{field}.timeout"), check.timeout);
-    if check.timeout > check.interval {
+    let interval_valid = problems.check_timer(&format!("{field}.interval"), check.interval);
+    let timeout_valid = problems.check_timer(&format!("{field}.timeout"), check.timeout);
+    // Compared only when both are in range, so that one invalid value is reported once.
+    if interval_valid && timeout_valid && check.timeout > check.interval {
         problems.push(
             format!("{field}.timeout"),
             format!(
@@ -439,5 +466,20 @@ fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthChe
             format!("{field}.healthy_threshold"),
             "must be at least 1, got 0",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_range_text_matches_bounds() {
+        let (min, max) = TIMER_RANGE
+            .strip_prefix("between ")
+            .and_then(|range| range.split_once(" and "))
+            .expect("range text");
+        assert_eq!(crate::duration::parse(min), Ok(MIN_TIMER));
+        assert_eq!(crate::duration::parse(max), Ok(MAX_TIMER));
     }
 }

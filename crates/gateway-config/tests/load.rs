@@ -460,3 +460,75 @@ fn workers_must_be_between_1_and_1024() {
         "{error}"
     );
 }
+
+/// Every timeout and interval, as the YAML that sets it to `{}`.
+const TIMER_FIELDS: [(&str, &str); 9] = [
+    ("server.read_timeout", "server:\n  read_timeout: {}\n"),
+    ("server.write_timeout", "server:\n  write_timeout: {}\n"),
+    (
+        "server.shutdown_timeout",
+        "server:\n  shutdown_timeout: {}\n",
+    ),
+    ("proxy.connect_timeout", "proxy:\n  connect_timeout: {}\n"),
+    ("proxy.response_timeout", "proxy:\n  response_timeout: {}\n"),
+    (
+        "proxy.pool_idle_timeout",
+        "proxy:\n  pool_idle_timeout: {}\n",
+    ),
+    (
+        "request_log.flush_interval",
+        "request_log:\n  flush_interval: {}\n",
+    ),
+    (
+        "health_check.timeout",
+        "health_check:\n  interval: 7d\n  timeout: {}\n",
+    ),
+    (
+        "health_check.interval",
+        "health_check:\n  timeout: 1ms\n  interval: {}\n",
+    ),
+];
+
+#[test]
+fn timers_must_be_between_1ms_and_7d() {
+    for (field, template) in TIMER_FIELDS {
+        for value in ["1ms", "7d"] {
+            let text = format!("{}{ONE_ROUTE}", template.replace("{}", value));
+            if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+                panic!("{field}: {value} was rejected: {error}");
+            }
+        }
+        for (value, shown) in [
+            ("0s", "0ns"),
+            ("1ns", "1ns"),
+            ("999us", "999µs"),
+            ("7d 1s", "604801s"),
+            ("9999999999d", "863999999913600s"),
+        ] {
+            let text = format!("{}{ONE_ROUTE}", template.replace("{}", value));
+            let found = problems(&text);
+            let expected = format!(
+                "{field}: must be between 1ms and 7d, got {shown}: write a duration like 5s or 500ms"
+            );
+            assert_eq!(found.len(), 1, "{field}: {value}: {found:#?}");
+            assert_eq!(found[0], expected, "{field}: {value}");
+        }
+    }
+}
+
+#[test]
+fn route_health_check_timers_are_checked() {
+    let text = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    health_check:
+      interval: 9999999999d
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].health_check.interval: must be between 1ms and 7d,"),
+        "{found:#?}"
+    );
+}
