@@ -263,3 +263,23 @@ routes:
         );
     }
 }
+
+#[test]
+fn check_rejects_routes_under_admin_paths() {
+    for path in ["/health", "/admin/*rest"] {
+        assert_rejected(
+            &format!(
+                r#"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+  - path: "{path}"
+    backends:
+      - url: "http://127.0.0.1:9002"
+"#
+            ),
+            "routes[1].path",
+        );
+    }
+}

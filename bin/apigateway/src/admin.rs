@@ -17,10 +17,8 @@ use std::time::Duration;
 /// Window of `/admin/stats` when the request names none.
 const DEFAULT_WINDOW: &str = "5m";
 
-/// Returns whether `path` belongs to the admin endpoints.
-pub(crate) fn is_admin_path(path: &str) -> bool {
-    path == "/health" || path == "/admin" || path.starts_with("/admin/")
-}
+// Validation uses the same function to reject routes that these paths would hide.
+pub(crate) use gateway_config::is_admin_path;
 
 /// Builds the response to an admin request.
 pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Response<ProxyBody> {

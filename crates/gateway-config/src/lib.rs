@@ -12,7 +12,8 @@
 //! - [`model`]: the serde types of every section, with their defaults.
 //! - `duration`: durations written as `30s`, `500ms` or `1m`.
 //! - `parse_message`: the parser's messages, reworded with the fix for common mistakes.
-//! - `route_path`: the route path syntax (`:name` for one segment, `*name` for the rest).
+//! - `route_path`: the route path syntax (`:name` for one segment, `*name` for the rest), and
+//!   the paths the gateway serves itself.
 //! - `trusted_proxies`: the networks of `server.trusted_proxies`.
 //! - `validate`: the checks that run after parsing.
 //! - [`error`]: [`ConfigError`] and the [`Problem`] list it carries.
@@ -29,7 +30,7 @@ mod validate;
 
 pub use error::{ConfigError, Problem};
 pub use model::*;
-pub use route_path::{RoutePattern, route_patterns};
+pub use route_path::{RoutePattern, is_admin_path, route_patterns};
 
 use std::path::Path;
 

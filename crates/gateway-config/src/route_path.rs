@@ -2,6 +2,7 @@
 //!
 //! The syntax is Gin's, so configuration written for Gin-style routers loads unchanged. It is
 //! translated here into the patterns of the `matchit` radix-tree router that the proxy compiles.
+//! [`is_admin_path`] names the paths the gateway serves itself, which no route can receive.
 
 /// One router pattern produced from a route path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,16 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
         });
     }
     Ok(patterns)
+}
+
+/// Returns whether the gateway serves `path` itself: `/health`, `/admin` and every path under
+/// `/admin/`. The gateway handles these before routing, so a route never receives them.
+///
+/// Given a valid route path, it returns whether every request the route matches is such a
+/// path, because `:name` and `*name` stand for whole segments. `/*rest` only loses these paths
+/// and stays reachable.
+pub fn is_admin_path(path: &str) -> bool {
+    path == "/health" || path == "/admin" || path.starts_with("/admin/")
 }
 
 fn needs_encoding(byte: u8) -> bool {
@@ -224,5 +235,29 @@ mod tests {
             patterns("/api/%C3%BC/:id"),
             vec![("/api/%C3%BC/{id}".to_owned(), false)]
         );
+    }
+
+    #[test]
+    fn admin_paths_are_health_and_admin() {
+        for path in [
+            "/health",
+            "/admin",
+            "/admin/",
+            "/admin/stats",
+            "/admin/*rest",
+        ] {
+            assert!(is_admin_path(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/*rest",
+            "/:name",
+            "/health/",
+            "/healthz",
+            "/administrator",
+            "/api/admin",
+        ] {
+            assert!(!is_admin_path(path), "{path}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
-use crate::route_path::route_patterns;
+use crate::route_path::{is_admin_path, route_patterns};
 use http::{Method, Uri};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
@@ -124,6 +124,15 @@ impl Config {
             let field = format!("routes[{i}]");
             match route_patterns(&route.path) {
                 Ok(patterns) => {
+                    if is_admin_path(&route.path) {
+                        problems.push(
+                            format!("{field}.path"),
+                            format!(
+                                "no request can reach {:?}, because the gateway serves /health, /admin and every path under /admin/ itself: choose a path outside them",
+                                route.path
+                            ),
+                        );
+                    }
                     for pattern in patterns {
                         // The bare prefix a catch-all adds yields to explicit routes.
                         if pattern.implicit {

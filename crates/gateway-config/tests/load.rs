@@ -532,3 +532,36 @@ routes:
         "{found:#?}"
     );
 }
+
+#[test]
+fn routes_hidden_by_admin_paths_rejected() {
+    for path in ["/health", "/admin", "/admin/*rest", "/admin/users/:id"] {
+        let text = format!(
+            "routes:\n  - path: \"{path}\"\n    backends: [{{url: \"http://127.0.0.1:1\"}}]\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{path}: {found:#?}");
+        assert!(
+            found[0].starts_with(&format!("routes[0].path: no request can reach {path:?}")),
+            "{path}: {found:#?}"
+        );
+        assert!(
+            found[0].contains("choose a path outside them"),
+            "{path}: {found:#?}"
+        );
+    }
+    for path in [
+        "/*rest",
+        "/:section",
+        "/health/*rest",
+        "/healthz",
+        "/api/admin/*rest",
+    ] {
+        let text = format!(
+            "routes:\n  - path: \"{path}\"\n    backends: [{{url: \"http://127.0.0.1:1\"}}]\n"
+        );
+        if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+            panic!("{path} was rejected: {error}");
+        }
+    }
+}
