@@ -79,6 +79,30 @@ fn shipped_configs_pass_check() {
     }
 }
 
+/// Some Windows editors save UTF-8 with a byte order mark, which YAML allows.
+#[test]
+fn check_accepts_byte_order_mark() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("gateway.yaml");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(ROUTE.as_bytes());
+    std::fs::write(&path, bytes).expect("write config");
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    assert!(
+        output.status.success(),
+        "exit {} stderr:\n{}",
+        output.status,
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("ok"),
+        "stdout {:?}",
+        stdout(&output)
+    );
+}
+
 #[test]
 fn check_lists_every_problem() {
     let dir = tempfile::tempdir().expect("temporary folder");

@@ -50,12 +50,16 @@ impl Config {
         Config::from_yaml(&text, &path.display().to_string())
     }
 
-    /// Parses and validates configuration text; `file` names its origin in error messages.
+    /// Parses and validates configuration text; `file` names its origin in error messages. A
+    /// UTF-8 byte order mark at the start is skipped.
     ///
     /// # Errors
     ///
     /// Returns [`ConfigError::Parse`] or [`ConfigError::Invalid`] as [`Config::load`] does.
     pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        // YAML allows a byte order mark at the start, and some Windows editors save one, but
+        // serde_yaml_ng 0.10 then fails with "more than one document is not supported".
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let field = error.path().to_string();

@@ -565,3 +565,13 @@ fn routes_hidden_by_admin_paths_rejected() {
         }
     }
 }
+
+#[test]
+fn byte_order_mark_is_skipped() {
+    let text = format!("\u{feff}server:\n  port: 8081\n{ONE_ROUTE}");
+    let config = Config::from_yaml(&text, "bom.yaml").unwrap();
+    assert_eq!(config.server.port, 8081);
+
+    let error = parse_error("\u{feff}server:\n  port: 8081\n  prot: 9\n");
+    assert!(error.starts_with("test.yaml:3:3: server.prot:"), "{error}");
+}
