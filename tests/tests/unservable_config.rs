@@ -283,3 +283,19 @@ routes:
         );
     }
 }
+
+#[test]
+fn check_rejects_a_wildcard_inside_an_origin() {
+    assert_rejected(
+        r#"
+cors:
+  enabled: true
+  allowed_origins: ["https://*.example.com"]
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "cors.allowed_origins[0]",
+    );
+}

@@ -402,7 +402,17 @@ fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitCo
 
 fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
     for (i, origin) in cors.allowed_origins.iter().enumerate() {
-        if origin != "*" && !is_origin(origin) {
+        if origin == "*" {
+            continue;
+        }
+        // Origins are compared as whole strings, so a pattern like https://*.example.com
+        // would match no browser's Origin header.
+        if origin.contains('*') {
+            problems.push(
+                format!("{field}.allowed_origins[{i}]"),
+                format!("wildcards inside an origin are not supported, so {origin:?} would match no request: list each origin, like https://app.example.com, or write \"*\" alone to allow any origin"),
+            );
+        } else if !is_origin(origin) {
             problems.push(
                 format!("{field}.allowed_origins[{i}]"),
                 format!("invalid origin {origin:?}: write scheme and host, like https://app.example.com, or \"*\""),

@@ -575,3 +575,41 @@ fn byte_order_mark_is_skipped() {
     let error = parse_error("\u{feff}server:\n  port: 8081\n  prot: 9\n");
     assert!(error.starts_with("test.yaml:3:3: server.prot:"), "{error}");
 }
+
+#[test]
+fn wildcard_inside_origin_rejected() {
+    let text = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    cors:
+      allowed_origins: ["https://app.example.com", "http://*"]
+cors:
+  enabled: true
+  allowed_origins: ["https://*.example.com", "*"]
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].cors.allowed_origins[1]: wildcards inside an origin are not supported, so \"http://*\""
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "cors.allowed_origins[0]: wildcards inside an origin are not supported, so \"https://*.example.com\""
+        ),
+        "{found:#?}"
+    );
+    for problem in &found {
+        assert!(
+            problem.contains("list each origin, like https://app.example.com"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("write \"*\" alone to allow any origin"),
+            "{problem}"
+        );
+    }
+}
