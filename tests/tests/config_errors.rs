@@ -537,6 +537,17 @@ fn parse_errors_explain_the_fix() {
             "server.trusted_proxies",
             "10.0.0.0/8, 127.0.0.1/32 or ::1/128",
         ),
+        (
+            "server: 5\n",
+            "server",
+            "must be a mapping of `name: value` fields, got integer `5`",
+        ),
+        ("server:\n  port:\n", "server.port", "got an empty value"),
+        (
+            "server:\n  workers: 99999999999999999999999\n",
+            "server.workers",
+            "must be between 1 and 1024, got `99999999999999999999999`\n",
+        ),
     ];
     let dir = tempfile::tempdir().expect("temporary folder");
     for (config, field, fix) in cases {

@@ -1,5 +1,5 @@
-//! Rewording of the YAML parser's messages: drops what the error report already shows and
-//! adds the fix for common mistakes.
+//! Rewording of the YAML parser's messages: drops what the error report already shows, names
+//! types in YAML terms rather than Rust's, and adds the fix for common mistakes.
 
 /// Integer fields that accept 0. Every other integer field must be at least 1, which
 /// validation enforces.
@@ -12,11 +12,21 @@ pub(crate) fn explain(message: &str, field: &str, text: &str, line: Option<usize
     if let Some(range) = integer_range_message(&message, field) {
         return range;
     }
+    if let Some(reworded) = type_message(&message, field) {
+        return reworded;
+    }
     if is_tab_error(&message, text, line) {
         return format!("{message}: indent with spaces, not tabs");
     }
+    if message == MORE_THAN_ONE_DOCUMENT {
+        return "the file contains more than one YAML document: put every section in one document, and remove the `---` lines after its start".to_owned();
+    }
     message
 }
+
+/// serde_yaml_ng's message for a file with a second document after a `---` line.
+const MORE_THAN_ONE_DOCUMENT: &str =
+    "deserializing from YAML containing more than one document is not supported";
 
 /// Removes what the error report already shows from the YAML parser's message: the field
 /// path it puts in front and the positions it puts at the end or before a comma.
@@ -84,13 +94,59 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
     } else {
         "a whole number "
     };
+    // serde reports an integer too large for i64 or u64 as "integer `N` as u128".
     let found = found.strip_prefix("integer ").unwrap_or(found);
+    let found = found
+        .strip_suffix(" as u128")
+        .or_else(|| found.strip_suffix(" as i128"))
+        .unwrap_or(found);
+    let found = yaml_value(found);
     let range = if max == u64::MAX {
         format!("at least {min}")
     } else {
         format!("between {min} and {max}")
     };
     Some(format!("must be {whole}{range}, got {found}"))
+}
+
+/// Rewrites serde's `invalid type: FOUND, expected WHAT` in YAML terms, as `must be WHAT, got
+/// FOUND`. serde names a Rust struct where the file needs a mapping, such as `struct
+/// ServerConfig`, and calls an empty value `unit value`.
+fn type_message(message: &str, field: &str) -> Option<String> {
+    let (found, expected) = message
+        .strip_prefix("invalid type: ")?
+        .rsplit_once(", expected ")?;
+    let found = yaml_value(found);
+    if expected.starts_with("struct ") && field.is_empty() {
+        return Some(format!(
+            "the file must be a mapping of sections, like `server:` and `routes:`, got {found}"
+        ));
+    }
+    let expected = if expected.starts_with("struct ") {
+        "a mapping of `name: value` fields"
+    } else {
+        match expected {
+            "a boolean" => "true or false",
+            "a map" => "a mapping",
+            // An enum such as `rate_limiting.key` given a mapping or a sequence.
+            "a YAML tag starting with '!'" => "a plain word",
+            other => other,
+        }
+    };
+    Some(format!("must be {expected}, got {found}"))
+}
+
+/// Rewrites serde's description of a value, such as `unit value` or `map`, in YAML terms.
+fn yaml_value(found: &str) -> String {
+    match found {
+        "unit value" => "an empty value".to_owned(),
+        "map" => "a mapping".to_owned(),
+        "sequence" => "a sequence".to_owned(),
+        _ => match found.strip_prefix("floating point ") {
+            Some(number) => format!("the floating-point number {number}"),
+            None => found.to_owned(),
+        },
+    }
 }
 
 /// Returns whether the parser rejected a tab, which YAML does not allow in indentation.
@@ -180,12 +236,109 @@ mod tests {
     }
 
     #[test]
-    fn other_expectations_are_kept() {
-        let message = "invalid type: integer `5`, expected a sequence";
+    fn huge_integer_drops_rust_type() {
+        for (message, got) in [
+            (
+                "invalid value: integer `99999999999999999999999` as u128, expected usize",
+                "`99999999999999999999999`",
+            ),
+            (
+                "invalid value: integer `-99999999999999999999999` as i128, expected usize",
+                "`-99999999999999999999999`",
+            ),
+        ] {
+            assert_eq!(
+                explain(message, "server.workers", "", None),
+                format!("must be between 1 and 1024, got {got}")
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_decimal_numbers_read_in_yaml_terms() {
         assert_eq!(
-            explain(message, "server.trusted_proxies", "", None),
-            message
+            explain(
+                "invalid type: unit value, expected u16",
+                "server.port",
+                "",
+                None
+            ),
+            "must be a whole number between 1 and 65535, got an empty value"
         );
+        assert_eq!(
+            explain(
+                "invalid type: floating point `1.5`, expected u32",
+                "routes[0].backends[0].weight",
+                "",
+                None
+            ),
+            "must be a whole number between 1 and 10000, got the floating-point number `1.5`"
+        );
+    }
+
+    #[test]
+    fn type_errors_read_in_yaml_terms() {
+        let cases = [
+            (
+                "invalid type: integer `5`, expected a sequence",
+                "server.trusted_proxies",
+                "must be a sequence, got integer `5`",
+            ),
+            (
+                "invalid type: integer `5`, expected struct ServerConfig",
+                "server",
+                "must be a mapping of `name: value` fields, got integer `5`",
+            ),
+            (
+                "invalid type: sequence, expected struct Config",
+                "",
+                "the file must be a mapping of sections, like `server:` and `routes:`, got a sequence",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "routes",
+                "must be a sequence, got a mapping",
+            ),
+            (
+                "invalid type: unit value, expected a boolean",
+                "rate_limiting.enabled",
+                "must be true or false, got an empty value",
+            ),
+            (
+                "invalid type: map, expected a YAML tag starting with '!'",
+                "rate_limiting.key",
+                "must be a plain word, got a mapping",
+            ),
+            (
+                "invalid type: sequence, expected a string",
+                "server.host",
+                "must be a string, got a sequence",
+            ),
+        ];
+        for (message, field, expected) in cases {
+            assert_eq!(explain(message, field, "", None), expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn other_messages_are_kept() {
+        for message in [
+            "missing field `url`",
+            "duplicate field `port`",
+            "unknown variant `foo`, expected `client_ip` or `global`",
+        ] {
+            assert_eq!(explain(message, "x", "", None), message);
+        }
+    }
+
+    #[test]
+    fn second_document_gets_fix() {
+        let reworded = explain(MORE_THAN_ONE_DOCUMENT, "", "", None);
+        assert!(
+            reworded.contains("more than one YAML document"),
+            "{reworded}"
+        );
+        assert!(reworded.contains("remove the `---` lines"), "{reworded}");
     }
 
     #[test]

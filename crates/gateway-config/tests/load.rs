@@ -613,3 +613,44 @@ cors:
         );
     }
 }
+
+#[test]
+fn parse_errors_use_yaml_terms() {
+    let cases = [
+        (
+            "[1, 2]\n",
+            "test.yaml:1:1: the file must be a mapping of sections, like `server:` and `routes:`, got a sequence",
+        ),
+        (
+            "server: 5\n",
+            "test.yaml:1:9: server: must be a mapping of `name: value` fields, got integer `5`",
+        ),
+        (
+            "server:\n  port:\n",
+            "test.yaml:2:8: server.port: must be a whole number between 1 and 65535, got an empty value",
+        ),
+        (
+            "server:\n  workers: 99999999999999999999999\n",
+            "test.yaml:2:12: server.workers: must be between 1 and 1024, got `99999999999999999999999`",
+        ),
+        (
+            "rate_limiting:\n  enabled:\n",
+            "test.yaml:2:11: rate_limiting.enabled: must be true or false, got an empty value",
+        ),
+        (
+            "routes: {a: 1}\n",
+            "test.yaml:1:9: routes: must be a sequence, got a mapping",
+        ),
+        (
+            "server: {}\n---\nroutes: []\n",
+            "test.yaml: the file contains more than one YAML document",
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = parse_error(text);
+        assert!(error.starts_with(expected), "{text:?}: {error}");
+        for rust_term in ["struct", "unit value", "u128", " map,"] {
+            assert!(!error.contains(rust_term), "{text:?}: {error}");
+        }
+    }
+}
