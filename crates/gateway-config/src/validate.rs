@@ -4,6 +4,7 @@ use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
 use crate::route_path::{is_admin_path, route_patterns};
 use http::{Method, Uri};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
@@ -120,6 +121,9 @@ impl Config {
         // Insert every route's patterns into a router like the proxy's, so conflicts are
         // reported here with both routes named rather than when the proxy starts.
         let mut router = matchit::Router::new();
+        // Routes that list the same backend URL share one backend, with one health check: the
+        // first route's. A later route with other settings would have them ignored.
+        let mut first_listed: HashMap<String, usize> = HashMap::new();
         for (i, route) in self.routes.iter().enumerate() {
             let field = format!("routes[{i}]");
             match route_patterns(&route.path) {
@@ -179,6 +183,24 @@ impl Config {
             let health = route.effective_health_check(&self.health_check);
             if health != self.health_check {
                 validate_health_check(problems, &format!("{field}.health_check"), &health);
+            }
+            for (j, backend) in route.backends.iter().enumerate() {
+                // The proxy shares backends by the URL as parsed, so the key is the same.
+                let key = backend
+                    .url
+                    .parse::<Uri>()
+                    .map_or_else(|_| backend.url.clone(), |url| url.to_string());
+                let first = *first_listed.entry(key).or_insert(i);
+                let first_health = self.routes[first].effective_health_check(&self.health_check);
+                if first != i && first_health != health {
+                    problems.push(
+                        format!("{field}.backends[{j}].url"),
+                        format!(
+                            "{:?} is also a backend of routes[{first}] ({:?}) with other health_check settings, but a backend has one health check: give both routes the same health_check settings",
+                            backend.url, self.routes[first].path
+                        ),
+                    );
+                }
             }
         }
     }

@@ -577,6 +577,42 @@ fn byte_order_mark_is_skipped() {
 }
 
 #[test]
+fn shared_backend_with_other_health_checks_rejected() {
+    let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    health_check: {path: "/ready"}
+  - path: "/b/*rest"
+    backends: [{url: "http://127.0.0.1:9002"}, {url: "http://127.0.0.1:9001/"}]
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[1].backends[1].url: \"http://127.0.0.1:9001/\" is also a backend of routes[0] (\"/a/*rest\")"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].contains("give both routes the same health_check settings"),
+        "{found:#?}"
+    );
+
+    // The same backend with the same settings is shared as before.
+    let same = r#"
+routes:
+  - path: "/a/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    health_check: {path: "/ready"}
+  - path: "/b/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    health_check: {path: "/ready"}
+"#;
+    Config::from_yaml(same, "test.yaml").unwrap();
+}
+
+#[test]
 fn wildcard_inside_origin_rejected() {
     let text = r#"
 routes:
