@@ -20,6 +20,15 @@ const DEFAULT_WINDOW: &str = "5m";
 // Validation uses the same function to reject routes that these paths would hide.
 pub(crate) use gateway_config::is_admin_path;
 
+/// Builds the 403 response to an admin request from a client outside
+/// `admin.allowed_clients`.
+pub(crate) fn forbidden() -> Response<ProxyBody> {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "the admin endpoints are not open to this client address",
+    )
+}
+
 /// Builds the response to an admin request.
 pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {

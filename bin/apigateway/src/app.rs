@@ -2,7 +2,7 @@
 
 use crate::access_line::AccessLines;
 use gateway_config::{Config, RateLimitConfig, RouteConfig};
-use gateway_middleware::client_ip::TrustedProxies;
+use gateway_middleware::client_ip::{NetworkSet, TrustedProxies};
 use gateway_middleware::cors::{Cors, CorsLayer, CorsPolicy};
 use gateway_middleware::rate_limit::{
     RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer, RateLimiter,
@@ -46,6 +46,8 @@ pub struct Gateway {
     pub(crate) client: BackendClient,
     pub(crate) limiters: Vec<Arc<RateLimiter>>,
     pub(crate) trusted: TrustedProxies,
+    /// Clients allowed to use `/admin/*`.
+    pub(crate) admin_clients: NetworkSet,
     pub(crate) draining: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) request_log: OnceLock<RequestLogState>,
@@ -107,6 +109,7 @@ impl Gateway {
         Ok(Gateway {
             client,
             trusted: TrustedProxies::new(config.server.trusted_proxies.clone()),
+            admin_clients: NetworkSet::new(config.admin.allowed_clients.clone()),
             config: Arc::new(config),
             table,
             routes,

@@ -2,6 +2,7 @@
 
 use crate::admin;
 use crate::app::{Gateway, RouteService};
+use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::cors;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
@@ -23,6 +24,12 @@ pub struct Router {
 impl Router {
     pub(crate) fn new(gateway: Arc<Gateway>) -> Router {
         Router { gateway }
+    }
+
+    /// Returns whether the client of `request` may use the admin endpoints. A request without
+    /// a known client address (none reaches a listener) is refused.
+    fn admin_allowed<B>(&self, request: &Request<B>) -> bool {
+        ClientIp::of(request.extensions()).is_some_and(|ip| self.gateway.admin_clients.contains(ip))
     }
 
     /// Sends `request` to the service of the route at `index` in the route table.
@@ -53,6 +60,11 @@ impl Service<Request<Incoming>> for Router {
 
         let path = request.uri().path();
         if admin::is_admin_path(path) {
+            if path != "/health" && !self.admin_allowed(&request) {
+                return RouterFuture::Ready {
+                    response: Some(admin::forbidden()),
+                };
+            }
             let gateway = Arc::clone(&self.gateway);
             return RouterFuture::Admin {
                 future: Box::pin(async move { Ok(admin::handle(&gateway, request).await) }),

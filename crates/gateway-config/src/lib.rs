@@ -23,9 +23,9 @@
 mod duration;
 pub mod error;
 pub mod model;
+mod networks;
 mod parse_message;
 mod route_path;
-mod trusted_proxies;
 mod validate;
 
 pub use error::{ConfigError, Problem};

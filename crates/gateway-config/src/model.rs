@@ -3,9 +3,10 @@
 //! Every struct rejects unknown fields and fills missing ones from its `Default`, so a file with
 //! one route is a complete configuration.
 
-use crate::{duration, trusted_proxies};
-use ipnet::IpNet;
+use crate::{duration, networks};
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,32 @@ pub struct Config {
     pub request_log: RequestLogConfig,
     /// Process logs and the per-request access line.
     pub logging: LoggingConfig,
+    /// Who may use the admin endpoints.
+    pub admin: AdminConfig,
+}
+
+/// Who may use the admin endpoints, `/admin/*`. `/health` is open to every client, for load
+/// balancers and orchestrators.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Client addresses allowed to use `/admin/*`, as CIDRs or single addresses. The client is
+    /// the one rate limiting uses: the peer, or behind `server.trusted_proxies` the address
+    /// from `X-Forwarded-For`. An empty list closes the endpoints to everyone. Default: the
+    /// loopback networks, `127.0.0.0/8` and `::1`.
+    #[serde(deserialize_with = "networks::deserialize")]
+    pub allowed_clients: Vec<IpNet>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            allowed_clients: vec![
+                IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+                IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            ],
+        }
+    }
 }
 
 /// The listener and its timeouts.
@@ -53,7 +80,7 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// Peers whose `X-Forwarded-For` is trusted, written as CIDRs or single addresses.
     /// Default: none.
-    #[serde(deserialize_with = "trusted_proxies::deserialize")]
+    #[serde(deserialize_with = "networks::deserialize")]
     pub trusted_proxies: Vec<IpNet>,
 }
 

@@ -391,6 +391,34 @@ fn trusted_proxies_accept_bare_addresses() {
 }
 
 #[test]
+fn admin_clients_default_to_loopback() {
+    let config = Config::from_yaml(ONE_ROUTE, "test.yaml").unwrap();
+    let networks: Vec<String> = config
+        .admin
+        .allowed_clients
+        .iter()
+        .map(|network| network.to_string())
+        .collect();
+    assert_eq!(networks, ["127.0.0.0/8", "::1/128"]);
+
+    let text = format!("admin:\n  allowed_clients: [10.1.2.3, \"192.0.2.0/24\"]\n{ONE_ROUTE}");
+    let config = Config::from_yaml(&text, "test.yaml").unwrap();
+    let networks: Vec<String> = config
+        .admin
+        .allowed_clients
+        .iter()
+        .map(|network| network.to_string())
+        .collect();
+    assert_eq!(networks, ["10.1.2.3/32", "192.0.2.0/24"]);
+
+    let error = parse_error(&format!(
+        "admin:\n  allowed_clients: [everyone]\n{ONE_ROUTE}"
+    ));
+    assert!(error.contains("admin.allowed_clients"), "{error}");
+    assert!(error.contains(r#"[0] "everyone""#), "{error}");
+}
+
+#[test]
 fn trusted_proxies_name_every_bad_entry() {
     let text = format!(
         "server:\n  trusted_proxies: [10.0.0.0/8, nope, 10.0.0.0/33, \"::1/129\"]\n{ONE_ROUTE}"

@@ -34,21 +34,43 @@ impl ClientIp {
 /// The networks of the proxies whose `X-Forwarded-For` header is believed.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
+    networks: NetworkSet,
+}
+
+/// A set of networks that addresses are matched against in canonical form: an IPv4-mapped
+/// IPv6 address matches the IPv4 networks, and a network written as IPv4-mapped IPv6 matches
+/// IPv4 addresses.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkSet {
     networks: Vec<IpNet>,
+}
+
+impl NetworkSet {
+    /// Creates the set. An empty list contains no address.
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        let networks = networks.into_iter().map(canonical_network).collect();
+        NetworkSet { networks }
+    }
+
+    /// Returns true when `ip` lies in one of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.networks.iter().any(|network| network.contains(&ip))
+    }
 }
 
 impl TrustedProxies {
     /// Creates the set from the `server.trusted_proxies` CIDRs. An empty list trusts no peer, so
     /// the client is always the peer.
     pub fn new(networks: Vec<IpNet>) -> Self {
-        let networks = networks.into_iter().map(canonical_network).collect();
-        TrustedProxies { networks }
+        TrustedProxies {
+            networks: NetworkSet::new(networks),
+        }
     }
 
     /// Returns true when `ip` lies in one of the trusted networks.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.networks.iter().any(|network| network.contains(&ip))
+        self.networks.contains(ip)
     }
 
     /// Returns the client's address for a request from `peer` with these `headers`.

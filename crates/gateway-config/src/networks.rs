@@ -1,4 +1,5 @@
-//! `server.trusted_proxies`: networks written as CIDRs (`10.0.0.0/8`) or single addresses.
+//! Lists of networks, such as `server.trusted_proxies` and `admin.allowed_clients`: each entry
+//! a CIDR (`10.0.0.0/8`) or a single address.
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de::Error as _};

@@ -1,0 +1,77 @@
+//! Who may use the admin endpoints: `admin.allowed_clients` opens `/admin/*` to some client
+//! addresses, loopback by default, while `/health` stays open to every client.
+
+use gateway_tests::{GatewayProcess, MockProcess, get, request};
+use http::{Method, StatusCode};
+
+/// Starts a gateway with `server_fields` added under `server:` and `sections` at the top level.
+fn start(server_fields: &str, sections: &str) -> (MockProcess, GatewayProcess) {
+    let mock = MockProcess::start("Admin");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+{server_fields}
+request_log:
+  database: "{{dir}}/gateway.db"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+{sections}
+"#,
+        mock.url
+    ));
+    (mock, gateway)
+}
+
+#[tokio::test]
+async fn loopback_clients_may_use_admin_by_default() {
+    let (_mock, gateway) = start("", "");
+    for path in ["/admin/backends", "/admin/logs", "/admin/stats"] {
+        let reply = get(&format!("{}{path}", gateway.url)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn unlisted_clients_get_403_except_health() {
+    let (_mock, gateway) = start("", "admin: {allowed_clients: [\"192.0.2.0/24\"]}");
+    for path in ["/admin/backends", "/admin/logs", "/admin/nothing-here"] {
+        let reply = get(&format!("{}{path}", gateway.url)).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(reply.header("content-type"), "application/json", "{path}");
+    }
+    // The method does not matter: the endpoints are closed before they are looked at.
+    let reply = request(
+        Method::POST,
+        &format!("{}/admin/backends", gateway.url),
+        &[],
+        "x",
+    )
+    .await
+    .expect("POST");
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+
+    let reply = get(&format!("{}/health", gateway.url)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = get(&format!("{}/api/proxied", gateway.url)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forwarded_client_behind_trusted_proxy_checked() {
+    let (_mock, gateway) = start("  trusted_proxies: [\"127.0.0.1\"]", "");
+    let url = format!("{}/admin/backends", gateway.url);
+
+    let remote = request(Method::GET, &url, &[("x-forwarded-for", "203.0.113.7")], "")
+        .await
+        .expect("GET through a proxy");
+    assert_eq!(remote.status, StatusCode::FORBIDDEN);
+
+    let local = request(Method::GET, &url, &[("x-forwarded-for", "127.0.0.1")], "")
+        .await
+        .expect("GET through a proxy");
+    assert_eq!(local.status, StatusCode::OK);
+}
