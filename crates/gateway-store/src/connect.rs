@@ -17,9 +17,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time after which a reader's statement is logged as slow, at debug level.
 const SLOW_READER_STATEMENT: Duration = Duration::from_secs(1);
 
-/// Longest time a reader's connection is kept open.
-const READER_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-
 /// Connections a [`LogReader`](crate::LogReader) keeps for concurrent queries.
 const READER_CONNECTIONS: u32 = 4;
 
@@ -53,6 +50,8 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
             source,
         },
     };
+
+    check_not_foreign(path).await?;
 
     // Migrations run through a one-connection pool: run on a bare `&mut SqliteConnection`,
     // sqlx's `Acquire` bound makes the caller's future fail to prove `Send` for every
@@ -96,6 +95,40 @@ fn writer_options(path: &Path) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
+}
+
+/// Fails when `path` is another program's SQLite database: one with tables, none of them the
+/// request log's. Migrations would add the log's tables to any SQLite file, and the writer's
+/// connection switches the file to WAL mode, so the file is read without either. A file that
+/// is not a database at all is left for the writer's connection to report.
+async fn check_not_foreign(path: &Path) -> Result<(), StoreError> {
+    let size = std::fs::metadata(path).map_or(0, |metadata| metadata.len());
+    if size == 0 {
+        return Ok(());
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let Ok(mut connection) = SqliteConnection::connect_with(&options).await else {
+        return Ok(());
+    };
+    let tables: Result<Vec<String>, sqlx::Error> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut connection)
+            .await;
+    let _ = connection.close().await;
+    let Ok(tables) = tables else {
+        return Ok(());
+    };
+    let is_log = |name: &String| name == "requests" || name == "_sqlx_migrations";
+    if tables.is_empty() || tables.iter().any(is_log) {
+        Ok(())
+    } else {
+        Err(StoreError::ForeignDatabase {
+            path: path.to_owned(),
+        })
+    }
 }
 
 /// Returns whether an SQLite extended result code is one of `SQLITE_READONLY`'s (8 in its
@@ -190,11 +223,8 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
         .read_only(true)
         .busy_timeout(BUSY_TIMEOUT)
         .log_slow_statements(log::LevelFilter::Debug, SLOW_READER_STATEMENT);
-    // A connection lives a minute at most, so that readers follow the writer to a new file
-    // when the database file is removed or moved away.
     let pool = SqlitePoolOptions::new()
         .max_connections(READER_CONNECTIONS)
-        .max_lifetime(READER_CONNECTION_LIFETIME)
         .connect_with(options)
         .await
         .map_err(open_error)?;

@@ -16,6 +16,18 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// The database file was removed or replaced while the writer ran, and the writer needed a
+    /// new connection to it.
+    #[error(
+        "request log database {} was removed or replaced while the gateway ran: restart the \
+         gateway to write to a file at the path",
+        path.display()
+    )]
+    Replaced {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// The database path names a folder.
     #[error(
         "request log database {} is a folder: set request_log.database to a file path, such as \
@@ -70,6 +82,17 @@ pub enum StoreError {
         path: PathBuf,
         /// A schema version recorded in the file that this version does not know.
         version: i64,
+    },
+
+    /// The file is another program's SQLite database: it has tables, none of them the log's.
+    #[error(
+        "{} is another program's database (it has tables, but not the request log's): set \
+         request_log.database to a new file",
+        path.display()
+    )]
+    ForeignDatabase {
+        /// The database file.
+        path: PathBuf,
     },
 
     /// The file is an SQLite database without the `requests` table.

@@ -32,10 +32,12 @@ pub struct Writer {
     path: PathBuf,
     /// `None` after a batch failed, until the next write opens a new connection.
     connection: Option<SqliteConnection>,
-    /// The database file the connection has open, to find it removed or replaced.
+    /// The database file opened at the start, to find it removed or replaced.
     file: Option<FileIdentity>,
     /// When `file` was last compared with what the path names.
     file_checked: Instant,
+    /// Whether the path was found to name another file than `file`, or none.
+    file_replaced: bool,
     failures: FailureWarnings,
     receiver: mpsc::Receiver<RequestRecord>,
     dropped: Arc<AtomicU64>,
@@ -101,6 +103,7 @@ impl Writer {
             path: config.database.clone(),
             file: FileIdentity::of(&config.database),
             file_checked: Instant::now(),
+            file_replaced: false,
             connection: Some(connection),
             failures: FailureWarnings::default(),
             receiver,
@@ -215,7 +218,7 @@ impl Writer {
             self.batch_ready
                 .in_batch
                 .store(batch.len(), Ordering::Relaxed);
-            self.check_file().await;
+            self.check_file();
             self.write_batch(&mut batch, &mut summary).await;
             self.batch_ready.in_batch.store(0, Ordering::Relaxed);
             drops.warn_if_due(&self.dropped, &self.path, false);
@@ -292,14 +295,23 @@ impl Writer {
         }
     }
 
-    /// Returns the writer's connection, first opening a new one when the last batch failed or
-    /// the file was removed. A new connection creates the file and its schema when missing.
+    /// Returns the writer's connection, first opening a new one when the last batch failed.
+    ///
+    /// A new connection opens only the file the writer started with. Were the path to name a
+    /// new file, SQLite would take the old file's `-wal` and `-shm` files, still at the old
+    /// names and in use by open connections, as the new file's: that corrupts both. A file
+    /// put in its place may also be another program's database.
     async fn open_connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
         let connection = match self.connection.take() {
             Some(connection) => connection,
             None => {
+                if self.file_replaced || FileIdentity::of(&self.path) != self.file {
+                    self.file_replaced = true;
+                    return Err(StoreError::Replaced {
+                        path: self.path.clone(),
+                    });
+                }
                 let connection = connect::open_writer(&self.path).await?;
-                self.file = FileIdentity::of(&self.path);
                 debug!(path = %self.path.display(), "request log database reopened");
                 connection
             }
@@ -307,26 +319,26 @@ impl Writer {
         Ok(self.connection.insert(connection))
     }
 
-    /// Closes the connection when the database path no longer names the file it has open,
-    /// at most once per [`FILE_CHECK_INTERVAL`], so that the next batch goes to a new file at
-    /// the path. Rows written to a removed file would be lost when the writer stops, and a
-    /// file moved away (rotated) should stop growing.
-    async fn check_file(&mut self) {
+    /// Logs an error, once, when the database path no longer names the file the writer
+    /// started with. Checks at most once per [`FILE_CHECK_INTERVAL`]. Rows still go to the
+    /// open file: see [`Writer::open_connection`] for why a new file is not opened.
+    fn check_file(&mut self) {
         let now = Instant::now();
-        if now.duration_since(self.file_checked) < FILE_CHECK_INTERVAL || self.connection.is_none()
-        {
+        if self.file_replaced || now.duration_since(self.file_checked) < FILE_CHECK_INTERVAL {
             return;
         }
         self.file_checked = now;
-        let current = FileIdentity::of(&self.path);
-        if current.is_some() && current == self.file {
+        if FileIdentity::of(&self.path) == self.file {
             return;
         }
-        warn!(
+        self.file_replaced = true;
+        error!(
             path = %self.path.display(),
-            "request log database file was removed or replaced, writing to a new file at its path"
+            "request log database file was removed or replaced while the gateway runs: rows \
+             still go to the file it opened, and are lost at the stop if that file was removed. \
+             Restart the gateway to write to a file at the path, and move the -wal and -shm \
+             files with the database when you rotate it"
         );
-        self.close_connection().await;
     }
 
     async fn close_connection(&mut self) {
@@ -463,10 +475,21 @@ impl FailureWarnings {
         {
             return;
         }
+        // The causes say why, such as SQLite's own message under a failed migration.
+        let mut message = error.to_string();
+        let mut cause = std::error::Error::source(error);
+        while let Some(source) = cause {
+            let text = source.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = source.source();
+        }
         error!(
             path = %path.display(),
             rows = self.unreported,
-            %error,
+            error = %message,
             "request log batch write failed, rows lost"
         );
         self.unreported = 0;

@@ -191,3 +191,31 @@ async fn file_in_place_of_a_folder_fails_the_check() {
     gateway_store::check_database_path(&fresh).unwrap();
     assert!(!dir.path().join("a").exists(), "the check created a folder");
 }
+
+#[tokio::test]
+async fn another_programs_database_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.database = dir.path().join("app.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&config.database)
+        .create_if_missing(true);
+    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+    let before = std::fs::read(&config.database).unwrap();
+
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::ForeignDatabase { .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &config.database);
+    assert!(
+        std::fs::read(&config.database).unwrap() == before,
+        "the file was changed"
+    );
+}

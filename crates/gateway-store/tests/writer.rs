@@ -356,6 +356,14 @@ impl LogBuffer {
         (buffer, guard)
     }
 
+    fn errors(&self) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|line| line.contains("ERROR"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn warnings(&self) -> Vec<String> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
         text.lines()
@@ -491,7 +499,7 @@ async fn drop_warning_waits_a_second_with_short_interval() {
 }
 
 #[tokio::test]
-async fn removed_database_file_is_created_again() {
+async fn replaced_database_file_is_reported_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let (log, writer) = RequestLog::open(&config).await.unwrap();
@@ -502,34 +510,41 @@ async fn removed_database_file_is_created_again() {
         log.record(record(i, now_us()));
     }
     wait_for_rows(&config.database, 10).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = config.database.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(&file);
-    }
 
-    // The writer compares the path with its open file before a batch, at most once a second.
+    // Another program's database moved onto the path, as a restore from a backup would.
+    let other = dir.path().join("other.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&other)
+        .create_if_missing(true);
+    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("CREATE TABLE notes (text TEXT)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+    let before = std::fs::read(&other).unwrap();
+    std::fs::rename(&other, &config.database).unwrap();
+
+    // The writer compares the path with its file before a batch, at most once a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for i in 10..20 {
         log.record(record(i, now_us()));
     }
-    // The new file exists a moment before its schema does.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !has_requests_table(&config.database).await && tokio::time::Instant::now() < deadline {
+    while buffer.errors().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let rows = wait_for_rows(&config.database, 10).await;
     let summary = writer.shutdown().await.unwrap();
 
-    assert_eq!(rows, 10, "rows in the new file");
+    let errors = buffer.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("removed or replaced"), "{errors:?}");
+    // The rows went to the file the writer opened, and the new file is as it was put there.
     assert_eq!(summary.written, 20);
+    assert!(!has_requests_table(&config.database).await);
     assert!(
-        buffer
-            .warnings()
-            .iter()
-            .any(|line| line.contains("removed or replaced")),
-        "no warning: {:?}",
-        buffer.warnings()
+        std::fs::read(&config.database).unwrap() == before,
+        "the file put in place was changed"
     );
 }
 
