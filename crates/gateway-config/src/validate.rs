@@ -192,7 +192,9 @@ impl Config {
                     .map_or_else(|_| backend.url.clone(), |url| url.to_string());
                 let first = *first_listed.entry(key).or_insert(i);
                 let first_health = self.routes[first].effective_health_check(&self.health_check);
-                if first != i && first_health != health {
+                // With both checks off, no probe runs, so their other fields do not matter.
+                let both_off = !first_health.enabled && !health.enabled;
+                if first != i && first_health != health && !both_off {
                     problems.push(
                         format!("{field}.backends[{j}].url"),
                         format!(

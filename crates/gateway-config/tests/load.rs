@@ -638,6 +638,18 @@ routes:
     health_check: {path: "/ready"}
 "#;
     Config::from_yaml(same, "test.yaml").unwrap();
+
+    // With health checks off, no probe runs, so the settings cannot conflict.
+    let off = r#"
+health_check: {enabled: false}
+routes:
+  - path: "/a/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: "/b/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    health_check: {path: "/status"}
+"#;
+    Config::from_yaml(off, "test.yaml").unwrap();
 }
 
 #[test]
