@@ -22,6 +22,29 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// Writes `duration` as the file would: a whole number of the largest unit that divides it
+/// exactly, such as `7d`, `90s` or `500ms`.
+pub(crate) fn format(duration: Duration) -> String {
+    const UNITS: [(u128, &str); 7] = [
+        (86_400_000_000_000, "d"),
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let (size, unit) = UNITS
+        .into_iter()
+        .find(|(size, _)| nanos.is_multiple_of(*size))
+        .unwrap_or((1, "ns"));
+    format!("{}{unit}", nanos / size)
+}
+
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Duration, D::Error> {
@@ -44,6 +67,22 @@ pub(crate) mod option {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn format_uses_largest_exact_unit() {
+        for (text, shown) in [
+            ("0s", "0s"),
+            ("7d", "7d"),
+            ("7d 1s", "604801s"),
+            ("90m", "90m"),
+            ("1500ms", "1500ms"),
+            ("999us", "999us"),
+            ("1ns", "1ns"),
+            ("9999999999d", "9999999999d"),
+        ] {
+            assert_eq!(format(parse(text).unwrap()), shown, "{text}");
+        }
+    }
 
     #[test]
     fn parses_common_units() {

@@ -44,7 +44,10 @@ impl Problems {
         if !valid {
             self.push(
                 field,
-                format!("must be {TIMER_RANGE}, got {value:?}: write a duration like 5s or 500ms"),
+                format!(
+                    "must be {TIMER_RANGE}, got {}: write a duration like 5s or 500ms",
+                    crate::duration::format(value)
+                ),
             );
         }
         valid
