@@ -115,6 +115,14 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
             "an authority-form request target is only for CONNECT",
         ));
     }
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(ProxyError::invalid_request(
+            "an absolute-form request target must use http or https",
+        ));
+    }
     if uri.path() == "*" && request.method() != Method::OPTIONS {
         return Err(ProxyError::invalid_request(
             "an asterisk-form request target is only for OPTIONS",
@@ -401,6 +409,11 @@ mod tests {
             400
         );
         assert!(checked(request(Method::GET, "http://gw.example:80/a")).is_ok());
+        assert!(checked(request(Method::GET, "HTTPS://gw.example/a")).is_ok());
+        assert_eq!(
+            checked(request(Method::GET, "ftp://gw.example/a")).unwrap_err(),
+            400
+        );
         assert!(checked(request(Method::GET, "/a")).is_ok());
     }
 
