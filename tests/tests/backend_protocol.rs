@@ -367,12 +367,12 @@ fn early_response_to_upload_reaches_client() {
 }
 
 #[test]
-fn early_response_to_a_partial_upload_is_logged_whole() {
+fn early_response_to_partial_upload_logged_whole() {
     let backend = ScriptedBackend::start(&[Step::ReplyBeforeBody(
         b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
     )]);
     let gateway = gateway_for(&backend);
-    // The client declares 2 MB, sends a part and waits for the answer.
+    // The client declares 2 MB, sends a part and waits for the response.
     let mut connection = RawConnection::open(gateway.addr).expect("connect");
     let mut request =
         b"POST /upload HTTP/1.1\r\nhost: gateway\r\ncontent-length: 2000000\r\n\r\n".to_vec();
@@ -381,7 +381,7 @@ fn early_response_to_a_partial_upload_is_logged_whole() {
     let response = connection.read_response().expect("response");
     assert_eq!(response.status, 413);
     assert_eq!(response.body, b"too big!");
-    // The client got the whole response, and the access line says so.
+    // The client got the whole response, and the access line reports it as complete.
     let line = gateway
         .wait_for_line(&["method=POST", "status=413"], Duration::from_secs(5))
         .expect("an access line for the upload");
@@ -568,7 +568,7 @@ fn connection_naming_content_length_cannot_smuggle_a_request() {
 }
 
 #[test]
-fn http_10_keep_alive_client_is_told_when_the_body_ends_the_connection() {
+fn http_10_keep_alive_told_of_closing_body() {
     let backend = ScriptedBackend::start(&[
         Step::Reply(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

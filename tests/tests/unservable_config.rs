@@ -98,12 +98,12 @@ routes:
 "#;
 
 #[test]
-fn check_rejects_a_host_name_that_does_not_resolve() {
+fn check_rejects_unresolvable_host() {
     assert_rejected(UNRESOLVABLE_HOST_CONFIG, "server.host");
 }
 
 #[test]
-fn serving_a_host_name_that_does_not_resolve_exits_2_naming_the_field() {
+fn serving_unresolvable_host_exits_2() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, UNRESOLVABLE_HOST_CONFIG).expect("write config");
@@ -184,7 +184,7 @@ routes:
 }
 
 #[test]
-fn check_rejects_a_folder_as_the_request_log_database() {
+fn check_rejects_folder_as_database() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let folder = dir.path().display().to_string();
     assert_rejected(

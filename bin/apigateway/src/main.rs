@@ -188,8 +188,8 @@ async fn run(
                 config_path.display(),
                 bind_error_message(&host, port, &error)
             );
-            // A port another process holds may be free on the next try. The other causes are
-            // in the configuration.
+            // A port in use by another process may be free on the next try. The other causes
+            // are in the configuration.
             return if error.kind() == ErrorKind::AddrInUse {
                 ExitCode::FAILURE
             } else {

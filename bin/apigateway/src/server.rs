@@ -373,7 +373,7 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         // HTTP/1.0 has no chunked coding, so a body of unknown length ends with the
-        // connection. hyper closes it then, but to a keep-alive request it still answers
+        // connection. hyper closes it then, but on a keep-alive request it still sends
         // `Connection: keep-alive` unless the response is marked HTTP/1.0 without it.
         if *this.http_10 && response.body().size_hint().exact().is_none() {
             *response.version_mut() = Version::HTTP_10;

@@ -30,11 +30,11 @@ pub struct Config {
     pub request_log: RequestLogConfig,
     /// Process logs and the per-request access line.
     pub logging: LoggingConfig,
-    /// Who may use the admin endpoints.
+    /// Access to the admin endpoints.
     pub admin: AdminConfig,
 }
 
-/// Who may use the admin endpoints, `/admin/*`. `/health` is open to every client, for load
+/// Access to the admin endpoints, `/admin/*`. `/health` is open to every client, for load
 /// balancers and orchestrators.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -246,7 +246,7 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
 }
 
 /// Checks what can be checked about a database path without creating anything: that it does
-/// not name a folder, and that no file stands where its folder would be created.
+/// not name a folder, and that no file is where its folder would be created.
 ///
 /// # Errors
 ///

@@ -400,7 +400,7 @@ fn take_queued(
     true
 }
 
-/// Why a batch, a retention run or the checkpoint at the stop failed.
+/// The failure of a batch, a retention run or the checkpoint at the stop.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
     /// A new connection could not be opened.
@@ -475,7 +475,7 @@ impl FailureWarnings {
         {
             return;
         }
-        // The causes say why, such as SQLite's own message under a failed migration.
+        // The causes give the reason, such as SQLite's own message under a failed migration.
         let mut message = error.to_string();
         let mut cause = std::error::Error::source(error);
         while let Some(source) = cause {
@@ -584,7 +584,7 @@ mod tests {
         count
     }
 
-    /// A full disk fails a batch with `SQLITE_FULL`, which SQLite answers by rolling the
+    /// A full disk fails a batch with `SQLITE_FULL`, after which SQLite rolls the
     /// transaction back itself. `max_page_count` makes the database full the same way, for
     /// the writer's connection only. Rows after the failure must reach the file once there is
     /// room again, and must be counted as written only when they do.

@@ -175,7 +175,7 @@ async fn database_of_newer_version_is_rejected() {
 }
 
 #[tokio::test]
-async fn file_in_place_of_a_folder_fails_the_check() {
+async fn file_in_place_of_folder_fails_check() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("not-a-folder");
     std::fs::write(&blocker, b"x").unwrap();
