@@ -245,11 +245,11 @@ impl BackendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // A connection still held after the body is read is released by the next poll, back
-        // to the pool, so the body does not end before it. The exception is a request the
-        // backend answered before reading all of it: that connection closes either way, and
+        // A connection still held after the body is read goes back to the pool on the next
+        // poll, so the body does not end before that poll. The exception is a backend that
+        // responded before reading the whole request. Its connection closes either way, and
         // a server that stops polling here drops the body, which closes it. The response is
-        // whole then, and must be reported so.
+        // complete, and reporting the end here lets the log record it as complete.
         matches!(self.reading, Reading::Done)
             && (self.connection.is_none() || self.request.is_some())
     }
