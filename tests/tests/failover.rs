@@ -245,3 +245,40 @@ async fn all_backends_down_gives_fast_503() {
     // connect.
     assert!(elapsed < Duration::from_secs(1), "503 took {elapsed:?}");
 }
+
+#[tokio::test]
+async fn backend_that_times_out_leaves_rotation() {
+    // The health check probes every minute and passes, so only the timeouts can take the
+    // backend out.
+    let slow = MockProcess::start("Hung");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+proxy:
+  response_timeout: 300ms
+request_log:
+  database: "{{dir}}/gateway.db"
+health_check:
+  interval: 60s
+  unhealthy_threshold: 3
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        slow.url
+    ));
+    let state = gateway_tests::backend_state(&gateway.url, &slow.url).await;
+    assert_eq!(state["healthy"], true, "{state}");
+
+    for i in 0..3 {
+        let reply = get(&format!("{}/api/slow/{i}?delay=1000", gateway.url)).await;
+        assert_eq!(reply.status, 504, "request {i}");
+    }
+    let state = gateway_tests::backend_state(&gateway.url, &slow.url).await;
+    assert_eq!(state["healthy"], false, "{state}");
+    let reply = get(&format!("{}/api/next", gateway.url)).await;
+    assert_eq!(reply.status, 503);
+}

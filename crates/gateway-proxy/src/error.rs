@@ -228,15 +228,17 @@ impl ProxyError {
         self.nothing_sent
     }
 
-    /// Returns whether the failure counts toward the backend's unhealthy threshold. A failed
-    /// connect or a broken exchange does, and a slow response does not, because a slow backend
-    /// is alive.
+    /// Returns whether the failure counts toward the backend's unhealthy threshold: a failed
+    /// or timed-out connect, a broken exchange, and a response that did not come within the
+    /// response timeout, as NGINX counts them by default. A backend that stopped responding
+    /// but still accepts connections is then taken out after `unhealthy_threshold` timeouts in
+    /// a row. A success in between starts the count again, so an occasional slow response
+    /// does not.
     pub fn counts_against_backend(&self) -> bool {
-        match self.kind {
-            ErrorKind::BackendConnect | ErrorKind::BackendError => true,
-            ErrorKind::BackendTimeout => self.nothing_sent,
-            _ => false,
-        }
+        matches!(
+            self.kind,
+            ErrorKind::BackendConnect | ErrorKind::BackendError | ErrorKind::BackendTimeout
+        )
     }
 
     /// Returns the status the client receives for this failure.
