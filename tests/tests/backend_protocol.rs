@@ -23,6 +23,9 @@ enum Step {
     Reply(&'static [u8]),
     /// Reads the request and its body, writes these bytes, waits a moment and closes.
     ReplyThenClose(&'static [u8]),
+    /// Reads the request and its body, writes these bytes and closes at once, so that the
+    /// gateway may read the bytes and the close together.
+    ReplyAndClose(&'static [u8]),
     /// Reads the request head only, writes these bytes, then reads and discards the body and
     /// closes.
     ReplyBeforeBody(&'static [u8]),
@@ -136,6 +139,10 @@ fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize
             Step::ReplyThenClose(bytes) => {
                 let _ = writer.write_all(bytes);
                 thread::sleep(Duration::from_millis(100));
+                return End::ClosedHere;
+            }
+            Step::ReplyAndClose(bytes) => {
+                let _ = writer.write_all(bytes);
                 return End::ClosedHere;
             }
             Step::Close => return End::ClosedHere,
@@ -600,4 +607,21 @@ fn http_10_keep_alive_told_of_closing_body() {
         .iter()
         .any(|(name, value)| name == "connection" && value.eq_ignore_ascii_case("keep-alive"));
     assert!(keep, "{:?}", response.headers);
+}
+
+#[test]
+fn body_cut_short_still_delivers_head_and_start() {
+    // Without the head, a client cannot tell a broken response from a gateway that failed.
+    for round in 0..10 {
+        let backend = ScriptedBackend::start(&[Step::ReplyAndClose(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nthe first bytes",
+        )]);
+        let gateway = gateway_for(&backend);
+        let text = gateway_tests::raw_request(
+            gateway.addr,
+            b"GET /short HTTP/1.1\r\nhost: gateway\r\n\r\n",
+        );
+        assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text:?}");
+        assert!(text.ends_with("the first bytes"), "round {round}: {text:?}");
+    }
 }

@@ -104,6 +104,8 @@ pub(crate) struct BackendBody {
     // The request body, while part of it is still to be sent.
     request: Option<RequestBody>,
     lease: Option<Lease>,
+    /// A read error held back for one poll (see [`BackendBody::poll_frame`]).
+    failed: Option<io::Error>,
 }
 
 impl BackendBody {
@@ -129,6 +131,7 @@ impl BackendBody {
             keep_alive,
             request,
             lease: Some(lease),
+            failed: None,
         };
         if matches!(body.reading, Reading::Done) && body.request.is_none() {
             release(&mut body.connection, &mut body.lease, keep_alive);
@@ -136,7 +139,31 @@ impl BackendBody {
         body
     }
 
+    /// Returns the next frame of the body.
+    ///
+    /// A read error is held back for one poll, with a wake-up. hyper (1.x) closes the
+    /// connection on a body error without writing what it has buffered, which can be the
+    /// response head and the first bytes of the body, so the client got an empty reply while
+    /// the log recorded the status. Held back, the error lets hyper flush first, and the
+    /// client gets the head and the body up to the failure, then the close, as from NGINX.
     fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(error) = self.failed.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        match self.read_frame(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                self.failed = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            polled => polled,
+        }
+    }
+
+    fn read_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
@@ -146,6 +173,7 @@ impl BackendBody {
             keep_alive,
             request,
             lease,
+            failed: _,
         } = self;
         let Some(connection) = slot.as_mut() else {
             return Poll::Ready(None);
@@ -250,12 +278,16 @@ impl BackendBody {
         // responded before reading the whole request. Its connection closes either way, and
         // a server that stops polling here drops the body, which closes it. The response is
         // complete, and reporting the end here lets the log record it as complete.
+        // A held-back error is not an end: ending here would let hyper end the body as if
+        // it were whole, with a last chunk a client reads as complete.
         matches!(self.reading, Reading::Done)
             && (self.connection.is_none() || self.request.is_some())
+            && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.reading {
+            Reading::Done if self.failed.is_some() => SizeHint::default(),
             Reading::Done => SizeHint::with_exact(0),
             Reading::Length(left) => SizeHint::with_exact(left),
             Reading::Chunked(_) | Reading::UntilClose => SizeHint::default(),
