@@ -119,6 +119,69 @@ async fn second_signal_stops_at_once() {
 }
 
 #[tokio::test]
+async fn second_signal_keeps_rows_of_finished_requests() {
+    // A flush interval longer than the test keeps the rows queued until the stop.
+    let mock = MockProcess::start("Rows");
+    let mut gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  shutdown_timeout: 10s
+request_log:
+  database: "{{dir}}/gateway.db"
+  flush_interval: 30s
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        mock.url
+    ));
+    for i in 0..5 {
+        let reply = gateway_tests::get(&format!("{}/api/done/{i}", gateway.url)).await;
+        assert_eq!(reply.status, 200);
+    }
+    let _slow = start_slow_request(&gateway, &mock, "/api/slow?delay=5000").await;
+
+    gateway.signal("TERM");
+    assert!(
+        gateway
+            .wait_for_line(&["draining"], Duration::from_secs(5))
+            .is_some(),
+        "no draining line after the first SIGTERM"
+    );
+    gateway.signal("TERM");
+    gateway
+        .wait_exit(Duration::from_secs(3))
+        .expect("gateway exits after the second SIGTERM");
+
+    // The slow request was cut off and has no row. Every finished one has its row.
+    let path = gateway.dir().join("gateway.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .read_only(true);
+    let mut connection = sqlx::ConnectOptions::connect(&options)
+        .await
+        .expect("open the request log");
+    let paths: Vec<String> =
+        sqlx::query_scalar("SELECT path FROM requests WHERE path LIKE '/api/%' ORDER BY path")
+            .fetch_all(&mut connection)
+            .await
+            .expect("read rows");
+    assert_eq!(
+        paths,
+        [
+            "/api/done/0",
+            "/api/done/1",
+            "/api/done/2",
+            "/api/done/3",
+            "/api/done/4"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn health_is_never_ok_while_draining() {
     let (mock, gateway) = start("10s");
     let mut connection = RawConnection::open(gateway.addr).expect("connect");

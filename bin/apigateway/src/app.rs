@@ -66,6 +66,16 @@ pub(crate) struct RequestLogState {
 }
 
 impl Gateway {
+    /// Commits the request log rows queued so far, for at most `timeout`, before a process
+    /// exit that skips the writer's stop. Returns whether every row was committed, and true
+    /// when the log is off.
+    pub async fn commit_request_log(&self, timeout: std::time::Duration) -> bool {
+        match self.request_log.get() {
+            Some(state) => state.log.commit_now(timeout).await,
+            None => true,
+        }
+    }
+
     /// Builds the route table and every route's layer stack from a validated configuration.
     ///
     /// # Errors

@@ -200,6 +200,7 @@ async fn run(
     tracing::info!(version = env!("CARGO_PKG_VERSION"), workers, "starting");
 
     let (first_signal_tx, first_signal_rx) = tokio::sync::oneshot::channel();
+    let signalled = Arc::clone(&gateway);
     tokio::spawn(async move {
         let name = wait_for_signal().await;
         tracing::info!(
@@ -212,7 +213,16 @@ async fn run(
             signal = name,
             "second stop signal received, stopping at once"
         );
-        // The lines of requests that already finished are still written, briefly.
+        // The rows and lines of requests that already finished are still written, briefly.
+        if !signalled
+            .commit_request_log(SECOND_SIGNAL_COMMIT_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                timeout = ?SECOND_SIGNAL_COMMIT_TIMEOUT,
+                "request log rows still queued at the second stop signal are lost"
+            );
+        }
         let stdout_blocked =
             access_lines.is_some_and(|lines| !lines.flush(SECOND_SIGNAL_FLUSH_TIMEOUT));
         if stdout_blocked {
@@ -430,6 +440,9 @@ fn abandon_log() {
     // Dropping the guard would wait for the stuck thread. The process exits right after.
     std::mem::forget(guard);
 }
+
+/// Maximum time a second stop signal waits for queued request log rows to be committed.
+const SECOND_SIGNAL_COMMIT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Maximum time a second stop signal waits for buffered access lines before the process exits.
 const SECOND_SIGNAL_FLUSH_TIMEOUT: Duration = Duration::from_millis(200);

@@ -4,7 +4,7 @@ use crate::writer::Writer;
 use crate::{RequestRecord, StoreError, connect};
 use gateway_config::RequestLogConfig;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 
@@ -35,6 +35,9 @@ pub(crate) struct BatchReady {
     pub(crate) needed: AtomicUsize,
     /// Records the writer has taken from the queue and not yet committed.
     pub(crate) in_batch: AtomicUsize,
+    /// Set by [`RequestLog::commit_now`]: the writer commits each batch without waiting for
+    /// it to fill or for the flush interval.
+    pub(crate) commit_now: AtomicBool,
 }
 
 /// Wakes the writer when the last [`RequestLog`] is dropped, so that it commits what is
@@ -76,6 +79,7 @@ impl RequestLog {
             notify: Notify::new(),
             needed: AtomicUsize::new(config.batch_size.max(1)),
             in_batch: AtomicUsize::new(0),
+            commit_now: AtomicBool::new(false),
         });
         let log = RequestLog {
             sender,
@@ -116,6 +120,22 @@ impl RequestLog {
     /// commit (a full disk, an I/O error, a table changed under the gateway).
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Makes the writer commit what is queued at once, and every later batch as soon as it
+    /// has a record, and waits until nothing is queued or `timeout` passes. Returns whether
+    /// the queue emptied. Meant for a process about to exit without the writer's stop.
+    pub async fn commit_now(&self, timeout: std::time::Duration) -> bool {
+        self.batch_ready.commit_now.store(true, Ordering::Relaxed);
+        self.batch_ready.notify.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.queued() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Returns how many records wait to be committed: in the queue, and taken by the writer

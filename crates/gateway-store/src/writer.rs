@@ -196,7 +196,8 @@ impl Writer {
                 self.batch_ready
                     .in_batch
                     .store(batch.len(), Ordering::Relaxed);
-                if batch.len() >= self.batch_size || stopping || !open {
+                let commit_now = self.batch_ready.commit_now.load(Ordering::Relaxed);
+                if batch.len() >= self.batch_size || stopping || !open || commit_now {
                     break;
                 }
                 let needed = self.batch_size - batch.len();
