@@ -181,6 +181,7 @@ where
     // Connection tasks live in a set, so that the ones still running at the drain deadline
     // can be ended while the request log still takes their rows.
     let mut connections = tokio::task::JoinSet::new();
+    let mut accept_failures = AcceptFailures::default();
     loop {
         // Finished tasks are taken out as new connections arrive, so the set stays small.
         while connections.try_join_next().is_some() {}
@@ -188,9 +189,9 @@ where
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Running out of file descriptors is the usual cause; pausing lets
+                    // Running out of file descriptors is the usual cause. Pausing lets
                     // connections close instead of spinning on the error.
-                    tracing::warn!(%error, "failed to accept a connection");
+                    accept_failures.warn(&error);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -289,6 +290,34 @@ where
         flush_access_lines(lines).await;
     }
     Ok(outcome)
+}
+
+/// Rate-limits the warning about failed accepts to one a second. Out of file descriptors,
+/// every accept fails, 20 times a second with the pause after each.
+#[derive(Default)]
+struct AcceptFailures {
+    last_warning: Option<std::time::Instant>,
+    since_warning: u64,
+}
+
+impl AcceptFailures {
+    fn warn(&mut self, error: &std::io::Error) {
+        self.since_warning += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            failures = self.since_warning,
+            "failed to accept connections"
+        );
+        self.last_warning = Some(now);
+        self.since_warning = 0;
+    }
 }
 
 /// Waits up to [`ACCESS_FLUSH_TIMEOUT`] for buffered access lines to reach stdout, on a blocking
