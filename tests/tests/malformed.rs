@@ -97,6 +97,35 @@ async fn malformed_heads_are_rejected() {
 }
 
 #[tokio::test]
+async fn asterisk_target_gets_200() {
+    let (mock, gateway) = start();
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .set_read_timeout(Duration::from_secs(5))
+        .expect("read timeout");
+
+    let options = connection
+        .exchange(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("OPTIONS * response");
+    assert_eq!(options.status, 200);
+    assert_eq!(options.header("content-length"), Some("0"));
+    assert!(options.body.is_empty());
+
+    // The connection stays open, and another method with the same target is refused.
+    let get_asterisk = connection
+        .exchange(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("GET * response");
+    assert_eq!(get_asterisk.status, 400);
+
+    let stats = get(&format!("{}/_mock/stats", mock.url)).await.json();
+    assert_eq!(
+        stats["requests"], 0,
+        "an asterisk target reached the backend"
+    );
+    assert_still_serving(&gateway, "asterisk targets").await;
+}
+
+#[tokio::test]
 async fn climbing_paths_get_400() {
     let (_mock, gateway) = start();
     let paths = [

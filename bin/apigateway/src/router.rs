@@ -59,6 +59,13 @@ impl Service<Request<Incoming>> for Router {
         }
 
         let path = request.uri().path();
+        // RFC 9110 section 9.3.7: `OPTIONS *` requests information about the server, not a
+        // resource, so the gateway responds itself instead of forwarding it to a backend.
+        if path == "*" {
+            return RouterFuture::Ready {
+                response: Some(server_options()),
+            };
+        }
         if admin::is_admin_path(path) {
             if path != "/health" && !self.admin_allowed(&request) {
                 return RouterFuture::Ready {
@@ -98,6 +105,16 @@ impl Service<Request<Incoming>> for Router {
             response: Some(response),
         }
     }
+}
+
+/// Builds the response to `OPTIONS *`: 200 with no content. It has no `Allow` header,
+/// because each route allows its own methods.
+fn server_options() -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
 }
 
 /// Rejects what hyper's parser lets through but RFC 9112 forbids or the gateway cannot

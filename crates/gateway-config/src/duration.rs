@@ -1,6 +1,8 @@
 //! Durations written as a number and a unit: `30s`, `500ms`, `1m`, `7d`.
 
-use serde::{Deserialize, Deserializer, de::Error as _};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::fmt;
 use std::time::Duration;
 
 /// Parses a duration such as `30s`, `500ms`, `1m30s` or `7d`.
@@ -48,19 +50,54 @@ pub(crate) fn format(duration: Duration) -> String {
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse(&text).map_err(D::Error::custom)
+    deserializer.deserialize_str(DurationVisitor)
+}
+
+/// Reads a duration from a YAML scalar. Its `expecting` text is what an error shows when the
+/// field holds a sequence or a mapping instead.
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a duration with a unit, like 30s, 500ms or 1m")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse(text).map_err(E::custom)
+    }
+
+    // A bare number is read as text, so that the error asks for the missing unit.
+    fn visit_u64<E: de::Error>(self, number: u64) -> Result<Duration, E> {
+        self.visit_str(&number.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, number: i64) -> Result<Duration, E> {
+        self.visit_str(&number.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, number: f64) -> Result<Duration, E> {
+        self.visit_str(&number.to_string())
+    }
 }
 
 pub(crate) mod option {
     use super::*;
 
+    /// A duration inside an `Option`.
+    struct Field(Duration);
+
+    impl<'de> Deserialize<'de> for Field {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            super::deserialize(deserializer).map(Field)
+        }
+    }
+
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|text| parse(&text).map_err(D::Error::custom))
-            .transpose()
+        Ok(Option::<Field>::deserialize(deserializer)?.map(|Field(duration)| duration))
     }
 }
 

@@ -722,6 +722,18 @@ fn parse_errors_use_yaml_terms() {
             "server: {}\n---\nroutes: []\n",
             "test.yaml: the file contains more than one YAML document",
         ),
+        (
+            "server:\n  read_timeout:\n    - 30s\n",
+            "test.yaml:3:5: server.read_timeout: must be a duration with a unit, like 30s, 500ms or 1m, got a sequence",
+        ),
+        (
+            "health_check:\n  interval: {seconds: 10}\n",
+            "test.yaml:2:13: health_check.interval: must be a duration with a unit, like 30s, 500ms or 1m, got a mapping",
+        ),
+        (
+            "server:\n  write_timeout: 30\n",
+            "test.yaml:2:18: server.write_timeout: invalid duration \"30\" (time unit needed",
+        ),
     ];
     for (text, expected) in cases {
         let error = parse_error(text);
