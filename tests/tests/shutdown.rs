@@ -119,7 +119,7 @@ async fn second_signal_stops_at_once() {
 }
 
 #[tokio::test]
-async fn second_signal_keeps_rows_of_finished_requests() {
+async fn second_signal_keeps_every_row() {
     // A flush interval longer than the test keeps the rows queued until the stop.
     let mock = MockProcess::start("Rows");
     let mut gateway = GatewayProcess::start(&format!(
@@ -156,7 +156,8 @@ routes:
         .wait_exit(Duration::from_secs(3))
         .expect("gateway exits after the second SIGTERM");
 
-    // The slow request was cut off and has no row. Every finished one has its row.
+    // Every finished request has its row, and the slow one, ended by the second signal,
+    // has its row as cut off by the stop.
     let path = gateway.dir().join("gateway.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
@@ -164,20 +165,23 @@ routes:
     let mut connection = sqlx::ConnectOptions::connect(&options)
         .await
         .expect("open the request log");
-    let paths: Vec<String> =
-        sqlx::query_scalar("SELECT path FROM requests WHERE path LIKE '/api/%' ORDER BY path")
-            .fetch_all(&mut connection)
-            .await
-            .expect("read rows");
-    assert_eq!(
-        paths,
-        [
-            "/api/done/0",
-            "/api/done/1",
-            "/api/done/2",
-            "/api/done/3",
-            "/api/done/4"
-        ]
+    let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT path, status, error_kind FROM requests WHERE path LIKE '/api/%' ORDER BY path",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .expect("read rows");
+    let mut expected: Vec<(String, i64, Option<String>)> = (0..5)
+        .map(|i| (format!("/api/done/{i}"), 200, None))
+        .collect();
+    expected.push(("/api/slow".to_owned(), 499, Some("shutdown".to_owned())));
+    assert_eq!(rows, expected);
+
+    let line = gateway.wait_for_line(&["access", "/api/slow"], Duration::from_secs(2));
+    assert!(
+        line.is_some_and(|line| line.contains("status=499")),
+        "no access line with status 499 for the cut-off request: {:?}",
+        gateway.lines()
     );
 }
 

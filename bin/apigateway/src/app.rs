@@ -53,6 +53,16 @@ pub struct Gateway {
     pub(crate) request_log: OnceLock<RequestLogState>,
     /// The writer of access lines, when they are on.
     pub(crate) access_lines: Option<AccessLines>,
+    /// Notifications for a stop that does not wait for the drain: the second stop signal's
+    /// request, and the server's notice that no request is in flight any more.
+    pub(crate) stop_now: StopNow,
+}
+
+/// The two notifications of a stop that cuts off in-flight requests at once.
+#[derive(Debug, Default)]
+pub(crate) struct StopNow {
+    pub(crate) requested: tokio::sync::Notify,
+    pub(crate) done: tokio::sync::Notify,
 }
 
 /// The open request log: the queue the request path writes to and a reader for the admin
@@ -74,6 +84,15 @@ impl Gateway {
             Some(state) => state.log.commit_now(timeout).await,
             None => true,
         }
+    }
+
+    /// Ends the requests still in flight during a drain, as the drain deadline does, so that
+    /// each gets its access line and request log row as cut off by the stop. Waits at most
+    /// `timeout` for the server to end them, and returns whether none is left in flight.
+    pub async fn cut_off_requests(&self, timeout: std::time::Duration) -> bool {
+        let done = self.stop_now.done.notified();
+        self.stop_now.requested.notify_one();
+        tokio::time::timeout(timeout, done).await.is_ok()
     }
 
     /// Builds the route table and every route's layer stack from a validated configuration.
@@ -128,6 +147,7 @@ impl Gateway {
             started: Instant::now(),
             request_log: OnceLock::new(),
             access_lines: None,
+            stop_now: StopNow::default(),
         })
     }
 

@@ -213,7 +213,18 @@ async fn run(
             signal = name,
             "second stop signal received, stopping at once"
         );
-        // The rows and lines of requests that already finished are still written, briefly.
+        // Requests still in flight are ended as the drain deadline ends them, so that they
+        // get their rows and lines. Those and the rows of finished requests are still
+        // written, briefly.
+        if !signalled
+            .cut_off_requests(SECOND_SIGNAL_CUT_OFF_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                timeout = ?SECOND_SIGNAL_CUT_OFF_TIMEOUT,
+                "in-flight requests not ended at the second stop signal, so they have no rows"
+            );
+        }
         if !signalled
             .commit_request_log(SECOND_SIGNAL_COMMIT_TIMEOUT)
             .await
@@ -440,6 +451,9 @@ fn abandon_log() {
     // Dropping the guard would wait for the stuck thread. The process exits right after.
     std::mem::forget(guard);
 }
+
+/// Maximum time a second stop signal waits for the server to end the requests in flight.
+const SECOND_SIGNAL_CUT_OFF_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Maximum time a second stop signal waits for queued request log rows to be committed.
 const SECOND_SIGNAL_COMMIT_TIMEOUT: Duration = Duration::from_millis(500);

@@ -247,26 +247,40 @@ where
     let in_flight = open.load(Ordering::Relaxed);
     tracing::info!(connections = in_flight, timeout = ?shutdown_timeout, "draining");
 
-    let outcome = match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
-        Ok(()) => {
-            tracing::info!("drained");
-            ServeOutcome { cut_off: 0 }
+    // The drain ends when every connection closed, at the deadline, or at a second stop
+    // signal.
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(shutdown_timeout, graceful.shutdown()) => {
+            if drained.is_err() {
+                tracing::warn!(
+                    connections = open.load(Ordering::Relaxed),
+                    timeout = ?shutdown_timeout,
+                    "shutdown timeout passed, cutting off in-flight requests"
+                );
+            }
+            drained.is_ok()
         }
-        Err(_) => {
-            let cut_off = open.load(Ordering::Relaxed);
+        () = gateway.stop_now.requested.notified() => {
             tracing::warn!(
-                connections = cut_off,
-                timeout = ?shutdown_timeout,
-                "shutdown timeout passed, cutting off in-flight requests"
+                connections = open.load(Ordering::Relaxed),
+                "cutting off in-flight requests at the second stop signal"
             );
-            // Ending the tasks drops their requests, which then report to the access line
-            // and the request log as cut off by the stop.
-            hook.mark_stopped();
-            connections.abort_all();
-            while connections.join_next().await.is_some() {}
-            ServeOutcome { cut_off }
+            false
         }
     };
+    let outcome = if drained {
+        tracing::info!("drained");
+        ServeOutcome { cut_off: 0 }
+    } else {
+        let cut_off = open.load(Ordering::Relaxed);
+        // Ending the tasks drops their requests, which then report to the access line and
+        // the request log as cut off by the stop.
+        hook.mark_stopped();
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        ServeOutcome { cut_off }
+    };
+    gateway.stop_now.done.notify_one();
 
     let _ = stop_tasks.send(true);
     health.join().await;
