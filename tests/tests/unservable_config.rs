@@ -203,6 +203,37 @@ routes:
 }
 
 #[test]
+fn check_rejects_files_that_are_no_request_log() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let text_file = dir.path().join("notes.db");
+    std::fs::write(&text_file, "not a database\n").expect("write text file");
+    for (database, problem) in [
+        (text_file.display().to_string(), "not an SQLite database"),
+        ("/dev/null".to_owned(), "not an SQLite database"),
+    ] {
+        let output = check(&format!(
+            r#"
+request_log:
+  database: "{database}"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#
+        ));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{database}: {stderr}");
+        assert!(
+            stderr.contains("request_log.database"),
+            "{database}: {stderr}"
+        );
+        assert!(stderr.contains(problem), "{database}: {stderr}");
+    }
+    let text = std::fs::read_to_string(&text_file).expect("read text file");
+    assert_eq!(text, "not a database\n", "the check changed the file");
+}
+
+#[test]
 fn check_rejects_a_route_path_that_cannot_match() {
     assert_rejected(
         r#"

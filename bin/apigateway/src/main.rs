@@ -64,12 +64,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         if config.request_log.enabled
-            && let Err(error) = gateway_store::check_database_path(&config.request_log.database)
+            && let Err(message) = check_request_log(&config.request_log.database)
         {
             eprintln!(
-                "apigateway: {}: request_log.database: {}",
+                "apigateway: {}: request_log.database: {message}",
                 cli.config.display(),
-                error_chain(&error)
             );
             return ExitCode::from(2);
         }
@@ -450,6 +449,18 @@ fn abandon_log() {
         .take();
     // Dropping the guard would wait for the stuck thread. The process exits right after.
     std::mem::forget(guard);
+}
+
+/// Checks the request log database as the start would, without changing it, and returns the
+/// error message when the start would fail.
+fn check_request_log(database: &Path) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("failed to start the runtime for the check: {error}"))?;
+    runtime
+        .block_on(gateway_store::check_database(database))
+        .map_err(|error| error_chain(&error))
 }
 
 /// Maximum time a second stop signal waits for the server to end the requests in flight.

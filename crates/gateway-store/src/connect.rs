@@ -7,6 +7,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -165,10 +166,7 @@ fn folder_is_writable(path: &Path) -> bool {
             let _ = std::fs::remove_file(&probe);
             true
         }
-        Err(error) => !matches!(
-            error.kind(),
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-        ),
+        Err(error) => !is_denied(&error),
     }
 }
 
@@ -246,14 +244,21 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
 }
 
 /// Checks what can be checked about a database path without creating anything: that it does
-/// not name a folder, and that no file is where its folder would be created.
+/// not name a folder, that no file is where its folder would be created, and that an existing
+/// file is an SQLite database.
 ///
 /// # Errors
 ///
-/// Returns [`StoreError::IsFolder`] or [`StoreError::CreateFolder`].
+/// Returns [`StoreError::IsFolder`], [`StoreError::CreateFolder`] or
+/// [`StoreError::NotDatabase`].
 pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
     if path.is_dir() {
         return Err(StoreError::IsFolder {
+            path: path.to_owned(),
+        });
+    }
+    if !is_database_or_missing(path) {
+        return Err(StoreError::NotDatabase {
             path: path.to_owned(),
         });
     }
@@ -273,6 +278,66 @@ pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// Checks a database path as the gateway's start would, without changing the file: the path
+/// checks of [`check_database_path`], that the file is not another program's database, and
+/// that the process can write the file and its folder. This is what `apigateway --check`
+/// runs.
+///
+/// # Errors
+///
+/// Returns the [`StoreError`] that the start would fail with.
+pub async fn check_database(path: &Path) -> Result<(), StoreError> {
+    check_database_path(path)?;
+    check_not_foreign(path).await?;
+    let read_only = || StoreError::ReadOnly {
+        path: path.to_owned(),
+    };
+    if path.exists() {
+        let denied = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .is_err_and(|error| is_denied(&error));
+        if denied {
+            return Err(read_only());
+        }
+    }
+    // WAL mode creates two files beside the database, so its folder must be writable too.
+    if !folder_is_writable(path) {
+        return Err(read_only());
+    }
+    Ok(())
+}
+
+/// Returns whether `path` is missing, an empty file, or a file that starts with SQLite's
+/// header. An empty file is what SQLite creates before its first write.
+fn is_database_or_missing(path: &Path) -> bool {
+    const HEADER: &[u8; 16] = b"SQLite format 3\0";
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return true;
+    };
+    if !metadata.is_file() {
+        return false;
+    }
+    if metadata.len() == 0 {
+        return true;
+    }
+    let mut start = [0u8; 16];
+    match std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut start)) {
+        Ok(()) => &start == HEADER,
+        // A file shorter than the header is not a database. One the process cannot read is
+        // left for the open to report.
+        Err(error) => error.kind() != std::io::ErrorKind::UnexpectedEof,
+    }
+}
+
+/// Returns whether an I/O error is a denied permission or a read-only file system.
+fn is_denied(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 fn create_folder(path: &Path) -> Result<(), StoreError> {

@@ -84,6 +84,18 @@ pub enum StoreError {
         version: i64,
     },
 
+    /// The path names something other than an SQLite database: a file with other content, or
+    /// a device, socket or pipe.
+    #[error(
+        "request log database {} is not an SQLite database file: set request_log.database to a \
+         new file, or move this one away",
+        path.display()
+    )]
+    NotDatabase {
+        /// The path.
+        path: PathBuf,
+    },
+
     /// The file is another program's SQLite database: it has tables, none of them the log's.
     #[error(
         "{} is another program's database (it has tables, but not the request log's): set \

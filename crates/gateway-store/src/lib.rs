@@ -48,7 +48,7 @@ mod stats;
 mod time;
 mod writer;
 
-pub use connect::check_database_path;
+pub use connect::{check_database, check_database_path};
 pub use error::StoreError;
 pub use filter::{LogFilter, StatusFilter};
 pub use queue::RequestLog;

@@ -60,8 +60,12 @@ async fn garbage_file_is_rejected() {
     let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
     std::fs::write(&config.database, &garbage).unwrap();
 
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotDatabase { .. }), "{error:?}");
     let error = RequestLog::open(&config).await.unwrap_err();
-    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::NotDatabase { .. }), "{error:?}");
     assert_names_path(&error, &config.database);
 
     let error = LogReader::open(&config.database).await.unwrap_err();
@@ -104,9 +108,33 @@ async fn unwritable_folder_is_rejected() {
 
     let mut config = config(dir.path());
     config.database = folder.join("requests.db");
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::ReadOnly { .. }), "{error:?}");
     let error = RequestLog::open(&config).await.unwrap_err();
     assert!(matches!(error, StoreError::ReadOnly { .. }), "{error:?}");
     assert_names_path(&error, &config.database);
+}
+
+#[tokio::test]
+async fn device_and_short_file_fail_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.db");
+    std::fs::write(&short, b"SQLite").unwrap();
+    for path in [Path::new("/dev/null"), short.as_path()] {
+        let error = gateway_store::check_database(path).await.unwrap_err();
+        assert!(matches!(error, StoreError::NotDatabase { .. }), "{error:?}");
+        assert_names_path(&error, path);
+    }
+
+    // A missing file and an empty one pass, and the check creates nothing.
+    let missing = dir.path().join("missing.db");
+    gateway_store::check_database(&missing).await.unwrap();
+    assert!(!missing.exists(), "the check created the file");
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    gateway_store::check_database(&empty).await.unwrap();
 }
 
 #[tokio::test]
@@ -208,6 +236,13 @@ async fn another_programs_database_is_left_alone() {
     sqlx::Connection::close(connection).await.unwrap();
     let before = std::fs::read(&config.database).unwrap();
 
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::ForeignDatabase { .. }),
+        "{error:?}"
+    );
     let error = RequestLog::open(&config).await.unwrap_err();
     assert!(
         matches!(error, StoreError::ForeignDatabase { .. }),
