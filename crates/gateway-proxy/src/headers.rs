@@ -50,7 +50,8 @@ fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 /// Writes the header fields of a request forwarded to a backend, one `name: value` line each.
 ///
 /// Hop-by-hop headers are left out: the fixed list and every header that `Connection` names,
-/// except `X-Request-Id`, which the gateway itself sets. `Content-Length` is left out too: the
+/// except `X-Request-Id`, which the gateway itself sets. A client's `X-Forwarded-For` that
+/// `Connection` names is left out, and the gateway's starts with the peer. `Content-Length` is left out too: the
 /// request head's framing writes its own (see `RequestHead::encode`). `Host` becomes `backend_host` unless it is `None`, which keeps the client's.
 /// `X-Forwarded-For` gets `peer` appended (earlier values are joined into one line),
 /// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`.
@@ -87,10 +88,17 @@ pub fn write_forwarded_headers(
         put(out, name.as_str(), value.as_bytes());
     }
 
+    // A client's X-Forwarded-For named by Connection is removed like any other such header,
+    // and the gateway's own starts a new list.
+    let incoming_for = if named_by_connection.contains(&X_FORWARDED_FOR) {
+        None
+    } else {
+        Some(headers.get_all(&X_FORWARDED_FOR))
+    };
     match peer {
         Some(peer) => {
             out.extend_from_slice(b"x-forwarded-for: ");
-            for value in headers.get_all(&X_FORWARDED_FOR) {
+            for value in incoming_for.into_iter().flatten() {
                 let Ok(text) = value.to_str() else { continue };
                 let text = text.trim();
                 if !text.is_empty() {
@@ -108,7 +116,7 @@ pub fn write_forwarded_headers(
             out.extend_from_slice(b"\r\n");
         }
         None => {
-            for value in headers.get_all(&X_FORWARDED_FOR) {
+            for value in incoming_for.into_iter().flatten() {
                 put(out, X_FORWARDED_FOR.as_str(), value.as_bytes());
             }
         }
@@ -206,6 +214,7 @@ mod tests {
             ("x-request-id", "abc"),
             ("content-length", "5"),
             ("host", "gateway.example"),
+            ("x-forwarded-for", "6.6.6.6"),
             ("x-other", "dropped"),
         ]);
         let lines = forwarded(&headers, Some("10.0.0.9"), None);
