@@ -933,6 +933,7 @@ async fn readers_agree_with_traffic() {
         ("status=6xx", "status"),
         ("status=ok", "status"),
         ("since=yesterday", "since"),
+        ("since=2025-01-31T12:00:00+01:00", "%2B"),
         ("colour=red", "colour"),
     ] {
         let reply = get(&format!("{}/admin/logs?{query}", gateway.url)).await;

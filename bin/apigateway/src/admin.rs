@@ -162,13 +162,21 @@ fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
             "status" => {
                 let status = value
                     .parse::<StatusFilter>()
-                    .map_err(|error| bad_parameter(format!("invalid status: {error}")))?;
+                    .map_err(|error| bad_parameter(error.to_string()))?;
                 filter.status = Some(status);
             }
             "route" => filter.route = Some(value.into_owned()),
             "since" => {
-                let since = parse_start_time(&value, now_us)
-                    .map_err(|error| bad_parameter(format!("invalid since: {error}")))?;
+                let since = parse_start_time(&value, now_us).map_err(|error| {
+                    // A query string reads `+` as a space, so a timestamp's `+01:00` arrives
+                    // as ` 01:00`.
+                    let hint = if value.contains(' ') {
+                        " (a + in a query string reads as a space: write it as %2B)"
+                    } else {
+                        ""
+                    };
+                    bad_parameter(format!("since: {error}{hint}"))
+                })?;
                 filter.since_us = Some(since);
             }
             other => {

@@ -7,21 +7,37 @@ use std::time::Duration;
 
 /// Parses a duration such as `30s`, `500ms`, `1m30s` or `7d`.
 pub(crate) fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|error| match error {
+    use humantime::DurationError;
+    let error = match humantime::parse_duration(text.trim()) {
+        Ok(duration) => return Ok(duration),
+        Err(error) => error,
+    };
+    let problem = match error {
         // humantime reports both a total above u64::MAX seconds and a fraction finer than
         // 1ns as an overflow.
-        humantime::DurationError::NumberOverflow if text.contains('.') => format!(
-            "duration {text:?} is too large or finer than 1ns: write a smaller duration in whole nanoseconds, at most {}s",
-            u64::MAX
-        ),
-        humantime::DurationError::NumberOverflow => format!(
-            "duration {text:?} is too large: the maximum is {}s (about 584 billion years), so write a smaller duration",
-            u64::MAX
-        ),
-        error => format!(
-            "invalid duration {text:?} ({error}): write a number with a unit, like 30s, 500ms or 1m"
-        ),
-    })
+        DurationError::NumberOverflow if text.contains('.') => {
+            return Err(format!(
+                "duration {text:?} is too large or finer than 1ns: write a smaller duration in whole nanoseconds, at most {}s",
+                u64::MAX
+            ));
+        }
+        DurationError::NumberOverflow => {
+            return Err(format!(
+                "duration {text:?} is too large: the maximum is {}s (about 584 billion years), so write a smaller duration",
+                u64::MAX
+            ));
+        }
+        DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            "the unit is missing".to_owned()
+        }
+        DurationError::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
+        DurationError::InvalidCharacter(at) => format!("unexpected character at byte {at}"),
+        DurationError::NumberExpected(at) => format!("a whole number is expected at byte {at}"),
+        DurationError::Empty => "it is empty".to_owned(),
+    };
+    Err(format!(
+        "invalid duration {text:?} ({problem}): write a number with a unit, like 30s, 500ms or 1m"
+    ))
 }
 
 /// Writes `duration` as the file would: a whole number of the largest unit that divides it
@@ -54,7 +70,7 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
 }
 
 /// Reads a duration from a YAML scalar. Its `expecting` text is what an error shows when the
-/// field holds a sequence or a mapping instead.
+/// field contains a sequence or a mapping instead.
 struct DurationVisitor;
 
 impl Visitor<'_> for DurationVisitor {
@@ -68,7 +84,7 @@ impl Visitor<'_> for DurationVisitor {
         parse(text).map_err(E::custom)
     }
 
-    // A bare number is read as text, so that the error asks for the missing unit.
+    // A bare number is read as text, so that the error names the missing unit.
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<Duration, E> {
         self.visit_str(&number.to_string())
     }
@@ -150,5 +166,19 @@ mod tests {
     fn rejects_missing_unit() {
         let error = parse("30").unwrap_err();
         assert!(error.contains("30s, 500ms or 1m"), "{error}");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        for (text, problem) in [
+            ("30", "(the unit is missing)"),
+            ("5x", "(unknown unit \"x\")"),
+            ("-5s", "(a whole number is expected at byte 0)"),
+            ("5s!", "(unexpected character at byte 2)"),
+            ("", "(it is empty)"),
+        ] {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains(problem), "{text:?}: {error}");
+        }
     }
 }

@@ -74,6 +74,15 @@ mod tests {
     }
 
     #[test]
+    fn bits_after_prefix_are_ignored() {
+        let networks = parse_all(&strings(&["10.0.0.1/8"])).unwrap();
+        let inside: IpAddr = "10.9.9.9".parse().unwrap();
+        let outside: IpAddr = "11.0.0.1".parse().unwrap();
+        assert!(networks[0].contains(&inside));
+        assert!(!networks[0].contains(&outside));
+    }
+
+    #[test]
     fn bare_addresses_become_host_networks() {
         let networks = parse_all(&strings(&["10.1.2.3", "::1", "192.168.0.0/16"])).unwrap();
         let expected: Vec<IpNet> = ["10.1.2.3/32", "::1/128", "192.168.0.0/16"]

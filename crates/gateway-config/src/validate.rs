@@ -31,9 +31,10 @@ impl Problems {
         });
     }
 
-    fn positive(&mut self, field: &str, value: Duration) {
+    /// Checks that a period such as a retention is not zero. `example` is a typical value.
+    fn positive(&mut self, field: &str, value: Duration, example: &str) {
         if value.is_zero() {
-            self.push(field, "must be greater than zero, like 5s or 500ms");
+            self.push(field, format!("must be greater than zero, like {example}"));
         }
     }
 
@@ -243,7 +244,7 @@ impl Config {
             );
         }
         problems.check_timer("request_log.flush_interval", log.flush_interval);
-        problems.positive("request_log.retention", log.retention);
+        problems.positive("request_log.retention", log.retention, "7d or 30d");
     }
 }
 

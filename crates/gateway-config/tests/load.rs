@@ -732,7 +732,7 @@ fn parse_errors_use_yaml_terms() {
         ),
         (
             "server:\n  write_timeout: 30\n",
-            "test.yaml:2:18: server.write_timeout: invalid duration \"30\" (time unit needed",
+            "test.yaml:2:18: server.write_timeout: invalid duration \"30\" (the unit is missing)",
         ),
     ];
     for (text, expected) in cases {
