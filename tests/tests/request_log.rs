@@ -1138,6 +1138,44 @@ fn unusable_database_logs_no_listening_line() {
     );
 }
 
+/// A database file removed while the gateway runs is reported when it is found, and again in
+/// the stop's closing line, which is a warning instead of the usual counts.
+#[tokio::test]
+async fn removed_database_is_reported_at_stop() {
+    let mock = MockProcess::start("Users");
+    let mut gateway = GatewayProcess::start(&gateway_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
+        &route_yaml(USERS_ROUTE, &mock.url),
+    ));
+    let database = gateway.dir().join("gateway.db");
+    let reply = get(&format!("{}/api/users/before", gateway.url)).await;
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count_rows(&database).await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
+    // The writer compares the path with its file at most once a second, before a batch.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = get(&format!("{}/api/users/after", gateway.url)).await;
+    assert_eq!(reply.status, 200);
+    gateway
+        .wait_for_line(&["ERROR", "removed or replaced"], Duration::from_secs(5))
+        .expect("error line when the removal is found");
+
+    gateway.signal("TERM");
+    gateway
+        .wait_exit(Duration::from_secs(30))
+        .expect("gateway exits after SIGTERM");
+    let closed = gateway.wait_for_line(&["request log closed"], Duration::from_secs(5));
+    let closed = closed.expect("closing line of the request log");
+    assert!(closed.contains("WARN"), "{closed}");
+    assert!(closed.contains("removed or replaced"), "{closed}");
+}
+
 // --- Disabled ------------------------------------------------------------------------------------
 
 #[tokio::test]

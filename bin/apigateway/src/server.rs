@@ -289,6 +289,13 @@ where
     drop(stack);
     if let Some(writer) = writer {
         match writer.shutdown().await {
+            Ok(summary) if summary.file_replaced => tracing::warn!(
+                written = summary.written,
+                dropped = summary.dropped,
+                failed = summary.failed,
+                "request log closed, but its database file was removed or replaced while the \
+                 gateway ran: the rows written since then went to the file it had opened"
+            ),
             Ok(summary) => tracing::info!(
                 written = summary.written,
                 dropped = summary.dropped,

@@ -61,6 +61,9 @@ pub struct WriteSummary {
     pub dropped: u64,
     /// Expired rows deleted.
     pub expired: u64,
+    /// Whether the database file was found removed or replaced while the writer ran, so that
+    /// the rows written since went to the file it had opened, not to the one at the path.
+    pub file_replaced: bool,
 }
 
 /// A running writer, returned by [`Writer::spawn`].
@@ -255,6 +258,7 @@ impl Writer {
             }
         }
         self.close_connection().await;
+        summary.file_replaced = self.file_replaced;
         debug!(
             path = %self.path.display(),
             written = summary.written,

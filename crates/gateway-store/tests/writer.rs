@@ -541,6 +541,7 @@ async fn replaced_database_file_is_reported_and_left_alone() {
     assert!(errors[0].contains("removed or replaced"), "{errors:?}");
     // The rows went to the file the writer opened, and the new file is as it was put there.
     assert_eq!(summary.written, 20);
+    assert!(summary.file_replaced, "{summary:?}");
     assert!(!has_requests_table(&config.database).await);
     assert!(
         std::fs::read(&config.database).unwrap() == before,
