@@ -86,6 +86,11 @@ impl Gateway {
         }
     }
 
+    /// Returns how many request log rows wait to be committed, 0 when the log is off.
+    pub fn queued_request_log_rows(&self) -> usize {
+        self.request_log.get().map_or(0, |state| state.log.queued())
+    }
+
     /// Ends the requests still in flight during a drain, as the drain deadline does, so that
     /// each gets its access line and request log row as cut off by the stop. Waits at most
     /// `timeout` for the server to end them, and returns whether none is left in flight.

@@ -10,6 +10,7 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tracing_appender::non_blocking::WorkerGuard;
@@ -200,6 +201,10 @@ async fn run(
 
     let (first_signal_tx, first_signal_rx) = tokio::sync::oneshot::channel();
     let signalled = Arc::clone(&gateway);
+    // Set at the second signal: the exit status is then 130, whichever of the signal task and
+    // the server's own stop ends the process.
+    let stopped_at_once = Arc::new(AtomicBool::new(false));
+    let second_signal = Arc::clone(&stopped_at_once);
     tokio::spawn(async move {
         let name = wait_for_signal().await;
         tracing::info!(
@@ -212,6 +217,7 @@ async fn run(
             signal = name,
             "second stop signal received, stopping at once"
         );
+        second_signal.store(true, Ordering::Relaxed);
         // Requests still in flight are ended as the drain deadline ends them, so that they
         // get their rows and lines. Those and the rows of finished requests are still
         // written, briefly.
@@ -229,6 +235,7 @@ async fn run(
             .await
         {
             tracing::warn!(
+                rows = signalled.queued_request_log_rows(),
                 timeout = ?SECOND_SIGNAL_COMMIT_TIMEOUT,
                 "request log rows still queued at the second stop signal are lost"
             );
@@ -246,7 +253,11 @@ async fn run(
     let shutdown = async {
         let _ = first_signal_rx.await;
     };
-    match serve(listener, gateway, shutdown).await {
+    let served = serve(listener, gateway, shutdown).await;
+    if served.is_ok() && stopped_at_once.load(Ordering::Relaxed) {
+        return ExitCode::from(130);
+    }
+    match served {
         Ok(outcome) if outcome.is_clean() => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
