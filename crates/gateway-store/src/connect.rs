@@ -1,7 +1,7 @@
 //! Opening the database file for the writer and for readers.
 
 use crate::StoreError;
-use sqlx::migrate::MigrateError;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -17,6 +17,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Time after which a reader's statement is logged as slow, at debug level.
 const SLOW_READER_STATEMENT: Duration = Duration::from_secs(1);
+
+/// The schema's migrations, from the crate's `migrations` folder.
+static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Connections a [`LogReader`](crate::LogReader) keeps for concurrent queries.
 const READER_CONNECTIONS: u32 = 4;
@@ -46,6 +49,9 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
                 path: path.to_owned(),
             }
         }
+        sqlx::Error::Database(error) if is_not_database(error.code().as_deref()) => {
+            not_a_database(path)
+        }
         _ => StoreError::Open {
             path: path.to_owned(),
             source,
@@ -62,7 +68,7 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         .connect_with(options.clone())
         .await
         .map_err(open_error)?;
-    let migrated = sqlx::migrate!().run(&pool).await;
+    let migrated = MIGRATOR.run(&pool).await;
     pool.close().await;
     migrated.map_err(|source| match source {
         MigrateError::VersionMissing(version) => StoreError::NewerSchema {
@@ -98,38 +104,124 @@ fn writer_options(path: &Path) -> SqliteConnectOptions {
         .busy_timeout(BUSY_TIMEOUT)
 }
 
-/// Fails when `path` is another program's SQLite database: one with tables, none of them the
-/// request log's. Migrations would add the log's tables to any SQLite file, and the writer's
-/// connection switches the file to WAL mode, so the file is read without either. A file that
-/// is not a database at all is left for the writer's connection to report.
+/// Fails when `path` is not a request log that this version can write: another program's
+/// SQLite database, a file that SQLite cannot read as a database, or a log upgraded by a newer
+/// version. Migrations would add the log's tables to any SQLite file, and the writer's
+/// connection switches the file to WAL mode, so the file is read without either.
+///
+/// A file is the request log's when it has no tables, only sqlx's migration table, or that
+/// table and a `requests` table with the log's `ts_us` column. Another program's table named
+/// `requests` is not enough.
 async fn check_not_foreign(path: &Path) -> Result<(), StoreError> {
     let size = std::fs::metadata(path).map_or(0, |metadata| metadata.len());
     if size == 0 {
         return Ok(());
     }
+    // Without a WAL file beside it, the database file is complete, and an immutable
+    // connection reads it without creating the -wal and -shm files a read-only one would.
+    let has_wal = Path::new(&format!("{}-wal", path.display())).exists();
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
+        .immutable(!has_wal)
         .busy_timeout(BUSY_TIMEOUT);
-    let Ok(mut connection) = SqliteConnection::connect_with(&options).await else {
-        return Ok(());
+    let not_database = |error: &sqlx::Error| match error {
+        sqlx::Error::Database(error) => is_not_database(error.code().as_deref()),
+        _ => false,
     };
-    let tables: Result<Vec<String>, sqlx::Error> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(&mut connection)
-            .await;
+    let mut connection = match SqliteConnection::connect_with(&options).await {
+        Ok(connection) => connection,
+        Err(error) if not_database(&error) => return Err(not_a_database(path)),
+        // Other failures, such as a file this user cannot read, are the writer's to report.
+        Err(_) => return Ok(()),
+    };
+    let schema = read_schema(&mut connection).await;
     let _ = connection.close().await;
-    let Ok(tables) = tables else {
-        return Ok(());
+    let schema = match schema {
+        Ok(schema) => schema,
+        Err(error) if not_database(&error) => return Err(not_a_database(path)),
+        Err(_) => return Ok(()),
     };
-    let is_log = |name: &String| name == "requests" || name == "_sqlx_migrations";
-    if tables.is_empty() || tables.iter().any(is_log) {
-        Ok(())
-    } else {
-        Err(StoreError::ForeignDatabase {
+    if !schema.is_request_log() {
+        return Err(StoreError::ForeignDatabase {
             path: path.to_owned(),
-        })
+        });
     }
+    let latest = MIGRATOR.iter().map(|migration| migration.version).max();
+    match (schema.version, latest) {
+        (Some(version), Some(latest)) if version > latest => Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn not_a_database(path: &Path) -> StoreError {
+    StoreError::NotDatabase {
+        path: path.to_owned(),
+    }
+}
+
+/// The parts of a database's schema that [`check_not_foreign`] reads.
+struct Schema {
+    /// Tables other than SQLite's own (`sqlite_*`).
+    tables: Vec<String>,
+    /// Whether the `requests` table has the log's `ts_us` column.
+    requests_has_ts: bool,
+    /// The highest migration applied, when the migration table has one.
+    version: Option<i64>,
+}
+
+impl Schema {
+    fn is_request_log(&self) -> bool {
+        let has = |name: &str| self.tables.iter().any(|table| table == name);
+        match self.tables.len() {
+            0 => true,
+            1 => has(MIGRATIONS_TABLE),
+            _ => has(MIGRATIONS_TABLE) && has("requests") && self.requests_has_ts,
+        }
+    }
+}
+
+/// sqlx's table of applied migrations.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+async fn read_schema(connection: &mut SqliteConnection) -> Result<Schema, sqlx::Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let requests_has_ts = if tables.iter().any(|table| table == "requests") {
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('requests')")
+                .fetch_all(&mut *connection)
+                .await?;
+        columns.iter().any(|column| column == "ts_us")
+    } else {
+        false
+    };
+    let version = if tables.iter().any(|table| table == MIGRATIONS_TABLE) {
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut *connection)
+            .await?
+    } else {
+        None
+    };
+    Ok(Schema {
+        tables,
+        requests_has_ts,
+        version,
+    })
+}
+
+/// Returns whether an SQLite extended result code is `SQLITE_NOTADB` (26): the file is not a
+/// database, or is encrypted.
+fn is_not_database(code: Option<&str>) -> bool {
+    const SQLITE_NOTADB: i64 = 26;
+    code.and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_NOTADB)
 }
 
 /// Returns whether an SQLite extended result code is one of `SQLITE_READONLY`'s (8 in its
@@ -149,13 +241,24 @@ fn is_cannot_open(code: Option<&str>) -> bool {
 }
 
 /// Returns whether the process can create a file in the folder of `path`, by creating and
-/// removing one. Any error other than a denied permission or a read-only file system counts
-/// as writable, so that the caller reports SQLite's own error.
+/// removing one. A symbolic link is followed, because SQLite creates its -wal and -shm files
+/// beside the file the link names. A folder still to be created is judged by the nearest one
+/// that exists. Any error other than a denied permission or a read-only file system counts as
+/// writable, so that the caller reports SQLite's own error.
 fn folder_is_writable(path: &Path) -> bool {
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder,
-        _ => Path::new("."),
-    };
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let folder = target
+        .ancestors()
+        .skip(1)
+        .map(|folder| {
+            if folder.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                folder
+            }
+        })
+        .find(|folder| folder.is_dir())
+        .unwrap_or_else(|| Path::new("."));
     let probe = folder.join(format!(".write-probe-{}", std::process::id()));
     match std::fs::OpenOptions::new()
         .write(true)

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum StoreError {
     /// The folder that should contain the database could not be created.
-    #[error("failed to create request log folder {}", path.display())]
+    #[error(
+        "failed to create request log folder {} (give the gateway's user write access to the \
+         folder above it, or set request_log.database to another path)",
+        path.display()
+    )]
     CreateFolder {
         /// The folder.
         path: PathBuf,

@@ -193,6 +193,13 @@ async fn database_of_newer_version_is_rejected() {
     .unwrap();
     connection.close().await.unwrap();
 
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::NewerSchema { version: 9999, .. }),
+        "{error:?}"
+    );
     let error = RequestLog::open(&config).await.unwrap_err();
     assert!(
         matches!(error, StoreError::NewerSchema { version: 9999, .. }),
@@ -253,4 +260,88 @@ async fn another_programs_database_is_left_alone() {
         std::fs::read(&config.database).unwrap() == before,
         "the file was changed"
     );
+}
+
+/// Returns the names of the files in `dir`.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn check_of_own_log_creates_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (_log, writer) = RequestLog::open(&config).await.unwrap();
+    writer.spawn().shutdown().await.unwrap();
+
+    // The log copied on its own, without its -wal and -shm files.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("copy.db");
+    std::fs::copy(&config.database, &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+
+    gateway_store::check_database(&copy).await.unwrap();
+    assert_eq!(files_in(copy_dir.path()), ["copy.db"]);
+    assert!(
+        std::fs::read(&copy).unwrap() == before,
+        "the file was changed"
+    );
+}
+
+#[tokio::test]
+async fn header_over_garbage_is_not_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    std::fs::create_dir_all(config.database.parent().unwrap()).unwrap();
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend((0..8192u32).map(|i| (i * 7 + 13) as u8));
+    std::fs::write(&config.database, &bytes).unwrap();
+
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotDatabase { .. }), "{error:?}");
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotDatabase { .. }), "{error:?}");
+    assert_eq!(std::fs::read(&config.database).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn foreign_requests_table_is_foreign() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.database = dir.path().join("crawler.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&config.database)
+        .create_if_missing(true);
+    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("CREATE TABLE requests (url TEXT, body BLOB)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+    let before = std::fs::read(&config.database).unwrap();
+
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::ForeignDatabase { .. }),
+        "{error:?}"
+    );
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::ForeignDatabase { .. }),
+        "{error:?}"
+    );
+    assert!(
+        std::fs::read(&config.database).unwrap() == before,
+        "the file was changed"
+    );
+    assert_eq!(files_in(dir.path()), ["crawler.db"]);
 }
