@@ -1138,8 +1138,9 @@ fn unusable_database_logs_no_listening_line() {
     );
 }
 
-/// A database file removed while the gateway runs is reported when it is found, and again in
-/// the stop's closing line, which is a warning instead of the usual counts.
+/// A database file removed while the gateway runs is reported in the stop's closing line, which
+/// is a warning instead of the usual counts, even when the stop comes before the writer's
+/// periodic check found the removal.
 #[tokio::test]
 async fn removed_database_is_reported_at_stop() {
     let mock = MockProcess::start("Users");
@@ -1158,13 +1159,10 @@ async fn removed_database_is_reported_at_stop() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
     }
-    // The writer compares the path with its file at most once a second, before a batch.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The writer compares the path with its file at most once a second, before a batch, and
+    // once more at the stop, which comes sooner here.
     let reply = get(&format!("{}/api/users/after", gateway.url)).await;
     assert_eq!(reply.status, 200);
-    gateway
-        .wait_for_line(&["ERROR", "removed or replaced"], Duration::from_secs(5))
-        .expect("error line when the removal is found");
 
     gateway.signal("TERM");
     gateway

@@ -258,7 +258,8 @@ impl Writer {
             }
         }
         self.close_connection().await;
-        summary.file_replaced = self.file_replaced;
+        // The last rows may have gone in less than a check interval after a removal.
+        summary.file_replaced = self.file_replaced || FileIdentity::of(&self.path) != self.file;
         debug!(
             path = %self.path.display(),
             written = summary.written,
