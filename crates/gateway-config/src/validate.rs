@@ -453,6 +453,17 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
             "cannot be true while allowed_origins contains \"*\", because browsers reject that pair: list the allowed origins instead",
         );
     }
+    // Access-Control-Max-Age counts whole seconds, so a fraction would be cut, and a value
+    // under a second sent as 0, which turns off the browser's preflight cache.
+    if cors.max_age.subsec_nanos() != 0 {
+        problems.push(
+            format!("{field}.max_age"),
+            format!(
+                "must be whole seconds, got {}: write a duration like 600s or 10m, or 0s to turn off preflight caching",
+                crate::duration::format(cors.max_age)
+            ),
+        );
+    }
     for (i, method) in cors.allowed_methods.iter().enumerate() {
         check_method(problems, &format!("{field}.allowed_methods[{i}]"), method);
     }

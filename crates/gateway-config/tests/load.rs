@@ -692,6 +692,32 @@ cors:
 }
 
 #[test]
+fn cors_max_age_is_whole_seconds() {
+    let text = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    cors:
+      max_age: 1500ms
+cors:
+  max_age: 500ms
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[1].starts_with("cors.max_age: must be whole seconds, got 500ms"),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].starts_with("routes[0].cors.max_age: must be whole seconds, got 1500ms"),
+        "{found:#?}"
+    );
+    let whole = "routes:\n  - path: \"/a\"\n    backends: [{url: \"http://127.0.0.1:1\"}]\ncors:\n  max_age: 0s\n";
+    let config = Config::from_yaml(whole, "test.yaml").unwrap();
+    assert_eq!(config.cors.max_age, Duration::ZERO);
+}
+
+#[test]
 fn parse_errors_use_yaml_terms() {
     let cases = [
         (
