@@ -1174,6 +1174,47 @@ async fn removed_database_is_reported_at_stop() {
     assert!(closed.contains("removed or replaced"), "{closed}");
 }
 
+/// `bytes_received` counts the body bytes that arrived: the sum of a chunked upload's chunks,
+/// and what came of a declared length before the client left.
+#[tokio::test]
+async fn bytes_received_counts_arrived_bytes() {
+    let mock = MockProcess::start("Users");
+    let mut gateway = GatewayProcess::start(&gateway_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
+        &route_yaml(USERS_ROUTE, &mock.url),
+    ));
+
+    let mut chunked = gateway_tests::RawConnection::open(gateway.addr).expect("connect");
+    let reply = chunked
+        .exchange(
+            b"POST /api/users/chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n",
+        )
+        .expect("chunked upload");
+    assert_eq!(reply.status, 200);
+
+    let mut cut = gateway_tests::RawConnection::open(gateway.addr).expect("connect");
+    let mut head =
+        b"POST /api/users/cut HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 1000));
+    cut.send(&head).expect("send part of the body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The body stops short of its length: the gateway logs the request when the client leaves.
+    drop(cut);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop_cleanly(&mut gateway);
+    let rows = read_rows(&gateway.dir().join("gateway.db")).await;
+    let received = |path: &str| {
+        rows.iter()
+            .find(|row| row.path == path)
+            .unwrap_or_else(|| panic!("no row for {path}: {rows:?}"))
+            .bytes_received
+    };
+    assert_eq!(received("/api/users/chunked"), 12);
+    assert_eq!(received("/api/users/cut"), 1000);
+}
+
 // --- Disabled ------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use crate::admin;
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
-use gateway_proxy::{ErrorKind, ForwardInfo, RouteMatch, RouteTable};
+use gateway_proxy::{ErrorKind, ForwardInfo, ReceivedBytes, RouteMatch, RouteTable};
 use gateway_store::{RequestLog, RequestRecord, unix_micros};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use std::borrow::Cow;
@@ -70,7 +70,7 @@ pub(crate) struct Pending {
     request_id: Option<HeaderValue>,
     client_ip: Option<IpAddr>,
     user_agent: Option<HeaderValue>,
-    bytes_received: u64,
+    bytes_received: ReceivedBytes,
     status: u16,
     route: Option<Arc<str>>,
     backend: Option<Arc<str>>,
@@ -87,17 +87,14 @@ impl RequestHook for AccessHook {
         self.shared.access_lines.is_some() || self.shared.request_log.is_some()
     }
 
-    fn on_request<B>(&self, request: &Request<B>) -> Option<Pending> {
+    fn on_request<B>(&self, request: &mut Request<B>) -> Option<Pending> {
         if self.shared.access_lines.is_none() && self.shared.request_log.is_none() {
             return None;
         }
+        // The forwarder counts the body bytes it reads from the client into this.
+        let bytes_received = ReceivedBytes::default();
+        request.extensions_mut().insert(bytes_received.clone());
         let headers = request.headers();
-        // NOTE: bytes received is the declared Content-Length; a chunked upload counts as 0.
-        let bytes_received = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         Some(Pending {
             started_at: SystemTime::now(),
             method: request.method().clone(),
@@ -217,7 +214,7 @@ impl Pending {
             client_ip: self.client_ip,
             user_agent: text(self.user_agent),
             backend: self.backend,
-            bytes_received: self.bytes_received,
+            bytes_received: self.bytes_received.get(),
             bytes_sent: end.bytes_sent,
             error_kind: self.error_kind,
             retried: self.retried,
@@ -259,7 +256,7 @@ mod tests {
             request_id: Some(HeaderValue::from_static("req-1")),
             client_ip: None,
             user_agent: Some(HeaderValue::from_bytes(user_agent).unwrap()),
-            bytes_received: 0,
+            bytes_received: ReceivedBytes::default(),
             status: 200,
             route: None,
             backend: None,

@@ -19,8 +19,9 @@ pub trait RequestHook: Clone + Send + Sync + 'static {
     /// The hook's record of a request between its stages.
     type State: Send + 'static;
 
-    /// Called when the request arrives, before the inner service receives it.
-    fn on_request<B>(&self, request: &Request<B>) -> Self::State;
+    /// Called when the request arrives, before the inner service receives it. The hook may
+    /// add extensions to the request, such as a counter that the inner service updates.
+    fn on_request<B>(&self, request: &mut Request<B>) -> Self::State;
 
     /// Called when the response head is ready.
     fn on_response<B>(&self, state: &mut Self::State, response: &Response<B>);
@@ -92,10 +93,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let report = self.hook.is_active().then(|| Report {
             started: Instant::now(),
-            state: self.hook.on_request(&request),
+            state: self.hook.on_request(&mut request),
             hook: self.hook.clone(),
             bytes_sent: 0,
         });
@@ -253,7 +254,7 @@ mod tests {
     impl RequestHook for Recorder {
         type State = (String, u16);
 
-        fn on_request<B>(&self, request: &Request<B>) -> Self::State {
+        fn on_request<B>(&self, request: &mut Request<B>) -> Self::State {
             (request.uri().path().to_owned(), 0)
         }
 
@@ -309,7 +310,7 @@ mod tests {
     impl RequestHook for Off {
         type State = ();
 
-        fn on_request<B>(&self, _: &Request<B>) {
+        fn on_request<B>(&self, _: &mut Request<B>) {
             panic!("on_request called on a hook that is off");
         }
 

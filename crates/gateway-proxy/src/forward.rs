@@ -4,7 +4,7 @@ use crate::body::{BackendBody, ProxyBody};
 use crate::client::{BackendClient, Connection, ExchangeError};
 use crate::codec::{RequestFraming, RequestHead, ResponseHead};
 use crate::error::{ErrorKind, ProxyError};
-use crate::request_body::RequestBody;
+use crate::request_body::{ReceivedBytes, RequestBody};
 use crate::routes::Route;
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response, header};
@@ -112,7 +112,8 @@ async fn forward(
         _ if body.is_end_stream() => RequestFraming::Empty,
         _ => RequestFraming::Chunked,
     };
-    let mut body = RequestBody::new(body);
+    let received = parts.extensions.get::<ReceivedBytes>().cloned();
+    let mut body = RequestBody::new(body, received);
     let request = Outgoing {
         parts: &parts,
         peer,

@@ -33,5 +33,5 @@ pub use body::ProxyBody;
 pub use client::BackendClient;
 pub use error::{ErrorKind, ProxyError, Side, error_response};
 pub use forward::{Forward, ForwardInfo};
-pub use request_body::RequestBody;
+pub use request_body::{ReceivedBytes, RequestBody};
 pub use routes::{Route, RouteMatch, RouteTable};

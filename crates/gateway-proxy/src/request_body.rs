@@ -5,7 +5,26 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+
+/// A request extension that counts the request body bytes read from the client, for the
+/// access line and the request log. The reader of the count adds it. Without it, nothing is
+/// counted.
+#[derive(Debug, Clone, Default)]
+pub struct ReceivedBytes(Arc<AtomicU64>);
+
+impl ReceivedBytes {
+    /// Returns the bytes counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A client's request body on its way to a backend.
@@ -14,15 +33,17 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         // Whether any frame was taken, after which the body cannot be sent again.
         touched: bool,
+        received: Option<ReceivedBytes>,
     }
 }
 
 impl RequestBody {
-    /// Wraps `inner`.
-    pub(crate) fn new(inner: Incoming) -> RequestBody {
+    /// Wraps `inner`, counting the data it reads into `received` when given.
+    pub(crate) fn new(inner: Incoming, received: Option<ReceivedBytes>) -> RequestBody {
         RequestBody {
             inner,
             touched: false,
+            received,
         }
     }
 
@@ -43,6 +64,11 @@ impl Body for RequestBody {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         *this.touched |= frame.is_some();
+        if let (Some(received), Some(Ok(frame))) = (this.received.as_ref(), frame.as_ref())
+            && let Some(data) = frame.data_ref()
+        {
+            received.add(data.len());
+        }
         Poll::Ready(frame)
     }
 
