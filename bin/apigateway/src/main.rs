@@ -201,7 +201,7 @@ async fn run(
 
     let (first_signal_tx, first_signal_rx) = tokio::sync::oneshot::channel();
     let signalled = Arc::clone(&gateway);
-    // Set at the second signal: the exit status is then 130, whichever of the signal task and
+    // Set at the second signal. The exit status is then 130, whichever of the signal task and
     // the server's own stop ends the process.
     let stopped_at_once = Arc::new(AtomicBool::new(false));
     let second_signal = Arc::clone(&stopped_at_once);
