@@ -58,7 +58,7 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         },
     };
 
-    check_not_foreign(path).await?;
+    check_not_foreign(path, ReadWal::Yes).await?;
 
     // Migrations run through a one-connection pool: run on a bare `&mut SqliteConnection`,
     // sqlx's `Acquire` bound makes the caller's future fail to prove `Send` for every
@@ -112,18 +112,20 @@ fn writer_options(path: &Path) -> SqliteConnectOptions {
 /// A file is the request log's when it has no tables, only sqlx's migration table, or that
 /// table and a `requests` table with the log's `ts_us` column. Another program's table named
 /// `requests` is not enough.
-async fn check_not_foreign(path: &Path) -> Result<(), StoreError> {
+async fn check_not_foreign(path: &Path, read_wal: ReadWal) -> Result<(), StoreError> {
     let size = std::fs::metadata(path).map_or(0, |metadata| metadata.len());
     if size == 0 {
         return Ok(());
     }
-    // Without a WAL file beside it, the database file is complete, and an immutable
-    // connection reads it without creating the -wal and -shm files a read-only one would.
+    // An immutable connection reads the database file alone, without creating or updating
+    // the -shm file that a read-only one needs to read the -wal file too. Without a -wal
+    // file, the database file is complete anyway.
     let has_wal = Path::new(&format!("{}-wal", path.display())).exists();
+    let immutable = !has_wal || read_wal == ReadWal::No;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
-        .immutable(!has_wal)
+        .immutable(immutable)
         .busy_timeout(BUSY_TIMEOUT);
     let not_database = |error: &sqlx::Error| match error {
         sqlx::Error::Database(error) => is_not_database(error.code().as_deref()),
@@ -155,6 +157,16 @@ async fn check_not_foreign(path: &Path) -> Result<(), StoreError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Whether [`check_not_foreign`] reads the -wal file beside a database, which may update the
+/// -shm file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadWal {
+    /// Read it: the start's check, which must see a schema not yet copied into the file.
+    Yes,
+    /// Leave it: the check of `apigateway --check`, which changes no file.
+    No,
 }
 
 fn not_a_database(path: &Path) -> StoreError {
@@ -352,11 +364,18 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
 ///
 /// # Errors
 ///
-/// Returns [`StoreError::IsFolder`], [`StoreError::CreateFolder`] or
-/// [`StoreError::NotDatabase`].
+/// Returns [`StoreError::IsFolder`], [`StoreError::CreateFolder`],
+/// [`StoreError::DanglingLink`] or [`StoreError::NotDatabase`].
 pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
     if path.is_dir() {
         return Err(StoreError::IsFolder {
+            path: path.to_owned(),
+        });
+    }
+    // SQLite would create a missing file at the link's target, and fails when the target's
+    // folder is missing, so a link must name an existing file.
+    if path.is_symlink() && !path.exists() {
+        return Err(StoreError::DanglingLink {
             path: path.to_owned(),
         });
     }
@@ -393,10 +412,22 @@ pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
 /// Returns the [`StoreError`] that the start would fail with.
 pub async fn check_database(path: &Path) -> Result<(), StoreError> {
     check_database_path(path)?;
-    check_not_foreign(path).await?;
+    check_not_foreign(path, ReadWal::No).await?;
     let read_only = || StoreError::ReadOnly {
         path: path.to_owned(),
     };
+    // A missing folder under one the process cannot write fails as the start would.
+    if let Some(folder) = path
+        .parent()
+        .filter(|folder| !folder.as_os_str().is_empty())
+        && !folder.exists()
+        && !folder_is_writable(path)
+    {
+        return Err(StoreError::CreateFolder {
+            path: folder.to_owned(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        });
+    }
     if path.exists() {
         let denied = std::fs::OpenOptions::new()
             .write(true)

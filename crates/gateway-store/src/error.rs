@@ -88,6 +88,17 @@ pub enum StoreError {
         version: i64,
     },
 
+    /// The path is a symbolic link to a file that does not exist.
+    #[error(
+        "request log database {} is a symbolic link to a missing file: create the file where \
+         the link points (an empty file will do), or set request_log.database to a file path",
+        path.display()
+    )]
+    DanglingLink {
+        /// The link.
+        path: PathBuf,
+    },
+
     /// The path names something other than an SQLite database: a file with other content, or
     /// a device, socket or pipe.
     #[error(

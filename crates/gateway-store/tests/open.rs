@@ -345,3 +345,66 @@ async fn foreign_requests_table_is_foreign() {
     );
     assert_eq!(files_in(dir.path()), ["crawler.db"]);
 }
+
+#[tokio::test]
+async fn check_leaves_wal_and_shm_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+    for i in 0..20 {
+        log.record(common::record(i, gateway_store::now_us()));
+    }
+    writer.shutdown().await.unwrap();
+    // Another connection keeps a write in the -wal file, as a running gateway would.
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&config.database);
+    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("PRAGMA user_version = 7")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let folder = config.database.parent().unwrap();
+    let contents = || {
+        files_in(folder)
+            .into_iter()
+            .map(|name| {
+                let bytes = std::fs::read(folder.join(&name)).unwrap();
+                (name, bytes)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = contents();
+
+    gateway_store::check_database(&config.database)
+        .await
+        .unwrap();
+    assert!(contents() == before, "the check changed a file");
+    assert!(
+        before.iter().any(|(name, _)| name.ends_with("-shm")),
+        "no -shm file to leave alone: {:?}",
+        files_in(folder)
+    );
+    sqlx::Connection::close(connection).await.unwrap();
+}
+
+#[tokio::test]
+async fn link_to_missing_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.database = dir.path().join("link.db");
+    std::os::unix::fs::symlink(dir.path().join("absent/target.db"), &config.database).unwrap();
+
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::DanglingLink { .. }),
+        "{error:?}"
+    );
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::DanglingLink { .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &config.database);
+}
