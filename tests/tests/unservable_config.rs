@@ -4,18 +4,24 @@
 use gateway_tests::binary;
 use std::process::{Command, Output};
 
-/// Writes `text` to a temporary file and runs `apigateway --check` on it.
-fn check(text: &str) -> Output {
+/// Writes `text` to a temporary file and runs `apigateway` on it with `args` before
+/// `--config`, until it exits.
+fn run_on(text: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, text).expect("write config");
     Command::new(binary("apigateway"))
-        .arg("--check")
+        .args(args)
         .arg("--config")
         .arg(&path)
         .env_remove("RUST_LOG")
         .output()
         .expect("run apigateway")
+}
+
+/// Writes `text` to a temporary file and runs `apigateway --check` on it.
+fn check(text: &str) -> Output {
+    run_on(text, &["--check"])
 }
 
 fn assert_rejected(text: &str, field: &str) {
@@ -104,15 +110,7 @@ fn check_rejects_unresolvable_host() {
 
 #[test]
 fn serving_unresolvable_host_exits_2() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, UNRESOLVABLE_HOST_CONFIG).expect("write config");
-    let output = Command::new(binary("apigateway"))
-        .arg("--config")
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run apigateway");
+    let output = run_on(UNRESOLVABLE_HOST_CONFIG, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert!(
@@ -143,15 +141,7 @@ fn check_rejects_an_address_of_another_machine() {
 
 #[test]
 fn serving_an_address_of_another_machine_exits_2() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, FOREIGN_HOST_CONFIG).expect("write config");
-    let output = Command::new(binary("apigateway"))
-        .arg("--config")
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run apigateway");
+    let output = run_on(FOREIGN_HOST_CONFIG, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert!(

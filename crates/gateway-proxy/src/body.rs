@@ -143,9 +143,10 @@ impl BackendBody {
     ///
     /// A read error is held back for one poll, with a wake-up. hyper (1.x) closes the
     /// connection on a body error without writing what it has buffered, which can be the
-    /// response head and the first bytes of the body, so the client got an empty reply while
-    /// the log recorded the status. Held back, the error lets hyper flush first, and the
-    /// client gets the head and the body up to the failure, then the close, as from NGINX.
+    /// response head and the first bytes of the body. The client would then get an empty
+    /// reply while the log records the status. Held back, the error lets hyper flush first,
+    /// and the client gets the head and the body up to the failure, then the close, as from
+    /// NGINX.
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,

@@ -117,6 +117,7 @@ async fn check_not_foreign(path: &Path, read_wal: ReadWal) -> Result<(), StoreEr
     if size == 0 {
         return Ok(());
     }
+
     // An immutable connection reads the database file alone, without creating or updating
     // the -shm file that a read-only one needs to read the -wal file too. Without a -wal
     // file, the database file is complete anyway.
@@ -127,6 +128,7 @@ async fn check_not_foreign(path: &Path, read_wal: ReadWal) -> Result<(), StoreEr
         .read_only(true)
         .immutable(immutable)
         .busy_timeout(BUSY_TIMEOUT);
+
     let not_database = |error: &sqlx::Error| match error {
         sqlx::Error::Database(error) => is_not_database(error.code().as_deref()),
         _ => false,
@@ -137,6 +139,7 @@ async fn check_not_foreign(path: &Path, read_wal: ReadWal) -> Result<(), StoreEr
         // Other failures, such as a file this user cannot read, are the writer's to report.
         Err(_) => return Ok(()),
     };
+
     let schema = read_schema(&mut connection).await;
     let _ = connection.close().await;
     let schema = match schema {
@@ -144,11 +147,13 @@ async fn check_not_foreign(path: &Path, read_wal: ReadWal) -> Result<(), StoreEr
         Err(error) if not_database(&error) => return Err(not_a_database(path)),
         Err(_) => return Ok(()),
     };
+
     if !schema.is_request_log() {
         return Err(StoreError::ForeignDatabase {
             path: path.to_owned(),
         });
     }
+
     let latest = MIGRATOR.iter().map(|migration| migration.version).max();
     match (schema.version, latest) {
         (Some(version), Some(latest)) if version > latest => Err(StoreError::NewerSchema {
@@ -166,6 +171,8 @@ enum ReadWal {
     /// Read it: the start's check, which must see a schema not yet copied into the file.
     Yes,
     /// Leave it: the check of `apigateway --check`, which changes no file.
+    // NOTE: a schema still only in the -wal file is then not seen, so the start may still
+    // reject a file that this check passed.
     No,
 }
 

@@ -227,19 +227,16 @@ async fn file_in_place_of_folder_fails_check() {
     assert!(!dir.path().join("a").exists(), "the check created a folder");
 }
 
-#[tokio::test]
-async fn another_programs_database_is_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.database = dir.path().join("app.db");
+/// Creates an SQLite file named `name` in `dir` with the table `create`, as another program
+/// would, and checks that the check and the start reject it as foreign and leave it as it was.
+async fn assert_foreign_left_alone(dir: &Path, name: &str, create: &str) {
+    let mut config = config(dir);
+    config.database = dir.join(name);
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&config.database)
         .create_if_missing(true);
     let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
-    sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
+    sqlx::query(create).execute(&mut connection).await.unwrap();
     sqlx::Connection::close(connection).await.unwrap();
     let before = std::fs::read(&config.database).unwrap();
 
@@ -260,6 +257,17 @@ async fn another_programs_database_is_left_alone() {
         std::fs::read(&config.database).unwrap() == before,
         "the file was changed"
     );
+}
+
+#[tokio::test]
+async fn another_programs_database_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_foreign_left_alone(
+        dir.path(),
+        "app.db",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY)",
+    )
+    .await;
 }
 
 /// Returns the names of the files in `dir`.
@@ -314,35 +322,12 @@ async fn header_over_garbage_is_not_database() {
 #[tokio::test]
 async fn foreign_requests_table_is_foreign() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.database = dir.path().join("crawler.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&config.database)
-        .create_if_missing(true);
-    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
-    sqlx::query("CREATE TABLE requests (url TEXT, body BLOB)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    sqlx::Connection::close(connection).await.unwrap();
-    let before = std::fs::read(&config.database).unwrap();
-
-    let error = gateway_store::check_database(&config.database)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, StoreError::ForeignDatabase { .. }),
-        "{error:?}"
-    );
-    let error = RequestLog::open(&config).await.unwrap_err();
-    assert!(
-        matches!(error, StoreError::ForeignDatabase { .. }),
-        "{error:?}"
-    );
-    assert!(
-        std::fs::read(&config.database).unwrap() == before,
-        "the file was changed"
-    );
+    assert_foreign_left_alone(
+        dir.path(),
+        "crawler.db",
+        "CREATE TABLE requests (url TEXT, body BLOB)",
+    )
+    .await;
     assert_eq!(files_in(dir.path()), ["crawler.db"]);
 }
 
