@@ -191,8 +191,8 @@ fn route_of(table: &RouteTable, method: &Method, path: &str) -> Option<Arc<str>>
 
 impl Pending {
     // NOTE: the row copies the request id, path, query and User-Agent into new strings, up to
-    // four allocations per request. The writer moves them into the statement, so sqlx does
-    // not copy them again, but it still copies the route, backend and client address.
+    // four allocations per request. The writer binds them in place, and SQLite copies each
+    // bound text once more while it builds the row.
     fn into_record(self, end: &RequestEnd) -> RequestRecord {
         // `str::from_utf8` checks ASCII a word at a time, where the lossy conversion reads
         // byte by byte, so the lossy one runs only for values that are not UTF-8.

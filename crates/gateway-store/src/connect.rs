@@ -95,6 +95,48 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
     Ok(connection)
 }
 
+/// Opens the connection the writer inserts and deletes with, after [`open_writer`]'s checks
+/// and migrations, with the same settings: WAL, `synchronous=NORMAL` and the busy timeout.
+///
+/// The writer's statements run on rusqlite rather than sqlx: a cached statement bound straight
+/// from the records, on a thread of the writer's own, costs less than half of sqlx's CPU per
+/// row (see `bench/RESULTS.md`). sqlx still applies the migrations and serves the readers.
+pub(crate) async fn open_insert_connection(
+    path: &Path,
+) -> Result<rusqlite::Connection, StoreError> {
+    let checked = open_writer(path).await?;
+    // The checks' connection closes first, so the writer holds one connection to the file.
+    let _ = checked.close().await;
+    let owned = path.to_owned();
+    let opened = tokio::task::spawn_blocking(move || connect_for_inserts(&owned)).await;
+    match opened {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(StoreError::OpenForWriting {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(error) => Err(StoreError::WriterTask(error)),
+    }
+}
+
+fn connect_for_inserts(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    // No CREATE flag: `open_writer` made the file, and a file removed since is not recreated.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = rusqlite::Connection::open_with_flags(path, flags)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // The file is in WAL mode already: the migrations' connection switched it.
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!("the journal mode stayed {mode}, not WAL")),
+        ));
+    }
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(connection)
+}
+
 fn writer_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)

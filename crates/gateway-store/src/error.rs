@@ -54,6 +54,16 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
+    /// SQLite could not open the checked and migrated database for the writer's statements.
+    #[error("failed to open request log database {} for writing", path.display())]
+    OpenForWriting {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
     /// The schema migrations failed.
     #[error("failed to migrate request log database {}", path.display())]
     Migrate {

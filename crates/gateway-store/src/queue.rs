@@ -69,7 +69,7 @@ impl RequestLog {
     /// [`StoreError::NewerSchema`] when a newer gateway upgraded it, and
     /// [`StoreError::Migrate`] when the schema cannot be applied.
     pub async fn open(config: &RequestLogConfig) -> Result<(RequestLog, Writer), StoreError> {
-        let connection = connect::open_writer(&config.database).await?;
+        let connection = connect::open_insert_connection(&config.database).await?;
 
         // tokio's bounded channel panics on a capacity of 0, which config validation rejects.
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));

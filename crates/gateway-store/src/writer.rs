@@ -3,8 +3,7 @@
 use crate::queue::BatchReady;
 use crate::{RequestRecord, StoreError, connect, insert, retention};
 use gateway_config::RequestLogConfig;
-use sqlx::Connection;
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::Connection;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
@@ -30,8 +29,9 @@ pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Writer {
     path: PathBuf,
-    /// `None` after a batch failed, until the next write opens a new connection.
-    connection: Option<SqliteConnection>,
+    /// `None` after a batch failed, until the next write opens a new connection, and while a
+    /// statement runs on the blocking pool.
+    connection: Option<Connection>,
     /// The database file opened at the start, to find it removed or replaced.
     file: Option<FileIdentity>,
     /// When `file` was last compared with what the path names.
@@ -86,8 +86,9 @@ impl WriterHandle {
         self.task.await.map_err(StoreError::WriterTask)
     }
 
-    /// Stops the writer at its next await point without committing the current batch, as a
-    /// crash would. Meant for tests of crash recovery.
+    /// Stops the writer at its next await point, as a crash would, without committing the
+    /// batch it is filling. A batch already handed to SQLite still commits. Meant for tests of
+    /// crash recovery.
     pub fn abort(&self) {
         self.task.abort();
     }
@@ -96,7 +97,7 @@ impl WriterHandle {
 impl Writer {
     pub(crate) fn new(
         config: &RequestLogConfig,
-        connection: SqliteConnection,
+        connection: Connection,
         receiver: mpsc::Receiver<RequestRecord>,
         dropped: Arc<AtomicU64>,
         failed: Arc<AtomicU64>,
@@ -234,15 +235,18 @@ impl Writer {
         // reader pool may still be open. A passive checkpoint copies it now, so that a copy of
         // the database file alone is complete. It never waits. A reader in the middle of a
         // query can keep it from finishing, and then the WAL file is needed with the database.
-        let checkpoint = match self.open_connection().await {
-            Ok(connection) => {
-                sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-                    .fetch_one(connection)
-                    .await
-                    .map_err(WriteError::from)
-            }
-            Err(error) => Err(WriteError::from(error)),
-        };
+        let checkpoint = self
+            .on_connection(|connection| {
+                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+            })
+            .await
+            .and_then(|checked| checked.map_err(WriteError::from));
         match checkpoint {
             // SQLite's columns: whether it was blocked, frames in the WAL, frames copied.
             Ok((_, frames, copied)) if frames == copied => {}
@@ -272,14 +276,20 @@ impl Writer {
 
     async fn write_batch(&mut self, batch: &mut Vec<RequestRecord>, summary: &mut WriteSummary) {
         let rows = batch.len() as u64;
-        let written = match self.open_connection().await {
-            Ok(connection) => insert::insert_batch(connection, batch)
-                .await
-                .map_err(WriteError::from),
-            Err(error) => {
-                batch.clear();
-                Err(WriteError::from(error))
+        let mut records = std::mem::take(batch);
+        let written = match self
+            .on_connection(move |connection| {
+                let inserted = insert::insert_batch(connection, &mut records);
+                (records, inserted)
+            })
+            .await
+        {
+            Ok((records, inserted)) => {
+                // The emptied vector keeps its room for the next batch.
+                *batch = records;
+                inserted.map_err(WriteError::from)
             }
+            Err(error) => Err(error),
         };
         match written {
             Ok(()) => {
@@ -293,9 +303,8 @@ impl Writer {
                 self.failed.fetch_add(rows, Ordering::Relaxed);
                 self.failures.report(rows, &error, &self.path);
                 // SQLite rolls a transaction back by itself on some errors, a full disk among
-                // them, and sqlx's count of open transactions can then be wrong: later batches
-                // would go into a transaction that never commits. A new connection starts
-                // clean, and the next batch opens it.
+                // them. A new connection starts clean whatever state the failure left, and the
+                // next batch opens it.
                 self.close_connection().await;
             }
         }
@@ -307,27 +316,45 @@ impl Writer {
     /// new file, SQLite would take the old file's `-wal` and `-shm` files, still at the old
     /// names and in use by open connections, as the new file's: that corrupts both. A file
     /// put in its place may also be another program's database.
-    async fn open_connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
-        let connection = match self.connection.take() {
-            Some(connection) => connection,
-            None => {
-                if self.file_replaced || FileIdentity::of(&self.path) != self.file {
-                    self.file_replaced = true;
-                    return Err(StoreError::Replaced {
-                        path: self.path.clone(),
-                    });
-                }
-                let connection = connect::open_writer(&self.path).await?;
-                debug!(path = %self.path.display(), "request log database reopened");
-                connection
-            }
-        };
-        Ok(self.connection.insert(connection))
+    async fn take_connection(&mut self) -> Result<Connection, StoreError> {
+        if let Some(connection) = self.connection.take() {
+            return Ok(connection);
+        }
+        if self.file_replaced || FileIdentity::of(&self.path) != self.file {
+            self.file_replaced = true;
+            return Err(StoreError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        let connection = connect::open_insert_connection(&self.path).await?;
+        debug!(path = %self.path.display(), "request log database reopened");
+        Ok(connection)
+    }
+
+    /// Runs `work` with the writer's connection on tokio's blocking pool, so that SQLite's
+    /// work and waits (a commit, the busy timeout) never hold up the runtime's threads. Opens
+    /// the connection first when the last batch failed; see [`Writer::take_connection`].
+    ///
+    /// The connection is lost when `work` panics, and the next call opens a new one.
+    async fn on_connection<T, F>(&mut self, work: F) -> Result<T, WriteError>
+    where
+        F: FnOnce(&mut Connection) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut connection = self.take_connection().await?;
+        let (connection, output) = tokio::task::spawn_blocking(move || {
+            let output = work(&mut connection);
+            (connection, output)
+        })
+        .await
+        .map_err(WriteError::Panicked)?;
+        self.connection = Some(connection);
+        Ok(output)
     }
 
     /// Logs an error, once, when the database path no longer names the file the writer
     /// started with. Checks at most once per [`FILE_CHECK_INTERVAL`]. Rows still go to the
-    /// open file: see [`Writer::open_connection`] for why a new file is not opened.
+    /// open file: see [`Writer::take_connection`] for why a new file is not opened.
     fn check_file(&mut self) {
         let now = Instant::now();
         if self.file_replaced || now.duration_since(self.file_checked) < FILE_CHECK_INTERVAL {
@@ -348,9 +375,13 @@ impl Writer {
     }
 
     async fn close_connection(&mut self) {
-        if let Some(connection) = self.connection.take()
-            && let Err(error) = connection.close().await
-        {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let closed =
+            tokio::task::spawn_blocking(move || connection.close().map_err(|(_, error)| error))
+                .await;
+        if let Ok(Err(error)) = closed {
             debug!(path = %self.path.display(), %error, "request log close failed");
         }
     }
@@ -363,12 +394,12 @@ impl Writer {
         summary: &mut WriteSummary,
     ) -> Option<i64> {
         let chunk = retention::CHUNK_ROWS;
-        let deleted = match self.open_connection().await {
-            Ok(connection) => retention::delete_expired(connection, cutoff_us, chunk)
-                .await
-                .map_err(WriteError::from),
-            Err(error) => Err(WriteError::from(error)),
-        };
+        let deleted = self
+            .on_connection(move |connection| {
+                retention::delete_expired(connection, cutoff_us, chunk)
+            })
+            .await
+            .and_then(|deleted| deleted.map_err(WriteError::from));
         match deleted {
             Ok(deleted) => {
                 summary.expired += deleted;
@@ -414,7 +445,10 @@ enum WriteError {
     Open(#[from] StoreError),
     /// A statement failed.
     #[error(transparent)]
-    Statement(#[from] sqlx::Error),
+    Statement(#[from] rusqlite::Error),
+    /// The blocking task that ran the statement panicked, and took the connection with it.
+    #[error("request log statement panicked")]
+    Panicked(#[source] tokio::task::JoinError),
 }
 
 /// Time between two checks that the database path still names the writer's file.
@@ -581,6 +615,7 @@ mod tests {
     }
 
     async fn count_rows(path: &std::path::Path) -> i64 {
+        use sqlx::Connection as _;
         let mut connection = crate::connect::open_writer(path).await.unwrap();
         let count = sqlx::query_scalar("SELECT count(*) FROM requests")
             .fetch_one(&mut connection)
@@ -605,15 +640,19 @@ mod tests {
             queue_capacity: 65_536,
             retention: Duration::from_secs(86_400),
         };
-        let (log, mut writer) = RequestLog::open(&config).await.unwrap();
-        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-            .fetch_one(writer.connection.as_mut().unwrap())
-            .await
+        let (log, writer) = RequestLog::open(&config).await.unwrap();
+        let connection = writer.connection.as_ref().unwrap();
+        let pages: i64 = connection
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
             .unwrap();
-        sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 1))
-            .execute(writer.connection.as_mut().unwrap())
-            .await
+        let limit: i64 = connection
+            .query_row(
+                &format!("PRAGMA max_page_count = {}", pages + 1),
+                [],
+                |row| row.get(0),
+            )
             .unwrap();
+        assert_eq!(limit, pages + 1);
         let writer = writer.spawn();
 
         for i in 0..2000 {
