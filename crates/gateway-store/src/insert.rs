@@ -10,6 +10,11 @@ const INSERT: &str = "INSERT INTO requests (ts_us, request_id, method, path, que
      status, latency_us, client_ip, user_agent, backend, bytes_received, bytes_sent, \
      error_kind, retried) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
+/// Rows inserted between two offers of the CPU to other threads. On a gateway that shares a
+/// core with the writer, a request that arrives while a batch is written then waits for at
+/// most this many rows (about 40 µs, at the 1.2 µs per row measured) instead of the whole batch.
+const ROWS_BETWEEN_YIELDS: usize = 32;
+
 /// Inserts the rows of `batch` in one transaction and leaves `batch` empty, whether or not
 /// the transaction commits.
 ///
@@ -32,7 +37,10 @@ fn insert_rows(connection: &mut Connection, batch: &[RequestRecord]) -> rusqlite
     {
         let mut insert = transaction.prepare_cached(INSERT)?;
         let mut client_ip = String::with_capacity(48);
-        for record in batch {
+        for (index, record) in batch.iter().enumerate() {
+            if index > 0 && index % ROWS_BETWEEN_YIELDS == 0 {
+                std::thread::yield_now();
+            }
             client_ip.clear();
             if let Some(ip) = record.client_ip {
                 let _ = write!(client_ip, "{ip}");
