@@ -8,7 +8,7 @@ use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
 use gateway_proxy::{ErrorKind, ForwardInfo, ReceivedBytes, RouteMatch, RouteTable};
 use gateway_store::{RequestLog, RequestRecord, unix_micros};
-use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -70,7 +70,8 @@ pub(crate) struct Pending {
     request_id: Option<HeaderValue>,
     client_ip: Option<IpAddr>,
     user_agent: Option<HeaderValue>,
-    bytes_received: ReceivedBytes,
+    /// `None` when the request log is off or the request has no body.
+    bytes_received: Option<ReceivedBytes>,
     status: u16,
     route: Option<Arc<str>>,
     backend: Option<Arc<str>>,
@@ -91,9 +92,14 @@ impl RequestHook for AccessHook {
         if self.shared.access_lines.is_none() && self.shared.request_log.is_none() {
             return None;
         }
-        // The forwarder counts the body bytes it reads from the client into this.
-        let bytes_received = ReceivedBytes::default();
-        request.extensions_mut().insert(bytes_received.clone());
+        // The forwarder counts the body bytes it reads from the client into this. Only the
+        // request log records them, and most requests have no body to count.
+        let bytes_received = (self.shared.request_log.is_some() && has_body(request.headers()))
+            .then(|| {
+                let counter = ReceivedBytes::default();
+                request.extensions_mut().insert(counter.clone());
+                counter
+            });
         let headers = request.headers();
         Some(Pending {
             started_at: SystemTime::now(),
@@ -177,6 +183,15 @@ impl RequestHook for AccessHook {
     }
 }
 
+/// Returns whether a request with these headers has a body. An HTTP/1.1 request has one only
+/// when it declares `Transfer-Encoding` or a `Content-Length` other than 0.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+}
+
 /// Returns the pattern of the route that serves `method` and `path`. `/health` and `/admin/*`
 /// are served before routing, so they have none even when a catch-all route matches them.
 fn route_of(table: &RouteTable, method: &Method, path: &str) -> Option<Arc<str>> {
@@ -214,7 +229,7 @@ impl Pending {
             client_ip: self.client_ip,
             user_agent: text(self.user_agent),
             backend: self.backend,
-            bytes_received: self.bytes_received.get(),
+            bytes_received: self.bytes_received.map_or(0, |counter| counter.get()),
             bytes_sent: end.bytes_sent,
             error_kind: self.error_kind,
             retried: self.retried,
@@ -256,7 +271,7 @@ mod tests {
             request_id: Some(HeaderValue::from_static("req-1")),
             client_ip: None,
             user_agent: Some(HeaderValue::from_bytes(user_agent).unwrap()),
-            bytes_received: ReceivedBytes::default(),
+            bytes_received: None,
             status: 200,
             route: None,
             backend: None,
@@ -305,6 +320,26 @@ routes:
         assert_eq!(record.query.as_deref(), Some("expand=orders"));
         assert_eq!(record.user_agent.as_deref(), Some("curl/8.5.0"));
         assert_eq!(record.latency_us, 250);
+    }
+
+    #[test]
+    fn body_is_found_from_framing_headers() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for &(name, value) in pairs {
+                map.append(name, HeaderValue::from_static(value));
+            }
+            map
+        };
+
+        assert!(!has_body(&headers(&[])));
+        assert!(!has_body(&headers(&[("content-length", "0")])));
+        assert!(has_body(&headers(&[("content-length", "12")])));
+        assert!(has_body(&headers(&[("transfer-encoding", "chunked")])));
+        assert!(has_body(&headers(&[
+            ("content-length", "0"),
+            ("transfer-encoding", "chunked"),
+        ])));
     }
 
     #[test]
