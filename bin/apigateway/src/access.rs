@@ -93,7 +93,7 @@ impl RequestHook for AccessHook {
             return None;
         }
         // The forwarder counts the body bytes it reads from the client into this. Only the
-        // request log records them, and most requests have no body to count.
+        // request log records them, and a request without a body has nothing to count.
         let bytes_received = (self.shared.request_log.is_some() && has_body(request.headers()))
             .then(|| {
                 let counter = ReceivedBytes::default();

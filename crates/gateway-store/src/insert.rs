@@ -11,8 +11,9 @@ const INSERT: &str = "INSERT INTO requests (ts_us, request_id, method, path, que
      error_kind, retried) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 /// Rows inserted between two offers of the CPU to other threads. On a gateway that shares a
-/// core with the writer, a request that arrives while a batch is written then waits for at
-/// most this many rows (about 40 µs, at the 1.2 µs per row measured) instead of the whole batch.
+/// core with the writer, a request that arrives while a batch is written then usually waits
+/// for this many rows (about 40 µs at 1.2 µs per row) rather than for the whole batch. The
+/// scheduler decides: a yield gives the core away only to a thread that is ready to run.
 const ROWS_BETWEEN_YIELDS: usize = 32;
 
 /// Inserts the rows of `batch` in one transaction and leaves `batch` empty, whether or not
