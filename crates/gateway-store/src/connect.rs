@@ -1,6 +1,7 @@
 //! Opening the database file for the writer and for readers.
 
 use crate::StoreError;
+use crate::thread::WriterThread;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -95,27 +96,28 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
     Ok(connection)
 }
 
-/// Opens the connection the writer inserts and deletes with, after [`open_writer`]'s checks
-/// and migrations, with the same settings: WAL, `synchronous=NORMAL` and the busy timeout.
+/// Opens the connection the writer inserts and deletes with, on the writer's `thread`, after
+/// [`open_writer`]'s checks and migrations. It has the same settings: WAL,
+/// `synchronous=NORMAL` and the busy timeout.
 ///
 /// The writer's statements run on rusqlite rather than sqlx: a cached statement bound straight
 /// from the records, on a thread of the writer's own, costs less than half of sqlx's CPU per
 /// row (see `bench/RESULTS.md`). sqlx still applies the migrations and serves the readers.
 pub(crate) async fn open_insert_connection(
     path: &Path,
+    thread: &WriterThread,
 ) -> Result<rusqlite::Connection, StoreError> {
     let checked = open_writer(path).await?;
     // The checks' connection closes first, so the writer holds one connection to the file.
     let _ = checked.close().await;
     let owned = path.to_owned();
-    let opened = tokio::task::spawn_blocking(move || connect_for_inserts(&owned)).await;
-    match opened {
+    match thread.run(move || connect_for_inserts(&owned)).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(StoreError::OpenForWriting {
             path: path.to_owned(),
             source,
         }),
-        Err(error) => Err(StoreError::WriterTask(error)),
+        Err(_) => Err(StoreError::WriterThread { source: None }),
     }
 }
 

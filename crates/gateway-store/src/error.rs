@@ -171,6 +171,15 @@ pub enum StoreError {
         value: String,
     },
 
+    /// The writer's thread could not be started, or it lost the statement that opens the
+    /// database.
+    #[error("request log writer thread failed")]
+    WriterThread {
+        /// The error from starting the thread, when that failed.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
     /// The writer task panicked or was cancelled before it finished.
     #[error("request log writer task failed")]
     WriterTask(#[source] tokio::task::JoinError),

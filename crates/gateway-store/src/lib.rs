@@ -27,6 +27,7 @@
 //! - [`record`]: [`RequestRecord`], one finished request.
 //! - `queue`: [`RequestLog`], the handle that queues records.
 //! - `writer`: [`Writer`], the batch writer task, and [`WriterHandle`] to stop it.
+//! - `thread`: the thread on which the writer's SQLite statements run.
 //! - `insert` and `retention`: the SQL the writer runs.
 //! - `connect`: opening the file for writing (WAL, migrations) and for reading.
 //! - `reader`, `stats`, `filter`: [`LogReader`] and its queries and filters.
@@ -45,6 +46,7 @@ mod reader;
 pub mod record;
 mod retention;
 mod stats;
+mod thread;
 mod time;
 mod writer;
 

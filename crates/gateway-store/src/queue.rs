@@ -1,5 +1,6 @@
 //! The handle the request path uses: a bounded queue in front of the writer.
 
+use crate::thread::WriterThread;
 use crate::writer::Writer;
 use crate::{RequestRecord, StoreError, connect};
 use gateway_config::RequestLogConfig;
@@ -69,7 +70,10 @@ impl RequestLog {
     /// [`StoreError::NewerSchema`] when a newer gateway upgraded it, and
     /// [`StoreError::Migrate`] when the schema cannot be applied.
     pub async fn open(config: &RequestLogConfig) -> Result<(RequestLog, Writer), StoreError> {
-        let connection = connect::open_insert_connection(&config.database).await?;
+        let thread = WriterThread::spawn().map_err(|error| StoreError::WriterThread {
+            source: Some(error),
+        })?;
+        let connection = connect::open_insert_connection(&config.database, &thread).await?;
 
         // tokio's bounded channel panics on a capacity of 0, which config validation rejects.
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
@@ -89,7 +93,15 @@ impl RequestLog {
             half_queue: (config.queue_capacity / 2).max(1),
             _last_drop: Arc::new(WakeOnDrop(Arc::clone(&batch_ready))),
         };
-        let writer = Writer::new(config, connection, receiver, dropped, failed, batch_ready);
+        let writer = Writer::new(
+            config,
+            thread,
+            connection,
+            receiver,
+            dropped,
+            failed,
+            batch_ready,
+        );
         Ok((log, writer))
     }
 

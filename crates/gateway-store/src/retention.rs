@@ -27,6 +27,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::thread::WriterThread;
     use crate::{RequestRecord, connect, insert};
     use std::borrow::Cow;
 
@@ -53,13 +54,14 @@ mod tests {
     #[tokio::test]
     async fn expired_rows_go_in_bounded_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let mut connection = connect::open_insert_connection(&dir.path().join("log.db"))
+        let thread = WriterThread::spawn().unwrap();
+        let connection = connect::open_insert_connection(&dir.path().join("log.db"), &thread)
             .await
             .unwrap();
         let mut old: Vec<_> = (0..100).map(record).collect();
         let mut new: Vec<_> = (1000..1010).map(record).collect();
-        insert::insert_batch(&mut connection, &mut old).unwrap();
-        insert::insert_batch(&mut connection, &mut new).unwrap();
+        insert::insert_batch(&connection, &mut old).unwrap();
+        insert::insert_batch(&connection, &mut new).unwrap();
         assert!(
             old.is_empty() && new.is_empty(),
             "inserted records are moved out"

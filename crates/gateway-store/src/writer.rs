@@ -1,6 +1,7 @@
 //! The writer task: drains the queue into SQLite in batches and deletes expired rows.
 
 use crate::queue::BatchReady;
+use crate::thread::{JobLost, WriterThread};
 use crate::{RequestRecord, StoreError, connect, insert, retention};
 use gateway_config::RequestLogConfig;
 use rusqlite::Connection;
@@ -29,8 +30,10 @@ pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Writer {
     path: PathBuf,
+    /// The thread on which every statement of `connection` runs.
+    thread: WriterThread,
     /// `None` after a batch failed, until the next write opens a new connection, and while a
-    /// statement runs on the blocking pool.
+    /// statement runs on the writer's thread.
     connection: Option<Connection>,
     /// The database file opened at the start, to find it removed or replaced.
     file: Option<FileIdentity>,
@@ -86,9 +89,9 @@ impl WriterHandle {
         self.task.await.map_err(StoreError::WriterTask)
     }
 
-    /// Stops the writer at its next await point, as a crash would, without committing the
-    /// batch it is filling. A batch already handed to SQLite still commits. Meant for tests of
-    /// crash recovery.
+    /// Stops the writer at its next await point, as a crash would. The batch being written is
+    /// rolled back, unless its last rows already reached the writer's thread. Meant for tests
+    /// of crash recovery.
     pub fn abort(&self) {
         self.task.abort();
     }
@@ -97,6 +100,7 @@ impl WriterHandle {
 impl Writer {
     pub(crate) fn new(
         config: &RequestLogConfig,
+        thread: WriterThread,
         connection: Connection,
         receiver: mpsc::Receiver<RequestRecord>,
         dropped: Arc<AtomicU64>,
@@ -105,6 +109,7 @@ impl Writer {
     ) -> Writer {
         Writer {
             path: config.database.clone(),
+            thread,
             file: FileIdentity::of(&config.database),
             file_checked: Instant::now(),
             file_replaced: false,
@@ -276,21 +281,8 @@ impl Writer {
 
     async fn write_batch(&mut self, batch: &mut Vec<RequestRecord>, summary: &mut WriteSummary) {
         let rows = batch.len() as u64;
-        let mut records = std::mem::take(batch);
-        let written = match self
-            .on_connection(move |connection| {
-                let inserted = insert::insert_batch(connection, &mut records);
-                (records, inserted)
-            })
-            .await
-        {
-            Ok((records, inserted)) => {
-                // The emptied vector keeps its room for the next batch.
-                *batch = records;
-                inserted.map_err(WriteError::from)
-            }
-            Err(error) => Err(error),
-        };
+        let written = self.insert_in_chunks(batch).await;
+        batch.clear();
         match written {
             Ok(()) => {
                 summary.written += rows;
@@ -310,6 +302,34 @@ impl Writer {
         }
     }
 
+    /// Inserts `batch` in one transaction, in jobs of [`insert::CHUNK_ROWS`] rows on the
+    /// writer's thread, and gives the emptied vector back to `batch` for the next batch.
+    async fn insert_in_chunks(&mut self, batch: &mut Vec<RequestRecord>) -> Result<(), WriteError> {
+        let mut records = std::mem::take(batch);
+        let mut start = 0;
+        while start < records.len() {
+            let end = (start + insert::CHUNK_ROWS).min(records.len());
+            let (back, inserted) = self
+                .on_connection(move |connection| {
+                    let inserted = insert::insert_chunk(connection, &records, start..end);
+                    if end == records.len() || inserted.is_err() {
+                        // The records' strings are freed here, off the runtime's threads.
+                        records.clear();
+                    }
+                    (records, inserted)
+                })
+                .await?;
+            records = back;
+            if let Err(error) = inserted {
+                *batch = records;
+                return Err(WriteError::from(error));
+            }
+            start = end;
+        }
+        *batch = records;
+        Ok(())
+    }
+
     /// Returns the writer's connection, first opening a new one when the last batch failed.
     ///
     /// A new connection opens only the file the writer started with. Were the path to name a
@@ -326,14 +346,14 @@ impl Writer {
                 path: self.path.clone(),
             });
         }
-        let connection = connect::open_insert_connection(&self.path).await?;
+        let connection = connect::open_insert_connection(&self.path, &self.thread).await?;
         debug!(path = %self.path.display(), "request log database reopened");
         Ok(connection)
     }
 
-    /// Runs `work` with the writer's connection on tokio's blocking pool, so that SQLite's
-    /// work and waits (a commit, the busy timeout) never hold up the runtime's threads. Opens
-    /// the connection first when the last batch failed; see [`Writer::take_connection`].
+    /// Runs `work` with the writer's connection on the writer's thread, so that SQLite's work
+    /// and waits (a commit, the busy timeout) never hold up the runtime's threads. Opens the
+    /// connection first when the last batch failed; see [`Writer::take_connection`].
     ///
     /// The connection is lost when `work` panics, and the next call opens a new one.
     async fn on_connection<T, F>(&mut self, work: F) -> Result<T, WriteError>
@@ -342,12 +362,13 @@ impl Writer {
         T: Send + 'static,
     {
         let mut connection = self.take_connection().await?;
-        let (connection, output) = tokio::task::spawn_blocking(move || {
-            let output = work(&mut connection);
-            (connection, output)
-        })
-        .await
-        .map_err(WriteError::Panicked)?;
+        let (connection, output) = self
+            .thread
+            .run(move || {
+                let output = work(&mut connection);
+                (connection, output)
+            })
+            .await?;
         self.connection = Some(connection);
         Ok(output)
     }
@@ -378,9 +399,10 @@ impl Writer {
         let Some(connection) = self.connection.take() else {
             return;
         };
-        let closed =
-            tokio::task::spawn_blocking(move || connection.close().map_err(|(_, error)| error))
-                .await;
+        let closed = self
+            .thread
+            .run(move || connection.close().map_err(|(_, error)| error))
+            .await;
         if let Ok(Err(error)) = closed {
             debug!(path = %self.path.display(), %error, "request log close failed");
         }
@@ -446,9 +468,9 @@ enum WriteError {
     /// A statement failed.
     #[error(transparent)]
     Statement(#[from] rusqlite::Error),
-    /// The blocking task that ran the statement panicked, and took the connection with it.
-    #[error("request log statement panicked")]
-    Panicked(#[source] tokio::task::JoinError),
+    /// The statement panicked, and took the connection with it.
+    #[error(transparent)]
+    Lost(#[from] JobLost),
 }
 
 /// Time between two checks that the database path still names the writer's file.
