@@ -108,8 +108,23 @@ pub(crate) async fn open_insert_connection(
     thread: &WriterThread,
 ) -> Result<rusqlite::Connection, StoreError> {
     let checked = open_writer(path).await?;
-    // The checks' connection closes first, so the writer holds one connection to the file.
+    // The checks' connection closes first, so the writer has one connection to the file.
     let _ = checked.close().await;
+    reopen_insert_connection(path, thread).await
+}
+
+/// Opens the writer's connection again, on its `thread`, after a failed batch closed it.
+///
+/// It skips [`open_writer`]'s checks on purpose. They read the file's header through a file
+/// descriptor of their own, and closing any descriptor of a file drops every POSIX lock that
+/// the process holds on it, the locks of the gateway's open reader connections included.
+/// SQLite does not notice. A connection of another process would then take itself for the
+/// last one on the file and delete the WAL file, with rows the gateway had committed in it.
+/// The caller has checked that the path still names the file the writer started with.
+pub(crate) async fn reopen_insert_connection(
+    path: &Path,
+    thread: &WriterThread,
+) -> Result<rusqlite::Connection, StoreError> {
     let owned = path.to_owned();
     match thread.run(move || connect_for_inserts(&owned)).await {
         Ok(Ok(connection)) => Ok(connection),

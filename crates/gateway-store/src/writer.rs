@@ -346,7 +346,7 @@ impl Writer {
                 path: self.path.clone(),
             });
         }
-        let connection = connect::open_insert_connection(&self.path, &self.thread).await?;
+        let connection = connect::reopen_insert_connection(&self.path, &self.thread).await?;
         debug!(path = %self.path.display(), "request log database reopened");
         Ok(connection)
     }
@@ -647,6 +647,95 @@ mod tests {
         count
     }
 
+    /// Names the database that [`outside_connection`] opens, in a child process.
+    const OUTSIDE_DATABASE: &str = "GATEWAY_STORE_OUTSIDE_DATABASE";
+
+    /// Another program's connection to the log, run in a process of its own by
+    /// [`reopen_keeps_the_wal_file`]: it reads the table and closes the connection.
+    #[test]
+    #[ignore = "run in a child process by reopen_keeps_the_wal_file"]
+    fn outside_connection() {
+        let Ok(path) = std::env::var(OUTSIDE_DATABASE) else {
+            return;
+        };
+        let connection = Connection::open(path).unwrap();
+        let _: i64 = connection
+            .query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+            .unwrap();
+        connection.close().unwrap();
+    }
+
+    /// Sets the writer's page limit just above the file's size, so that its next batches
+    /// fail as on a full disk, until the failure makes it open a new connection.
+    fn fill_up(writer: &Writer) {
+        let connection = writer.connection.as_ref().unwrap();
+        let pages: i64 = connection
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        let limit: i64 = connection
+            .query_row(
+                &format!("PRAGMA max_page_count = {}", pages + 1),
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(limit, pages + 1);
+    }
+
+    /// Closing a connection that SQLite takes for the last one on a file checkpoints the WAL
+    /// file and deletes it. The gateway's connections must keep their locks across the
+    /// writer's reopen, so that another program's connection never takes itself for the last.
+    #[tokio::test]
+    async fn reopen_keeps_the_wal_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RequestLogConfig {
+            enabled: true,
+            database: dir.path().join("requests.db"),
+            batch_size: 512,
+            flush_interval: Duration::from_millis(20),
+            queue_capacity: 65_536,
+            retention: Duration::from_secs(86_400),
+        };
+        let (log, writer) = RequestLog::open(&config).await.unwrap();
+        fill_up(&writer);
+        let writer = writer.spawn();
+        // The admin endpoints' reader, with a connection open, as in the gateway.
+        let reader = crate::LogReader::open(&config.database).await.unwrap();
+        reader.recent(&crate::LogFilter::default()).await.unwrap();
+
+        for i in 0..2000 {
+            log.record(record(i));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.failed() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(log.failed() > 0, "the full database failed no batch");
+        for i in 2000..2010 {
+            log.record(record(i));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["writer::tests::outside_connection", "--exact", "--ignored"])
+            .env(OUTSIDE_DATABASE, &config.database)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let wal = format!("{}-wal", config.database.display());
+        assert!(
+            std::path::Path::new(&wal).exists(),
+            "another process deleted the WAL file under the writer"
+        );
+
+        drop(reader);
+        let summary = writer.shutdown().await.unwrap();
+        let rows = count_rows(&config.database).await;
+        assert_eq!(u64::try_from(rows).unwrap(), summary.written, "{summary:?}");
+        assert!(summary.written >= 10, "{summary:?}");
+    }
+
     /// A full disk fails a batch with `SQLITE_FULL`, after which SQLite rolls the
     /// transaction back itself. `max_page_count` makes the database full the same way, for
     /// the writer's connection only. Rows after the failure must reach the file once there is
@@ -663,18 +752,7 @@ mod tests {
             retention: Duration::from_secs(86_400),
         };
         let (log, writer) = RequestLog::open(&config).await.unwrap();
-        let connection = writer.connection.as_ref().unwrap();
-        let pages: i64 = connection
-            .query_row("PRAGMA page_count", [], |row| row.get(0))
-            .unwrap();
-        let limit: i64 = connection
-            .query_row(
-                &format!("PRAGMA max_page_count = {}", pages + 1),
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(limit, pages + 1);
+        fill_up(&writer);
         let writer = writer.spawn();
 
         for i in 0..2000 {
