@@ -1215,6 +1215,49 @@ async fn bytes_received_counts_arrived_bytes() {
     assert_eq!(received("/api/users/cut"), 1000);
 }
 
+#[tokio::test]
+async fn gateway_answers_keep_their_route() {
+    let mock = MockProcess::start("Orders");
+    let routes = format!(
+        "{}    rate_limiting:\n      enabled: true\n      requests_per_second: 1\n      burst: 1\n",
+        route_yaml(ORDERS_ROUTE, &mock.url)
+    );
+    let config = gateway_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
+        &routes,
+    ) + "cors:\n  enabled: true\n  allowed_origins: [\"*\"]\n";
+    let mut gateway = GatewayProcess::start(&config);
+
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(get(&format!("{}/api/orders/{i}", gateway.url)).await.status);
+    }
+    assert_eq!(statuses, [200, 429, 429], "one token, then the limit");
+    let mut preflight = gateway_tests::RawConnection::open(gateway.addr).expect("connect");
+    let reply = preflight
+        .exchange(
+            b"OPTIONS /api/orders/9 HTTP/1.1\r\nHost: a\r\nOrigin: https://app.test\r\n\
+              Access-Control-Request-Method: GET\r\n\r\n",
+        )
+        .expect("preflight");
+    assert_eq!(reply.status, 204, "preflight answered by the gateway");
+    let missing = get(&format!("{}/nowhere", gateway.url)).await;
+    assert_eq!(missing.status, 404);
+
+    stop_cleanly(&mut gateway);
+    let rows = read_rows(&gateway.dir().join("gateway.db")).await;
+    let routed = |status: i64, method: &str| {
+        rows.iter()
+            .filter(|row| row.status == status && row.method == method)
+            .map(|row| row.route.as_deref())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(routed(200, "GET"), [Some(ORDERS_ROUTE)]);
+    assert_eq!(routed(429, "GET"), [Some(ORDERS_ROUTE), Some(ORDERS_ROUTE)]);
+    assert_eq!(routed(204, "OPTIONS"), [Some(ORDERS_ROUTE)]);
+    assert_eq!(routed(404, "GET"), [None]);
+}
+
 // --- Disabled ------------------------------------------------------------------------------------
 
 #[tokio::test]

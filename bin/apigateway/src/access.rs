@@ -158,8 +158,11 @@ impl RequestHook for AccessHook {
             } else {
                 Some("client_closed")
             };
-            // The route comes with the response, so a request without one looks it up here,
-            // and only such requests pay for the second match. The backend stays unknown.
+        }
+        if state.route.is_none() {
+            // The forwarder's responses carry their route. A request that ended without a
+            // response, or got one from a layer before the forwarder (a 429 of the rate
+            // limit, a CORS preflight), looks it up here: only these pay for a second match.
             state.route = route_of(&self.shared.table, &state.method, state.uri.path());
         }
         if let Some(lines) = &self.shared.access_lines {
