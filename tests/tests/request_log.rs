@@ -673,6 +673,15 @@ async fn full_queue_drops_and_counts_rows() {
             .any(|line| line.contains("request log records dropped")),
         "no warning about dropped records"
     );
+    let lines = gateway.lines();
+    let closing = lines
+        .iter()
+        .find(|line| line.contains("request log closed"))
+        .expect("closing line");
+    assert!(
+        closing.contains("WARN"),
+        "a closing line with dropped rows is a warning: {closing}"
+    );
 }
 
 // --- Readers -------------------------------------------------------------------------------------

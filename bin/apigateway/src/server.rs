@@ -296,6 +296,13 @@ where
                 "request log closed, but its database file was removed or replaced while the \
                  gateway ran: the rows written since then went to the file it had opened"
             ),
+            Ok(summary) if summary.failed > 0 || summary.dropped > 0 => tracing::warn!(
+                written = summary.written,
+                dropped = summary.dropped,
+                failed = summary.failed,
+                "request log closed with rows lost: `failed` rows were in batches that did not \
+                 commit, `dropped` rows found the queue full"
+            ),
             Ok(summary) => tracing::info!(
                 written = summary.written,
                 dropped = summary.dropped,

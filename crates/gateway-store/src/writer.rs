@@ -235,6 +235,7 @@ impl Writer {
         }
 
         drops.warn_if_due(&self.dropped, &self.path, true);
+        self.failures.report_unreported(&self.path);
         summary.dropped = self.dropped.load(Ordering::Relaxed);
         // Closing the last connection copies the WAL into the database file, but the gateway's
         // reader pool may still be open. A passive checkpoint copies it now, so that a copy of
@@ -259,8 +260,9 @@ impl Writer {
                 path = %self.path.display(),
                 frames,
                 copied,
-                "request log checkpoint left rows in the WAL file: a reader was mid-query, \
-                 so copy the -wal file along with the database"
+                "request log checkpoint left rows in the WAL file: a reader was mid-query (an \
+                 admin query still running, or another program), so copy the -wal file along \
+                 with the database"
             ),
             Err(error) => {
                 warn!(path = %self.path.display(), %error, "request log checkpoint failed");
@@ -556,6 +558,20 @@ impl FailureWarnings {
         );
         self.unreported = 0;
         self.last_error = Some(now);
+    }
+
+    /// Logs the rows lost since the last error, which the rate limit held back. Called at the
+    /// stop, so that the error lines add up to every row lost.
+    fn report_unreported(&mut self, path: &std::path::Path) {
+        if self.unreported == 0 {
+            return;
+        }
+        error!(
+            path = %path.display(),
+            rows = self.unreported,
+            "request log batch writes failed since the last error, rows lost"
+        );
+        self.unreported = 0;
     }
 }
 

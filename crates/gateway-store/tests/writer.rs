@@ -213,6 +213,49 @@ async fn failed_batch_is_counted_while_running() {
 }
 
 #[tokio::test]
+async fn error_lines_count_every_lost_row() {
+    use sqlx::Connection;
+
+    // The test runtime has one thread, so the writer task logs to this subscriber too.
+    let (buffer, _guard) = LogBuffer::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.batch_size = 10;
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+    let url = format!("sqlite://{}", config.database.display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DROP TABLE requests")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+
+    // Three failed batches within a second: the rate limit holds back the second and third.
+    for batch in 0..3 {
+        for i in 0..10 {
+            log.record(record(batch * 10 + i, now_us()));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.failed() < (batch + 1) * 10 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let summary = writer.shutdown().await.unwrap();
+    assert_eq!(summary.failed, 30);
+
+    let logged: u64 = buffer
+        .errors()
+        .iter()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix("rows=")?.parse::<u64>().ok())
+        })
+        .sum();
+    assert_eq!(logged, 30, "{:?}", buffer.errors());
+}
+
+#[tokio::test]
 async fn full_queue_drops_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
