@@ -470,7 +470,7 @@ enum WriteError {
     /// A statement failed.
     #[error(transparent)]
     Statement(#[from] rusqlite::Error),
-    /// The statement panicked, and took the connection with it.
+    /// The writer's thread lost the statement: it panicked, and the connection went with it.
     #[error(transparent)]
     Lost(#[from] JobLost),
 }
