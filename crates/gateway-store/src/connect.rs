@@ -53,6 +53,12 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         sqlx::Error::Database(error) if is_not_database(error.code().as_deref()) => {
             not_a_database(path)
         }
+        sqlx::Error::Database(error) if is_disk_error(error.code().as_deref()) => {
+            StoreError::Disk {
+                path: path.to_owned(),
+                source,
+            }
+        }
         _ => StoreError::Open {
             path: path.to_owned(),
             source,
@@ -81,6 +87,14 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
         {
             StoreError::ReadOnly {
                 path: path.to_owned(),
+            }
+        }
+        MigrateError::Execute(source @ sqlx::Error::Database(_))
+            if is_disk_error(source.as_database_error().and_then(|e| e.code()).as_deref()) =>
+        {
+            StoreError::Disk {
+                path: path.to_owned(),
+                source,
             }
         }
         source => StoreError::Migrate {
@@ -308,6 +322,15 @@ fn is_read_only(code: Option<&str>) -> bool {
     const SQLITE_READONLY: i64 = 8;
     code.and_then(|code| code.parse::<i64>().ok())
         .is_some_and(|code| code & 0xff == SQLITE_READONLY)
+}
+
+/// Returns whether an SQLite extended result code is one of `SQLITE_IOERR`'s (10 in its low
+/// byte), such as 4874 for a `-shm` file that cannot grow, or `SQLITE_FULL` (13).
+fn is_disk_error(code: Option<&str>) -> bool {
+    const SQLITE_IOERR: i64 = 10;
+    const SQLITE_FULL: i64 = 13;
+    code.and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_IOERR | SQLITE_FULL))
 }
 
 /// Returns whether an SQLite extended result code is one of `SQLITE_CANTOPEN`'s (14 in its
@@ -582,6 +605,17 @@ mod tests {
         }
         for code in [None, Some("5"), Some("14"), Some("readonly")] {
             assert!(!is_read_only(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn disk_error_codes_are_recognized() {
+        // SQLITE_IOERR and its extended codes (read, write, -shm size), and SQLITE_FULL.
+        for code in ["10", "266", "778", "4874", "13"] {
+            assert!(is_disk_error(Some(code)), "{code}");
+        }
+        for code in [None, Some("8"), Some("14"), Some("26"), Some("ioerr")] {
+            assert!(!is_disk_error(code), "{code:?}");
         }
     }
 

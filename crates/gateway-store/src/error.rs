@@ -54,6 +54,21 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
+    /// SQLite failed to read or write the file, its `-wal` or its `-shm` file: a full disk
+    /// or a failing one.
+    #[error(
+        "request log database {} could not be read or written (is its disk full?): free space \
+         on that disk, or set request_log.database to a path on another disk",
+        path.display()
+    )]
+    Disk {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// SQLite could not open the checked and migrated database for the writer's statements.
     #[error("failed to open request log database {} for writing", path.display())]
     OpenForWriting {
