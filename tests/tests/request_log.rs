@@ -1227,8 +1227,10 @@ async fn bytes_received_counts_arrived_bytes() {
 #[tokio::test]
 async fn gateway_answers_keep_their_route() {
     let mock = MockProcess::start("Orders");
+    // The route leaves out OPTIONS, but its CORS policy still answers preflights.
     let routes = format!(
-        "{}    rate_limiting:\n      enabled: true\n      requests_per_second: 1\n      burst: 1\n",
+        "{}    methods: [\"GET\"]\n    rate_limiting:\n      enabled: true\n      \
+         requests_per_second: 1\n      burst: 1\n",
         route_yaml(ORDERS_ROUTE, &mock.url)
     );
     let config = gateway_config(
@@ -1252,6 +1254,11 @@ async fn gateway_answers_keep_their_route() {
     assert_eq!(reply.status, 204, "preflight answered by the gateway");
     let missing = get(&format!("{}/nowhere", gateway.url)).await;
     assert_eq!(missing.status, 404);
+    let mut post = gateway_tests::RawConnection::open(gateway.addr).expect("connect");
+    let reply = post
+        .exchange(b"POST /api/orders/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        .expect("POST");
+    assert_eq!(reply.status, 405, "POST to a GET route");
 
     stop_cleanly(&mut gateway);
     let rows = read_rows(&gateway.dir().join("gateway.db")).await;
@@ -1265,6 +1272,7 @@ async fn gateway_answers_keep_their_route() {
     assert_eq!(routed(429, "GET"), [Some(ORDERS_ROUTE), Some(ORDERS_ROUTE)]);
     assert_eq!(routed(204, "OPTIONS"), [Some(ORDERS_ROUTE)]);
     assert_eq!(routed(404, "GET"), [None]);
+    assert_eq!(routed(405, "POST"), [None]);
 }
 
 // --- Disabled ------------------------------------------------------------------------------------

@@ -163,7 +163,12 @@ impl RequestHook for AccessHook {
             // The forwarder's responses carry their route. A request that ended without a
             // response, or got one from a layer before the forwarder (a 429 of the rate
             // limit, a CORS preflight), looks it up here: only these pay for a second match.
-            state.route = route_of(&self.shared.table, &state.method, state.uri.path());
+            state.route = route_of(
+                &self.shared.table,
+                &state.method,
+                state.uri.path(),
+                state.status,
+            );
         }
         if let Some(lines) = &self.shared.access_lines {
             lines.push(&AccessLine {
@@ -195,14 +200,21 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|length| length.as_bytes() != b"0")
 }
 
-/// Returns the pattern of the route that serves `method` and `path`. `/health` and `/admin/*`
-/// are served before routing, so they have none even when a catch-all route matches them.
-fn route_of(table: &RouteTable, method: &Method, path: &str) -> Option<Arc<str>> {
+/// Returns the pattern of the route that served `method` and `path`, whose response had
+/// `status`. `/health` and `/admin/*` are served before routing, so they have none even when
+/// a catch-all route matches them.
+///
+/// A route whose methods leave out OPTIONS still answers CORS preflights by its path, so an
+/// OPTIONS request that got anything but 405 was that route's.
+fn route_of(table: &RouteTable, method: &Method, path: &str, status: u16) -> Option<Arc<str>> {
     if admin::is_admin_path(path) {
         return None;
     }
     match table.find(method, path) {
         RouteMatch::Found(route) => Some(Arc::clone(&route.pattern)),
+        RouteMatch::MethodNotAllowed(route) if *method == Method::OPTIONS && status != 405 => {
+            Some(Arc::clone(&route.pattern))
+        }
         RouteMatch::NotFound | RouteMatch::MethodNotAllowed(_) => None,
     }
 }
@@ -303,13 +315,16 @@ routes:
         let config = gateway_config::Config::from_yaml(yaml, "test.yaml").unwrap();
         let table = RouteTable::new(&config).unwrap();
 
-        let api = route_of(&table, &Method::GET, "/api/users/7");
+        let api = route_of(&table, &Method::GET, "/api/users/7", 200);
         assert_eq!(api.as_deref(), Some("/api/*rest"));
-        let other = route_of(&table, &Method::GET, "/page");
+        let other = route_of(&table, &Method::GET, "/page", 200);
         assert_eq!(other.as_deref(), Some("/*rest"));
-        assert_eq!(route_of(&table, &Method::POST, "/page"), None);
+        assert_eq!(route_of(&table, &Method::POST, "/page", 405), None);
+        let preflight = route_of(&table, &Method::OPTIONS, "/page", 204);
+        assert_eq!(preflight.as_deref(), Some("/*rest"));
+        assert_eq!(route_of(&table, &Method::OPTIONS, "/page", 405), None);
         for path in ["/health", "/admin/logs", "/admin"] {
-            assert_eq!(route_of(&table, &Method::GET, path), None, "{path}");
+            assert_eq!(route_of(&table, &Method::GET, path, 200), None, "{path}");
         }
     }
 
