@@ -151,6 +151,13 @@ routes:
     let _slow = start_slow_request(&gateway, &mock, "/api/slow?delay=5000").await;
 
     stop_twice(&mut gateway, Duration::from_secs(3));
+    // The server's own stop or the signal's exit, whichever comes first, closes the log.
+    let closed = gateway.wait_for_line(&["request log closed"], Duration::from_secs(2));
+    assert!(
+        closed.is_some(),
+        "no closing line for the request log; output:\n{}",
+        gateway.lines().join("\n")
+    );
 
     // Every finished request has its row, and the slow one, ended by the second signal,
     // has its row as cut off by the stop.

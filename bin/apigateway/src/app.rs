@@ -86,6 +86,14 @@ impl Gateway {
         }
     }
 
+    /// Returns the request log rows dropped because the queue was full and those whose batch
+    /// failed, since the start, or `None` when the log is off.
+    pub fn request_log_losses(&self) -> Option<(u64, u64)> {
+        self.request_log
+            .get()
+            .map(|state| (state.log.dropped(), state.log.failed()))
+    }
+
     /// Returns how many request log rows wait to be committed, 0 when the log is off.
     pub fn queued_request_log_rows(&self) -> usize {
         self.request_log.get().map_or(0, |state| state.log.queued())

@@ -239,6 +239,23 @@ async fn run(
                 timeout = ?SECOND_SIGNAL_COMMIT_TIMEOUT,
                 "request log rows still queued at the second stop signal are lost"
             );
+        } else if let Some((dropped, failed)) = signalled.request_log_losses() {
+            // The writer's own closing line never comes: the process exits below.
+            if dropped > 0 || failed > 0 {
+                tracing::warn!(
+                    dropped,
+                    failed,
+                    "request log closed at the second stop signal with rows lost: `failed` \
+                     rows were in batches that did not commit, `dropped` rows found the queue \
+                     full"
+                );
+            } else {
+                tracing::info!(
+                    dropped,
+                    failed,
+                    "request log closed at the second stop signal, every queued row committed"
+                );
+            }
         }
         let stdout_blocked =
             access_lines.is_some_and(|lines| !lines.flush(SECOND_SIGNAL_FLUSH_TIMEOUT));
