@@ -115,8 +115,9 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
 /// `synchronous=NORMAL` and the busy timeout.
 ///
 /// The writer's statements run on rusqlite rather than sqlx: a cached statement bound straight
-/// from the records, on a thread of the writer's own, costs less than half of sqlx's CPU per
-/// row (see `bench/RESULTS.md`). sqlx still applies the migrations and serves the readers.
+/// from the records, on a thread of the writer's own. SQLite's own work is then about half of
+/// what sqlx spent per row, and the whole writer, its thread's round trips included, about
+/// 0.85 of it (see `bench/RESULTS.md`). sqlx still applies the migrations and serves readers.
 pub(crate) async fn open_insert_connection(
     path: &Path,
     thread: &WriterThread,
