@@ -30,9 +30,9 @@ pub(crate) const CHUNK_ROWS: usize = 64;
 /// (`range` starts at 0) begins the transaction and the last (it ends at `records.len()`)
 /// commits it.
 ///
-/// On an error the transaction stays open; the writer then closes the connection, which rolls
-/// it back. Text is bound straight from the records, so a row costs no allocation on the
-/// writer's side but the client address, which is formatted into one reused buffer.
+/// On an error the transaction stays open, and the writer then closes the connection, which
+/// rolls it back. Text is bound straight from the records, and SQLite copies it while it
+/// builds the row. Only the client address is formatted first, into one buffer per job.
 pub(crate) fn insert_chunk(
     connection: &Connection,
     records: &[RequestRecord],
