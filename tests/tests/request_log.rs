@@ -1227,7 +1227,7 @@ async fn bytes_received_counts_arrived_bytes() {
 #[tokio::test]
 async fn gateway_answers_keep_their_route() {
     let mock = MockProcess::start("Orders");
-    // The route leaves out OPTIONS, but its CORS policy still answers preflights.
+    // The route leaves out OPTIONS, but its CORS policy still responds to preflights.
     let routes = format!(
         "{}    methods: [\"GET\"]\n    rate_limiting:\n      enabled: true\n      \
          requests_per_second: 1\n      burst: 1\n",

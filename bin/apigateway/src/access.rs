@@ -204,8 +204,8 @@ fn has_body(headers: &HeaderMap) -> bool {
 /// `status`. `/health` and `/admin/*` are served before routing, so they have none even when
 /// a catch-all route matches them.
 ///
-/// A route whose methods leave out OPTIONS still answers CORS preflights by its path, so an
-/// OPTIONS request that got anything but 405 was that route's.
+/// A route whose methods leave out OPTIONS still responds to CORS preflights for its path, so
+/// an OPTIONS request that got any status but 405 belongs to that route.
 fn route_of(table: &RouteTable, method: &Method, path: &str, status: u16) -> Option<Arc<str>> {
     if admin::is_admin_path(path) {
         return None;

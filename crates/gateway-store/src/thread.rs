@@ -20,7 +20,10 @@ pub(crate) struct WriterThread {
 
 /// A job that never returned: it panicked, or the thread had ended.
 #[derive(Debug, thiserror::Error)]
-#[error("request log writer thread lost a statement: it panicked or the thread ended")]
+#[error(
+    "request log writer thread lost a statement (it panicked or the thread ended): the next \
+     batch opens a new connection"
+)]
 pub(crate) struct JobLost;
 
 impl WriterThread {

@@ -681,6 +681,21 @@ mod tests {
         connection.close().unwrap();
     }
 
+    /// Opens a log in `dir` whose writer runs with [`fill_up`]'s page limit, and starts it.
+    async fn open_full(dir: &std::path::Path) -> (RequestLogConfig, RequestLog, WriterHandle) {
+        let config = RequestLogConfig {
+            enabled: true,
+            database: dir.join("requests.db"),
+            batch_size: 512,
+            flush_interval: Duration::from_millis(20),
+            queue_capacity: 65_536,
+            retention: Duration::from_secs(86_400),
+        };
+        let (log, writer) = RequestLog::open(&config).await.unwrap();
+        fill_up(&writer);
+        (config, log, writer.spawn())
+    }
+
     /// Sets the writer's page limit just above the file's size, so that its next batches
     /// fail as on a full disk, until the failure makes it open a new connection.
     fn fill_up(writer: &Writer) {
@@ -704,17 +719,7 @@ mod tests {
     #[tokio::test]
     async fn reopen_keeps_the_wal_file() {
         let dir = tempfile::tempdir().unwrap();
-        let config = RequestLogConfig {
-            enabled: true,
-            database: dir.path().join("requests.db"),
-            batch_size: 512,
-            flush_interval: Duration::from_millis(20),
-            queue_capacity: 65_536,
-            retention: Duration::from_secs(86_400),
-        };
-        let (log, writer) = RequestLog::open(&config).await.unwrap();
-        fill_up(&writer);
-        let writer = writer.spawn();
+        let (config, log, writer) = open_full(dir.path()).await;
         // The admin endpoints' reader, with a connection open, as in the gateway.
         let reader = crate::LogReader::open(&config.database).await.unwrap();
         reader.recent(&crate::LogFilter::default()).await.unwrap();
@@ -759,17 +764,7 @@ mod tests {
     #[tokio::test]
     async fn writing_resumes_after_a_full_database() {
         let dir = tempfile::tempdir().unwrap();
-        let config = RequestLogConfig {
-            enabled: true,
-            database: dir.path().join("requests.db"),
-            batch_size: 512,
-            flush_interval: Duration::from_millis(20),
-            queue_capacity: 65_536,
-            retention: Duration::from_secs(86_400),
-        };
-        let (log, writer) = RequestLog::open(&config).await.unwrap();
-        fill_up(&writer);
-        let writer = writer.spawn();
+        let (config, log, writer) = open_full(dir.path()).await;
 
         for i in 0..2000 {
             log.record(record(i));

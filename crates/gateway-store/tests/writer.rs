@@ -5,8 +5,9 @@
 mod common;
 
 use common::{assert_entry_matches, config, connect, count_rows, record, wait_for_rows};
-use gateway_store::{LogFilter, LogReader, RequestLog, now_us};
+use gateway_store::{LogFilter, LogReader, RequestLog, WriterHandle, now_us};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -176,19 +177,15 @@ async fn small_queue_drains_before_interval() {
     assert_eq!(count_rows(&config.database).await, 200);
 }
 
-/// Rows of a batch that fails to commit are counted as failed while the writer runs, so that
-/// `/admin/stats` shows the loss, not only the writer's closing line.
-#[tokio::test]
-async fn failed_batch_is_counted_while_running() {
+/// Opens a log in `dir` with batches of 10 and starts its writer, then drops the table from
+/// another connection, as a change under the gateway would, so that every insert fails.
+async fn open_failing(dir: &Path) -> (RequestLog, WriterHandle) {
     use sqlx::Connection;
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
+    let mut config = config(dir);
     config.batch_size = 10;
     let (log, writer) = RequestLog::open(&config).await.unwrap();
     let writer = writer.spawn();
-
-    // A table changed under the gateway makes every insert fail.
     let url = format!("sqlite://{}", config.database.display());
     let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("DROP TABLE requests")
@@ -196,6 +193,15 @@ async fn failed_batch_is_counted_while_running() {
         .await
         .unwrap();
     other.close().await.unwrap();
+    (log, writer)
+}
+
+/// Rows of a batch that fails to commit are counted as failed while the writer runs, so that
+/// `/admin/stats` shows the loss, not only the writer's closing line.
+#[tokio::test]
+async fn failed_batch_is_counted_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, writer) = open_failing(dir.path()).await;
 
     for i in 0..10 {
         log.record(record(i, now_us()));
@@ -214,22 +220,10 @@ async fn failed_batch_is_counted_while_running() {
 
 #[tokio::test]
 async fn error_lines_count_every_lost_row() {
-    use sqlx::Connection;
-
     // The test runtime has one thread, so the writer task logs to this subscriber too.
     let (buffer, _guard) = LogBuffer::capture();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.batch_size = 10;
-    let (log, writer) = RequestLog::open(&config).await.unwrap();
-    let writer = writer.spawn();
-    let url = format!("sqlite://{}", config.database.display());
-    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("DROP TABLE requests")
-        .execute(&mut other)
-        .await
-        .unwrap();
-    other.close().await.unwrap();
+    let (log, writer) = open_failing(dir.path()).await;
 
     // Three failed batches within a second: the rate limit holds back the second and third.
     for batch in 0..3 {
