@@ -113,9 +113,8 @@ pin_project! {
 
     impl<B> PinnedDrop for DeadlineBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            // NOTE: hyper may still hold the body's last bytes in its write buffer (at most
-            // its buffer size, about 400 KiB) after this, and from here the read timeout
-            // bounds sending them.
+            // The server drops the body once its last frame is written, so from here the
+            // read timeout bounds the wait for the next request head.
             this.project().deadline.await_head();
         }
     }
@@ -175,6 +174,12 @@ impl ClientStream {
     }
 }
 
+impl gateway_proxy::server::Io for ClientStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_read_ready(cx)
+    }
+}
+
 impl AsyncRead for ClientStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -215,7 +220,10 @@ impl AsyncWrite for ClientStream {
     }
 }
 
-/// Waits until the connection's deadline has passed, and returns the phase it bounded.
+/// Waits until the connection's deadline has passed, and returns the phase it bounded. A
+/// passed response deadline is marked expired before this returns (see
+/// [`ConnectionDeadline::expire`]), so that the socket is reset however soon the connection
+/// is dropped.
 ///
 /// The request path moves the deadline without waking this wait, so it checks again at least
 /// every `check_interval`. A deadline set to at least `check_interval` ahead, as every
@@ -229,7 +237,13 @@ pub(crate) async fn deadline_passed(
         let now = Instant::now();
         let next_check = now + check_interval;
         match deadline.get() {
-            Some(at) if at <= now => return deadline.phase(),
+            Some(at) if at <= now => {
+                let phase = deadline.phase();
+                if phase == Phase::Response {
+                    deadline.expire();
+                }
+                return phase;
+            }
             Some(at) => tokio::time::sleep_until(at.min(next_check)).await,
             None => tokio::time::sleep_until(next_check).await,
         }
@@ -248,6 +262,7 @@ mod tests {
         let phase = deadline_passed(&deadline, Duration::from_secs(1)).await;
         assert!(started.elapsed() >= Duration::from_secs(5));
         assert_eq!(phase, Phase::Response);
+        assert!(deadline.expired.load(Ordering::Relaxed));
     }
 
     #[tokio::test(start_paused = true)]

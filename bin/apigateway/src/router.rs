@@ -4,9 +4,9 @@ use crate::admin;
 use crate::app::{Gateway, RouteService};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::cors;
+use gateway_proxy::server::Inbound;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::Ipv6Addr;
@@ -33,7 +33,7 @@ impl Router {
     }
 
     /// Sends `request` to the service of the route at `index` in the route table.
-    fn dispatch(&self, index: usize, request: Request<Incoming>) -> RouterFuture {
+    fn dispatch(&self, index: usize, request: Request<Inbound>) -> RouterFuture {
         // Route services are cheap to clone: every layer keeps its state behind an Arc.
         let mut service = self.gateway.routes[index].clone();
         RouterFuture::Route {
@@ -42,7 +42,7 @@ impl Router {
     }
 }
 
-impl Service<Request<Incoming>> for Router {
+impl Service<Request<Inbound>> for Router {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = RouterFuture;
@@ -51,7 +51,7 @@ impl Service<Request<Incoming>> for Router {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> RouterFuture {
+    fn call(&mut self, mut request: Request<Inbound>) -> RouterFuture {
         if let Err(error) = check_request(&mut request) {
             return RouterFuture::Ready {
                 response: Some(error.into_response()),
@@ -117,7 +117,7 @@ fn server_options() -> Response<ProxyBody> {
     response
 }
 
-/// Rejects what hyper's parser lets through but RFC 9112 forbids or the gateway cannot
+/// Rejects what the HTTP/1.1 reader lets through but RFC 9112 forbids or the gateway cannot
 /// proxy safely, and makes the `Host` header agree with an absolute-form target.
 fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT {
@@ -340,7 +340,7 @@ pin_project_lite::pin_project! {
     #[project = RouterProj]
     pub enum RouterFuture {
         Ready { response: Option<Response<ProxyBody>> },
-        Route { #[pin] future: <RouteService as Service<Request<Incoming>>>::Future },
+        Route { #[pin] future: <RouteService as Service<Request<Inbound>>>::Future },
         Admin { future: AdminFuture },
     }
 }

@@ -10,13 +10,9 @@ use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
 use gateway_middleware::timing::{TimedBody, Timing, TimingLayer};
 use gateway_proxy::ProxyBody;
+use gateway_proxy::server::{Inbound, ServerSettings, serve_connection};
 use gateway_store::{LogReader, RequestLog, WriterHandle};
-use http::{HeaderValue, Request, Response, Version, header};
-use hyper::body::Body as _;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use http::{Request, Response};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,11 +28,6 @@ use tower::{Layer, Service};
 /// Largest request head accepted; a larger one gets 431 Request Header Fields Too Large.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Most bytes hyper buffers per client connection, in each direction: response body data
-/// waiting for a slow client, and request bytes read ahead. Below hyper's default of about
-/// 400 KiB, and large enough that a 100 MiB upload through the gateway keeps its speed.
-const MAX_CONNECTION_BUFFER: usize = 256 * 1024;
-
 /// How often idle rate-limit buckets are evicted.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -46,7 +37,7 @@ type StackBody = TimedBody<ProxyBody, AccessHook>;
 /// The service that the layer given to [`serve_with`] must produce around the router.
 pub trait InnerService:
     Service<
-        Request<Incoming>,
+        Request<Inbound>,
         Response = Response<ProxyBody>,
         Error = Infallible,
         Future: Send + 'static,
@@ -58,7 +49,7 @@ pub trait InnerService:
 
 impl<S> InnerService for S where
     S: Service<
-            Request<Incoming>,
+            Request<Inbound>,
             Response = Response<ProxyBody>,
             Error = Infallible,
             Future: Send + 'static,
@@ -134,12 +125,11 @@ where
     let address = listener.local_addr().map_err(ServeError::LocalAddr)?;
 
     let server = &gateway.config.server;
-    // The read timeout is kept by each connection's own timer (see `deadline`), not by
-    // hyper's, which would register a timer for every request head.
-    let mut http = http1::Builder::new();
-    http.max_header_size(MAX_HEADER_BYTES)
-        .max_buf_size(MAX_CONNECTION_BUFFER)
-        .keep_alive(true);
+    // The read timeout is kept by each connection's own timer (see `deadline`), so that a
+    // request registers no timer of its own.
+    let settings = ServerSettings {
+        max_head_bytes: MAX_HEADER_BYTES,
+    };
     let read_timeout = server.read_timeout;
     let write_timeout = server.write_timeout;
     // Every deadline is at least this far ahead when it is set.
@@ -174,7 +164,9 @@ where
     }
     gateway.client.spawn_eviction(tasks_stopped.clone());
 
-    let graceful = GracefulShutdown::new();
+    // Turns true at the drain: idle connections close, and responses in progress close
+    // theirs when they end.
+    let (start_drain, drain) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
 
@@ -208,22 +200,28 @@ where
             write_timeout,
             deadline: Arc::clone(&deadline),
         };
-        let io = TokioIo::new(ClientStream::new(stream, Arc::clone(&deadline)));
-        let connection = graceful.watch(http.serve_connection(io, service));
+        let io = ClientStream::new(stream, Arc::clone(&deadline));
+        let drain = drain.clone();
         let open = Arc::clone(&open);
         open.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
+            // The connection's future is made in place inside `select!`: made outside and
+            // pinned here, it would take twice its size in the task, for as long as the
+            // connection lives.
             tokio::select! {
-                result = &mut connection => {
+                result = serve_connection(
+                    io,
+                    move |request| service.call(request),
+                    settings,
+                    drain,
+                ) => {
                     if let Err(error) = result {
                         tracing::debug!(%peer, %error, "client connection ended with an error");
                     }
                 }
                 phase = deadline_passed(&deadline, check_interval) => match phase {
                     Phase::Response => {
-                        // Marked before the connection drops, so that its socket is reset.
-                        deadline.expire();
+                        // The deadline is marked expired, so the socket was reset.
                         tracing::debug!(
                             %peer,
                             timeout = ?write_timeout,
@@ -249,8 +247,12 @@ where
 
     // The drain ends when every connection closed, at the deadline, or at a second stop
     // signal.
+    let _ = start_drain.send(true);
     let drained = tokio::select! {
-        drained = tokio::time::timeout(shutdown_timeout, graceful.shutdown()) => {
+        drained = tokio::time::timeout(
+            shutdown_timeout,
+            async { while connections.join_next().await.is_some() {} },
+        ) => {
             if drained.is_err() {
                 tracing::warn!(
                     connections = open.load(Ordering::Relaxed),
@@ -386,12 +388,8 @@ struct ConnectionService<S> {
     deadline: Arc<ConnectionDeadline>,
 }
 
-impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionService<S> {
-    type Response = Response<DeadlineBody<StackBody>>;
-    type Error = Infallible;
-    type Future = ConnectionFuture<S>;
-
-    fn call(&self, mut request: Request<Incoming>) -> ConnectionFuture<S> {
+impl<S: InnerService> ConnectionService<S> {
+    fn call(&self, mut request: Request<Inbound>) -> ConnectionFuture<S> {
         // The head arrived: the read timeout no longer applies.
         self.deadline.clear();
         let client = self
@@ -403,12 +401,10 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
         if client != self.peer.ip() {
             extensions.insert(ClientIp(client));
         }
-        let http_10 = request.version() == Version::HTTP_10;
         ConnectionFuture {
             inner: self.stack.clone().call(request),
             deadline: Arc::clone(&self.deadline),
             write_timeout: self.write_timeout,
-            http_10,
         }
     }
 }
@@ -416,35 +412,25 @@ impl<S: InnerService> hyper::service::Service<Request<Incoming>> for ConnectionS
 pin_project_lite::pin_project! {
     struct ConnectionFuture<S: InnerService> {
         #[pin]
-        inner: <Stack<S> as Service<Request<Incoming>>>::Future,
+        inner: <Stack<S> as Service<Request<Inbound>>>::Future,
         deadline: Arc<ConnectionDeadline>,
         write_timeout: Duration,
-        http_10: bool,
     }
 }
 
 impl<S: InnerService> Future for ConnectionFuture<S> {
-    type Output = Result<Response<DeadlineBody<StackBody>>, Infallible>;
+    type Output = Response<DeadlineBody<StackBody>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        // HTTP/1.0 has no chunked coding, so a body of unknown length ends with the
-        // connection. hyper closes it then, but on a keep-alive request it still sends
-        // `Connection: keep-alive` unless the response is marked HTTP/1.0 without it.
-        if *this.http_10 && response.body().size_hint().exact().is_none() {
-            *response.version_mut() = Version::HTTP_10;
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        let Ok(response) = ready!(this.inner.poll(cx));
         // The head is ready; from here the write timeout bounds sending the response. Until
         // now the backend's response timeout bounded the wait, and the client's upload was
         // bounded only between reads, as NGINX bounds it.
         this.deadline
             .set(tokio::time::Instant::now() + *this.write_timeout);
         let deadline = Arc::clone(this.deadline);
-        Poll::Ready(Ok(response.map(|body| DeadlineBody::new(body, deadline))))
+        Poll::Ready(response.map(|body| DeadlineBody::new(body, deadline)))
     }
 }
 

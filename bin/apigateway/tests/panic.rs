@@ -8,9 +8,9 @@ use apigateway::{Gateway, Router, serve_with};
 use bytes::Bytes;
 use gateway_config::Config;
 use gateway_proxy::ProxyBody;
+use gateway_proxy::server::Inbound;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -57,7 +57,7 @@ struct PanicOn {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for PanicOn {
+impl Service<Request<Inbound>> for PanicOn {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = BoxFuture;
@@ -66,7 +66,7 @@ impl Service<Request<Incoming>> for PanicOn {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> BoxFuture {
+    fn call(&mut self, request: Request<Inbound>) -> BoxFuture {
         match request.uri().path() {
             "/panic" => panic!("test layer panics in call"),
             "/panic-later" => Box::pin(async { panic!("test layer panics in its future") }),

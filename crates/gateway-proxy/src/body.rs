@@ -141,12 +141,13 @@ impl BackendBody {
 
     /// Returns the next frame of the body.
     ///
-    /// A read error is held back for one poll, with a wake-up. hyper (1.x) closes the
-    /// connection on a body error without writing what it has buffered, which can be the
-    /// response head and the first bytes of the body. The client would then get an empty
-    /// reply while the log records the status. Held back, the error lets hyper flush first,
-    /// and the client gets the head and the body up to the failure, then the close, as from
-    /// NGINX.
+    /// A read error is held back for one poll, with a wake-up. A server that buffers what it
+    /// writes may close the connection on a body error without writing what it buffered,
+    /// which can be the response head and the first bytes of the body; the client would then
+    /// get an empty reply while the log records the status. Held back, the error lets such a
+    /// server write first, and the client gets the head and the body up to the failure, then
+    /// the close, as from NGINX. The gateway's own server writes each frame before it polls
+    /// for the next, so for it the hold costs one poll.
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
@@ -279,8 +280,8 @@ impl BackendBody {
         // responded before reading the whole request. Its connection closes either way, and
         // a server that stops polling here drops the body, which closes it. The response is
         // complete, and reporting the end here lets the log record it as complete.
-        // A held-back error is not an end: ending here would let hyper end the body as if
-        // it were whole, with a last chunk a client reads as complete.
+        // A held-back error is not an end: ending here would let a server end the body as
+        // if it were whole, with a last chunk a client reads as complete.
         matches!(self.reading, Reading::Done)
             && (self.connection.is_none() || self.request.is_some())
             && self.failed.is_none()

@@ -74,7 +74,7 @@ impl RequestHead<'_> {
 }
 
 /// Appends `value` in decimal.
-fn put_decimal(out: &mut Vec<u8>, value: u64) {
+pub(crate) fn put_decimal(out: &mut Vec<u8>, value: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     let mut rest = value;

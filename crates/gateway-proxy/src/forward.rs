@@ -6,10 +6,10 @@ use crate::codec::{RequestFraming, RequestHead, ResponseHead};
 use crate::error::{ErrorKind, ProxyError};
 use crate::request_body::{ReceivedBytes, RequestBody};
 use crate::routes::Route;
+use crate::server::Inbound;
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response, header};
 use http_body::Body;
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -65,7 +65,7 @@ impl Forward {
     }
 }
 
-impl tower::Service<Request<Incoming>> for Forward {
+impl tower::Service<Request<Inbound>> for Forward {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -74,7 +74,7 @@ impl tower::Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<Inbound>) -> Self::Future {
         let route = Arc::clone(&self.route);
         let client = self.client.clone();
         let attach_info = self.attach_info;
@@ -85,7 +85,7 @@ impl tower::Service<Request<Incoming>> for Forward {
 async fn forward(
     route: &Route,
     client: BackendClient,
-    request: Request<Incoming>,
+    request: Request<Inbound>,
     attach_info: bool,
 ) -> Response<ProxyBody> {
     let mut info = ForwardInfo {
@@ -104,8 +104,8 @@ async fn forward(
 
     let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
     let (parts, body) = request.into_parts();
-    // hyper has checked the client's Content-Length, and its body reports that length as an
-    // exact size. A declared length of 0 is passed on as such.
+    // The server has checked the client's Content-Length, and its body reports that length as
+    // an exact size. A declared length of 0 is passed on as such.
     let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
     let framing = match body.size_hint().exact() {
         Some(length) if declared => RequestFraming::Length(length),

@@ -28,6 +28,7 @@ pub mod forward;
 pub mod headers;
 mod request_body;
 pub mod routes;
+pub mod server;
 
 pub use body::ProxyBody;
 pub use client::BackendClient;

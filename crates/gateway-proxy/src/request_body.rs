@@ -1,9 +1,9 @@
 //! The request body sent to a backend, which remembers whether any of it was taken, so that a
 //! request can be sent again only while its body is untouched.
 
+use crate::server::{Inbound, InboundError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ pin_project_lite::pin_project! {
     /// A client's request body on its way to a backend.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Inbound,
         // Whether any frame was taken, after which the body cannot be sent again.
         touched: bool,
         received: Option<ReceivedBytes>,
@@ -39,7 +39,7 @@ pin_project_lite::pin_project! {
 
 impl RequestBody {
     /// Wraps `inner`, counting the data it reads into `received` when given.
-    pub(crate) fn new(inner: Incoming, received: Option<ReceivedBytes>) -> RequestBody {
+    pub(crate) fn new(inner: Inbound, received: Option<ReceivedBytes>) -> RequestBody {
         RequestBody {
             inner,
             touched: false,
@@ -55,12 +55,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = InboundError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, InboundError>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         *this.touched |= frame.is_some();

@@ -1,0 +1,319 @@
+//! Reading a client's request head (RFC 9112 sections 2 to 6): the request line, the header
+//! fields and the body framing they declare.
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+use std::mem::MaybeUninit;
+
+/// Maximum header fields in a request head. A head with more gets 431.
+const MAX_HEADERS: usize = 100;
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body.
+    Empty,
+    /// A body of this many bytes.
+    Length(u64),
+    /// A chunked body.
+    Chunked,
+}
+
+/// What the head says about the connection and the body, beside the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeadFacts {
+    pub(crate) framing: BodyFraming,
+    /// Whether the client allows another request on the connection after this one.
+    pub(crate) keep_alive: bool,
+    /// Whether the client waits for `100 Continue` before it sends the body.
+    pub(crate) expects_continue: bool,
+    /// Whether the client accepts trailer fields (`TE: trailers`).
+    pub(crate) trailers: bool,
+}
+
+/// Why a request head was rejected. Each maps to the status the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HeadError {
+    /// The head is not valid HTTP/1.x.
+    #[error("malformed request head")]
+    Malformed,
+    /// The head has more header fields than the gateway accepts.
+    #[error("too many header fields")]
+    TooManyHeaders,
+    /// `Content-Length` is not a number, or two of them differ.
+    #[error("invalid Content-Length")]
+    ContentLength,
+    /// `Transfer-Encoding` does not end in `chunked`, comes with `Content-Length`, or comes in
+    /// an HTTP/1.0 request.
+    #[error("invalid Transfer-Encoding")]
+    TransferEncoding,
+}
+
+/// Parses the request head at the start of `buffer`. Returns `Ok(None)` while the head is
+/// incomplete. A complete head is split off `buffer`, and the request's target and header
+/// values share its storage instead of being copied.
+pub(crate) fn parse_head(
+    buffer: &mut BytesMut,
+) -> Result<Option<(Request<()>, HeadFacts)>, HeadError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(buffer, &mut fields) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(HeadError::Malformed);
+    };
+    // The parsed pieces borrow `buffer`; their positions outlive the split below.
+    let base = buffer.as_ptr() as usize;
+    // Heads are far below 4 GiB, so positions fit in 32 bits and the table stays small.
+    let span = |piece: &[u8]| {
+        let start = piece.as_ptr() as usize - base;
+        [start as u32, (start + piece.len()) as u32]
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed)?;
+    let [target_start, target_end] = span(target.as_bytes());
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let [name_start, name_end] = span(field.name.as_bytes());
+        let [value_start, value_end] = span(field.value);
+        *slot = [name_start, name_end, value_start, value_end];
+    }
+    let head = buffer.split_to(length).freeze();
+
+    let uri = Uri::from_maybe_shared(head.slice(target_start as usize..target_end as usize))
+        .map_err(|_| HeadError::Malformed)?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expects_continue = false;
+    let mut trailers = false;
+    for &[name_start, name_end, value_start, value_end] in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+            .map_err(|_| HeadError::Malformed)?;
+        let value = value_start as usize..value_end as usize;
+        let raw = &head[value.clone()];
+        if name == header::CONTENT_LENGTH {
+            let declared = parse_length(raw)?;
+            if length.is_some_and(|earlier| earlier != declared) {
+                return Err(HeadError::ContentLength);
+            }
+            length = Some(declared);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            // Only the last coding decides; a later field can add one after `chunked`.
+            chunked = last_token(raw).is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in raw.split(|&byte| byte == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::TE {
+            trailers |= raw
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        } else if name == header::EXPECT {
+            expects_continue = raw.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| HeadError::Malformed)?;
+        headers.append(name, value);
+    }
+
+    let framing = if transfer_encoding {
+        // A request with both is how smuggling starts (RFC 9112 section 6.3), and HTTP/1.0 has
+        // no transfer codings: both are rejected rather than guessed at.
+        if !chunked || length.is_some() || version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncoding);
+        }
+        BodyFraming::Chunked
+    } else {
+        match length {
+            None | Some(0) => BodyFraming::Empty,
+            Some(length) => BodyFraming::Length(length),
+        }
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => keep_alive_token && !close,
+        _ => !close,
+    };
+    let facts = HeadFacts {
+        framing,
+        keep_alive,
+        expects_continue: expects_continue
+            && version == Version::HTTP_11
+            && framing != BodyFraming::Empty,
+        trailers,
+    };
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some((request, facts)))
+}
+
+/// Parses a `Content-Length` value: digits only, at most 19 of them.
+fn parse_length(value: &[u8]) -> Result<u64, HeadError> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(HeadError::ContentLength);
+    }
+    Ok(value
+        .iter()
+        .fold(0u64, |total, digit| total * 10 + u64::from(digit - b'0')))
+}
+
+/// Returns the last comma-separated token of a field value, trimmed.
+fn last_token(value: &[u8]) -> Option<&[u8]> {
+    value
+        .rsplit(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .find(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(Request<()>, HeadFacts), HeadError> {
+        let mut buffer = BytesMut::from(text.as_bytes());
+        let parsed = parse_head(&mut buffer).map(|head| head.expect("a complete head"));
+        if parsed.is_ok() {
+            assert!(buffer.is_empty(), "{text:?}");
+        }
+        parsed
+    }
+
+    #[test]
+    fn incomplete_head_asks_for_more() {
+        let mut buffer = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n"[..]);
+        assert!(matches!(parse_head(&mut buffer), Ok(None)));
+        assert_eq!(buffer.len(), 25);
+        assert!(matches!(parse_head(&mut BytesMut::new()), Ok(None)));
+    }
+
+    #[test]
+    fn parse_head_leaves_body_in_buffer() {
+        let mut buffer = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
+        let (_, facts) = parse_head(&mut buffer).unwrap().unwrap();
+        assert_eq!(facts.framing, BodyFraming::Length(3));
+        assert_eq!(&buffer[..], b"abcGET");
+    }
+
+    #[test]
+    fn request_line_and_fields_are_kept() {
+        let (request, facts) =
+            parse("GET /a/b?c=d HTTP/1.1\r\nHost: example\r\nX-Two: 1\r\nx-two: 2\r\n\r\n")
+                .unwrap();
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/a/b?c=d");
+        assert_eq!(request.version(), Version::HTTP_11);
+        assert_eq!(request.headers()["host"], "example");
+        assert_eq!(request.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(
+            facts,
+            HeadFacts {
+                framing: BodyFraming::Empty,
+                keep_alive: true,
+                expects_continue: false,
+                trailers: false,
+            }
+        );
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        let keep = |text: &str| parse(text).unwrap().1.keep_alive;
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!keep(
+            "GET / HTTP/1.1\r\nConnection: x-private, close\r\n\r\n"
+        ));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn body_framing_is_read_from_the_head() {
+        let framing = |text: &str| parse(text).map(|(_, facts)| facts.framing);
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(BodyFraming::Length(12))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(BodyFraming::Empty)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Ok(BodyFraming::Length(5))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            Ok(BodyFraming::Chunked)
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_rejected() {
+        let error = |text: &str| parse(text).unwrap_err();
+        for text in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert_eq!(error(text), HeadError::ContentLength, "{text:?}");
+        }
+        for text in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(error(text), HeadError::TransferEncoding, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn continue_is_expected_only_before_a_body() {
+        let expects = |text: &str| parse(text).unwrap().1.expects_continue;
+        assert!(expects(
+            "PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 4\r\n\r\n"
+        ));
+        assert!(!expects("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+        assert!(!expects(
+            "PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn malformed_heads_rejected() {
+        let head = |text: &str| parse_head(&mut BytesMut::from(text.as_bytes())).map(|_| ());
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nNoColon\r\n\r\n"),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(head("GET / HTTP/2.0\r\n\r\n"), Err(HeadError::Malformed));
+        let many: String = (0..=MAX_HEADERS).map(|n| format!("x-{n}: 1\r\n")).collect();
+        assert_eq!(
+            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Err(HeadError::TooManyHeaders)
+        );
+    }
+}

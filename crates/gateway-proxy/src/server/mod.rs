@@ -1,0 +1,566 @@
+//! The client side of HTTP/1.1: one connection's loop of reading a request head, handing the
+//! request to a service, and writing its response.
+//!
+//! The gateway serves clients itself, as it speaks to backends itself (see [`crate::client`]).
+//! A request's header values and target share the bytes read from the socket, the request
+//! body reads the socket when polled, and a response is written straight from its frames,
+//! its head and first data in one write. A connection holds one read buffer and one head
+//! buffer, and nothing else between requests.
+//!
+//! What a client gets for a request the gateway cannot read: 400 for a malformed head or
+//! ambiguous body framing, 431 for a head over the size limit or with more than 100 fields.
+//! Both close the connection.
+
+mod head;
+mod response;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+pub use wire::{Inbound, InboundError, Io};
+
+use crate::server::head::{HeadError, parse_head};
+use crate::server::response::{Exchange, Framing, encode_head, encode_rejection};
+use crate::server::wire::{BodyState, HEAD_CHUNK, SharedWire, Wire, lock};
+use bytes::{Buf, Bytes};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::sync::watch;
+
+/// Maximum request body bytes read and dropped after a response, so that the connection can
+/// serve another request. A larger rest closes the connection instead.
+const MAX_DISCARD: u64 = 64 * 1024;
+
+/// How long a closing connection keeps reading what the client still sends, so that
+/// closing with unread bytes does not reset the connection before the client has read the
+/// response.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Maximum bytes read while lingering.
+const MAX_LINGER_BYTES: usize = 1024 * 1024;
+
+/// Settings of the client side.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    /// Largest request head accepted; a larger one gets 431.
+    pub max_head_bytes: usize,
+}
+
+/// How a connection ended, when it ended with a fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The request head could not be read, and the client got a 4xx.
+    #[error("rejected a request head ({status}): {reason}")]
+    Rejected {
+        /// The status sent.
+        status: StatusCode,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The connection closed in the middle of a request head.
+    #[error("connection closed in the middle of a request head")]
+    IncompleteHead,
+    /// Reading or writing the socket failed.
+    #[error("connection failed")]
+    Io(#[from] io::Error),
+    /// The response body failed after its head was sent; the connection was closed to
+    /// tell the client the response is incomplete.
+    #[error("response body failed")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The response body ended before its declared length.
+    #[error("response body ended {missing} bytes before its declared length")]
+    ShortBody {
+        /// Bytes that were never sent.
+        missing: u64,
+    },
+}
+
+/// Serves HTTP/1.1 requests on `io` with `service` until the client closes the connection,
+/// a request or response closes it, or `drain` turns true while no request is in progress.
+///
+/// While a request is in progress and its body has been read, the socket is watched for the
+/// client closing it: the service's future is then dropped, which cancels the request.
+/// Bytes of a pipelined request that arrive meanwhile are kept for the next turn.
+///
+/// # Errors
+///
+/// Returns a [`ConnectionError`] for a connection that ended with a fault, after doing what
+/// it can for the client (a 4xx for an unreadable head).
+pub async fn serve_connection<I, S, F, B>(
+    io: I,
+    mut service: S,
+    settings: ServerSettings,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), ConnectionError>
+where
+    I: Io + 'static,
+    S: FnMut(Request<Inbound>) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let wire: SharedWire = Arc::new(Mutex::new(Wire::new(Box::new(io))));
+    let mut head_out = Vec::with_capacity(256);
+    loop {
+        // An idle connection closes at the drain; one whose next head has started gets to
+        // finish it, and its response closes the connection.
+        let draining = *drain.borrow_and_update();
+        if draining && lock(&wire).buffer.is_empty() {
+            return Ok(());
+        }
+        let head = tokio::select! {
+            biased;
+            head = read_head(&wire, settings.max_head_bytes) => Some(head),
+            changed = drain.wait_for(|draining| *draining), if !draining => {
+                drop(changed);
+                None
+            }
+        };
+        let head = match head {
+            Some(head) => head,
+            None if lock(&wire).buffer.is_empty() => return Ok(()),
+            None => read_head(&wire, settings.max_head_bytes).await,
+        };
+        let (request, facts) = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(()),
+            Err(ReadHeadError::Io(error)) => return Err(ConnectionError::Io(error)),
+            Err(ReadHeadError::Incomplete) => return Err(ConnectionError::IncompleteHead),
+            Err(ReadHeadError::TooLarge) => {
+                return reject(
+                    &wire,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too large",
+                )
+                .await;
+            }
+            Err(ReadHeadError::Head(error)) => {
+                let status = match error {
+                    HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return reject(&wire, status, head_error_reason(error)).await;
+            }
+        };
+        lock(&wire).start_body(facts.framing, facts.expects_continue);
+        let method = request.method().clone();
+        let version = request.version();
+        let body = Inbound::new(&wire, facts.framing);
+        let request = request.map(|()| body);
+
+        // The service's future is boxed, so that the connection's own future, which lives as
+        // long as the connection, stays small while the connection idles.
+        let future = Box::pin(service(request));
+        let Some(response) = respond(&wire, future, settings.max_head_bytes).await else {
+            // The client closed the connection; the request was dropped.
+            return Ok(());
+        };
+
+        let (parts, body) = response.into_parts();
+        let length = body.size_hint().exact();
+        // A request body left unread past what is cheap to discard closes the connection. So
+        // does one whose client still waits for `100 Continue`: it may send the body anyway,
+        // and the body must not be read as the next request.
+        let body_clear = {
+            let wire = lock(&wire);
+            match wire.body {
+                _ if wire.continue_unsent() => false,
+                BodyState::Done => true,
+                BodyState::Length(left) => left <= MAX_DISCARD,
+                BodyState::Chunked(_) => true,
+                BodyState::Failed => false,
+            }
+        };
+        let exchange = Exchange {
+            method: &method,
+            version,
+            keep_alive: facts.keep_alive && body_clear && !*drain.borrow(),
+        };
+        head_out.clear();
+        let (framing, keep_alive) = encode_head(
+            &mut head_out,
+            parts.status,
+            &parts.headers,
+            length,
+            exchange,
+        );
+        drop(parts);
+        // Pinned here rather than inside `write_response`, so that the connection's future
+        // holds one copy of the body, not two. The body is dropped as the write ends.
+        {
+            let body = pin!(body);
+            write_response(&wire, &head_out, body, framing, facts.trailers).await?;
+        }
+        if !keep_alive {
+            let unread = {
+                let wire = lock(&wire);
+                !wire.buffer.is_empty() || !matches!(wire.body, BodyState::Done)
+            };
+            close(&wire, unread).await;
+            return Ok(());
+        }
+        if !discard_body(&wire).await {
+            close(&wire, true).await;
+            return Ok(());
+        }
+        // Keeps the head buffer from holding on to an unusually large head.
+        if head_out.capacity() > 16 * 1024 {
+            head_out = Vec::with_capacity(256);
+        }
+    }
+}
+
+enum ReadHeadError {
+    Head(HeadError),
+    TooLarge,
+    Incomplete,
+    Io(io::Error),
+}
+
+fn head_error_reason(error: HeadError) -> &'static str {
+    match error {
+        HeadError::Malformed => "malformed head",
+        HeadError::TooManyHeaders => "too many header fields",
+        HeadError::ContentLength => "invalid Content-Length",
+        HeadError::TransferEncoding => "invalid Transfer-Encoding",
+    }
+}
+
+/// Reads until the buffer holds a complete head. `Ok(None)` when the client closed the
+/// connection between requests.
+async fn read_head(
+    wire: &SharedWire,
+    max_head_bytes: usize,
+) -> Result<Option<(Request<()>, head::HeadFacts)>, ReadHeadError> {
+    // Bytes already looked at for the end of the head, so that a head arriving in many small
+    // pieces is parsed once per line rather than once per piece.
+    let mut scanned = 0;
+    poll_fn(|cx| {
+        let mut wire = lock(wire);
+        loop {
+            let fresh = &wire.buffer[scanned.min(wire.buffer.len())..];
+            if !wire.buffer.is_empty() && (scanned == 0 || fresh.contains(&b'\n')) {
+                match parse_head(&mut wire.buffer) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
+                    Ok(None) => {}
+                    Err(error) => return Poll::Ready(Err(ReadHeadError::Head(error))),
+                }
+            }
+            scanned = wire.buffer.len();
+            if wire.buffer.len() >= max_head_bytes {
+                return Poll::Ready(Err(ReadHeadError::TooLarge));
+            }
+            if wire.buffer.is_empty() {
+                // Between requests the connection waits without a buffer, and takes one when
+                // bytes arrive, so that idle connections cost little memory.
+                wire.release_buffer();
+                if let Err(error) = ready!(wire.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(ReadHeadError::Io(error)));
+                }
+            }
+            let read = wire.poll_read_more(cx, HEAD_CHUNK);
+            if read.is_pending() && wire.buffer.is_empty() {
+                wire.release_buffer();
+            }
+            match ready!(read) {
+                Ok(0) if wire.buffer.is_empty() => return Poll::Ready(Ok(None)),
+                Ok(0) => return Poll::Ready(Err(ReadHeadError::Incomplete)),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Err(ReadHeadError::Io(error))),
+            }
+        }
+    })
+    .await
+}
+
+/// Waits for the service's response. Once the request body has been read, watches the socket
+/// meanwhile: returns `None` when the client closes it or it fails.
+async fn respond<F, B>(wire: &SharedWire, future: F, max_head_bytes: usize) -> Option<Response<B>>
+where
+    F: Future<Output = Response<B>>,
+{
+    let mut future = pin!(future);
+    let mut watching = true;
+    poll_fn(|cx| {
+        if let Poll::Ready(response) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        if !watching {
+            return Poll::Pending;
+        }
+        let mut wire = lock(wire);
+        if !matches!(wire.body, BodyState::Done) {
+            // The body reads the socket itself until it ends.
+            return Poll::Pending;
+        }
+        // Pipelined bytes wait in the buffer, up to one head's worth.
+        while wire.buffer.len() < max_head_bytes {
+            match wire.poll_read_more(cx, HEAD_CHUNK) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        watching = false;
+        Poll::Pending
+    })
+    .await
+}
+
+/// Writes `head` and the body's frames with `framing`. Trailers go out only on a chunked body
+/// to a client that accepts them.
+async fn write_response<B>(
+    wire: &SharedWire,
+    head: &[u8],
+    mut body: Pin<&mut B>,
+    framing: Framing,
+    send_trailers: bool,
+) -> Result<(), ConnectionError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut out = Outgoing::new(head);
+    let mut sent: u64 = 0;
+    let mut ended = framing == Framing::None;
+    // The body is polled once before the head is written, so that a body that is ready goes
+    // out with its head in one write.
+    let mut polled = ended;
+    poll_fn(|cx| {
+        loop {
+            if polled || ended {
+                ready!(out.poll_write(wire, cx))?;
+                if ended {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let frame = match body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending if !polled => {
+                    polled = true;
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            polled = true;
+            match frame {
+                None => {
+                    ended = true;
+                    match framing {
+                        Framing::Chunked => out.suffix = b"0\r\n\r\n",
+                        Framing::Length(length) if sent < length => {
+                            return Poll::Ready(Err(ConnectionError::ShortBody {
+                                missing: length - sent,
+                            }));
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Err(ConnectionError::Body(error.into()))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(mut data) => {
+                        if let Framing::Length(length) = framing {
+                            // Bytes past the declared length would be read as the next
+                            // response; they are dropped, and the connection with them.
+                            let room = length - sent;
+                            if data.len() as u64 > room {
+                                data.truncate(room as usize);
+                                ended = true;
+                            }
+                        }
+                        sent += data.len() as u64;
+                        if framing == Framing::Chunked {
+                            out.set_chunk_size(data.len());
+                            out.suffix = b"\r\n";
+                        }
+                        out.data = data;
+                    }
+                    Err(frame) => {
+                        if framing == Framing::Chunked {
+                            ended = true;
+                            let mut section = b"0\r\n".to_vec();
+                            if let Some(fields) = frame.trailers_ref().filter(|_| send_trailers) {
+                                for (name, value) in fields {
+                                    section.extend_from_slice(name.as_str().as_bytes());
+                                    section.extend_from_slice(b": ");
+                                    section.extend_from_slice(value.as_bytes());
+                                    section.extend_from_slice(b"\r\n");
+                                }
+                            }
+                            section.extend_from_slice(b"\r\n");
+                            out.data = Bytes::from(section);
+                        }
+                    }
+                },
+            }
+        }
+    })
+    .await
+}
+
+/// Bytes waiting to be written: the rest of the head, a chunk size line, data and a suffix.
+struct Outgoing<'a> {
+    head: &'a [u8],
+    prefix: [u8; 20],
+    prefix_len: usize,
+    prefix_sent: usize,
+    data: Bytes,
+    suffix: &'static [u8],
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(head: &'a [u8]) -> Outgoing<'a> {
+        Outgoing {
+            head,
+            prefix: [0; 20],
+            prefix_len: 0,
+            prefix_sent: 0,
+            data: Bytes::new(),
+            suffix: b"",
+        }
+    }
+
+    fn set_chunk_size(&mut self, size: usize) {
+        let mut text = [0u8; 16];
+        let mut start = text.len();
+        let mut rest = size;
+        loop {
+            start -= 1;
+            text[start] = b"0123456789abcdef"[rest % 16];
+            rest /= 16;
+            if rest == 0 {
+                break;
+            }
+        }
+        let digits = text.len() - start;
+        self.prefix[..digits].copy_from_slice(&text[start..]);
+        self.prefix[digits..digits + 2].copy_from_slice(b"\r\n");
+        self.prefix_len = digits + 2;
+        self.prefix_sent = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_empty()
+            && self.prefix_sent == self.prefix_len
+            && self.data.is_empty()
+            && self.suffix.is_empty()
+    }
+
+    fn poll_write(
+        &mut self,
+        wire: &SharedWire,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ConnectionError>> {
+        if self.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut wire = lock(wire);
+        while !self.is_empty() {
+            let slices = [
+                IoSlice::new(self.head),
+                IoSlice::new(&self.prefix[self.prefix_sent..self.prefix_len]),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.suffix),
+            ];
+            let mut written = ready!(Pin::new(&mut wire.io).poll_write_vectored(cx, &slices))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            }
+            let from_head = written.min(self.head.len());
+            self.head = &self.head[from_head..];
+            written -= from_head;
+            let from_prefix = written.min(self.prefix_len - self.prefix_sent);
+            self.prefix_sent += from_prefix;
+            written -= from_prefix;
+            let from_data = written.min(self.data.len());
+            self.data.advance(from_data);
+            written -= from_data;
+            self.suffix = &self.suffix[written..];
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads and drops what is left of the request body when it has arrived and is small, so
+/// that the connection can take another request. Returns whether the connection is ready for
+/// one.
+async fn discard_body(wire: &SharedWire) -> bool {
+    let mut discarded: u64 = 0;
+    poll_fn(|cx| {
+        let mut wire = lock(wire);
+        loop {
+            match wire.body {
+                BodyState::Done => return Poll::Ready(true),
+                BodyState::Failed => return Poll::Ready(false),
+                BodyState::Length(_) | BodyState::Chunked(_) => {}
+            }
+            match wire.poll_body(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    if discarded > MAX_DISCARD {
+                        return Poll::Ready(false);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(false),
+                Poll::Ready(None) => return Poll::Ready(true),
+                // Only what has arrived is discarded; a client still sending is closed on.
+                Poll::Pending => return Poll::Ready(false),
+            }
+        }
+    })
+    .await
+}
+
+/// Writes a bodyless rejection with `status` and closes the connection.
+async fn reject(
+    wire: &SharedWire,
+    status: StatusCode,
+    reason: &'static str,
+) -> Result<(), ConnectionError> {
+    let mut out = Vec::with_capacity(128);
+    encode_rejection(&mut out, status);
+    let mut pending = Outgoing::new(&out);
+    poll_fn(|cx| pending.poll_write(wire, cx)).await?;
+    close(wire, true).await;
+    Err(ConnectionError::Rejected { status, reason })
+}
+
+/// Ends the connection with a FIN. When the client may still be sending (`unread`), keeps
+/// reading and dropping its bytes for a while first. Closing a socket with unread bytes makes
+/// the kernel reset the connection, and the client may then lose the response it has not
+/// read yet.
+async fn close(wire: &SharedWire, unread: bool) {
+    let shutdown = poll_fn(|cx| Pin::new(&mut lock(wire).io).poll_shutdown(cx)).await;
+    if shutdown.is_err() || !unread {
+        return;
+    }
+    let linger = async {
+        let mut read = 0;
+        loop {
+            let received = poll_fn(|cx| {
+                let mut wire = lock(wire);
+                wire.buffer.clear();
+                wire.poll_read_more(cx, HEAD_CHUNK)
+            })
+            .await;
+            match received {
+                Ok(0) | Err(_) => break,
+                Ok(received) => {
+                    read += received;
+                    if read > MAX_LINGER_BYTES {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}

@@ -1,0 +1,341 @@
+//! The connection loop over real sockets on 127.0.0.1, with small services.
+
+use super::*;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SETTINGS: ServerSettings = ServerSettings {
+    max_head_bytes: 8 * 1024,
+};
+
+/// Answers with the method, the path and the request body, read whole.
+async fn echo(request: Request<Inbound>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => Bytes::from(format!("error: {error}")),
+    };
+    let mut text = format!("{} {} ", parts.method, parts.uri.path()).into_bytes();
+    text.extend_from_slice(&body);
+    Response::new(Full::new(Bytes::from(text)))
+}
+
+/// Serves one connection at a time with `service` until the test ends; returns the address
+/// and the sender that starts the drain.
+async fn serve<S, F, B>(service: S) -> (SocketAddr, watch::Sender<bool>)
+where
+    S: FnMut(Request<Inbound>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (start_drain, drain) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service.clone();
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                let _ = serve_connection(stream, service, SETTINGS, drain).await;
+            });
+        }
+    });
+    (address, start_drain)
+}
+
+/// Connects to `address` and sends `bytes`.
+async fn send(address: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads until `ending` has arrived `count` times, or the connection closes.
+async fn read_until(stream: &mut TcpStream, ending: &str, count: usize) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = async {
+        while String::from_utf8_lossy(&received).matches(ending).count() < count {
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the response arrives");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Reads to the end of the stream.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
+        .await
+        .expect("the connection closes")
+        .unwrap();
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+              GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = read_to_close(&mut stream).await;
+    let one = text.find("GET /one ").expect(&text);
+    let two = text.find("POST /two abc").expect(&text);
+    let three = text.find("GET /three ").expect(&text);
+    assert!(one < two && two < three, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn chunked_request_body_is_decoded() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"PUT /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4;ext=1\r\nabcd\r\n2\r\nef\r\n0\r\nx-sum: 6\r\n\r\n",
+    )
+    .await;
+    let text = read_until(&mut stream, "PUT /up abcdef", 1).await;
+    assert!(text.contains("content-length: 14\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn broken_chunked_body_reaches_the_service_as_an_error() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"PUT /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.contains("error: invalid chunked request body"),
+        "{text}"
+    );
+    // The rest of the stream cannot be trusted as a next request.
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn continue_sent_when_body_read() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"POST /wait HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    let interim = read_until(&mut stream, "\r\n\r\n", 1).await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hi").await.unwrap();
+    let text = read_until(&mut stream, "POST /wait hi", 1).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    // A service that responds without reading never requests the body. The connection
+    // closes after the response, because the body may still come.
+    let (address, _drain) = serve(|_request: Request<Inbound>| async {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"no")));
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /wait HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    let text = read_to_close(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn large_unread_body_closes_the_connection() {
+    let (address, _drain) = serve(|_request: Request<Inbound>| async {
+        Response::new(Full::new(Bytes::from_static(b"early")))
+    })
+    .await;
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        10 * MAX_DISCARD
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 1000]).await.unwrap();
+    let text = read_to_close(&mut stream).await;
+    assert!(text.ends_with("early"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn small_unread_body_discarded() {
+    let (address, _drain) = serve(|request: Request<Inbound>| async move {
+        Response::new(Full::new(Bytes::from(request.uri().path().to_owned())))
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+              GET /second HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let text = read_until(&mut stream, "/second", 1).await;
+    assert!(text.contains("/first"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+}
+
+#[tokio::test]
+async fn client_leaving_cancels_request() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    /// Counts its drops.
+    struct Probe(Arc<AtomicUsize>);
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let counter = Arc::clone(&dropped);
+    let (address, _drain) = serve(move |_request: Request<Inbound>| {
+        let probe = Probe(Arc::clone(&counter));
+        async move {
+            std::future::pending::<()>().await;
+            drop(probe);
+            Response::new(Full::new(Bytes::new()))
+        }
+    })
+    .await;
+    let mut stream = send(address, b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(stream);
+    let gone = async {
+        while dropped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the request is dropped after the client leaves");
+}
+
+#[tokio::test]
+async fn drain_closes_idle_then_busy() {
+    let (release, released) = watch::channel(false);
+    let (address, start_drain) = serve(move |request: Request<Inbound>| {
+        let mut released = released.clone();
+        async move {
+            if request.uri().path() == "/slow" {
+                let _ = released.wait_for(|released| *released).await;
+            }
+            Response::new(Full::new(Bytes::from_static(b"done")))
+        }
+    })
+    .await;
+    let mut idle = TcpStream::connect(address).await.unwrap();
+    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut idle, "done", 1).await;
+    let mut busy = TcpStream::connect(address).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    start_drain.send(true).unwrap();
+    assert_eq!(read_to_close(&mut idle).await, "");
+    release.send(true).unwrap();
+    let text = read_to_close(&mut busy).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("done"), "{text}");
+}
+
+#[tokio::test]
+async fn unreadable_heads_rejected() {
+    let (address, _drain) = serve(echo).await;
+    for (request, status) in [
+        (
+            &b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"[..],
+            "400 Bad Request",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "400 Bad Request",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let text = read_to_close(&mut stream).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{text}"
+        );
+    }
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let mut head = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', SETTINGS.max_head_bytes));
+    // The server may stop reading and respond before the whole head is written.
+    let _ = stream.write_all(&head).await;
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{text}"
+    );
+}
+
+/// A body that does not tell its length.
+struct Unsized(Option<Bytes>);
+
+impl Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+#[tokio::test]
+async fn unknown_length_body_framing() {
+    let (address, _drain) = serve(|_request: Request<Inbound>| async {
+        Response::new(Unsized(Some(Bytes::from_static(b"streamed"))))
+    })
+    .await;
+    let mut stream = send(address, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let text = read_until(&mut stream, "0\r\n\r\n", 1).await;
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n8\r\nstreamed\r\n0\r\n\r\n"),
+        "{text}"
+    );
+
+    // HTTP/1.0 has no chunked coding: the body ends with the connection, even on a
+    // connection the client asked to keep.
+    let mut stream = send(address, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    let text = read_to_close(&mut stream).await;
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(!text.contains("keep-alive"), "{text}");
+    assert!(text.ends_with("\r\n\r\nstreamed"), "{text}");
+}
