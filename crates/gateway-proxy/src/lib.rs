@@ -14,6 +14,8 @@
 //!   own task.
 //! - `codec` and `chunked`: the HTTP/1.1 request head, response head and chunked body on the
 //!   backend side.
+//! - [`server`]: the client side of HTTP/1.1, one connection's loop of request heads,
+//!   request bodies and responses.
 //! - [`forward`]: the per-route forwarding service and its retry.
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
