@@ -111,6 +111,13 @@ async fn asterisk_target_gets_200() {
     assert_eq!(options.header("content-length"), Some("0"));
     assert!(options.body.is_empty());
 
+    // An absolute-form target without a path asks about the server too.
+    let options_absolute = connection
+        .exchange(b"OPTIONS http://a HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("OPTIONS http://a response");
+    assert_eq!(options_absolute.status, 200);
+    assert!(options_absolute.body.is_empty());
+
     // The connection stays open, and another method with the same target is refused.
     let get_asterisk = connection
         .exchange(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -86,8 +86,14 @@ pub(crate) fn parse_head(
     }
     let head = buffer.split_to(length).freeze();
 
-    let uri = Uri::from_maybe_shared(head.slice(target_start as usize..target_end as usize))
-        .map_err(|_| HeadError::Malformed)?;
+    let target = head.slice(target_start as usize..target_end as usize);
+    // RFC 9112 section 3.2.4: an absolute-form OPTIONS target with an empty path asks about
+    // the server, as `*` does. `Uri` would report its path as `/`, a resource.
+    let uri = if method == Method::OPTIONS && is_bare_authority(&target) {
+        Uri::from_static("*")
+    } else {
+        Uri::from_maybe_shared(target).map_err(|_| HeadError::Malformed)?
+    };
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -179,6 +185,19 @@ fn parse_length(value: &[u8]) -> Result<u64, HeadError> {
         .fold(0u64, |total, digit| total * 10 + u64::from(digit - b'0')))
 }
 
+/// Returns whether `target` is an absolute URI with an empty path and no query, such as
+/// `http://example.com:8080`.
+fn is_bare_authority(target: &[u8]) -> bool {
+    let Some(start) = target.windows(3).position(|window| window == b"://") else {
+        return false;
+    };
+    let authority = &target[start + 3..];
+    !authority.is_empty()
+        && !authority
+            .iter()
+            .any(|byte| matches!(byte, b'/' | b'?' | b'#'))
+}
+
 /// Returns the last comma-separated token of a field value, trimmed.
 fn last_token(value: &[u8]) -> Option<&[u8]> {
     value
@@ -234,6 +253,28 @@ mod tests {
                 expects_continue: false,
                 trailers: false,
             }
+        );
+    }
+
+    #[test]
+    fn options_without_path_targets_server() {
+        let target = |text: &str| parse(text).unwrap().0.uri().clone();
+        assert_eq!(target("OPTIONS http://example.com HTTP/1.1\r\n\r\n"), "*");
+        assert_eq!(
+            target("OPTIONS https://example.com:8443 HTTP/1.1\r\n\r\n"),
+            "*"
+        );
+        assert_eq!(
+            target("OPTIONS http://example.com/ HTTP/1.1\r\n\r\n"),
+            "http://example.com/"
+        );
+        assert_eq!(
+            target("OPTIONS http://example.com?x HTTP/1.1\r\n\r\n").path(),
+            "/"
+        );
+        assert_eq!(
+            target("GET http://example.com HTTP/1.1\r\n\r\n"),
+            "http://example.com/"
         );
     }
 
