@@ -222,7 +222,7 @@ async fn client_leaving_cancels_request() {
         }
     })
     .await;
-    let mut stream = send(address, b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let stream = send(address, b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(dropped.load(Ordering::SeqCst), 0);
     drop(stream);
