@@ -37,6 +37,8 @@ pub(crate) enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size,
+    /// Whitespace after the size, before an extension or the line's end.
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -110,8 +112,22 @@ impl ChunkedDecoder {
                             self.digits += 1;
                             self.size = self.size * 16 + hex_value(byte);
                         }
-                        b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Extension,
+                        b' ' | b'\t' if self.digits > 0 => self.state = State::SizeSpace,
+                        b';' if self.digits > 0 => self.state = State::Extension,
                         b'\r' if self.digits > 0 => self.state = State::SizeLf,
+                        _ => return Err(ChunkError::SizeLine),
+                    }
+                }
+                // RFC 9112 section 7.1.1 allows whitespace after the size only before an
+                // extension. It is also accepted before the line's end, as other servers
+                // accept it. Anything else, such as a second number, is rejected, so that no
+                // two readers of the line can disagree on the size.
+                State::SizeSpace => {
+                    self.count_line_byte()?;
+                    match byte {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Extension,
+                        b'\r' => self.state = State::SizeLf,
                         _ => return Err(ChunkError::SizeLine),
                     }
                 }
@@ -119,7 +135,9 @@ impl ChunkedDecoder {
                     self.count_line_byte()?;
                     match byte {
                         b'\r' => self.state = State::SizeLf,
-                        b'\n' => return Err(ChunkError::SizeLine),
+                        // Control characters other than tab have no place in an extension.
+                        b'\t' => {}
+                        0..0x20 | 0x7f => return Err(ChunkError::SizeLine),
                         _ => {}
                     }
                 }
@@ -149,6 +167,12 @@ impl ChunkedDecoder {
                 }
                 State::Trailers => {
                     if self.trailers.len() >= MAX_TRAILERS {
+                        return Err(ChunkError::Trailers);
+                    }
+                    // Every trailer line ends in CRLF. A bare LF, which some readers take as a
+                    // line end and others do not, would let the two disagree on where the
+                    // body ends, and bytes of the next message be read as trailers.
+                    if byte == b'\n' && self.trailers.last() != Some(&b'\r') {
                         return Err(ChunkError::Trailers);
                     }
                     self.trailers.push(byte);
@@ -187,10 +211,15 @@ fn hex_value(byte: u8) -> u64 {
 
 fn parse_trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
+    // The section must end where its first blank line does: nothing may follow.
+    let Ok(httparse::Status::Complete((length, fields))) =
+        httparse::parse_headers(section, &mut fields)
     else {
         return Err(ChunkError::Trailers);
     };
+    if length != section.len() {
+        return Err(ChunkError::Trailers);
+    }
     let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name =
@@ -286,8 +315,14 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_errors() {
-        let cases: [(&[u8], ChunkError); 6] = [
+        let cases: [(&[u8], ChunkError); 12] = [
             (b"x\r\n", ChunkError::SizeLine),
+            (b"3 5\r\nabc\r\n", ChunkError::SizeLine),
+            (b"3;\x00\r\nabc\r\n", ChunkError::SizeLine),
+            (b"3;a\x7f\r\nabc\r\n", ChunkError::SizeLine),
+            (b"0\r\n\n", ChunkError::Trailers),
+            (b"0\r\nx-t: 1\n\r\n", ChunkError::Trailers),
+            (b"0\r\nx-t: 1\r\n\n", ChunkError::Trailers),
             (b"\r\n", ChunkError::SizeLine),
             (b"5\nhello", ChunkError::SizeLine),
             (b"3\r\nabcX\r\n", ChunkError::MissingCrlf),
@@ -302,6 +337,14 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn whitespace_before_extension_or_line_end_is_accepted() {
+        let body = b"3 ;a=b\r\nabc\r\n2\t \r\nde\r\n0\r\n\r\n";
+        let (data, _, ended) = decode_in_pieces(body, 1).unwrap();
+        assert_eq!(data, b"abcde");
+        assert!(ended);
     }
 
     #[test]

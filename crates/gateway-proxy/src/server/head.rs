@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 /// Maximum header fields in a request head. A head with more gets 431.
 const MAX_HEADERS: usize = 100;
 
-/// How the request body is framed.
+/// The framing of a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFraming {
     /// No body.
@@ -20,7 +20,7 @@ pub(crate) enum BodyFraming {
     Chunked,
 }
 
-/// What the head says about the connection and the body, beside the request itself.
+/// The facts a head states about the connection and the body, beside the request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeadFacts {
     pub(crate) framing: BodyFraming,
@@ -32,7 +32,7 @@ pub(crate) struct HeadFacts {
     pub(crate) trailers: bool,
 }
 
-/// Why a request head was rejected. Each maps to the status the client gets.
+/// The reason a request head was rejected. Each maps to the status the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HeadError {
     /// The head is not valid HTTP/1.x.
@@ -41,6 +41,9 @@ pub(crate) enum HeadError {
     /// The head has more header fields than the gateway accepts.
     #[error("too many header fields")]
     TooManyHeaders,
+    /// The head is longer than the gateway accepts.
+    #[error("request head too large")]
+    TooLarge,
     /// `Content-Length` is not a number, or two of them differ.
     #[error("invalid Content-Length")]
     ContentLength,
@@ -51,15 +54,18 @@ pub(crate) enum HeadError {
 }
 
 /// Parses the request head at the start of `buffer`. Returns `Ok(None)` while the head is
-/// incomplete. A complete head is split off `buffer`, and the request's target and header
-/// values share its storage instead of being copied.
+/// incomplete, and [`HeadError::TooLarge`] for a complete head longer than `max_length`
+/// bytes. A complete head is split off `buffer`, and the request's target and header values
+/// share its storage instead of being copied.
 pub(crate) fn parse_head(
     buffer: &mut BytesMut,
+    max_length: usize,
 ) -> Result<Option<(Request<()>, HeadFacts)>, HeadError> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let length = match parsed.parse_with_uninit_headers(buffer, &mut fields) {
-        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Complete(length)) if length <= max_length => length,
+        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Malformed),
@@ -87,8 +93,9 @@ pub(crate) fn parse_head(
     let head = buffer.split_to(length).freeze();
 
     let target = head.slice(target_start as usize..target_end as usize);
-    // RFC 9112 section 3.2.4: an absolute-form OPTIONS target with an empty path asks about
-    // the server, as `*` does. `Uri` would report its path as `/`, a resource.
+    // RFC 9112 section 3.2.4: an absolute-form OPTIONS target with an empty path requests
+    // information about the server, as `*` does. `Uri` would report its path as `/`, which
+    // names a resource.
     let uri = if method == Method::OPTIONS && is_bare_authority(&target) {
         Uri::from_static("*")
     } else {
@@ -212,7 +219,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<(Request<()>, HeadFacts), HeadError> {
         let mut buffer = BytesMut::from(text.as_bytes());
-        let parsed = parse_head(&mut buffer).map(|head| head.expect("a complete head"));
+        let parsed = parse_head(&mut buffer, 1024).map(|head| head.expect("a complete head"));
         if parsed.is_ok() {
             assert!(buffer.is_empty(), "{text:?}");
         }
@@ -222,15 +229,15 @@ mod tests {
     #[test]
     fn incomplete_head_asks_for_more() {
         let mut buffer = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n"[..]);
-        assert!(matches!(parse_head(&mut buffer), Ok(None)));
+        assert!(matches!(parse_head(&mut buffer, 1024), Ok(None)));
         assert_eq!(buffer.len(), 25);
-        assert!(matches!(parse_head(&mut BytesMut::new()), Ok(None)));
+        assert!(matches!(parse_head(&mut BytesMut::new(), 1024), Ok(None)));
     }
 
     #[test]
     fn parse_head_leaves_body_in_buffer() {
         let mut buffer = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
-        let (_, facts) = parse_head(&mut buffer).unwrap().unwrap();
+        let (_, facts) = parse_head(&mut buffer, 1024).unwrap().unwrap();
         assert_eq!(facts.framing, BodyFraming::Length(3));
         assert_eq!(&buffer[..], b"abcGET");
     }
@@ -345,12 +352,14 @@ mod tests {
 
     #[test]
     fn malformed_heads_rejected() {
-        let head = |text: &str| parse_head(&mut BytesMut::from(text.as_bytes())).map(|_| ());
+        let head = |text: &str| parse_head(&mut BytesMut::from(text.as_bytes()), 8192).map(|_| ());
         assert_eq!(
             head("GET / HTTP/1.1\r\nNoColon\r\n\r\n"),
             Err(HeadError::Malformed)
         );
         assert_eq!(head("GET / HTTP/2.0\r\n\r\n"), Err(HeadError::Malformed));
+        let long = format!("GET / HTTP/1.1\r\nx-long: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(head(&long), Err(HeadError::TooLarge));
         let many: String = (0..=MAX_HEADERS).map(|n| format!("x-{n}: 1\r\n")).collect();
         assert_eq!(
             head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),

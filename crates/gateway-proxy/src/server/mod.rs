@@ -4,8 +4,9 @@
 //! The gateway serves clients itself, as it speaks to backends itself (see [`crate::client`]).
 //! A request's header values and target share the bytes read from the socket, the request
 //! body reads the socket when polled, and a response is written straight from its frames,
-//! its head and first data in one write. A connection holds one read buffer and one head
-//! buffer, and nothing else between requests.
+//! its head and first data in one write. Between requests a connection keeps a small buffer
+//! for response heads and no read buffer: it takes one from its thread's spares when bytes
+//! arrive.
 //!
 //! What a client gets for a request the gateway cannot read: 400 for a malformed head or
 //! ambiguous body framing, 431 for a head over the size limit or with more than 100 fields.
@@ -53,7 +54,7 @@ pub struct ServerSettings {
     pub max_head_bytes: usize,
 }
 
-/// How a connection ended, when it ended with a fault.
+/// The fault a connection ended with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     /// The request head could not be read, and the client got a 4xx.
@@ -61,7 +62,7 @@ pub enum ConnectionError {
     Rejected {
         /// The status sent.
         status: StatusCode,
-        /// What was wrong.
+        /// The fault in the head.
         reason: &'static str,
     },
     /// The connection closed in the middle of a request head.
@@ -143,7 +144,9 @@ where
             }
             Err(ReadHeadError::Head(error)) => {
                 let status = match error {
-                    HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    HeadError::TooManyHeaders | HeadError::TooLarge => {
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                    }
                     _ => StatusCode::BAD_REQUEST,
                 };
                 return reject(&wire, status, head_error_reason(error)).await;
@@ -171,8 +174,9 @@ where
         let body_clear = {
             let wire = lock(&wire);
             match wire.body {
-                _ if wire.continue_unsent() => false,
+                // The client sent the body without waiting, and all of it was read.
                 BodyState::Done => true,
+                _ if wire.continue_unsent() => false,
                 BodyState::Length(left) => left <= MAX_DISCARD,
                 BodyState::Chunked(_) => true,
                 BodyState::Failed => false,
@@ -193,7 +197,7 @@ where
         );
         drop(parts);
         // Pinned here rather than inside `write_response`, so that the connection's future
-        // holds one copy of the body, not two. The body is dropped as the write ends.
+        // contains one copy of the body, not two. The body is dropped as the write ends.
         {
             let body = pin!(body);
             write_response(&wire, &head_out, body, framing, facts.trailers).await?;
@@ -228,13 +232,14 @@ fn head_error_reason(error: HeadError) -> &'static str {
     match error {
         HeadError::Malformed => "malformed head",
         HeadError::TooManyHeaders => "too many header fields",
+        HeadError::TooLarge => "too large",
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
     }
 }
 
-/// Reads until the buffer holds a complete head. `Ok(None)` when the client closed the
-/// connection between requests.
+/// Reads until the buffer contains a complete head. Returns `Ok(None)` when the client
+/// closed the connection between requests.
 async fn read_head(
     wire: &SharedWire,
     max_head_bytes: usize,
@@ -247,7 +252,7 @@ async fn read_head(
         loop {
             let fresh = &wire.buffer[scanned.min(wire.buffer.len())..];
             if !wire.buffer.is_empty() && (scanned == 0 || fresh.contains(&b'\n')) {
-                match parse_head(&mut wire.buffer) {
+                match parse_head(&mut wire.buffer, max_head_bytes) {
                     Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
                     Ok(None) => {}
                     Err(error) => return Poll::Ready(Err(ReadHeadError::Head(error))),

@@ -12,7 +12,7 @@ const SETTINGS: ServerSettings = ServerSettings {
     max_head_bytes: 8 * 1024,
 };
 
-/// Answers with the method, the path and the request body, read whole.
+/// Returns the method, the path and the request body, read whole.
 async fn echo(request: Request<Inbound>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
@@ -99,7 +99,8 @@ async fn pipelined_requests_are_answered_in_order() {
     let one = text.find("GET /one ").expect(&text);
     let two = text.find("POST /two abc").expect(&text);
     let three = text.find("GET /three ").expect(&text);
-    assert!(one < two && two < three, "{text}");
+    assert!(one < two, "{text}");
+    assert!(two < three, "{text}");
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
     assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
 }
@@ -118,7 +119,7 @@ async fn chunked_request_body_is_decoded() {
 }
 
 #[tokio::test]
-async fn broken_chunked_body_reaches_the_service_as_an_error() {
+async fn broken_chunked_body_errors() {
     let (address, _drain) = serve(echo).await;
     let mut stream = send(
         address,
@@ -338,4 +339,56 @@ async fn unknown_length_body_framing() {
     assert!(text.contains("connection: close\r\n"), "{text}");
     assert!(!text.contains("keep-alive"), "{text}");
     assert!(text.ends_with("\r\n\r\nstreamed"), "{text}");
+}
+
+#[tokio::test]
+async fn head_over_limit_in_pieces_rejected() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(address, b"GET / HTTP/1.1\r\nX-Long: ").await;
+    let piece = vec![b'a'; SETTINGS.max_head_bytes - 100];
+    stream.write_all(&piece).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The rest may arrive in one read that completes the head past the limit.
+    let mut rest = piece;
+    rest.extend_from_slice(b"\r\n\r\n");
+    let _ = stream.write_all(&rest).await;
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bare_lf_after_trailers_never_hides_next_request() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\n\
+          GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.contains("error: invalid chunked request body"),
+        "{text}"
+    );
+    assert!(!text.contains("/hidden"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn body_sent_before_continue_keeps_connection() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"POST /eager HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello\
+          GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let text = read_until(&mut stream, "GET /after", 1).await;
+    assert!(text.contains("POST /eager hello"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
 }
