@@ -1,12 +1,15 @@
-//! The batch insert: one transaction per batch, one cached statement run once per row.
+//! The batch insert: one transaction per batch, and cached statements that insert 16 rows at
+//! a time.
 
 use crate::RequestRecord;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use std::fmt::Write as _;
 use std::ops::Range;
+use std::sync::LazyLock;
 
-/// The insert of one row. SQLite compiles it once per connection (rusqlite's statement cache
-/// keeps it), and each row then only binds its values and steps it.
+/// The insert of one row, for the rows of a job past its last full multi-row statement.
+/// SQLite compiles each insert once per connection (rusqlite's statement cache keeps it), and
+/// each row then only binds its values.
 const INSERT: &str = "INSERT INTO requests (ts_us, request_id, method, path, query, route, \
      status, latency_us, client_ip, user_agent, backend, bytes_received, bytes_sent, \
      error_kind, retried) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
@@ -31,8 +34,8 @@ pub(crate) const CHUNK_ROWS: usize = 64;
 /// commits it.
 ///
 /// On an error the transaction stays open, and the writer then closes the connection, which
-/// rolls it back. Text is bound straight from the records, and SQLite copies it while it
-/// builds the row. Only the client address is formatted first, into one buffer per job.
+/// rolls it back. Text is bound straight from the records, and SQLite copies it as it is
+/// bound. Only the client address is formatted first, into one buffer per job.
 pub(crate) fn insert_chunk(
     connection: &Connection,
     records: &[RequestRecord],
@@ -62,35 +65,221 @@ pub(crate) fn insert_batch(
     inserted
 }
 
-fn insert_rows(connection: &Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
-    let mut insert = connection.prepare_cached(INSERT)?;
-    let mut client_ip = String::with_capacity(48);
-    for record in records {
-        client_ip.clear();
-        if let Some(ip) = record.client_ip {
-            let _ = write!(client_ip, "{ip}");
+/// Rows in one multi-row insert. One statement step then builds this many rows, which saves
+/// SQLite's per-statement work on all but one of them. `writer_throughput` on one core: 1.65
+/// to 1.70 µs of CPU per row with single-row inserts, 1.35 to 1.40 with 8 rows per
+/// statement, 1.30 to 1.35 with 16, and 1.60 with 64.
+const ROWS_PER_STATEMENT: usize = 16;
+
+/// Values in one row of the insert.
+const COLUMNS: usize = 15;
+
+/// The insert of [`ROWS_PER_STATEMENT`] rows at once.
+static MULTI_INSERT: LazyLock<String> = LazyLock::new(|| {
+    let columns = &INSERT[..INSERT.find(" VALUES").unwrap_or(INSERT.len())];
+    let mut sql = format!("{columns} VALUES ");
+    for row in 0..ROWS_PER_STATEMENT {
+        if row > 0 {
+            sql.push(',');
         }
-        insert.execute(params![
-            record.timestamp_us,
-            record.request_id,
-            record.method.as_ref(),
-            record.path,
-            record.query,
-            record.route.as_deref(),
-            record.status,
-            saturating_i64(record.latency_us),
-            record.client_ip.map(|_| client_ip.as_str()),
-            record.user_agent,
-            record.backend.as_deref(),
-            saturating_i64(record.bytes_received),
-            saturating_i64(record.bytes_sent),
-            record.error_kind,
-            record.retried,
-        ])?;
+        sql.push('(');
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
     }
+    sql
+});
+
+fn insert_rows(connection: &Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
+    let mut client_ip = String::with_capacity(48);
+    let mut groups = records.chunks_exact(ROWS_PER_STATEMENT);
+    if groups.len() > 0 {
+        let mut insert = connection.prepare_cached(&MULTI_INSERT)?;
+        for group in &mut groups {
+            for (row, record) in group.iter().enumerate() {
+                bind_row(&mut insert, row * COLUMNS, record, &mut client_ip)?;
+            }
+            insert.raw_execute()?;
+        }
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut insert = connection.prepare_cached(INSERT)?;
+        for record in rest {
+            bind_row(&mut insert, 0, record, &mut client_ip)?;
+            insert.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds `record` to the parameters after `offset` of `insert`. SQLite copies text as it is
+/// bound, so `client_ip` is reused for every row.
+fn bind_row(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    offset: usize,
+    record: &RequestRecord,
+    client_ip: &mut String,
+) -> rusqlite::Result<()> {
+    client_ip.clear();
+    if let Some(ip) = record.client_ip {
+        let _ = write!(client_ip, "{ip}");
+    }
+    insert.raw_bind_parameter(offset + 1, record.timestamp_us)?;
+    insert.raw_bind_parameter(offset + 2, &record.request_id)?;
+    insert.raw_bind_parameter(offset + 3, record.method.as_ref())?;
+    insert.raw_bind_parameter(offset + 4, &record.path)?;
+    insert.raw_bind_parameter(offset + 5, &record.query)?;
+    insert.raw_bind_parameter(offset + 6, record.route.as_deref())?;
+    insert.raw_bind_parameter(offset + 7, record.status)?;
+    insert.raw_bind_parameter(offset + 8, saturating_i64(record.latency_us))?;
+    insert.raw_bind_parameter(offset + 9, record.client_ip.map(|_| client_ip.as_str()))?;
+    insert.raw_bind_parameter(offset + 10, &record.user_agent)?;
+    insert.raw_bind_parameter(offset + 11, record.backend.as_deref())?;
+    insert.raw_bind_parameter(offset + 12, saturating_i64(record.bytes_received))?;
+    insert.raw_bind_parameter(offset + 13, saturating_i64(record.bytes_sent))?;
+    insert.raw_bind_parameter(offset + 14, record.error_kind)?;
+    insert.raw_bind_parameter(offset + 15, record.retried)?;
     Ok(())
 }
 
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::connect;
+    use crate::thread::WriterThread;
+    use std::borrow::Cow;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    /// Returns a record whose every field depends on `i`, with optional fields set on odd rows.
+    fn record(i: u64) -> RequestRecord {
+        let odd = i % 2 == 1;
+        RequestRecord {
+            timestamp_us: 1_000 + i as i64,
+            request_id: format!("id-{i}"),
+            method: Cow::Owned(format!("M{i}")),
+            path: format!("/p/{i}"),
+            query: odd.then(|| format!("q={i}")),
+            route: odd.then(|| Arc::from(format!("/r/{i}"))),
+            status: 200 + i as u16,
+            latency_us: 10 * i,
+            client_ip: odd.then(|| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8))),
+            user_agent: odd.then(|| format!("agent/{i}")),
+            backend: odd.then(|| Arc::from(format!("http://b{i}"))),
+            bytes_received: 100 + i,
+            bytes_sent: 200 + i,
+            error_kind: odd.then_some("backend_error"),
+            retried: odd,
+        }
+    }
+
+    type Row = (
+        (
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            u16,
+            i64,
+        ),
+        (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Option<String>,
+            bool,
+        ),
+    );
+
+    fn expected(i: u64) -> Row {
+        let record = record(i);
+        (
+            (
+                record.timestamp_us,
+                record.request_id,
+                record.method.into_owned(),
+                record.path,
+                record.query,
+                record.route.map(|route| route.to_string()),
+                record.status,
+                record.latency_us as i64,
+            ),
+            (
+                record.client_ip.map(|ip| ip.to_string()),
+                record.user_agent,
+                record.backend.map(|backend| backend.to_string()),
+                record.bytes_received as i64,
+                record.bytes_sent as i64,
+                record.error_kind.map(str::to_owned),
+                record.retried,
+            ),
+        )
+    }
+
+    #[tokio::test]
+    async fn multi_row_insert_keeps_every_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let thread = WriterThread::spawn().unwrap();
+        let connection = connect::open_insert_connection(&dir.path().join("log.db"), &thread)
+            .await
+            .unwrap();
+        // Two full statements and a remainder of single-row inserts.
+        let count = 2 * ROWS_PER_STATEMENT as u64 + 5;
+        let mut batch: Vec<_> = (0..count).map(record).collect();
+        insert_batch(&connection, &mut batch).unwrap();
+
+        let mut query = connection
+            .prepare(
+                "SELECT ts_us, request_id, method, path, query, route, status, latency_us, \
+                 client_ip, user_agent, backend, bytes_received, bytes_sent, error_kind, retried \
+                 FROM requests ORDER BY ts_us",
+            )
+            .unwrap();
+        let rows: Vec<Row> = query
+            .query_map([], |row| {
+                Ok((
+                    (
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                    ),
+                    (
+                        row.get(8)?,
+                        row.get(9)?,
+                        row.get(10)?,
+                        row.get(11)?,
+                        row.get(12)?,
+                        row.get(13)?,
+                        row.get(14)?,
+                    ),
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), count as usize);
+        for (i, row) in rows.into_iter().enumerate() {
+            assert_eq!(row, expected(i as u64), "row {i}");
+        }
+    }
 }
