@@ -231,8 +231,9 @@ impl BackendBody {
                     match found {
                         None => connection.consume(used),
                         Some(Decoded::Data(range)) => {
-                            let data = Bytes::copy_from_slice(&connection.buffered()[range]);
-                            connection.consume(used);
+                            // The data ends where the decoder stopped.
+                            debug_assert_eq!(range.end, used);
+                            let data = connection.take_range(range);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                         Some(Decoded::Trailers(trailers)) => {
