@@ -585,7 +585,7 @@ fn http_10_keep_alive_told_of_closing_body() {
     let gateway = gateway_for(&backend);
     // A chunked body has no length an HTTP/1.0 client can read, so it ends with the
     // connection, and the response must not promise to keep it. The status line names
-    // HTTP/1.1, the version the gateway speaks, as RFC 9110 section 6.2 asks.
+    // HTTP/1.1, the version the gateway speaks, as RFC 9110 section 6.2 recommends.
     let text = gateway_tests::raw_request(
         gateway.addr,
         b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",

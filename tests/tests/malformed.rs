@@ -111,7 +111,7 @@ async fn asterisk_target_gets_200() {
     assert_eq!(options.header("content-length"), Some("0"));
     assert!(options.body.is_empty());
 
-    // An absolute-form target without a path asks about the server too.
+    // An absolute-form target without a path requests information about the server too.
     let options_absolute = connection
         .exchange(b"OPTIONS http://a HTTP/1.1\r\nHost: a\r\n\r\n")
         .expect("OPTIONS http://a response");

@@ -143,7 +143,7 @@ impl BackendBody {
     ///
     /// A read error is held back for one poll, with a wake-up. A server that buffers what it
     /// writes may close the connection on a body error without writing what it buffered,
-    /// which can be the response head and the first bytes of the body; the client would then
+    /// which can be the response head and the first bytes of the body. The client would then
     /// get an empty reply while the log records the status. Held back, the error lets such a
     /// server write first, and the client gets the head and the body up to the failure, then
     /// the close, as from NGINX. The gateway's own server writes each frame before it polls

@@ -7,7 +7,7 @@ use http::{Method, StatusCode, Version};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// How the response body is sent.
+/// The framing of a response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
     /// No body is sent: a response to HEAD, or a status that has none.
@@ -21,7 +21,7 @@ pub(crate) enum Framing {
     Close,
 }
 
-/// What the head is written for.
+/// The request and connection that a response head is written for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Exchange<'a> {
     pub(crate) method: &'a Method,

@@ -96,11 +96,11 @@ async fn pipelined_requests_are_answered_in_order() {
     )
     .await;
     let text = read_to_close(&mut stream).await;
-    let one = text.find("GET /one ").expect(&text);
-    let two = text.find("POST /two abc").expect(&text);
-    let three = text.find("GET /three ").expect(&text);
-    assert!(one < two, "{text}");
-    assert!(two < three, "{text}");
+    let first = text.find("GET /one ").expect(&text);
+    let second = text.find("POST /two abc").expect(&text);
+    let third = text.find("GET /three ").expect(&text);
+    assert!(first < second, "{text}");
+    assert!(second < third, "{text}");
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
     assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
 }
@@ -227,12 +227,12 @@ async fn client_leaving_cancels_request() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(dropped.load(Ordering::SeqCst), 0);
     drop(stream);
-    let gone = async {
+    let request_dropped = async {
         while dropped.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), gone)
+    tokio::time::timeout(Duration::from_secs(5), request_dropped)
         .await
         .expect("the request is dropped after the client leaves");
 }

@@ -1,10 +1,10 @@
 //! A client connection's socket and read buffer, shared by the connection's loop and the body
 //! of the request in progress, and that body, [`Inbound`].
 //!
-//! Both run in the connection's one task and take turns: the loop reads request heads and
-//! writes responses, and the request's body reads its own bytes when whoever holds it polls
-//! it. The lock is never contended; it only lets the body live inside the request, which the
-//! layers and the forwarder move around freely.
+//! Both run in the connection's one task and take turns. The loop reads request heads and
+//! writes responses, and the request's body reads its own bytes when the code that owns it
+//! polls it. The lock is never contended. It only lets the body live inside the request,
+//! which the layers and the forwarder move around freely.
 
 use crate::chunked::{ChunkedDecoder, Decoded};
 use crate::server::head::BodyFraming;
@@ -55,7 +55,7 @@ impl Io for tokio::net::TcpStream {
 
 impl Io for tokio::io::DuplexStream {}
 
-/// Where the body of the request in progress stands.
+/// The state of the body of the request in progress.
 #[derive(Debug)]
 pub(crate) enum BodyState {
     /// No body, or all of it was read.
