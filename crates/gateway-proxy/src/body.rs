@@ -231,9 +231,8 @@ impl BackendBody {
                     match found {
                         None => connection.consume(used),
                         Some(Decoded::Data(range)) => {
-                            // The data ends where the decoder stopped.
-                            debug_assert_eq!(range.end, used);
-                            let data = connection.take_range(range);
+                            let data = Bytes::copy_from_slice(&connection.buffered()[range]);
+                            connection.consume(used);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                         Some(Decoded::Trailers(trailers)) => {

@@ -13,7 +13,7 @@
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -473,7 +473,10 @@ impl Connection {
 
     /// Shrinks buffers that a large head or a fast body grew, before the connection idles.
     fn release_memory(&mut self) {
-        self.read.shrink();
+        if self.read.buf.len() > READ_BUFFER {
+            self.read.buf.truncate(READ_BUFFER);
+            self.read.buf.shrink_to_fit();
+        }
         if self.send.head.capacity() > READ_BUFFER {
             self.send.head = Vec::with_capacity(512);
         }
@@ -490,16 +493,11 @@ impl Connection {
         self.read.consume(len);
     }
 
-    /// Takes `len` buffered bytes as body data, without copying them.
+    /// Takes `len` buffered bytes as body data.
     pub(crate) fn take(&mut self, len: usize) -> Bytes {
-        self.read.take(len)
-    }
-
-    /// Takes the buffered bytes at `range` as body data, without copying them, and drops
-    /// the bytes before it.
-    pub(crate) fn take_range(&mut self, range: std::ops::Range<usize>) -> Bytes {
-        self.read.consume(range.start);
-        self.read.take(range.len())
+        let data = Bytes::copy_from_slice(&self.read.filled()[..len]);
+        self.read.consume(len);
+        data
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` means the backend closed the connection.
@@ -617,39 +615,31 @@ impl SendState {
     }
 }
 
-/// A connection's read buffer: bytes read and not yet consumed. Body data is split off it
-/// without a copy, and shares its memory until the frame is written.
+/// A connection's read buffer: bytes at `start..end` were read and not yet consumed.
 struct ReadBuffer {
-    buf: BytesMut,
-    // The room a read offers: READ_BUFFER, doubled up to MAX_READ_BUFFER while reads fill it.
-    size: usize,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 impl ReadBuffer {
     fn new() -> ReadBuffer {
         ReadBuffer {
-            buf: BytesMut::with_capacity(READ_BUFFER),
-            size: READ_BUFFER,
+            buf: vec![0; READ_BUFFER],
+            start: 0,
+            end: 0,
         }
     }
 
     fn filled(&self) -> &[u8] {
-        &self.buf
+        &self.buf[self.start..self.end]
     }
 
     fn consume(&mut self, len: usize) {
-        self.buf.advance(len);
-    }
-
-    fn take(&mut self, len: usize) -> Bytes {
-        self.buf.split_to(len).freeze()
-    }
-
-    /// Returns the buffer to its first size, once a large head or a fast body is done.
-    fn shrink(&mut self) {
-        self.size = READ_BUFFER;
-        if self.buf.is_empty() && self.buf.capacity() > READ_BUFFER {
-            self.buf = BytesMut::with_capacity(READ_BUFFER);
+        self.start += len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -658,27 +648,33 @@ impl ReadBuffer {
         stream: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        // A head or a chunk line longer than this fails to parse before it fills the buffer.
-        if self.buf.len() >= codec::MAX_HEAD_BYTES.max(MAX_READ_BUFFER) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "read buffer full",
-            )));
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                // A head or a chunk line longer than the buffer: grow, up to the head limit
+                // (a longer head fails to parse before this).
+                let grown = (self.buf.len() * 2).min(codec::MAX_HEAD_BYTES.max(MAX_READ_BUFFER));
+                if grown == self.buf.len() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "read buffer full",
+                    )));
+                }
+                self.buf.resize(grown, 0);
+            }
         }
-        // A read fills the buffer up to its size; a longer head grows it by a size at a time.
-        let room = if self.buf.len() < self.size {
-            self.size - self.buf.len()
-        } else {
-            self.size
-        };
-        self.buf.reserve(room);
-        let mut limited = (&mut self.buf).limit(room);
-        let len = ready!(std::pin::pin!(stream.read_buf(&mut limited)).poll(cx))?;
-        // A read that fills the room suggests a fast body; a larger buffer takes it in fewer
-        // reads.
-        if len == room && self.size < MAX_READ_BUFFER {
-            self.size *= 2;
+        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        let len = read.filled().len();
+        // A read that fills the buffer suggests a fast body; a larger buffer takes it in
+        // fewer reads.
+        if len > 0 && self.end + len == self.buf.len() && self.buf.len() < MAX_READ_BUFFER {
+            self.buf.resize(self.buf.len() * 2, 0);
         }
+        self.end += len;
         Poll::Ready(Ok(len))
     }
 }
