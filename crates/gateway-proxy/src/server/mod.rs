@@ -168,18 +168,23 @@ where
 
         let (parts, body) = response.into_parts();
         let length = body.size_hint().exact();
-        // A request body left unread past what is cheap to discard closes the connection. So
-        // does one whose client still waits for `100 Continue`: it may send the body anyway,
-        // and the body must not be read as the next request.
+        // A request body left unread past what is cheap to discard closes the connection, and
+        // the response head announces it. A chunked body's rest has no known size: what has arrived is
+        // discarded now, when nothing else reads the body, and a body that has not ended by
+        // then closes the connection. So does a body whose client still waits for `100
+        // Continue`: it may send the body anyway, and it must not be read as the next request.
+        let unread_elsewhere = Arc::strong_count(&wire) > 1;
         let body_clear = {
-            let wire = lock(&wire);
+            let mut wire = lock(&wire);
+            if !unread_elsewhere && !wire.continue_unsent() {
+                discard_arrived(&mut wire);
+            }
             match wire.body {
                 // The client sent the body without waiting, and all of it was read.
                 BodyState::Done => true,
                 _ if wire.continue_unsent() => false,
                 BodyState::Length(left) => left <= MAX_DISCARD,
-                BodyState::Chunked(_) => true,
-                BodyState::Failed => false,
+                BodyState::Chunked(_) | BodyState::Failed => false,
             }
         };
         let exchange = Exchange {
@@ -522,6 +527,21 @@ async fn discard_body(wire: &SharedWire) -> bool {
         }
     })
     .await
+}
+
+/// Reads and drops the request body bytes that have already arrived, up to
+/// [`MAX_DISCARD`], without waiting for more.
+fn discard_arrived(wire: &mut Wire) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut discarded: u64 = 0;
+    while discarded <= MAX_DISCARD {
+        match wire.poll_body(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
+            Poll::Ready(Some(Err(_)) | None) | Poll::Pending => return,
+        }
+    }
 }
 
 /// Writes a bodyless rejection with `status` and closes the connection.

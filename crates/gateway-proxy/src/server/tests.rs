@@ -392,3 +392,31 @@ async fn body_sent_before_continue_keeps_connection() {
     assert!(!text.contains("100 Continue"), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
 }
+
+#[tokio::test]
+async fn unread_chunked_body_sets_connection_close() {
+    let (address, _drain) = serve(|request: Request<Inbound>| async move {
+        Response::new(Full::new(Bytes::from(request.uri().path().to_owned())))
+    })
+    .await;
+    // A small chunked body that has arrived whole is discarded, and the connection kept.
+    let mut stream = send(
+        address,
+        b"PUT /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n\
+          GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let text = read_until(&mut stream, "/next", 1).await;
+    assert!(text.contains("/small"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+
+    // One whose end has not arrived says that the connection closes, before it does.
+    let mut head = b"PUT /large HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    head.extend_from_slice(format!("{:x}\r\n", 4 * MAX_DISCARD).as_bytes());
+    head.extend(std::iter::repeat_n(b'x', 1000));
+    let mut stream = send(address, &head).await;
+    let text = read_to_close(&mut stream).await;
+    assert!(text.ends_with("/large"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
