@@ -119,8 +119,8 @@ impl ChunkedDecoder {
                     }
                 }
                 // RFC 9112 section 7.1.1 allows whitespace after the size only before an
-                // extension. It is also accepted before the line's end, as other servers
-                // accept it. Anything else, such as a second number, is rejected, so that no
+                // extension. It is also accepted before the line's end, where it cannot change
+                // the size. Anything else, such as a second number, is rejected, so that no
                 // two readers of the line can disagree on the size.
                 State::SizeSpace => {
                     self.count_line_byte()?;

@@ -74,7 +74,8 @@ pub(crate) fn parse_head(
     else {
         return Err(HeadError::Malformed);
     };
-    // The parsed pieces borrow `buffer`; their positions outlive the split below.
+    // The parsed pieces borrow `buffer`, so their positions are kept for after the split
+    // below.
     let base = buffer.as_ptr() as usize;
     // Heads are far below 4 GiB, so positions fit in 32 bits and the table stays small.
     let span = |piece: &[u8]| {
@@ -198,6 +199,15 @@ fn is_bare_authority(target: &[u8]) -> bool {
     let Some(start) = target.windows(3).position(|window| window == b"://") else {
         return false;
     };
+    // The `://` must end a scheme (RFC 3986 section 3.1), not sit in an origin-form query.
+    let scheme = &target[..start];
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.'));
+    if !is_scheme {
+        return false;
+    }
     let authority = &target[start + 3..];
     !authority.is_empty()
         && !authority
@@ -278,6 +288,10 @@ mod tests {
         assert_eq!(
             target("OPTIONS http://example.com?x HTTP/1.1\r\n\r\n").path(),
             "/"
+        );
+        assert_eq!(
+            target("OPTIONS /a?next=http://example.com HTTP/1.1\r\n\r\n"),
+            "/a?next=http://example.com"
         );
         assert_eq!(
             target("GET http://example.com HTTP/1.1\r\n\r\n"),

@@ -39,9 +39,8 @@ use tokio::sync::watch;
 /// serve another request. A larger rest closes the connection instead.
 const MAX_DISCARD: u64 = 64 * 1024;
 
-/// How long a closing connection keeps reading what the client still sends, so that
-/// closing with unread bytes does not reset the connection before the client has read the
-/// response.
+/// Time a closing connection keeps reading what the client still sends, so that closing
+/// with unread bytes does not reset the connection before the client has read the response.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Maximum bytes read while lingering.
@@ -169,15 +168,15 @@ where
         let (parts, body) = response.into_parts();
         let length = body.size_hint().exact();
         // A request body left unread past what is cheap to discard closes the connection, and
-        // the response head announces it. A chunked body's rest has no known size: what has arrived is
-        // discarded now, when nothing else reads the body, and a body that has not ended by
-        // then closes the connection. So does a body whose client still waits for `100
-        // Continue`: it may send the body anyway, and it must not be read as the next request.
+        // the response head announces it. The part that has arrived is discarded now, when
+        // nothing else reads the body, because a chunked body's rest has no known size. A body
+        // whose client still waits for `100 Continue` closes the connection too, because the
+        // client may send it anyway and it must not be read as the next request.
         let unread_elsewhere = Arc::strong_count(&wire) > 1;
         let body_clear = {
             let mut wire = lock(&wire);
             if !unread_elsewhere && !wire.continue_unsent() {
-                discard_arrived(&mut wire);
+                let _ = discard_arrived(&mut wire);
             }
             match wire.body {
                 // The client sent the body without waiting, and all of it was read.
@@ -215,7 +214,8 @@ where
             close(&wire, unread).await;
             return Ok(());
         }
-        if !discard_body(&wire).await {
+        // What the response's own reader left of the request body is discarded as well.
+        if !discard_arrived(&mut lock(&wire)) {
             close(&wire, true).await;
             return Ok(());
         }
@@ -379,7 +379,7 @@ where
                     Ok(mut data) => {
                         if let Framing::Length(length) = framing {
                             // Bytes past the declared length would be read as the next
-                            // response; they are dropped, and the connection with them.
+                            // response, so they are dropped with the rest of the body.
                             let room = length - sent;
                             if data.len() as u64 > room {
                                 data.truncate(room as usize);
@@ -499,47 +499,27 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// Reads and drops what is left of the request body when it has arrived and is small, so
-/// that the connection can take another request. Returns whether the connection is ready for
-/// one.
-async fn discard_body(wire: &SharedWire) -> bool {
-    let mut discarded: u64 = 0;
-    poll_fn(|cx| {
-        let mut wire = lock(wire);
-        loop {
-            match wire.body {
-                BodyState::Done => return Poll::Ready(true),
-                BodyState::Failed => return Poll::Ready(false),
-                BodyState::Length(_) | BodyState::Chunked(_) => {}
-            }
-            match wire.poll_body(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
-                    if discarded > MAX_DISCARD {
-                        return Poll::Ready(false);
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => return Poll::Ready(false),
-                Poll::Ready(None) => return Poll::Ready(true),
-                // Only what has arrived is discarded; a client still sending is closed on.
-                Poll::Pending => return Poll::Ready(false),
-            }
-        }
-    })
-    .await
-}
-
-/// Reads and drops the request body bytes that have already arrived, up to
-/// [`MAX_DISCARD`], without waiting for more.
-fn discard_arrived(wire: &mut Wire) {
+/// Reads and drops the request body bytes that have already arrived, up to [`MAX_DISCARD`],
+/// without waiting for more. Returns whether the body ended, so that the connection can take
+/// another request.
+fn discard_arrived(wire: &mut Wire) -> bool {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut discarded: u64 = 0;
-    while discarded <= MAX_DISCARD {
+    loop {
+        match wire.body {
+            BodyState::Done => return true,
+            BodyState::Failed => return false,
+            BodyState::Length(_) | BodyState::Chunked(_) => {}
+        }
+        if discarded > MAX_DISCARD {
+            return false;
+        }
         match wire.poll_body(&mut cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
             }
-            Poll::Ready(Some(Err(_)) | None) | Poll::Pending => return,
+            Poll::Ready(None) => return true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
         }
     }
 }

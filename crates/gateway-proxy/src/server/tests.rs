@@ -420,3 +420,30 @@ async fn unread_chunked_body_sets_connection_close() {
     assert!(text.ends_with("/large"), "{text}");
     assert!(text.contains("connection: close\r\n"), "{text}");
 }
+
+#[tokio::test]
+async fn size_hint_counts_bytes_left() {
+    let (address, _drain) = serve(|request: Request<Inbound>| async move {
+        let mut body = request.into_body();
+        let before = body.size_hint().exact();
+        let first = body.frame().await.and_then(Result::ok);
+        let read = first
+            .and_then(|frame| frame.into_data().ok())
+            .map_or(0, |data| data.len());
+        let after = body.size_hint().exact();
+        Response::new(Full::new(Bytes::from(format!(
+            "before={before:?} read={read} after={after:?}"
+        ))))
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /part HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabcd",
+    )
+    .await;
+    let text = read_until(&mut stream, "after=", 1).await;
+    assert!(
+        text.ends_with("before=Some(10) read=4 after=Some(6)"),
+        "{text}"
+    );
+}

@@ -254,15 +254,14 @@ pub enum InboundError {
 /// A request body as it arrives from the client. The task that polls it reads the
 /// connection's socket.
 pub struct Inbound {
+    /// The connection, while the body may still have bytes to read.
     wire: Option<SharedWire>,
-    /// The declared length, for the size hint.
-    length: Option<u64>,
 }
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
-            .field("length", &self.length)
+            .field("ended", &self.wire.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -270,22 +269,14 @@ impl std::fmt::Debug for Inbound {
 impl Inbound {
     /// Returns a body with nothing in it.
     pub fn empty() -> Inbound {
-        Inbound {
-            wire: None,
-            length: Some(0),
-        }
+        Inbound { wire: None }
     }
 
     pub(crate) fn new(wire: &SharedWire, framing: BodyFraming) -> Inbound {
         match framing {
             BodyFraming::Empty => Inbound::empty(),
-            BodyFraming::Length(length) => Inbound {
+            BodyFraming::Length(_) | BodyFraming::Chunked => Inbound {
                 wire: Some(Arc::clone(wire)),
-                length: Some(length),
-            },
-            BodyFraming::Chunked => Inbound {
-                wire: Some(Arc::clone(wire)),
-                length: None,
             },
         }
     }
@@ -315,9 +306,14 @@ impl Body for Inbound {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.length {
-            Some(length) => SizeHint::with_exact(length),
-            None => SizeHint::default(),
+        let Some(wire) = self.wire.as_ref() else {
+            return SizeHint::with_exact(0);
+        };
+        // The bytes still to come, once some were read.
+        match lock(wire).body {
+            BodyState::Length(left) => SizeHint::with_exact(left),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::Failed => SizeHint::default(),
         }
     }
 }
