@@ -31,7 +31,7 @@ pub trait RequestHook: Clone + Send + Sync + 'static {
     fn on_end(&self, state: Self::State, end: &RequestEnd);
 
     /// Returns whether the hook reports anything. When it returns false, no method above is
-    /// called, and requests skip the clock and the hook's clone.
+    /// called, and requests skip the clock, the hook's clone and the report's allocation.
     fn is_active(&self) -> bool {
         true
     }
@@ -94,11 +94,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let report = self.hook.is_active().then(|| Report {
-            started: Instant::now(),
-            state: self.hook.on_request(&mut request),
-            hook: self.hook.clone(),
-            bytes_sent: 0,
+        let report = self.hook.is_active().then(|| {
+            Box::new(Report {
+                started: Instant::now(),
+                state: self.hook.on_request(&mut request),
+                hook: self.hook.clone(),
+                bytes_sent: 0,
+            })
         });
         ResponseFuture {
             inner: self.inner.call(request),
@@ -107,6 +109,8 @@ where
     }
 }
 
+/// A request's report while it is under way. It is boxed, so the futures and bodies that
+/// carry it stay small as layers move them, and hold only `None` when the hook is inactive.
 struct Report<H: RequestHook> {
     hook: H,
     state: H::State,
@@ -130,7 +134,7 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F, H: RequestHook> {
         #[pin]
         inner: F,
-        report: Option<Report<H>>,
+        report: Option<Box<Report<H>>>,
     }
 
     impl<F, H: RequestHook> PinnedDrop for ResponseFuture<F, H> {
@@ -138,7 +142,7 @@ pin_project_lite::pin_project! {
             // Dropped before a response: the client went away or the server cut the
             // connection off. The request still ends, without a response.
             if let Some(report) = this.project().report.take() {
-                report.finish(false);
+                (*report).finish(false);
             }
         }
     }
@@ -168,7 +172,7 @@ where
             }
             Err(error) => {
                 if let Some(report) = report {
-                    report.finish(false);
+                    (*report).finish(false);
                 }
                 Poll::Ready(Err(error))
             }
@@ -181,7 +185,7 @@ pin_project_lite::pin_project! {
     pub struct TimedBody<B: Body, H: RequestHook> {
         #[pin]
         inner: B,
-        report: Option<Report<H>>,
+        report: Option<Box<Report<H>>>,
     }
 
     impl<B: Body, H: RequestHook> PinnedDrop for TimedBody<B, H> {
@@ -191,7 +195,7 @@ pin_project_lite::pin_project! {
                 // A server stops polling once is_end_stream is true, so a body read to its end
                 // usually finishes here rather than in poll_frame.
                 let completed = this.inner.is_end_stream();
-                report.finish(completed);
+                (*report).finish(completed);
             }
         }
     }
@@ -215,12 +219,12 @@ impl<B: Body, H: RequestHook> Body for TimedBody<B, H> {
             }
             Some(Err(_)) => {
                 if let Some(report) = this.report.take() {
-                    report.finish(false);
+                    (*report).finish(false);
                 }
             }
             None => {
                 if let Some(report) = this.report.take() {
-                    report.finish(true);
+                    (*report).finish(true);
                 }
             }
         }

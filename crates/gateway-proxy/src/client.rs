@@ -13,7 +13,7 @@
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
@@ -46,23 +46,29 @@ struct Idle {
 }
 
 /// Connection settings and idle connections, shared by every forwarder.
+///
+/// It is one pointer, cheap to clone and to move: every response body holds a clone.
 #[derive(Clone)]
 pub struct BackendClient {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
     // Idle connections per backend id. A handful of backends is the norm, so a vector scan
     // beats hashing.
-    pools: Arc<Vec<(u64, ArrayQueue<Idle>)>>,
+    pools: Vec<(u64, ArrayQueue<Idle>)>,
 }
 
 impl std::fmt::Debug for BackendClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendClient")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("backends", &self.pools.len())
+            .field("connect_timeout", &self.shared.connect_timeout)
+            .field("response_timeout", &self.shared.response_timeout)
+            .field("idle_timeout", &self.shared.idle_timeout)
+            .field("backends", &self.shared.pools.len())
             .finish()
     }
 }
@@ -95,15 +101,18 @@ impl BackendClient {
             .map(|id| (id, ArrayQueue::new(capacity)))
             .collect();
         BackendClient {
-            connect_timeout: config.connect_timeout,
-            response_timeout: config.response_timeout,
-            idle_timeout: config.pool_idle_timeout,
-            pools: Arc::new(pools),
+            shared: Arc::new(Shared {
+                connect_timeout: config.connect_timeout,
+                response_timeout: config.response_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                pools,
+            }),
         }
     }
 
     fn pool(&self, backend_id: u64) -> Option<&ArrayQueue<Idle>> {
-        self.pools
+        self.shared
+            .pools
             .iter()
             .find(|(id, _)| *id == backend_id)
             .map(|(_, pool)| pool)
@@ -111,7 +120,7 @@ impl BackendClient {
 
     /// Maximum wait for a backend's response head.
     pub fn response_timeout(&self) -> Duration {
-        self.response_timeout
+        self.shared.response_timeout
     }
 
     /// Returns a connection to `backend`: an idle pooled one when the pool has a usable one,
@@ -127,12 +136,14 @@ impl BackendClient {
         if let Some(connection) = self.check_out(backend.id()) {
             return Ok((connection, true));
         }
-        Ok((self.open(backend).await?, false))
+        // Opening is the rare path and its future is large (the connect and its timer), so it
+        // is boxed: the future of every exchange, pooled or not, stays small.
+        Ok((Box::pin(self.open(backend)).await?, false))
     }
 
     /// Opens a new connection to `backend`.
     pub(crate) async fn open(&self, backend: &Backend) -> Result<Box<Connection>, ProxyError> {
-        let timeout = self.connect_timeout;
+        let timeout = self.shared.connect_timeout;
         match tokio::time::timeout(timeout, open_stream(backend)).await {
             // Boxed once, so that handing a connection around moves a pointer.
             Ok(Ok(stream)) => Ok(Box::new(Connection::new(stream))),
@@ -153,12 +164,13 @@ impl BackendClient {
     /// and returns how many were closed. The rest keep their order in the pool.
     pub fn evict_idle(&self) -> usize {
         let mut closed = 0;
-        for (_, pool) in self.pools.iter() {
+        for (_, pool) in self.shared.pools.iter() {
             // Each connection idle now is looked at once; connections that requests return
             // meanwhile join the back of the queue and wait for the next round.
             for _ in 0..pool.len() {
                 let Some(mut entry) = pool.pop() else { break };
-                if entry.since.elapsed() < self.idle_timeout && entry.connection.is_idle_and_open()
+                if entry.since.elapsed() < self.shared.idle_timeout
+                    && entry.connection.is_idle_and_open()
                 {
                     // A full pool drops the connection, which closes it.
                     if pool.push(entry).is_err() {
@@ -176,7 +188,8 @@ impl BackendClient {
     /// 1 and 10 seconds) until `shutdown` turns true.
     pub fn spawn_eviction(&self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         let client = self.clone();
-        let every = (self.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let every =
+            (self.shared.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,7 +219,9 @@ impl BackendClient {
     fn check_out(&self, backend_id: u64) -> Option<Box<Connection>> {
         let pool = self.pool(backend_id)?;
         while let Some(mut entry) = pool.pop() {
-            if entry.since.elapsed() < self.idle_timeout && entry.connection.is_idle_and_open() {
+            if entry.since.elapsed() < self.shared.idle_timeout
+                && entry.connection.is_idle_and_open()
+            {
                 return Some(entry.connection);
             }
         }
@@ -260,6 +275,9 @@ async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
 pub(crate) struct Connection {
     stream: TcpStream,
     read: ReadBuffer,
+    /// Buffer that response heads are copied into, shared by their header values and reused
+    /// from one response to the next.
+    heads: BytesMut,
     send: SendState,
     // The response timer, kept across requests. It is armed for the first request's deadline
     // and moved to the current one only when it fires early, so most requests touch the
@@ -297,6 +315,7 @@ impl Connection {
         Connection {
             stream,
             read: ReadBuffer::new(),
+            heads: BytesMut::new(),
             send: SendState::new(),
             timer: None,
         }
@@ -441,7 +460,7 @@ impl Connection {
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
         loop {
             if !self.read.filled().is_empty() {
-                match codec::parse_response_head(self.read.filled(), method) {
+                match codec::parse_response_head(self.read.filled(), method, &mut self.heads) {
                     Ok(Parsed::Partial) => {}
                     Ok(Parsed::Interim(len)) => {
                         self.read.consume(len);

@@ -7,7 +7,7 @@
 //! building a new one.
 
 use crate::headers::{is_hop_by_hop, write_forwarded_headers};
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use std::net::IpAddr;
@@ -145,8 +145,19 @@ pub(crate) enum HeadError {
     TransferCoding,
 }
 
+/// Bytes a connection's head store starts with: most response heads fit.
+const HEAD_STORE_BYTES: usize = 1024;
+
 /// Parses a response head at the start of `buf`, the response to a request with `method`.
-pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, HeadError> {
+///
+/// The header values of the result share one copy of the head, made in `store`, a buffer that
+/// the connection keeps across responses. Once the previous response's headers are dropped, the
+/// copy reuses the store's memory, so a response head costs no allocation.
+pub(crate) fn parse_response_head(
+    buf: &[u8],
+    method: &Method,
+    store: &mut BytesMut,
+) -> Result<Parsed, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
     let len = match response.parse(buf) {
@@ -241,7 +252,9 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
     // Room for the headers the gateway adds (such as X-Request-Id), so that adding them does
     // not grow the map.
     let mut headers = HeaderMap::with_capacity(response.headers.len() + 4);
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    store.reserve(len.max(HEAD_STORE_BYTES));
+    store.extend_from_slice(&buf[..len]);
+    let head = store.split().freeze();
     let base = buf.as_ptr() as usize;
     let mut length_written = false;
     for field in response.headers.iter() {
@@ -252,7 +265,19 @@ pub(crate) fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed,
             // or repeated fields reach the client as one number, which every client parses.
             if let (None, Some(length), false) = (transfer_encoding, content_length, length_written)
             {
-                headers.append(name, HeaderValue::from(length));
+                // A plain number is passed on as the backend wrote it, without building a new
+                // value.
+                let digits = field.value.trim_ascii();
+                let plain = digits.iter().all(u8::is_ascii_digit)
+                    && (digits.len() == 1 || digits[0] != b'0');
+                let value = if plain {
+                    let start = digits.as_ptr() as usize - base;
+                    HeaderValue::from_maybe_shared(head.slice(start..start + digits.len()))
+                        .map_err(|_| HeadError::Header("invalid field value"))?
+                } else {
+                    HeaderValue::from(length)
+                };
+                headers.append(name, value);
                 length_written = true;
             }
             continue;
@@ -306,7 +331,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str, method: &Method) -> (usize, ResponseHead) {
-        match parse_response_head(text.as_bytes(), method) {
+        match parse_response_head(text.as_bytes(), method, &mut BytesMut::new()) {
             Ok(Parsed::Head(len, head)) => (len, head),
             other => panic!("expected a head, got {other:?}"),
         }
@@ -387,7 +412,8 @@ mod tests {
         for value in ["gzip", "gzip, chunked", "chunked, identity", "identity"] {
             let text = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {value}\r\n\r\n");
             assert_eq!(
-                parse_response_head(text.as_bytes(), &Method::GET).unwrap_err(),
+                parse_response_head(text.as_bytes(), &Method::GET, &mut BytesMut::new())
+                    .unwrap_err(),
                 HeadError::TransferCoding,
                 "{value}"
             );
@@ -395,7 +421,7 @@ mod tests {
         let twice =
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n";
         assert_eq!(
-            parse_response_head(twice.as_bytes(), &Method::GET).unwrap_err(),
+            parse_response_head(twice.as_bytes(), &Method::GET, &mut BytesMut::new()).unwrap_err(),
             HeadError::TransferCoding
         );
     }
@@ -464,12 +490,16 @@ mod tests {
     fn interim_skipped_and_101_rejected() {
         let text = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert!(matches!(
-            parse_response_head(text, &Method::POST),
+            parse_response_head(text, &Method::POST, &mut BytesMut::new()),
             Ok(Parsed::Interim(25))
         ));
         assert_eq!(
-            parse_response_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET)
-                .unwrap_err(),
+            parse_response_head(
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                &Method::GET,
+                &mut BytesMut::new()
+            )
+            .unwrap_err(),
             HeadError::Upgrade
         );
     }
@@ -494,7 +524,8 @@ mod tests {
         for code in ["600", "999"] {
             let text = format!("HTTP/1.1 {code} Odd\r\ncontent-length: 0\r\n\r\n");
             assert_eq!(
-                parse_response_head(text.as_bytes(), &Method::GET).unwrap_err(),
+                parse_response_head(text.as_bytes(), &Method::GET, &mut BytesMut::new())
+                    .unwrap_err(),
                 HeadError::Header("invalid status"),
                 "{code}"
             );
@@ -553,13 +584,17 @@ mod tests {
     #[test]
     fn partial_and_oversized_heads() {
         assert!(matches!(
-            parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-le", &Method::GET),
+            parse_response_head(
+                b"HTTP/1.1 200 OK\r\ncontent-le",
+                &Method::GET,
+                &mut BytesMut::new()
+            ),
             Ok(Parsed::Partial)
         ));
         let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
         huge.resize(MAX_HEAD_BYTES + 1, b'a');
         assert_eq!(
-            parse_response_head(&huge, &Method::GET).unwrap_err(),
+            parse_response_head(&huge, &Method::GET, &mut BytesMut::new()).unwrap_err(),
             HeadError::TooLarge
         );
     }
@@ -569,14 +604,15 @@ mod tests {
         for value in ["abc", "-1", "", "5, 6", "99999999999999999999"] {
             let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {value}\r\n\r\n");
             assert_eq!(
-                parse_response_head(text.as_bytes(), &Method::GET).unwrap_err(),
+                parse_response_head(text.as_bytes(), &Method::GET, &mut BytesMut::new())
+                    .unwrap_err(),
                 HeadError::ContentLength,
                 "{value}"
             );
         }
         let twice = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n";
         assert_eq!(
-            parse_response_head(twice.as_bytes(), &Method::GET).unwrap_err(),
+            parse_response_head(twice.as_bytes(), &Method::GET, &mut BytesMut::new()).unwrap_err(),
             HeadError::ContentLength
         );
         let (_, same) = head(
@@ -593,13 +629,51 @@ mod tests {
     }
 
     #[test]
+    fn content_length_sent_as_plain_number() {
+        for (written, sent) in [("42", "42"), ("0", "0"), (" 7 ", "7"), ("007", "7")] {
+            let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {written}\r\n\r\n");
+            let (_, head) = head(&text, &Method::GET);
+            assert_eq!(head.headers[header::CONTENT_LENGTH], sent, "{written:?}");
+        }
+    }
+
+    #[test]
+    fn head_store_reused_after_drop() {
+        let text = b"HTTP/1.1 200 OK\r\nx-id: 1\r\n\r\n";
+        let mut store = BytesMut::new();
+        let parse = |store: &mut BytesMut| match parse_response_head(text, &Method::GET, store) {
+            Ok(Parsed::Head(_, head)) => head,
+            other => panic!("expected a head, got {other:?}"),
+        };
+        let first = parse(&mut store);
+        let first_at = first.headers["x-id"].as_bytes().as_ptr();
+
+        // Once the first response's headers are dropped, the next head is copied where the
+        // first was.
+        drop(first);
+        let second = parse(&mut store);
+        assert_eq!(second.headers["x-id"], "1");
+        assert_eq!(second.headers["x-id"].as_bytes().as_ptr(), first_at);
+
+        // While they live, the next head goes elsewhere and leaves them intact.
+        let third = parse(&mut store);
+        assert_ne!(third.headers["x-id"].as_bytes().as_ptr(), first_at);
+        assert_eq!(second.headers["x-id"], "1");
+        assert_eq!(third.headers["x-id"], "1");
+    }
+
+    #[test]
     fn malformed_heads_are_errors() {
         assert!(matches!(
-            parse_response_head(b"HTTP/2.0 200 OK\r\n\r\n", &Method::GET),
+            parse_response_head(
+                b"HTTP/2.0 200 OK\r\n\r\n",
+                &Method::GET,
+                &mut BytesMut::new()
+            ),
             Err(HeadError::Syntax(_) | HeadError::Version)
         ));
         assert!(matches!(
-            parse_response_head(b"garbage\r\n\r\n", &Method::GET),
+            parse_response_head(b"garbage\r\n\r\n", &Method::GET, &mut BytesMut::new()),
             Err(HeadError::Syntax(_))
         ));
     }

@@ -75,99 +75,115 @@ impl tower::Service<Request<Inbound>> for Forward {
     }
 
     fn call(&mut self, request: Request<Inbound>) -> Self::Future {
-        let route = Arc::clone(&self.route);
-        let client = self.client.clone();
-        let attach_info = self.attach_info;
-        Box::pin(async move { Ok(forward(&route, client, request, attach_info).await) })
+        // The request is taken apart here, before the future exists, so that the future holds
+        // its parts once rather than also keeping the whole request it was given.
+        let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
+        let (parts, body) = request.into_parts();
+        // The server has checked the client's Content-Length, and its body reports that length
+        // as an exact size. A declared length of 0 is passed on as such.
+        let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let framing = match body.size_hint().exact() {
+            Some(length) if declared => RequestFraming::Length(length),
+            _ if body.is_end_stream() => RequestFraming::Empty,
+            _ => RequestFraming::Chunked,
+        };
+        let received = parts.extensions.get::<ReceivedBytes>().cloned();
+        let body = RequestBody::new(body, received);
+        Box::pin(forward(
+            Arc::clone(&self.route),
+            self.client.clone(),
+            parts,
+            body,
+            peer,
+            framing,
+            self.attach_info,
+        ))
     }
 }
 
-async fn forward(
-    route: &Route,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block keeps each argument once, where an async fn's future also holds \
+              a copy of every argument it moves into a local"
+)]
+fn forward(
+    route: Arc<Route>,
     client: BackendClient,
-    request: Request<Inbound>,
+    parts: http::request::Parts,
+    mut body: RequestBody,
+    peer: Option<IpAddr>,
+    framing: RequestFraming,
     attach_info: bool,
-) -> Response<ProxyBody> {
-    let mut info = ForwardInfo {
-        route: Arc::clone(&route.pattern),
-        backend: None,
-        retried: false,
-    };
-    let Some(first) = route.pool.pick() else {
-        return error_with_info(
-            ProxyError::new(ErrorKind::NoHealthyBackend),
-            info,
-            attach_info,
-        );
-    };
-    let mut backend = Arc::clone(first);
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+    async move {
+        let mut info = ForwardInfo {
+            route: Arc::clone(&route.pattern),
+            backend: None,
+            retried: false,
+        };
+        let Some(first) = route.pool.pick() else {
+            return Ok(error_with_info(
+                ProxyError::new(ErrorKind::NoHealthyBackend),
+                info,
+                attach_info,
+            ));
+        };
+        let mut backend = Arc::clone(first);
+        let request = Outgoing {
+            parts: &parts,
+            peer,
+            framing,
+        };
 
-    let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
-    let (parts, body) = request.into_parts();
-    // The server has checked the client's Content-Length, and its body reports that length as
-    // an exact size. A declared length of 0 is passed on as such.
-    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
-    let framing = match body.size_hint().exact() {
-        Some(length) if declared => RequestFraming::Length(length),
-        _ if body.is_end_stream() => RequestFraming::Empty,
-        _ => RequestFraming::Chunked,
-    };
-    let received = parts.extensions.get::<ReceivedBytes>().cloned();
-    let mut body = RequestBody::new(body, received);
-    let request = Outgoing {
-        parts: &parts,
-        peer,
-        framing,
-    };
+        loop {
+            let in_flight = backend.start_request();
+            info.backend = Some(Arc::clone(backend.url_text()));
 
-    loop {
-        let in_flight = backend.start_request();
-        info.backend = Some(Arc::clone(backend.url_text()));
-
-        let error = match exchange(&client, route, &backend, &request, &mut body).await {
-            Ok((head, connection, sent_all)) => {
-                backend.record_success();
-                let ResponseHead {
-                    status,
-                    headers,
-                    framing,
-                    keep_alive,
-                } = head;
-                let unsent = (!sent_all).then_some(body);
-                let lease = client.lease(in_flight);
-                let body = BackendBody::new(connection, framing, keep_alive, unsent, lease);
-                let mut response = Response::new(ProxyBody::backend(body));
-                *response.status_mut() = status;
-                *response.headers_mut() = headers;
-                if attach_info {
-                    response.extensions_mut().insert(info);
+            let error = match exchange(&client, &route, &backend, &request, &mut body).await {
+                Ok((head, connection, sent_all)) => {
+                    backend.record_success();
+                    let ResponseHead {
+                        status,
+                        headers,
+                        framing,
+                        keep_alive,
+                    } = head;
+                    let unsent = (!sent_all).then_some(body);
+                    let lease = client.lease(in_flight);
+                    let body = BackendBody::new(connection, framing, keep_alive, unsent, lease);
+                    let mut response = Response::new(ProxyBody::backend(body));
+                    *response.status_mut() = status;
+                    *response.headers_mut() = headers;
+                    if attach_info {
+                        response.extensions_mut().insert(info);
+                    }
+                    return Ok(response);
                 }
-                return response;
+                Err(error) => error,
+            };
+            drop(in_flight);
+            if error.counts_against_backend() {
+                note_failure(&backend, &error);
             }
-            Err(error) => error,
-        };
-        drop(in_flight);
-        if error.counts_against_backend() {
-            note_failure(&backend, &error);
-        }
 
-        // Only a request that never reached a backend may go to another, and only once.
-        let retry = error.is_retry_safe() && is_idempotent(&parts.method) && !info.retried;
-        let other = if retry {
-            route.pool.pick_other(&backend)
-        } else {
-            None
-        };
-        let Some(other) = other else {
-            return error_with_info(error, info, attach_info);
-        };
-        tracing::debug!(
-            backend = %backend.url_text(),
-            error = %error,
-            "retrying on another backend"
-        );
-        backend = Arc::clone(other);
-        info.retried = true;
+            // Only a request that never reached a backend may go to another, and only once.
+            let retry = error.is_retry_safe() && is_idempotent(&parts.method) && !info.retried;
+            let other = if retry {
+                route.pool.pick_other(&backend)
+            } else {
+                None
+            };
+            let Some(other) = other else {
+                return Ok(error_with_info(error, info, attach_info));
+            };
+            tracing::debug!(
+                backend = %backend.url_text(),
+                error = %error,
+                "retrying on another backend"
+            );
+            backend = Arc::clone(other);
+            info.retried = true;
+        }
     }
 }
 
@@ -199,7 +215,7 @@ async fn exchange(
         Err(error) => return Err(exchange_error(error, timeout)),
     }
     drop(connection);
-    let mut fresh = client.open(backend).await?;
+    let mut fresh = Box::pin(client.open(backend)).await?;
     match attempt(client, route, backend, request, &mut fresh, body).await {
         Ok((head, sent_all)) => Ok((head, fresh, sent_all)),
         Err(error) => Err(exchange_error(error, timeout)),
@@ -228,7 +244,8 @@ async fn attempt(
         ),
         None => (None, None),
     };
-    let head = RequestHead {
+    // Encoded in place, so the head is not kept in the future across the wait below.
+    RequestHead {
         method: &parts.method,
         prefix,
         target,
@@ -236,8 +253,8 @@ async fn attempt(
         peer: request.peer,
         host,
         framing: request.framing,
-    };
-    head.encode(connection.head_buffer());
+    }
+    .encode(connection.head_buffer());
     connection
         .exchange(
             body,

@@ -107,7 +107,9 @@ pub(crate) fn parse_head(
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for a header the gateway adds, such as X-Request-Id, so that adding it does not
+    // grow the map, which costs two allocations and a rehash of every entry.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -242,6 +244,23 @@ mod tests {
         assert!(matches!(parse_head(&mut buffer, 1024), Ok(None)));
         assert_eq!(buffer.len(), 25);
         assert!(matches!(parse_head(&mut BytesMut::new(), 1024), Ok(None)));
+    }
+
+    #[test]
+    fn header_map_room_for_added_header() {
+        for count in 0..20 {
+            let mut text = String::from("GET / HTTP/1.1\r\n");
+            for field in 0..count {
+                text.push_str(&format!("x-f{field}: v\r\n"));
+            }
+            text.push_str("\r\n");
+            let (mut request, _) = parse(&text).unwrap();
+            let capacity = request.headers().capacity();
+            request
+                .headers_mut()
+                .insert("x-request-id", HeaderValue::from_static("1"));
+            assert_eq!(request.headers().capacity(), capacity, "{count} fields");
+        }
     }
 
     #[test]
