@@ -1,8 +1,9 @@
 //! Request ids: a client's `X-Request-Id` is kept, a missing or unusable one is generated, and
 //! the id goes to the backend and back on the response.
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, Request, Response};
+use std::cell::RefCell;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
@@ -22,17 +23,31 @@ static PROCESS_PREFIX: LazyLock<u64> =
     LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Size of the per-thread buffer that generated ids are written into: 128 ids of 32 bytes.
+const ID_STORE_BYTES: usize = 4096;
+
+thread_local! {
+    /// Generated ids are split off this buffer. The id goes into the request and the response,
+    /// and both share it. Once every id of a buffer is dropped, its memory is reused, so an id
+    /// costs no allocation of its own.
+    static ID_STORE: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 /// Generates a new request id: 32 hex digits, unique within the process.
 pub fn generate() -> HeaderValue {
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut text = [0u8; 32];
     write_hex(&mut text[..16], *PROCESS_PREFIX);
     write_hex(&mut text[16..], count);
-    // The id goes into the request and the response. Bytes that own the array are shared by
-    // both with one allocation, where a copied slice costs a second one on its first clone.
+    let id = ID_STORE.with_borrow_mut(|store| {
+        if store.capacity() < text.len() {
+            store.reserve(ID_STORE_BYTES);
+        }
+        store.extend_from_slice(&text);
+        store.split().freeze()
+    });
     // Hex digits are always a valid header value.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(text))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn write_hex(out: &mut [u8], value: u64) {
@@ -173,5 +188,18 @@ mod tests {
     #[test]
     fn generated_ids_differ() {
         assert_ne!(generate(), generate());
+    }
+
+    #[test]
+    fn generated_ids_stay_intact() {
+        // Enough ids to fill several id buffers, all alive at once.
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| generate()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(id.len(), 32);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert_ne!(ids[i], ids[(i + 1) % ids.len()]);
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 }

@@ -231,7 +231,7 @@ impl BackendBody {
                     match found {
                         None => connection.consume(used),
                         Some(Decoded::Data(range)) => {
-                            let data = Bytes::copy_from_slice(&connection.buffered()[range]);
+                            let data = connection.copy(range);
                             connection.consume(used);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }

@@ -22,6 +22,7 @@ use http_body::Body;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -47,7 +48,7 @@ struct Idle {
 
 /// Connection settings and idle connections, shared by every forwarder.
 ///
-/// It is one pointer, cheap to clone and to move: every response body holds a clone.
+/// It is one pointer, cheap to clone and to move, because every response body keeps a clone.
 #[derive(Clone)]
 pub struct BackendClient {
     shared: Arc<Shared>,
@@ -275,9 +276,9 @@ async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
 pub(crate) struct Connection {
     stream: TcpStream,
     read: ReadBuffer,
-    /// Buffer that response heads are copied into, shared by their header values and reused
-    /// from one response to the next.
-    heads: BytesMut,
+    /// Buffer that response heads and small body chunks are copied into, reused from one
+    /// response to the next (see [`codec::copy_to_store`]).
+    copies: BytesMut,
     send: SendState,
     // The response timer, kept across requests. It is armed for the first request's deadline
     // and moved to the current one only when it fires early, so most requests touch the
@@ -315,7 +316,7 @@ impl Connection {
         Connection {
             stream,
             read: ReadBuffer::new(),
-            heads: BytesMut::new(),
+            copies: BytesMut::new(),
             send: SendState::new(),
             timer: None,
         }
@@ -460,7 +461,7 @@ impl Connection {
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
         loop {
             if !self.read.filled().is_empty() {
-                match codec::parse_response_head(self.read.filled(), method, &mut self.heads) {
+                match codec::parse_response_head(self.read.filled(), method, &mut self.copies) {
                     Ok(Parsed::Partial) => {}
                     Ok(Parsed::Interim(len)) => {
                         self.read.consume(len);
@@ -500,6 +501,10 @@ impl Connection {
             self.send.head = Vec::with_capacity(512);
         }
         self.send.data = Bytes::new();
+        // A head larger than the store made it grow; a pooled connection keeps a small one.
+        if self.copies.capacity() > codec::STORE_BYTES {
+            self.copies = BytesMut::new();
+        }
     }
 
     /// Returns the bytes read but not yet consumed.
@@ -514,9 +519,20 @@ impl Connection {
 
     /// Takes `len` buffered bytes as body data.
     pub(crate) fn take(&mut self, len: usize) -> Bytes {
-        let data = Bytes::copy_from_slice(&self.read.filled()[..len]);
+        let data = self.copy(0..len);
         self.read.consume(len);
         data
+    }
+
+    /// Copies `range` of the buffered bytes out as body data. A small chunk goes to the
+    /// connection's copy store. A larger one gets memory of its own, so the store stays small.
+    pub(crate) fn copy(&mut self, range: Range<usize>) -> Bytes {
+        let data = &self.read.filled()[range];
+        if data.len() <= codec::STORE_BYTES {
+            codec::copy_to_store(&mut self.copies, data)
+        } else {
+            Bytes::copy_from_slice(data)
+        }
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` means the backend closed the connection.

@@ -6,8 +6,9 @@
 //! channel between tasks, and the request head is written from the client's header map without
 //! building a new one.
 
+use crate::header_pool;
 use crate::headers::{is_hop_by_hop, write_forwarded_headers};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use std::net::IpAddr;
@@ -145,14 +146,24 @@ pub(crate) enum HeadError {
     TransferCoding,
 }
 
-/// Bytes a connection's head store starts with: most response heads fit.
-const HEAD_STORE_BYTES: usize = 1024;
+/// Size of a connection's copy store (see [`copy_to_store`]): most response heads fit.
+pub(crate) const STORE_BYTES: usize = 1024;
+
+/// Copies `bytes` into `store`, a buffer a backend connection keeps across responses, and
+/// returns the copy. Once the copies made for earlier responses are dropped, the store's
+/// memory is reused, so a copy costs no allocation.
+pub(crate) fn copy_to_store(store: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if store.capacity() < bytes.len() {
+        store.reserve(bytes.len().max(STORE_BYTES));
+    }
+    store.extend_from_slice(bytes);
+    store.split().freeze()
+}
 
 /// Parses a response head at the start of `buf`, the response to a request with `method`.
 ///
-/// The header values of the result share one copy of the head, made in `store`, a buffer that
-/// the connection keeps across responses. Once the previous response's headers are dropped, the
-/// copy reuses the store's memory, so a response head costs no allocation.
+/// Copies the head once, with [`copy_to_store`], and the header values of the result share
+/// that copy.
 pub(crate) fn parse_response_head(
     buf: &[u8],
     method: &Method,
@@ -251,10 +262,8 @@ pub(crate) fn parse_response_head(
     // Second pass: build the headers the client receives.
     // Room for the headers the gateway adds (such as X-Request-Id), so that adding them does
     // not grow the map.
-    let mut headers = HeaderMap::with_capacity(response.headers.len() + 4);
-    store.reserve(len.max(HEAD_STORE_BYTES));
-    store.extend_from_slice(&buf[..len]);
-    let head = store.split().freeze();
+    let mut headers = header_pool::take(response.headers.len() + 4);
+    let head = copy_to_store(store, &buf[..len]);
     let base = buf.as_ptr() as usize;
     let mut length_written = false;
     for field in response.headers.iter() {
@@ -638,28 +647,44 @@ mod tests {
     }
 
     #[test]
-    fn head_store_reused_after_drop() {
-        let text = b"HTTP/1.1 200 OK\r\nx-id: 1\r\n\r\n";
+    fn copy_store_reuses_memory() {
         let mut store = BytesMut::new();
-        let parse = |store: &mut BytesMut| match parse_response_head(text, &Method::GET, store) {
-            Ok(Parsed::Head(_, head)) => head,
-            other => panic!("expected a head, got {other:?}"),
-        };
-        let first = parse(&mut store);
-        let first_at = first.headers["x-id"].as_bytes().as_ptr();
+        let first = copy_to_store(&mut store, &[1; 600]);
+        let start = first.as_ptr();
 
-        // Once the first response's headers are dropped, the next head is copied where the
-        // first was.
-        drop(first);
-        let second = parse(&mut store);
-        assert_eq!(second.headers["x-id"], "1");
-        assert_eq!(second.headers["x-id"].as_bytes().as_ptr(), first_at);
+        // Room is left after the first copy, so the second one follows it.
+        let second = copy_to_store(&mut store, &[2; 300]);
+        assert_eq!(second.as_ptr(), start.wrapping_add(600));
 
-        // While they live, the next head goes elsewhere and leaves them intact.
-        let third = parse(&mut store);
-        assert_ne!(third.headers["x-id"].as_bytes().as_ptr(), first_at);
-        assert_eq!(second.headers["x-id"], "1");
-        assert_eq!(third.headers["x-id"], "1");
+        // The store is full. Once its copies are dropped, the next one starts over in the same
+        // memory.
+        drop((first, second));
+        let third = copy_to_store(&mut store, &[3; 600]);
+        assert_eq!(third.as_ptr(), start);
+
+        // While a copy lives, a full store moves to new memory and leaves the copy intact.
+        let fourth = copy_to_store(&mut store, &[4; 600]);
+        assert_ne!(fourth.as_ptr(), start);
+        assert_eq!(&third[..], &[3; 600][..]);
+        assert_eq!(&fourth[..], &[4; 600][..]);
+    }
+
+    #[test]
+    fn heads_in_one_store_stay_intact() {
+        let mut store = BytesMut::new();
+        let heads: Vec<ResponseHead> = (0..100)
+            .map(|i| {
+                let text = format!("HTTP/1.1 200 OK\r\nx-id: {i}\r\ncontent-length: {i}\r\n\r\n");
+                match parse_response_head(text.as_bytes(), &Method::GET, &mut store) {
+                    Ok(Parsed::Head(_, head)) => head,
+                    other => panic!("expected a head, got {other:?}"),
+                }
+            })
+            .collect();
+        for (i, head) in heads.iter().enumerate() {
+            assert_eq!(head.headers["x-id"], i.to_string().as_str());
+            assert_eq!(head.headers[header::CONTENT_LENGTH], i.to_string().as_str());
+        }
     }
 
     #[test]

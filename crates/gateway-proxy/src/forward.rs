@@ -4,6 +4,7 @@ use crate::body::{BackendBody, ProxyBody};
 use crate::client::{BackendClient, Connection, ExchangeError};
 use crate::codec::{RequestFraming, RequestHead, ResponseHead};
 use crate::error::{ErrorKind, ProxyError};
+use crate::header_pool;
 use crate::request_body::{ReceivedBytes, RequestBody};
 use crate::routes::Route;
 use crate::server::Inbound;
@@ -75,7 +76,7 @@ impl tower::Service<Request<Inbound>> for Forward {
     }
 
     fn call(&mut self, request: Request<Inbound>) -> Self::Future {
-        // The request is taken apart here, before the future exists, so that the future holds
+        // The request is taken apart here, before the future exists, so that the future keeps
         // its parts once rather than also keeping the whole request it was given.
         let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
         let (parts, body) = request.into_parts();
@@ -157,6 +158,8 @@ fn forward(
                     if attach_info {
                         response.extensions_mut().insert(info);
                     }
+                    // The request head is sent, so its header map goes back to the pool.
+                    header_pool::give(parts.headers);
                     return Ok(response);
                 }
                 Err(error) => error,

@@ -19,6 +19,7 @@
 //! - [`forward`]: the per-route forwarding service and its retry.
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
+//! - `header_pool`: emptied header maps kept per thread for the next heads.
 #![warn(missing_docs)]
 
 pub mod body;
@@ -27,6 +28,7 @@ pub mod client;
 mod codec;
 pub mod error;
 pub mod forward;
+mod header_pool;
 pub mod headers;
 mod request_body;
 pub mod routes;

@@ -1,8 +1,9 @@
 //! Reading a client's request head (RFC 9112 sections 2 to 6): the request line, the header
 //! fields and the body framing they declare.
 
+use crate::header_pool;
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -109,7 +110,7 @@ pub(crate) fn parse_head(
     };
     // Room for a header the gateway adds, such as X-Request-Id, so that adding it does not
     // grow the map, which costs two allocations and a rehash of every entry.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = header_pool::take(count + 2);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;

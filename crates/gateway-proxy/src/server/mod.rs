@@ -20,6 +20,7 @@ mod wire;
 
 pub use wire::{Inbound, InboundError, Io};
 
+use crate::header_pool;
 use crate::server::head::{HeadError, parse_head};
 use crate::server::response::{Exchange, Framing, encode_head, encode_rejection};
 use crate::server::wire::{BodyState, HEAD_CHUNK, SharedWire, Wire, lock};
@@ -108,18 +109,25 @@ where
 {
     let wire: SharedWire = Arc::new(Mutex::new(Wire::new(Box::new(io))));
     let mut head_out = Vec::with_capacity(256);
+    // One wait for the drain serves every request of the connection: a wait made anew for
+    // each request would join and leave the channel's waiter list every time.
+    let mut drain_wait = drain.clone();
+    let mut drained = pin!(async move {
+        let _ = drain_wait.wait_for(|draining| *draining).await;
+    });
+    let mut drain_seen = false;
     loop {
         // An idle connection closes at the drain; one whose next head has started gets to
         // finish it, and its response closes the connection.
-        let draining = *drain.borrow_and_update();
+        let draining = drain_seen || *drain.borrow_and_update();
         if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
         }
         let head = tokio::select! {
             biased;
             head = read_head(&wire, settings.max_head_bytes) => Some(head),
-            changed = drain.wait_for(|draining| *draining), if !draining => {
-                drop(changed);
+            () = &mut drained, if !draining => {
+                drain_seen = true;
                 None
             }
         };
@@ -199,7 +207,8 @@ where
             length,
             exchange,
         );
-        drop(parts);
+        // The response's header map is written out and goes back to the pool.
+        header_pool::give(parts.headers);
         // Pinned here rather than inside `write_response`, so that the connection's future
         // contains one copy of the body, not two. The body is dropped as the write ends.
         {
