@@ -115,11 +115,11 @@ where
     let mut drained = pin!(async move {
         let _ = drain_wait.wait_for(|draining| *draining).await;
     });
-    let mut drain_seen = false;
+    let mut drain_seen = *drain.borrow_and_update();
     loop {
         // An idle connection closes at the drain; one whose next head has started gets to
         // finish it, and its response closes the connection.
-        let draining = drain_seen || *drain.borrow_and_update();
+        let draining = drain_begun(&mut drain, &mut drain_seen);
         if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
         }
@@ -197,7 +197,7 @@ where
         let exchange = Exchange {
             method: &method,
             version,
-            keep_alive: facts.keep_alive && body_clear && !*drain.borrow(),
+            keep_alive: facts.keep_alive && body_clear && !drain_begun(&mut drain, &mut drain_seen),
         };
         head_out.clear();
         let (framing, keep_alive) = encode_head(
@@ -250,6 +250,15 @@ fn head_error_reason(error: HeadError) -> &'static str {
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
     }
+}
+
+/// Returns whether the drain has begun, and records it in `seen`. The drain only turns on, so
+/// while the channel is unchanged this costs one atomic load rather than the channel's lock.
+fn drain_begun(drain: &mut watch::Receiver<bool>, seen: &mut bool) -> bool {
+    if !*seen && drain.has_changed().unwrap_or(false) {
+        *seen = *drain.borrow_and_update();
+    }
+    *seen
 }
 
 /// Reads until the buffer contains a complete head. Returns `Ok(None)` when the client
