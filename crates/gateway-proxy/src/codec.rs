@@ -11,6 +11,7 @@ use crate::headers::{is_hop_by_hop, write_forwarded_headers};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 /// Largest response head accepted from a backend.
@@ -169,9 +170,16 @@ pub(crate) fn parse_response_head(
     method: &Method,
     store: &mut BytesMut,
 ) -> Result<Parsed, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf) {
+    // Left uninitialized: the parser writes the fields it finds, where zeroing all of them
+    // would write 3.2 KB for each response.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(HeadError::TooLarge);

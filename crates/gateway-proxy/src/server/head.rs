@@ -10,6 +10,10 @@ use std::mem::MaybeUninit;
 /// Maximum header fields in a request head. A head with more gets 431.
 const MAX_HEADERS: usize = 100;
 
+/// Header fields that the small position table in [`parse_head`] has room for. A head with
+/// more uses a table of [`MAX_HEADERS`].
+const FEW_HEADERS: usize = 16;
+
 /// The framing of a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFraming {
@@ -85,8 +89,17 @@ pub(crate) fn parse_head(
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed)?;
     let [target_start, target_end] = span(target.as_bytes());
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    // Most heads have a few fields, and a table for them costs less to zero than one for the
+    // most a head may have.
     let count = parsed.headers.len();
+    let mut few = [[0u32; 4]; FEW_HEADERS];
+    let mut many;
+    let spans: &mut [[u32; 4]] = if count <= FEW_HEADERS {
+        &mut few[..count]
+    } else {
+        many = [[0u32; 4]; MAX_HEADERS];
+        &mut many[..count]
+    };
     for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
         let [name_start, name_end] = span(field.name.as_bytes());
         let [value_start, value_end] = span(field.value);
@@ -118,7 +131,7 @@ pub(crate) fn parse_head(
     let mut keep_alive_token = false;
     let mut expects_continue = false;
     let mut trailers = false;
-    for &[name_start, name_end, value_start, value_end] in &spans[..count] {
+    for &[name_start, name_end, value_start, value_end] in spans.iter() {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Malformed)?;
         let value = value_start as usize..value_end as usize;
