@@ -501,10 +501,6 @@ impl Connection {
             self.send.head = Vec::with_capacity(512);
         }
         self.send.data = Bytes::new();
-        // A head larger than the store made it grow; a pooled connection keeps a small one.
-        if self.copies.capacity() > codec::STORE_BYTES {
-            self.copies = BytesMut::new();
-        }
     }
 
     /// Returns the bytes read but not yet consumed.
@@ -524,15 +520,10 @@ impl Connection {
         data
     }
 
-    /// Copies `range` of the buffered bytes out as body data. A small chunk goes to the
-    /// connection's copy store. A larger one gets memory of its own, so the store stays small.
+    /// Copies `range` of the buffered bytes out as body data, through the connection's copy
+    /// store (see [`codec::copy_to_store`]).
     pub(crate) fn copy(&mut self, range: Range<usize>) -> Bytes {
-        let data = &self.read.filled()[range];
-        if data.len() <= codec::STORE_BYTES {
-            codec::copy_to_store(&mut self.copies, data)
-        } else {
-            Bytes::copy_from_slice(data)
-        }
+        codec::copy_to_store(&mut self.copies, &self.read.filled()[range])
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` means the backend closed the connection.

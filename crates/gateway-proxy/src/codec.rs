@@ -147,15 +147,19 @@ pub(crate) enum HeadError {
     TransferCoding,
 }
 
-/// Size of a connection's copy store (see [`copy_to_store`]): most response heads fit.
+/// Size of a connection's copy store (see [`copy_to_store`]). Most response heads fit.
 pub(crate) const STORE_BYTES: usize = 1024;
 
 /// Copies `bytes` into `store`, a buffer a backend connection keeps across responses, and
 /// returns the copy. Once the copies made for earlier responses are dropped, the store's
-/// memory is reused, so a copy costs no allocation.
+/// memory is reused, so a copy costs no allocation. A copy larger than the store gets memory
+/// of its own, so the store of an idle pooled connection never grows past [`STORE_BYTES`].
 pub(crate) fn copy_to_store(store: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if bytes.len() > STORE_BYTES {
+        return Bytes::copy_from_slice(bytes);
+    }
     if store.capacity() < bytes.len() {
-        store.reserve(bytes.len().max(STORE_BYTES));
+        store.reserve(STORE_BYTES);
     }
     store.extend_from_slice(bytes);
     store.split().freeze()
@@ -675,6 +679,19 @@ mod tests {
         assert_ne!(fourth.as_ptr(), start);
         assert_eq!(&third[..], &[3; 600][..]);
         assert_eq!(&fourth[..], &[4; 600][..]);
+    }
+
+    #[test]
+    fn large_copy_leaves_store_alone() {
+        let mut store = BytesMut::new();
+        let small = copy_to_store(&mut store, &[1; 100]);
+        let large = copy_to_store(&mut store, &[2; STORE_BYTES + 1]);
+        assert_eq!(&large[..], &[2; STORE_BYTES + 1][..]);
+
+        // The large copy went elsewhere, so the next small one follows the first.
+        let next = copy_to_store(&mut store, &[3; 100]);
+        assert_eq!(next.as_ptr(), small.as_ptr().wrapping_add(100));
+        assert!(store.capacity() < STORE_BYTES);
     }
 
     #[test]
