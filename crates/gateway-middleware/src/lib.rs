@@ -23,3 +23,4 @@ pub mod request_id;
 pub mod timing;
 
 mod json;
+mod value_store;

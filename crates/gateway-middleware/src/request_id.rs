@@ -1,9 +1,8 @@
 //! Request ids: a client's `X-Request-Id` is kept, a missing or unusable one is generated, and
 //! the id goes to the backend and back on the response.
 
-use bytes::BytesMut;
+use crate::value_store;
 use http::{HeaderName, HeaderValue, Request, Response};
-use std::cell::RefCell;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
@@ -23,31 +22,14 @@ static PROCESS_PREFIX: LazyLock<u64> =
     LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Size of the per-thread buffer that generated ids are written into: 128 ids of 32 bytes.
-const ID_STORE_BYTES: usize = 4096;
-
-thread_local! {
-    /// Generated ids are split off this buffer. The id goes into the request and the response,
-    /// and both share it. Once every id of a buffer is dropped, its memory is reused, so an id
-    /// costs no allocation of its own.
-    static ID_STORE: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
 /// Generates a new request id: 32 hex digits, unique within the process.
 pub fn generate() -> HeaderValue {
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut text = [0u8; 32];
     write_hex(&mut text[..16], *PROCESS_PREFIX);
     write_hex(&mut text[16..], count);
-    let id = ID_STORE.with_borrow_mut(|store| {
-        if store.capacity() < text.len() {
-            store.reserve(ID_STORE_BYTES);
-        }
-        store.extend_from_slice(&text);
-        store.split().freeze()
-    });
     // Hex digits are always a valid header value.
-    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    value_store::header_value(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn write_hex(out: &mut [u8], value: u64) {

@@ -4,6 +4,7 @@
 use crate::RequestRecord;
 use rusqlite::Connection;
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -126,8 +127,12 @@ fn bind_row(
     client_ip: &mut String,
 ) -> rusqlite::Result<()> {
     client_ip.clear();
-    if let Some(ip) = record.client_ip {
-        let _ = write!(client_ip, "{ip}");
+    match record.client_ip {
+        Some(IpAddr::V4(ip)) => push_ipv4(client_ip, ip),
+        Some(ip) => {
+            let _ = write!(client_ip, "{ip}");
+        }
+        None => {}
     }
     insert.raw_bind_parameter(offset + 1, record.timestamp_us)?;
     insert.raw_bind_parameter(offset + 2, &record.request_id)?;
@@ -147,6 +152,23 @@ fn bind_row(
     Ok(())
 }
 
+/// Appends `ip` in dotted decimal. Written by hand because `core::fmt` showed in the writer's
+/// profile, and IPv4 is the common case.
+fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -159,7 +181,6 @@ mod tests {
     use crate::connect;
     use crate::thread::WriterThread;
     use std::borrow::Cow;
-    use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Arc;
 
     /// Returns a record whose every field depends on `i`, with optional fields set on odd rows.
@@ -280,6 +301,20 @@ mod tests {
         assert_eq!(rows.len(), count as usize);
         for (i, row) in rows.into_iter().enumerate() {
             assert_eq!(row, expected(i as u64), "row {i}");
+        }
+    }
+
+    #[test]
+    fn ipv4_written_as_dotted_decimal() {
+        for ip in [
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(10, 9, 99, 100),
+            Ipv4Addr::new(255, 255, 255, 255),
+        ] {
+            let mut text = String::new();
+            push_ipv4(&mut text, ip);
+            assert_eq!(text, ip.to_string());
         }
     }
 }

@@ -21,6 +21,7 @@ mod tests;
 pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};
 
 use crate::json;
+use crate::value_store;
 use gateway_config::{RateLimitConfig, RateLimitKey};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
@@ -279,14 +280,19 @@ impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
 
 /// Formats a `RateLimit` field value: `"default";r=REMAINING;t=SECONDS`.
 fn ratelimit_value(remaining: u32, seconds: u64) -> HeaderValue {
-    use std::io::Write;
-    // Formatted on the stack and copied once: the value is at most 45 bytes, and
-    // `format!` would allocate a growing string before the header value's own copy.
-    let mut buffer = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-    write!(cursor, "\"default\";r={remaining};t={seconds}").expect("the value fits the buffer");
-    let length = usize::try_from(cursor.position()).expect("a position within 48 bytes");
-    HeaderValue::from_bytes(&buffer[..length]).expect("quotes, digits and ASCII are valid")
+    // Formatted by hand on the stack: the value is at most 45 bytes.
+    let mut text = [0u8; 48];
+    let mut length = 0;
+    let mut push = |piece: &[u8]| {
+        text[length..length + piece.len()].copy_from_slice(piece);
+        length += piece.len();
+    };
+    let mut digits = [0u8; 20];
+    push(b"\"default\";r=");
+    push(value_store::decimal(u64::from(remaining), &mut digits));
+    push(b";t=");
+    push(value_store::decimal(seconds, &mut digits));
+    value_store::header_value(&text[..length]).expect("quotes, digits and ASCII are valid")
 }
 
 fn whole_seconds_up(duration: Duration) -> u64 {
