@@ -357,29 +357,28 @@ fn push_bool(out: &mut Vec<u8>, value: bool) {
 }
 
 /// Appends `value` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    push_padded(out, value, 1);
+}
+
+/// Appends `value` in decimal, zero-padded to `width` digits (at most 20).
+///
+/// The digits are pushed one by one rather than copied as a slice of varying length, which
+/// would call `memmove` for each number, several times per line.
+fn push_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    // Least significant digit first. Places past the last digit stay '0' for the padding.
+    let mut digits = [b'0'; 20];
+    let mut count = 0;
     loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
+        digits[count] = b'0' + (value % 10) as u8;
+        count += 1;
         value /= 10;
         if value == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// Appends `value` in decimal, zero-padded to `width` digits.
-fn push_padded(out: &mut Vec<u8>, value: u64, width: usize) {
-    let start = out.len();
-    push_u64(out, value);
-    let written = out.len() - start;
-    if written < width {
-        let pad = width - written;
-        out.splice(start..start, std::iter::repeat_n(b'0', pad));
-    }
+    let count = count.max(width.min(digits.len()));
+    out.extend(digits[..count].iter().rev());
 }
 
 /// Appends the address, or `-` when there is none.
@@ -524,6 +523,22 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "0.007 120.050 0 18446744073709551615"
         );
+    }
+
+    #[test]
+    fn padding_fills_to_width() {
+        for (value, width, text) in [
+            (0, 6, "000000"),
+            (42, 6, "000042"),
+            (123_456, 6, "123456"),
+            (1_234_567, 6, "1234567"),
+            (5, 1, "5"),
+            (99, 3, "099"),
+        ] {
+            let mut out = Vec::new();
+            push_padded(&mut out, value, width);
+            assert_eq!(out, text.as_bytes(), "{value} to {width}");
+        }
     }
 
     #[test]
