@@ -147,7 +147,8 @@ pub(crate) enum HeadError {
     TransferCoding,
 }
 
-/// Size of a connection's copy store (see [`copy_to_store`]). Most response heads fit.
+/// Size of a connection's copy store (see [`copy_to_store`]). A typical response head of a
+/// few hundred bytes fits, with room for a small body after it.
 pub(crate) const STORE_BYTES: usize = 1024;
 
 /// Copies `bytes` into `store`, a buffer a backend connection keeps across responses, and

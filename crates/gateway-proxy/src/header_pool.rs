@@ -6,8 +6,8 @@ use http::HeaderMap;
 use std::cell::RefCell;
 
 /// Maps kept per thread: enough for the requests one thread has in flight at a time, which
-/// return their maps as they end. By estimate, a full pool of maps sized for about ten fields
-/// holds 85 KB, and one of the largest maps kept (48 fields) about 340 KB.
+/// return their maps as they end. By estimate, a full pool takes 85 KB with maps sized for
+/// about ten fields, and 340 KB with the largest maps it keeps (48 fields).
 const POOLED_MAPS: usize = 64;
 
 /// Maps that grew past this many fields are freed rather than kept, so that one odd request
