@@ -11,7 +11,14 @@ use std::sync::LazyLock;
 /// The insert of one row, for the rows of a job past its last full multi-row statement.
 /// SQLite compiles each insert once per connection (rusqlite's statement cache keeps it), and
 /// each row then only binds its values.
-const INSERT: &str = "INSERT INTO requests (ts_us, request_id, method, path, query, route, \
+///
+/// `OR FAIL` spares SQLite its statement journal. Under the default `OR ABORT`, a statement
+/// that writes several rows saves each page before changing it, so that a failure on a later
+/// row can undo the earlier ones (a profile shows `subjournalPageIfRequired` and
+/// `memjrnlWrite`). The writer rolls a failed batch back whole by closing the connection, so
+/// the journal is not needed. `writer_throughput`: 1.30 to 1.35 µs of CPU per row with it,
+/// 1.25 to 1.30 without.
+const INSERT: &str = "INSERT OR FAIL INTO requests (ts_us, request_id, method, path, query, route, \
      status, latency_us, client_ip, user_agent, backend, bytes_received, bytes_sent, \
      error_kind, retried) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
@@ -302,6 +309,36 @@ mod tests {
         for (i, row) in rows.into_iter().enumerate() {
             assert_eq!(row, expected(i as u64), "row {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn failed_row_rolls_back_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let thread = WriterThread::spawn().unwrap();
+        let connection = connect::open_insert_connection(&path, &thread)
+            .await
+            .unwrap();
+        // A trigger rejects one row in the middle of the first multi-row statement. Under
+        // `OR FAIL`, the rows before it in that statement stay in the open transaction.
+        connection
+            .execute_batch(
+                "CREATE TRIGGER reject_row BEFORE INSERT ON requests WHEN NEW.path = '/rejected' \
+                 BEGIN SELECT RAISE(FAIL, 'rejected'); END",
+            )
+            .unwrap();
+        let mut batch: Vec<_> = (0..2 * ROWS_PER_STATEMENT as u64).map(record).collect();
+        batch[5].path = "/rejected".to_owned();
+        let error = insert_batch(&connection, &mut batch).unwrap_err();
+        assert!(error.to_string().contains("rejected"), "{error}");
+
+        // The writer closes the connection after a failed batch, which rolls it back.
+        drop(connection);
+        let check = rusqlite::Connection::open(&path).unwrap();
+        let rows: i64 = check
+            .query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 
     #[test]
