@@ -7,7 +7,7 @@ use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::X_REQUEST_ID;
 use gateway_middleware::timing::{RequestEnd, RequestHook};
 use gateway_proxy::{ErrorKind, ForwardInfo, ReceivedBytes, RouteMatch, RouteTable};
-use gateway_store::{RequestLog, RequestRecord, unix_micros};
+use gateway_store::{RecordRef, RequestLog, unix_micros};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -186,7 +186,7 @@ impl RequestHook for AccessHook {
             });
         }
         if let Some(log) = &self.shared.request_log {
-            log.record(state.into_record(end));
+            state.with_record(end, |record| log.record_ref(record));
         }
     }
 }
@@ -220,54 +220,38 @@ fn route_of(table: &RouteTable, method: &Method, path: &str, status: u16) -> Opt
 }
 
 impl Pending {
-    // NOTE: the row copies the request id, path, query and User-Agent into new strings, up to
-    // four allocations per request. The writer binds them in place, and SQLite copies each
-    // bound text once more while it builds the row.
-    fn into_record(self, end: &RequestEnd) -> RequestRecord {
-        // `str::from_utf8` checks ASCII a word at a time, where the lossy conversion reads
-        // byte by byte, so the lossy one runs only for values that are not UTF-8.
-        let text = |value: Option<HeaderValue>| {
-            value.map(|v| match std::str::from_utf8(v.as_bytes()) {
-                Ok(text) => text.to_owned(),
-                Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            })
-        };
-        RequestRecord {
+    /// Calls `f` with the request's row. Its text is borrowed from the request's own parts,
+    /// and the request log copies it into its queue's buffer.
+    fn with_record<R>(&self, end: &RequestEnd, f: impl FnOnce(&RecordRef<'_>) -> R) -> R {
+        let request_id = self.request_id.as_ref().map(header_text);
+        let user_agent = self.user_agent.as_ref().map(header_text);
+        f(&RecordRef {
             timestamp_us: unix_micros(self.started_at),
-            request_id: text(self.request_id).unwrap_or_default(),
-            method: method_name(&self.method),
-            path: self.uri.path().to_owned(),
-            query: self.uri.query().map(str::to_owned),
-            route: self.route,
+            request_id: request_id.as_deref().unwrap_or_default(),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            query: self.uri.query(),
+            route: self.route.as_deref(),
             status: self.status,
             latency_us: u64::try_from(end.latency.as_micros()).unwrap_or(u64::MAX),
             client_ip: self.client_ip,
-            user_agent: text(self.user_agent),
-            backend: self.backend,
-            bytes_received: self.bytes_received.map_or(0, |counter| counter.get()),
+            user_agent: user_agent.as_deref(),
+            backend: self.backend.as_deref(),
+            bytes_received: self.bytes_received.as_ref().map_or(0, ReceivedBytes::get),
             bytes_sent: end.bytes_sent,
             error_kind: self.error_kind,
             retried: self.retried,
-        }
+        })
     }
 }
 
-/// Returns a standard method's name without allocating.
-fn method_name(method: &Method) -> Cow<'static, str> {
-    const STANDARD: [(Method, &str); 9] = [
-        (Method::GET, "GET"),
-        (Method::POST, "POST"),
-        (Method::PUT, "PUT"),
-        (Method::DELETE, "DELETE"),
-        (Method::HEAD, "HEAD"),
-        (Method::OPTIONS, "OPTIONS"),
-        (Method::PATCH, "PATCH"),
-        (Method::TRACE, "TRACE"),
-        (Method::CONNECT, "CONNECT"),
-    ];
-    match STANDARD.iter().find(|(m, _)| m == method) {
-        Some((_, name)) => Cow::Borrowed(name),
-        None => Cow::Owned(method.as_str().to_owned()),
+/// Returns a header value as text, with bytes that are not UTF-8 replaced.
+fn header_text(value: &HeaderValue) -> Cow<'_, str> {
+    // `str::from_utf8` checks ASCII a word at a time, where the lossy conversion reads byte
+    // by byte, so the lossy one runs only for values that are not UTF-8.
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()),
     }
 }
 
@@ -329,15 +313,17 @@ routes:
     }
 
     #[test]
-    fn record_copies_request_text() {
-        let record = pending(b"curl/8.5.0").into_record(&END);
-
-        assert_eq!(record.timestamp_us, 1_000_000);
-        assert_eq!(record.request_id, "req-1");
-        assert_eq!(record.path, "/users/7");
-        assert_eq!(record.query.as_deref(), Some("expand=orders"));
-        assert_eq!(record.user_agent.as_deref(), Some("curl/8.5.0"));
-        assert_eq!(record.latency_us, 250);
+    fn record_borrows_request_text() {
+        pending(b"curl/8.5.0").with_record(&END, |record| {
+            assert_eq!(record.timestamp_us, 1_000_000);
+            assert_eq!(record.request_id, "req-1");
+            assert_eq!(record.method, "GET");
+            assert_eq!(record.path, "/users/7");
+            assert_eq!(record.query, Some("expand=orders"));
+            assert_eq!(record.user_agent, Some("curl/8.5.0"));
+            assert_eq!(record.latency_us, 250);
+            assert_eq!(record.bytes_sent, 10);
+        });
     }
 
     #[test]
@@ -362,8 +348,8 @@ routes:
 
     #[test]
     fn record_replaces_bytes_not_utf8() {
-        let record = pending(b"agent \xff/1").into_record(&END);
-
-        assert_eq!(record.user_agent.as_deref(), Some("agent \u{fffd}/1"));
+        pending(b"agent \xff/1").with_record(&END, |record| {
+            assert_eq!(record.user_agent, Some("agent \u{fffd}/1"));
+        });
     }
 }

@@ -1,11 +1,11 @@
 //! The batch insert: one transaction per batch, and cached statements that insert 16 rows at
 //! a time.
 
-use crate::RequestRecord;
+use crate::record::RecordRef;
+use crate::spool::Records;
 use rusqlite::Connection;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::ops::Range;
 use std::sync::LazyLock;
 
 /// The insert of one row, for the rows of a job past its last full multi-row statement.
@@ -37,25 +37,25 @@ const INSERT: &str = "INSERT OR FAIL INTO requests (ts_us, request_id, method, p
 /// and the writer fell behind its queue.
 pub(crate) const CHUNK_ROWS: usize = 64;
 
-/// Inserts `records[range]`, as one job of a batch's transaction: the first job of a batch
-/// (`range` starts at 0) begins the transaction and the last (it ends at `records.len()`)
-/// commits it.
+/// Inserts `records` as one job of a batch's transaction: the first job of a batch (`begin`)
+/// begins the transaction and the last (`commit`) commits it.
 ///
 /// On an error the transaction stays open, and the writer then closes the connection, which
-/// rolls it back. Text is bound straight from the records, and SQLite copies it as it is
-/// bound. Only the client address is formatted first, into one buffer per job.
+/// rolls it back. Text is bound straight from the encoded records, and SQLite copies it as it
+/// is bound. Only the client address is formatted first, into one buffer per job.
 pub(crate) fn insert_chunk(
     connection: &Connection,
-    records: &[RequestRecord],
-    range: Range<usize>,
+    records: Records<'_>,
+    begin: bool,
+    commit: bool,
 ) -> rusqlite::Result<()> {
-    let commit = range.end == records.len();
-    if range.start == 0 {
+    if begin {
         // IMMEDIATE takes the write lock at the start, where the busy timeout applies, rather
         // than at the first insert.
         connection.execute_batch("BEGIN IMMEDIATE")?;
     }
-    insert_rows(connection, &records[range])?;
+    let records: Vec<RecordRef<'_>> = records.collect();
+    insert_rows(connection, &records)?;
     if commit {
         connection.execute_batch("COMMIT")?;
     }
@@ -66,11 +66,14 @@ pub(crate) fn insert_chunk(
 #[cfg(test)]
 pub(crate) fn insert_batch(
     connection: &Connection,
-    batch: &mut Vec<RequestRecord>,
+    batch: &mut Vec<crate::RequestRecord>,
 ) -> rusqlite::Result<()> {
-    let inserted = insert_chunk(connection, batch, 0..batch.len());
+    let mut encoded = crate::spool::Encoded::default();
+    for record in batch.iter() {
+        assert!(encoded.push(&record.to_ref()));
+    }
     batch.clear();
-    inserted
+    insert_chunk(connection, encoded.records(), true, true)
 }
 
 /// Rows in one multi-row insert. One statement step then builds this many rows, which saves
@@ -102,7 +105,7 @@ static MULTI_INSERT: LazyLock<String> = LazyLock::new(|| {
     sql
 });
 
-fn insert_rows(connection: &Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
+fn insert_rows(connection: &Connection, records: &[RecordRef<'_>]) -> rusqlite::Result<()> {
     let mut client_ip = String::with_capacity(48);
     let mut groups = records.chunks_exact(ROWS_PER_STATEMENT);
     if groups.len() > 0 {
@@ -130,7 +133,7 @@ fn insert_rows(connection: &Connection, records: &[RequestRecord]) -> rusqlite::
 fn bind_row(
     insert: &mut rusqlite::CachedStatement<'_>,
     offset: usize,
-    record: &RequestRecord,
+    record: &RecordRef<'_>,
     client_ip: &mut String,
 ) -> rusqlite::Result<()> {
     client_ip.clear();
@@ -142,16 +145,16 @@ fn bind_row(
         None => {}
     }
     insert.raw_bind_parameter(offset + 1, record.timestamp_us)?;
-    insert.raw_bind_parameter(offset + 2, &record.request_id)?;
-    insert.raw_bind_parameter(offset + 3, record.method.as_ref())?;
-    insert.raw_bind_parameter(offset + 4, &record.path)?;
-    insert.raw_bind_parameter(offset + 5, &record.query)?;
-    insert.raw_bind_parameter(offset + 6, record.route.as_deref())?;
+    insert.raw_bind_parameter(offset + 2, record.request_id)?;
+    insert.raw_bind_parameter(offset + 3, record.method)?;
+    insert.raw_bind_parameter(offset + 4, record.path)?;
+    insert.raw_bind_parameter(offset + 5, record.query)?;
+    insert.raw_bind_parameter(offset + 6, record.route)?;
     insert.raw_bind_parameter(offset + 7, record.status)?;
     insert.raw_bind_parameter(offset + 8, saturating_i64(record.latency_us))?;
     insert.raw_bind_parameter(offset + 9, record.client_ip.map(|_| client_ip.as_str()))?;
-    insert.raw_bind_parameter(offset + 10, &record.user_agent)?;
-    insert.raw_bind_parameter(offset + 11, record.backend.as_deref())?;
+    insert.raw_bind_parameter(offset + 10, record.user_agent)?;
+    insert.raw_bind_parameter(offset + 11, record.backend)?;
     insert.raw_bind_parameter(offset + 12, saturating_i64(record.bytes_received))?;
     insert.raw_bind_parameter(offset + 13, saturating_i64(record.bytes_sent))?;
     insert.raw_bind_parameter(offset + 14, record.error_kind)?;
@@ -185,8 +188,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::connect;
     use crate::thread::WriterThread;
+    use crate::{RequestRecord, connect};
     use std::borrow::Cow;
     use std::sync::Arc;
 

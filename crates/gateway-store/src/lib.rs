@@ -24,8 +24,9 @@
 //!
 //! # Layout
 //!
-//! - [`record`]: [`RequestRecord`], one finished request.
+//! - [`record`]: [`RequestRecord`] and its borrowed form [`RecordRef`], one finished request.
 //! - `queue`: [`RequestLog`], the handle that queues records.
+//! - `spool`: the queue itself, records encoded into one byte buffer per request thread.
 //! - `writer`: [`Writer`], the batch writer task, and [`WriterHandle`] to stop it.
 //! - `thread`: the thread on which the writer's SQLite statements run.
 //! - `insert` and `retention`: the SQL the writer runs.
@@ -45,6 +46,7 @@ mod queue;
 mod reader;
 pub mod record;
 mod retention;
+mod spool;
 mod stats;
 mod thread;
 mod time;
@@ -55,7 +57,7 @@ pub use error::StoreError;
 pub use filter::{LogFilter, StatusFilter};
 pub use queue::RequestLog;
 pub use reader::{LogEntry, LogReader};
-pub use record::RequestRecord;
+pub use record::{RecordRef, RequestRecord};
 pub use stats::{BackendStats, RouteStats, Stats, Summary};
 pub use time::{format_rfc3339, now_us, parse_since, unix_micros};
 pub use writer::{DEFAULT_RETENTION_INTERVAL, WriteSummary, Writer, WriterHandle};

@@ -1,13 +1,14 @@
 //! The handle the request path uses: a bounded queue in front of the writer.
 
+use crate::record::RecordRef;
+use crate::spool::Spool;
 use crate::thread::WriterThread;
 use crate::writer::Writer;
 use crate::{RequestRecord, StoreError, connect};
 use gateway_config::RequestLogConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// The request log's handle: queues records for the [`Writer`] without waiting.
 ///
@@ -15,7 +16,7 @@ use tokio::sync::{Notify, mpsc};
 /// writer commits what is queued and stops.
 #[derive(Debug, Clone)]
 pub struct RequestLog {
-    sender: mpsc::Sender<RequestRecord>,
+    spool: Arc<Spool>,
     dropped: Arc<AtomicU64>,
     /// Rows whose batch failed to commit, counted by the writer.
     failed: Arc<AtomicU64>,
@@ -24,7 +25,7 @@ pub struct RequestLog {
     /// Half the queue: the writer is woken at this many records even when its batch needs
     /// more, so the queue still has room while the writer catches up.
     half_queue: usize,
-    /// Declared after `sender`, so the writer is woken only once every sender is gone.
+    /// Closes the spool and wakes the writer when the last handle is dropped.
     _last_drop: Arc<WakeOnDrop>,
 }
 
@@ -41,14 +42,18 @@ pub(crate) struct BatchReady {
     pub(crate) commit_now: AtomicBool,
 }
 
-/// Wakes the writer when the last [`RequestLog`] is dropped, so that it commits what is
-/// queued and stops.
+/// Closes the spool and wakes the writer when the last [`RequestLog`] is dropped, so that the
+/// writer commits what is queued and stops.
 #[derive(Debug)]
-struct WakeOnDrop(Arc<BatchReady>);
+struct WakeOnDrop {
+    spool: Arc<Spool>,
+    batch_ready: Arc<BatchReady>,
+}
 
 impl Drop for WakeOnDrop {
     fn drop(&mut self) {
-        self.0.notify.notify_one();
+        self.spool.close();
+        self.batch_ready.notify.notify_one();
     }
 }
 
@@ -75,8 +80,8 @@ impl RequestLog {
         })?;
         let connection = connect::open_insert_connection(&config.database, &thread).await?;
 
-        // tokio's bounded channel panics on a capacity of 0, which config validation rejects.
-        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        // Config validation rejects a capacity of 0, which would drop every record.
+        let spool = Arc::new(Spool::new(config.queue_capacity.max(1)));
         let dropped = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let batch_ready = Arc::new(BatchReady {
@@ -86,18 +91,21 @@ impl RequestLog {
             commit_now: AtomicBool::new(false),
         });
         let log = RequestLog {
-            sender,
+            spool: Arc::clone(&spool),
             dropped: Arc::clone(&dropped),
             failed: Arc::clone(&failed),
             batch_ready: Arc::clone(&batch_ready),
             half_queue: (config.queue_capacity / 2).max(1),
-            _last_drop: Arc::new(WakeOnDrop(Arc::clone(&batch_ready))),
+            _last_drop: Arc::new(WakeOnDrop {
+                spool: Arc::clone(&spool),
+                batch_ready: Arc::clone(&batch_ready),
+            }),
         };
         let writer = Writer::new(
             config,
             thread,
             connection,
-            receiver,
+            spool,
             dropped,
             failed,
             batch_ready,
@@ -106,19 +114,23 @@ impl RequestLog {
     }
 
     /// Queues `record` for the writer, or drops and counts it when the queue is full or the
-    /// writer has stopped. Never waits and takes no lock. The channel (tokio 1.x) reuses its
-    /// blocks of slots, but a send may allocate a new block while the queue grows.
+    /// writer has stopped. Does not wait for the writer. See [`RequestLog::record_ref`].
     pub fn record(&self, record: RequestRecord) {
-        match self.sender.try_send(record) {
-            Ok(()) => {
-                let needed = self.batch_ready.needed.load(Ordering::Relaxed);
-                if self.in_queue() >= needed.min(self.half_queue) {
-                    self.batch_ready.notify.notify_one();
-                }
+        self.record_ref(&record.to_ref());
+    }
+
+    /// Queues a copy of `record` for the writer, or drops and counts it when the queue is
+    /// full, the writer has stopped or a text is longer than 4 GiB. Does not wait for the
+    /// writer: it takes only the lock of the calling thread's buffer, which the writer holds
+    /// just long enough to move the records out, and allocates only while that buffer grows.
+    pub fn record_ref(&self, record: &RecordRef<'_>) {
+        if self.spool.push(record) {
+            let needed = self.batch_ready.needed.load(Ordering::Relaxed);
+            if self.in_queue() >= needed.min(self.half_queue) {
+                self.batch_ready.notify.notify_one();
             }
-            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -157,6 +169,6 @@ impl RequestLog {
     }
 
     fn in_queue(&self) -> usize {
-        self.sender.max_capacity() - self.sender.capacity()
+        self.spool.len()
     }
 }

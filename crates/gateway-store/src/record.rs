@@ -44,3 +44,49 @@ pub struct RequestRecord {
     /// Whether the request was sent to a second backend after the first failed.
     pub retried: bool,
 }
+
+/// One finished request, with its text borrowed from the caller: what
+/// [`RequestLog::record_ref`](crate::RequestLog::record_ref) takes, so that the request path
+/// builds no strings for the log. Its fields mean what [`RequestRecord`]'s do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(missing_docs, reason = "each field is documented on RequestRecord")]
+pub struct RecordRef<'a> {
+    pub timestamp_us: i64,
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub status: u16,
+    pub latency_us: u64,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<&'a str>,
+    pub backend: Option<&'a str>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub error_kind: Option<&'a str>,
+    pub retried: bool,
+}
+
+impl RequestRecord {
+    /// Returns the record with its text borrowed.
+    pub fn to_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            timestamp_us: self.timestamp_us,
+            request_id: &self.request_id,
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            route: self.route.as_deref(),
+            status: self.status,
+            latency_us: self.latency_us,
+            client_ip: self.client_ip,
+            user_agent: self.user_agent.as_deref(),
+            backend: self.backend.as_deref(),
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            error_kind: self.error_kind,
+            retried: self.retried,
+        }
+    }
+}

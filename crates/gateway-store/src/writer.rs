@@ -1,8 +1,9 @@
 //! The writer task: drains the queue into SQLite in batches and deletes expired rows.
 
 use crate::queue::BatchReady;
+use crate::spool::{Encoded, Spool};
 use crate::thread::{JobLost, WriterThread};
-use crate::{RequestRecord, StoreError, connect, insert, retention};
+use crate::{StoreError, connect, insert, retention};
 use gateway_config::RequestLogConfig;
 use rusqlite::Connection;
 use std::future::Future;
@@ -11,8 +12,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, trace, warn};
@@ -42,7 +42,7 @@ pub struct Writer {
     /// Whether the path was found to name another file than `file`, or none.
     file_replaced: bool,
     failures: FailureWarnings,
-    receiver: mpsc::Receiver<RequestRecord>,
+    spool: Arc<Spool>,
     dropped: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     batch_ready: Arc<BatchReady>,
@@ -102,7 +102,7 @@ impl Writer {
         config: &RequestLogConfig,
         thread: WriterThread,
         connection: Connection,
-        receiver: mpsc::Receiver<RequestRecord>,
+        spool: Arc<Spool>,
         dropped: Arc<AtomicU64>,
         failed: Arc<AtomicU64>,
         batch_ready: Arc<BatchReady>,
@@ -115,7 +115,7 @@ impl Writer {
             file_replaced: false,
             connection: Some(connection),
             failures: FailureWarnings::default(),
-            receiver,
+            spool,
             dropped,
             failed,
             batch_ready,
@@ -160,8 +160,7 @@ impl Writer {
         let mut stopping = false;
         let mut summary = WriteSummary::default();
         let mut drops = DropWarnings::new(self.flush_interval.max(MIN_DROP_WARNING_INTERVAL));
-        // Room for a default batch up front, and more only when that many rows arrive.
-        let mut batch = Vec::with_capacity(self.batch_size.min(1024));
+        let mut batch = Encoded::default();
 
         // The first tick completes at once, so expired rows go when the writer starts.
         let mut retention_timer = tokio::time::interval(self.retention_interval);
@@ -178,11 +177,16 @@ impl Writer {
                 biased;
                 () = &mut shutdown, if !stopping => {
                     debug!(path = %self.path.display(), "request log writer draining");
-                    self.receiver.close();
+                    self.spool.close();
                     stopping = true;
                     continue;
                 }
-                received = self.receiver.recv_many(&mut batch, self.batch_size) => received,
+                received = next_records(
+                    &self.spool,
+                    &self.batch_ready,
+                    &mut batch,
+                    self.batch_size,
+                ) => received,
                 _ = retention_timer.tick(), if !stopping => {
                     retention_cutoff = Some(crate::now_us().saturating_sub(micros(self.retention)));
                     continue;
@@ -201,7 +205,7 @@ impl Writer {
                 Instant::now() + self.flush_interval
             ));
             loop {
-                let open = take_queued(&mut self.receiver, &mut batch, self.batch_size);
+                let open = take_queued(&self.spool, &mut batch, self.batch_size);
                 self.batch_ready
                     .in_batch
                     .store(batch.len(), Ordering::Relaxed);
@@ -214,12 +218,12 @@ impl Writer {
                 tokio::select! {
                     biased;
                     () = &mut shutdown => {
-                        self.receiver.close();
+                        self.spool.close();
                         stopping = true;
                     }
                     () = self.batch_ready.notify.notified() => {}
                     () = &mut deadline => {
-                        take_queued(&mut self.receiver, &mut batch, self.batch_size);
+                        take_queued(&self.spool, &mut batch, self.batch_size);
                         break;
                     }
                 }
@@ -281,7 +285,7 @@ impl Writer {
         summary
     }
 
-    async fn write_batch(&mut self, batch: &mut Vec<RequestRecord>, summary: &mut WriteSummary) {
+    async fn write_batch(&mut self, batch: &mut Encoded, summary: &mut WriteSummary) {
         let rows = batch.len() as u64;
         let written = self.insert_in_chunks(batch).await;
         batch.clear();
@@ -305,28 +309,36 @@ impl Writer {
     }
 
     /// Inserts `batch` in one transaction, in jobs of [`insert::CHUNK_ROWS`] rows on the
-    /// writer's thread, and gives the emptied vector back to `batch` for the next batch.
-    async fn insert_in_chunks(&mut self, batch: &mut Vec<RequestRecord>) -> Result<(), WriteError> {
+    /// writer's thread, and gives its memory back to `batch` for the next batch.
+    async fn insert_in_chunks(&mut self, batch: &mut Encoded) -> Result<(), WriteError> {
         let mut records = std::mem::take(batch);
-        let mut start = 0;
-        while start < records.len() {
-            let end = (start + insert::CHUNK_ROWS).min(records.len());
+        let total = records.len();
+        let mut done = 0;
+        let mut start_byte = 0;
+        while done < total {
+            let rows = insert::CHUNK_ROWS.min(total - done);
+            let begin = done == 0;
+            let commit = done + rows == total;
             let (back, inserted) = self
                 .on_connection(move |connection| {
-                    let inserted = insert::insert_chunk(connection, &records, start..end);
-                    if end == records.len() || inserted.is_err() {
-                        // The records' strings are freed here, off the runtime's threads.
-                        records.clear();
+                    if begin {
+                        records.sort_by_time();
                     }
+                    let (chunk, next_byte) = records.range(start_byte, rows);
+                    let inserted =
+                        insert::insert_chunk(connection, chunk, begin, commit).map(|()| next_byte);
                     (records, inserted)
                 })
                 .await?;
             records = back;
-            if let Err(error) = inserted {
-                *batch = records;
-                return Err(WriteError::from(error));
+            match inserted {
+                Ok(next_byte) => start_byte = next_byte,
+                Err(error) => {
+                    *batch = records;
+                    return Err(WriteError::from(error));
+                }
             }
-            start = end;
+            done += rows;
         }
         *batch = records;
         Ok(())
@@ -444,21 +456,34 @@ impl Writer {
     }
 }
 
-/// Moves records that are already queued into `batch` until it contains `batch_size`, without
-/// waiting. Returns false when the queue is empty and every sender is gone.
-fn take_queued(
-    receiver: &mut mpsc::Receiver<RequestRecord>,
-    batch: &mut Vec<RequestRecord>,
+/// Waits until records are queued and moves them into `batch`, until it contains `batch_size`.
+/// Returns how many moved, or 0 once the spool is closed and empty.
+async fn next_records(
+    spool: &Spool,
+    batch_ready: &BatchReady,
+    batch: &mut Encoded,
     batch_size: usize,
-) -> bool {
-    while batch.len() < batch_size {
-        match receiver.try_recv() {
-            Ok(record) => batch.push(record),
-            Err(TryRecvError::Empty) => return true,
-            Err(TryRecvError::Disconnected) => return false,
+) -> usize {
+    loop {
+        // Set before the spool is read: a push after the read loads 1, and wakes this task.
+        // The notification is kept until the wait below begins.
+        batch_ready.needed.store(1, Ordering::Relaxed);
+        let closed = spool.is_closed();
+        let moved = spool.take(batch, batch_size);
+        if moved > 0 || (closed && spool.len() == 0) {
+            return moved;
         }
+        batch_ready.notify.notified().await;
     }
-    true
+}
+
+/// Moves records that are already queued into `batch` until it contains `batch_size`, without
+/// waiting. Returns false when the queue is empty and closed: every sender is gone or the
+/// writer is stopping.
+fn take_queued(spool: &Spool, batch: &mut Encoded, batch_size: usize) -> bool {
+    let closed = spool.is_closed();
+    spool.take(batch, batch_size);
+    !(closed && spool.len() == 0)
 }
 
 /// The failure of a batch, a retention run or the checkpoint at the stop.
@@ -629,7 +654,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::RequestLog;
+    use crate::{RequestLog, RequestRecord};
     use std::borrow::Cow;
 
     fn record(i: u64) -> RequestRecord {
