@@ -34,6 +34,10 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
     bytes: Vec<u8>,
+    /// Bytes at the front of `bytes` whose records were moved out by a partial take. They
+    /// are removed once they are half of `bytes`, so that a writer that takes a few records
+    /// at a time from a long buffer copies each byte a bounded number of times.
+    taken: usize,
     records: usize,
 }
 
@@ -57,6 +61,7 @@ impl Encoded {
     /// Removes every record, and keeps the memory unless it grew past [`KEEP_CAPACITY`].
     pub(crate) fn clear(&mut self) {
         self.records = 0;
+        self.taken = 0;
         if self.bytes.capacity() > KEEP_CAPACITY {
             self.bytes = Vec::new();
         } else {
@@ -67,7 +72,7 @@ impl Encoded {
     /// Returns at most `count` records from byte `start_byte` on, and the byte after them,
     /// where the next step of a caller that walks the batch in steps starts.
     pub(crate) fn range(&self, start_byte: usize, count: usize) -> (Records<'_>, usize) {
-        let rest = self.bytes.get(start_byte..).unwrap_or_default();
+        let rest = self.live().get(start_byte..).unwrap_or_default();
         let end = split_point(rest, count);
         let records = Records {
             bytes: &rest[..end],
@@ -79,14 +84,15 @@ impl Encoded {
     /// Each request thread appends to its own buffer, so a batch taken from several is out
     /// of order, and rows get their ids in the order they are inserted.
     pub(crate) fn sort_by_time(&mut self) {
+        let live = self.live();
         let mut index: Vec<(i64, usize, usize)> = Vec::with_capacity(self.records);
         let mut start = 0;
-        while start < self.bytes.len() {
-            let mut reader = Reader(&self.bytes[start..]);
+        while start < live.len() {
+            let mut reader = Reader(&live[start..]);
             let (Some(length), Some(timestamp)) = (reader.u32(), reader.array::<8>()) else {
                 break;
             };
-            let end = (start + 4 + length as usize).min(self.bytes.len());
+            let end = (start + 4 + length as usize).min(live.len());
             index.push((i64::from_le_bytes(timestamp), start, end));
             start = end;
         }
@@ -94,17 +100,23 @@ impl Encoded {
             return;
         }
         index.sort_by_key(|&(timestamp, _, _)| timestamp);
-        let mut sorted = Vec::with_capacity(self.bytes.len());
+        let mut sorted = Vec::with_capacity(live.len());
         for (_, start, end) in index {
-            sorted.extend_from_slice(&self.bytes[start..end]);
+            sorted.extend_from_slice(&live[start..end]);
         }
         self.bytes = sorted;
+        self.taken = 0;
     }
 
     /// Returns every record.
     #[cfg(test)]
     pub(crate) fn records(&self) -> Records<'_> {
-        Records { bytes: &self.bytes }
+        Records { bytes: self.live() }
+    }
+
+    /// Returns the bytes of the records not yet taken.
+    fn live(&self) -> &[u8] {
+        &self.bytes[self.taken..]
     }
 
     /// Moves up to `count` records from the front of `from` to the end of this batch, and
@@ -112,20 +124,26 @@ impl Encoded {
     fn take_from(&mut self, from: &mut Encoded, count: usize) -> usize {
         if from.records <= count {
             let moved = from.records;
-            if self.bytes.is_empty() {
+            if self.records == 0 && from.taken == 0 {
                 // The request thread's buffer gets this batch's emptied memory in exchange.
                 std::mem::swap(&mut self.bytes, &mut from.bytes);
+                self.taken = 0;
             } else {
-                self.bytes.extend_from_slice(&from.bytes);
-                from.bytes.clear();
+                self.bytes.extend_from_slice(from.live());
             }
+            from.bytes.clear();
+            from.taken = 0;
             from.records = 0;
             self.records += moved;
             moved
         } else {
-            let end = split_point(&from.bytes, count);
-            self.bytes.extend_from_slice(&from.bytes[..end]);
-            from.bytes.drain(..end);
+            let end = from.taken + split_point(from.live(), count);
+            self.bytes.extend_from_slice(&from.bytes[from.taken..end]);
+            from.taken = end;
+            if from.taken >= from.bytes.len() / 2 {
+                from.bytes.drain(..from.taken);
+                from.taken = 0;
+            }
             from.records -= count;
             self.records += count;
             count
@@ -520,6 +538,30 @@ mod tests {
         let statuses: Vec<u16> = batch.records().map(|record| record.status).collect();
         let expected: Vec<u16> = (200..210).collect();
         assert_eq!(statuses, expected);
+    }
+
+    #[test]
+    fn partial_takes_compact_buffer() {
+        let mut buffer = Encoded::default();
+        for i in 0..1000 {
+            buffer.push(&record(i, "/a"));
+        }
+        let mut batch = Encoded::default();
+        let mut statuses = Vec::new();
+        while buffer.len() > 0 {
+            batch.take_from(&mut buffer, 7);
+            statuses.extend(batch.records().map(|record| record.status));
+            batch.clear();
+            // The records already taken never take more room than those still waiting.
+            assert!(buffer.taken <= buffer.live().len(), "{}", buffer.taken);
+            buffer.push(&record(0, "/later"));
+            buffer.push(&record(0, "/later"));
+            if statuses.len() > 2000 {
+                break;
+            }
+        }
+        let expected: Vec<u16> = (200..1200).collect();
+        assert_eq!(statuses[..1000], expected);
     }
 
     #[test]
