@@ -3,9 +3,9 @@
 //!
 //! A request thread appends its record to its own buffer under that buffer's mutex, which only
 //! the writer also takes, to move the records out. A record costs no allocation once the
-//! buffers have grown, and no channel operation: the writer moves every waiting record of a
-//! buffer at once, usually by swapping the buffer for an empty one. The writer's thread binds
-//! the text straight from the bytes.
+//! buffers have grown, and no channel operation: the writer takes buffers whole, by swapping
+//! each for an empty one, so the lock is held for a moment whatever the backlog. The writer's
+//! thread binds the text straight from the bytes.
 //!
 //! Each record is a little-endian `u32` length, then the record: the integers, the client
 //! address, and each text as a `u32` length (`u32::MAX` for none) followed by its bytes.
@@ -18,9 +18,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Buffers the request threads spread over. Threads are assigned round-robin, so up to this
 /// many runtime workers never share one.
-// NOTE: the writer sorts each batch by start time before it inserts it, so row ids follow start
-// times within a batch only. A long request can end after newer ones were taken for a batch,
-// and then gets a later id. Every listing orders by `ts_us`.
+// NOTE: the writer sorts what it takes by start time before it inserts it, so row ids follow
+// start times within one take only. A request that ends after newer ones were taken gets a
+// later id than theirs. Every listing orders by `ts_us`.
 const BUFFERS: usize = 16;
 
 /// An emptied batch that grew past this while the writer fell behind is not kept for reuse.
@@ -34,10 +34,6 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
     bytes: Vec<u8>,
-    /// Bytes at the front of `bytes` whose records were moved out by a partial take. They
-    /// are removed once they are half of `bytes`, so that a writer that takes a few records
-    /// at a time from a long buffer copies each byte a bounded number of times.
-    taken: usize,
     records: usize,
 }
 
@@ -61,7 +57,6 @@ impl Encoded {
     /// Removes every record, and keeps the memory unless it grew past [`KEEP_CAPACITY`].
     pub(crate) fn clear(&mut self) {
         self.records = 0;
-        self.taken = 0;
         if self.bytes.capacity() > KEEP_CAPACITY {
             self.bytes = Vec::new();
         } else {
@@ -72,7 +67,7 @@ impl Encoded {
     /// Returns at most `count` records from byte `start_byte` on, and the byte after them,
     /// where the next step of a caller that walks the batch in steps starts.
     pub(crate) fn range(&self, start_byte: usize, count: usize) -> (Records<'_>, usize) {
-        let rest = self.live().get(start_byte..).unwrap_or_default();
+        let rest = self.bytes.get(start_byte..).unwrap_or_default();
         let end = split_point(rest, count);
         let records = Records {
             bytes: &rest[..end],
@@ -80,11 +75,22 @@ impl Encoded {
         (records, start_byte + end)
     }
 
+    /// Removes the first `count` records, which end at byte `end_byte`. Keeps the memory
+    /// unless it is left empty with more than [`KEEP_CAPACITY`].
+    pub(crate) fn remove_front(&mut self, end_byte: usize, count: usize) {
+        if count >= self.records {
+            self.clear();
+        } else {
+            self.bytes.drain(..end_byte.min(self.bytes.len()));
+            self.records -= count;
+        }
+    }
+
     /// Puts the records in order of their `timestamp_us`, keeping the order of equal ones.
     /// Each request thread appends to its own buffer, so a batch taken from several is out
     /// of order, and rows get their ids in the order they are inserted.
     pub(crate) fn sort_by_time(&mut self) {
-        let live = self.live();
+        let live = &self.bytes;
         let mut index: Vec<(i64, usize, usize)> = Vec::with_capacity(self.records);
         let mut start = 0;
         while start < live.len() {
@@ -105,49 +111,27 @@ impl Encoded {
             sorted.extend_from_slice(&live[start..end]);
         }
         self.bytes = sorted;
-        self.taken = 0;
     }
 
     /// Returns every record.
     #[cfg(test)]
     pub(crate) fn records(&self) -> Records<'_> {
-        Records { bytes: self.live() }
+        Records { bytes: &self.bytes }
     }
 
-    /// Returns the bytes of the records not yet taken.
-    fn live(&self) -> &[u8] {
-        &self.bytes[self.taken..]
-    }
-
-    /// Moves up to `count` records from the front of `from` to the end of this batch, and
-    /// returns how many moved.
-    fn take_from(&mut self, from: &mut Encoded, count: usize) -> usize {
-        if from.records <= count {
-            let moved = from.records;
-            if self.records == 0 && from.taken == 0 {
-                // The request thread's buffer gets this batch's emptied memory in exchange.
-                std::mem::swap(&mut self.bytes, &mut from.bytes);
-                self.taken = 0;
-            } else {
-                self.bytes.extend_from_slice(from.live());
-            }
-            from.bytes.clear();
-            from.taken = 0;
-            from.records = 0;
-            self.records += moved;
-            moved
+    /// Moves every record of `from` to the end of this batch, and returns how many moved.
+    fn take_all(&mut self, from: &mut Encoded) -> usize {
+        let moved = from.records;
+        if self.records == 0 {
+            // The request thread's buffer gets this batch's emptied memory in exchange.
+            std::mem::swap(&mut self.bytes, &mut from.bytes);
         } else {
-            let end = from.taken + split_point(from.live(), count);
-            self.bytes.extend_from_slice(&from.bytes[from.taken..end]);
-            from.taken = end;
-            if from.taken >= from.bytes.len() / 2 {
-                from.bytes.drain(..from.taken);
-                from.taken = 0;
-            }
-            from.records -= count;
-            self.records += count;
-            count
+            self.bytes.extend_from_slice(&from.bytes);
         }
+        from.bytes.clear();
+        from.records = 0;
+        self.records += moved;
+        moved
     }
 }
 
@@ -176,14 +160,13 @@ impl<'a> Iterator for Records<'a> {
 #[derive(Debug)]
 pub(crate) struct Spool {
     buffers: [Padded; BUFFERS],
-    /// Records in the buffers. A push counts its record before it appends it, so the count
-    /// may run ahead of the buffers for a moment, never behind.
+    /// Records in the buffers, never more than `capacity`.
     queued: AtomicUsize,
     capacity: usize,
     /// Set when the writer stops taking records: later pushes are refused.
     closed: AtomicBool,
-    /// The buffer the writer starts its next take at, so that a batch smaller than what is
-    /// waiting does not always favour the first buffers.
+    /// The buffer the next take starts at: the one after the last buffer taken, so that
+    /// takes that stop early go round every buffer in turn.
     next_take: AtomicUsize,
 }
 
@@ -215,40 +198,50 @@ impl Spool {
     /// Appends `record` to the calling thread's buffer. Returns false when the spool is full
     /// or closed, or a text is too long, and then appends nothing.
     pub(crate) fn push(&self, record: &RecordRef<'_>) -> bool {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
         let mut buffer = self.buffers[buffer_index()].lock();
         // Read under the buffer's lock: the writer sets the flag before it locks each buffer
         // for the last time, so a push after that lock reads the flag as set.
-        let pushed = !self.closed.load(Ordering::Relaxed) && buffer.push(record);
-        drop(buffer);
-        if !pushed {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
         }
-        pushed
+        let counted = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued < self.capacity).then_some(queued + 1)
+            });
+        if counted.is_err() {
+            return false;
+        }
+        if !buffer.push(record) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
-    /// Moves waiting records into `batch` until it contains `max`, and returns how many moved.
-    pub(crate) fn take(&self, batch: &mut Encoded, max: usize) -> usize {
-        let first = self.next_take.fetch_add(1, Ordering::Relaxed);
+    /// Moves whole buffers into `batch` until it contains at least `until` records or every
+    /// buffer is empty, and returns how many records moved. A batch can so end up above
+    /// `until` by at most one buffer.
+    pub(crate) fn take(&self, batch: &mut Encoded, until: usize) -> usize {
+        let first = self.next_take.load(Ordering::Relaxed);
         let mut moved = 0;
         for i in 0..BUFFERS {
-            let room = max.saturating_sub(batch.len());
-            if room == 0 {
+            if batch.len() >= until {
                 break;
             }
-            let mut buffer = self.buffers[(first + i) % BUFFERS].lock();
+            let index = (first + i) % BUFFERS;
+            let mut buffer = self.buffers[index].lock();
             if buffer.len() > 0 {
-                moved += batch.take_from(&mut buffer, room);
+                moved += batch.take_all(&mut buffer);
+                self.next_take
+                    .store((index + 1) % BUFFERS, Ordering::Relaxed);
             }
         }
         self.queued.fetch_sub(moved, Ordering::Relaxed);
         moved
     }
 
-    /// Returns the number of records waiting.
+    /// Returns the number of records in the buffers.
     pub(crate) fn len(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
@@ -522,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn take_stops_at_max() {
+    fn take_empties_every_buffer() {
         let spool = Spool::new(100);
         for i in 0..10 {
             assert!(spool.push(&record(i, "/a")));
@@ -530,38 +523,12 @@ mod tests {
         assert_eq!(spool.len(), 10);
 
         let mut batch = Encoded::default();
-        assert_eq!(spool.take(&mut batch, 4), 4);
-        assert_eq!(spool.len(), 6);
-        assert_eq!(spool.take(&mut batch, 7), 3);
-        assert_eq!(spool.take(&mut batch, 100), 3);
+        assert_eq!(spool.take(&mut batch, 4), 10);
         assert_eq!(spool.len(), 0);
+        assert_eq!(spool.take(&mut batch, 100), 0);
         let statuses: Vec<u16> = batch.records().map(|record| record.status).collect();
         let expected: Vec<u16> = (200..210).collect();
         assert_eq!(statuses, expected);
-    }
-
-    #[test]
-    fn partial_takes_compact_buffer() {
-        let mut buffer = Encoded::default();
-        for i in 0..1000 {
-            buffer.push(&record(i, "/a"));
-        }
-        let mut batch = Encoded::default();
-        let mut statuses = Vec::new();
-        while buffer.len() > 0 {
-            batch.take_from(&mut buffer, 7);
-            statuses.extend(batch.records().map(|record| record.status));
-            batch.clear();
-            // The records already taken never take more room than those still waiting.
-            assert!(buffer.taken <= buffer.live().len(), "{}", buffer.taken);
-            buffer.push(&record(0, "/later"));
-            buffer.push(&record(0, "/later"));
-            if statuses.len() > 2000 {
-                break;
-            }
-        }
-        let expected: Vec<u16> = (200..1200).collect();
-        assert_eq!(statuses[..1000], expected);
     }
 
     #[test]
@@ -572,9 +539,37 @@ mod tests {
         assert_eq!(spool.len(), 3);
 
         let mut batch = Encoded::default();
-        spool.take(&mut batch, 2);
+        spool.take(&mut batch, 1);
         assert!(spool.push(&record(5, "/a")));
-        assert_eq!(spool.len(), 2);
+        assert_eq!(spool.len(), 1);
+    }
+
+    /// Pushes ten records into buffer `index`, as the thread assigned to it would.
+    fn fill(spool: &Spool, index: usize) {
+        for i in 0..10 {
+            spool.buffers[index]
+                .lock()
+                .push(&record(index as u64 * 100 + i, "/a"));
+            spool.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn takes_go_round_every_buffer() {
+        let spool = Spool::new(1000);
+        // Two buffers in use, as with two runtime workers. Takes that stop after one buffer
+        // must alternate between them, not keep taking the first.
+        fill(&spool, 3);
+        fill(&spool, 7);
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            let mut batch = Encoded::default();
+            assert_eq!(spool.take(&mut batch, 1), 10);
+            let index = batch.records().next().unwrap().bytes_received / 100;
+            taken.push(index);
+            fill(&spool, index as usize);
+        }
+        assert_eq!(taken, [3, 7, 3, 7]);
     }
 
     #[test]
@@ -591,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_use_their_own_buffers() {
+    fn take_reaches_every_thread() {
         let spool = Arc::new(Spool::new(10_000));
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -608,7 +603,7 @@ mod tests {
         }
 
         let mut batch = Encoded::default();
-        assert_eq!(spool.take(&mut batch, 10_000), 4000);
+        assert_eq!(spool.take(&mut batch, usize::MAX), 4000);
         let mut seen: Vec<u64> = batch.records().map(|r| r.bytes_received).collect();
         seen.sort_unstable();
         let expected: Vec<u64> = (0..4000).collect();

@@ -172,7 +172,9 @@ impl Writer {
                 retention_cutoff = self.delete_expired_chunk(cutoff_us, &mut summary).await;
             }
 
-            // Wait for the first record of the next batch, a retention run or the stop.
+            // Wait for the first record of the next batch, a retention run or the stop. The
+            // retention tick comes before the records, which a busy gateway always has ready:
+            // it is ready once an interval, so it cannot hold the records up.
             let received = tokio::select! {
                 biased;
                 () = &mut shutdown, if !stopping => {
@@ -181,16 +183,16 @@ impl Writer {
                     stopping = true;
                     continue;
                 }
+                _ = retention_timer.tick(), if !stopping => {
+                    retention_cutoff = Some(crate::now_us().saturating_sub(micros(self.retention)));
+                    continue;
+                }
                 received = next_records(
                     &self.spool,
                     &self.batch_ready,
                     &mut batch,
                     self.batch_size,
                 ) => received,
-                _ = retention_timer.tick(), if !stopping => {
-                    retention_cutoff = Some(crate::now_us().saturating_sub(micros(self.retention)));
-                    continue;
-                }
                 () = std::future::ready(()), if retention_cutoff.is_some() => continue,
             };
             if received == 0 {
@@ -204,14 +206,18 @@ impl Writer {
             let mut deadline = pin!(tokio::time::sleep_until(
                 Instant::now() + self.flush_interval
             ));
-            loop {
+            // Whether to write every record taken, or only full batches and keep the rest.
+            let write_all = loop {
                 let open = take_queued(&self.spool, &mut batch, self.batch_size);
                 self.batch_ready
                     .in_batch
                     .store(batch.len(), Ordering::Relaxed);
                 let commit_now = self.batch_ready.commit_now.load(Ordering::Relaxed);
-                if batch.len() >= self.batch_size || stopping || !open || commit_now {
-                    break;
+                if stopping || !open || commit_now {
+                    break true;
+                }
+                if batch.len() >= self.batch_size {
+                    break false;
                 }
                 let needed = self.batch_size - batch.len();
                 self.batch_ready.needed.store(needed, Ordering::Relaxed);
@@ -224,17 +230,19 @@ impl Writer {
                     () = self.batch_ready.notify.notified() => {}
                     () = &mut deadline => {
                         take_queued(&self.spool, &mut batch, self.batch_size);
-                        break;
+                        break true;
                     }
                 }
-            }
+            };
 
             self.batch_ready
                 .in_batch
                 .store(batch.len(), Ordering::Relaxed);
             self.check_file();
-            self.write_batch(&mut batch, &mut summary).await;
-            self.batch_ready.in_batch.store(0, Ordering::Relaxed);
+            self.write_batch(&mut batch, write_all, &mut summary).await;
+            self.batch_ready
+                .in_batch
+                .store(batch.len(), Ordering::Relaxed);
             drops.warn_if_due(&self.dropped, &self.path, false);
         }
 
@@ -285,63 +293,121 @@ impl Writer {
         summary
     }
 
-    async fn write_batch(&mut self, batch: &mut Encoded, summary: &mut WriteSummary) {
-        let rows = batch.len() as u64;
-        let written = self.insert_in_chunks(batch).await;
-        batch.clear();
-        match written {
-            Ok(()) => {
-                summary.written += rows;
-                trace!(rows, "request log batch committed");
-            }
-            Err(error) => {
-                // NOTE: a failed batch is not retried. The busy timeout already covers lock
-                // contention, so what is left (disk full, I/O error) would fail again.
-                summary.failed += rows;
-                self.failed.fetch_add(rows, Ordering::Relaxed);
-                self.failures.report(rows, &error, &self.path);
-                // SQLite rolls a transaction back by itself on some errors, a full disk among
-                // them. A new connection starts clean whatever state the failure left, and the
-                // next batch opens it.
-                self.close_connection().await;
-            }
+    /// Writes the records the writer took, sorted by start time, in transactions of at most
+    /// `batch_size` rows. Unless `write_all`, keeps the newest records that do not fill a
+    /// transaction in `batch` for the next one; otherwise leaves `batch` empty.
+    async fn write_batch(
+        &mut self,
+        batch: &mut Encoded,
+        write_all: bool,
+        summary: &mut WriteSummary,
+    ) {
+        let total = batch.len();
+        let to_write = if write_all {
+            total
+        } else {
+            total - total % self.batch_size
+        };
+        if to_write == 0 {
+            return;
         }
-    }
+        let records = std::mem::take(batch);
+        let sorted = self
+            .thread
+            .run(move || {
+                let mut records = records;
+                records.sort_by_time();
+                records
+            })
+            .await;
+        let mut records = match sorted {
+            Ok(records) => records,
+            Err(lost) => {
+                self.lose_rows(total, &WriteError::from(lost), summary)
+                    .await;
+                return;
+            }
+        };
 
-    /// Inserts `batch` in one transaction, in jobs of [`insert::CHUNK_ROWS`] rows on the
-    /// writer's thread, and gives its memory back to `batch` for the next batch.
-    async fn insert_in_chunks(&mut self, batch: &mut Encoded) -> Result<(), WriteError> {
-        let mut records = std::mem::take(batch);
-        let total = records.len();
         let mut done = 0;
         let mut start_byte = 0;
-        while done < total {
-            let rows = insert::CHUNK_ROWS.min(total - done);
+        while done < to_write {
+            let rows = self.batch_size.min(to_write - done);
+            let end_byte = records.range(start_byte, rows).1;
+            match self.insert_transaction(records, start_byte, rows).await {
+                Ok(back) => {
+                    records = back;
+                    summary.written += rows as u64;
+                    trace!(rows, "request log batch committed");
+                }
+                Err((Some(back), error)) => {
+                    records = back;
+                    self.lose_rows(rows, &error, summary).await;
+                }
+                Err((None, error)) => {
+                    // The records went with the lost job, the ones kept for later too.
+                    self.lose_rows(total - done, &error, summary).await;
+                    return;
+                }
+            }
+            done += rows;
+            self.batch_ready
+                .in_batch
+                .store(total - done, Ordering::Relaxed);
+            start_byte = end_byte;
+        }
+        records.remove_front(start_byte, to_write);
+        *batch = records;
+    }
+
+    /// Counts `rows` as failed, reports the error and closes the connection, so that the
+    /// next transaction starts on a new one.
+    ///
+    /// NOTE: failed rows are not retried. The busy timeout already covers lock contention,
+    /// so what is left (disk full, I/O error) would fail again.
+    async fn lose_rows(&mut self, rows: usize, error: &WriteError, summary: &mut WriteSummary) {
+        summary.failed += rows as u64;
+        self.failed.fetch_add(rows as u64, Ordering::Relaxed);
+        self.failures.report(rows as u64, error, &self.path);
+        // SQLite rolls a transaction back by itself on some errors, a full disk among them.
+        // A new connection starts clean whatever state the failure left.
+        self.close_connection().await;
+    }
+
+    /// Inserts `rows` records of `records` from byte `start_byte` on in one transaction, in
+    /// jobs of [`insert::CHUNK_ROWS`] rows on the writer's thread, and returns `records`. On
+    /// an error, returns them too unless a job was lost with them.
+    async fn insert_transaction(
+        &mut self,
+        mut records: Encoded,
+        mut start_byte: usize,
+        rows: usize,
+    ) -> Result<Encoded, (Option<Encoded>, WriteError)> {
+        let mut done = 0;
+        while done < rows {
+            let chunk_rows = insert::CHUNK_ROWS.min(rows - done);
             let begin = done == 0;
-            let commit = done + rows == total;
-            let (back, inserted) = self
+            let commit = done + chunk_rows == rows;
+            let job = self
                 .on_connection(move |connection| {
-                    if begin {
-                        records.sort_by_time();
-                    }
-                    let (chunk, next_byte) = records.range(start_byte, rows);
+                    let (chunk, next_byte) = records.range(start_byte, chunk_rows);
                     let inserted =
                         insert::insert_chunk(connection, chunk, begin, commit).map(|()| next_byte);
                     (records, inserted)
                 })
-                .await?;
+                .await;
+            let (back, inserted) = match job {
+                Ok(output) => output,
+                Err(error) => return Err((None, error)),
+            };
             records = back;
             match inserted {
                 Ok(next_byte) => start_byte = next_byte,
-                Err(error) => {
-                    *batch = records;
-                    return Err(WriteError::from(error));
-                }
+                Err(error) => return Err((Some(records), WriteError::from(error))),
             }
-            done += rows;
+            done += chunk_rows;
         }
-        *batch = records;
-        Ok(())
+        Ok(records)
     }
 
     /// Returns the writer's connection, first opening a new one when the last batch failed.
@@ -456,8 +522,9 @@ impl Writer {
     }
 }
 
-/// Waits until records are queued and moves them into `batch`, until it contains `batch_size`.
-/// Returns how many moved, or 0 once the spool is closed and empty.
+/// Waits until records are queued, unless `batch` already has some, and moves them into
+/// `batch` until it contains `batch_size`. Returns how many records `batch` contains, 0 once
+/// the spool is closed and nothing is left in it.
 async fn next_records(
     spool: &Spool,
     batch_ready: &BatchReady,
@@ -468,22 +535,24 @@ async fn next_records(
         // Set before the spool is read: a push after the read loads 1, and wakes this task.
         // The notification is kept until the wait below begins.
         batch_ready.needed.store(1, Ordering::Relaxed);
+        // Read before the take: once the spool is closed, a take finds every record that a
+        // push will ever add, so an empty take then means the end.
         let closed = spool.is_closed();
-        let moved = spool.take(batch, batch_size);
-        if moved > 0 || (closed && spool.len() == 0) {
-            return moved;
+        spool.take(batch, batch_size);
+        if batch.len() > 0 || closed {
+            return batch.len();
         }
         batch_ready.notify.notified().await;
     }
 }
 
-/// Moves records that are already queued into `batch` until it contains `batch_size`, without
-/// waiting. Returns false when the queue is empty and closed: every sender is gone or the
-/// writer is stopping.
+/// Moves the records already queued into `batch` until it contains `batch_size`, without
+/// waiting. Returns false when the spool was closed before the take (every sender is gone or
+/// the writer is stopping), so that nothing more can come.
 fn take_queued(spool: &Spool, batch: &mut Encoded, batch_size: usize) -> bool {
     let closed = spool.is_closed();
     spool.take(batch, batch_size);
-    !(closed && spool.len() == 0)
+    !closed
 }
 
 /// The failure of a batch, a retention run or the checkpoint at the stop.

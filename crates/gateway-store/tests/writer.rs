@@ -338,6 +338,73 @@ async fn retention_deletes_only_expired_rows() {
     assert!(entries.iter().all(|entry| entry.ts_us == now));
 }
 
+/// Records pushed from another thread while the writer stops are written or counted as
+/// dropped, and the stop does not wait for the pushes to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_while_records_keep_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.queue_capacity = 64;
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer.spawn();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let log = log.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut pushed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && pushed < 2_000_000 {
+                log.record(record(pushed, now_us()));
+                pushed += 1;
+            }
+            pushed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let summary = tokio::time::timeout(Duration::from_secs(10), writer.shutdown())
+        .await
+        .expect("the writer did not stop while records kept coming")
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushed = pusher.join().unwrap();
+
+    assert_eq!(summary.written + log.dropped(), pushed);
+    assert_eq!(count_rows(&config.database).await, summary.written as i64);
+}
+
+/// A busy gateway always has records ready when the writer looks for the next batch. The
+/// retention runs must still happen while they keep coming.
+#[tokio::test]
+async fn retention_runs_under_steady_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention = Duration::from_secs(3600);
+    config.batch_size = 10;
+    config.flush_interval = Duration::from_secs(3600);
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let writer = writer
+        .with_retention_interval(Duration::from_millis(10))
+        .spawn();
+
+    // Expired records, one between every two steps of the writer, for 300 ms.
+    let two_hours_ago = now_us() - 2 * 3_600_000_000;
+    let start = tokio::time::Instant::now();
+    let mut pushed = 0;
+    while start.elapsed() < Duration::from_millis(300) {
+        log.record(record(pushed, two_hours_ago));
+        pushed += 1;
+        tokio::task::yield_now().await;
+    }
+    let summary = writer.shutdown().await.unwrap();
+
+    assert_eq!(summary.written + summary.dropped, pushed);
+    assert!(
+        summary.expired > 0,
+        "no retention run under load: {summary:?}"
+    );
+}
+
 #[tokio::test]
 async fn expired_rows_go_when_writer_starts() {
     let dir = tempfile::tempdir().unwrap();
