@@ -75,14 +75,17 @@ impl Encoded {
         (records, start_byte + end)
     }
 
-    /// Removes the first `count` records, which end at byte `end_byte`. Keeps the memory
-    /// unless it is left empty with more than [`KEEP_CAPACITY`].
+    /// Removes the first `count` records, which end at byte `end_byte`. Keeps at most
+    /// [`KEEP_CAPACITY`] of the memory, or what the records left need.
     pub(crate) fn remove_front(&mut self, end_byte: usize, count: usize) {
         if count >= self.records {
             self.clear();
         } else {
             self.bytes.drain(..end_byte.min(self.bytes.len()));
             self.records -= count;
+            if self.bytes.capacity() > KEEP_CAPACITY {
+                self.bytes.shrink_to(KEEP_CAPACITY.max(self.bytes.len()));
+            }
         }
     }
 
@@ -608,6 +611,25 @@ mod tests {
         seen.sort_unstable();
         let expected: Vec<u64> = (0..4000).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn remove_front_keeps_the_rest() {
+        let mut batch = Encoded::default();
+        let long = "x".repeat(KEEP_CAPACITY);
+        batch.push(&record(0, &long));
+        batch.push(&record(1, "/kept"));
+        let (_, end_byte) = batch.range(0, 1);
+        batch.remove_front(end_byte, 1);
+
+        assert_eq!(batch.len(), 1);
+        let paths: Vec<&str> = batch.records().map(|record| record.path).collect();
+        assert_eq!(paths, ["/kept"]);
+        assert!(
+            batch.bytes.capacity() <= KEEP_CAPACITY,
+            "{}",
+            batch.bytes.capacity()
+        );
     }
 
     #[test]
