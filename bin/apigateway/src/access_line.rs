@@ -510,6 +510,20 @@ mod tests {
     }
 
     #[test]
+    fn every_ascii_byte_reads_back() {
+        for byte in 0..0x80u8 {
+            let text = format!("a{}b", char::from(byte));
+            let mut line = sample();
+            line.path = &text;
+            let mut out = Vec::new();
+            format_json(&mut out, &line);
+            let value: serde_json::Value = serde_json::from_slice(&out)
+                .unwrap_or_else(|error| panic!("byte {byte:#x}: {error}"));
+            assert_eq!(value["path"], text.as_str(), "byte {byte:#x}");
+        }
+    }
+
+    #[test]
     fn numbers_keep_their_zeros() {
         let mut out = Vec::new();
         push_millis(&mut out, Duration::from_micros(7));
