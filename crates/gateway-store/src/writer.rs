@@ -244,6 +244,7 @@ impl Writer {
                 .in_batch
                 .store(batch.len(), Ordering::Relaxed);
             drops.warn_if_due(&self.dropped, &self.path, false);
+            self.failures.report_due(&self.path);
         }
 
         drops.warn_if_due(&self.dropped, &self.path, true);
@@ -654,6 +655,19 @@ impl FailureWarnings {
         self.last_error = Some(now);
     }
 
+    /// Logs the rows that the rate limit held back, once the interval since the last error
+    /// line has passed. Called after every batch, so that a loss is reported within about a
+    /// second even when the batches after it succeed.
+    fn report_due(&mut self, path: &std::path::Path) {
+        let due = self
+            .last_error
+            .is_none_or(|at| at.elapsed() >= MIN_FAILURE_ERROR_INTERVAL);
+        if due && self.unreported > 0 {
+            self.report_unreported(path);
+            self.last_error = Some(Instant::now());
+        }
+    }
+
     /// Logs the rows lost since the last error, which the rate limit held back. Called at the
     /// stop, so that the error lines add up to every row lost.
     fn report_unreported(&mut self, path: &std::path::Path) {
@@ -743,6 +757,62 @@ mod tests {
             bytes_sent: 0,
             error_kind: None,
             retried: false,
+        }
+    }
+
+    /// Returns the `rows=` figure of each error line in `output`.
+    fn rows_in_error_lines(output: &std::sync::Mutex<Vec<u8>>) -> Vec<u64> {
+        let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|line| line.contains("ERROR"))
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix("rows=")?.parse().ok())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_back_failures_reported_after_interval() {
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&output);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || SharedSink(Arc::clone(&sink)))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let path = std::path::Path::new("requests.db");
+        let error = WriteError::Lost(JobLost);
+
+        let mut failures = FailureWarnings::default();
+        failures.report(10, &error, path);
+        failures.report(5, &error, path);
+        failures.report_due(path);
+        assert_eq!(
+            rows_in_error_lines(&output),
+            [10],
+            "the second is held back"
+        );
+
+        // A second later, the rows held back are reported though no batch failed since.
+        failures.last_error = Instant::now().checked_sub(MIN_FAILURE_ERROR_INTERVAL);
+        failures.report_due(path);
+        assert_eq!(rows_in_error_lines(&output), [10, 5]);
+        failures.report_due(path);
+        assert_eq!(rows_in_error_lines(&output), [10, 5], "reported once");
+    }
+
+    /// A `tracing` output shared with the test.
+    struct SharedSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedSink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
