@@ -2,7 +2,6 @@
 //! a time.
 
 use crate::record::RecordRef;
-use crate::spool::Records;
 use rusqlite::Connection;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -45,7 +44,7 @@ pub(crate) const CHUNK_ROWS: usize = 64;
 /// is bound. Only the client address is formatted first, into one buffer per job.
 pub(crate) fn insert_chunk(
     connection: &Connection,
-    records: Records<'_>,
+    records: &[RecordRef<'_>],
     begin: bool,
     commit: bool,
 ) -> rusqlite::Result<()> {
@@ -54,8 +53,7 @@ pub(crate) fn insert_chunk(
         // than at the first insert.
         connection.execute_batch("BEGIN IMMEDIATE")?;
     }
-    let records: Vec<RecordRef<'_>> = records.collect();
-    insert_rows(connection, &records)?;
+    insert_rows(connection, records)?;
     if commit {
         connection.execute_batch("COMMIT")?;
     }
@@ -68,12 +66,11 @@ pub(crate) fn insert_batch(
     connection: &Connection,
     batch: &mut Vec<crate::RequestRecord>,
 ) -> rusqlite::Result<()> {
-    let mut encoded = crate::spool::Encoded::default();
-    for record in batch.iter() {
-        assert!(encoded.push(&record.to_ref()));
-    }
+    let records: Vec<RecordRef<'_>> = batch.iter().map(crate::RequestRecord::to_ref).collect();
+    let inserted = insert_chunk(connection, &records, true, true);
+    drop(records);
     batch.clear();
-    insert_chunk(connection, encoded.records(), true, true)
+    inserted
 }
 
 /// Rows in one multi-row insert. One statement step then builds this many rows, which saves

@@ -35,8 +35,6 @@ pub(crate) struct BatchReady {
     pub(crate) notify: Notify,
     /// Records the writer still needs to fill its batch.
     pub(crate) needed: AtomicUsize,
-    /// Records the writer has taken from the queue and not yet committed.
-    pub(crate) in_batch: AtomicUsize,
     /// Set by [`RequestLog::commit_now`]: the writer commits each batch without waiting for
     /// it to fill or for the flush interval.
     pub(crate) commit_now: AtomicBool,
@@ -81,13 +79,15 @@ impl RequestLog {
         let connection = connect::open_insert_connection(&config.database, &thread).await?;
 
         // Config validation rejects a capacity of 0, which would drop every record.
-        let spool = Arc::new(Spool::new(config.queue_capacity.max(1)));
+        let spool = Arc::new(Spool::new(
+            config.queue_capacity.max(1),
+            config.batch_size.max(1),
+        ));
         let dropped = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let batch_ready = Arc::new(BatchReady {
             notify: Notify::new(),
             needed: AtomicUsize::new(config.batch_size.max(1)),
-            in_batch: AtomicUsize::new(0),
             commit_now: AtomicBool::new(false),
         });
         let log = RequestLog {
@@ -163,12 +163,13 @@ impl RequestLog {
     }
 
     /// Returns how many records wait to be committed: in the queue, and taken by the writer
-    /// for its current batch.
+    /// and not yet written. At most the queue's capacity plus one batch.
     pub fn queued(&self) -> usize {
-        self.in_queue() + self.batch_ready.in_batch.load(Ordering::Relaxed)
+        self.spool.len()
     }
 
+    /// Returns how many records the writer has not taken yet.
     fn in_queue(&self) -> usize {
-        self.spool.len()
+        self.spool.waiting()
     }
 }

@@ -1,11 +1,12 @@
-//! The queue between the request path and the writer: records encoded into a few byte
-//! buffers, one per request thread.
+//! The queue between the request path and the writer: records encoded into blocks of bytes,
+//! one list of blocks per request thread.
 //!
-//! A request thread appends its record to its own buffer under that buffer's mutex, which only
-//! the writer also takes, to move the records out. A record costs no allocation once the
-//! buffers have grown, and no channel operation: the writer takes buffers whole, by swapping
-//! each for an empty one, so the lock is held for a moment whatever the backlog. The writer's
-//! thread binds the text straight from the bytes.
+//! A request thread appends its record to its own list under that list's mutex, which only the
+//! writer also takes, to move the blocks out. A record costs no allocation but a new 64 KiB
+//! block now and then, and no channel operation. Blocks are never grown or copied: a record
+//! that does not fit in the last block starts a new one. The writer takes every list whole by
+//! moving its blocks, so the lock is held for a moment whatever the backlog. It then orders
+//! what it took by start time, and its thread binds the text straight from the blocks.
 //!
 //! Each record is a little-endian `u32` length, then the record: the integers, the client
 //! address, and each text as a `u32` length (`u32::MAX` for none) followed by its bytes.
@@ -16,25 +17,32 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Buffers the request threads spread over. Threads are assigned round-robin, so up to this
+/// Lists the request threads spread over. Threads are assigned round-robin, so up to this
 /// many runtime workers never share one.
-// NOTE: the writer sorts what it takes by start time before it inserts it, so row ids follow
-// start times within one take only. A request that ends after newer ones were taken gets a
-// later id than theirs. Every listing orders by `ts_us`.
 const BUFFERS: usize = 16;
 
-/// An emptied batch that grew past this while the writer fell behind is not kept for reuse.
-const KEEP_CAPACITY: usize = 4 * 1024 * 1024;
+/// The size of a block, unless one record needs more.
+const BLOCK_BYTES: usize = 64 * 1024;
 
 /// The length that marks a missing text.
 const NONE: u32 = u32::MAX;
 
-/// Encoded records: what a request thread's buffer holds, and what the writer takes as one
-/// batch.
+/// Bytes of a record before its texts: the length prefix, four 64-bit integers, the status,
+/// the retried flag and the address's kind.
+const FIXED_BYTES: usize = 4 + 4 * 8 + 2 + 1 + 1;
+
+/// Encoded records: what a request thread's list holds, and what the writer takes.
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
-    bytes: Vec<u8>,
+    blocks: Vec<Vec<u8>>,
     records: usize,
+}
+
+/// The start of a record: its block, and its byte in that block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    block: u32,
+    byte: u32,
 }
 
 impl Encoded {
@@ -43,174 +51,173 @@ impl Encoded {
         self.records
     }
 
-    /// Appends `record`. Returns false, and appends nothing, when a text is too long for its
-    /// length field (4 GiB).
+    /// Appends `record`. Returns false, and appends nothing, when it is too long for its
+    /// length fields (4 GiB).
     pub(crate) fn push(&mut self, record: &RecordRef<'_>) -> bool {
-        if encode(&mut self.bytes, record) {
-            self.records += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Removes every record, and keeps the memory unless it grew past [`KEEP_CAPACITY`].
-    pub(crate) fn clear(&mut self) {
-        self.records = 0;
-        if self.bytes.capacity() > KEEP_CAPACITY {
-            self.bytes = Vec::new();
-        } else {
-            self.bytes.clear();
-        }
-    }
-
-    /// Returns at most `count` records from byte `start_byte` on, and the byte after them,
-    /// where the next step of a caller that walks the batch in steps starts.
-    pub(crate) fn range(&self, start_byte: usize, count: usize) -> (Records<'_>, usize) {
-        let rest = self.bytes.get(start_byte..).unwrap_or_default();
-        let end = split_point(rest, count);
-        let records = Records {
-            bytes: &rest[..end],
+        let Some(size) = encoded_size(record) else {
+            return false;
         };
-        (records, start_byte + end)
+        let room = self
+            .blocks
+            .last()
+            .map_or(0, |block| block.capacity() - block.len());
+        if room < size {
+            self.blocks.push(Vec::with_capacity(size.max(BLOCK_BYTES)));
+        }
+        let Some(block) = self.blocks.last_mut() else {
+            return false;
+        };
+        encode(block, record);
+        self.records += 1;
+        true
     }
 
-    /// Removes the first `count` records, which end at byte `end_byte`. Keeps at most
-    /// [`KEEP_CAPACITY`] of the memory, or what the records left need.
-    pub(crate) fn remove_front(&mut self, end_byte: usize, count: usize) {
-        if count >= self.records {
-            self.clear();
-        } else {
-            self.bytes.drain(..end_byte.min(self.bytes.len()));
-            self.records -= count;
-            if self.bytes.capacity() > KEEP_CAPACITY {
-                self.bytes.shrink_to(KEEP_CAPACITY.max(self.bytes.len()));
-            }
-        }
-    }
-
-    /// Puts the records in order of their `timestamp_us`, keeping the order of equal ones.
-    /// Each request thread appends to its own buffer, so a batch taken from several is out
-    /// of order, and rows get their ids in the order they are inserted.
-    pub(crate) fn sort_by_time(&mut self) {
-        let live = &self.bytes;
-        let mut index: Vec<(i64, usize, usize)> = Vec::with_capacity(self.records);
-        let mut start = 0;
-        while start < live.len() {
-            let mut reader = Reader(&live[start..]);
-            let (Some(length), Some(timestamp)) = (reader.u32(), reader.array::<8>()) else {
-                break;
-            };
-            let end = (start + 4 + length as usize).min(live.len());
-            index.push((i64::from_le_bytes(timestamp), start, end));
-            start = end;
-        }
-        if index.is_sorted_by_key(|&(timestamp, _, _)| timestamp) {
-            return;
-        }
-        index.sort_by_key(|&(timestamp, _, _)| timestamp);
-        let mut sorted = Vec::with_capacity(live.len());
-        for (_, start, end) in index {
-            sorted.extend_from_slice(&live[start..end]);
-        }
-        self.bytes = sorted;
-    }
-
-    /// Returns every record.
-    #[cfg(test)]
-    pub(crate) fn records(&self) -> Records<'_> {
-        Records { bytes: &self.bytes }
-    }
-
-    /// Moves every record of `from` to the end of this batch, and returns how many moved.
+    /// Moves every block of `from` to the end of this batch, and returns how many records
+    /// moved. No record is copied.
     fn take_all(&mut self, from: &mut Encoded) -> usize {
         let moved = from.records;
-        if self.records == 0 {
-            // The request thread's buffer gets this batch's emptied memory in exchange.
-            std::mem::swap(&mut self.bytes, &mut from.bytes);
-        } else {
-            self.bytes.extend_from_slice(&from.bytes);
-        }
-        from.bytes.clear();
+        self.blocks.append(&mut from.blocks);
         from.records = 0;
         self.records += moved;
         moved
     }
-}
 
-/// Records in encoded form, read one by one.
-#[derive(Debug, Clone)]
-pub(crate) struct Records<'a> {
-    bytes: &'a [u8],
-}
+    /// Returns the position of every record, in order of `timestamp_us`, keeping the order of
+    /// equal ones. Each request thread appends to its own list, so the records of several are
+    /// out of order, and rows get their ids in the order they are inserted.
+    // NOTE: ids follow start times within one take only. A request that ends after newer ones
+    // were taken gets a later id than theirs. Every listing orders by `ts_us`.
+    pub(crate) fn positions_by_time(&self) -> Vec<Position> {
+        let mut index: Vec<(i64, Position)> = Vec::with_capacity(self.records);
+        for (block_index, block) in self.blocks.iter().enumerate() {
+            let mut byte = 0;
+            while byte < block.len() {
+                let mut reader = Reader(&block[byte..]);
+                let (Some(length), Some(timestamp)) = (reader.u32(), reader.array::<8>()) else {
+                    break;
+                };
+                index.push((
+                    i64::from_le_bytes(timestamp),
+                    Position {
+                        block: block_index as u32,
+                        byte: byte as u32,
+                    },
+                ));
+                byte += 4 + length as usize;
+            }
+        }
+        // Nearly sorted already: each list is in the order its requests ended.
+        index.sort_by_key(|&(timestamp, _)| timestamp);
+        index.into_iter().map(|(_, position)| position).collect()
+    }
 
-impl<'a> Iterator for Records<'a> {
-    type Item = RecordRef<'a>;
-
-    fn next(&mut self) -> Option<RecordRef<'a>> {
-        let mut reader = Reader(self.bytes);
+    /// Returns the record at `position`, or `None` when there is none.
+    pub(crate) fn get(&self, position: Position) -> Option<RecordRef<'_>> {
+        let block = self.blocks.get(position.block as usize)?;
+        let mut reader = Reader(block.get(position.byte as usize..)?);
         let length = reader.u32()? as usize;
-        let body = reader.take(length)?;
-        self.bytes = reader.0;
-        let record = decode(body);
+        let record = decode(reader.take(length)?);
         // Only `encode` writes these bytes, so a record always reads back.
         debug_assert!(record.is_some(), "an encoded record did not decode");
         record
     }
+
+    /// Returns a copy of the records at `positions`, in that order.
+    pub(crate) fn copy_of(&self, positions: &[Position]) -> Encoded {
+        let mut copy = Encoded::default();
+        for &position in positions {
+            if let Some(record) = self.get(position) {
+                copy.push(&record);
+            }
+        }
+        copy
+    }
+
+    /// Returns every record, in the order they were appended.
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(move |(block, bytes)| {
+                let mut byte = 0;
+                std::iter::from_fn(move || {
+                    if byte >= bytes.len() {
+                        return None;
+                    }
+                    let position = Position {
+                        block: block as u32,
+                        byte: byte as u32,
+                    };
+                    let length = Reader(&bytes[byte..]).u32()? as usize;
+                    byte += 4 + length;
+                    self.get(position)
+                })
+            })
+    }
 }
 
-/// The request threads' buffers and the count of records in them.
+/// The request threads' lists of blocks, and the count of records not yet written.
 #[derive(Debug)]
 pub(crate) struct Spool {
     buffers: [Padded; BUFFERS],
-    /// Records in the buffers, never more than `capacity`.
+    /// Records pushed and not yet released by the writer: those in the lists, and those the
+    /// writer took.
     queued: AtomicUsize,
+    /// Records the writer took and has not yet released.
+    taken: AtomicUsize,
+    /// Maximum records in the lists, while the writer has taken none.
     capacity: usize,
+    /// Maximum records counted in `queued`: `capacity` plus one batch.
+    limit: usize,
     /// Set when the writer stops taking records: later pushes are refused.
     closed: AtomicBool,
-    /// The buffer the next take starts at: the one after the last buffer taken, so that
-    /// takes that stop early go round every buffer in turn.
-    next_take: AtomicUsize,
 }
 
-/// A buffer on a cache line of its own, so that threads appending to neighbouring buffers do
-/// not slow each other down.
+/// A list on a cache line of its own, so that threads appending to neighbouring lists do not
+/// slow each other down.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Padded(Mutex<Encoded>);
 
 impl Padded {
     fn lock(&self) -> MutexGuard<'_, Encoded> {
-        // Nothing that runs under the lock panics, so a buffer is whole even when poisoned.
+        // Nothing that runs under the lock panics, so a list is whole even when poisoned.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Spool {
-    /// Creates a spool of at most `capacity` records.
-    pub(crate) fn new(capacity: usize) -> Spool {
+    /// Creates a spool whose lists take at most `capacity` records, and which counts at most
+    /// `capacity + batch_size` with the ones the writer took.
+    pub(crate) fn new(capacity: usize, batch_size: usize) -> Spool {
         Spool {
             buffers: Default::default(),
             queued: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
             capacity,
+            limit: capacity.saturating_add(batch_size),
             closed: AtomicBool::new(false),
-            next_take: AtomicUsize::new(0),
         }
     }
 
-    /// Appends `record` to the calling thread's buffer. Returns false when the spool is full
+    /// Appends `record` to the calling thread's list. Returns false when the spool is full
     /// or closed, or a text is too long, and then appends nothing.
     pub(crate) fn push(&self, record: &RecordRef<'_>) -> bool {
         let mut buffer = self.buffers[buffer_index()].lock();
-        // Read under the buffer's lock: the writer sets the flag before it locks each buffer
-        // for the last time, so a push after that lock reads the flag as set.
+        // Read under the list's lock: the writer sets the flag before it locks each list for
+        // the last time, so a push after that lock reads the flag as set.
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }
+        // The writer may take or release records meanwhile, so the lists' share is an
+        // estimate. The limit on both together is exact.
+        let taken = self.taken.load(Ordering::Relaxed);
         let counted = self
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                (queued < self.capacity).then_some(queued + 1)
+                let waiting = queued.saturating_sub(taken);
+                (queued < self.limit && waiting < self.capacity).then_some(queued + 1)
             });
         if counted.is_err() {
             return false;
@@ -222,31 +229,35 @@ impl Spool {
         true
     }
 
-    /// Moves whole buffers into `batch` until it contains at least `until` records or every
-    /// buffer is empty, and returns how many records moved. A batch can so end up above
-    /// `until` by at most one buffer.
-    pub(crate) fn take(&self, batch: &mut Encoded, until: usize) -> usize {
-        let first = self.next_take.load(Ordering::Relaxed);
+    /// Moves every list's records into `batch`, and returns how many moved. They still
+    /// count in `queued` until [`Spool::release`].
+    pub(crate) fn take(&self, batch: &mut Encoded) -> usize {
         let mut moved = 0;
-        for i in 0..BUFFERS {
-            if batch.len() >= until {
-                break;
-            }
-            let index = (first + i) % BUFFERS;
-            let mut buffer = self.buffers[index].lock();
+        for buffer in &self.buffers {
+            let mut buffer = buffer.lock();
             if buffer.len() > 0 {
                 moved += batch.take_all(&mut buffer);
-                self.next_take
-                    .store((index + 1) % BUFFERS, Ordering::Relaxed);
             }
         }
-        self.queued.fetch_sub(moved, Ordering::Relaxed);
+        self.taken.fetch_add(moved, Ordering::Relaxed);
         moved
     }
 
-    /// Returns the number of records in the buffers.
+    /// Gives back the room of `count` taken records, written or lost.
+    pub(crate) fn release(&self, count: usize) {
+        self.taken.fetch_sub(count, Ordering::Relaxed);
+        self.queued.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Returns the number of records pushed and not yet released.
     pub(crate) fn len(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Returns the number of records in the lists, which the writer has not taken.
+    pub(crate) fn waiting(&self) -> usize {
+        self.len()
+            .saturating_sub(self.taken.load(Ordering::Relaxed))
     }
 
     /// Refuses every later push. The records already waiting can still be taken.
@@ -260,7 +271,7 @@ impl Spool {
     }
 }
 
-/// Returns the buffer index of the calling thread, assigned on its first record.
+/// Returns the list index of the calling thread, assigned on its first record.
 fn buffer_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -274,23 +285,42 @@ fn buffer_index() -> usize {
     })
 }
 
-/// Returns the number of bytes that the first `count` records of `bytes` take (all of them
-/// when there are fewer).
-fn split_point(bytes: &[u8], count: usize) -> usize {
-    let mut end = 0;
-    for _ in 0..count {
-        let mut reader = Reader(&bytes[end..]);
-        let Some(length) = reader.u32() else {
-            break;
-        };
-        end = (end + 4 + length as usize).min(bytes.len());
+/// Returns the bytes `encode` writes for `record`, or `None` when a text or the whole is too
+/// long for its length field.
+fn encoded_size(record: &RecordRef<'_>) -> Option<usize> {
+    let ip = match record.client_ip {
+        None => 0,
+        Some(IpAddr::V4(_)) => 4,
+        Some(IpAddr::V6(_)) => 16,
+    };
+    let mut size = FIXED_BYTES + ip;
+    for text in texts(record) {
+        let length = text.map_or(0, str::len);
+        if length >= NONE as usize {
+            return None;
+        }
+        size += 4 + length;
     }
-    end
+    (size - 4 < NONE as usize).then_some(size)
 }
 
-/// Appends `record` with its length prefix. Returns false, with `out` as it was, when a text
-/// is too long for its length field.
-fn encode(out: &mut Vec<u8>, record: &RecordRef<'_>) -> bool {
+/// Returns the texts of `record` in the order they are encoded.
+fn texts<'a>(record: &RecordRef<'a>) -> [Option<&'a str>; 8] {
+    [
+        Some(record.request_id),
+        Some(record.method),
+        Some(record.path),
+        record.query,
+        record.route,
+        record.user_agent,
+        record.backend,
+        record.error_kind,
+    ]
+}
+
+/// Appends `record` with its length prefix. The caller checked its size with
+/// [`encoded_size`].
+fn encode(out: &mut Vec<u8>, record: &RecordRef<'_>) {
     let start = out.len();
     // The length goes here once the record is written.
     out.extend_from_slice(&[0; 4]);
@@ -312,38 +342,15 @@ fn encode(out: &mut Vec<u8>, record: &RecordRef<'_>) -> bool {
             out.extend_from_slice(&ip.octets());
         }
     }
-    let texts = [
-        Some(record.request_id),
-        Some(record.method),
-        Some(record.path),
-        record.query,
-        record.route,
-        record.user_agent,
-        record.backend,
-        record.error_kind,
-    ];
 
-    for text in texts {
-        let length = match text {
-            None => NONE,
-            Some(text) => match u32::try_from(text.len()) {
-                Ok(length) if length != NONE => length,
-                _ => {
-                    out.truncate(start);
-                    return false;
-                }
-            },
-        };
+    for text in texts(record) {
+        let length = text.map_or(NONE, |text| text.len() as u32);
         out.extend_from_slice(&length.to_le_bytes());
         out.extend_from_slice(text.unwrap_or_default().as_bytes());
     }
 
-    let Ok(length) = u32::try_from(out.len() - start - 4) else {
-        out.truncate(start);
-        return false;
-    };
+    let length = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&length.to_le_bytes());
-    true
 }
 
 /// Reads one record without its length prefix, or returns `None` when the bytes are not one.
@@ -468,24 +475,31 @@ mod tests {
     }
 
     #[test]
-    fn range_walks_batch_in_steps() {
+    fn records_span_many_blocks() {
+        // Records of 10 KiB fill a block after six, and one of 100 KiB gets a block of its own.
+        let mut texts: Vec<String> = (0..20)
+            .map(|i| format!("{i:05}{}", "x".repeat(10_000)))
+            .collect();
+        texts.insert(7, "y".repeat(100_000));
         let mut encoded = Encoded::default();
-        for i in 0..10 {
-            encoded.push(&record(i, "/a"));
+        for (i, text) in texts.iter().enumerate() {
+            assert!(encoded.push(&record(i as u64, text)));
         }
-        let mut start = 0;
-        let mut steps = Vec::new();
-        while steps.iter().sum::<usize>() < 10 {
-            let (records, next) = encoded.range(start, 4);
-            steps.push(records.count());
-            start = next;
-        }
-        assert_eq!(steps, [4, 4, 2]);
-        assert_eq!(encoded.range(start, 4).0.count(), 0);
+        assert!(encoded.blocks.len() > 3, "{} blocks", encoded.blocks.len());
+        assert!(
+            encoded
+                .blocks
+                .iter()
+                .all(|block| block.len() <= block.capacity()),
+            "a block grew"
+        );
+        let paths: Vec<&str> = encoded.records().map(|record| record.path).collect();
+        let expected: Vec<&str> = texts.iter().map(String::as_str).collect();
+        assert_eq!(paths, expected);
     }
 
     #[test]
-    fn sort_orders_by_time() {
+    fn positions_follow_start_time() {
         let mut encoded = Encoded::default();
         // Timestamps are -i, so these are pushed newest first. The two equal ones keep their
         // order.
@@ -499,11 +513,13 @@ mod tests {
         ] {
             encoded.push(&record(i, path));
         }
-        encoded.sort_by_time();
-
         let read: Vec<(i64, &str)> = encoded
-            .records()
-            .map(|record| (record.timestamp_us, record.path))
+            .positions_by_time()
+            .into_iter()
+            .map(|position| {
+                let record = encoded.get(position).unwrap();
+                (record.timestamp_us, record.path)
+            })
             .collect();
         let expected = [
             (-4, "/a"),
@@ -514,21 +530,37 @@ mod tests {
             (0, "/a"),
         ];
         assert_eq!(read, expected);
-        assert_eq!(encoded.len(), 6);
     }
 
     #[test]
-    fn take_empties_every_buffer() {
-        let spool = Spool::new(100);
+    fn copy_keeps_given_records() {
+        let mut encoded = Encoded::default();
+        for i in 0..5 {
+            encoded.push(&record(i, "/a"));
+        }
+        let positions = encoded.positions_by_time();
+        let copy = encoded.copy_of(&positions[3..]);
+        assert_eq!(copy.len(), 2);
+        let statuses: Vec<u16> = copy.records().map(|record| record.status).collect();
+        assert_eq!(statuses, [201, 200]);
+    }
+
+    #[test]
+    fn take_empties_every_list() {
+        let spool = Spool::new(100, 10);
         for i in 0..10 {
             assert!(spool.push(&record(i, "/a")));
         }
         assert_eq!(spool.len(), 10);
+        assert_eq!(spool.waiting(), 10);
 
         let mut batch = Encoded::default();
-        assert_eq!(spool.take(&mut batch, 4), 10);
+        assert_eq!(spool.take(&mut batch), 10);
+        assert_eq!(spool.take(&mut batch), 0);
+        assert_eq!(spool.waiting(), 0);
+        assert_eq!(spool.len(), 10, "held until released");
+        spool.release(10);
         assert_eq!(spool.len(), 0);
-        assert_eq!(spool.take(&mut batch, 100), 0);
         let statuses: Vec<u16> = batch.records().map(|record| record.status).collect();
         let expected: Vec<u16> = (200..210).collect();
         assert_eq!(statuses, expected);
@@ -536,61 +568,37 @@ mod tests {
 
     #[test]
     fn full_spool_refuses_records() {
-        let spool = Spool::new(3);
+        let spool = Spool::new(3, 2);
         let pushed: Vec<bool> = (0..5).map(|i| spool.push(&record(i, "/a"))).collect();
         assert_eq!(pushed, [true, true, true, false, false]);
         assert_eq!(spool.len(), 3);
 
+        // Taken records free the lists' room, up to the batch size on top of the capacity.
         let mut batch = Encoded::default();
-        spool.take(&mut batch, 1);
-        assert!(spool.push(&record(5, "/a")));
-        assert_eq!(spool.len(), 1);
-    }
-
-    /// Pushes ten records into buffer `index`, as the thread assigned to it would.
-    fn fill(spool: &Spool, index: usize) {
-        for i in 0..10 {
-            spool.buffers[index]
-                .lock()
-                .push(&record(index as u64 * 100 + i, "/a"));
-            spool.queued.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    #[test]
-    fn takes_go_round_every_buffer() {
-        let spool = Spool::new(1000);
-        // Two buffers in use, as with two runtime workers. Takes that stop after one buffer
-        // must alternate between them, not keep taking the first.
-        fill(&spool, 3);
-        fill(&spool, 7);
-        let mut taken = Vec::new();
-        for _ in 0..4 {
-            let mut batch = Encoded::default();
-            assert_eq!(spool.take(&mut batch, 1), 10);
-            let index = batch.records().next().unwrap().bytes_received / 100;
-            taken.push(index);
-            fill(&spool, index as usize);
-        }
-        assert_eq!(taken, [3, 7, 3, 7]);
+        spool.take(&mut batch);
+        let pushed: Vec<bool> = (5..9).map(|i| spool.push(&record(i, "/a"))).collect();
+        assert_eq!(pushed, [true, true, false, false]);
+        assert_eq!(spool.len(), 5);
+        spool.release(3);
+        assert!(spool.push(&record(9, "/a")));
     }
 
     #[test]
     fn closed_spool_keeps_waiting_records() {
-        let spool = Spool::new(10);
+        let spool = Spool::new(10, 10);
         spool.push(&record(0, "/a"));
         spool.close();
         assert!(!spool.push(&record(1, "/a")));
         assert_eq!(spool.len(), 1);
 
         let mut batch = Encoded::default();
-        assert_eq!(spool.take(&mut batch, 10), 1);
+        assert_eq!(spool.take(&mut batch), 1);
         assert_eq!(batch.records().next().unwrap().status, 200);
     }
 
     #[test]
     fn take_reaches_every_thread() {
-        let spool = Arc::new(Spool::new(10_000));
+        let spool = Arc::new(Spool::new(10_000, 10));
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let spool = Arc::clone(&spool);
@@ -606,43 +614,10 @@ mod tests {
         }
 
         let mut batch = Encoded::default();
-        assert_eq!(spool.take(&mut batch, usize::MAX), 4000);
+        assert_eq!(spool.take(&mut batch), 4000);
         let mut seen: Vec<u64> = batch.records().map(|r| r.bytes_received).collect();
         seen.sort_unstable();
         let expected: Vec<u64> = (0..4000).collect();
         assert_eq!(seen, expected);
-    }
-
-    #[test]
-    fn remove_front_keeps_the_rest() {
-        let mut batch = Encoded::default();
-        let long = "x".repeat(KEEP_CAPACITY);
-        batch.push(&record(0, &long));
-        batch.push(&record(1, "/kept"));
-        let (_, end_byte) = batch.range(0, 1);
-        batch.remove_front(end_byte, 1);
-
-        assert_eq!(batch.len(), 1);
-        let paths: Vec<&str> = batch.records().map(|record| record.path).collect();
-        assert_eq!(paths, ["/kept"]);
-        assert!(
-            batch.bytes.capacity() <= KEEP_CAPACITY,
-            "{}",
-            batch.bytes.capacity()
-        );
-    }
-
-    #[test]
-    fn cleared_batch_drops_large_memory() {
-        let mut batch = Encoded::default();
-        let long = "x".repeat(KEEP_CAPACITY);
-        batch.push(&record(0, &long));
-        batch.clear();
-        assert_eq!(batch.len(), 0);
-        assert_eq!(batch.bytes.capacity(), 0);
-
-        batch.push(&record(0, "/a"));
-        batch.clear();
-        assert!(batch.bytes.capacity() > 0);
     }
 }

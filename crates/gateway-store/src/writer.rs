@@ -1,7 +1,7 @@
 //! The writer task: drains the queue into SQLite in batches and deletes expired rows.
 
 use crate::queue::BatchReady;
-use crate::spool::{Encoded, Spool};
+use crate::spool::{Encoded, Position, Spool};
 use crate::thread::{JobLost, WriterThread};
 use crate::{StoreError, connect, insert, retention};
 use gateway_config::RequestLogConfig;
@@ -187,12 +187,7 @@ impl Writer {
                     retention_cutoff = Some(crate::now_us().saturating_sub(micros(self.retention)));
                     continue;
                 }
-                received = next_records(
-                    &self.spool,
-                    &self.batch_ready,
-                    &mut batch,
-                    self.batch_size,
-                ) => received,
+                received = next_records(&self.spool, &self.batch_ready, &mut batch) => received,
                 () = std::future::ready(()), if retention_cutoff.is_some() => continue,
             };
             if received == 0 {
@@ -208,10 +203,7 @@ impl Writer {
             ));
             // Whether to write every record taken, or only full batches and keep the rest.
             let write_all = loop {
-                let open = take_queued(&self.spool, &mut batch, self.batch_size);
-                self.batch_ready
-                    .in_batch
-                    .store(batch.len(), Ordering::Relaxed);
+                let open = take_queued(&self.spool, &mut batch);
                 let commit_now = self.batch_ready.commit_now.load(Ordering::Relaxed);
                 if stopping || !open || commit_now {
                     break true;
@@ -229,20 +221,14 @@ impl Writer {
                     }
                     () = self.batch_ready.notify.notified() => {}
                     () = &mut deadline => {
-                        take_queued(&self.spool, &mut batch, self.batch_size);
+                        take_queued(&self.spool, &mut batch);
                         break true;
                     }
                 }
             };
 
-            self.batch_ready
-                .in_batch
-                .store(batch.len(), Ordering::Relaxed);
             self.check_file();
             self.write_batch(&mut batch, write_all, &mut summary).await;
-            self.batch_ready
-                .in_batch
-                .store(batch.len(), Ordering::Relaxed);
             drops.warn_if_due(&self.dropped, &self.path, false);
             self.failures.report_due(&self.path);
         }
@@ -294,9 +280,10 @@ impl Writer {
         summary
     }
 
-    /// Writes the records the writer took, sorted by start time, in transactions of at most
-    /// `batch_size` rows. Unless `write_all`, keeps the newest records that do not fill a
-    /// transaction in `batch` for the next one; otherwise leaves `batch` empty.
+    /// Writes the records the writer took, in order of start time, in transactions of at most
+    /// `batch_size` rows, and releases each transaction's records from the spool as it ends.
+    /// Unless `write_all`, keeps the newest records that do not fill a transaction in `batch`
+    /// for the next one; otherwise leaves `batch` empty.
     async fn write_batch(
         &mut self,
         batch: &mut Encoded,
@@ -312,30 +299,35 @@ impl Writer {
         if to_write == 0 {
             return;
         }
+        // Ordered on the writer's thread: a backlog can hold many records.
         let records = std::mem::take(batch);
-        let sorted = self
+        let ordered = self
             .thread
             .run(move || {
-                let mut records = records;
-                records.sort_by_time();
-                records
+                let order = records.positions_by_time();
+                let kept = records.copy_of(&order[to_write..]);
+                (records, order, kept)
             })
             .await;
-        let mut records = match sorted {
-            Ok(records) => records,
+        let (mut records, order, kept) = match ordered {
+            Ok(ordered) => ordered,
             Err(lost) => {
                 self.lose_rows(total, &WriteError::from(lost), summary)
                     .await;
+                self.spool.release(total);
                 return;
             }
         };
+        let order = Arc::new(order);
 
         let mut done = 0;
-        let mut start_byte = 0;
         while done < to_write {
             let rows = self.batch_size.min(to_write - done);
-            let end_byte = records.range(start_byte, rows).1;
-            match self.insert_transaction(records, start_byte, rows).await {
+            let transaction = Arc::clone(&order);
+            match self
+                .insert_transaction(records, transaction, done..done + rows)
+                .await
+            {
                 Ok(back) => {
                     records = back;
                     summary.written += rows as u64;
@@ -346,19 +338,17 @@ impl Writer {
                     self.lose_rows(rows, &error, summary).await;
                 }
                 Err((None, error)) => {
-                    // The records went with the lost job, the ones kept for later too.
-                    self.lose_rows(total - done, &error, summary).await;
+                    // The records went with the lost job.
+                    self.lose_rows(to_write - done, &error, summary).await;
+                    self.spool.release(to_write - done);
+                    *batch = kept;
                     return;
                 }
             }
+            self.spool.release(rows);
             done += rows;
-            self.batch_ready
-                .in_batch
-                .store(total - done, Ordering::Relaxed);
-            start_byte = end_byte;
         }
-        records.remove_front(start_byte, to_write);
-        *batch = records;
+        *batch = kept;
     }
 
     /// Counts `rows` as failed, reports the error and closes the connection, so that the
@@ -375,25 +365,29 @@ impl Writer {
         self.close_connection().await;
     }
 
-    /// Inserts `rows` records of `records` from byte `start_byte` on in one transaction, in
-    /// jobs of [`insert::CHUNK_ROWS`] rows on the writer's thread, and returns `records`. On
-    /// an error, returns them too unless a job was lost with them.
+    /// Inserts the records of `records` at `order[range]` in one transaction, in jobs of
+    /// [`insert::CHUNK_ROWS`] rows on the writer's thread, and returns `records`. On an error,
+    /// returns them too unless a job was lost with them.
     async fn insert_transaction(
         &mut self,
         mut records: Encoded,
-        mut start_byte: usize,
-        rows: usize,
+        order: Arc<Vec<Position>>,
+        range: std::ops::Range<usize>,
     ) -> Result<Encoded, (Option<Encoded>, WriteError)> {
-        let mut done = 0;
-        while done < rows {
-            let chunk_rows = insert::CHUNK_ROWS.min(rows - done);
-            let begin = done == 0;
-            let commit = done + chunk_rows == rows;
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + insert::CHUNK_ROWS).min(range.end);
+            let begin = start == range.start;
+            let commit = end == range.end;
+            let order = Arc::clone(&order);
             let job = self
                 .on_connection(move |connection| {
-                    let (chunk, next_byte) = records.range(start_byte, chunk_rows);
-                    let inserted =
-                        insert::insert_chunk(connection, chunk, begin, commit).map(|()| next_byte);
+                    let chunk: Vec<_> = order[start..end]
+                        .iter()
+                        .filter_map(|&position| records.get(position))
+                        .collect();
+                    let inserted = insert::insert_chunk(connection, &chunk, begin, commit);
+                    drop(chunk);
                     (records, inserted)
                 })
                 .await;
@@ -402,11 +396,10 @@ impl Writer {
                 Err(error) => return Err((None, error)),
             };
             records = back;
-            match inserted {
-                Ok(next_byte) => start_byte = next_byte,
-                Err(error) => return Err((Some(records), WriteError::from(error))),
+            if let Err(error) = inserted {
+                return Err((Some(records), WriteError::from(error)));
             }
-            done += chunk_rows;
+            start = end;
         }
         Ok(records)
     }
@@ -523,15 +516,10 @@ impl Writer {
     }
 }
 
-/// Waits until records are queued, unless `batch` already has some, and moves them into
-/// `batch` until it contains `batch_size`. Returns how many records `batch` contains, 0 once
-/// the spool is closed and nothing is left in it.
-async fn next_records(
-    spool: &Spool,
-    batch_ready: &BatchReady,
-    batch: &mut Encoded,
-    batch_size: usize,
-) -> usize {
+/// Waits until records are queued, unless `batch` already has some, and moves every queued
+/// record into `batch`. Returns how many records `batch` contains, 0 once the spool is closed
+/// and nothing is left in it.
+async fn next_records(spool: &Spool, batch_ready: &BatchReady, batch: &mut Encoded) -> usize {
     loop {
         // Set before the spool is read: a push after the read loads 1, and wakes this task.
         // The notification is kept until the wait below begins.
@@ -539,7 +527,7 @@ async fn next_records(
         // Read before the take: once the spool is closed, a take finds every record that a
         // push will ever add, so an empty take then means the end.
         let closed = spool.is_closed();
-        spool.take(batch, batch_size);
+        spool.take(batch);
         if batch.len() > 0 || closed {
             return batch.len();
         }
@@ -547,12 +535,12 @@ async fn next_records(
     }
 }
 
-/// Moves the records already queued into `batch` until it contains `batch_size`, without
-/// waiting. Returns false when the spool was closed before the take (every sender is gone or
-/// the writer is stopping), so that nothing more can come.
-fn take_queued(spool: &Spool, batch: &mut Encoded, batch_size: usize) -> bool {
+/// Moves the records already queued into `batch`, without waiting. Returns false when the
+/// spool was closed before the take (every sender is gone or the writer is stopping), so that
+/// nothing more can come.
+fn take_queued(spool: &Spool, batch: &mut Encoded) -> bool {
     let closed = spool.is_closed();
-    spool.take(batch, batch_size);
+    spool.take(batch);
     !closed
 }
 
