@@ -349,6 +349,9 @@ impl Writer {
             done += rows;
         }
         *batch = kept;
+        // A backlog's blocks can add up to hundreds of MB: they are freed off the runtime's
+        // threads. Should the job be lost, they are freed with it.
+        let _ = self.thread.run(move || drop((records, order))).await;
     }
 
     /// Counts `rows` as failed, reports the error and closes the connection, so that the
