@@ -170,7 +170,7 @@ pub(crate) struct Spool {
     /// writer took.
     queued: AtomicUsize,
     /// Records the writer took and has not yet released.
-    taken: AtomicUsize,
+    in_writer: AtomicUsize,
     /// Maximum records in the lists, while the writer has taken none.
     capacity: usize,
     /// Maximum records counted in `queued`: `capacity` plus one batch.
@@ -199,7 +199,7 @@ impl Spool {
         Spool {
             buffers: Default::default(),
             queued: AtomicUsize::new(0),
-            taken: AtomicUsize::new(0),
+            in_writer: AtomicUsize::new(0),
             capacity,
             limit: capacity.saturating_add(batch_size),
             closed: AtomicBool::new(false),
@@ -217,11 +217,11 @@ impl Spool {
         }
         // The writer may take or release records meanwhile, so the lists' share is an
         // estimate. The limit on both together is exact.
-        let taken = self.taken.load(Ordering::Relaxed);
+        let in_writer = self.in_writer.load(Ordering::Relaxed);
         let counted = self
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                let waiting = queued.saturating_sub(taken);
+                let waiting = queued.saturating_sub(in_writer);
                 (queued < self.limit && waiting < self.capacity).then_some(queued + 1)
             });
         if counted.is_err() {
@@ -244,13 +244,13 @@ impl Spool {
                 moved += batch.take_all(&mut buffer);
             }
         }
-        self.taken.fetch_add(moved, Ordering::Relaxed);
+        self.in_writer.fetch_add(moved, Ordering::Relaxed);
         moved
     }
 
     /// Gives back the room of `count` taken records, written or lost.
     pub(crate) fn release(&self, count: usize) {
-        self.taken.fetch_sub(count, Ordering::Relaxed);
+        self.in_writer.fetch_sub(count, Ordering::Relaxed);
         self.queued.fetch_sub(count, Ordering::Relaxed);
     }
 
@@ -262,7 +262,7 @@ impl Spool {
     /// Returns the number of records in the lists, which the writer has not taken.
     pub(crate) fn waiting(&self) -> usize {
         self.len()
-            .saturating_sub(self.taken.load(Ordering::Relaxed))
+            .saturating_sub(self.in_writer.load(Ordering::Relaxed))
     }
 
     /// Refuses every later push. The records already waiting can still be taken.

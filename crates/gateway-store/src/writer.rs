@@ -305,11 +305,11 @@ impl Writer {
             .thread
             .run(move || {
                 let order = records.positions_by_time();
-                let kept = records.copy_of(&order[to_write..]);
-                (records, order, kept)
+                let remainder = records.copy_of(&order[to_write..]);
+                (records, order, remainder)
             })
             .await;
-        let (mut records, order, kept) = match ordered {
+        let (mut records, order, remainder) = match ordered {
             Ok(ordered) => ordered,
             Err(lost) => {
                 self.lose_rows(total, &WriteError::from(lost), summary)
@@ -341,14 +341,14 @@ impl Writer {
                     // The records went with the lost job.
                     self.lose_rows(to_write - done, &error, summary).await;
                     self.spool.release(to_write - done);
-                    *batch = kept;
+                    *batch = remainder;
                     return;
                 }
             }
             self.spool.release(rows);
             done += rows;
         }
-        *batch = kept;
+        *batch = remainder;
         // A backlog's blocks can add up to hundreds of MB: they are freed off the runtime's
         // threads. Should the job be lost, they are freed with it.
         let _ = self.thread.run(move || drop((records, order))).await;
