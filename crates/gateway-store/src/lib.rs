@@ -1,8 +1,9 @@
 //! The request log: every finished request as one row of an SQLite table, and the queries the
 //! admin endpoints and the command line run on it.
 //!
-//! The request path calls [`RequestLog::record`], which puts the record on a bounded queue
-//! without waiting and drops it (counting the drop) when the queue is full. One [`Writer`] task
+//! The request path calls [`RequestLog::record_ref`] (or [`RequestLog::record`] with an owned
+//! record), which puts a copy of the record on a bounded queue without waiting and drops it
+//! (counting the drop) when the queue is full. One [`Writer`] task
 //! drains the queue in batches, one transaction per batch, and deletes rows older than the
 //! retention period in small chunks between batches. [`LogReader`] opens the same file
 //! read-only, with or without a running gateway.
@@ -26,7 +27,8 @@
 //!
 //! - [`record`]: [`RequestRecord`] and its borrowed form [`RecordRef`], one finished request.
 //! - `queue`: [`RequestLog`], the handle that queues records.
-//! - `spool`: the queue itself, records encoded into one byte buffer per request thread.
+//! - `spool`: the queue itself, records encoded into blocks, one list of blocks per request
+//!   thread.
 //! - `writer`: [`Writer`], the batch writer task, and [`WriterHandle`] to stop it.
 //! - `thread`: the thread on which the writer's SQLite statements run.
 //! - `insert` and `retention`: the SQL the writer runs.

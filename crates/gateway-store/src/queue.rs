@@ -121,8 +121,9 @@ impl RequestLog {
 
     /// Queues a copy of `record` for the writer, or drops and counts it when the queue is
     /// full, the writer has stopped or a text is longer than 4 GiB. Does not wait for the
-    /// writer: it takes only the lock of the calling thread's buffer, which the writer holds
-    /// just long enough to move the records out, and allocates only while that buffer grows.
+    /// writer: it takes only the lock of the calling thread's list of blocks, which the writer
+    /// takes just long enough to move the blocks out, and allocates only a new 64 KiB block
+    /// now and then.
     pub fn record_ref(&self, record: &RecordRef<'_>) {
         if self.spool.push(record) {
             let needed = self.batch_ready.needed.load(Ordering::Relaxed);

@@ -17,8 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Lists the request threads spread over. Threads are assigned round-robin, so up to this
-/// many runtime workers never share one.
+/// Number of lists that request threads spread over. Threads are assigned round-robin, so up
+/// to this many runtime workers never share one.
 const BUFFERS: usize = 16;
 
 /// The size of a block, unless one record needs more.
@@ -36,7 +36,7 @@ const NONE: u32 = u32::MAX;
 /// the retried flag and the address's kind.
 const FIXED_BYTES: usize = 4 + 4 * 8 + 2 + 1 + 1;
 
-/// Encoded records: what a request thread's list holds, and what the writer takes.
+/// Encoded records: the contents of a request thread's list, and what the writer takes.
 #[derive(Debug, Default)]
 pub(crate) struct Encoded {
     blocks: Vec<Vec<u8>>,

@@ -524,8 +524,8 @@ impl Writer {
 /// and nothing is left in it.
 async fn next_records(spool: &Spool, batch_ready: &BatchReady, batch: &mut Encoded) -> usize {
     loop {
-        // Set before the spool is read: a push after the read loads 1, and wakes this task.
-        // The notification is kept until the wait below begins.
+        // Set before the spool is read, so a push after the read finds `needed` at 1 and wakes
+        // this task. The notification is kept until the wait below begins.
         batch_ready.needed.store(1, Ordering::Relaxed);
         // Read before the take: once the spool is closed, a take finds every record that a
         // push will ever add, so an empty take then means the end.
