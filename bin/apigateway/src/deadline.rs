@@ -190,13 +190,15 @@ impl AsyncRead for ClientStream {
     }
 }
 
+// Writes are direct system calls (see `gateway_proxy::socket`). Reads stay tokio's, which
+// read into the buffer's uninitialized room; a direct call would first have to zero it.
 impl AsyncWrite for ClientStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().stream.poll_write(cx, buf)
+        gateway_proxy::socket::poll_write_vectored(&self.stream, cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -204,11 +206,11 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().stream.poll_write_vectored(cx, bufs)
+        gateway_proxy::socket::poll_write_vectored(&self.stream, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

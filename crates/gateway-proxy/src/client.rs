@@ -13,6 +13,7 @@
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
+use crate::socket::BackendSocket;
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
@@ -25,9 +26,9 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -241,7 +242,7 @@ impl BackendClient {
     }
 }
 
-async fn open_stream(backend: &Backend) -> io::Result<TcpStream> {
+async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {
     let url = backend.url();
     let host = url.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -253,7 +254,7 @@ async fn open_stream(backend: &Backend) -> io::Result<TcpStream> {
     }?;
     // Requests and responses are small writes that must leave at once.
     stream.set_nodelay(true)?;
-    Ok(stream)
+    BackendSocket::new(stream)
 }
 
 async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
@@ -274,7 +275,7 @@ async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
 
 /// One HTTP/1.1 connection to a backend.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: BackendSocket,
     read: ReadBuffer,
     /// Buffer that response heads and small body chunks are copied into, reused from one
     /// response to the next (see [`codec::copy_to_store`]).
@@ -312,7 +313,7 @@ pub(crate) enum ExchangeError {
 }
 
 impl Connection {
-    fn new(stream: TcpStream) -> Connection {
+    fn new(stream: BackendSocket) -> Connection {
         Connection {
             stream,
             read: ReadBuffer::new(),
@@ -331,8 +332,7 @@ impl Connection {
     fn is_idle_and_open(&mut self) -> bool {
         // Readiness is cleared when a read drains the socket, so without a system call this shows
         // whether anything happened since the last response was read.
-        let mut cx = Context::from_waker(Waker::noop());
-        self.read.filled().is_empty() && self.stream.poll_read_ready(&mut cx).is_pending()
+        self.read.filled().is_empty() && self.stream.is_quiet()
     }
 
     /// Writes a request head into the send queue; [`Connection::exchange`] sends it.
@@ -427,7 +427,7 @@ impl Connection {
     ) -> Poll<Result<(), SendError>> {
         loop {
             self.send.waiting_for_client = false;
-            ready!(self.send.poll_flush(&mut self.stream, cx)).map_err(SendError::Io)?;
+            ready!(self.send.poll_flush(&self.stream, cx)).map_err(SendError::Io)?;
             if self.send.body_done {
                 return Poll::Ready(Ok(()));
             }
@@ -475,7 +475,7 @@ impl Connection {
                 }
             }
             let silent = !*received;
-            match ready!(self.read.poll_fill(&mut self.stream, cx)) {
+            match ready!(self.read.poll_fill(&self.stream, cx)) {
                 Ok(0) => {
                     return Poll::Ready(Err(ExchangeError::Io {
                         error: io::Error::new(
@@ -528,7 +528,7 @@ impl Connection {
 
     /// Reads more bytes into the buffer; `Ok(0)` means the backend closed the connection.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.read.poll_fill(&mut self.stream, cx)
+        self.read.poll_fill(&self.stream, cx)
     }
 }
 
@@ -617,14 +617,14 @@ impl SendState {
         self.head.extend_from_slice(b"\r\n");
     }
 
-    fn poll_flush(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, stream: &BackendSocket, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_flushed() {
             let slices = [
                 IoSlice::new(&self.head[self.head_sent..]),
                 IoSlice::new(&self.data),
                 IoSlice::new(self.suffix),
             ];
-            let mut written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices))?;
+            let mut written = ready!(stream.poll_write_vectored(cx, &slices))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -671,7 +671,7 @@ impl ReadBuffer {
 
     fn poll_fill(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &BackendSocket,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         if self.end == self.buf.len() {
@@ -692,9 +692,7 @@ impl ReadBuffer {
                 self.buf.resize(grown, 0);
             }
         }
-        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
-        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
-        let len = read.filled().len();
+        let len = ready!(stream.poll_recv(cx, &mut self.buf[self.end..]))?;
         // A read that fills the buffer suggests a fast body; a larger buffer takes it in
         // fewer reads.
         if len > 0 && self.end + len == self.buf.len() && self.buf.len() < MAX_READ_BUFFER {

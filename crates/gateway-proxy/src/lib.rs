@@ -33,6 +33,7 @@ pub mod headers;
 mod request_body;
 pub mod routes;
 pub mod server;
+pub mod socket;
 
 pub use body::ProxyBody;
 pub use client::BackendClient;
