@@ -22,6 +22,17 @@ use tokio::time::Instant;
 /// The start of the millisecond clock that deadlines are stored in.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// Returns the time to count `timeout` from, as [`gateway_proxy::clock::now_for`] does. Unit
+/// tests read tokio's clock, which they pause and move, and which the coarse clock does not
+/// follow.
+pub(crate) fn now_for(timeout: Duration) -> Instant {
+    if cfg!(test) {
+        Instant::now()
+    } else {
+        gateway_proxy::clock::now_for(timeout)
+    }
+}
+
 /// The phase of a connection that its deadline bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -65,7 +76,7 @@ impl ConnectionDeadline {
 
     /// Starts waiting for the next request head, due within the read timeout.
     pub(crate) fn await_head(&self) {
-        self.store(Instant::now() + self.read_timeout);
+        self.store(now_for(self.read_timeout) + self.read_timeout);
         self.responding.store(false, Ordering::Relaxed);
     }
 

@@ -427,8 +427,9 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
         // The head is ready; from here the write timeout bounds sending the response. Until
         // now the backend's response timeout bounded the wait, and the client's upload was
         // bounded only between reads, as NGINX bounds it.
+        let timeout = *this.write_timeout;
         this.deadline
-            .set(tokio::time::Instant::now() + *this.write_timeout);
+            .set(crate::deadline::now_for(timeout) + timeout);
         let deadline = Arc::clone(this.deadline);
         Poll::Ready(response.map(|body| DeadlineBody::new(body, deadline)))
     }

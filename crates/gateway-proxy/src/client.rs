@@ -10,6 +10,7 @@
 //! request and reads the response on it, with no task or channel of its own, so a proxied
 //! request costs one task's work instead of two tasks handing messages to each other.
 
+use crate::clock;
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
@@ -27,7 +28,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -44,7 +45,17 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 
 struct Idle {
     connection: Box<Connection>,
-    since: Instant,
+    /// When the connection went idle, read for the idle timeout (see [`clock::now_for`]).
+    since: tokio::time::Instant,
+}
+
+impl Idle {
+    /// Returns whether the connection can carry a request: idle for less than `timeout`, with
+    /// nothing arrived meanwhile.
+    fn is_reusable(&mut self, timeout: Duration) -> bool {
+        clock::now_for(timeout).saturating_duration_since(self.since) < timeout
+            && self.connection.is_idle_and_open()
+    }
 }
 
 /// Connection settings and idle connections, shared by every forwarder.
@@ -171,9 +182,7 @@ impl BackendClient {
             // meanwhile join the back of the queue and wait for the next round.
             for _ in 0..pool.len() {
                 let Some(mut entry) = pool.pop() else { break };
-                if entry.since.elapsed() < self.shared.idle_timeout
-                    && entry.connection.is_idle_and_open()
-                {
+                if entry.is_reusable(self.shared.idle_timeout) {
                     // A full pool drops the connection, which closes it.
                     if pool.push(entry).is_err() {
                         closed += 1;
@@ -221,9 +230,7 @@ impl BackendClient {
     fn check_out(&self, backend_id: u64) -> Option<Box<Connection>> {
         let pool = self.pool(backend_id)?;
         while let Some(mut entry) = pool.pop() {
-            if entry.since.elapsed() < self.shared.idle_timeout
-                && entry.connection.is_idle_and_open()
-            {
+            if entry.is_reusable(self.shared.idle_timeout) {
                 return Some(entry.connection);
             }
         }
@@ -236,7 +243,7 @@ impl BackendClient {
             // A full pool drops the connection, which closes it.
             let _ = pool.push(Idle {
                 connection,
-                since: Instant::now(),
+                since: clock::now_for(self.shared.idle_timeout),
             });
         }
     }
@@ -373,7 +380,7 @@ impl Connection {
                     Poll::Ready(Err(SendError::Io(error))) => write_error = Some(error),
                 }
                 if std::mem::take(&mut self.send.progressed) || last_progress.is_none() {
-                    last_progress = Some(tokio::time::Instant::now());
+                    last_progress = Some(clock::now_for(timeout));
                 }
             }
             match self.poll_head(cx, method, &mut received) {
@@ -387,7 +394,7 @@ impl Connection {
                 Poll::Ready(Err(other)) => return Poll::Ready(Err(other)),
                 Poll::Pending => {}
             }
-            let since = *last_progress.get_or_insert_with(tokio::time::Instant::now);
+            let since = *last_progress.get_or_insert_with(|| clock::now_for(timeout));
             ready!(self.poll_timer(cx, since + timeout));
             let client_stalled =
                 write_error.is_none() && !self.send.finished() && self.send.waiting_for_client;

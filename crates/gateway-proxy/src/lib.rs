@@ -20,11 +20,14 @@
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
 //! - `header_pool`: emptied header maps kept per thread for the next heads.
+//! - [`socket`]: socket reads and writes made as direct system calls.
+//! - [`clock`]: the coarse clock that timeouts and idle times are read from.
 #![warn(missing_docs)]
 
 pub mod body;
 mod chunked;
 pub mod client;
+pub mod clock;
 mod codec;
 pub mod error;
 pub mod forward;
