@@ -155,11 +155,16 @@ fn forward(
                     let mut response = Response::new(ProxyBody::backend(body));
                     *response.status_mut() = status;
                     *response.headers_mut() = headers;
-                    if attach_info {
-                        response.extensions_mut().insert(info);
-                    }
-                    // The request head is sent, so its header map goes back to the pool.
+                    // The request head is sent, so its header map goes back to the pool, and
+                    // its extension map, emptied, carries the response's: it is allocated
+                    // already, and the server returns it to the pool in turn.
                     header_pool::give(parts.headers);
+                    let mut extensions = parts.extensions;
+                    extensions.clear();
+                    if attach_info {
+                        extensions.insert(info);
+                    }
+                    *response.extensions_mut() = extensions;
                     return Ok(response);
                 }
                 Err(error) => error,

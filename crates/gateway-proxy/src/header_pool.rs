@@ -1,8 +1,10 @@
-//! A per-thread pool of emptied header maps. Each request builds two maps, its own and its
-//! response's, so parsing a head takes a map from here and a finished exchange returns both,
-//! which saves their allocations. Each thread has its own pool, so no lock is taken.
+//! Per-thread pools of emptied header maps and extension maps. Each request builds two header
+//! maps, its own and its response's, so parsing a head takes a map from here and a finished
+//! exchange returns both, which saves their allocations. The request's extension map goes on
+//! to its response and comes back when the response head is written. Each thread has its own
+//! pools, so no lock is taken.
 
-use http::HeaderMap;
+use http::{Extensions, HeaderMap};
 use std::cell::RefCell;
 
 /// Maps kept per thread: enough for the requests one thread has in flight at a time, which
@@ -14,8 +16,13 @@ const POOLED_MAPS: usize = 64;
 /// does not leave a large map behind.
 const MAX_POOLED_CAPACITY: usize = 64;
 
+/// Extension maps kept per thread, as many as header maps. An extension map contains a few
+/// values (the peer's address, the forwarder's report), so a full pool takes a few KB.
+const POOLED_EXTENSIONS: usize = 64;
+
 thread_local! {
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static EXTENSIONS: RefCell<Vec<Extensions>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Returns an empty map with room for at least `capacity` fields, from the pool when it has
@@ -37,6 +44,23 @@ pub(crate) fn give(mut map: HeaderMap) {
     MAPS.with_borrow_mut(|maps| {
         if maps.len() < POOLED_MAPS {
             maps.push(map);
+        }
+    });
+}
+
+/// Returns an empty extension map, from the pool when it has one. A pooled map keeps the
+/// table it grew, so inserting into it allocates only the value.
+pub(crate) fn take_extensions() -> Extensions {
+    EXTENSIONS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// Empties `extensions` and keeps them for a later [`take_extensions`], unless the pool is
+/// full. A map that never held a value has nothing allocated, and keeping it costs nothing.
+pub(crate) fn give_extensions(mut extensions: Extensions) {
+    extensions.clear();
+    EXTENSIONS.with_borrow_mut(|pool| {
+        if pool.len() < POOLED_EXTENSIONS {
+            pool.push(extensions);
         }
     });
 }
@@ -64,6 +88,17 @@ mod tests {
         map.insert("x-a", HeaderValue::from_static("1"));
         give(map);
         assert!(take(0).capacity() <= MAX_POOLED_CAPACITY);
+    }
+
+    #[test]
+    fn given_extensions_return_empty() {
+        let mut extensions = take_extensions();
+        extensions.insert(7u32);
+        give_extensions(extensions);
+
+        let again = take_extensions();
+        assert!(again.is_empty());
+        assert_eq!(again.get::<u32>(), None);
     }
 
     #[test]

@@ -195,6 +195,7 @@ pub(crate) fn parse_head(
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
+    *request.extensions_mut() = header_pool::take_extensions();
     Ok(Some((request, facts)))
 }
 

@@ -207,8 +207,9 @@ where
             length,
             exchange,
         );
-        // The response's header map is written out and goes back to the pool.
+        // The response's header and extension maps are written out and go back to the pools.
         header_pool::give(parts.headers);
+        header_pool::give_extensions(parts.extensions);
         // Pinned here rather than inside `write_response`, so that the connection's future
         // contains one copy of the body, not two. The body is dropped as the write ends.
         {
