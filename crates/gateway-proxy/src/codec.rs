@@ -8,6 +8,7 @@
 
 use crate::header_pool;
 use crate::headers::{is_hop_by_hop, write_forwarded_headers};
+use crate::short_copy;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -54,12 +55,12 @@ impl RequestHead<'_> {
     /// header rules applied (see [`write_forwarded_headers`]), and the framing header that
     /// the body needs.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.method.as_str().as_bytes());
+        short_copy::append(out, self.method.as_str().as_bytes());
         out.push(b' ');
         if let Some(prefix) = self.prefix {
             out.extend_from_slice(prefix.as_bytes());
         }
-        out.extend_from_slice(self.target.as_bytes());
+        short_copy::append(out, self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         write_forwarded_headers(out, self.headers, self.peer, self.host);
         match self.framing {
@@ -89,7 +90,7 @@ pub(crate) fn put_decimal(out: &mut Vec<u8>, value: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    short_copy::append(out, &digits[start..]);
 }
 
 /// The framing of a response body (RFC 9112 section 6.3).

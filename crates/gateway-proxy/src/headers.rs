@@ -4,6 +4,7 @@
 //! The rules are applied while the request head is written for the backend, in one pass over
 //! the client's headers, so the client's header map is never modified.
 
+use crate::short_copy;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -128,9 +129,9 @@ pub fn write_forwarded_headers(
 }
 
 fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+    short_copy::append(out, name.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
+    short_copy::append(out, value);
     out.extend_from_slice(b"\r\n");
 }
 

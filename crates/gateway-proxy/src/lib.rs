@@ -20,6 +20,7 @@
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
 //! - `header_pool`: emptied header maps kept per thread for the next heads.
+//! - `short_copy`: appending short strings to a head without a call to `memcpy`.
 //! - [`socket`]: socket reads and writes made as direct system calls.
 //! - [`clock`]: the coarse clock that timeouts and idle times are read from.
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ pub mod headers;
 mod request_body;
 pub mod routes;
 pub mod server;
+mod short_copy;
 pub mod socket;
 
 pub use body::ProxyBody;

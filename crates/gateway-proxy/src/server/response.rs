@@ -2,6 +2,7 @@
 //! header fields, and the framing the body gets.
 
 use crate::codec::put_decimal;
+use crate::short_copy;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
 use std::cell::RefCell;
@@ -73,9 +74,9 @@ pub(crate) fn encode_head(
     };
 
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
+    short_copy::append(out, status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    short_copy::append(out, status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // A bodyless response keeps the length it declares: to HEAD, it is the length a GET
     // would get.
@@ -87,9 +88,9 @@ pub(crate) fn encode_head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        short_copy::append(out, name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        short_copy::append(out, value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -119,7 +120,7 @@ pub(crate) fn encode_head(
 /// gateway could not read.
 pub(crate) fn encode_rejection(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
+    short_copy::append(out, status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\ndate: ");
