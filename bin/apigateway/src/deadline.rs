@@ -201,8 +201,8 @@ impl AsyncRead for ClientStream {
     }
 }
 
-// Writes are direct system calls (see `gateway_proxy::socket`). Reads stay tokio's, which
-// read into the buffer's uninitialized room; a direct call would first have to zero it.
+// Writes are direct system calls (see `gateway_proxy::socket`). Reads stay tokio's, because
+// tokio reads into the buffer's uninitialized room, and a direct call would first zero it.
 impl AsyncWrite for ClientStream {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -45,7 +45,8 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 
 struct Idle {
     connection: Box<Connection>,
-    /// When the connection went idle, read for the idle timeout (see [`clock::now_for`]).
+    /// The time the connection went idle, read as [`clock::now_for`] reads it for the idle
+    /// timeout.
     since: tokio::time::Instant,
 }
 

@@ -155,9 +155,9 @@ fn forward(
                     let mut response = Response::new(ProxyBody::backend(body));
                     *response.status_mut() = status;
                     *response.headers_mut() = headers;
-                    // The request head is sent, so its header map goes back to the pool, and
-                    // its extension map, emptied, carries the response's: it is allocated
-                    // already, and the server returns it to the pool in turn.
+                    // The request head is sent, so its header map goes back to the pool. Its
+                    // extension map, emptied, carries the response's extensions, which saves
+                    // allocating a new map. The server returns it to the pool in turn.
                     header_pool::give(parts.headers);
                     let mut extensions = parts.extensions;
                     extensions.clear();

@@ -207,7 +207,8 @@ where
             length,
             exchange,
         );
-        // The response's header and extension maps are written out and go back to the pools.
+        // The response head is encoded, so its header map and extension map go back to the
+        // pools.
         header_pool::give(parts.headers);
         header_pool::give_extensions(parts.extensions);
         // Pinned here rather than inside `write_response`, so that the connection's future
