@@ -2,8 +2,8 @@
 //!
 //! A proxied request needs the time five times: the pool's check-out and check-in, the start
 //! of the backend's response timeout, and the client's write and read deadlines. The precise
-//! monotonic clock costs about 28 ns a read on the test machine (reading the time stamp
-//! counter is slow in a virtual machine). The kernel's coarse monotonic clock costs about 8 ns.
+//! monotonic clock costs about 28 ns a read on the test machine, a virtual machine. The
+//! kernel's coarse monotonic clock costs about 8 ns there.
 //! It advances once a scheduler tick, every 1 to 10 ms depending on the kernel's
 //! configuration. [`now_for`] reads it for timeouts long enough that a tick does not matter.
 

@@ -1,17 +1,18 @@
 //! Socket reads and writes made with direct system calls, and the backend connection's socket.
 //!
 //! The standard library and tokio call the C library's `recv` and `writev`. In a process
-//! with more than one thread, each of those wrappers also switches the thread's cancellation
-//! state around the call, with two atomic updates. The gateway always has more than one
-//! thread, because stderr and the logs are written by threads of their own. On the test
-//! machine the wrapper added about 60 ns to a `recv` that found nothing to read, which took
-//! about 190 ns without it. `rustix` makes the system call itself, without the wrapper.
+//! with more than one thread, glibc's wrappers also call `__pthread_enable_asynccancel` and
+//! `__pthread_disable_asynccancel` around each call, as a profile of the gateway shows. The
+//! gateway always has more than one thread, because stderr and the logs are written by
+//! threads of their own. On the test machine the wrapper added about 60 ns to a `recv` that
+//! found nothing to read, which took about 190 ns without it. `rustix` makes the system call
+//! itself, without the wrapper.
 //!
 //! Readiness stays tokio's: a call that finds the socket not ready clears the readiness tokio
 //! saw, and the caller waits for the next. A read or write that moved fewer bytes than it
-//! offered also clears it, as tokio's own reads and writes do, because on Linux that shows
-//! the socket is drained (or its send buffer full). The next call then waits instead of
-//! making a system call that would only find the socket not ready.
+//! offered also clears it, as tokio's own reads and writes do (`PollEvented` in tokio 1.54),
+//! because on Linux that shows the socket is drained (or its send buffer full). The next call
+//! then waits instead of making a system call that would only find the socket not ready.
 
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
