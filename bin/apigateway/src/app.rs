@@ -59,10 +59,21 @@ pub struct Gateway {
 }
 
 /// The two notifications of a stop that cuts off in-flight requests at once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StopNow {
-    pub(crate) requested: tokio::sync::Notify,
+    /// Turns true at the request. A flag rather than a notification, so that a server that
+    /// starts waiting after the request still sees it.
+    pub(crate) requested: tokio::sync::watch::Sender<bool>,
     pub(crate) done: tokio::sync::Notify,
+}
+
+impl Default for StopNow {
+    fn default() -> Self {
+        StopNow {
+            requested: tokio::sync::watch::Sender::new(false),
+            done: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// The open request log: the queue the request path writes to and a reader for the admin
@@ -104,7 +115,7 @@ impl Gateway {
     /// `timeout` for the server to end them, and returns whether none is left in flight.
     pub async fn cut_off_requests(&self, timeout: std::time::Duration) -> bool {
         let done = self.stop_now.done.notified();
-        self.stop_now.requested.notify_one();
+        self.stop_now.requested.send_replace(true);
         tokio::time::timeout(timeout, done).await.is_ok()
     }
 
@@ -117,7 +128,7 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
         let table = Arc::new(RouteTable::new(&config)?);
         let backend_ids = table.backends().iter().map(|(backend, _)| backend.id());
-        let client = BackendClient::new(&config.proxy, backend_ids);
+        let client = BackendClient::new(&config.proxy, backend_ids, config.server.worker_count());
         let mut routes = Vec::with_capacity(table.routes().len());
         let mut limiters = Limiters::default();
 

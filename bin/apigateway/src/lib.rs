@@ -11,7 +11,8 @@
 //! - `admin`: `/health` and `/admin/*`.
 //! - `access`: the timing hook that prints the access line and records the request.
 //! - [`access_line`]: the access line's format and the thread that writes it to stdout.
-//! - [`server`]: the accept loop, connections, timeouts and draining.
+//! - [`listen`]: binding the listen address, one listener per worker.
+//! - [`server`]: the workers, their accept loops, connections, timeouts and draining.
 //! - [`cli`]: command-line arguments.
 //! - [`inspect`]: the `logs` and `stats` commands that read the request log.
 
@@ -19,6 +20,7 @@ pub mod access_line;
 pub mod app;
 pub mod cli;
 pub mod inspect;
+pub mod listen;
 pub mod server;
 
 mod access;
@@ -30,4 +32,5 @@ pub use access_line::AccessLines;
 pub use app::{BuildError, Gateway};
 pub use server::{
     ACCESS_FLUSH_TIMEOUT, InnerService, Router, ServeError, ServeOutcome, serve, serve_with,
+    serve_workers,
 };

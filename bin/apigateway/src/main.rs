@@ -3,7 +3,7 @@
 
 use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
 use apigateway::inspect::InspectError;
-use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve};
+use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve_workers};
 use clap::Parser;
 use gateway_config::{Config, ConfigError, LogFormat};
 use std::io::ErrorKind;
@@ -120,20 +120,12 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitC
             None
         };
 
-    let workers = config
-        .server
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    };
+    let workers = config.server.worker_count();
+    // The calling thread runs the first worker and the tasks the workers share; each other
+    // worker gets a thread and a runtime of its own (see `serve_workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -180,8 +172,8 @@ async fn run(
             return ExitCode::from(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(addresses.as_slice()).await {
-        Ok(listener) => listener,
+    let listeners = match apigateway::listen::bind(&addresses, workers) {
+        Ok(listeners) => listeners,
         Err(error) => {
             eprintln!(
                 "apigateway: {}: {}",
@@ -270,7 +262,7 @@ async fn run(
     let shutdown = async {
         let _ = first_signal_rx.await;
     };
-    let served = serve(listener, gateway, shutdown).await;
+    let served = serve_workers(listeners, gateway, shutdown).await;
     if served.is_ok() && stopped_at_once.load(Ordering::Relaxed) {
         return ExitCode::from(130);
     }

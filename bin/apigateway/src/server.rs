@@ -87,13 +87,26 @@ pub enum ServeError {
     /// The request log database could not be opened.
     #[error("failed to open the request log")]
     RequestLog(#[from] gateway_store::StoreError),
+
+    /// A listener could not be registered with its worker's runtime.
+    #[error("failed to set up a listener")]
+    Listener(#[source] std::io::Error),
+
+    /// A worker's runtime could not be built.
+    #[error("failed to start a worker's runtime")]
+    Runtime(#[source] std::io::Error),
+
+    /// A worker thread could not be started.
+    #[error("failed to start a worker thread")]
+    Thread(#[source] std::io::Error),
 }
 
-/// Serves `gateway` on `listener` until `shutdown` resolves, then drains.
+/// Serves `gateway` on `listener` until `shutdown` resolves, then drains, as one worker on the
+/// calling runtime.
 ///
 /// Draining stops accepting (new connections are refused), reports `/health` as 503, closes
-/// idle keep-alive connections, sends `Connection: close` on the responses of in-flight requests and waits
-/// for them up to `server.shutdown_timeout`.
+/// idle keep-alive connections, sends `Connection: close` on the responses of in-flight
+/// requests and waits for them up to `server.shutdown_timeout`.
 ///
 /// # Errors
 ///
@@ -104,6 +117,37 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServeOutcome, ServeError> {
     serve_with(listener, gateway, Identity::new(), shutdown).await
+}
+
+/// Serves like [`serve`] with one worker per listener in `listeners` (at least one): the
+/// first on the calling runtime, each other on a thread of its own with a single-threaded
+/// runtime. A worker serves the connections its listener accepts from start to end, with its
+/// own backend pools, so no request moves between threads.
+///
+/// The listeners share one port (see `listen::bind`), and the kernel spreads new connections
+/// over them.
+///
+/// # Errors
+///
+/// Returns [`ServeError`] when a listener is unusable or a worker cannot start.
+pub async fn serve_workers(
+    listeners: Vec<std::net::TcpListener>,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServeOutcome, ServeError> {
+    let mut listeners = listeners.into_iter();
+    let first = listeners
+        .next()
+        .ok_or_else(|| ServeError::Listener(std::io::Error::other("no listener to serve")))?;
+    let first = TcpListener::from_std(first).map_err(ServeError::Listener)?;
+    serve_on(
+        first,
+        listeners.collect(),
+        gateway,
+        Identity::new(),
+        shutdown,
+    )
+    .await
 }
 
 /// Serves like [`serve`] with `layer` wrapped around the router, inside panic catching and
@@ -122,19 +166,41 @@ where
     L: Layer<Router>,
     L::Service: InnerService,
 {
-    let address = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    serve_on(listener, Vec::new(), gateway, layer, shutdown).await
+}
 
-    let server = &gateway.config.server;
-    // The read timeout is kept by each connection's own timer (see `deadline`), so that a
-    // request registers no timer of its own.
-    let settings = ServerSettings {
-        max_head_bytes: MAX_HEADER_BYTES,
-    };
-    let read_timeout = server.read_timeout;
-    let write_timeout = server.write_timeout;
-    // Every deadline is at least this far ahead when it is set.
-    let check_interval = read_timeout.min(write_timeout);
-    let shutdown_timeout = server.shutdown_timeout;
+/// Serves `first` on the calling runtime and each of `others` on a worker thread, and runs
+/// the start and the stop that the workers share: the request log, the background tasks,
+/// the drain and its deadline.
+async fn serve_on<L>(
+    first: TcpListener,
+    others: Vec<std::net::TcpListener>,
+    gateway: Arc<Gateway>,
+    layer: L,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServeOutcome, ServeError>
+where
+    L: Layer<Router>,
+    L::Service: InnerService,
+{
+    let address = first.local_addr().map_err(ServeError::LocalAddr)?;
+    let shutdown_timeout = gateway.config.server.shutdown_timeout;
+
+    // Each worker's runtime is built and its listener registered with it before anything
+    // starts, so that a failure stops the start instead of leaving a worker missing.
+    let mut runtimes = Vec::with_capacity(others.len());
+    for listener in others {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServeError::Runtime)?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener)
+        };
+        let runtime = WorkerRuntime(Some(runtime));
+        runtimes.push((runtime, listener.map_err(ServeError::Listener)?));
+    }
 
     // The request log opens before the first connection, so that a bad database path stops
     // the start instead of losing rows.
@@ -146,7 +212,7 @@ where
         None
     };
     let request_log = gateway.request_log.get().map(|state| state.log.clone());
-    tracing::info!(%address, routes = gateway.table.routes().len(), "listening");
+    let workers = runtimes.len() + 1;
     let hook = AccessHook::new(
         gateway.access_lines.clone(),
         request_log,
@@ -164,95 +230,85 @@ where
     }
     gateway.client.spawn_eviction(tasks_stopped.clone());
 
-    // Turns true at the drain: idle connections close, and responses in progress close
-    // theirs when they end.
+    // `drain` turns true at the drain: workers stop accepting, idle connections close, and
+    // responses in progress close theirs when they end. `cut_off` turns true at the drain's
+    // deadline: workers end the connections still open.
     let (start_drain, drain) = tokio::sync::watch::channel(false);
+    let (start_cut_off, cut_off) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
+    let worker = Worker {
+        stack,
+        gateway: Arc::clone(&gateway),
+        settings: ServerSettings {
+            max_head_bytes: MAX_HEADER_BYTES,
+        },
+        drain,
+        cut_off,
+        open: Arc::clone(&open),
+    };
+
+    // A worker that ends sends on its channel; one that panicked drops it.
+    let mut finished = Vec::with_capacity(runtimes.len());
+    for (index, (runtime, listener)) in (1..).zip(runtimes) {
+        let worker = worker.clone();
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || {
+                gateway_proxy::worker::enter(index);
+                let mut runtime = runtime;
+                if let Some(runtime) = runtime.0.take() {
+                    runtime.block_on(worker.run(listener));
+                    // A blocking task still running (an admin query) gets the flush's bound.
+                    runtime.shutdown_timeout(ACCESS_FLUSH_TIMEOUT);
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => finished.push(finished_rx),
+            Err(error) => {
+                // The workers started so far see the drain when `start_drain` is dropped.
+                return Err(ServeError::Thread(error));
+            }
+        }
+    }
+    // Said once every worker has its thread, and read by scripts as the sign of readiness.
+    tracing::info!(
+        %address,
+        routes = gateway.table.routes().len(),
+        workers,
+        "listening"
+    );
+    let workers = async move {
+        worker.run(first).await;
+        for finished in finished {
+            if finished.await.is_err() {
+                tracing::error!("a worker thread ended by a panic");
+            }
+        }
+    };
+    tokio::pin!(workers);
     tokio::pin!(shutdown);
 
-    // Connection tasks live in a set, so that the ones still running at the drain deadline
-    // can be ended while the request log still takes their rows.
-    let mut connections = tokio::task::JoinSet::new();
-    let mut accept_failures = AcceptFailures::default();
-    loop {
-        // Finished tasks are taken out as new connections arrive, so the set stays small.
-        while connections.try_join_next().is_some() {}
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Running out of file descriptors is the usual cause. Pausing lets
-                    // connections close instead of spinning on the error.
-                    accept_failures.warn(&error);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-
-        let deadline = Arc::new(ConnectionDeadline::new(read_timeout));
-        let service = ConnectionService {
-            stack: stack.clone(),
-            gateway: Arc::clone(&gateway),
-            peer,
-            write_timeout,
-            deadline: Arc::clone(&deadline),
-        };
-        let io = ClientStream::new(stream, Arc::clone(&deadline));
-        let drain = drain.clone();
-        let open = Arc::clone(&open);
-        open.fetch_add(1, Ordering::Relaxed);
-        connections.spawn(async move {
-            // The connection's future is made in place inside `select!`: made outside and
-            // pinned here, it would take twice its size in the task, for as long as the
-            // connection lives.
-            tokio::select! {
-                result = serve_connection(
-                    io,
-                    move |request| service.call(request),
-                    settings,
-                    drain,
-                ) => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "client connection ended with an error");
-                    }
-                }
-                phase = deadline_passed(&deadline, check_interval) => match phase {
-                    Phase::Response => {
-                        // The deadline is marked expired, so the socket was reset.
-                        tracing::debug!(
-                            %peer,
-                            timeout = ?write_timeout,
-                            "response not sent within the write timeout, closing the connection"
-                        );
-                    }
-                    Phase::Head => tracing::debug!(
-                        %peer,
-                        timeout = ?read_timeout,
-                        "no request head within the read timeout, closing the connection"
-                    ),
-                },
-            }
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
+    // The workers serve until the stop signal; they end only after a drain.
+    tokio::select! {
+        () = &mut shutdown => {}
+        () = &mut workers => {}
     }
 
-    // Closing the listener makes the kernel refuse new connections from here on.
-    drop(listener);
     gateway.start_draining();
-    let in_flight = open.load(Ordering::Relaxed);
-    tracing::info!(connections = in_flight, timeout = ?shutdown_timeout, "draining");
+    let _ = start_drain.send(true);
+    tracing::info!(
+        connections = open.load(Ordering::Relaxed),
+        timeout = ?shutdown_timeout,
+        "draining"
+    );
 
     // The drain ends when every connection closed, at the deadline, or at a second stop
     // signal.
-    let _ = start_drain.send(true);
+    let mut stop_now = gateway.stop_now.requested.subscribe();
     let drained = tokio::select! {
-        drained = tokio::time::timeout(
-            shutdown_timeout,
-            async { while connections.join_next().await.is_some() {} },
-        ) => {
+        drained = tokio::time::timeout(shutdown_timeout, &mut workers) => {
             if drained.is_err() {
                 tracing::warn!(
                     connections = open.load(Ordering::Relaxed),
@@ -262,7 +318,7 @@ where
             }
             drained.is_ok()
         }
-        () = gateway.stop_now.requested.notified() => {
+        _ = stop_now.wait_for(|requested| *requested) => {
             tracing::warn!(
                 connections = open.load(Ordering::Relaxed),
                 "cutting off in-flight requests at the second stop signal"
@@ -278,8 +334,8 @@ where
         // Ending the tasks drops their requests, which then report to the access line and
         // the request log as cut off by the stop.
         hook.mark_stopped();
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
+        let _ = start_cut_off.send(true);
+        workers.await;
         ServeOutcome { cut_off }
     };
     gateway.stop_now.done.notify_one();
@@ -288,7 +344,6 @@ where
     health.join().await;
 
     // Every request that finished has queued its row by now; the writer commits them all.
-    drop(stack);
     if let Some(writer) = writer {
         match writer.shutdown().await {
             Ok(summary) if summary.file_replaced => tracing::warn!(
@@ -320,6 +375,143 @@ where
         flush_access_lines(lines).await;
     }
     Ok(outcome)
+}
+
+/// A worker's runtime before its thread takes it. Dropped unused, when the start fails, it
+/// shuts down without waiting, since a runtime cannot wait inside another.
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What each worker needs to serve its listener: the layer stack, the settings and the
+/// stop's signals.
+struct Worker<S: InnerService> {
+    stack: Stack<S>,
+    gateway: Arc<Gateway>,
+    settings: ServerSettings,
+    drain: tokio::sync::watch::Receiver<bool>,
+    cut_off: tokio::sync::watch::Receiver<bool>,
+    /// Connections open in every worker.
+    open: Arc<AtomicUsize>,
+}
+
+impl<S: InnerService> Clone for Worker<S> {
+    fn clone(&self) -> Self {
+        Worker {
+            stack: self.stack.clone(),
+            gateway: Arc::clone(&self.gateway),
+            settings: self.settings,
+            drain: self.drain.clone(),
+            cut_off: self.cut_off.clone(),
+            open: Arc::clone(&self.open),
+        }
+    }
+}
+
+impl<S: InnerService> Worker<S> {
+    /// Accepts and serves connections on `listener` until the drain, then waits for its
+    /// connections to end, or ends them at the cut-off.
+    async fn run(mut self, listener: TcpListener) {
+        let server = &self.gateway.config.server;
+        // The read timeout is kept by each connection's own timer (see `deadline`), so that
+        // a request registers no timer of its own.
+        let read_timeout = server.read_timeout;
+        let write_timeout = server.write_timeout;
+        // Every deadline is at least this far ahead when it is set.
+        let check_interval = read_timeout.min(write_timeout);
+
+        // Connection tasks live in a set, so that the ones still running at the cut-off can
+        // be ended while the request log still takes their rows.
+        let mut connections = tokio::task::JoinSet::new();
+        let mut accept_failures = AcceptFailures::default();
+        // A drain sender dropped (the start failed) drains too.
+        while !*self.drain.borrow_and_update() {
+            // Finished tasks are taken out as new connections arrive, so the set stays small.
+            while connections.try_join_next().is_some() {}
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Running out of file descriptors is the usual cause. Pausing lets
+                        // connections close instead of spinning on the error.
+                        accept_failures.warn(&error);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                changed = self.drain.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+            };
+            let _ = stream.set_nodelay(true);
+
+            let deadline = Arc::new(ConnectionDeadline::new(read_timeout));
+            let service = ConnectionService {
+                stack: self.stack.clone(),
+                gateway: Arc::clone(&self.gateway),
+                peer,
+                write_timeout,
+                deadline: Arc::clone(&deadline),
+            };
+            let io = ClientStream::new(stream, Arc::clone(&deadline));
+            let drain = self.drain.clone();
+            let open = Arc::clone(&self.open);
+            let settings = self.settings;
+            open.fetch_add(1, Ordering::Relaxed);
+            connections.spawn(async move {
+                // The connection's future is made in place inside `select!`: made outside and
+                // pinned here, it would take twice its size in the task, for as long as the
+                // connection lives.
+                tokio::select! {
+                    result = serve_connection(
+                        io,
+                        move |request| service.call(request),
+                        settings,
+                        drain,
+                    ) => {
+                        if let Err(error) = result {
+                            tracing::debug!(%peer, %error, "client connection ended with an error");
+                        }
+                    }
+                    phase = deadline_passed(&deadline, check_interval) => match phase {
+                        Phase::Response => {
+                            // The deadline is marked expired, so the socket was reset.
+                            tracing::debug!(
+                                %peer,
+                                timeout = ?write_timeout,
+                                "response not sent within the write timeout, closing the connection"
+                            );
+                        }
+                        Phase::Head => tracing::debug!(
+                            %peer,
+                            timeout = ?read_timeout,
+                            "no request head within the read timeout, closing the connection"
+                        ),
+                    },
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+
+        // Closing the listener makes the kernel refuse new connections from here on.
+        drop(listener);
+        let cut_off = tokio::select! {
+            () = async { while connections.join_next().await.is_some() {} } => false,
+            // A cut-off sender dropped means the server is gone: end the connections too.
+            _ = self.cut_off.wait_for(|cut_off| *cut_off) => true,
+        };
+        if cut_off {
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+    }
 }
 
 /// Rate-limits the warning about failed accepts to one a second. Out of file descriptors,

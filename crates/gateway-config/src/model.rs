@@ -76,12 +76,22 @@ pub struct ServerConfig {
     /// Time in-flight requests get to finish after a stop signal. Default 10s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub shutdown_timeout: Duration,
-    /// Runtime worker threads. Default: one per CPU core.
+    /// Worker threads, each with its own runtime, listener and backend pools. Default: one
+    /// per CPU core.
     pub workers: Option<usize>,
     /// Peers whose `X-Forwarded-For` is trusted, written as CIDRs or single addresses.
     /// Default: none.
     #[serde(deserialize_with = "networks::deserialize")]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ServerConfig {
+    /// Returns the number of workers: `workers` when set, else the number of CPU cores this
+    /// process may use.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
 }
 
 impl Default for ServerConfig {

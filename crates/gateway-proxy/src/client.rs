@@ -1,10 +1,11 @@
 //! Backend connections: opened with a timeout, kept alive, pooled per backend, and driven by
 //! the request task itself.
 //!
-//! Each backend's idle connections wait in a bounded lock-free queue, so checking one out or in
-//! takes no lock, and any worker thread can reuse a connection another thread returned. A
-//! connection goes back only when its response was read to its end and the backend allowed
-//! another request on it.
+//! Each worker keeps its own idle connections, and within a worker each backend's wait in a
+//! bounded lock-free queue, so checking one out or in takes no lock. A worker's runtime owns
+//! the sockets opened on it (see [`crate::worker`]), so a connection is reused only by the
+//! worker that opened it. A connection goes back only when its response was read to its end
+//! and the backend allowed another request on it.
 //!
 //! A connection is a socket with a read buffer and a write queue. The request's task writes the
 //! request and reads the response on it, with no task or channel of its own, so a proxied
@@ -15,6 +16,7 @@ use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
 use crate::socket::BackendSocket;
+use crate::worker;
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
@@ -70,10 +72,13 @@ struct Shared {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
-    // Idle connections per backend id. A handful of backends is the norm, so a vector scan
-    // beats hashing.
-    pools: Vec<(u64, ArrayQueue<Idle>)>,
+    /// Idle connections of each worker, by worker index.
+    workers: Box<[WorkerPools]>,
 }
+
+/// One worker's idle connections per backend id. A handful of backends is the norm, so a
+/// vector scan beats hashing.
+type WorkerPools = Vec<(u64, ArrayQueue<Idle>)>;
 
 impl std::fmt::Debug for BackendClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +86,7 @@ impl std::fmt::Debug for BackendClient {
             .field("connect_timeout", &self.shared.connect_timeout)
             .field("response_timeout", &self.shared.response_timeout)
             .field("idle_timeout", &self.shared.idle_timeout)
-            .field("backends", &self.shared.pools.len())
+            .field("workers", &self.shared.workers.len())
             .finish()
     }
 }
@@ -105,27 +110,44 @@ impl Lease {
 
 impl BackendClient {
     /// Creates a client from the `proxy` section of the configuration, with a pool for each
-    /// backend in `backend_ids`. Connections to other backends are not kept.
-    pub fn new(config: &ProxyConfig, backend_ids: impl IntoIterator<Item = u64>) -> BackendClient {
-        let capacity = config.pool_max_idle_per_backend;
-        let pools = backend_ids
-            .into_iter()
-            .filter(|_| capacity > 0)
-            .map(|id| (id, ArrayQueue::new(capacity)))
+    /// backend in `backend_ids` in each of `workers` workers (at least one). Connections to
+    /// other backends are not kept.
+    ///
+    /// `pool_max_idle_per_backend` is shared out among the workers, rounded up, so that the
+    /// setting bounds what the whole process keeps.
+    pub fn new(
+        config: &ProxyConfig,
+        backend_ids: impl IntoIterator<Item = u64>,
+        workers: usize,
+    ) -> BackendClient {
+        let workers = workers.max(1);
+        let capacity = config.pool_max_idle_per_backend.div_ceil(workers);
+        let backend_ids: Vec<u64> = backend_ids.into_iter().collect();
+        let pools = (0..workers)
+            .map(|_| {
+                backend_ids
+                    .iter()
+                    .filter(|_| capacity > 0)
+                    .map(|&id| (id, ArrayQueue::new(capacity)))
+                    .collect()
+            })
             .collect();
         BackendClient {
             shared: Arc::new(Shared {
                 connect_timeout: config.connect_timeout,
                 response_timeout: config.response_timeout,
                 idle_timeout: config.pool_idle_timeout,
-                pools,
+                workers: pools,
             }),
         }
     }
 
+    /// Returns the calling worker's pool for `backend_id`. A thread marked with a worker index
+    /// the client has no pools for gets none, so its connections are not kept.
     fn pool(&self, backend_id: u64) -> Option<&ArrayQueue<Idle>> {
         self.shared
-            .pools
+            .workers
+            .get(worker::current())?
             .iter()
             .find(|(id, _)| *id == backend_id)
             .map(|(_, pool)| pool)
@@ -173,11 +195,12 @@ impl BackendClient {
         }
     }
 
-    /// Closes idle connections that outlived the idle timeout or that their backend closed,
-    /// and returns how many were closed. The rest keep their order in the pool.
+    /// Closes idle connections of every worker that outlived the idle timeout or that their
+    /// backend closed, and returns how many were closed. The rest keep their order in the
+    /// pool.
     pub fn evict_idle(&self) -> usize {
         let mut closed = 0;
-        for (_, pool) in self.shared.pools.iter() {
+        for (_, pool) in self.shared.workers.iter().flatten() {
             // Each connection idle now is looked at once; connections that requests return
             // meanwhile join the back of the queue and wait for the next round.
             for _ in 0..pool.len() {
@@ -707,5 +730,106 @@ impl ReadBuffer {
         }
         self.end += len;
         Poll::Ready(Ok(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Opens a connection to `listener` and returns it with the accepted end.
+    async fn connection(listener: &TcpListener) -> (Box<Connection>, TcpStream) {
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (connected, accepted) = tokio::join!(connect, listener.accept());
+        let socket = BackendSocket::new(connected.unwrap()).unwrap();
+        (Box::new(Connection::new(socket)), accepted.unwrap().0)
+    }
+
+    fn client(max_idle: usize, workers: usize) -> BackendClient {
+        let config = ProxyConfig {
+            pool_max_idle_per_backend: max_idle,
+            ..ProxyConfig::default()
+        };
+        BackendClient::new(&config, [7], workers)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_only_by_the_worker_that_returned_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = client(4, 2);
+        let (returned, _peer) = connection(&listener).await;
+
+        worker::enter(1);
+        client.check_in(7, returned);
+        worker::enter(0);
+        assert!(
+            client.check_out(7).is_none(),
+            "worker 0 took worker 1's connection"
+        );
+        worker::enter(1);
+        assert!(
+            client.check_out(7).is_some(),
+            "worker 1 lost its connection"
+        );
+        worker::enter(0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_without_pools_keeps_no_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = client(4, 2);
+        let (returned, _peer) = connection(&listener).await;
+
+        worker::enter(2);
+        client.check_in(7, returned);
+        assert!(client.check_out(7).is_none());
+        worker::enter(0);
+    }
+
+    #[tokio::test]
+    async fn the_idle_limit_is_shared_out_among_the_workers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Three idle connections per backend over two workers: two for each.
+        let client = client(3, 2);
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (returned, peer) = connection(&listener).await;
+            peers.push(peer);
+            client.check_in(7, returned);
+        }
+        assert!(client.check_out(7).is_some());
+        assert!(client.check_out(7).is_some());
+        assert!(
+            client.check_out(7).is_none(),
+            "worker 0 kept more than its share"
+        );
+    }
+
+    #[tokio::test]
+    async fn eviction_closes_the_connections_of_every_worker() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = client(4, 2);
+        let (closed, closed_peer) = connection(&listener).await;
+        let (open, _open_peer) = connection(&listener).await;
+        worker::enter(1);
+        client.check_in(7, closed);
+        client.check_in(7, open);
+        worker::enter(0);
+
+        // The runtime's driver has to see the end of stream before the pool can.
+        drop(closed_peer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(client.evict_idle(), 1);
+
+        worker::enter(1);
+        assert!(
+            client.check_out(7).is_some(),
+            "the open connection was evicted"
+        );
+        assert!(client.check_out(7).is_none());
+        worker::enter(0);
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! - [`routes`]: the compiled route table and the per-route settings.
 //! - [`headers`]: hop-by-hop and forwarding headers, applied as the request head is written.
-//! - [`client`]: backend connections, pooled per backend, read and written by the request's
-//!   own task.
+//! - [`client`]: backend connections, pooled per worker and backend, read and written by the
+//!   request's own task.
 //! - `codec` and `chunked`: the HTTP/1.1 request head, response head and chunked body on the
 //!   backend side.
 //! - [`server`]: the client side of HTTP/1.1, one connection's loop of request heads,
@@ -23,6 +23,7 @@
 //! - `short_copy`: appending short strings to a head without a call to `memcpy`.
 //! - [`socket`]: socket reads and writes made as direct system calls.
 //! - [`clock`]: the coarse clock that timeouts and idle times are read from.
+//! - [`worker`]: the worker index of the calling thread, which picks its backend pools.
 #![warn(missing_docs)]
 
 pub mod body;
@@ -39,6 +40,7 @@ pub mod routes;
 pub mod server;
 mod short_copy;
 pub mod socket;
+pub mod worker;
 
 pub use body::ProxyBody;
 pub use client::BackendClient;

@@ -1,0 +1,204 @@
+//! Several workers: each serves a share of the connections on a thread of its own, and a stop
+//! drains, or cuts off at the deadline, the requests of every worker.
+
+use gateway_tests::{GatewayProcess, MockProcess, RawConnection, backend_state};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const WORKERS: usize = 3;
+
+fn start(shutdown_timeout: &str) -> (MockProcess, GatewayProcess) {
+    let mock = MockProcess::start("Shared");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  workers: {WORKERS}
+  shutdown_timeout: {shutdown_timeout}
+request_log:
+  database: "{{dir}}/gateway.db"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        mock.url
+    ));
+    (mock, gateway)
+}
+
+/// Returns the CPU time, in nanoseconds, that each thread of process `pid` has run, by the
+/// thread's name.
+fn thread_times(pid: u32) -> HashMap<String, u64> {
+    let mut times = HashMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list threads");
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("schedstat")),
+        ) else {
+            continue; // The thread ended meanwhile.
+        };
+        let ran: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|field| field.parse().ok())
+            .expect("schedstat's first field");
+        *times.entry(name.trim().to_owned()).or_default() += ran;
+    }
+    times
+}
+
+/// Sends `GET path` on a new connection of its own and returns the connection once the
+/// request is sent.
+fn send_get(gateway: &GatewayProcess, path: &str) -> RawConnection {
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .send(format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n").as_bytes())
+        .expect("send");
+    connection
+}
+
+/// Starts `count` requests that the mock holds for `delay_ms`, each on its own connection,
+/// and waits until the gateway counts them all in flight.
+async fn start_slow_requests(
+    gateway: &GatewayProcess,
+    mock: &MockProcess,
+    count: usize,
+    delay_ms: u64,
+) -> Vec<std::thread::JoinHandle<Option<u16>>> {
+    let replies = (0..count)
+        .map(|_| {
+            let mut connection = send_get(gateway, &format!("/api/slow?delay={delay_ms}"));
+            std::thread::spawn(move || connection.read_response().ok().map(|reply| reply.status))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let in_flight = backend_state(&gateway.url, &mock.url).await["in_flight"].clone();
+        if in_flight == count {
+            return replies;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{in_flight} of {count} requests in flight after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn every_worker_serves_a_share_of_the_connections() {
+    let (_mock, gateway) = start("10s");
+    // A thread names itself as it starts, so the names may come just after the start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let before = loop {
+        let times = thread_times(gateway.pid());
+        if (1..WORKERS).all(|index| times.contains_key(&format!("worker-{index}"))) {
+            break times;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no thread for each worker: {times:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+
+    // 60 connections of 10 requests each. Connections come from ports of their own, which
+    // the kernel hashes to pick a worker's listener.
+    let mut connections: Vec<_> = (0..60)
+        .map(|_| RawConnection::open(gateway.addr).expect("connect"))
+        .collect();
+    for round in 0..10 {
+        for connection in &mut connections {
+            let reply = connection
+                .exchange(format!("GET /api/n{round} HTTP/1.1\r\nHost: gateway\r\n\r\n").as_bytes())
+                .expect("exchange");
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.json()["path"], format!("/api/n{round}"));
+        }
+    }
+
+    // A worker with no connections does not run at all, and each of the three gets about
+    // 200 requests, which take tens of milliseconds in a debug build.
+    let after = thread_times(gateway.pid());
+    // The first worker is the main thread, named after the program.
+    let names: Vec<String> = std::iter::once("apigateway".to_owned())
+        .chain((1..WORKERS).map(|index| format!("worker-{index}")))
+        .collect();
+    for name in &names {
+        let ran = after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+        assert!(
+            ran > 2_000_000,
+            "{name} ran {ran} ns for 600 requests: {after:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stop_drains_the_requests_of_every_worker() {
+    let (mock, mut gateway) = start("10s");
+    let replies = start_slow_requests(&gateway, &mock, 12, 1500).await;
+
+    gateway.signal("TERM");
+    for reply in replies {
+        assert_eq!(reply.join().expect("reader thread"), Some(200));
+    }
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits after the drain");
+    assert!(status.success(), "exit status {status}");
+    let lines = gateway.lines();
+    assert!(
+        lines.iter().any(|line| line.contains("drained")),
+        "no drained line; output:\n{}",
+        lines.join("\n")
+    );
+    let served = lines
+        .iter()
+        .filter(|line| line.contains("/api/slow") && line.contains("status=200"))
+        .count();
+    assert_eq!(served, 12, "output:\n{}", lines.join("\n"));
+}
+
+#[tokio::test]
+async fn the_shutdown_timeout_cuts_off_the_requests_of_every_worker() {
+    let (mock, mut gateway) = start("500ms");
+    let replies = start_slow_requests(&gateway, &mock, 12, 5000).await;
+
+    let signalled = Instant::now();
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(4))
+        .expect("gateway exits soon after the 500 ms shutdown timeout");
+    assert!(!status.success(), "exit status {status} after a cut-off");
+    assert!(signalled.elapsed() >= Duration::from_millis(450));
+    for reply in replies {
+        assert_eq!(
+            reply.join().expect("reader thread"),
+            None,
+            "a cut-off request got a reply"
+        );
+    }
+    // The count takes in the admin endpoint's connection too, when it is still open.
+    let lines = gateway.lines();
+    let cut_off = lines
+        .iter()
+        .find(|line| line.contains("cutting off"))
+        .and_then(|line| line.split("connections=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse::<usize>().ok());
+    assert!(
+        cut_off.is_some_and(|count| count >= 12),
+        "no warning naming the 12 connections; output:\n{}",
+        lines.join("\n")
+    );
+    // Each cut-off request still gets its access line.
+    let logged = lines
+        .iter()
+        .filter(|line| line.contains("/api/slow"))
+        .count();
+    assert_eq!(logged, 12, "output:\n{}", lines.join("\n"));
+}
