@@ -90,7 +90,7 @@ async fn start_slow_requests(
 }
 
 #[test]
-fn every_worker_serves_a_share_of_the_connections() {
+fn every_worker_serves_connections() {
     let (_mock, gateway) = start("10s");
     // A thread names itself as it starts, so the names may come just after the start.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -138,7 +138,7 @@ fn every_worker_serves_a_share_of_the_connections() {
 }
 
 #[tokio::test]
-async fn a_stop_drains_the_requests_of_every_worker() {
+async fn stop_drains_every_worker() {
     let (mock, mut gateway) = start("10s");
     let replies = start_slow_requests(&gateway, &mock, 12, 1500).await;
 
@@ -164,7 +164,7 @@ async fn a_stop_drains_the_requests_of_every_worker() {
 }
 
 #[tokio::test]
-async fn the_shutdown_timeout_cuts_off_the_requests_of_every_worker() {
+async fn shutdown_timeout_cuts_off_every_worker() {
     let (mock, mut gateway) = start("500ms");
     let replies = start_slow_requests(&gateway, &mock, 12, 5000).await;
 

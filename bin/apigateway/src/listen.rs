@@ -12,8 +12,8 @@ use tokio::net::TcpSocket;
 const BACKLOG: u32 = 1024;
 
 /// Binds `workers` listeners (at least one) to the first of `addresses` that binds, and
-/// returns them in non-blocking mode. Must be called within a runtime, which the listeners
-/// leave again before they are returned.
+/// returns them in non-blocking mode. Must be called from within a tokio runtime, which each
+/// listener is registered with to listen and deregistered from before it is returned.
 ///
 /// # Errors
 ///
@@ -76,7 +76,7 @@ mod tests {
     const LOOPBACK: &str = "127.0.0.1:0";
 
     #[tokio::test]
-    async fn the_workers_share_one_port() {
+    async fn workers_share_one_port() {
         let listeners = bind(&[LOOPBACK.parse().unwrap()], 3).unwrap();
         assert_eq!(listeners.len(), 3);
         let port = listeners[0].local_addr().unwrap().port();
@@ -87,7 +87,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_reach_more_than_one_listener() {
+    async fn connections_spread_over_listeners() {
         let listeners = bind(&[LOOPBACK.parse().unwrap()], 2).unwrap();
         let address = listeners[0].local_addr().unwrap();
         // Each connection comes from a new port, and the kernel picks a listener by a hash
@@ -106,9 +106,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_port_in_use_is_refused_whatever_the_worker_count() {
-        let taken = std::net::TcpListener::bind(LOOPBACK).unwrap();
-        let address = taken.local_addr().unwrap();
+    async fn port_in_use_fails_bind() {
+        let other = std::net::TcpListener::bind(LOOPBACK).unwrap();
+        let address = other.local_addr().unwrap();
         for workers in [1, 2] {
             let error = bind(&[address], workers).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{workers} workers");
@@ -116,7 +116,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_second_gateway_cannot_join_the_port() {
+    async fn second_gateway_cannot_join_port() {
         let first = bind(&[LOOPBACK.parse().unwrap()], 2).unwrap();
         let address = first[0].local_addr().unwrap();
         let error = bind(&[address], 2).unwrap_err();
@@ -124,7 +124,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_listeners_do_not_block() {
+    async fn listeners_are_non_blocking() {
         let listeners = bind(&[LOOPBACK.parse().unwrap()], 1).unwrap();
         let error = listeners[0].accept().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::WouldBlock);

@@ -247,7 +247,7 @@ where
         open: Arc::clone(&open),
     };
 
-    // A worker that ends sends on its channel; one that panicked drops it.
+    // A worker that ends sends on its channel. One that panicked drops it.
     let mut finished = Vec::with_capacity(runtimes.len());
     for (index, (runtime, listener)) in (1..).zip(runtimes) {
         let worker = worker.clone();
@@ -265,7 +265,7 @@ where
                 let _ = done.send(());
             });
         match spawned {
-            Ok(_) => finished.push(finished_rx),
+            Ok(_) => finished.push((index, finished_rx)),
             Err(error) => {
                 // The workers started so far see the drain when `start_drain` is dropped.
                 return Err(ServeError::Thread(error));
@@ -281,9 +281,9 @@ where
     );
     let workers = async move {
         worker.run(first).await;
-        for finished in finished {
+        for (index, finished) in finished {
             if finished.await.is_err() {
-                tracing::error!("a worker thread ended by a panic");
+                tracing::error!(worker = index, "worker thread failed: it ended by a panic");
             }
         }
     };

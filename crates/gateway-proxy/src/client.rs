@@ -757,7 +757,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_is_reused_only_by_the_worker_that_returned_it() {
+    async fn reuse_stays_within_worker() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = client(4, 2);
         let (returned, _peer) = connection(&listener).await;
@@ -778,7 +778,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_worker_without_pools_keeps_no_connections() {
+    async fn unknown_worker_keeps_nothing() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = client(4, 2);
         let (returned, _peer) = connection(&listener).await;
@@ -790,7 +790,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_idle_limit_is_shared_out_among_the_workers() {
+    async fn idle_limit_split_among_workers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         // Three idle connections per backend over two workers: two for each.
         let client = client(3, 2);
@@ -809,7 +809,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn eviction_closes_the_connections_of_every_worker() {
+    async fn eviction_covers_every_worker() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = client(4, 2);
         let (closed, closed_peer) = connection(&listener).await;

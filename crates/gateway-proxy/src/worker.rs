@@ -27,7 +27,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threads_start_as_worker_zero_and_keep_their_own_index() {
+    fn threads_keep_own_worker_index() {
         assert_eq!(current(), 0);
         enter(3);
         assert_eq!(current(), 3);
