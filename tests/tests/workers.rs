@@ -1,8 +1,13 @@
-//! Several workers: each serves a share of the connections on a thread of its own, and a stop
-//! drains, or cuts off at the deadline, the requests of every worker.
+//! Several workers: each serves a share of the connections on a thread of its own, a stop
+//! drains, or cuts off at the deadline, the requests of every worker, and the worker count is
+//! held to what the open-file limit allows.
 
-use gateway_tests::{GatewayProcess, MockProcess, RawConnection, backend_state};
+use gateway_tests::{
+    ConfigFile, GatewayProcess, MockProcess, RawConnection, backend_state, binary,
+};
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WORKERS: usize = 3;
@@ -201,4 +206,128 @@ async fn shutdown_timeout_cuts_off_every_worker() {
         .filter(|line| line.contains("/api/slow"))
         .count();
     assert_eq!(logged, 12, "output:\n{}", lines.join("\n"));
+}
+
+/// Starts `apigateway` with `args` on `config` (with `{port}` and `{dir}` filled in) from a
+/// shell that first sets the open-file limit with `ulimit ARGS`. The shell becomes the gateway,
+/// so the child's id is the gateway's.
+fn spawn_with_limit(ulimit: &str, config: &str, args: &[&str]) -> (Child, ConfigFile) {
+    let file = ConfigFile::write(config);
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit {ulimit} && exec \"$@\""))
+        .arg("sh")
+        .arg(binary("apigateway"))
+        .args(args)
+        .arg("--config")
+        .arg(&file.path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    (child, file)
+}
+
+/// Reads `child`'s stdout until a line contains `part`, and returns the lines read.
+fn read_until(child: &mut Child, part: &str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read stdout");
+        let found = line.contains(part);
+        lines.push(line);
+        if found {
+            break;
+        }
+    }
+    lines
+}
+
+const PLAIN: &str = r#"
+server:
+  host: 127.0.0.1
+  port: {port}
+request_log:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9"
+"#;
+
+#[test]
+fn workers_beyond_file_limit_rejected() {
+    // 20 workers keep 100 descriptors open, more than half of 100.
+    let config = PLAIN.replace("port: {port}", "port: {port}\n  workers: 20");
+    for args in [&["--check"][..], &[]] {
+        let (child, _file) = spawn_with_limit("-n 100", &config, args);
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("server.workers: 20 workers"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("set server.workers to 10 or less"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("ulimit -n"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn soft_file_limit_raised_to_hard() {
+    // 8 workers need 40 descriptors, more than half of a soft limit of 64, but the hard limit
+    // is what counts once the soft one is raised.
+    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+        .expect("read limits")
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4))
+        .and_then(|hard| hard.parse().ok())
+        .expect("hard limit on open files");
+    let config = PLAIN.replace("port: {port}", "port: {port}\n  workers: 8");
+    let (mut child, _file) = spawn_with_limit("-Sn 64", &config, &[]);
+    let lines = read_until(&mut child, "listening");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        lines.last().is_some_and(|line| line.contains("workers=8")),
+        "{lines:#?}"
+    );
+    let limits = limits.expect("read the gateway's limits");
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("open-file line");
+    let soft: u64 = open_files
+        .split_whitespace()
+        .nth(3)
+        .and_then(|soft| soft.parse().ok())
+        .expect("soft limit");
+    assert_eq!(soft, hard, "{open_files}");
+}
+
+#[test]
+fn default_workers_fit_file_limit() {
+    // 19 descriptors allow one worker. The default of one per core is lowered to it, with a
+    // warning when there is more than one core.
+    let (mut child, _file) = spawn_with_limit("-n 19", PLAIN, &[]);
+    let lines = read_until(&mut child, "listening");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        lines.last().is_some_and(|line| line.contains("workers=1")),
+        "{lines:#?}"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let warned = lines
+        .iter()
+        .any(|line| line.contains("WARN") && line.contains("fewer workers than CPU cores"));
+    assert_eq!(warned, cores > 1, "{cores} cores: {lines:#?}");
 }

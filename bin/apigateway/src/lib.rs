@@ -11,6 +11,7 @@
 //! - `admin`: `/health` and `/admin/*`.
 //! - `access`: the timing hook that prints the access line and records the request.
 //! - [`access_line`]: the access line's format and the thread that writes it to stdout.
+//! - [`fd_limit`]: the open-file limit, raised at start, and the workers it allows.
 //! - [`listen`]: binding the listen address, one listener per worker.
 //! - [`server`]: the workers, their accept loops, connections, timeouts and draining.
 //! - [`cli`]: command-line arguments.
@@ -19,6 +20,7 @@
 pub mod access_line;
 pub mod app;
 pub mod cli;
+pub mod fd_limit;
 pub mod inspect;
 pub mod listen;
 pub mod server;

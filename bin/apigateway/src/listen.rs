@@ -39,6 +39,9 @@ fn bind_address(address: SocketAddr, workers: usize) -> io::Result<Vec<std::net:
     // started on it would quietly take a share of the connections. A socket bound without the
     // option fails on a port that is in use, as a single listener does, and on port 0 it
     // picks the port that the workers then share.
+    // NOTE: the probe is closed before the listeners bind, so a socket that another process
+    // binds with `SO_REUSEPORT` between the two, such as a second gateway starting at the
+    // same microsecond, still joins the port.
     let probe = new_socket(address)?;
     probe.bind(address)?;
     let address = probe.local_addr()?;

@@ -2,10 +2,11 @@
 //! signal.
 
 use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
+use apigateway::fd_limit;
 use apigateway::inspect::InspectError;
 use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve_workers};
 use clap::Parser;
-use gateway_config::{Config, ConfigError, LogFormat};
+use gateway_config::{Config, ConfigError, LogFormat, ServerConfig};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -49,6 +50,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Before the workers' own check, which raises the soft limit that the count is held to.
+    let fitted = fit_workers(&config.server);
+    let workers = match fitted {
+        Ok(fitted) => fitted,
+        Err(message) => {
+            eprintln!("apigateway: {}: {message}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
     if cli.check {
         // Serving takes RUST_LOG over logging.level, so --check reads it too.
         if let Ok(value) = std::env::var("RUST_LOG")
@@ -91,6 +101,17 @@ fn main() -> ExitCode {
     };
     gateway_middleware::catch_panic::install_panic_hook();
 
+    let mut config = config;
+    if let Some(limit) = workers.lowered_for {
+        tracing::warn!(
+            cores = config.server.worker_count(),
+            workers = workers.count,
+            open_file_limit = limit,
+            "fewer workers than CPU cores, so that their own file descriptors take at most half \
+             of the open-file limit: raise the limit (ulimit -n) for one worker per core"
+        );
+    }
+    config.server.workers = Some(workers.count);
     let (code, stdout_blocked) = serve_config(config, &cli.config, format);
     if stdout_blocked {
         // The log writer thread is stuck on the same stdout: waiting for it would only add
@@ -292,6 +313,47 @@ async fn run(
     }
 }
 
+/// The worker count that serving uses.
+struct Workers {
+    count: usize,
+    /// The open-file limit, when it lowered the default of one worker per core.
+    lowered_for: Option<u64>,
+}
+
+/// Raises the soft open-file limit to the hard one and holds the worker count to what the
+/// limit allows (see `fd_limit`). A `server.workers` above that is an error that names the
+/// field and the fix. The default of one worker per core is lowered to fit instead.
+fn fit_workers(server: &ServerConfig) -> Result<Workers, String> {
+    let count = server.worker_count();
+    let Some(limit) = fd_limit::raise() else {
+        return Ok(Workers {
+            count,
+            lowered_for: None,
+        });
+    };
+    let allowed = fd_limit::max_workers(limit);
+    if count <= allowed {
+        return Ok(Workers {
+            count,
+            lowered_for: None,
+        });
+    }
+    if server.workers.is_none() {
+        return Ok(Workers {
+            count: allowed,
+            lowered_for: Some(limit),
+        });
+    }
+    let needed = u64::try_from(count)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(fd_limit::PER_WORKER);
+    Err(format!(
+        "server.workers: {count} workers keep {needed} file descriptors open, more than half \
+         of the {limit} this process may open: set server.workers to {allowed} or less, or \
+         raise the open-file limit (ulimit -n)"
+    ))
+}
+
 /// Resolves the listen address. A (host, port) pair takes IPv6 addresses such as `::`
 /// unbracketed, and names through the system's resolver. The error names the field and the
 /// fix.
@@ -327,6 +389,9 @@ fn check_listen_address(host: &str, port: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// `errno` of a process out of file descriptors (Linux and the BSDs).
+const EMFILE: i32 = 24;
+
 /// Describes a failure to bind `host`:`port`, naming the fields to change. Only an address
 /// already in use suggests another process, because other errors have other causes.
 fn bind_error_message(host: &str, port: u16, error: &std::io::Error) -> String {
@@ -340,6 +405,13 @@ fn bind_error_message(host: &str, port: u16, error: &std::io::Error) -> String {
         ),
         ErrorKind::PermissionDenied if port < 1024 => {
             format!("port {port} needs extra privileges: set server.port to 1024 or above")
+        }
+        _ if error.raw_os_error() == Some(EMFILE) => {
+            return format!(
+                "server.workers: failed to bind the listener to {address}: {error}: the process \
+                 is out of file descriptors, so lower server.workers or raise the open-file \
+                 limit (ulimit -n)"
+            );
         }
         ErrorKind::AddrNotAvailable => format!(
             "{host} is not an address of this machine: set server.host to one, like 0.0.0.0 or 127.0.0.1"

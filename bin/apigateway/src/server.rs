@@ -191,7 +191,8 @@ where
     let mut runtimes = Vec::with_capacity(others.len());
     for listener in others {
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()
             .map_err(ServeError::Runtime)?;
         let listener = {

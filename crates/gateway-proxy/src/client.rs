@@ -113,8 +113,9 @@ impl BackendClient {
     /// backend in `backend_ids` in each of `workers` workers (at least one). Connections to
     /// other backends are not kept.
     ///
-    /// `pool_max_idle_per_backend` is shared out among the workers, rounded up, so that the
-    /// setting bounds what the whole process keeps.
+    /// `pool_max_idle_per_backend` is shared out among the workers, rounded up so that each
+    /// keeps at least one when it is above 0. The process then keeps up to the setting plus
+    /// one less than the worker count: 4 with a setting of 1 or 3 and 4 workers.
     pub fn new(
         config: &ProxyConfig,
         backend_ids: impl IntoIterator<Item = u64>,
