@@ -1,6 +1,6 @@
-//! Several workers: each serves a share of the connections on a thread of its own, a stop
-//! drains, or cuts off at the deadline, the requests of every worker, and the worker count is
-//! held to what the open-file limit allows.
+//! Several workers. Each serves a share of the connections on a thread of its own. A stop
+//! drains the requests of every worker, or cuts them off at the deadline. The worker count
+//! stays within what the open-file limit allows.
 
 use gateway_tests::{
     ConfigFile, GatewayProcess, MockProcess, RawConnection, backend_state, binary,

@@ -1,7 +1,7 @@
 //! The limit on open file descriptors, which every connection and every worker draw on.
 //!
 //! Many systems start processes with a soft limit of 1,024 and a much higher hard limit. A
-//! proxied request holds two descriptors (the client's and the backend's socket), so at 1,024
+//! proxied request uses two descriptors (the client's and the backend's socket), so at 1,024
 //! the gateway could serve only about 500 connections at once. The gateway raises the soft
 //! limit to the hard one at start, as any process may.
 

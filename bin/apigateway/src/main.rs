@@ -142,7 +142,7 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitC
         };
 
     let workers = config.server.worker_count();
-    // The calling thread runs the first worker and the tasks the workers share; each other
+    // The calling thread runs the first worker and the tasks the workers share. Each other
     // worker gets a thread and a runtime of its own (see `serve_workers`).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -320,7 +320,7 @@ struct Workers {
     lowered_for: Option<u64>,
 }
 
-/// Raises the soft open-file limit to the hard one and holds the worker count to what the
+/// Raises the soft open-file limit to the hard one and keeps the worker count within what the
 /// limit allows (see `fd_limit`). A `server.workers` above that is an error that names the
 /// field and the fix. The default of one worker per core is lowered to fit instead.
 fn fit_workers(server: &ServerConfig) -> Result<Workers, String> {
