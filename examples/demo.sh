@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build -p mockserver -p apigateway
+# One package at a time, as `cargo run -p` builds each: built together, the shared
+# dependencies get the union of both packages' features, and `cargo run` would rebuild them.
+cargo build -p mockserver
+cargo build -p apigateway
 target="${CARGO_TARGET_DIR:-target}/debug"
 
 "$target/mockserver" --fleet &

@@ -34,10 +34,18 @@ pub fn raise() -> Option<u64> {
     }
 }
 
-/// Returns the most workers that a limit of `limit` descriptors allows: their own descriptors
-/// take at most half of it, so that the rest is left to connections. At least one.
-pub fn max_workers(limit: u64) -> usize {
-    usize::try_from(limit / 2 / PER_WORKER)
+/// Returns the descriptors each worker keeps: its own, and one idle pooled connection to
+/// each of `pooled_backends` backends, since every worker keeps at least one per backend.
+pub fn per_worker(pooled_backends: usize) -> u64 {
+    PER_WORKER.saturating_add(u64::try_from(pooled_backends).unwrap_or(u64::MAX))
+}
+
+/// Returns the most workers that a limit of `limit` descriptors allows, with
+/// `pooled_backends` backends to keep idle connections to. Their descriptors take at most half
+/// of the limit, so that the rest is left to client connections and the connections in use.
+/// The result is at least one.
+pub fn max_workers(limit: u64, pooled_backends: usize) -> usize {
+    usize::try_from(limit / 2 / per_worker(pooled_backends))
         .unwrap_or(usize::MAX)
         .max(1)
 }
@@ -48,9 +56,15 @@ mod tests {
 
     #[test]
     fn workers_take_half_the_limit() {
-        assert_eq!(max_workers(1024), 102);
-        assert_eq!(max_workers(20_000), 2_000);
-        assert_eq!(max_workers(5), 1);
+        assert_eq!(max_workers(1024, 0), 102);
+        assert_eq!(max_workers(20_000, 0), 2_000);
+        assert_eq!(max_workers(5, 0), 1);
+    }
+
+    #[test]
+    fn pooled_backends_count_per_worker() {
+        assert_eq!(per_worker(3), 8);
+        assert_eq!(max_workers(1024, 3), 64);
     }
 
     #[test]

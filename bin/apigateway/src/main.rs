@@ -6,7 +6,7 @@ use apigateway::fd_limit;
 use apigateway::inspect::InspectError;
 use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve_workers};
 use clap::Parser;
-use gateway_config::{Config, ConfigError, LogFormat, ServerConfig};
+use gateway_config::{Config, ConfigError, LogFormat};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Before the workers' own check, which raises the soft limit that the count is held to.
-    let fitted = fit_workers(&config.server);
+    let fitted = fit_workers(&config);
     let workers = match fitted {
         Ok(fitted) => fitted,
         Err(message) => {
@@ -108,7 +108,8 @@ fn main() -> ExitCode {
             workers = workers.count,
             open_file_limit = limit,
             "fewer workers than CPU cores, so that their own file descriptors take at most half \
-             of the open-file limit: raise the limit (ulimit -n) for one worker per core"
+             of the open-file limit: raise the hard limit (ulimit -Hn, or LimitNOFILE in a \
+             systemd unit) for one worker per core"
         );
     }
     config.server.workers = Some(workers.count);
@@ -323,7 +324,8 @@ struct Workers {
 /// Raises the soft open-file limit to the hard one and keeps the worker count within what the
 /// limit allows (see `fd_limit`). A `server.workers` above that is an error that names the
 /// field and the fix. The default of one worker per core is lowered to fit instead.
-fn fit_workers(server: &ServerConfig) -> Result<Workers, String> {
+fn fit_workers(config: &Config) -> Result<Workers, String> {
+    let server = &config.server;
     let count = server.worker_count();
     let Some(limit) = fd_limit::raise() else {
         return Ok(Workers {
@@ -331,7 +333,19 @@ fn fit_workers(server: &ServerConfig) -> Result<Workers, String> {
             lowered_for: None,
         });
     };
-    let allowed = fd_limit::max_workers(limit);
+    // Each worker keeps idle connections to every backend when pooling is on.
+    let pooled_backends = if config.proxy.pool_max_idle_per_backend > 0 {
+        let urls: std::collections::HashSet<&str> = config
+            .routes
+            .iter()
+            .flat_map(|route| &route.backends)
+            .map(|backend| backend.url.as_str())
+            .collect();
+        urls.len()
+    } else {
+        0
+    };
+    let allowed = fd_limit::max_workers(limit, pooled_backends);
     if count <= allowed {
         return Ok(Workers {
             count,
@@ -344,13 +358,16 @@ fn fit_workers(server: &ServerConfig) -> Result<Workers, String> {
             lowered_for: Some(limit),
         });
     }
+    let per_worker = fd_limit::per_worker(pooled_backends);
     let needed = u64::try_from(count)
         .unwrap_or(u64::MAX)
-        .saturating_mul(fd_limit::PER_WORKER);
+        .saturating_mul(per_worker);
     Err(format!(
-        "server.workers: {count} workers keep {needed} file descriptors open, more than half \
-         of the {limit} this process may open: set server.workers to {allowed} or less, or \
-         raise the open-file limit (ulimit -n)"
+        "server.workers: {count} workers keep about {needed} file descriptors open ({per_worker} each: \
+         {} of their own and an idle connection to each of {pooled_backends} backends), more \
+         than half of the {limit} this process may open: set server.workers to {allowed} or \
+         less, or raise the hard open-file limit (ulimit -Hn, or LimitNOFILE in a systemd unit)",
+        fd_limit::PER_WORKER
     ))
 }
 
@@ -389,9 +406,6 @@ fn check_listen_address(host: &str, port: u16) -> Result<(), String> {
     Ok(())
 }
 
-/// `errno` of a process out of file descriptors (Linux and the BSDs).
-const EMFILE: i32 = 24;
-
 /// Describes a failure to bind `host`:`port`, naming the fields to change. Only an address
 /// already in use suggests another process, because other errors have other causes.
 fn bind_error_message(host: &str, port: u16, error: &std::io::Error) -> String {
@@ -406,11 +420,11 @@ fn bind_error_message(host: &str, port: u16, error: &std::io::Error) -> String {
         ErrorKind::PermissionDenied if port < 1024 => {
             format!("port {port} needs extra privileges: set server.port to 1024 or above")
         }
-        _ if error.raw_os_error() == Some(EMFILE) => {
+        _ if gateway_proxy::client::is_resource_shortage(error) => {
             return format!(
                 "server.workers: failed to bind the listener to {address}: {error}: the process \
-                 is out of file descriptors, so lower server.workers or raise the open-file \
-                 limit (ulimit -n)"
+                 is out of file descriptors or memory, so lower server.workers or raise the hard \
+                 open-file limit (ulimit -Hn, or LimitNOFILE in a systemd unit)"
             );
         }
         ErrorKind::AddrNotAvailable => format!(

@@ -183,6 +183,11 @@ impl BackendClient {
         match tokio::time::timeout(timeout, open_stream(backend)).await {
             // Boxed once, so that handing a connection around moves a pointer.
             Ok(Ok(stream)) => Ok(Box::new(Connection::new(stream))),
+            // A shortage in the gateway itself is no fault of the backend, so it must not count
+            // toward the backend's unhealthy threshold.
+            Ok(Err(error)) if is_resource_shortage(&error) => {
+                Err(ProxyError::out_of_resources(error))
+            }
             Ok(Err(error)) => Err(ProxyError::connect(error)),
             Err(_) => Err(ProxyError::connect_timeout(timeout)),
         }
@@ -271,6 +276,16 @@ impl BackendClient {
             });
         }
     }
+}
+
+/// Returns whether `error` is this process's or the system's shortage of file descriptors
+/// or memory, rather than a failure of the peer.
+pub fn is_resource_shortage(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(error),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
 }
 
 async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {

@@ -42,6 +42,8 @@ pub enum ErrorKind {
     UnsupportedMethod,
     /// The request body uses a transfer coding other than chunked.
     UnsupportedTransferCoding,
+    /// The gateway ran out of file descriptors or memory for a backend connection.
+    OutOfResources,
     /// The gateway failed for a reason of its own.
     Internal,
 }
@@ -61,6 +63,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::UnsupportedMethod => "unsupported_method",
             ErrorKind::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ErrorKind::OutOfResources => "out_of_resources",
             ErrorKind::Internal => "internal",
         }
     }
@@ -108,6 +111,9 @@ impl fmt::Display for ProxyError {
             (ErrorKind::UnsupportedTransferCoding, _) => f.write_str(
                 "unsupported transfer coding: send the body with Content-Length or chunked",
             ),
+            (ErrorKind::OutOfResources, _) => {
+                f.write_str("gateway out of file descriptors or memory")
+            }
             (ErrorKind::Internal, _) => f.write_str("internal gateway error"),
         }
     }
@@ -131,6 +137,20 @@ impl ProxyError {
             kind: ErrorKind::BackendConnect,
             detail: Detail::None,
             nothing_sent: true,
+            source: Some(source.into()),
+        }
+    }
+
+    /// Creates a failure to open a backend connection for want of the gateway's own file
+    /// descriptors or memory. Nothing was sent, but another backend would fail the same way,
+    /// so it is not retried.
+    pub fn out_of_resources(
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::OutOfResources,
+            detail: Detail::None,
+            nothing_sent: false,
             source: Some(source.into()),
         }
     }
@@ -218,7 +238,7 @@ impl ProxyError {
             | ErrorKind::BackendConnect
             | ErrorKind::BackendTimeout
             | ErrorKind::BackendError => Side::Backend,
-            ErrorKind::Internal => Side::Gateway,
+            ErrorKind::OutOfResources | ErrorKind::Internal => Side::Gateway,
         }
     }
 
@@ -251,7 +271,9 @@ impl ProxyError {
             ErrorKind::UnsupportedMethod | ErrorKind::UnsupportedTransferCoding => {
                 StatusCode::NOT_IMPLEMENTED
             }
-            ErrorKind::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyBackend | ErrorKind::OutOfResources => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::BackendConnect | ErrorKind::BackendError => StatusCode::BAD_GATEWAY,
             ErrorKind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -263,6 +285,9 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let reason = match self.side() {
+            Side::Gateway if self.kind == ErrorKind::OutOfResources => {
+                "gateway overloaded".to_owned()
+            }
             Side::Gateway => "internal gateway error".to_owned(),
             _ => self.to_string(),
         };
@@ -275,6 +300,12 @@ impl ProxyError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            // Descriptors come back as connections close, within a second on a busy gateway.
+            _ if self.kind == ErrorKind::OutOfResources => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -312,6 +343,7 @@ mod tests {
             (ErrorKind::BackendConnect, 502, Side::Backend),
             (ErrorKind::BackendError, 502, Side::Backend),
             (ErrorKind::BackendTimeout, 504, Side::Backend),
+            (ErrorKind::OutOfResources, 503, Side::Gateway),
             (ErrorKind::Internal, 500, Side::Gateway),
         ];
         for (kind, status, side) in cases {
@@ -327,6 +359,7 @@ mod tests {
         assert!(ProxyError::connect_timeout(Duration::from_secs(1)).is_retry_safe());
         assert!(!ProxyError::new(ErrorKind::BackendError).is_retry_safe());
         assert!(!ProxyError::timeout(Duration::from_secs(1)).is_retry_safe());
+        assert!(!ProxyError::out_of_resources("no descriptors").is_retry_safe());
     }
 
     #[test]
