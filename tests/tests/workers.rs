@@ -6,7 +6,7 @@ use gateway_tests::{
     ConfigFile, GatewayProcess, MockProcess, RawConnection, backend_state, binary,
 };
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -229,14 +229,23 @@ fn spawn_with_limit(ulimit: &str, config: &str, args: &[&str]) -> (Child, Config
     (child, file)
 }
 
-/// Reads `child`'s stdout until a line contains `part`, and returns the lines read.
+/// Reads `child`'s stdout until a line contains `part`, and returns the lines read. The rest
+/// of the output stays in `child`'s pipe, so that the gateway's writes do not fail.
 fn read_until(child: &mut Child, part: &str) -> Vec<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
+    let stdout = child.stdout.as_mut().expect("piped stdout");
     let mut lines = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read stdout");
-        let found = line.contains(part);
-        lines.push(line);
+    let mut line = Vec::new();
+    let mut byte = [0];
+    // Byte by byte, so that nothing after the line is read ahead and lost.
+    while stdout.read(&mut byte).expect("read stdout") == 1 {
+        if byte[0] != b'\n' {
+            line.push(byte[0]);
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line).into_owned();
+        line.clear();
+        let found = text.contains(part);
+        lines.push(text);
         if found {
             break;
         }
@@ -345,7 +354,8 @@ server:
 request_log:
   enabled: false
 health_check:
-  enabled: false
+  interval: 100ms
+  timeout: 50ms
 routes:
   - path: "/api/*rest"
     backends:
@@ -354,7 +364,13 @@ routes:
         mock.url
     );
     let (mut child, file) = spawn_with_limit("-n 40", &config, &[]);
-    read_until(&mut child, "listening");
+    let started = read_until(&mut child, "listening");
+    assert!(
+        started
+            .last()
+            .is_some_and(|line| line.contains("listening")),
+        "{started:#?}"
+    );
     let address: std::net::SocketAddr =
         format!("127.0.0.1:{}", file.port).parse().expect("address");
 
@@ -363,7 +379,8 @@ routes:
     let mut connections: Vec<_> = (0..60)
         .map(|_| RawConnection::open(address).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Long enough for several health checks, which cannot connect either.
+    std::thread::sleep(Duration::from_millis(600));
     // No descriptor is left for a backend connection. Five failures in a row would take the
     // backend out if they counted against it (the threshold is 3).
     for connection in connections.iter_mut().take(5) {
@@ -381,12 +398,21 @@ routes:
     let reply = after
         .exchange(b"GET /api/after HTTP/1.1\r\nHost: gateway\r\n\r\n")
         .expect("exchange");
+    // Killed first, so that reading the rest of its output ends. No line contains a line
+    // break, so everything up to the end is read.
     let _ = child.kill();
     let _ = child.wait();
+    let rest = read_until(&mut child, "\n");
     assert_eq!(
         reply.status,
         200,
         "the backend was taken out: {}",
         reply.json()
+    );
+    // Health checks that found no descriptor (those not served by a kept-alive connection)
+    // do not count either.
+    assert!(
+        rest.iter().all(|line| !line.contains("unhealthy")),
+        "{rest:#?}"
     );
 }

@@ -165,6 +165,10 @@ fn record(backend: &Backend, result: Result<(), ProbeError>) {
             Transition::Up => info!(backend = %url, "backend is healthy again"),
             Transition::None | Transition::Down => trace!("health check passed"),
         },
+        // The gateway's own shortage is no sign of the backend's health.
+        Err(error @ ProbeError::OutOfResources(_)) => {
+            warn!(backend = %url, error = %error.message(), "health check skipped");
+        }
         Err(error) => {
             let message = error.message();
             match backend.record_failure(&message) {

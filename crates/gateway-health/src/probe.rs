@@ -43,6 +43,10 @@ pub(crate) enum ProbeError {
     /// The backend rejected the TCP connection.
     #[error("connection refused")]
     ConnectionRefused,
+    /// The gateway had no file descriptor or memory left for the connection: the probe says
+    /// nothing of the backend.
+    #[error("gateway out of file descriptors or memory")]
+    OutOfResources(#[source] io::Error),
     /// The TCP connection failed for another reason.
     #[error("connect failed")]
     Connect(#[source] hyper_util::client::legacy::Error),
@@ -82,6 +86,9 @@ impl ProbeError {
         if io_error_kind(&error) == Some(io::ErrorKind::ConnectionRefused) {
             return ProbeError::ConnectionRefused;
         }
+        if let Some(code) = resource_shortage(&error) {
+            return ProbeError::OutOfResources(io::Error::from_raw_os_error(code));
+        }
         ProbeError::Connect(error)
     }
 }
@@ -101,6 +108,25 @@ fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorK
     while let Some(current) = next {
         if let Some(io_error) = current.downcast_ref::<io::Error>() {
             return Some(io_error.kind());
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// Finds the first I/O error in the source chain of `error` and returns its code when it is
+/// a shortage of file descriptors or memory in this process or the system.
+fn resource_shortage(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    use rustix::io::Errno;
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            return match Errno::from_io_error(io_error) {
+                Some(errno @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
+                    Some(errno.raw_os_error())
+                }
+                _ => None,
+            };
         }
         next = current.source();
     }
@@ -208,6 +234,22 @@ mod tests {
     fn probe_url_rejects_relative_base() {
         let message = joined("/v1", "/health");
         assert!(message.starts_with("invalid health check url"), "{message}");
+    }
+
+    /// An error that wraps an I/O error, as the HTTP client's connect errors do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp open error")]
+    struct Wrapped(#[source] io::Error);
+
+    #[test]
+    fn descriptor_shortage_found_in_chain() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            let wrapped = Wrapped(io::Error::from_raw_os_error(errno.raw_os_error()));
+            assert_eq!(resource_shortage(&wrapped), Some(errno.raw_os_error()));
+        }
+        let refused = Wrapped(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(resource_shortage(&refused), None);
     }
 
     #[test]

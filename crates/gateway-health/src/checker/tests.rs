@@ -34,6 +34,8 @@ enum Outcome {
     SlowPass(Duration),
     /// Never completes.
     Hang,
+    /// Fails for want of the gateway's own file descriptors.
+    Shortage,
 }
 
 type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send>>;
@@ -62,6 +64,9 @@ fn fake_probe(
                     Ok(())
                 }
                 Outcome::Hang => std::future::pending().await,
+                Outcome::Shortage => Err(ProbeError::OutOfResources(io::Error::from_raw_os_error(
+                    rustix::io::Errno::MFILE.raw_os_error(),
+                ))),
             }
         })
     };
@@ -108,6 +113,20 @@ async fn overrunning_probe_delays_next_tick() {
     // restarts from there instead of catching up.
     time::sleep(Duration::from_secs(50)).await;
     assert_eq!(start_seconds(&starts), [0, 25, 35, 45]);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn descriptor_shortage_not_counted() {
+    let backend = backend(3, 2);
+    let (probe, starts) = fake_probe(|_| Outcome::Shortage);
+    let (_sender, shutdown) = watch::channel(false);
+    let task = tokio::spawn(run(Arc::clone(&backend), INTERVAL, shutdown, probe));
+
+    time::sleep(Duration::from_secs(45)).await;
+    assert_eq!(call_count(&starts), 5);
+    assert!(backend.is_healthy());
+    assert_eq!(backend.snapshot().consecutive_failures, 0);
     task.abort();
 }
 
