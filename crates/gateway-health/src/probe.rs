@@ -43,8 +43,8 @@ pub(crate) enum ProbeError {
     /// The backend rejected the TCP connection.
     #[error("connection refused")]
     ConnectionRefused,
-    /// The gateway had no file descriptor or memory left for the connection: the probe says
-    /// nothing of the backend.
+    /// The gateway had no file descriptor or memory left for the connection, which is no
+    /// sign of the backend's health.
     #[error("gateway out of file descriptors or memory")]
     OutOfResources(#[source] io::Error),
     /// The TCP connection failed for another reason.
@@ -248,8 +248,8 @@ mod tests {
             let wrapped = Wrapped(io::Error::from_raw_os_error(errno.raw_os_error()));
             assert_eq!(resource_shortage(&wrapped), Some(errno.raw_os_error()));
         }
-        let refused = Wrapped(io::Error::from(io::ErrorKind::ConnectionRefused));
-        assert_eq!(resource_shortage(&refused), None);
+        let rejected = Wrapped(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(resource_shortage(&rejected), None);
     }
 
     #[test]
