@@ -416,3 +416,72 @@ routes:
         "{rest:#?}"
     );
 }
+
+#[test]
+fn shortage_frees_idle_connections() {
+    let first = MockProcess::start("First");
+    let second = MockProcess::start("Second");
+    let config = format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  workers: 1
+request_log:
+  enabled: false
+health_check:
+  enabled: false
+routes:
+  - path: "/first/*rest"
+    backends:
+      - url: "{}"
+  - path: "/second/*rest"
+    backends:
+      - url: "{}"
+"#,
+        first.url, second.url
+    );
+    let (mut child, file) = spawn_with_limit("-n 60", &config, &[]);
+    let started = read_until(&mut child, "listening");
+    assert!(
+        started
+            .last()
+            .is_some_and(|line| line.contains("listening")),
+        "{started:#?}"
+    );
+    let address: std::net::SocketAddr =
+        format!("127.0.0.1:{}", file.port).parse().expect("address");
+
+    // Ten requests at once leave ten idle connections to the first backend in its pool.
+    let mut busy: Vec<_> = (0..10)
+        .map(|_| send_get_to(address, "/first/slow?delay=200"))
+        .collect();
+    for connection in &mut busy {
+        assert_eq!(connection.read_response().expect("response").status, 200);
+    }
+    drop(busy);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Then every descriptor is taken by client connections.
+    let mut connections: Vec<_> = (0..80)
+        .map(|_| RawConnection::open(address).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = connections[0]
+        .exchange(b"GET /second/x HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .expect("exchange");
+    drop(connections);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    assert_eq!(reply.json()["server"], "Second");
+}
+
+/// Sends `GET path` to `address` on a new connection and returns the connection.
+fn send_get_to(address: std::net::SocketAddr, path: &str) -> RawConnection {
+    let mut connection = RawConnection::open(address).expect("connect");
+    connection
+        .send(format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n").as_bytes())
+        .expect("send");
+    connection
+}

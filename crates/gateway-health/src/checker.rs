@@ -157,18 +157,20 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Records one probe result on `backend` and logs a change of health.
 fn record(backend: &Backend, result: Result<(), ProbeError>) {
-    backend.mark_checked();
     let url = backend.url_text();
+    // The gateway's own shortage is no sign of the backend's health, so the probe does not
+    // count as a check. The shortage shows in the accept warnings and the access lines.
+    if let Err(error @ ProbeError::OutOfResources(_)) = &result {
+        debug!(backend = %url, error = %error.message(), "health check skipped");
+        return;
+    }
+    backend.mark_checked();
 
     match result {
         Ok(()) => match backend.record_success() {
             Transition::Up => info!(backend = %url, "backend is healthy again"),
             Transition::None | Transition::Down => trace!("health check passed"),
         },
-        // The gateway's own shortage is no sign of the backend's health.
-        Err(error @ ProbeError::OutOfResources(_)) => {
-            warn!(backend = %url, error = %error.message(), "health check skipped");
-        }
         Err(error) => {
             let message = error.message();
             match backend.record_failure(&message) {

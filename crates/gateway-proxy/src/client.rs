@@ -1,8 +1,8 @@
 //! Backend connections: opened with a timeout, kept alive, pooled per backend, and driven by
 //! the request task itself.
 //!
-//! Each worker keeps its own idle connections, and within a worker each backend's wait in a
-//! bounded lock-free queue, so checking one out or in takes no lock. A worker's runtime owns
+//! Each worker keeps its own idle connections. Within a worker, each backend's idle
+//! connections wait in a bounded lock-free queue, so checking one out or in takes no lock. A worker's runtime owns
 //! the sockets opened on it (see [`crate::worker`]), so a connection is reused only by the
 //! worker that opened it. A connection goes back only when its response was read to its end
 //! and the backend allowed another request on it.
@@ -43,6 +43,10 @@ const READ_BUFFER: usize = 16 * 1024;
 /// reader of a large response holds. At 64 KiB that is about 180 KiB per connection in all,
 /// against about 800 KiB at 256 KiB, and downloads keep their speed.
 const MAX_READ_BUFFER: usize = 64 * 1024;
+
+/// Idle connections closed when a new connection fails for want of descriptors: one for the
+/// request at hand and a few for the next, while most of the pools stay.
+const SHORTAGE_RELEASE: usize = 8;
 
 struct Idle {
     connection: Box<Connection>,
@@ -180,16 +184,27 @@ impl BackendClient {
     /// Opens a new connection to `backend`.
     pub(crate) async fn open(&self, backend: &Backend) -> Result<Box<Connection>, ProxyError> {
         let timeout = self.shared.connect_timeout;
-        match tokio::time::timeout(timeout, open_stream(backend)).await {
-            // Boxed once, so that handing a connection around moves a pointer.
-            Ok(Ok(stream)) => Ok(Box::new(Connection::new(stream))),
-            // A shortage in the gateway itself is no fault of the backend, so it must not count
-            // toward the backend's unhealthy threshold.
-            Ok(Err(error)) if is_resource_shortage(&error) => {
-                Err(ProxyError::out_of_resources(error))
+        let mut released = false;
+        loop {
+            match tokio::time::timeout(timeout, open_stream(backend)).await {
+                // Boxed once, so that handing a connection around moves a pointer.
+                Ok(Ok(stream)) => return Ok(Box::new(Connection::new(stream))),
+                // Idle connections to other backends hold descriptors that a request needs
+                // more. Closing some and trying once more keeps a busy pool from starving the
+                // other routes. Nothing is awaited between the close and the new socket, so no
+                // accept on this thread takes the descriptors first.
+                Ok(Err(error)) if is_resource_shortage(&error) => {
+                    if !released && self.close_idle(SHORTAGE_RELEASE) > 0 {
+                        released = true;
+                        continue;
+                    }
+                    // A shortage in the gateway itself is no fault of the backend, so it must
+                    // not count toward the backend's unhealthy threshold.
+                    return Err(ProxyError::out_of_resources(error));
+                }
+                Ok(Err(error)) => return Err(ProxyError::connect(error)),
+                Err(_) => return Err(ProxyError::connect_timeout(timeout)),
             }
-            Ok(Err(error)) => Err(ProxyError::connect(error)),
-            Err(_) => Err(ProxyError::connect_timeout(timeout)),
         }
     }
 
@@ -219,6 +234,18 @@ impl BackendClient {
                 } else {
                     closed += 1;
                 }
+            }
+        }
+        closed
+    }
+
+    /// Closes up to `count` idle connections of any worker and backend, the longest idle of
+    /// each pool first, and returns how many it closed.
+    fn close_idle(&self, count: usize) -> usize {
+        let mut closed = 0;
+        for (_, pool) in self.shared.workers.iter().flatten() {
+            while closed < count && pool.pop().is_some() {
+                closed += 1;
             }
         }
         closed
@@ -822,6 +849,25 @@ mod tests {
             client.check_out(7).is_none(),
             "worker 0 kept more than its share"
         );
+    }
+
+    #[tokio::test]
+    async fn shortage_closes_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = ProxyConfig::default();
+        let client = BackendClient::new(&config, [7, 8], 2);
+        let mut peers = Vec::new();
+        for (worker, backend) in [(0, 7), (0, 8), (1, 8)] {
+            let (returned, peer) = connection(&listener).await;
+            peers.push(peer);
+            worker::enter(worker);
+            client.check_in(backend, returned);
+        }
+        worker::enter(0);
+
+        assert_eq!(client.close_idle(2), 2);
+        assert_eq!(client.close_idle(8), 1);
+        assert_eq!(client.close_idle(8), 0);
     }
 
     #[tokio::test]

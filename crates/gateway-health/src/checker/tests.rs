@@ -126,7 +126,12 @@ async fn descriptor_shortage_not_counted() {
     time::sleep(Duration::from_secs(45)).await;
     assert_eq!(call_count(&starts), 5);
     assert!(backend.is_healthy());
-    assert_eq!(backend.snapshot().consecutive_failures, 0);
+    let snapshot = backend.snapshot();
+    assert_eq!(snapshot.consecutive_failures, 0);
+    assert!(
+        snapshot.last_check_ms.is_none(),
+        "a skipped probe counted as a check"
+    );
     task.abort();
 }
 
