@@ -970,6 +970,19 @@ async fn readers_agree_with_traffic() {
     assert_eq!(entries.len(), 7, "logs --status 404");
     assert!(entries.iter().all(|entry| entry["status"] == 404));
     assert_newest_first(entries, "logs --status 404");
+    // The text form ends a row with its error kind when it has one.
+    let no_route = entries
+        .iter()
+        .filter(|entry| entry["error_kind"] == "no_route")
+        .count();
+    assert!(no_route > 0, "no 404 of the gateway's own: {entries:?}");
+    let text = run_cli(dir, &["logs", "--database", db, "--status", "404"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines = text
+        .lines()
+        .filter(|line| line.ends_with(" no_route"))
+        .count();
+    assert_eq!(lines, no_route, "logs --status 404 text: {text}");
 
     let logs = cli_json(
         dir,

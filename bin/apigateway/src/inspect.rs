@@ -160,7 +160,7 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
     }
     let mut out = String::new();
     for entry in &entries {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{} {} {} {} {:.3}ms {} {}",
             entry.timestamp,
@@ -171,6 +171,12 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
             entry.backend.as_deref().unwrap_or("-"),
             entry.client_ip.as_deref().unwrap_or("-"),
         );
+        // The error kind tells apart the gateway's own answers with the same status, such as
+        // 503 for no healthy backend and 503 for the gateway's own shortage.
+        if let Some(kind) = &entry.error_kind {
+            let _ = write!(out, " {kind}");
+        }
+        out.push('\n');
     }
     let noun = if entries.len() == 1 {
         "request"
