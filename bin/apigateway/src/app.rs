@@ -61,8 +61,8 @@ pub struct Gateway {
 /// The two notifications of a stop that cuts off in-flight requests at once.
 #[derive(Debug)]
 pub(crate) struct StopNow {
-    /// Turns true at the request. A flag rather than a notification, so that a server that
-    /// starts waiting after the request still sees it.
+    /// The request's flag, true once requested. A flag rather than a notification, so that a
+    /// server that starts waiting after the request still finds it set.
     pub(crate) requested: tokio::sync::watch::Sender<bool>,
     pub(crate) done: tokio::sync::Notify,
 }

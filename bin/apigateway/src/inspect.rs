@@ -171,7 +171,7 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
             entry.backend.as_deref().unwrap_or("-"),
             entry.client_ip.as_deref().unwrap_or("-"),
         );
-        // The error kind tells apart the gateway's own answers with the same status, such as
+        // The error kind distinguishes the gateway's own responses with one status, such as
         // 503 for no healthy backend and 503 for the gateway's own shortage.
         if let Some(kind) = &entry.error_kind {
             let _ = write!(out, " {kind}");

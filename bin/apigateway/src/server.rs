@@ -390,8 +390,7 @@ impl Drop for WorkerRuntime {
     }
 }
 
-/// What each worker needs to serve its listener: the layer stack, the settings and the
-/// stop's signals.
+/// The layer stack, settings and stop signals with which each worker serves its listener.
 struct Worker<S: InnerService> {
     stack: Stack<S>,
     gateway: Arc<Gateway>,
