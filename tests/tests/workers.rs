@@ -56,14 +56,10 @@ fn thread_times(pid: u32) -> HashMap<String, u64> {
     times
 }
 
-/// Sends `GET path` on a new connection of its own and returns the connection once the
-/// request is sent.
+/// Sends `GET path` to `gateway` on a new connection of its own and returns the connection
+/// once the request is sent.
 fn send_get(gateway: &GatewayProcess, path: &str) -> RawConnection {
-    let mut connection = RawConnection::open(gateway.addr).expect("connect");
-    connection
-        .send(format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n").as_bytes())
-        .expect("send");
-    connection
+    send_get_to(gateway.addr, path)
 }
 
 /// Starts `count` requests that the mock holds for `delay_ms`, each on its own connection,
@@ -253,6 +249,21 @@ fn read_until(child: &mut Child, part: &str) -> Vec<String> {
     lines
 }
 
+/// Starts the gateway as [`spawn_with_limit`] does, waits until it listens, and returns it with
+/// its configuration file and address.
+fn start_with_limit(ulimit: &str, config: &str) -> (Child, ConfigFile, std::net::SocketAddr) {
+    let (mut child, file) = spawn_with_limit(ulimit, config, &[]);
+    let started = read_until(&mut child, "listening");
+    assert!(
+        started
+            .last()
+            .is_some_and(|line| line.contains("listening")),
+        "{started:#?}"
+    );
+    let address = format!("127.0.0.1:{}", file.port).parse().expect("address");
+    (child, file, address)
+}
+
 const PLAIN: &str = r#"
 server:
   host: 127.0.0.1
@@ -363,16 +374,7 @@ routes:
 "#,
         mock.url
     );
-    let (mut child, file) = spawn_with_limit("-n 40", &config, &[]);
-    let started = read_until(&mut child, "listening");
-    assert!(
-        started
-            .last()
-            .is_some_and(|line| line.contains("listening")),
-        "{started:#?}"
-    );
-    let address: std::net::SocketAddr =
-        format!("127.0.0.1:{}", file.port).parse().expect("address");
+    let (mut child, _file, address) = start_with_limit("-n 40", &config);
 
     // More connections than the gateway has descriptors for: it accepts the first ones until
     // accepting fails, and the rest wait in the listener's queue.
@@ -441,16 +443,7 @@ routes:
 "#,
         first.url, second.url
     );
-    let (mut child, file) = spawn_with_limit("-n 60", &config, &[]);
-    let started = read_until(&mut child, "listening");
-    assert!(
-        started
-            .last()
-            .is_some_and(|line| line.contains("listening")),
-        "{started:#?}"
-    );
-    let address: std::net::SocketAddr =
-        format!("127.0.0.1:{}", file.port).parse().expect("address");
+    let (mut child, _file, address) = start_with_limit("-n 60", &config);
 
     // Ten requests at once leave ten idle connections to the first backend in its pool.
     let mut busy: Vec<_> = (0..10)
@@ -477,7 +470,8 @@ routes:
     assert_eq!(reply.json()["server"], "Second");
 }
 
-/// Sends `GET path` to `address` on a new connection and returns the connection.
+/// Sends `GET path` to `address` on a new connection and returns the connection once the
+/// request is sent.
 fn send_get_to(address: std::net::SocketAddr, path: &str) -> RawConnection {
     let mut connection = RawConnection::open(address).expect("connect");
     connection
