@@ -43,9 +43,9 @@ pub(crate) enum ProbeError {
     /// The backend rejected the TCP connection.
     #[error("connection refused")]
     ConnectionRefused,
-    /// The gateway had no file descriptor or memory left for the connection, which is no
-    /// sign of the backend's health.
-    #[error("gateway out of file descriptors or memory")]
+    /// The gateway had no file descriptor, memory or local port left for the connection,
+    /// which is no sign of the backend's health.
+    #[error("gateway out of file descriptors, memory or local ports")]
     OutOfResources(#[source] io::Error),
     /// The TCP connection failed for another reason.
     #[error("connect failed")]
@@ -115,16 +115,21 @@ fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorK
 }
 
 /// Finds the first I/O error in the source chain of `error` and returns its code when it is
-/// a shortage of file descriptors or memory in this process or the system.
+/// a shortage of file descriptors or memory in this process or the system, or of the
+/// machine's local ports.
 fn resource_shortage(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
     use rustix::io::Errno;
     let mut next = Some(error);
     while let Some(current) = next {
         if let Some(io_error) = current.downcast_ref::<io::Error>() {
             return match Errno::from_io_error(io_error) {
-                Some(errno @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
-                    Some(errno.raw_os_error())
-                }
+                Some(
+                    errno @ (Errno::MFILE
+                    | Errno::NFILE
+                    | Errno::NOBUFS
+                    | Errno::NOMEM
+                    | Errno::ADDRNOTAVAIL),
+                ) => Some(errno.raw_os_error()),
                 _ => None,
             };
         }
@@ -244,7 +249,14 @@ mod tests {
     #[test]
     fn descriptor_shortage_found_in_chain() {
         use rustix::io::Errno;
-        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+        let shortages = [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ];
+        for errno in shortages {
             let wrapped = Wrapped(io::Error::from_raw_os_error(errno.raw_os_error()));
             assert_eq!(resource_shortage(&wrapped), Some(errno.raw_os_error()));
         }

@@ -193,6 +193,11 @@ impl BackendClient {
                 // more. Closing some and trying once more keeps a busy pool from starving the
                 // other routes. Nothing is awaited between the close and the new socket, so no
                 // accept on this thread takes the descriptors first.
+                Ok(Err(error)) if is_local_port_shortage(&error) => {
+                    // Closing idle connections would not help: the side that closes first
+                    // keeps its port in TIME_WAIT for a minute.
+                    return Err(ProxyError::out_of_resources(error));
+                }
                 Ok(Err(error)) if is_resource_shortage(&error) => {
                     if !released && self.close_idle(SHORTAGE_RELEASE) > 0 {
                         released = true;
@@ -313,6 +318,12 @@ pub fn is_resource_shortage(error: &io::Error) -> bool {
         Errno::from_io_error(error),
         Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
     )
+}
+
+/// Returns whether `error` is a connect's failure to find a free local port. The machine's
+/// ephemeral ports are then all in use, which is no fault of the backend.
+pub fn is_local_port_shortage(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::AddrNotAvailable
 }
 
 async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {
@@ -849,6 +860,22 @@ mod tests {
             client.check_out(7).is_none(),
             "worker 0 kept more than its share"
         );
+    }
+
+    #[test]
+    fn local_port_shortage_classified() {
+        use rustix::io::Errno;
+        let ports = io::Error::from_raw_os_error(Errno::ADDRNOTAVAIL.raw_os_error());
+        assert!(is_local_port_shortage(&ports));
+        // A listener's bind fails the same way for an address the machine does not have, so
+        // the bind's descriptor message must not claim it.
+        assert!(!is_resource_shortage(&ports));
+        let descriptors = io::Error::from_raw_os_error(Errno::MFILE.raw_os_error());
+        assert!(is_resource_shortage(&descriptors));
+        assert!(!is_local_port_shortage(&descriptors));
+        assert!(!is_local_port_shortage(&io::Error::from(
+            io::ErrorKind::ConnectionRefused
+        )));
     }
 
     #[tokio::test]

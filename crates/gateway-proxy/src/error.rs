@@ -42,7 +42,8 @@ pub enum ErrorKind {
     UnsupportedMethod,
     /// The request body uses a transfer coding other than chunked.
     UnsupportedTransferCoding,
-    /// The gateway ran out of file descriptors or memory for a backend connection.
+    /// The gateway ran out of file descriptors, memory or local ports for a backend
+    /// connection.
     OutOfResources,
     /// The gateway failed for a reason of its own.
     Internal,
@@ -112,7 +113,7 @@ impl fmt::Display for ProxyError {
                 "unsupported transfer coding: send the body with Content-Length or chunked",
             ),
             (ErrorKind::OutOfResources, _) => {
-                f.write_str("gateway out of file descriptors or memory")
+                f.write_str("gateway out of file descriptors, memory or local ports")
             }
             (ErrorKind::Internal, _) => f.write_str("internal gateway error"),
         }
@@ -142,7 +143,7 @@ impl ProxyError {
     }
 
     /// Creates a failure to open a backend connection for want of the gateway's own file
-    /// descriptors or memory. Nothing was sent, but another backend would fail the same way,
+    /// descriptors or memory, or of the machine's local ports. Nothing was sent, but another backend would fail the same way,
     /// so it is not retried.
     pub fn out_of_resources(
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
