@@ -363,22 +363,28 @@ fn push_u64(out: &mut Vec<u8>, value: u64) {
 
 /// Appends `value` in decimal, zero-padded to `width` digits (at most 20).
 ///
-/// The digits are pushed one by one rather than copied as a slice of varying length, which
-/// would call `memmove` for each number, several times per line.
+/// Converts two digits at a time with a table, right to left, and copies them out once.
 fn push_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
-    // Least significant digit first. Places past the last digit stay '0' for the padding.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    // Places left of the last digit stay '0' for the padding.
     let mut digits = [b'0'; 20];
-    let mut count = 0;
-    loop {
-        digits[count] = b'0' + (value % 10) as u8;
-        count += 1;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+    let mut start = digits.len();
+    while value >= 10 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
-    let count = count.max(width.min(digits.len()));
-    out.extend(digits[..count].iter().rev());
+    if value > 0 || start == digits.len() {
+        start -= 1;
+        digits[start] = b'0' + value as u8;
+    }
+    let start = start.min(digits.len() - width.min(digits.len()));
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Appends the address, or `-` when there is none.
@@ -401,33 +407,66 @@ fn push_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
 
 /// Appends `text` in double quotes, escaping quotes, backslashes and control characters the
 /// way JSON does, so the same field reads back in both formats.
+///
+/// Finds the runs between escapes eight bytes at a time and copies them whole. Testing byte
+/// by byte cost about 20 instructions per byte under callgrind, and the request id and the
+/// backend make up most of a line.
 fn push_quoted(out: &mut Vec<u8>, text: &str) {
+    let mut rest = text.as_bytes();
+    out.reserve(rest.len() + 2);
     out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
-        let escape: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
+    while let Some(at) = find_escape(rest) {
+        out.extend_from_slice(&rest[..at]);
+        push_escape(out, rest[at]);
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+/// Returns the index of the first byte in `bytes` that needs an escape.
+fn find_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Sets the high bit of some byte when a byte of `word` is below `bound` (at most 0x80).
+    let any_below =
+        |word: u64, bound: u8| word.wrapping_sub(ONES * u64::from(bound)) & !word & HIGH_BITS;
+    let any_equal = |word: u64, byte: u8| any_below(word ^ (ONES * u64::from(byte)), 1);
+    let mut clean = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+        let found = any_below(word, 0x20)
+            | any_equal(word, b'"')
+            | any_equal(word, b'\\')
+            | any_equal(word, 0x7f);
+        if found != 0 {
+            break;
+        }
+        clean += 8;
+    }
+    let at = bytes[clean..].iter().position(|&byte| needs_escape(byte))?;
+    Some(clean + at)
+}
+
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
+}
+
+/// Appends the JSON escape of `byte`, a byte that needs one.
+fn push_escape(out: &mut Vec<u8>, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match byte {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(byte >> 4)]);
             out.push(HEX[usize::from(byte & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
         }
-        start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -524,6 +563,27 @@ mod tests {
     }
 
     #[test]
+    fn escape_found_at_every_offset() {
+        for length in 0..40 {
+            for at in 0..length {
+                for special in [b'"', b'\\', b'\n', 0x01, 0x1f, 0x7f] {
+                    let mut text = vec![b'a'; length];
+                    text[at] = special;
+                    // A byte at 0x80 and above sits next to it, as UTF-8 text has them.
+                    if at + 1 < length {
+                        text[at + 1] = 0xc3;
+                    }
+                    assert_eq!(find_escape(&text), Some(at), "{text:?}");
+                }
+            }
+            let clean: Vec<u8> = (0..length)
+                .map(|i| [b'a', 0x20, 0x80, 0xff][i % 4])
+                .collect();
+            assert_eq!(find_escape(&clean), None, "{clean:?}");
+        }
+    }
+
+    #[test]
     fn numbers_keep_their_zeros() {
         let mut out = Vec::new();
         push_millis(&mut out, Duration::from_micros(7));
@@ -547,7 +607,11 @@ mod tests {
             (123_456, 6, "123456"),
             (1_234_567, 6, "1234567"),
             (5, 1, "5"),
+            (10, 1, "10"),
+            (100, 2, "100"),
             (99, 3, "099"),
+            (7, 20, "00000000000000000007"),
+            (9_999_999_999_999_999_999, 1, "9999999999999999999"),
         ] {
             let mut out = Vec::new();
             push_padded(&mut out, value, width);
