@@ -2,15 +2,18 @@
 
 use crate::access_line::AccessLines;
 use gateway_config::{Config, RateLimitConfig, RouteConfig};
-use gateway_middleware::client_ip::{NetworkSet, TrustedProxies};
+use gateway_middleware::client_ip::{ClientIp, NetworkSet, TrustedProxies};
 use gateway_middleware::cors::{Cors, CorsLayer, CorsPolicy};
 use gateway_middleware::rate_limit::{
     RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer, RateLimiter,
 };
 use gateway_proxy::routes::RouteTableError;
+use gateway_proxy::server::Inbound;
 use gateway_proxy::{BackendClient, Forward, RouteTable};
 use gateway_store::{LogReader, RequestLog};
+use http::Request;
 use http::header::{self, HeaderName};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -191,6 +194,23 @@ impl Gateway {
     /// Returns the compiled routes and their backends.
     pub fn table(&self) -> &RouteTable {
         &self.table
+    }
+
+    /// Returns whether a layer reads the client's address from the request's [`ClientIp`]
+    /// extension: a rate limit keys its buckets by it, and the access line and the request
+    /// log record it. Without them the extension is not added, which saves its allocation.
+    pub(crate) fn reads_client_ip(&self) -> bool {
+        !self.limiters.is_empty() || self.access_lines.is_some() || self.request_log.get().is_some()
+    }
+
+    /// Returns the client's address of `request`: its [`ClientIp`] extension, else the one
+    /// the trusted proxies give for the peer that the server recorded on its body.
+    pub(crate) fn client_ip(&self, request: &Request<Inbound>) -> Option<IpAddr> {
+        if let Some(client) = ClientIp::of(request.extensions()) {
+            return Some(client);
+        }
+        let peer = request.body().peer()?;
+        Some(self.trusted.client_ip(peer, request.headers()))
     }
 
     /// Returns whether the gateway is draining after a stop signal.

@@ -2,7 +2,6 @@
 
 use crate::admin;
 use crate::app::{Gateway, RouteService};
-use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::cors;
 use gateway_proxy::server::Inbound;
 use gateway_proxy::{ErrorKind, ProxyBody, ProxyError, RouteMatch};
@@ -28,8 +27,10 @@ impl Router {
 
     /// Returns whether the client of `request` may use the admin endpoints. A request without
     /// a known client address (none reaches a listener) is refused.
-    fn admin_allowed<B>(&self, request: &Request<B>) -> bool {
-        ClientIp::of(request.extensions()).is_some_and(|ip| self.gateway.admin_clients.contains(ip))
+    fn admin_allowed(&self, request: &Request<Inbound>) -> bool {
+        self.gateway
+            .client_ip(request)
+            .is_some_and(|ip| self.gateway.admin_clients.contains(ip))
     }
 
     /// Sends `request` to the service of the route at `index` in the route table.

@@ -569,8 +569,9 @@ async fn open_request_log(
     Ok((state, writer.spawn()))
 }
 
-/// The per-connection service: adds the peer and client address to each request, runs the
-/// layer stack and bounds the response by the write timeout.
+/// The per-connection service: records the peer's address on each request's body, adds the
+/// client's address where a layer reads it, runs the layer stack and bounds the response by
+/// the write timeout.
 #[derive(Clone)]
 struct ConnectionService<S> {
     stack: Stack<S>,
@@ -584,14 +585,13 @@ impl<S: InnerService> ConnectionService<S> {
     fn call(&self, mut request: Request<Inbound>) -> ConnectionFuture<S> {
         // The head arrived: the read timeout no longer applies.
         self.deadline.clear();
-        let client = self
-            .gateway
-            .trusted
-            .client_ip(self.peer.ip(), request.headers());
-        let extensions = request.extensions_mut();
-        extensions.insert(self.peer);
-        if client != self.peer.ip() {
-            extensions.insert(ClientIp(client));
+        request.body_mut().set_peer(self.peer.ip());
+        if self.gateway.reads_client_ip() {
+            let client = self
+                .gateway
+                .trusted
+                .client_ip(self.peer.ip(), request.headers());
+            request.extensions_mut().insert(ClientIp(client));
         }
         ConnectionFuture {
             inner: self.stack.clone().call(request),

@@ -10,13 +10,12 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 /// the request from.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The client's IP address, stored as a request extension when it differs from the address
-/// of the connection's peer (the request's `SocketAddr` extension).
+/// The client's IP address, stored as a request extension.
 ///
-/// The gateway computes it once per request with [`TrustedProxies::client_ip`]. An IPv4-mapped
-/// IPv6 address (`::ffff:192.0.2.1`) is stored as the IPv4 address. Most clients connect
-/// directly, and each extension costs an allocation per request, so [`ClientIp::of`] reads
-/// the peer's address when this extension is absent.
+/// The gateway computes it once per request with [`TrustedProxies::client_ip`], and adds it
+/// only when a layer reads it, because each extension costs an allocation per request. An
+/// IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) is stored as the IPv4 address. Without this
+/// extension, [`ClientIp::of`] reads the address of a `SocketAddr` extension, the peer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
 

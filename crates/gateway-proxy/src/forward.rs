@@ -13,7 +13,7 @@ use http::{Method, Request, Response, header};
 use http_body::Body;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,7 +34,7 @@ pub struct ForwardInfo {
 /// The service that forwards requests of one route to its backend pool.
 ///
 /// It never fails: every error becomes a response through [`ProxyError::into_response`]. The
-/// peer address, when the request carries a `SocketAddr` extension, is appended to
+/// peer address, when the request's body has one ([`Inbound::set_peer`]), is appended to
 /// `X-Forwarded-For`.
 #[derive(Debug, Clone)]
 pub struct Forward {
@@ -78,7 +78,7 @@ impl tower::Service<Request<Inbound>> for Forward {
     fn call(&mut self, request: Request<Inbound>) -> Self::Future {
         // The request is taken apart here, before the future exists, so that the future keeps
         // its parts once rather than also keeping the whole request it was given.
-        let peer = request.extensions().get::<SocketAddr>().map(SocketAddr::ip);
+        let peer = request.body().peer();
         let (parts, body) = request.into_parts();
         // The server has checked the client's Content-Length, and its body reports that length
         // as an exact size. A declared length of 0 is passed on as such.

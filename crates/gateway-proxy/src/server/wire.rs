@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::cell::RefCell;
 use std::io;
+use std::net::IpAddr;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -256,12 +257,15 @@ pub enum InboundError {
 pub struct Inbound {
     /// The connection, while the body may still have bytes to read.
     wire: Option<SharedWire>,
+    /// The address of the connection's peer, when the caller recorded it.
+    peer: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
             .field("ended", &self.wire.is_none())
+            .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
 }
@@ -269,7 +273,10 @@ impl std::fmt::Debug for Inbound {
 impl Inbound {
     /// Returns a body with nothing in it.
     pub fn empty() -> Inbound {
-        Inbound { wire: None }
+        Inbound {
+            wire: None,
+            peer: None,
+        }
     }
 
     pub(crate) fn new(wire: &SharedWire, framing: BodyFraming) -> Inbound {
@@ -277,8 +284,23 @@ impl Inbound {
             BodyFraming::Empty => Inbound::empty(),
             BodyFraming::Length(_) | BodyFraming::Chunked => Inbound {
                 wire: Some(Arc::clone(wire)),
+                peer: None,
             },
         }
+    }
+
+    /// Records the address of the connection's peer, which the forwarder appends to
+    /// `X-Forwarded-For`.
+    ///
+    /// The body carries it because the request's extension map would box it: an allocation
+    /// and a hash-map insert per request, about 500 instructions with the map's clearing.
+    pub fn set_peer(&mut self, peer: IpAddr) {
+        self.peer = Some(peer);
+    }
+
+    /// Returns the address of the connection's peer, when it was recorded.
+    pub fn peer(&self) -> Option<IpAddr> {
+        self.peer
     }
 }
 
