@@ -334,10 +334,30 @@ fn soft_file_limit_raised_to_hard() {
 }
 
 #[test]
+fn file_limit_below_minimum_rejected() {
+    for args in [&["--check"][..], &[]] {
+        let (child, _file) = spawn_with_limit("-n 20", PLAIN, args);
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the open-file limit is 20, below the 32"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("ulimit -Hn"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn default_workers_fit_file_limit() {
-    // 19 descriptors allow one worker. The default of one per core is lowered to it, with a
-    // warning when there is more than one core.
-    let (mut child, _file) = spawn_with_limit("-n 19", PLAIN, &[]);
+    // With four backends each worker keeps 9 descriptors, so 32 allow one worker. The default
+    // of one per core is lowered to it, with a warning when there is more than one core.
+    let config = PLAIN.replace(
+        "      - url: \"http://127.0.0.1:9\"",
+        "      - url: \"http://127.0.0.1:9\"\n      - url: \"http://127.0.0.1:10\"\n      \
+         - url: \"http://127.0.0.1:11\"\n      - url: \"http://127.0.0.1:12\"",
+    );
+    let (mut child, _file) = spawn_with_limit("-n 32", &config, &[]);
     let lines = read_until(&mut child, "listening");
     let _ = child.kill();
     let _ = child.wait();

@@ -12,6 +12,13 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// /proc/PID/fd` on Linux 6 with tokio 1).
 pub const PER_WORKER: u64 = 5;
 
+/// The minimum open-file limit the gateway starts with. With every feature on and one worker it
+/// keeps about 20 open at rest: the standard streams, the request log's database files, its
+/// runtimes' epoll instances and wake-ups, and the signal sockets. The rest leaves room for a
+/// few connections. Below about 14 the start failed with errors that blamed the request log's
+/// database or the runtime instead of the limit.
+pub const MINIMUM: u64 = 32;
+
 /// Raises the soft limit on open file descriptors to the hard limit, and returns the limit in
 /// force afterwards, or `None` when there is none. A hard limit of "unlimited" is left alone,
 /// because Linux takes no such soft limit for descriptors. When raising fails, the limit stays

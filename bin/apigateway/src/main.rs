@@ -50,8 +50,20 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // Before the workers' own check, which raises the soft limit that the count is held to.
-    let fitted = fit_workers(&config);
+    // Before the workers' own check: the count is held to the raised limit.
+    let limit = fd_limit::raise();
+    if let Some(limit) = limit
+        && limit < fd_limit::MINIMUM
+    {
+        eprintln!(
+            "apigateway: the open-file limit is {limit}, below the {} descriptors the gateway \
+             needs to start with room for a few connections: raise the hard limit (ulimit -Hn, \
+             or LimitNOFILE in a systemd unit)",
+            fd_limit::MINIMUM
+        );
+        return ExitCode::from(2);
+    }
+    let fitted = fit_workers(&config, limit);
     let workers = match fitted {
         Ok(fitted) => fitted,
         Err(message) => {
@@ -321,13 +333,13 @@ struct Workers {
     lowered_for: Option<u64>,
 }
 
-/// Raises the soft open-file limit to the hard one and keeps the worker count within what the
-/// limit allows (see `fd_limit`). A `server.workers` above that is an error that names the
+/// Keeps the worker count within what the open-file limit allows, `limit` being the limit
+/// once raised to the hard one (see `fd_limit`). A `server.workers` above that is an error that names the
 /// field and the fix. The default of one worker per core is lowered to fit instead.
-fn fit_workers(config: &Config) -> Result<Workers, String> {
+fn fit_workers(config: &Config, limit: Option<u64>) -> Result<Workers, String> {
     let server = &config.server;
     let count = server.worker_count();
-    let Some(limit) = fd_limit::raise() else {
+    let Some(limit) = limit else {
         return Ok(Workers {
             count,
             lowered_for: None,
