@@ -36,17 +36,21 @@ fn bind_address(address: SocketAddr, workers: usize) -> io::Result<Vec<std::net:
         return Ok(vec![listen(address, false)?]);
     }
     // `SO_REUSEPORT` lets any socket of the same user join the port, so a second gateway
-    // started on it would quietly take a share of the connections. A socket bound without the
-    // option fails on a port that is in use, as a single listener does, and on port 0 it
-    // picks the port that the workers then share.
-    // NOTE: the probe is closed before the listeners bind, so a socket that another process
-    // binds with `SO_REUSEPORT` between the two, such as a second gateway starting at the
-    // same microsecond, still joins the port.
-    let probe = new_socket(address)?;
-    probe.bind(address)?;
-    let address = probe.local_addr()?;
-    drop(probe);
-    (0..workers).map(|_| listen(address, true)).collect()
+    // started on it would quietly take a share of the connections. The first listener binds
+    // without the option, so it fails on a port that is in use, as a single listener does,
+    // and on port 0 it picks the port that the workers then share. It sets the option after
+    // the bind and before it listens, so the others can join it. The port is held from that
+    // first bind on: a second gateway started at the same moment fails its own first bind.
+    let first = new_socket(address)?;
+    first.bind(address)?;
+    first.set_reuseport(true)?;
+    let address = first.local_addr()?;
+    let mut listeners = Vec::with_capacity(workers);
+    listeners.push(first.listen(BACKLOG)?.into_std()?);
+    for _ in 1..workers {
+        listeners.push(listen(address, true)?);
+    }
+    Ok(listeners)
 }
 
 fn new_socket(address: SocketAddr) -> io::Result<TcpSocket> {
@@ -112,6 +116,20 @@ mod tests {
     async fn port_in_use_fails_bind() {
         let other = std::net::TcpListener::bind(LOOPBACK).unwrap();
         let address = other.local_addr().unwrap();
+        for workers in [1, 2] {
+            let error = bind(&[address], workers).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{workers} workers");
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_port_of_another_process_fails_bind() {
+        // A listener that set SO_REUSEPORT itself, as another program may.
+        let other = TcpSocket::new_v4().unwrap();
+        other.set_reuseport(true).unwrap();
+        other.bind(LOOPBACK.parse().unwrap()).unwrap();
+        let address = other.local_addr().unwrap();
+        let _listening = other.listen(16).unwrap();
         for workers in [1, 2] {
             let error = bind(&[address], workers).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{workers} workers");
