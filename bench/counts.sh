@@ -17,8 +17,11 @@
 #   nginx-log  the same with its buffered access log on            (bench/peers/nginx-log.conf)
 #   gw         the plain proxy (request log, access line, rate limit and CORS off)
 #   gw-full    every feature on, as shipped
+# Installs nginx, h2load, valgrind, curl and perf from the distribution's packages when one is
+# missing, builds the gateway and the origin in release mode, and uses ports 9131 and 9331.
 # Usage: bench/counts.sh [--quick] [--only a,b] [--keep DIR]
 #   --quick  4,000 counted requests
+#   --only   the targets to run, from nginx, nginx-log, gw and gw-full
 #   --keep   keep the callgrind output files in DIR, for callgrind_annotate
 set -euo pipefail
 
@@ -28,13 +31,21 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 REQUESTS=20000
 ONLY="nginx,nginx-log,gw,gw-full"
 KEEP=""
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) REQUESTS=4000; shift ;;
-    --only) ONLY=$2; shift 2 ;;
-    --keep) KEEP=$2; shift 2 ;;
-    *) echo "counts.sh: unknown argument '$1'" >&2; exit 2 ;;
+    --only | --keep)
+      [[ $# -ge 2 ]] || { echo "counts.sh: $1 needs a value" >&2; exit 2; }
+      if [[ $1 == --only ]]; then ONLY=$2; else KEEP=$2; fi
+      shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "counts.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
+done
+for name in ${ONLY//,/ }; do
+  [[ $name =~ ^(nginx|nginx-log|gw|gw-full)$ ]] \
+    || { echo "counts.sh: unknown target '$name': pick from nginx, nginx-log, gw, gw-full" >&2; exit 2; }
 done
 
 need=()

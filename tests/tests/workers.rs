@@ -437,6 +437,12 @@ routes:
         rest.iter().all(|line| !line.contains("unhealthy")),
         "{rest:#?}"
     );
+    // The five failures within a second give one warning, not five.
+    let warnings = rest
+        .iter()
+        .filter(|line| line.contains("WARN") && line.contains("left for a backend connection"))
+        .count();
+    assert_eq!(warnings, 1, "{rest:#?}");
 }
 
 #[test]

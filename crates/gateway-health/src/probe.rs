@@ -9,6 +9,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as _;
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,12 +80,19 @@ impl ProbeError {
         }
     }
 
-    fn from_client(error: hyper_util::client::legacy::Error) -> ProbeError {
+    /// Classifies a failed request. `routable` is whether the backend's address has a route
+    /// from this machine, which separates a shortage of local ports from an address that
+    /// cannot be reached: TCP's connect fails with `EADDRNOTAVAIL` for both.
+    fn from_client(error: hyper_util::client::legacy::Error, routable: bool) -> ProbeError {
         if !error.is_connect() {
             return ProbeError::Request(error);
         }
-        if io_error_kind(&error) == Some(io::ErrorKind::ConnectionRefused) {
-            return ProbeError::ConnectionRefused;
+        match io_error_kind(&error) {
+            Some(io::ErrorKind::ConnectionRefused) => return ProbeError::ConnectionRefused,
+            Some(io::ErrorKind::AddrNotAvailable) if !routable => {
+                return ProbeError::Connect(error);
+            }
+            _ => {}
         }
         if let Some(code) = resource_shortage(&error) {
             return ProbeError::OutOfResources(io::Error::from_raw_os_error(code));
@@ -100,6 +108,27 @@ pub(crate) struct InvalidProbeUrl {
     url: String,
     #[source]
     source: Arc<http::uri::InvalidUri>,
+}
+
+/// Returns whether this machine has a route and a source address for an address of `url`'s
+/// host. A UDP socket connected to it sends nothing, and UDP's ports are counted apart from
+/// TCP's, so this is true even while TCP's ephemeral ports are all taken.
+async fn has_route_to(url: &Uri) -> bool {
+    let Some(host) = url.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_u16().unwrap_or(80);
+    let Ok(addresses) = tokio::net::lookup_host((host, port)).await else {
+        return false;
+    };
+    addresses.into_iter().any(|address| {
+        let local = match address {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        std::net::UdpSocket::bind(local).is_ok_and(|socket| socket.connect(address).is_ok())
+    })
 }
 
 /// Finds the first I/O error in the source chain of `error` and returns its kind.
@@ -178,10 +207,14 @@ async fn exchange(client: &ProbeClient, url: &Uri) -> Result<(), ProbeError> {
         .headers_mut()
         .insert(USER_AGENT, HeaderValue::from_static(PROBE_USER_AGENT));
 
-    let response = client
-        .request(request)
-        .await
-        .map_err(ProbeError::from_client)?;
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            let routable = io_error_kind(&error) == Some(io::ErrorKind::AddrNotAvailable)
+                && has_route_to(url).await;
+            return Err(ProbeError::from_client(error, routable));
+        }
+    };
     let status = response.status();
 
     // Reading the body to its end, frame by frame without keeping it, lets the connection
@@ -262,6 +295,14 @@ mod tests {
         }
         let rejected = Wrapped(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(resource_shortage(&rejected), None);
+    }
+
+    #[tokio::test]
+    async fn route_found_for_loopback_only() {
+        assert!(has_route_to(&Uri::from_static("http://127.0.0.1:9/health")).await);
+        assert!(has_route_to(&Uri::from_static("http://localhost:9/health")).await);
+        // A broadcast address has no route for a socket that did not ask for broadcasts.
+        assert!(!has_route_to(&Uri::from_static("http://255.255.255.255:9/health")).await);
     }
 
     #[test]

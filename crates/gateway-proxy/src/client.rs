@@ -25,16 +25,17 @@ use http::{HeaderMap, Method};
 use http_body::Body;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Size of a new connection's read buffer.
 const READ_BUFFER: usize = 16 * 1024;
@@ -47,6 +48,58 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 /// Idle connections closed when a new connection fails for want of descriptors: one for the
 /// request at hand and a few for the next, while most of the pools stay.
 const SHORTAGE_RELEASE: usize = 8;
+
+/// The minimum time between two warnings about the gateway's own shortage of descriptors,
+/// memory or local ports. Every request meanwhile fails the same way.
+const SHORTAGE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets a warning through at most once per [`SHORTAGE_WARNING_EVERY`], and counts the ones it
+/// holds back.
+#[derive(Debug, Default)]
+struct WarningGate {
+    /// Whole seconds since the process start at the last warning, plus one; 0 for none yet.
+    last: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl WarningGate {
+    /// Returns `Some(held back since the last one)` when a warning at `second` may go out.
+    fn admit(&self, second: u64) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || second + 1 >= last + SHORTAGE_WARNING_EVERY.as_secs();
+        if !due
+            || self
+                .last
+                .compare_exchange(last, second + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// Warns that a backend connection failed for want of the gateway's own resources, at most
+/// once per [`SHORTAGE_WARNING_EVERY`]. The requests themselves show in the access lines.
+fn warn_shortage(error: &io::Error) {
+    static GATE: WarningGate = WarningGate {
+        last: AtomicU64::new(0),
+        held_back: AtomicU64::new(0),
+    };
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    let second = clock::coarse_now()
+        .saturating_duration_since(*START)
+        .as_secs();
+    if let Some(held_back) = GATE.admit(second) {
+        tracing::warn!(
+            %error,
+            held_back,
+            "no file descriptor, memory or local port left for a backend connection: requests \
+             get 503 until one frees up"
+        );
+    }
+}
 
 struct Idle {
     connection: Box<Connection>,
@@ -196,6 +249,7 @@ impl BackendClient {
                 Ok(Err(error)) if is_local_port_shortage(&error) => {
                     // Closing idle connections would not help: the side that closes first
                     // keeps its port in TIME_WAIT for a minute.
+                    warn_shortage(&error);
                     return Err(ProxyError::out_of_resources(error));
                 }
                 Ok(Err(error)) if is_resource_shortage(&error) => {
@@ -205,6 +259,7 @@ impl BackendClient {
                     }
                     // A shortage in the gateway itself is no fault of the backend, so it must
                     // not count toward the backend's unhealthy threshold.
+                    warn_shortage(&error);
                     return Err(ProxyError::out_of_resources(error));
                 }
                 Ok(Err(error)) => return Err(ProxyError::connect(error)),
@@ -320,10 +375,45 @@ pub fn is_resource_shortage(error: &io::Error) -> bool {
     )
 }
 
-/// Returns whether `error` is a connect's failure to find a free local port. The machine's
-/// ephemeral ports are then all in use, which is no fault of the backend.
+/// Returns whether `error` is a connect's failure to find a free local port, as
+/// [`connect_to`] marks it. The machine's ephemeral ports are then all in use, which is
+/// no fault of the backend.
 pub fn is_local_port_shortage(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::AddrNotAvailable
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<LocalPortShortage>())
+}
+
+/// The cause of a connect that found no free local port.
+#[derive(Debug, thiserror::Error)]
+#[error("no free local port: {0}")]
+struct LocalPortShortage(io::Error);
+
+/// Connects to `address`, and marks a failure for want of a local port with
+/// [`LocalPortShortage`].
+///
+/// TCP's connect fails with `EADDRNOTAVAIL` both when every ephemeral port is taken and when
+/// the machine has no source address for `address`, such as an IPv6 backend where IPv6 is
+/// off. The second is the backend's fault, so the failure counts as a shortage only while a
+/// route to `address` exists.
+async fn connect_to(address: SocketAddr) -> io::Result<TcpStream> {
+    match TcpStream::connect(address).await {
+        Err(error) if error.kind() == io::ErrorKind::AddrNotAvailable && has_route(address) => Err(
+            io::Error::new(io::ErrorKind::AddrNotAvailable, LocalPortShortage(error)),
+        ),
+        connected => connected,
+    }
+}
+
+/// Returns whether the machine has a route and a source address for `address`. A UDP socket
+/// connected to it sends nothing, and UDP's ports are counted apart from TCP's, so this is true
+/// even while TCP's ephemeral ports are all taken.
+fn has_route(address: SocketAddr) -> bool {
+    let local = match address {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    std::net::UdpSocket::bind(local).is_ok_and(|socket| socket.connect(address).is_ok())
 }
 
 async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {
@@ -333,7 +423,7 @@ async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {
     let port = url.port_u16().unwrap_or(80);
 
     let stream = match host.parse() {
-        Ok(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
+        Ok(ip) => connect_to(SocketAddr::new(ip, port)).await,
         Err(_) => connect_by_name(host, port).await,
     }?;
     // Requests and responses are small writes that must leave at once.
@@ -344,7 +434,7 @@ async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {
 async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
     let mut last_error = None;
     for address in tokio::net::lookup_host((host, port)).await? {
-        match TcpStream::connect(address).await {
+        match connect_to(address).await {
             Ok(stream) => return Ok(stream),
             Err(error) => last_error = Some(error),
         }
@@ -865,17 +955,35 @@ mod tests {
     #[test]
     fn local_port_shortage_classified() {
         use rustix::io::Errno;
-        let ports = io::Error::from_raw_os_error(Errno::ADDRNOTAVAIL.raw_os_error());
+        let raw = || io::Error::from_raw_os_error(Errno::ADDRNOTAVAIL.raw_os_error());
+        let ports = io::Error::new(io::ErrorKind::AddrNotAvailable, LocalPortShortage(raw()));
         assert!(is_local_port_shortage(&ports));
+        // Without the route check's mark, the same errno is the backend's address.
+        assert!(!is_local_port_shortage(&raw()));
         // A listener's bind fails the same way for an address the machine does not have, so
         // the bind's descriptor message must not claim it.
-        assert!(!is_resource_shortage(&ports));
+        assert!(!is_resource_shortage(&raw()));
         let descriptors = io::Error::from_raw_os_error(Errno::MFILE.raw_os_error());
         assert!(is_resource_shortage(&descriptors));
         assert!(!is_local_port_shortage(&descriptors));
-        assert!(!is_local_port_shortage(&io::Error::from(
-            io::ErrorKind::ConnectionRefused
-        )));
+    }
+
+    #[test]
+    fn shortage_warnings_spaced_out() {
+        let gate = WarningGate::default();
+        assert_eq!(gate.admit(5), Some(0));
+        assert_eq!(gate.admit(5), None);
+        assert_eq!(gate.admit(14), None);
+        assert_eq!(gate.admit(15), Some(2));
+        assert_eq!(gate.admit(16), None);
+        assert_eq!(gate.admit(25), Some(1));
+    }
+
+    #[test]
+    fn route_found_for_loopback_only() {
+        assert!(has_route("127.0.0.1:9".parse().unwrap()));
+        // A broadcast address has no route for a socket that did not ask for broadcasts.
+        assert!(!has_route("255.255.255.255:9".parse().unwrap()));
     }
 
     #[tokio::test]
