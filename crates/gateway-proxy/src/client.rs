@@ -53,8 +53,8 @@ const SHORTAGE_RELEASE: usize = 8;
 /// memory or local ports. Every request meanwhile fails the same way.
 const SHORTAGE_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// Lets a warning through at most once per [`SHORTAGE_WARNING_EVERY`], and counts the ones it
-/// holds back.
+/// Lets a warning through once per [`SHORTAGE_WARNING_EVERY`] at most, counted in whole
+/// seconds of the coarse clock, and counts the ones it holds back.
 #[derive(Debug, Default)]
 struct WarningGate {
     /// Whole seconds since the process start at the last warning, plus one; 0 for none yet.
@@ -80,8 +80,8 @@ impl WarningGate {
     }
 }
 
-/// Warns that a backend connection failed for want of the gateway's own resources, at most
-/// once per [`SHORTAGE_WARNING_EVERY`]. The requests themselves show in the access lines.
+/// Warns that a backend connection failed for want of the gateway's own resources, through
+/// a [`WarningGate`]. The requests themselves show in the access lines.
 fn warn_shortage(error: &io::Error) {
     static GATE: WarningGate = WarningGate {
         last: AtomicU64::new(0),
