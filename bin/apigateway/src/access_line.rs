@@ -5,8 +5,8 @@
 //! returns. The writer thread swaps full buffers out and writes them to stdout, so a busy
 //! gateway makes one `write` per tens of kilobytes of lines and its request threads never touch
 //! stdout. The writer sleeps until the first line after a quiet period, then writes what has
-//! collected every [`FLUSH_INTERVAL`] while lines keep coming, or sooner when a buffer passes
-//! [`WAKE_BYTES`]. A line reaches stdout at most one interval after its request ended, unless
+//! collected every `FLUSH_INTERVAL` while lines keep coming, or sooner when a buffer passes
+//! `WAKE_BYTES`. A line reaches stdout at most one interval after its request ended, unless
 //! stdout blocks.
 //!
 //! The writer thread runs as long as the process. The code that stops the gateway calls

@@ -376,7 +376,7 @@ pub fn is_resource_shortage(error: &io::Error) -> bool {
 }
 
 /// Returns whether `error` is a connect's failure to find a free local port, as
-/// [`connect_to`] marks it. The machine's ephemeral ports are then all in use, which is
+/// the backend connect marks it. The machine's ephemeral ports are then all in use, which is
 /// no fault of the backend.
 pub fn is_local_port_shortage(error: &io::Error) -> bool {
     error
