@@ -2,6 +2,7 @@
 //! the id goes to the backend and back on the response.
 
 use crate::value_store;
+use http::header::Entry;
 use http::{HeaderName, HeaderValue, Request, Response};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -77,11 +78,17 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let id = match request.headers().get(&X_REQUEST_ID) {
-            Some(value) if is_usable(value) => value.clone(),
-            _ => {
+        // One lookup serves both the check and the insert.
+        let id = match request.headers_mut().entry(&X_REQUEST_ID) {
+            Entry::Occupied(entry) if is_usable(entry.get()) => entry.get().clone(),
+            Entry::Occupied(mut entry) => {
                 let value = generate();
-                request.headers_mut().insert(&X_REQUEST_ID, value.clone());
+                entry.insert(value.clone());
+                value
+            }
+            Entry::Vacant(entry) => {
+                let value = generate();
+                entry.insert(value.clone());
                 value
             }
         };
