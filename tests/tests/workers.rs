@@ -276,16 +276,23 @@ routes:
       - url: "http://127.0.0.1:9"
 "#;
 
+/// Runs the gateway as [`spawn_with_limit`] does, checks that it exits with code 2, and
+/// returns what it printed on stderr.
+fn stderr_of_rejected_start(ulimit: &str, config: &str, args: &[&str]) -> String {
+    let (child, _file) = spawn_with_limit(ulimit, config, args);
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    stderr
+}
+
 #[test]
 fn workers_beyond_file_limit_rejected() {
     // 20 workers keep 120 descriptors open (5 each and an idle connection to the backend),
     // more than half of 100.
     let config = PLAIN.replace("port: {port}", "port: {port}\n  workers: 20");
     for args in [&["--check"][..], &[]] {
-        let (child, _file) = spawn_with_limit("-n 100", &config, args);
-        let output = child.wait_with_output().expect("wait");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = stderr_of_rejected_start("-n 100", &config, args);
         assert!(
             stderr.contains("server.workers: 20 workers"),
             "{args:?}: {stderr}"
@@ -336,10 +343,7 @@ fn soft_file_limit_raised_to_hard() {
 #[test]
 fn file_limit_below_minimum_rejected() {
     for args in [&["--check"][..], &[]] {
-        let (child, _file) = spawn_with_limit("-n 20", PLAIN, args);
-        let output = child.wait_with_output().expect("wait");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = stderr_of_rejected_start("-n 20", PLAIN, args);
         assert!(
             stderr.contains("the open-file limit is 20, below the 32"),
             "{args:?}: {stderr}"

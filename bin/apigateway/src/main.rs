@@ -50,7 +50,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // Before the workers' own check: the count is held to the raised limit.
+    // Raised before the worker count is checked, because the count is held to the raised
+    // limit.
     let limit = fd_limit::raise();
     if let Some(limit) = limit
         && limit < fd_limit::MINIMUM
@@ -334,8 +335,9 @@ struct Workers {
 }
 
 /// Keeps the worker count within what the open-file limit allows, `limit` being the limit
-/// once raised to the hard one (see `fd_limit`). A `server.workers` above that is an error that names the
-/// field and the fix. The default of one worker per core is lowered to fit instead.
+/// once raised to the hard one (see `fd_limit`). A `server.workers` above that is an error
+/// that names the field and the fix. The default of one worker per core is lowered to fit
+/// instead.
 fn fit_workers(config: &Config, limit: Option<u64>) -> Result<Workers, String> {
     let server = &config.server;
     let count = server.worker_count();

@@ -49,16 +49,18 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 /// request at hand and a few for the next, while most of the pools stay.
 const SHORTAGE_RELEASE: usize = 8;
 
-/// The minimum time between two warnings about the gateway's own shortage of descriptors,
-/// memory or local ports. Every request meanwhile fails the same way.
+/// Time between two warnings about the gateway's own shortage of descriptors, memory or
+/// local ports, in whole seconds of the coarse clock. Every request meanwhile fails the same
+/// way.
 const SHORTAGE_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Lets a warning through once per [`SHORTAGE_WARNING_EVERY`] at most, counted in whole
 /// seconds of the coarse clock, and counts the ones it holds back.
 #[derive(Debug, Default)]
 struct WarningGate {
-    /// Whole seconds since the process start at the last warning, plus one; 0 for none yet.
+    /// The second of the last warning, plus one, so that 0 means no warning yet.
     last: AtomicU64,
+    /// Warnings held back since the last one went out.
     held_back: AtomicU64,
 }
 
@@ -87,7 +89,8 @@ fn warn_shortage(error: &io::Error) {
         last: AtomicU64::new(0),
         held_back: AtomicU64::new(0),
     };
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    // The gate compares only differences, so the seconds can count from the first shortage.
+    static START: LazyLock<Instant> = LazyLock::new(clock::coarse_now);
     let second = clock::coarse_now()
         .saturating_duration_since(*START)
         .as_secs();
@@ -242,16 +245,16 @@ impl BackendClient {
             match tokio::time::timeout(timeout, open_stream(backend)).await {
                 // Boxed once, so that handing a connection around moves a pointer.
                 Ok(Ok(stream)) => return Ok(Box::new(Connection::new(stream))),
+                // Closing idle connections would not free a port: the side that closes first
+                // keeps its port in TIME_WAIT for a minute.
+                Ok(Err(error)) if is_local_port_shortage(&error) => {
+                    warn_shortage(&error);
+                    return Err(ProxyError::out_of_resources(error));
+                }
                 // Idle connections to other backends hold descriptors that a request needs
                 // more. Closing some and trying once more keeps a busy pool from starving the
                 // other routes. Nothing is awaited between the close and the new socket, so no
                 // accept on this thread takes the descriptors first.
-                Ok(Err(error)) if is_local_port_shortage(&error) => {
-                    // Closing idle connections would not help: the side that closes first
-                    // keeps its port in TIME_WAIT for a minute.
-                    warn_shortage(&error);
-                    return Err(ProxyError::out_of_resources(error));
-                }
                 Ok(Err(error)) if is_resource_shortage(&error) => {
                     if !released && self.close_idle(SHORTAGE_RELEASE) > 0 {
                         released = true;
@@ -376,9 +379,9 @@ pub fn is_resource_shortage(error: &io::Error) -> bool {
 }
 
 /// Returns whether `error` is a connect's failure to find a free local port, as
-/// the backend connect marks it. The machine's ephemeral ports are then all in use, which is
-/// no fault of the backend.
-pub fn is_local_port_shortage(error: &io::Error) -> bool {
+/// [`connect_to`] marks it. The machine's ephemeral ports are then all in use, which is no
+/// fault of the backend.
+fn is_local_port_shortage(error: &io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.is::<LocalPortShortage>())
@@ -431,6 +434,8 @@ async fn open_stream(backend: &Backend) -> io::Result<BackendSocket> {
     BackendSocket::new(stream)
 }
 
+// NOTE: a lookup that fails for want of memory (`EAI_MEMORY`) has no errno to tell it apart,
+// so it counts against the backend like a name that does not resolve.
 async fn connect_by_name(host: &str, port: u16) -> io::Result<TcpStream> {
     let mut last_error = None;
     for address in tokio::net::lookup_host((host, port)).await? {

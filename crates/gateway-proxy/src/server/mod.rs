@@ -119,6 +119,8 @@ where
     loop {
         // An idle connection closes at the drain; one whose next head has started gets to
         // finish it, and its response closes the connection.
+        // NOTE: a client that stops partway through a head keeps the drain waiting until the
+        // read timeout or the shutdown timeout, whichever ends first.
         let draining = drain_begun(&mut drain, &mut drain_seen);
         if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
