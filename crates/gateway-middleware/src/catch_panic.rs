@@ -113,7 +113,12 @@ where
         let context = RequestContext {
             method: request.method().clone(),
             uri: request.uri().clone(),
-            request_id: request.headers().get(&X_REQUEST_ID).cloned(),
+            // A scan of the few fields of a head costs less than a hashed lookup.
+            request_id: request
+                .headers()
+                .iter()
+                .find(|(name, _)| **name == X_REQUEST_ID)
+                .map(|(_, value)| value.clone()),
         };
         match catching(|| self.inner.call(request)) {
             Ok(future) => ResponseFuture {

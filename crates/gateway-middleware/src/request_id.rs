@@ -18,26 +18,40 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Maximum length of a client-sent id that is kept. A longer one is replaced.
 const MAX_ID_LEN: usize = 128;
 
-/// A random value per process, so ids from different runs differ.
-static PROCESS_PREFIX: LazyLock<u64> =
-    LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+/// A random value per process in hex, so ids from different runs differ.
+static PROCESS_PREFIX: LazyLock<[u8; 16]> =
+    LazyLock::new(|| hex(RandomState::new().hash_one(std::process::id())));
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Generates a new request id: 32 hex digits, unique within the process.
 pub fn generate() -> HeaderValue {
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut text = [0u8; 32];
-    write_hex(&mut text[..16], *PROCESS_PREFIX);
-    write_hex(&mut text[16..], count);
+    text[..16].copy_from_slice(&*PROCESS_PREFIX);
+    text[16..].copy_from_slice(&hex(count));
     // Hex digits are always a valid header value.
     value_store::header_value(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn write_hex(out: &mut [u8], value: u64) {
+/// The two hex digits of each byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = DIGITS[((value >> (60 - 4 * i)) & 0xf) as usize];
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
     }
+    pairs
+};
+
+/// Returns `value` as 16 lowercase hex digits, a byte at a time.
+fn hex(value: u64) -> [u8; 16] {
+    let mut text = [0u8; 16];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(value.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
+    text
 }
 
 fn is_usable(value: &HeaderValue) -> bool {
@@ -171,6 +185,13 @@ mod tests {
                 .unwrap();
             let (forwarded, _) = run(request).await;
             assert_eq!(forwarded.unwrap().len(), 32, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hex_matches_formatting() {
+        for value in [0, 1, 0xf, 0x10, 0xab_cdef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(hex(value), format!("{value:016x}").as_bytes(), "{value:#x}");
         }
     }
 

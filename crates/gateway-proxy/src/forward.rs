@@ -82,9 +82,15 @@ impl tower::Service<Request<Inbound>> for Forward {
         let (parts, body) = request.into_parts();
         // The server has checked the client's Content-Length, and its body reports that length
         // as an exact size. A declared length of 0 is passed on as such.
-        let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+        // A scan of the few names of a head costs less than a hashed lookup.
+        let declared = || {
+            parts
+                .headers
+                .keys()
+                .any(|name| name == header::CONTENT_LENGTH)
+        };
         let framing = match body.size_hint().exact() {
-            Some(length) if declared => RequestFraming::Length(length),
+            Some(length) if declared() => RequestFraming::Length(length),
             _ if body.is_end_stream() => RequestFraming::Empty,
             _ => RequestFraming::Chunked,
         };

@@ -27,9 +27,13 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == header::TE
         || *name == header::TRANSFER_ENCODING
         || *name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
+
+/// `Keep-Alive` and `Proxy-Connection`, hop-by-hop headers that `http` has no constant for.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Appends `ip` in dotted decimal, as its `Display` does, without the formatting machinery:
 /// every proxied request writes its peer's address.
@@ -62,19 +66,36 @@ pub fn write_forwarded_headers(
     peer: Option<IpAddr>,
     backend_host: Option<&HeaderValue>,
 ) {
-    let client_host = headers.get(header::HOST);
+    // One pass finds the fields that the rules below look at. A head has a few fields, and
+    // comparing each name costs less than a hashed lookup for each of the three.
+    let mut client_host = None;
+    let mut has_connection = false;
+    let mut has_forwarded_for = false;
+    for (name, value) in headers {
+        if *name == header::HOST {
+            client_host = client_host.or(Some(value));
+        } else if *name == header::CONNECTION {
+            has_connection = true;
+        } else if *name == X_FORWARDED_FOR {
+            has_forwarded_for = true;
+        }
+    }
     if let Some(host) = backend_host.or(client_host) {
         put(out, header::HOST.as_str(), host.as_bytes());
     }
 
     // Headers named by Connection are rare; a request without Connection allocates nothing.
-    let named_by_connection: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+    let named_by_connection: Vec<HeaderName> = if has_connection {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (name, value) in headers {
         let replaced = *name == header::HOST
             || *name == header::CONTENT_LENGTH
@@ -91,7 +112,7 @@ pub fn write_forwarded_headers(
 
     // A client's X-Forwarded-For named by Connection is removed like any other such header,
     // and the gateway's own starts a new list.
-    let incoming_for = if named_by_connection.contains(&X_FORWARDED_FOR) {
+    let incoming_for = if !has_forwarded_for || named_by_connection.contains(&X_FORWARDED_FOR) {
         None
     } else {
         Some(headers.get_all(&X_FORWARDED_FOR))

@@ -46,13 +46,6 @@ pub(crate) fn encode_head(
     exchange: Exchange<'_>,
 ) -> (Framing, bool) {
     let mut keep_alive = exchange.keep_alive;
-    for value in headers.get_all(header::CONNECTION) {
-        let close = value
-            .as_bytes()
-            .split(|&byte| byte == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-        keep_alive &= !close;
-    }
     let declared = || {
         headers
             .get(header::CONTENT_LENGTH)
@@ -81,13 +74,22 @@ pub(crate) fn encode_head(
     // A bodyless response keeps the length it declares: to HEAD, it is the length a GET
     // would get.
     let keep_length = framing == Framing::None && status != StatusCode::NO_CONTENT;
+    // `Connection` and `Date` are looked for in the pass that writes the fields, not with a
+    // hashed lookup each: a response has a few fields, and comparing names costs less.
+    let mut has_date = false;
     for (name, value) in headers {
-        if *name == header::TRANSFER_ENCODING
-            || *name == header::CONNECTION
-            || (*name == header::CONTENT_LENGTH && !keep_length)
-        {
+        if *name == header::CONNECTION {
+            let close = value
+                .as_bytes()
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            keep_alive &= !close;
             continue;
         }
+        if *name == header::TRANSFER_ENCODING || (*name == header::CONTENT_LENGTH && !keep_length) {
+            continue;
+        }
+        has_date |= *name == header::DATE;
         short_copy::append(out, name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         short_copy::append(out, value.as_bytes());
@@ -107,7 +109,7 @@ pub(crate) fn encode_head(
     } else if exchange.version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         write_date(out);
         out.extend_from_slice(b"\r\n");
