@@ -6,11 +6,12 @@
 //! channel between tasks, and the request head is written from the client's header map without
 //! building a new one.
 
+use crate::field_name;
 use crate::header_pool;
 use crate::headers::{is_hop_by_hop, write_forwarded_headers};
 use crate::short_copy;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
@@ -281,7 +282,7 @@ pub(crate) fn parse_response_head(
     let base = buf.as_ptr() as usize;
     let mut length_written = false;
     for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
+        let name = field_name::from_token(field.name.as_bytes())
             .map_err(|_| HeadError::Header("invalid field name"))?;
         if name == header::CONTENT_LENGTH {
             // One field with one value, whatever `Connection` names: a list of equal values

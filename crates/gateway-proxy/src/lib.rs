@@ -19,6 +19,7 @@
 //! - [`forward`]: the per-route forwarding service and its retry.
 //! - [`body`]: the response body type shared with the middleware.
 //! - [`error`]: [`ProxyError`] and the JSON error response.
+//! - `field_name`: header names read from a head, with the common ones found first.
 //! - `header_pool`: emptied header maps kept per thread for the next heads.
 //! - `short_copy`: appending short strings to a head without a call to `memcpy`.
 //! - [`socket`]: socket reads and writes made as direct system calls.
@@ -32,6 +33,7 @@ pub mod client;
 pub mod clock;
 mod codec;
 pub mod error;
+mod field_name;
 pub mod forward;
 mod header_pool;
 pub mod headers;

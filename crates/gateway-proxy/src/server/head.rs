@@ -1,9 +1,9 @@
 //! Reading a client's request head (RFC 9112 sections 2 to 6): the request line, the header
 //! fields and the body framing they declare.
 
-use crate::header_pool;
+use crate::{field_name, header_pool};
 use bytes::BytesMut;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -132,7 +132,7 @@ pub(crate) fn parse_head(
     let mut expects_continue = false;
     let mut trailers = false;
     for &[name_start, name_end, value_start, value_end] in spans.iter() {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+        let name = field_name::from_token(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Malformed)?;
         let value = value_start as usize..value_end as usize;
         let raw = &head[value.clone()];
