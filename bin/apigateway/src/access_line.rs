@@ -17,6 +17,7 @@
 //! format); the JSON format matches `--log-format json`.
 
 use gateway_config::LogFormat;
+use gateway_proxy::short_copy;
 use std::cell::Cell;
 use std::io::Write;
 use std::net::IpAddr;
@@ -265,7 +266,7 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
 fn format_text(out: &mut Vec<u8>, line: &AccessLine<'_>) {
     push_timestamp(out, line.time);
     out.extend_from_slice(b"  INFO access: method=");
-    out.extend_from_slice(line.method.as_bytes());
+    short_copy::append(out, line.method.as_bytes());
     out.extend_from_slice(b" path=");
     push_quoted(out, line.path);
     out.extend_from_slice(b" status=");
@@ -353,7 +354,7 @@ fn push_millis(out: &mut Vec<u8>, latency: Duration) {
 }
 
 fn push_bool(out: &mut Vec<u8>, value: bool) {
-    out.extend_from_slice(if value { b"true" } else { b"false" });
+    short_copy::append(out, if value { b"true" } else { b"false" });
 }
 
 /// Appends `value` in decimal.
@@ -384,7 +385,7 @@ fn push_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
         digits[start] = b'0' + value as u8;
     }
     let start = start.min(digits.len() - width.min(digits.len()));
-    out.extend_from_slice(&digits[start..]);
+    short_copy::append(out, &digits[start..]);
 }
 
 /// Appends the address, or `-` when there is none.
@@ -416,11 +417,11 @@ fn push_quoted(out: &mut Vec<u8>, text: &str) {
     out.reserve(rest.len() + 2);
     out.push(b'"');
     while let Some(at) = find_escape(rest) {
-        out.extend_from_slice(&rest[..at]);
+        short_copy::append(out, &rest[..at]);
         push_escape(out, rest[at]);
         rest = &rest[at + 1..];
     }
-    out.extend_from_slice(rest);
+    short_copy::append(out, rest);
     out.push(b'"');
 }
 

@@ -21,7 +21,8 @@
 //! - [`error`]: [`ProxyError`] and the JSON error response.
 //! - `field_name`: header names read from a head, with the common ones found first.
 //! - `header_pool`: emptied header maps kept per thread for the next heads.
-//! - `short_copy`: appending short strings to a head without a call to `memcpy`.
+//! - [`short_copy`]: appending short strings to a head or a log line without a call to
+//!   `memcpy`.
 //! - [`socket`]: socket reads and writes made as direct system calls.
 //! - [`clock`]: the coarse clock that timeouts and idle times are read from.
 //! - [`worker`]: the worker index of the calling thread, which picks its backend pools.
@@ -40,7 +41,7 @@ pub mod headers;
 mod request_body;
 pub mod routes;
 pub mod server;
-mod short_copy;
+pub mod short_copy;
 pub mod socket;
 pub mod worker;
 

@@ -1,6 +1,6 @@
 //! Appending short byte strings without a call to `memcpy`.
 //!
-//! Writing a head appends many short strings of lengths known only at run time: header names
+//! Writing a head or an access line appends many short strings of lengths known only at run time: header names
 //! and values, the method, the target. `Vec::extend_from_slice` copies each with a call to the
 //! C library's `memcpy`, which for a dozen bytes costs more in the call and its dispatch on the
 //! length than in the copy. A micro-benchmark of strings of 3 to 24 bytes on the test machine:
@@ -12,7 +12,7 @@ const SHORT: usize = 16;
 /// Appends `bytes` to `out`. Strings of up to 16 bytes are copied with fixed-size moves, and
 /// the compiler turns those into a few register loads and stores. Longer ones go to `memcpy`.
 #[inline]
-pub(crate) fn append(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn append(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = bytes.len();
     if len > SHORT {
         out.extend_from_slice(bytes);
