@@ -5,7 +5,7 @@
 //! for the request log, so this layer needs nothing from either.
 
 use bytes::Buf;
-use http::{Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -97,9 +97,11 @@ where
         let report = self.hook.is_active().then(|| {
             Box::new(Report {
                 started: Instant::now(),
+                bodiless: request.method() == Method::HEAD,
                 state: self.hook.on_request(&mut request),
                 hook: self.hook.clone(),
                 bytes_sent: 0,
+                unconfirmed: None,
             })
         });
         ResponseFuture {
@@ -115,7 +117,15 @@ struct Report<H: RequestHook> {
     hook: H,
     state: H::State,
     started: Instant,
+    /// Bytes of the frames the server came back after, so has written.
     bytes_sent: u64,
+    /// Whether the response has no content to send (RFC 9110 section 6.4.1): the response to
+    /// HEAD, a 1xx, 204 or 304. The server then sends the head alone and never polls the body.
+    bodiless: bool,
+    /// Data bytes of the last frame handed to the server, until it asks for the next frame.
+    /// A server writes a frame before it asks for another, so a frame the server never came
+    /// back after may not have reached the client: its write failed or timed out.
+    unconfirmed: Option<u64>,
 }
 
 impl<H: RequestHook> Report<H> {
@@ -163,6 +173,10 @@ where
         match result {
             Ok(response) => {
                 if let Some(report) = &mut report {
+                    let status = response.status();
+                    report.bodiless |= status.is_informational()
+                        || status == StatusCode::NO_CONTENT
+                        || status == StatusCode::NOT_MODIFIED;
                     report.hook.on_response(&mut report.state, &response);
                 }
                 Poll::Ready(Ok(response.map(|body| TimedBody {
@@ -192,9 +206,12 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(report) = this.report.take() {
-                // A server stops polling once is_end_stream is true, so a body read to its end
-                // usually finishes here rather than in poll_frame.
-                let completed = this.inner.is_end_stream();
+                // A server stops once it has sent what the response has, so a bodiless response
+                // or a body read to its end may be dropped unpolled. One whose last frame the
+                // server never came back after is not complete: the write of that frame failed
+                // or timed out.
+                let completed = report.unconfirmed.is_none()
+                    && (report.bodiless || this.inner.is_end_stream());
                 (*report).finish(completed);
             }
         }
@@ -210,11 +227,16 @@ impl<B: Body, H: RequestHook> Body for TimedBody<B, H> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
+        // The server asks for a frame after it has written the one before.
+        if let Some(report) = this.report.as_mut() {
+            report.bytes_sent += report.unconfirmed.take().unwrap_or(0);
+        }
         let polled = ready!(this.inner.poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(report)) = (frame.data_ref(), this.report.as_mut()) {
-                    report.bytes_sent += data.remaining() as u64;
+                if let Some(report) = this.report.as_mut() {
+                    let bytes = frame.data_ref().map_or(0, |data| data.remaining() as u64);
+                    report.unconfirmed = Some(bytes);
                 }
             }
             Some(Err(_)) => {
@@ -344,6 +366,106 @@ mod tests {
         drop(service.call(Request::new(())));
         let response = service.oneshot(Request::new(())).await.unwrap();
         drop(response);
+    }
+
+    /// A body of several data frames, which ends as soon as its last frame is taken.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Frames {
+        fn of(texts: &[&'static str]) -> Frames {
+            Frames(
+                texts
+                    .iter()
+                    .map(|text| Bytes::from_static(text.as_bytes()))
+                    .collect(),
+            )
+        }
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    #[tokio::test]
+    async fn bodiless_responses_complete_unpolled() {
+        for (method, status) in [
+            (Method::HEAD, StatusCode::NOT_FOUND),
+            (Method::GET, StatusCode::NO_CONTENT),
+            (Method::GET, StatusCode::NOT_MODIFIED),
+        ] {
+            let recorder = Recorder::default();
+            let service = TimingLayer::new(recorder.clone()).layer(tower::service_fn(
+                move |_: Request<()>| async move {
+                    // A body the server does not send, as the gateway's own errors have.
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                    *response.status_mut() = status;
+                    Ok::<_, Infallible>(response)
+                },
+            ));
+            let request = Request::builder().method(method.clone()).body(()).unwrap();
+            let response = service.oneshot(request).await.unwrap();
+            drop(response);
+            let reports = recorder.0.lock().unwrap().clone();
+            assert_eq!(reports.len(), 1);
+            assert!(
+                reports[0].3,
+                "{method} answered {status} is complete with its head"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unwritten_last_frame_is_incomplete() {
+        let recorder = Recorder::default();
+        let service =
+            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Frames::of(&["first", "second", "last"])))
+            }));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        let mut body = response.into_body();
+        // The server takes every frame, but its write of the last one fails, so it drops
+        // the body without asking for the end.
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert!(recorder.0.lock().unwrap().is_empty());
+        drop(body);
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            reports[0].2, 11,
+            "only the frames written before the last count"
+        );
+        assert!(
+            !reports[0].3,
+            "a body whose last frame was not written is not complete"
+        );
+    }
+
+    #[tokio::test]
+    async fn body_read_to_its_end_counts_every_frame() {
+        let recorder = Recorder::default();
+        let service =
+            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Frames::of(&["first", "second", "last"])))
+            }));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "firstsecondlast");
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports, [("/".to_owned(), 200, 15, true)]);
     }
 
     #[tokio::test]
