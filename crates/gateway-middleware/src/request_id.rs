@@ -94,7 +94,14 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // One lookup serves both the check and the insert.
         let id = match request.headers_mut().entry(&X_REQUEST_ID) {
-            Entry::Occupied(entry) if is_usable(entry.get()) => entry.get().clone(),
+            Entry::Occupied(mut entry) if is_usable(entry.get()) => {
+                let id = entry.get().clone();
+                // The backend gets the one id kept, not the client's others after it.
+                if entry.iter().nth(1).is_some() {
+                    entry.insert(id.clone());
+                }
+                id
+            }
             Entry::Occupied(mut entry) => {
                 let value = generate();
                 entry.insert(value.clone());
@@ -165,6 +172,25 @@ mod tests {
         let (forwarded, response) = run(request).await;
         assert_eq!(forwarded.unwrap(), "abc-123");
         assert_eq!(response.headers()["x-request-id"], "abc-123");
+    }
+
+    #[tokio::test]
+    async fn first_of_several_ids_is_kept_alone() {
+        let request = Request::builder()
+            .header("x-request-id", "one")
+            .header("x-request-id", "two")
+            .body(())
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = std::sync::Arc::clone(&seen);
+        let service = RequestIdLayer.layer(tower::service_fn(move |request: Request<()>| {
+            let values = request.headers().get_all(&X_REQUEST_ID).iter().cloned();
+            recorder.lock().unwrap().extend(values);
+            async { Ok::<_, Infallible>(Response::new(())) }
+        }));
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["one"]);
+        assert_eq!(response.headers()["x-request-id"], "one");
     }
 
     #[tokio::test]
