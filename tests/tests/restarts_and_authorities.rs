@@ -139,6 +139,17 @@ fn absolute_form_credentials_are_not_forwarded() {
 }
 
 #[test]
+fn absolute_form_without_host_is_rejected() {
+    let (_mock, gateway) = echo_gateway();
+    let reply = raw_request(
+        gateway.addr,
+        b"GET http://other:1/api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "got: {reply}");
+    assert!(reply.contains("missing Host header"), "got: {reply}");
+}
+
+#[test]
 fn host_with_non_numeric_port_is_rejected() {
     let (_mock, gateway) = echo_gateway();
     let reply = raw_request(

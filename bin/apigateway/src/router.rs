@@ -147,19 +147,8 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         ));
     }
 
-    // RFC 9112 section 3.2.2: an absolute-form target's authority replaces the Host header.
-    if let Some(authority) = request.uri().authority() {
-        if !is_valid_host(authority.as_str()) {
-            return Err(ProxyError::invalid_request(
-                "invalid authority in the request target",
-            ));
-        }
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| ProxyError::invalid_request("invalid authority in the request target"))?;
-        request.headers_mut().insert(header::HOST, host);
-    }
-
-    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host header.
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host header, whatever
+    // its target's form.
     // A scan of the few fields of a head costs less than a hashed lookup.
     let mut hosts = request
         .headers()
@@ -178,6 +167,18 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
             return Err(ProxyError::invalid_request("missing Host header"));
         }
         (None, _) => {}
+    }
+
+    // RFC 9112 section 3.2.2: an absolute-form target's authority replaces the Host header.
+    if let Some(authority) = request.uri().authority() {
+        if !is_valid_host(authority.as_str()) {
+            return Err(ProxyError::invalid_request(
+                "invalid authority in the request target",
+            ));
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::invalid_request("invalid authority in the request target"))?;
+        request.headers_mut().insert(header::HOST, host);
     }
 
     check_transfer_codings(request.headers())?;
@@ -634,6 +635,31 @@ mod tests {
             .unwrap();
         let request = checked(request).unwrap();
         assert_eq!(request.headers()["host"], "target.example:1234");
+    }
+
+    #[test]
+    fn absolute_target_still_needs_one_host() {
+        let without = Request::builder()
+            .uri("http://target.example/a")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(without).unwrap_err(), 400);
+
+        let twice = Request::builder()
+            .uri("http://target.example/a")
+            .header("host", "a.example")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(twice).unwrap_err(), 400);
+
+        // HTTP/1.0 has no Host header, so the target's authority is the only host.
+        let old = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("http://target.example/a")
+            .body(())
+            .unwrap();
+        assert_eq!(checked(old).unwrap().headers()["host"], "target.example");
     }
 
     #[test]
