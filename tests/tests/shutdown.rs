@@ -100,11 +100,34 @@ fn stop_twice(gateway: &mut GatewayProcess, timeout: Duration) {
             .is_some(),
         "no draining line after the first SIGTERM"
     );
+    // A signal within 100 ms of the first counts as the same one.
+    std::thread::sleep(Duration::from_millis(300));
     gateway.signal("TERM");
     let status = gateway
         .wait_exit(timeout)
         .unwrap_or_else(|| panic!("gateway still running {timeout:?} after the second SIGTERM"));
     assert_eq!(status.code(), Some(130), "exit status {status}");
+}
+
+#[tokio::test]
+async fn repeated_signal_still_drains() {
+    let (mock, mut gateway) = start("10s");
+    let slow = start_slow_request(&gateway, &mock, "/api/slow?delay=1500").await;
+
+    // As GNU `timeout` delivers it: to the gateway, then again to its process group.
+    gateway.signal("TERM");
+    std::thread::sleep(Duration::from_millis(20));
+    gateway.signal("TERM");
+
+    let reply = slow
+        .await
+        .expect("request task")
+        .expect("in-flight request completes during the drain");
+    assert_eq!(reply.status, 200);
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits after the drain");
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test]

@@ -239,7 +239,18 @@ async fn run(
             "stop signal received, draining; send it again to stop at once"
         );
         let _ = first_signal_tx.send(());
-        let name = wait_for_signal().await;
+        let first_at = std::time::Instant::now();
+        let name = loop {
+            let name = wait_for_signal().await;
+            if first_at.elapsed() >= REPEATED_SIGNAL_WINDOW {
+                break name;
+            }
+            tracing::debug!(
+                signal = name,
+                "stop signal repeated within {REPEATED_SIGNAL_WINDOW:?} of the first, taken as \
+                 the same stop"
+            );
+        };
         tracing::warn!(
             signal = name,
             "second stop signal received, stopping at once"
@@ -582,6 +593,12 @@ fn check_request_log(database: &Path) -> Result<(), String> {
         .block_on(gateway_store::check_database(database))
         .map_err(|error| error_chain(&error))
 }
+
+/// A stop signal this soon after the first is the same stop, not the second that stops at
+/// once. GNU `timeout` sends its signal to the gateway and then to the whole process group,
+/// so the gateway gets it twice within a millisecond. A person pressing Ctrl-C twice takes
+/// longer than this.
+const REPEATED_SIGNAL_WINDOW: Duration = Duration::from_millis(100);
 
 /// Maximum time a second stop signal waits for the server to end the requests in flight.
 const SECOND_SIGNAL_CUT_OFF_TIMEOUT: Duration = Duration::from_millis(200);
