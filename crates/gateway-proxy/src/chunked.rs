@@ -1,6 +1,7 @@
 //! Decoding a chunked response body (RFC 9112 section 7.1) as it arrives, in pieces of any
 //! size.
 
+use crate::headers::is_allowed_in_trailers;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use std::ops::Range;
@@ -209,6 +210,8 @@ fn hex_value(byte: u8) -> u64 {
     })
 }
 
+/// Parses a trailer section and keeps the fields that may follow the content (see
+/// [`is_allowed_in_trailers`]).
 fn parse_trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
     // The section must end where its first blank line does: nothing may follow.
@@ -225,7 +228,9 @@ fn parse_trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ChunkError::Trailers)?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| ChunkError::Trailers)?;
-        map.append(name, value);
+        if is_allowed_in_trailers(&name) {
+            map.append(name, value);
+        }
     }
     Ok(map)
 }
@@ -285,6 +290,16 @@ mod tests {
             assert_eq!(trailers["x-other"], "a");
             assert!(ended);
         }
+    }
+
+    #[test]
+    fn trailers_lose_fields_needed_before_content() {
+        let body = b"0\r\nContent-Length: 100\r\nx-checksum: 42\r\nSet-Cookie: a=b\r\n\
+                     Transfer-Encoding: gzip\r\nHost: evil\r\n\r\n";
+        let (_, trailers, ended) = decode_in_pieces(body, body.len()).unwrap();
+        assert!(ended);
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-checksum"], "42");
     }
 
     #[test]

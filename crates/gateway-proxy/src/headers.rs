@@ -31,6 +31,32 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == PROXY_CONNECTION
 }
 
+/// Returns whether a trailer field named `name` is passed on. A field needed before the
+/// content, one that describes framing, routing, authentication, request modifiers, response
+/// controls or the content's format, cannot be processed as a trailer (RFC 9110 section
+/// 6.5.1). A recipient that merged one into the header section could be misled, so these and
+/// the hop-by-hop fields are dropped from trailers.
+pub fn is_allowed_in_trailers(name: &HeaderName) -> bool {
+    const NEEDED_BEFORE_CONTENT: [HeaderName; 15] = [
+        header::CONTENT_LENGTH,
+        header::HOST,
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        header::SET_COOKIE,
+        header::CACHE_CONTROL,
+        header::MAX_FORWARDS,
+        header::EXPECT,
+        header::RANGE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_TYPE,
+        header::CONTENT_RANGE,
+        header::TRAILER,
+        header::LOCATION,
+    ];
+    !is_hop_by_hop(name) && !NEEDED_BEFORE_CONTENT.contains(name)
+}
+
 /// `Keep-Alive` and `Proxy-Connection`, hop-by-hop headers that `http` has no constant for.
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -224,6 +250,27 @@ mod tests {
         let lines = forwarded(&headers, None, None);
         let names: Vec<&str> = lines.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["x-kept", "content-type", "x-forwarded-proto"]);
+    }
+
+    #[test]
+    fn trailers_keep_only_fields_after_content() {
+        for allowed in ["x-checksum", "server-timing", "digest", "grpc-status"] {
+            let name = HeaderName::from_static(allowed);
+            assert!(is_allowed_in_trailers(&name), "{allowed}");
+        }
+        for dropped in [
+            "content-length",
+            "transfer-encoding",
+            "host",
+            "set-cookie",
+            "content-type",
+            "trailer",
+            "connection",
+            "keep-alive",
+        ] {
+            let name = HeaderName::from_static(dropped);
+            assert!(!is_allowed_in_trailers(&name), "{dropped}");
+        }
     }
 
     #[test]

@@ -200,6 +200,7 @@ where
             method: &method,
             version,
             keep_alive: facts.keep_alive && body_clear && !drain_begun(&mut drain, &mut drain_seen),
+            trailers: facts.trailers,
         };
         head_out.clear();
         let (framing, keep_alive) = encode_head(

@@ -29,6 +29,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) version: Version,
     /// Whether the connection may serve another request after this response.
     pub(crate) keep_alive: bool,
+    /// Whether the client accepts trailer fields (`TE: trailers`).
+    pub(crate) trailers: bool,
 }
 
 /// Appends the response head to `out` and returns the body's framing and whether the
@@ -86,7 +88,14 @@ pub(crate) fn encode_head(
             keep_alive &= !close;
             continue;
         }
-        if *name == header::TRANSFER_ENCODING || (*name == header::CONTENT_LENGTH && !keep_length) {
+        // `Trailer` announces fields that go out only on a chunked body to a client that
+        // accepts them.
+        let unsent_trailers =
+            *name == header::TRAILER && !(exchange.trailers && framing == Framing::Chunked);
+        if *name == header::TRANSFER_ENCODING
+            || (*name == header::CONTENT_LENGTH && !keep_length)
+            || unsent_trailers
+        {
             continue;
         }
         has_date |= *name == header::DATE;
@@ -174,6 +183,7 @@ mod tests {
             method: &method,
             version,
             keep_alive: true,
+            trailers: true,
         };
         let status = StatusCode::from_u16(status).unwrap();
         let (framing, keep_alive) = encode_head(&mut out, status, &map, length, exchange);
@@ -260,6 +270,34 @@ mod tests {
             head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn trailer_is_announced_only_when_sent() {
+        let announced = [("trailer", "x-sum")];
+        let (head, framing, _) = encode(200, &announced, None, Method::GET, Version::HTTP_11);
+        assert_eq!(framing, Framing::Chunked);
+        assert!(head.contains("trailer: x-sum\r\n"), "{head}");
+
+        // A body of known length and an HTTP/1.0 client's body have no trailer section.
+        let (head, _, _) = encode(200, &announced, Some(3), Method::GET, Version::HTTP_11);
+        assert!(!head.contains("trailer"), "{head}");
+        let (head, _, _) = encode(200, &announced, None, Method::GET, Version::HTTP_10);
+        assert!(!head.contains("trailer"), "{head}");
+
+        // Nor does a chunked body to a client that did not send `TE: trailers`.
+        let mut map = HeaderMap::new();
+        map.insert(header::TRAILER, HeaderValue::from_static("x-sum"));
+        let exchange = Exchange {
+            method: &Method::GET,
+            version: Version::HTTP_11,
+            keep_alive: true,
+            trailers: false,
+        };
+        let mut out = Vec::new();
+        let (framing, _) = encode_head(&mut out, StatusCode::OK, &map, None, exchange);
+        assert_eq!(framing, Framing::Chunked);
+        assert!(!String::from_utf8(out).unwrap().contains("trailer"));
     }
 
     #[test]
