@@ -97,6 +97,21 @@ async fn malformed_heads_are_rejected() {
 }
 
 #[tokio::test]
+async fn invalid_chunk_size_is_named() {
+    let (_mock, gateway) = start();
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .set_read_timeout(Duration::from_secs(5))
+        .expect("read timeout");
+    let response = connection
+        .exchange(b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .expect("response to a bad chunk size");
+    assert_eq!(response.status, 400);
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.contains("invalid chunked request body"), "{body}");
+}
+
+#[tokio::test]
 async fn asterisk_target_gets_200() {
     let (mock, gateway) = start();
     let mut connection = RawConnection::open(gateway.addr).expect("connect");

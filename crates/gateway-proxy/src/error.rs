@@ -210,6 +210,20 @@ impl ProxyError {
         }
     }
 
+    /// Creates the error of a request body whose chunked coding is invalid, with the
+    /// decoder's error as the source, so that the client and the log tell it apart from a
+    /// body the client cut off.
+    pub(crate) fn invalid_chunked_body(
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ProxyError {
+        ProxyError {
+            kind: ErrorKind::InvalidRequest,
+            detail: Detail::Reason("invalid chunked request body"),
+            nothing_sent: false,
+            source: Some(source.into()),
+        }
+    }
+
     /// A method the route does not accept; `allow` lists the accepted ones.
     pub fn method_not_allowed(allow: HeaderValue) -> ProxyError {
         ProxyError {

@@ -7,7 +7,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::header_pool;
 use crate::request_body::{ReceivedBytes, RequestBody};
 use crate::routes::Route;
-use crate::server::Inbound;
+use crate::server::{Inbound, InboundError};
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response, header};
 use http_body::Body;
@@ -281,7 +281,17 @@ async fn attempt(
 
 fn exchange_error(error: ExchangeError, timeout: Duration) -> ProxyError {
     match error {
-        ExchangeError::ClientBody(source) => ProxyError::with_source(ErrorKind::ClientBody, source),
+        ExchangeError::ClientBody(source) => {
+            let malformed = matches!(
+                source.downcast_ref::<InboundError>(),
+                Some(InboundError::Chunked(_))
+            );
+            if malformed {
+                ProxyError::invalid_chunked_body(source)
+            } else {
+                ProxyError::with_source(ErrorKind::ClientBody, source)
+            }
+        }
         ExchangeError::Io { error, .. } => ProxyError::with_source(ErrorKind::BackendError, error),
         ExchangeError::Head(error) => ProxyError::with_source(ErrorKind::BackendError, error),
         ExchangeError::Timeout => ProxyError::timeout(timeout),
@@ -328,4 +338,31 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_body_error(error: InboundError) -> ProxyError {
+        exchange_error(
+            ExchangeError::ClientBody(Box::new(error)),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn malformed_chunked_body_is_an_invalid_request() {
+        let error = client_body_error(InboundError::Chunked("invalid chunk size".into()));
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+        assert_eq!(error.to_string(), "invalid chunked request body");
+        assert_eq!(error.status(), http::StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn cut_off_body_stays_client_body() {
+        let error = client_body_error(InboundError::Closed);
+        assert_eq!(error.kind(), ErrorKind::ClientBody);
+        assert_eq!(error.status(), http::StatusCode::BAD_REQUEST);
+    }
 }
