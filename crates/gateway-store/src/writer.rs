@@ -172,6 +172,7 @@ impl Writer {
                 retention_cutoff = self.delete_expired_chunk(cutoff_us, &mut summary).await;
             }
 
+            let drop_warning_at = drops.due_at(&self.dropped);
             // Wait for the first record of the next batch, a retention run or the stop. The
             // retention tick comes before the records, which a busy gateway always has ready:
             // it is ready once an interval, so it cannot hold the records up.
@@ -189,6 +190,14 @@ impl Writer {
                 }
                 received = next_records(&self.spool, &self.batch_ready, &mut batch) => received,
                 () = std::future::ready(()), if retention_cutoff.is_some() => continue,
+                // Records dropped in a burst are reported when their interval ends, not at the
+                // next batch, which may come only at the stop.
+                () = tokio::time::sleep_until(drop_warning_at.unwrap_or_else(Instant::now)),
+                    if drop_warning_at.is_some() && !stopping =>
+                {
+                    drops.warn_if_due(&self.dropped, &self.path, false);
+                    continue;
+                }
             };
             if received == 0 {
                 // Every sender is gone or the queue was closed, and nothing is left in it.
@@ -694,6 +703,18 @@ impl DropWarnings {
         }
     }
 
+    /// Returns when the next warning is due: `None` while every dropped record has been
+    /// reported, else the end of the interval that follows the last warning.
+    fn due_at(&self, dropped: &AtomicU64) -> Option<Instant> {
+        if dropped.load(Ordering::Relaxed) == self.reported {
+            return None;
+        }
+        Some(
+            self.last_warning
+                .map_or_else(Instant::now, |at| at + self.interval),
+        )
+    }
+
     /// Warns about records dropped since the last warning, unless one was logged less than an
     /// interval ago and this is not the final call.
     fn warn_if_due(&mut self, dropped: &AtomicU64, path: &std::path::Path, last: bool) {
@@ -730,6 +751,34 @@ mod tests {
     use super::*;
     use crate::{RequestLog, RequestRecord};
     use std::borrow::Cow;
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_warning_falls_due_after_its_interval() {
+        let dropped = AtomicU64::new(0);
+        let path = std::path::Path::new("requests.db");
+        let mut drops = DropWarnings::new(Duration::from_secs(1));
+        assert_eq!(drops.due_at(&dropped), None, "nothing dropped");
+
+        dropped.store(5, Ordering::Relaxed);
+        assert!(
+            drops.due_at(&dropped).unwrap() <= Instant::now(),
+            "first drops: at once"
+        );
+        drops.warn_if_due(&dropped, path, false);
+        assert_eq!(drops.due_at(&dropped), None, "every drop reported");
+
+        // Drops after a warning wait for the end of its interval.
+        dropped.store(9, Ordering::Relaxed);
+        let due = drops.due_at(&dropped).unwrap();
+        assert_eq!(due, Instant::now() + Duration::from_secs(1));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drops.warn_if_due(&dropped, path, false);
+        assert_eq!(drops.reported, 5, "warned again within the interval");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drops.warn_if_due(&dropped, path, false);
+        assert_eq!(drops.reported, 9);
+        assert_eq!(drops.due_at(&dropped), None);
+    }
 
     fn record(i: u64) -> RequestRecord {
         RequestRecord {
