@@ -62,8 +62,7 @@ impl Config {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let field = error.path().to_string();
-            let field = if field == "." { String::new() } else { field };
+            let field = parse_message::known_path(&error.path().to_string());
             let location = error.inner().location();
             let message = parse_message::explain(
                 &error.inner().to_string(),

@@ -18,10 +18,46 @@ pub(crate) fn explain(message: &str, field: &str, text: &str, line: Option<usize
     if is_tab_error(&message, text, line) {
         return format!("{message}: indent with spaces, not tabs");
     }
+    if is_syntax_error(&message) {
+        return format!("{message}: {SYNTAX_HINT}");
+    }
     if message == MORE_THAN_ONE_DOCUMENT {
         return "the file contains more than one YAML document: put every section in one document, and remove the `---` lines after its start".to_owned();
     }
     message
+}
+
+/// Returns the part of a field path that the parser knew: `.` for the top level becomes
+/// empty, and the `?` segments that stand for a field the parser had not read yet, as after
+/// a syntax error, are dropped.
+pub(crate) fn known_path(path: &str) -> String {
+    let mut known = path;
+    while let Some(parent) = known.strip_suffix(".?") {
+        known = parent;
+    }
+    if known == "." || known == "?" {
+        known = "";
+    }
+    known.to_owned()
+}
+
+/// The fix added to a YAML syntax error. The parser notices the fault where the structure
+/// stops making sense, which may be lines after the mistake.
+const SYNTAX_HINT: &str = "the YAML is not well formed here or on a line above: look for an \
+     unclosed quote or bracket, a missing `:` after a key, or a line indented unlike its \
+     neighbours";
+
+/// Returns whether `message` is one of the YAML parser's syntax errors, which it words as
+/// what it was doing when the structure broke.
+fn is_syntax_error(message: &str) -> bool {
+    [
+        "while parsing",
+        "while scanning",
+        "did not find expected",
+        "unexpected end of stream",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase))
 }
 
 /// serde_yaml_ng's message for a file with a second document after a `---` line.
@@ -342,6 +378,15 @@ mod tests {
     }
 
     #[test]
+    fn unknown_path_segments_are_dropped() {
+        assert_eq!(known_path("routes[0].?"), "routes[0]");
+        assert_eq!(known_path("server.?.?"), "server");
+        assert_eq!(known_path("?"), "");
+        assert_eq!(known_path("."), "");
+        assert_eq!(known_path("server.port"), "server.port");
+    }
+
+    #[test]
     fn tab_indentation_gets_hint() {
         let text = "server:\n\tport: 1\n";
         let message =
@@ -349,9 +394,10 @@ mod tests {
         assert!(
             explain(message, "server", text, Some(2)).ends_with("indent with spaces, not tabs")
         );
+        // Without a tab on the line, the message gets the general hint for a syntax error.
         assert_eq!(
             explain(message, "server", "server:\n  x\n", Some(2)),
-            message
+            format!("{message}: {SYNTAX_HINT}")
         );
     }
 }

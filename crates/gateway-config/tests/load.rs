@@ -446,6 +446,15 @@ fn out_of_range_port_names_range() {
 }
 
 #[test]
+fn unclosed_quote_gets_hint() {
+    let error = parse_error(
+        "routes:\n  - path: \"/api/*rest\n    backends:\n      - url: \"http://127.0.0.1:9001\"\n",
+    );
+    assert!(error.contains("unclosed quote"), "{error}");
+    assert!(!error.contains('?'), "unknown field shown: {error}");
+}
+
+#[test]
 fn tab_indentation_gets_hint() {
     let error = parse_error("server:\n\tport: 8080\n");
     assert!(error.contains("indent with spaces, not tabs"), "{error}");
