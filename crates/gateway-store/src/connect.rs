@@ -415,9 +415,14 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
             path: path.to_owned(),
         });
     }
-    let open_error = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
+    let open_error = |source: sqlx::Error| match &source {
+        sqlx::Error::Database(error) if is_not_database(error.code().as_deref()) => {
+            not_a_database(path)
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
     };
     // sqlx warns about every statement slower than a second, with its whole text. Queries of
     // statistics over a large window take seconds by design, so those notes go to debug.

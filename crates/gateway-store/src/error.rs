@@ -127,8 +127,9 @@ pub enum StoreError {
     /// The path names something other than an SQLite database: a file with other content, or
     /// a device, socket or pipe.
     #[error(
-        "request log database {} is not an SQLite database file: set request_log.database to a \
-         new file, or move this one away",
+        "request log database {} is not an SQLite database file: point request_log.database \
+         (or the --database of a command) at the request log or at a new file, or move this \
+         one away",
         path.display()
     )]
     NotDatabase {

@@ -69,8 +69,9 @@ async fn garbage_file_is_rejected() {
     assert_names_path(&error, &config.database);
 
     let error = LogReader::open(&config.database).await.unwrap_err();
-    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::NotDatabase { .. }), "{error:?}");
     assert_names_path(&error, &config.database);
+    assert!(error.to_string().contains("--database"), "{error}");
 
     // Neither attempt may have rewritten the file.
     assert_eq!(std::fs::read(&config.database).unwrap(), garbage);
