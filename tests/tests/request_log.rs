@@ -1196,6 +1196,32 @@ async fn removed_database_is_reported_at_stop() {
     assert!(closed.contains("removed or replaced"), "{closed}");
 }
 
+/// A clean stop folds the write-ahead log into the database and removes it, with the admin
+/// readers' connections open until the stop.
+#[tokio::test]
+async fn clean_stop_removes_wal_files() {
+    let mock = MockProcess::start("Users");
+    let mut gateway = GatewayProcess::start(&gateway_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
+        &route_yaml(USERS_ROUTE, &mock.url),
+    ));
+    for i in 0..20 {
+        let reply = get(&format!("{}/api/users/{i}", gateway.url)).await;
+        assert_eq!(reply.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listing = admin_logs(&gateway, "limit=5").await;
+    assert_eq!(traffic_entries(&listing).len(), 5);
+
+    let closed = stop_cleanly(&mut gateway);
+    let database = gateway.dir().join("gateway.db");
+    for suffix in ["-wal", "-shm"] {
+        let file = format!("{}{suffix}", database.display());
+        assert!(!Path::new(&file).exists(), "{file} left after a clean stop");
+    }
+    assert_eq!(count_rows(&database).await as u64, closed.written);
+}
+
 /// `bytes_received` counts the body bytes that arrived: the sum of a chunked upload's chunks,
 /// and what came of a declared length before the client left.
 #[tokio::test]

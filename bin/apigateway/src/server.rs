@@ -344,6 +344,13 @@ where
     let _ = stop_tasks.send(true);
     health.join().await;
 
+    // The admin readers close before the writer. SQLite folds the write-ahead log into the
+    // database and deletes it when the last connection closes, which a read-only connection
+    // cannot do, so a reader left open would leave the `-wal` and `-shm` files behind.
+    if let Some(state) = gateway.request_log.get() {
+        state.reader.close().await;
+    }
+
     // Every request that finished has queued its row by now; the writer commits them all.
     if let Some(writer) = writer {
         match writer.shutdown().await {

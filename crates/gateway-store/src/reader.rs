@@ -100,7 +100,7 @@ impl LogReader {
     }
 
     /// Closes the reader's connections.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         self.pool.close().await;
     }
 
