@@ -122,8 +122,8 @@ struct Report<H: RequestHook> {
     /// Whether the response has no content to send (RFC 9110 section 6.4.1): the response to
     /// HEAD, a 1xx, 204 or 304. The server then sends the head alone and never polls the body.
     bodiless: bool,
-    /// Data bytes of the last frame handed to the server, until it asks for the next frame.
-    /// A server writes a frame before it asks for another, so a frame the server never came
+    /// Data bytes of the last frame handed to the server, until it polls for the next one.
+    /// A server writes a frame before it polls for another, so a frame the server never came
     /// back after may not have reached the client: its write failed or timed out.
     unconfirmed: Option<u64>,
 }
@@ -227,7 +227,7 @@ impl<B: Body, H: RequestHook> Body for TimedBody<B, H> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        // The server asks for a frame after it has written the one before.
+        // The server polls for a frame after it has written the one before.
         if let Some(report) = this.report.as_mut() {
             report.bytes_sent += report.unconfirmed.take().unwrap_or(0);
         }
@@ -436,7 +436,7 @@ mod tests {
         let response = service.oneshot(Request::new(())).await.unwrap();
         let mut body = response.into_body();
         // The server takes every frame, but its write of the last one fails, so it drops
-        // the body without asking for the end.
+        // the body without polling for the end.
         for _ in 0..3 {
             body.frame().await.unwrap().unwrap();
         }
