@@ -426,14 +426,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn unwritten_last_frame_is_incomplete() {
+    /// Sends a request through the timing layer to a service whose body has three frames of
+    /// 5, 6 and 4 bytes, and returns the recorder and the response.
+    async fn three_frames() -> (Recorder, Response<TimedBody<Frames, Recorder>>) {
         let recorder = Recorder::default();
         let service =
             TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(Frames::of(&["first", "second", "last"])))
             }));
         let response = service.oneshot(Request::new(())).await.unwrap();
+        (recorder, response)
+    }
+
+    #[tokio::test]
+    async fn unwritten_last_frame_is_incomplete() {
+        let (recorder, response) = three_frames().await;
         let mut body = response.into_body();
         // The server takes every frame, but its write of the last one fails, so it drops
         // the body without polling for the end.
@@ -456,12 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn body_read_to_its_end_counts_every_frame() {
-        let recorder = Recorder::default();
-        let service =
-            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
-                Ok::<_, Infallible>(Response::new(Frames::of(&["first", "second", "last"])))
-            }));
-        let response = service.oneshot(Request::new(())).await.unwrap();
+        let (recorder, response) = three_frames().await;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "firstsecondlast");
         let reports = recorder.0.lock().unwrap().clone();
