@@ -4,8 +4,8 @@
 //! [`HeaderName::from_bytes`] lowercases a name into a buffer a byte at a time, then looks the
 //! buffer up among the standard names: about 110 instructions for a name of a common head.
 //! Here a name of 4 to 16 bytes is read as two words, its first and its last 4 or 8 bytes,
-//! with bit 0x20 set in every byte, and the words are compared with those of the common names
-//! of its length: about 40 instructions.
+//! with bit 0x20 set in every byte. The words are compared with those of the common names of
+//! its length, in about 40 instructions.
 
 use http::header::{self, HeaderName, InvalidHeaderName};
 
