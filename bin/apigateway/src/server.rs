@@ -8,7 +8,7 @@ pub use crate::router::Router;
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
-use gateway_middleware::timing::{TimedBody, Timing, TimingLayer};
+use gateway_middleware::timing::{RequestHook, TimedBody, Timing, TimingLayer};
 use gateway_proxy::ProxyBody;
 use gateway_proxy::server::{Inbound, ServerSettings, serve_connection};
 use gateway_store::{LogReader, RequestLog, WriterHandle};
@@ -220,8 +220,11 @@ where
         Arc::clone(&gateway.table),
     );
     let router = layer.layer(Router::new(Arc::clone(&gateway)));
+    // The gateway's server polls each response body once more after its last byte, so the
+    // access line and the request log call a response complete only once it is written.
+    let timing = TimingLayer::new(hook.clone()).with_confirmed_writes();
     let stack: Stack<L::Service> =
-        RequestIdLayer.layer(TimingLayer::new(hook.clone()).layer(CatchPanicLayer.layer(router)));
+        RequestIdLayer.layer(timing.layer(CatchPanicLayer.layer(router)));
 
     // Background tasks stop when this flips to true, after the connections drained.
     let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
@@ -242,6 +245,8 @@ where
         gateway: Arc::clone(&gateway),
         settings: ServerSettings {
             max_head_bytes: MAX_HEADER_BYTES,
+            // Only the timing layer's report waits for the confirmation.
+            confirm_writes: hook.is_active(),
         },
         drain,
         cut_off,

@@ -52,12 +52,25 @@ pub struct RequestEnd {
 #[derive(Debug, Clone)]
 pub struct TimingLayer<H> {
     hook: H,
+    confirmed_writes: bool,
 }
 
 impl<H> TimingLayer<H> {
     /// Creates a layer that reports to `hook`.
     pub fn new(hook: H) -> TimingLayer<H> {
-        TimingLayer { hook }
+        TimingLayer {
+            hook,
+            confirmed_writes: false,
+        }
+    }
+
+    /// Reports a response complete only once the server confirms that it wrote all of it,
+    /// for a server that polls each response body once more after writing the body's end
+    /// (or the head alone of a response without content). Without a confirmation, a body
+    /// that handed out its end counts as complete, although the write of that end may fail.
+    pub fn with_confirmed_writes(mut self) -> TimingLayer<H> {
+        self.confirmed_writes = true;
+        self
     }
 }
 
@@ -68,6 +81,7 @@ impl<S, H: Clone> Layer<S> for TimingLayer<H> {
         Timing {
             inner,
             hook: self.hook.clone(),
+            confirmed_writes: self.confirmed_writes,
         }
     }
 }
@@ -77,6 +91,7 @@ impl<S, H: Clone> Layer<S> for TimingLayer<H> {
 pub struct Timing<S, H> {
     inner: S,
     hook: H,
+    confirmed_writes: bool,
 }
 
 impl<S, H, ReqBody, ResBody> Service<Request<ReqBody>> for Timing<S, H>
@@ -101,7 +116,9 @@ where
                 state: self.hook.on_request(&mut request),
                 hook: self.hook.clone(),
                 bytes_sent: 0,
+                confirmed_writes: self.confirmed_writes,
                 unconfirmed: None,
+                end_handed_out: false,
             })
         });
         ResponseFuture {
@@ -117,15 +134,20 @@ struct Report<H: RequestHook> {
     hook: H,
     state: H::State,
     started: Instant,
-    /// Bytes of the frames the server came back after, so has written.
+    /// Bytes of response body sent: handed to the server, or with confirmed writes, written.
     bytes_sent: u64,
     /// Whether the response has no content to send (RFC 9110 section 6.4.1): the response to
-    /// HEAD, a 1xx, 204 or 304. The server then sends the head alone and never polls the body.
+    /// HEAD, a 1xx, 204 or 304. The server then sends the head alone.
     bodiless: bool,
-    /// Data bytes of the last frame handed to the server, until it polls for the next one.
-    /// A server writes a frame before it polls for another, so a frame the server never came
-    /// back after may not have reached the client: its write failed or timed out.
+    /// Whether the server confirms its writes (see [`TimingLayer::with_confirmed_writes`]).
+    confirmed_writes: bool,
+    /// With confirmed writes, the data bytes of the last frame handed to the server until it
+    /// polls again. A server writes a frame before it polls for another, so a frame that the
+    /// server never came back after may not have reached the client.
     unconfirmed: Option<u64>,
+    /// With confirmed writes, whether the body's end (or its trailers, which end it) went to
+    /// the server, which confirms it by polling once more.
+    end_handed_out: bool,
 }
 
 impl<H: RequestHook> Report<H> {
@@ -206,11 +228,11 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(report) = this.report.take() {
-                // A server stops once it has sent what the response has, so a bodiless response
-                // or a body read to its end may be dropped unpolled. One whose last frame the
-                // server never came back after is not complete: the write of that frame failed
-                // or timed out.
-                let completed = report.unconfirmed.is_none()
+                // With confirmed writes, a body dropped before the confirmation was not written
+                // whole: a write failed or timed out. Otherwise a server stops once it has sent
+                // what the response has, so a bodiless response or a body read to its end may
+                // be dropped unpolled.
+                let completed = !report.confirmed_writes
                     && (report.bodiless || this.inner.is_end_stream());
                 (*report).finish(completed);
             }
@@ -227,16 +249,30 @@ impl<B: Body, H: RequestHook> Body for TimedBody<B, H> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        // The server polls for a frame after it has written the one before.
-        if let Some(report) = this.report.as_mut() {
+        if let Some(report) = this.report.as_mut()
+            && report.confirmed_writes
+        {
+            // The server polls for a frame after it has written the one before, and once
+            // more after the end.
             report.bytes_sent += report.unconfirmed.take().unwrap_or(0);
+            if report.bodiless || report.end_handed_out {
+                if let Some(report) = this.report.take() {
+                    (*report).finish(true);
+                }
+                return Poll::Ready(None);
+            }
         }
         let polled = ready!(this.inner.poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
                 if let Some(report) = this.report.as_mut() {
                     let bytes = frame.data_ref().map_or(0, |data| data.remaining() as u64);
-                    report.unconfirmed = Some(bytes);
+                    if report.confirmed_writes {
+                        report.unconfirmed = Some(bytes);
+                        report.end_handed_out = frame.is_trailers();
+                    } else {
+                        report.bytes_sent += bytes;
+                    }
                 }
             }
             Some(Err(_)) => {
@@ -244,11 +280,14 @@ impl<B: Body, H: RequestHook> Body for TimedBody<B, H> {
                     (*report).finish(false);
                 }
             }
-            None => {
-                if let Some(report) = this.report.take() {
-                    (*report).finish(true);
+            None => match this.report.as_mut() {
+                Some(report) if report.confirmed_writes => report.end_handed_out = true,
+                _ => {
+                    if let Some(report) = this.report.take() {
+                        (*report).finish(true);
+                    }
                 }
-            }
+            },
         }
         Poll::Ready(polled)
     }
@@ -368,17 +407,27 @@ mod tests {
         drop(response);
     }
 
-    /// A body of several data frames, which ends as soon as its last frame is taken.
-    struct Frames(std::collections::VecDeque<Bytes>);
+    /// A body of data frames and, when given, trailers. It ends as soon as its last frame is
+    /// taken.
+    struct Frames {
+        data: std::collections::VecDeque<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    }
 
     impl Frames {
         fn of(texts: &[&'static str]) -> Frames {
-            Frames(
-                texts
-                    .iter()
-                    .map(|text| Bytes::from_static(text.as_bytes()))
-                    .collect(),
-            )
+            let data = texts.iter().map(|text| Bytes::from_static(text.as_bytes()));
+            Frames {
+                data: data.collect(),
+                trailers: None,
+            }
+        }
+
+        fn with_trailers(mut self) -> Frames {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-checksum", http::HeaderValue::from_static("42"));
+            self.trailers = Some(trailers);
+            self
         }
     }
 
@@ -390,12 +439,51 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+            let frame = match self.data.pop_front() {
+                Some(data) => Some(Frame::data(data)),
+                None => self.trailers.take().map(Frame::trailers),
+            };
+            Poll::Ready(frame.map(Ok))
         }
 
         fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
+            self.data.is_empty() && self.trailers.is_none()
         }
+    }
+
+    /// Sends a request with `method` through the timing layer to a service that responds with
+    /// `body` and `status`, and returns the recorder and the response's body.
+    async fn respond(
+        layer: fn(Recorder) -> TimingLayer<Recorder>,
+        method: Method,
+        status: StatusCode,
+        body: Frames,
+    ) -> (Recorder, TimedBody<Frames, Recorder>) {
+        let recorder = Recorder::default();
+        let mut body = Some(body);
+        let service = layer(recorder.clone()).layer(tower::service_fn(move |_: Request<()>| {
+            let mut response = Response::new(body.take().unwrap());
+            *response.status_mut() = status;
+            async move { Ok::<_, Infallible>(response) }
+        }));
+        let request = Request::builder().method(method).body(()).unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        (recorder, response.into_body())
+    }
+
+    fn confirmed(recorder: Recorder) -> TimingLayer<Recorder> {
+        TimingLayer::new(recorder).with_confirmed_writes()
+    }
+
+    /// Polls `body` `times` times, as a server does when it takes frames or confirms.
+    async fn poll_times(body: &mut TimedBody<Frames, Recorder>, times: usize) {
+        for _ in 0..times {
+            let _ = body.frame().await;
+        }
+    }
+
+    fn reported(recorder: &Recorder) -> Vec<Reported> {
+        recorder.0.lock().unwrap().clone()
     }
 
     #[tokio::test]
@@ -405,56 +493,41 @@ mod tests {
             (Method::GET, StatusCode::NO_CONTENT),
             (Method::GET, StatusCode::NOT_MODIFIED),
         ] {
-            let recorder = Recorder::default();
-            let service = TimingLayer::new(recorder.clone()).layer(tower::service_fn(
-                move |_: Request<()>| async move {
-                    // A body the server does not send, as the gateway's own errors have.
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                    *response.status_mut() = status;
-                    Ok::<_, Infallible>(response)
-                },
-            ));
-            let request = Request::builder().method(method.clone()).body(()).unwrap();
-            let response = service.oneshot(request).await.unwrap();
-            drop(response);
-            let reports = recorder.0.lock().unwrap().clone();
+            // A body the server does not send, as the gateway's own errors have.
+            let body = Frames::of(&["{}"]);
+            let (recorder, body) = respond(TimingLayer::new, method.clone(), status, body).await;
+            drop(body);
+            let reports = reported(&recorder);
             assert_eq!(reports.len(), 1);
-            assert!(
-                reports[0].3,
-                "{method} answered {status} is complete with its head"
-            );
+            assert!(reports[0].3, "{method} answered {status} is complete");
         }
     }
 
-    /// Sends a request through the timing layer to a service whose body has three frames of
-    /// 5, 6 and 4 bytes, and returns the recorder and the response.
-    async fn three_frames() -> (Recorder, Response<TimedBody<Frames, Recorder>>) {
-        let recorder = Recorder::default();
-        let service =
-            TimingLayer::new(recorder.clone()).layer(tower::service_fn(|_: Request<()>| async {
-                Ok::<_, Infallible>(Response::new(Frames::of(&["first", "second", "last"])))
-            }));
-        let response = service.oneshot(Request::new(())).await.unwrap();
-        (recorder, response)
+    #[tokio::test]
+    async fn confirmed_bodiless_response_needs_one_poll() {
+        let body = Frames::of(&["{}"]);
+        let (recorder, body) = respond(confirmed, Method::HEAD, StatusCode::OK, body).await;
+        drop(body);
+        assert!(!reported(&recorder)[0].3, "head never confirmed");
+
+        let body = Frames::of(&["{}"]);
+        let (recorder, mut body) = respond(confirmed, Method::HEAD, StatusCode::OK, body).await;
+        poll_times(&mut body, 1).await;
+        assert_eq!(reported(&recorder), [("/".to_owned(), 200, 0, true)]);
     }
 
     #[tokio::test]
     async fn unwritten_last_frame_is_incomplete() {
-        let (recorder, response) = three_frames().await;
-        let mut body = response.into_body();
+        let body = Frames::of(&["first", "second", "last"]);
+        let (recorder, mut body) = respond(confirmed, Method::GET, StatusCode::OK, body).await;
         // The server takes every frame, but its write of the last one fails, so it drops
-        // the body without polling for the end.
-        for _ in 0..3 {
-            body.frame().await.unwrap().unwrap();
-        }
-        assert!(recorder.0.lock().unwrap().is_empty());
+        // the body without polling again.
+        poll_times(&mut body, 3).await;
+        assert!(reported(&recorder).is_empty());
         drop(body);
-        let reports = recorder.0.lock().unwrap().clone();
+        let reports = reported(&recorder);
         assert_eq!(reports.len(), 1);
-        assert_eq!(
-            reports[0].2, 11,
-            "only the frames written before the last count"
-        );
+        assert_eq!(reports[0].2, 11, "only the frames written count");
         assert!(
             !reports[0].3,
             "a body whose last frame was not written is not complete"
@@ -462,12 +535,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unconfirmed_end_is_incomplete() {
+        let body = Frames::of(&["first", "second", "last"]);
+        let (recorder, mut body) = respond(confirmed, Method::GET, StatusCode::OK, body).await;
+        // Every frame and the end are taken, but the write of the last chunk fails.
+        poll_times(&mut body, 4).await;
+        drop(body);
+        assert_eq!(reported(&recorder), [("/".to_owned(), 200, 15, false)]);
+    }
+
+    #[tokio::test]
+    async fn confirmed_end_completes() {
+        let body = Frames::of(&["first", "second", "last"]);
+        let (recorder, mut body) = respond(confirmed, Method::GET, StatusCode::OK, body).await;
+        poll_times(&mut body, 5).await;
+        assert_eq!(reported(&recorder), [("/".to_owned(), 200, 15, true)]);
+    }
+
+    #[tokio::test]
+    async fn trailers_end_the_body() {
+        // Data, then trailers, then the confirmation: the server polls no further.
+        let body = Frames::of(&["abc"]).with_trailers();
+        let (recorder, mut body) = respond(confirmed, Method::GET, StatusCode::OK, body).await;
+        poll_times(&mut body, 3).await;
+        assert_eq!(reported(&recorder), [("/".to_owned(), 200, 3, true)]);
+
+        // Without confirmed writes, a body dropped after its trailers is complete.
+        let body = Frames::of(&["abc"]).with_trailers();
+        let (recorder, mut body) =
+            respond(TimingLayer::new, Method::GET, StatusCode::OK, body).await;
+        poll_times(&mut body, 2).await;
+        drop(body);
+        assert_eq!(reported(&recorder), [("/".to_owned(), 200, 3, true)]);
+    }
+
+    #[tokio::test]
     async fn body_read_to_its_end_counts_every_frame() {
-        let (recorder, response) = three_frames().await;
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "firstsecondlast");
-        let reports = recorder.0.lock().unwrap().clone();
-        assert_eq!(reports, [("/".to_owned(), 200, 15, true)]);
+        let body = Frames::of(&["first", "second", "last"]);
+        let (recorder, body) = respond(TimingLayer::new, Method::GET, StatusCode::OK, body).await;
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "firstsecondlast");
+        assert_eq!(reported(&recorder), [("/".to_owned(), 200, 15, true)]);
     }
 
     #[tokio::test]

@@ -52,6 +52,9 @@ const MAX_LINGER_BYTES: usize = 1024 * 1024;
 pub struct ServerSettings {
     /// Largest request head accepted; a larger one gets 431.
     pub max_head_bytes: usize,
+    /// Whether each response body is polled once more after the response's last byte is
+    /// written, for a body that reports its delivery (see `write_response`).
+    pub confirm_writes: bool,
 }
 
 /// The fault a connection ended with.
@@ -218,7 +221,12 @@ where
         // contains one copy of the body, not two. The body is dropped as the write ends.
         {
             let body = pin!(body);
-            write_response(&wire, &head_out, body, framing, facts.trailers).await?;
+            let sending = Sending {
+                framing,
+                trailers: facts.trailers,
+                confirm: settings.confirm_writes,
+            };
+            write_response(&wire, &head_out, body, sending).await?;
         }
         if !keep_alive {
             let unread = {
@@ -347,19 +355,37 @@ where
     .await
 }
 
-/// Writes `head` and the body's frames with `framing`. Trailers go out only on a chunked body
-/// to a client that accepts them.
+/// How a response body goes out.
+#[derive(Debug, Clone, Copy)]
+struct Sending {
+    framing: Framing,
+    /// Whether the client accepts trailer fields, which go out only on a chunked body.
+    trailers: bool,
+    /// Whether to poll the body once more after the response's last byte is written.
+    confirm: bool,
+}
+
+/// Writes `head` and the body's frames as `sending` says.
+///
+/// The body is polled for a frame only after the frame before it is written. With
+/// `sending.confirm` it is polled once more after the last byte of the response, the head
+/// alone included. So a body can tell a response written whole from one whose last write
+/// failed or timed out: it is dropped without that last poll.
 async fn write_response<B>(
     wire: &SharedWire,
     head: &[u8],
     mut body: Pin<&mut B>,
-    framing: Framing,
-    send_trailers: bool,
+    sending: Sending,
 ) -> Result<(), ConnectionError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Sending {
+        framing,
+        trailers: send_trailers,
+        ..
+    } = sending;
     let mut out = Outgoing::new(head);
     let mut sent: u64 = 0;
     let mut ended = framing == Framing::None;
@@ -371,6 +397,11 @@ where
             if polled || ended {
                 ready!(out.poll_write(wire, cx))?;
                 if ended {
+                    // Every byte is written. One more poll confirms it to a body that reports
+                    // its delivery, and whatever the poll returns is not sent.
+                    if sending.confirm {
+                        let _ = body.as_mut().poll_frame(cx);
+                    }
                     return Poll::Ready(Ok(()));
                 }
             }

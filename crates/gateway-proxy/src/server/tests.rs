@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const SETTINGS: ServerSettings = ServerSettings {
     max_head_bytes: 8 * 1024,
+    confirm_writes: false,
 };
 
 /// Returns the method, the path and the request body, read whole.
@@ -33,6 +34,20 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(SETTINGS, service).await
+}
+
+/// Serves as [`serve`] does, with `settings`.
+async fn serve_with<S, F, B>(
+    settings: ServerSettings,
+    service: S,
+) -> (SocketAddr, watch::Sender<bool>)
+where
+    S: FnMut(Request<Inbound>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (start_drain, drain) = watch::channel(false);
@@ -42,7 +57,7 @@ where
             let service = service.clone();
             let drain = drain.clone();
             tokio::spawn(async move {
-                let _ = serve_connection(stream, service, SETTINGS, drain).await;
+                let _ = serve_connection(stream, service, settings, drain).await;
             });
         }
     });
@@ -103,6 +118,65 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(second < third, "{text}");
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
     assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
+}
+
+/// A one-frame body that counts the polls it gets.
+struct CountedPolls {
+    data: Option<Bytes>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl Body for CountedPolls {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        std::task::Poll::Ready(
+            self.data
+                .take()
+                .map(|data| Ok(http_body::Frame::data(data))),
+        )
+    }
+}
+
+#[tokio::test]
+async fn written_response_is_confirmed_by_one_more_poll() {
+    for (confirm_writes, expected) in [(false, 2), (true, 3)] {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&polls);
+        let service = move |_: Request<Inbound>| {
+            let body = CountedPolls {
+                data: Some(Bytes::from_static(b"hello")),
+                polls: Arc::clone(&counter),
+            };
+            async move { Response::new(body) }
+        };
+        let settings = ServerSettings {
+            confirm_writes,
+            ..SETTINGS
+        };
+        let (address, _drain) = serve_with(settings, service).await;
+        let mut stream = send(
+            address,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let text = read_to_close(&mut stream).await;
+        assert!(
+            text.ends_with("hello") || text.ends_with("0\r\n\r\n"),
+            "{text}"
+        );
+        // The frame, the end, and with confirmation one poll after the last write.
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            expected,
+            "confirm {confirm_writes}"
+        );
+    }
 }
 
 #[tokio::test]
