@@ -355,7 +355,7 @@ where
     .await
 }
 
-/// How a response body goes out.
+/// The way a response body goes out: its framing, its trailers and the confirming poll.
 #[derive(Debug, Clone, Copy)]
 struct Sending {
     framing: Framing,
@@ -365,7 +365,7 @@ struct Sending {
     confirm: bool,
 }
 
-/// Writes `head` and the body's frames as `sending` says.
+/// Writes `head` and the body's frames with the framing and options of `sending`.
 ///
 /// The body is polled for a frame only after the frame before it is written. With
 /// `sending.confirm` it is polled once more after the last byte of the response, the head
