@@ -55,6 +55,7 @@ fn is_syntax_error(message: &str) -> bool {
         "while scanning",
         "did not find expected",
         "unexpected end of stream",
+        "are not allowed in this context",
     ]
     .iter()
     .any(|phrase| message.contains(phrase))

@@ -455,6 +455,17 @@ fn unclosed_quote_gets_hint() {
 }
 
 #[test]
+fn stray_indent_gets_hint() {
+    for text in [
+        "logging:\n  level: info\n   format: json\n",
+        "routes:\n  - path: \"/a\"\n    backends: - url: \"http://127.0.0.1:9001\"\n",
+    ] {
+        let error = parse_error(text);
+        assert!(error.contains("not well formed"), "{error}");
+    }
+}
+
+#[test]
 fn tab_indentation_gets_hint() {
     let error = parse_error("server:\n\tport: 8080\n");
     assert!(error.contains("indent with spaces, not tabs"), "{error}");
