@@ -133,6 +133,10 @@ pub fn write_forwarded_headers(
         if replaced || dropped {
             continue;
         }
+        if *name == header::TRAILER {
+            put_trailer(out, value);
+            continue;
+        }
         put(out, name.as_str(), value.as_bytes());
     }
 
@@ -172,6 +176,24 @@ pub fn write_forwarded_headers(
     out.extend_from_slice(b"x-forwarded-proto: http\r\n");
     if let Some(host) = client_host {
         put(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
+    }
+}
+
+/// Appends a `Trailer` field that announces only the names of `value` that trailers keep
+/// (see [`is_allowed_in_trailers`]), or nothing when none is left. The chunked decoder drops
+/// the others, so they would be announced and never sent.
+pub(crate) fn put_trailer(out: &mut Vec<u8>, value: &HeaderValue) {
+    let kept: Vec<&str> = value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|token| {
+            HeaderName::from_bytes(token.as_bytes()).is_ok_and(|name| is_allowed_in_trailers(&name))
+        })
+        .collect();
+    if !kept.is_empty() {
+        put(out, header::TRAILER.as_str(), kept.join(", ").as_bytes());
     }
 }
 
@@ -271,6 +293,20 @@ mod tests {
             let name = HeaderName::from_static(dropped);
             assert!(!is_allowed_in_trailers(&name), "{dropped}");
         }
+    }
+
+    #[test]
+    fn trailer_announces_only_kept_fields() {
+        let headers = map(&[(
+            "trailer",
+            "x-checksum, Content-Length, set-cookie, grpc-status",
+        )]);
+        let lines = forwarded(&headers, None, None);
+        assert_eq!(values(&lines, "trailer"), ["x-checksum, grpc-status"]);
+
+        let headers = map(&[("trailer", "content-length, host")]);
+        let lines = forwarded(&headers, None, None);
+        assert!(values(&lines, "trailer").is_empty(), "{lines:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! header fields, and the framing the body gets.
 
 use crate::codec::put_decimal;
+use crate::headers::put_trailer;
 use crate::short_copy;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
@@ -96,6 +97,10 @@ pub(crate) fn encode_head(
             || (*name == header::CONTENT_LENGTH && !keep_length)
             || unsent_trailers
         {
+            continue;
+        }
+        if *name == header::TRAILER {
+            put_trailer(out, value);
             continue;
         }
         has_date |= *name == header::DATE;
@@ -282,6 +287,10 @@ mod tests {
         // A body of known length and an HTTP/1.0 client's body have no trailer section.
         let (head, _, _) = encode(200, &announced, Some(3), Method::GET, Version::HTTP_11);
         assert!(!head.contains("trailer"), "{head}");
+        // Fields that trailers drop are not announced.
+        let mixed = [("trailer", "x-sum, content-length")];
+        let (head, _, _) = encode(200, &mixed, None, Method::GET, Version::HTTP_11);
+        assert!(head.contains("trailer: x-sum\r\n"), "{head}");
         let (head, _, _) = encode(200, &announced, None, Method::GET, Version::HTTP_10);
         assert!(!head.contains("trailer"), "{head}");
 
