@@ -127,9 +127,9 @@ pub enum StoreError {
     /// The path names something other than an SQLite database: a file with other content, or
     /// a device, socket or pipe.
     #[error(
-        "request log database {} is not an SQLite database file: point request_log.database \
-         (or the --database of a command) at the request log or at a new file, or move this \
-         one away",
+        "request log database {} is not an SQLite database file: for the gateway, set \
+         request_log.database to a new file or move this one away; for a command, pass the \
+         request log's file with --database",
         path.display()
     )]
     NotDatabase {
