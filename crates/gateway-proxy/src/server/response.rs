@@ -80,6 +80,7 @@ pub(crate) fn encode_head(
     // `Connection` and `Date` are looked for in the pass that writes the fields, not with a
     // hashed lookup each: a response has a few fields, and comparing names costs less.
     let mut has_date = false;
+    let mut length_kept = false;
     for (name, value) in headers {
         if *name == header::CONNECTION {
             let close = value
@@ -104,6 +105,7 @@ pub(crate) fn encode_head(
             continue;
         }
         has_date |= *name == header::DATE;
+        length_kept |= *name == header::CONTENT_LENGTH;
         short_copy::append(out, name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         short_copy::append(out, value.as_bytes());
@@ -116,6 +118,15 @@ pub(crate) fn encode_head(
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A response to HEAD states the length a GET would get, as the gateway's own error
+        // responses know it. An empty body says nothing: a backend's HEAD response has one.
+        Framing::None if *exchange.method == Method::HEAD && !bodyless_status && !length_kept => {
+            if let Some(length) = length.filter(|&length| length > 0) {
+                out.extend_from_slice(b"content-length: ");
+                put_decimal(out, length);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         Framing::None | Framing::Close => {}
     }
     if !keep_alive {
@@ -258,6 +269,12 @@ mod tests {
         assert_eq!(framing, Framing::None);
         let (_, framing, _) = encode(304, &[], None, Method::GET, Version::HTTP_11);
         assert_eq!(framing, Framing::None);
+        // The gateway's own response to HEAD states its body's length, as to GET.
+        let (head, framing, _) = encode(404, &[], Some(50), Method::HEAD, Version::HTTP_11);
+        assert!(head.contains("content-length: 50\r\n"), "{head}");
+        assert_eq!(framing, Framing::None);
+        let (head, _, _) = encode(200, &[], Some(0), Method::HEAD, Version::HTTP_11);
+        assert!(!head.contains("content-length"), "{head}");
     }
 
     #[test]
