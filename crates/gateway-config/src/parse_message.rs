@@ -194,6 +194,8 @@ fn is_tab_error(message: &str, text: &str, line: Option<usize>) -> bool {
     let line_text = line
         .and_then(|line| line.checked_sub(1))
         .and_then(|index| text.lines().nth(index));
+    // NOTE: a tab anywhere on the line counts, so a line with a tab before a comment and
+    // another bad character (a backtick) is blamed on the tab.
     message.contains("found character that cannot start any token")
         && line_text.is_some_and(|line| line.contains('\t'))
 }

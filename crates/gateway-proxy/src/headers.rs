@@ -183,7 +183,7 @@ pub fn write_forwarded_headers(
 /// (see [`is_allowed_in_trailers`]), or nothing when none is left. The chunked decoder drops
 /// the others, so they would be announced and never sent.
 pub(crate) fn put_trailer(out: &mut Vec<u8>, value: &HeaderValue) {
-    let kept: Vec<&str> = value
+    let announced: Vec<&str> = value
         .to_str()
         .unwrap_or_default()
         .split(',')
@@ -192,8 +192,12 @@ pub(crate) fn put_trailer(out: &mut Vec<u8>, value: &HeaderValue) {
             HeaderName::from_bytes(token.as_bytes()).is_ok_and(|name| is_allowed_in_trailers(&name))
         })
         .collect();
-    if !kept.is_empty() {
-        put(out, header::TRAILER.as_str(), kept.join(", ").as_bytes());
+    if !announced.is_empty() {
+        put(
+            out,
+            header::TRAILER.as_str(),
+            announced.join(", ").as_bytes(),
+        );
     }
 }
 

@@ -118,8 +118,9 @@ pub(crate) fn encode_head(
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        // A response to HEAD states the length a GET would get, as the gateway's own error
-        // responses know it. An empty body says nothing: a backend's HEAD response has one.
+        // A response to HEAD states the length a GET would get, which the gateway's own
+        // responses carry as their body. An empty body states no length, because a backend's
+        // response to HEAD has an empty body whatever the resource's length.
         Framing::None if *exchange.method == Method::HEAD && !bodyless_status && !length_kept => {
             if let Some(length) = length.filter(|&length| length > 0) {
                 out.extend_from_slice(b"content-length: ");
