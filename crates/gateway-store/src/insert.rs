@@ -1,8 +1,9 @@
 //! The batch insert: one transaction per batch, and cached statements that insert 16 rows at
 //! a time.
 
-use crate::record::RecordRef;
+use crate::spool::RowRef;
 use rusqlite::Connection;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::LazyLock;
@@ -44,7 +45,7 @@ pub(crate) const CHUNK_ROWS: usize = 64;
 /// is bound. Only the client address is formatted first, into one buffer per job.
 pub(crate) fn insert_chunk(
     connection: &Connection,
-    records: &[RecordRef<'_>],
+    records: &[RowRef<'_>],
     begin: bool,
     commit: bool,
 ) -> rusqlite::Result<()> {
@@ -66,8 +67,11 @@ pub(crate) fn insert_batch(
     connection: &Connection,
     batch: &mut Vec<crate::RequestRecord>,
 ) -> rusqlite::Result<()> {
-    let records: Vec<RecordRef<'_>> = batch.iter().map(crate::RequestRecord::to_ref).collect();
-    let inserted = insert_chunk(connection, &records, true, true);
+    let records: Vec<crate::RecordRef<'_>> =
+        batch.iter().map(crate::RequestRecord::to_ref).collect();
+    let rows: Vec<RowRef<'_>> = records.iter().map(RowRef::from).collect();
+    let inserted = insert_chunk(connection, &rows, true, true);
+    drop(rows);
     drop(records);
     batch.clear();
     inserted
@@ -102,7 +106,7 @@ static MULTI_INSERT: LazyLock<String> = LazyLock::new(|| {
     sql
 });
 
-fn insert_rows(connection: &Connection, records: &[RecordRef<'_>]) -> rusqlite::Result<()> {
+fn insert_rows(connection: &Connection, records: &[RowRef<'_>]) -> rusqlite::Result<()> {
     let mut client_ip = String::with_capacity(48);
     let mut groups = records.chunks_exact(ROWS_PER_STATEMENT);
     if groups.len() > 0 {
@@ -130,7 +134,7 @@ fn insert_rows(connection: &Connection, records: &[RecordRef<'_>]) -> rusqlite::
 fn bind_row(
     insert: &mut rusqlite::CachedStatement<'_>,
     offset: usize,
-    record: &RecordRef<'_>,
+    record: &RowRef<'_>,
     client_ip: &mut String,
 ) -> rusqlite::Result<()> {
     client_ip.clear();
@@ -142,21 +146,32 @@ fn bind_row(
         None => {}
     }
     insert.raw_bind_parameter(offset + 1, record.timestamp_us)?;
-    insert.raw_bind_parameter(offset + 2, record.request_id)?;
-    insert.raw_bind_parameter(offset + 3, record.method)?;
-    insert.raw_bind_parameter(offset + 4, record.path)?;
-    insert.raw_bind_parameter(offset + 5, record.query)?;
-    insert.raw_bind_parameter(offset + 6, record.route)?;
+    insert.raw_bind_parameter(offset + 2, text(record.request_id))?;
+    insert.raw_bind_parameter(offset + 3, text(record.method))?;
+    insert.raw_bind_parameter(offset + 4, text(record.path))?;
+    insert.raw_bind_parameter(offset + 5, optional_text(record.query))?;
+    insert.raw_bind_parameter(offset + 6, optional_text(record.route))?;
     insert.raw_bind_parameter(offset + 7, record.status)?;
     insert.raw_bind_parameter(offset + 8, saturating_i64(record.latency_us))?;
     insert.raw_bind_parameter(offset + 9, record.client_ip.map(|_| client_ip.as_str()))?;
-    insert.raw_bind_parameter(offset + 10, record.user_agent)?;
-    insert.raw_bind_parameter(offset + 11, record.backend)?;
+    insert.raw_bind_parameter(offset + 10, optional_text(record.user_agent))?;
+    insert.raw_bind_parameter(offset + 11, optional_text(record.backend))?;
     insert.raw_bind_parameter(offset + 12, saturating_i64(record.bytes_received))?;
     insert.raw_bind_parameter(offset + 13, saturating_i64(record.bytes_sent))?;
-    insert.raw_bind_parameter(offset + 14, record.error_kind)?;
+    insert.raw_bind_parameter(offset + 14, optional_text(record.error_kind))?;
     insert.raw_bind_parameter(offset + 15, record.retried)?;
     Ok(())
+}
+
+/// Returns `bytes` to bind as text. They are UTF-8 (see [`RowRef`]), so SQLite stores the
+/// `str` they came from.
+fn text(bytes: &[u8]) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(bytes))
+}
+
+/// Returns `bytes` to bind as text, or NULL for `None`.
+fn optional_text(bytes: Option<&[u8]>) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(bytes.map_or(ValueRef::Null, ValueRef::Text))
 }
 
 /// Appends `ip` in dotted decimal. Written by hand because `core::fmt` showed in the writer's
@@ -197,13 +212,13 @@ mod tests {
             timestamp_us: 1_000 + i as i64,
             request_id: format!("id-{i}"),
             method: Cow::Owned(format!("M{i}")),
-            path: format!("/p/{i}"),
+            path: format!("/p/é{i}"),
             query: odd.then(|| format!("q={i}")),
             route: odd.then(|| Arc::from(format!("/r/{i}"))),
             status: 200 + i as u16,
             latency_us: 10 * i,
             client_ip: odd.then(|| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8))),
-            user_agent: odd.then(|| format!("agent/{i}")),
+            user_agent: odd.then(|| format!("agent/{i} ☃")),
             backend: odd.then(|| Arc::from(format!("http://b{i}"))),
             bytes_received: 100 + i,
             bytes_sent: 200 + i,
@@ -309,6 +324,31 @@ mod tests {
         for (i, row) in rows.into_iter().enumerate() {
             assert_eq!(row, expected(i as u64), "row {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn texts_are_stored_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let thread = WriterThread::spawn().unwrap();
+        let connection = connect::open_insert_connection(&dir.path().join("log.db"), &thread)
+            .await
+            .unwrap();
+        let mut batch: Vec<_> = (0..ROWS_PER_STATEMENT as u64 + 1).map(record).collect();
+        insert_batch(&connection, &mut batch).unwrap();
+        // Texts bound from bytes must still be of type text: comparisons with text literals
+        // and `LIKE` then match them, and `length` counts characters.
+        let (not_text, length): (i64, i64) = connection
+            .query_row(
+                "SELECT count(*) FILTER (WHERE typeof(request_id) != 'text' \
+                 OR typeof(method) != 'text' OR typeof(path) != 'text' \
+                 OR typeof(coalesce(user_agent, '')) != 'text'), \
+                 max(length(path)) FILTER (WHERE path = '/p/é3') FROM requests",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(not_text, 0);
+        assert_eq!(length, 5, "'/p/é3' is five characters");
     }
 
     #[tokio::test]
