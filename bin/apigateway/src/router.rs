@@ -158,7 +158,8 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(ProxyError::invalid_request("more than one Host header")),
         (Some(host), None) => {
-            let valid = host.to_str().ok().is_some_and(is_valid_host);
+            // Only ASCII passes the check, so the value needs no conversion to text first.
+            let valid = is_valid_host(host.as_bytes());
             if !valid {
                 return Err(ProxyError::invalid_request("invalid Host header"));
             }
@@ -171,7 +172,7 @@ fn check_request<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
 
     // RFC 9112 section 3.2.2: an absolute-form target's authority replaces the Host header.
     if let Some(authority) = request.uri().authority() {
-        if !is_valid_host(authority.as_str()) {
+        if !is_valid_host(authority.as_str().as_bytes()) {
             return Err(ProxyError::invalid_request(
                 "invalid authority in the request target",
             ));
@@ -233,56 +234,47 @@ fn check_transfer_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// Returns whether `text` is a valid `Host` value (RFC 9110 section 7.2): a host and an optional
 /// numeric port. The host is a bracketed IPv6 address or a registered name of the characters
-/// RFC 3986 section 3.2.2 allows, which leaves out user information (`user@host`). Reads the
-/// bytes in place, because every request is checked.
-fn is_valid_host(text: &str) -> bool {
-    let (host_valid, port) = match text.strip_prefix('[') {
-        Some(rest) => {
-            let Some((literal, after)) = rest.split_once(']') else {
-                return false;
-            };
-            let port = match after {
-                "" => None,
-                _ => match after.strip_prefix(':') {
-                    Some(port) => Some(port),
-                    None => return false,
-                },
-            };
-            (literal.parse::<Ipv6Addr>().is_ok(), port)
+/// RFC 3986 section 3.2.2 allows, which leaves out user information (`user@host`). Every
+/// request is checked, so a registered name and its port are read in one pass over the bytes.
+fn is_valid_host(text: &[u8]) -> bool {
+    if let Some(rest) = text.strip_prefix(b"[") {
+        return is_bracketed_host(rest);
+    }
+    // A registered name: letters, digits, `-._~`, the sub-delimiters `!$&'()*+,;=` and
+    // percent-encoded bytes, ended by the port's colon or the end of the value.
+    let mut at = 0;
+    while let Some(&byte) = text.get(at) {
+        if NAME_BYTES[usize::from(byte)] {
+            at += 1;
+            continue;
         }
-        None => {
-            let (name, port) = match text.split_once(':') {
-                Some((name, port)) => (name, Some(port)),
-                None => (text, None),
-            };
-            (is_registered_name(name), port)
+        match byte {
+            b'%' if is_percent_encoded(&text[at..]) => at += 3,
+            b':' => return at > 0 && is_port(&text[at + 1..]),
+            _ => return false,
         }
-    };
-    host_valid && port.is_none_or(is_port)
+    }
+    at > 0
 }
 
-/// Returns whether `name` is a non-empty registered name: letters, digits, `-._~`, the
-/// sub-delimiters `!$&'()*+,;=` and percent-encoded bytes (RFC 3986 section 3.2.2).
-fn is_registered_name(name: &str) -> bool {
-    let mut rest = name.as_bytes();
-    if rest.is_empty() {
+/// Returns whether `rest`, the part of a `Host` value after its `[`, is an IPv6 address, a `]`
+/// and an optional port.
+fn is_bracketed_host(rest: &[u8]) -> bool {
+    let Some(end) = rest.iter().position(|&byte| byte == b']') else {
         return false;
-    }
-    loop {
-        let plain = rest
-            .iter()
-            .take_while(|&&byte| NAME_BYTES[usize::from(byte)])
-            .count();
-        rest = match &rest[plain..] {
-            [] => return true,
-            [b'%', high, low, after @ ..]
-                if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() =>
-            {
-                after
-            }
-            _ => return false,
-        };
-    }
+    };
+    let port = match &rest[end + 1..] {
+        [] => &[][..],
+        [b':', port @ ..] => port,
+        _ => return false,
+    };
+    let address = std::str::from_utf8(&rest[..end]).ok();
+    address.is_some_and(|address| address.parse::<Ipv6Addr>().is_ok()) && is_port(port)
+}
+
+/// Returns whether `bytes` starts with a `%` and two hexadecimal digits.
+fn is_percent_encoded(bytes: &[u8]) -> bool {
+    matches!(bytes, [b'%', high, low, ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit())
 }
 
 /// The bytes a registered name may contain outside a percent-encoding, as a table: a lookup
@@ -301,9 +293,9 @@ const NAME_BYTES: [bool; 256] = {
 
 /// Returns whether `port` is digits only and at most 65535. An empty port is valid (RFC 3986
 /// section 3.2.3).
-fn is_port(port: &str) -> bool {
+fn is_port(port: &[u8]) -> bool {
     let mut value: u32 = 0;
-    for byte in port.bytes() {
+    for &byte in port {
         if !byte.is_ascii_digit() {
             return false;
         }
@@ -532,7 +524,7 @@ mod tests {
             "a%2Db",
         ];
         for host in valid {
-            assert!(is_valid_host(host), "{host}");
+            assert!(is_valid_host(host.as_bytes()), "{host}");
         }
         let invalid = [
             "",
@@ -559,8 +551,11 @@ mod tests {
             "caf\u{e9}",
         ];
         for host in invalid {
-            assert!(!is_valid_host(host), "{host}");
+            assert!(!is_valid_host(host.as_bytes()), "{host}");
         }
+        // A header value may contain bytes that are not UTF-8.
+        assert!(!is_valid_host(b"gw\xff:80"));
+        assert!(!is_valid_host(b"[::1\xff]:80"));
     }
 
     #[test]
@@ -601,7 +596,7 @@ mod tests {
     #[test]
     fn host_values_are_checked() {
         for good in ["gw", "gw:8080", "127.0.0.1:1", "[::1]:80", "[::1]", "gw:"] {
-            assert!(is_valid_host(good), "{good}");
+            assert!(is_valid_host(good.as_bytes()), "{good}");
         }
         for bad in [
             "",
@@ -612,7 +607,7 @@ mod tests {
             "[::1",
             "[::1]:x",
         ] {
-            assert!(!is_valid_host(bad), "{bad}");
+            assert!(!is_valid_host(bad.as_bytes()), "{bad}");
         }
     }
 
