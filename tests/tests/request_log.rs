@@ -942,6 +942,10 @@ async fn readers_agree_with_traffic() {
         ("status=6xx", "status"),
         ("status=ok", "status"),
         ("since=yesterday", "since"),
+        (
+            "since=0s",
+            "invalid since \"0s\": it must be longer than zero",
+        ),
         ("since=2025-01-31T12:00:00+01:00", "%2B"),
         ("colour=red", "colour"),
     ] {
@@ -951,6 +955,9 @@ async fn readers_agree_with_traffic() {
 
     let reply = get(&format!("{}/admin/stats?window=soon", gateway.url)).await;
     assert_rejected(&reply, "window", "/admin/stats?window=soon");
+    let reply = get(&format!("{}/admin/stats?window=0s", gateway.url)).await;
+    let zero_window = "invalid window \"0s\": it must be longer than zero";
+    assert_rejected(&reply, zero_window, "/admin/stats?window=0s");
     let reply = get(&format!("{}/admin/stats?limit=5", gateway.url)).await;
     assert_rejected(&reply, "limit", "/admin/stats?limit=5");
 
@@ -1047,6 +1054,23 @@ async fn readers_agree_with_traffic() {
     let users_backend = group(&stats["backends"], "backend", Some(users.url.as_str()));
     assert_eq!(users_backend["requests"], 33, "stats users backend");
     assert_percentiles_ordered(&stats["total"]);
+
+    // A zero duration matches no request, so `--since` rejects it as `--window` does.
+    for (command, option) in [("logs", "--since"), ("stats", "--window")] {
+        let output = run_cli(dir, &[command, "--database", db, option, "0s"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command} {option} 0s: {stderr}"
+        );
+        let name = option.trim_start_matches('-');
+        let expected = format!("invalid {name} \"0s\": it must be longer than zero");
+        assert!(
+            stderr.contains(&expected),
+            "{command} {option} 0s: {stderr}"
+        );
+    }
 
     // A missing database is an error that names the path, and is not created.
     let missing = dir.join("missing.db");

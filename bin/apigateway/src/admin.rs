@@ -4,7 +4,7 @@
 //! the proxy's rate limit never applies to them.
 
 use crate::app::{Gateway, RequestLogState};
-use crate::inspect::{parse_start_time, parse_window};
+use crate::inspect::{parse_start_time, parse_window, reject_zero_duration};
 use bytes::Bytes;
 use gateway_balancer::BackendSnapshot;
 use gateway_proxy::{ProxyBody, error_response};
@@ -167,6 +167,7 @@ fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
             }
             "route" => filter.route = Some(value.into_owned()),
             "since" => {
+                reject_zero_duration("since", &value).map_err(bad_parameter)?;
                 let since = parse_start_time(&value, now_us).map_err(|error| {
                     // A query string reads `+` as a space, so a timestamp's `+01:00` arrives
                     // as ` 01:00`.
@@ -449,6 +450,19 @@ mod tests {
             assert!(message.contains(hint), "{message}");
         }
         assert_eq!(parse_window("5m", NOW_US), Ok(NOW_US - 300_000_000));
+    }
+
+    #[test]
+    fn zero_since_is_rejected_like_zero_window() {
+        for since in ["0s", "0m", "%200ms%20"] {
+            let (status, message) = rejection(logs_filter(&format!("since={since}"), NOW_US));
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{since}");
+            assert!(message.starts_with("invalid since"), "{since}: {message}");
+            assert!(message.contains("longer than zero"), "{since}: {message}");
+        }
+        let since = rejection(logs_filter("since=0s", NOW_US)).1;
+        let window = parse_window("0s", NOW_US).unwrap_err();
+        assert_eq!(since.replacen("since", "window", 1), window);
     }
 
     #[test]

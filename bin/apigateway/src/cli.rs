@@ -61,8 +61,8 @@ pub struct LogsArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Only requests since this time: a duration back from now (`5m`, `1h`) or an RFC 3339
-    /// timestamp (`2025-01-31T12:00:00Z`, or with an offset like `+01:00`).
+    /// Only requests since this time: a duration back from now (`5m`, `1h`, longer than zero)
+    /// or an RFC 3339 timestamp (`2025-01-31T12:00:00Z`, or with an offset like `+01:00`).
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
 

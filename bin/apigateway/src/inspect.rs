@@ -11,7 +11,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The fix quoted by every message about an invalid stats window.
+/// The fix quoted by every message about an invalid stats window or a zero `since`.
 const WINDOW_HINT: &str =
     "write a duration like 5m or 1h, or a start time like 2025-01-31T12:00:00Z";
 
@@ -117,6 +117,21 @@ fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
     Some((local, sign * (hours * 3600 + minutes * 60) * 1_000_000))
 }
 
+/// Rejects a duration of zero length as the value of the parameter `name`, because a time
+/// range that ends where it starts matches no request.
+///
+/// # Errors
+///
+/// Returns the message for the client, naming `name`, when `value` is a zero duration.
+pub(crate) fn reject_zero_duration(name: &str, value: &str) -> Result<(), String> {
+    if humantime::parse_duration(value.trim()).is_ok_and(|duration| duration == Duration::ZERO) {
+        return Err(format!(
+            "invalid {name} {value:?}: it must be longer than zero, so {WINDOW_HINT}"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a stats window, a duration back from now or a start time, into the start time in
 /// microseconds since the Unix epoch.
 ///
@@ -124,11 +139,7 @@ fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
 ///
 /// Returns the message for the client when the window is invalid or zero.
 pub(crate) fn parse_window(window: &str, now_us: i64) -> Result<i64, String> {
-    if humantime::parse_duration(window.trim()).is_ok_and(|duration| duration == Duration::ZERO) {
-        return Err(format!(
-            "invalid window {window:?}: it must be longer than zero, so {WINDOW_HINT}"
-        ));
-    }
+    reject_zero_duration("window", window)?;
     parse_start_time(window, now_us)
         .map_err(|_| format!("invalid window {window:?}: {WINDOW_HINT}"))
 }
@@ -148,6 +159,7 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
         filter.status = Some(status.parse::<StatusFilter>()?);
     }
     if let Some(since) = &args.since {
+        reject_zero_duration("since", since).map_err(InspectError::Argument)?;
         filter.since_us = Some(parse_start_time(since, now_us())?);
     }
 
