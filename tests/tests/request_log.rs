@@ -1188,6 +1188,52 @@ fn unusable_database_logs_no_listening_line() {
 /// is a warning instead of the usual counts, even when the stop comes before the writer's
 /// periodic check found the removal.
 #[tokio::test]
+async fn commands_reject_other_programs_databases() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let cases = [
+        (
+            "app.db",
+            "CREATE TABLE users (id INTEGER PRIMARY KEY)",
+            "is an SQLite database without the gateway's request log table",
+        ),
+        (
+            "crawler.db",
+            "CREATE TABLE requests (url TEXT, body BLOB)",
+            "has a `requests` table that is not the gateway's request log",
+        ),
+    ];
+    for (name, create, problem) in cases {
+        let path = dir.path().join(name);
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut connection = SqliteConnection::connect_with(&options)
+            .await
+            .expect("create the database");
+        sqlx::query(create)
+            .execute(&mut connection)
+            .await
+            .expect("create the table");
+        connection.close().await.expect("close the database");
+
+        let database = path.display().to_string();
+        for command in ["logs", "stats"] {
+            let output = run_cli(dir.path(), &[command, "--database", &database]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let case = format!("{command} on {name}");
+            assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+            assert!(stderr.contains(&database), "{case}: no path: {stderr}");
+            assert!(stderr.contains(problem), "{case}: {stderr}");
+            assert!(
+                stderr.contains("request_log.database file with --database"),
+                "{case}: no fix given: {stderr}"
+            );
+            assert!(!stderr.contains("no such column"), "{case}: {stderr}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn removed_database_is_reported_at_stop() {
     let mock = MockProcess::start("Users");
     let mut gateway = GatewayProcess::start(&gateway_config(

@@ -1,6 +1,7 @@
 //! Opening the database file for the writer and for readers.
 
 use crate::StoreError;
+use crate::reader::ENTRY_COLUMNS;
 use crate::thread::WriterThread;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
@@ -280,12 +281,14 @@ impl Schema {
 /// sqlx's table of applied migrations.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
+/// Lists the database's tables other than SQLite's own (`sqlite_*`).
+const TABLES_QUERY: &str = "SELECT name FROM sqlite_master WHERE type = 'table' \
+     AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";
+
 async fn read_schema(connection: &mut SqliteConnection) -> Result<Schema, sqlx::Error> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-    )
-    .fetch_all(&mut *connection)
-    .await?;
+    let tables: Vec<String> = sqlx::query_scalar(TABLES_QUERY)
+        .fetch_all(&mut *connection)
+        .await?;
     let requests_has_ts = if tables.iter().any(|table| table == "requests") {
         let columns: Vec<String> =
             sqlx::query_scalar("SELECT name FROM pragma_table_info('requests')")
@@ -437,20 +440,53 @@ pub(crate) async fn open_reader(path: &Path) -> Result<SqlitePool, StoreError> {
         .await
         .map_err(open_error)?;
 
-    // A file that is not a database can open without error and fail at its first query.
-    let has_table: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
-    )
-    .fetch_optional(&pool)
-    .await
-    .map_err(open_error)?;
-    if has_table.is_none() {
+    let checked = check_reader_schema(&pool, path, &open_error).await;
+    if checked.is_err() {
         pool.close().await;
+    }
+    checked.map(|()| pool)
+}
+
+/// Checks that the database has a `requests` table with every column that the reader's
+/// queries select, because SQLite's own "no such column" error names neither the file nor
+/// the fix.
+async fn check_reader_schema(
+    pool: &SqlitePool,
+    path: &Path,
+    open_error: impl Fn(sqlx::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    // A file that is not a database can open without error and fail at its first query.
+    let tables: Vec<String> = sqlx::query_scalar(TABLES_QUERY)
+        .fetch_all(pool)
+        .await
+        .map_err(&open_error)?;
+    if tables.is_empty() {
+        return Err(StoreError::EmptyDatabase {
+            path: path.to_owned(),
+        });
+    }
+    if !tables.iter().any(|table| table == "requests") {
         return Err(StoreError::NotRequestLog {
             path: path.to_owned(),
         });
     }
-    Ok(pool)
+
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('requests')")
+        .fetch_all(pool)
+        .await
+        .map_err(open_error)?;
+    let missing: Vec<&str> = ENTRY_COLUMNS
+        .iter()
+        .copied()
+        .filter(|column| !columns.iter().any(|name| name == column))
+        .collect();
+    if !missing.is_empty() {
+        return Err(StoreError::ForeignRequestsTable {
+            path: path.to_owned(),
+            missing: missing.join(", "),
+        });
+    }
+    Ok(())
 }
 
 /// Checks what can be checked about a database path without creating anything: that it does

@@ -148,14 +148,42 @@ pub enum StoreError {
         path: PathBuf,
     },
 
-    /// The file is an SQLite database without the `requests` table.
+    /// The file is an SQLite database without tables, such as an empty file that no gateway
+    /// has started on yet.
     #[error(
-        "{} is not a request log: it has no `requests` table (start the gateway once to create it)",
+        "request log database {} has no tables: start the gateway once with it as \
+         request_log.database to create the log, or pass the gateway's request_log.database \
+         file with --database",
+        path.display()
+    )]
+    EmptyDatabase {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// The file is an SQLite database with tables, but without the request log's `requests`
+    /// table.
+    #[error(
+        "{} is an SQLite database without the gateway's request log table `requests`: pass the \
+         gateway's request_log.database file with --database",
         path.display()
     )]
     NotRequestLog {
         /// The database file.
         path: PathBuf,
+    },
+
+    /// The file has a `requests` table without the columns of the request log's.
+    #[error(
+        "{} has a `requests` table that is not the gateway's request log (it lacks the columns \
+         {missing}): pass the gateway's request_log.database file with --database",
+        path.display()
+    )]
+    ForeignRequestsTable {
+        /// The database file.
+        path: PathBuf,
+        /// The missing columns, separated by commas.
+        missing: String,
     },
 
     /// A query on an open database failed.

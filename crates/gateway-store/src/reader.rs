@@ -55,17 +55,37 @@ pub struct LogEntry {
 /// The lowest status in the partial index `requests_errors` (see the migrations).
 const ERROR_INDEX_FROM: u16 = 400;
 
-const ENTRY_COLUMNS: &str = "SELECT id, ts_us, request_id, method, path, query, route, status, \
-     latency_us, client_ip, user_agent, backend, bytes_received, bytes_sent, error_kind, retried \
-     FROM requests";
+/// The columns of the `requests` table that listings and statistics read, which a database
+/// must have before a reader opens it.
+pub(crate) const ENTRY_COLUMNS: [&str; 16] = [
+    "id",
+    "ts_us",
+    "request_id",
+    "method",
+    "path",
+    "query",
+    "route",
+    "status",
+    "latency_us",
+    "client_ip",
+    "user_agent",
+    "backend",
+    "bytes_received",
+    "bytes_sent",
+    "error_kind",
+    "retried",
+];
 
 impl LogReader {
     /// Opens the request log at `path` read-only.
     ///
     /// # Errors
     ///
-    /// Returns [`StoreError::Open`] when the file is missing, unreadable or not an SQLite
-    /// database, and [`StoreError::NotRequestLog`] when it has no `requests` table.
+    /// Returns [`StoreError::Open`] when the file is missing or unreadable, and
+    /// [`StoreError::NotDatabase`] when it is not an SQLite database. An SQLite database that
+    /// is not a request log gives [`StoreError::EmptyDatabase`] without tables,
+    /// [`StoreError::NotRequestLog`] without a `requests` table, and
+    /// [`StoreError::ForeignRequestsTable`] when that table lacks the log's columns.
     pub async fn open(path: impl AsRef<Path>) -> Result<LogReader, StoreError> {
         let path = path.as_ref();
         let pool = connect::open_reader(path).await?;
@@ -118,7 +138,9 @@ impl LogReader {
 
 /// Appends the listing's query to `sql`: newest first, the filter's terms joined with `AND`.
 fn push_recent_query<'a>(sql: &mut QueryBuilder<'a, Sqlite>, filter: &'a LogFilter) {
-    sql.push(ENTRY_COLUMNS);
+    sql.push("SELECT ")
+        .push(ENTRY_COLUMNS.join(", "))
+        .push(" FROM requests");
     let mut joiner = " WHERE ";
     if let Some(status) = filter.status {
         let codes = status.codes();

@@ -150,19 +150,21 @@ async fn reader_rejects_missing_file_without_creating_it() {
     assert!(!path.exists());
 }
 
+/// Creates the SQLite database `path` with the table `create`, as another program would.
+async fn create_database(path: &Path, create: &str) {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query(create).execute(&mut connection).await.unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+}
+
 #[tokio::test]
 async fn reader_rejects_database_without_requests_table() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
-    sqlx::query("CREATE TABLE things (id INTEGER PRIMARY KEY)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    sqlx::Connection::close(connection).await.unwrap();
+    create_database(&path, "CREATE TABLE things (id INTEGER PRIMARY KEY)").await;
 
     let error = LogReader::open(&path).await.unwrap_err();
 
@@ -171,6 +173,65 @@ async fn reader_rejects_database_without_requests_table() {
         "{error:?}"
     );
     assert_names_path(&error, &path);
+    let message = error.to_string();
+    assert!(
+        message.contains("is an SQLite database without the gateway's request log table"),
+        "{message}"
+    );
+    assert!(
+        message.contains("request_log.database file with --database"),
+        "no fix given: {message}"
+    );
+    assert!(!message.contains("start the gateway"), "{message}");
+}
+
+#[tokio::test]
+async fn reader_rejects_foreign_requests_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crawler.db");
+    create_database(
+        &path,
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY, path TEXT, status INTEGER)",
+    )
+    .await;
+
+    let error = LogReader::open(&path).await.unwrap_err();
+
+    assert!(
+        matches!(error, StoreError::ForeignRequestsTable { .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &path);
+    let message = error.to_string();
+    assert!(
+        message.contains("is not the gateway's request log"),
+        "{message}"
+    );
+    assert!(message.contains("ts_us, request_id, method"), "{message}");
+    assert!(
+        !message.contains(" path,"),
+        "present column listed: {message}"
+    );
+    assert!(message.contains("--database"), "no fix given: {message}");
+}
+
+#[tokio::test]
+async fn reader_rejects_empty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.db");
+    std::fs::write(&path, b"").unwrap();
+
+    let error = LogReader::open(&path).await.unwrap_err();
+
+    assert!(
+        matches!(error, StoreError::EmptyDatabase { .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &path);
+    assert!(
+        error.to_string().contains("start the gateway once"),
+        "no fix given: {error}"
+    );
 }
 
 #[tokio::test]
