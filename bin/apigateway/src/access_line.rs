@@ -18,10 +18,11 @@
 
 use gateway_config::LogFormat;
 use gateway_proxy::short_copy;
+use gateway_store::buffer_index;
 use std::cell::Cell;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,7 +134,7 @@ impl AccessLines {
     /// writer holds just long enough to swap the buffer out.
     pub(crate) fn push(&self, line: &AccessLine<'_>) {
         let shared = &*self.shared;
-        let mut buffer = shared.buffers[buffer_index()].lock();
+        let mut buffer = shared.buffers[buffer_index(BUFFERS)].lock();
         if buffer.len() >= MAX_BUFFERED_BYTES {
             drop(buffer);
             shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -192,20 +193,6 @@ impl AccessLines {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
-
-/// Returns the buffer index of the calling thread, assigned on its first line.
-fn buffer_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|index| {
-        if index.get() == usize::MAX {
-            index.set(NEXT.fetch_add(1, Ordering::Relaxed) % BUFFERS);
-        }
-        index.get()
-    })
 }
 
 /// Runs the writer thread: swaps each non-empty buffer for an empty one and writes it to `out`.

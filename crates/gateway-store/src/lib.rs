@@ -31,6 +31,8 @@
 //!   thread.
 //! - `writer`: [`Writer`], the batch writer task, and [`WriterHandle`] to stop it.
 //! - `thread`: the thread on which the writer's SQLite statements run.
+//! - `thread_index`: [`buffer_index`], which spreads request threads over the spool's lists,
+//!   and over the access lines' buffers of `apigateway`.
 //! - `insert` and `retention`: the SQL the writer runs.
 //! - `connect`: opening the file for writing (WAL, migrations) and for reading.
 //! - `reader`, `stats`, `filter`: [`LogReader`] and its queries and filters.
@@ -51,6 +53,7 @@ mod retention;
 mod spool;
 mod stats;
 mod thread;
+mod thread_index;
 mod time;
 mod writer;
 
@@ -61,5 +64,6 @@ pub use queue::RequestLog;
 pub use reader::{LogEntry, LogReader};
 pub use record::{RecordRef, RequestRecord};
 pub use stats::{BackendStats, RouteStats, Stats, Summary};
+pub use thread_index::buffer_index;
 pub use time::{format_rfc3339, now_us, parse_since, unix_micros};
 pub use writer::{DEFAULT_RETENTION_INTERVAL, WriteSummary, Writer, WriterHandle};

@@ -14,7 +14,7 @@
 //! address, and each text as a `u32` length (`u32::MAX` for none) followed by its bytes.
 
 use crate::record::RecordRef;
-use std::cell::Cell;
+use crate::thread_index::buffer_index;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -297,7 +297,7 @@ impl Spool {
     /// Appends `record` to the calling thread's list. Returns false when the spool is full
     /// or closed, or a text is too long, and then appends nothing.
     pub(crate) fn push(&self, record: &RecordRef<'_>) -> bool {
-        let mut buffer = self.buffers[buffer_index()].lock();
+        let mut buffer = self.buffers[buffer_index(BUFFERS)].lock();
         // Read under the list's lock: the writer sets the flag before it locks each list for
         // the last time, so a push after that lock reads the flag as set.
         if self.closed.load(Ordering::Relaxed) {
@@ -362,20 +362,6 @@ impl Spool {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
-}
-
-/// Returns the list index of the calling thread, assigned on its first record.
-fn buffer_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|index| {
-        if index.get() == usize::MAX {
-            index.set(NEXT.fetch_add(1, Ordering::Relaxed) % BUFFERS);
-        }
-        index.get()
-    })
 }
 
 /// Returns the bytes `encode` writes for `record`, or `None` when a text or the whole is too
