@@ -321,9 +321,9 @@ impl Writer {
         let (mut records, order, remainder) = match ordered {
             Ok(ordered) => ordered,
             Err(lost) => {
+                self.spool.release(total);
                 self.lose_rows(total, &WriteError::from(lost), summary)
                     .await;
-                self.spool.release(total);
                 return;
             }
         };
@@ -344,12 +344,17 @@ impl Writer {
                 }
                 Err((Some(back), error)) => {
                     records = back;
+                    // Released before they count as failed, so that a reader of both counts
+                    // never sees these rows as queued and failed at once.
+                    self.spool.release(rows);
                     self.lose_rows(rows, &error, summary).await;
+                    done += rows;
+                    continue;
                 }
                 Err((None, error)) => {
                     // The records went with the lost job.
-                    self.lose_rows(to_write - done, &error, summary).await;
                     self.spool.release(to_write - done);
+                    self.lose_rows(to_write - done, &error, summary).await;
                     *batch = remainder;
                     return;
                 }
