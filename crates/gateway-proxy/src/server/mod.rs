@@ -119,6 +119,7 @@ where
         let _ = drain_wait.wait_for(|draining| *draining).await;
     });
     let mut drain_seen = *drain.borrow_and_update();
+    let mut drain_registered = DrainRegistration::default();
     loop {
         // An idle connection closes at the drain; one whose next head has started gets to
         // finish it, and its response closes the connection.
@@ -128,13 +129,22 @@ where
         if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
         }
-        let head = tokio::select! {
-            biased;
-            head = read_head(&wire, settings.max_head_bytes) => Some(head),
-            () = &mut drained, if !draining => {
-                drain_seen = true;
-                None
-            }
+        let head = {
+            let mut reading = pin!(read_head(&wire, settings.max_head_bytes));
+            poll_fn(|cx| {
+                if let Poll::Ready(head) = reading.as_mut().poll(cx) {
+                    return Poll::Ready(Some(head));
+                }
+                if !draining
+                    && drain_registered.needs_poll(cx, &drain)
+                    && drained.as_mut().poll(cx).is_ready()
+                {
+                    drain_seen = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
         };
         let head = match head {
             Some(head) => head,
@@ -245,6 +255,32 @@ where
         if head_out.capacity() > 16 * 1024 {
             head_out = Vec::with_capacity(256);
         }
+    }
+}
+
+/// The waker that the connection's wait for the drain last registered.
+///
+/// The wait stays registered between requests, so it needs polling again only when the drain
+/// begins or the task's waker changes. Polling it for every request cost about 130
+/// instructions and locked the channel's waiter list, which all connections share.
+#[derive(Default)]
+struct DrainRegistration {
+    waker: Option<std::task::Waker>,
+}
+
+impl DrainRegistration {
+    /// Returns whether the wait for the drain must be polled with `cx`: on its first poll,
+    /// after the task's waker changed, or once `drain` has changed.
+    fn needs_poll(&mut self, cx: &Context<'_>, drain: &watch::Receiver<bool>) -> bool {
+        let registered = self
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered && !drain.has_changed().unwrap_or(true) {
+            return false;
+        }
+        self.waker = Some(cx.waker().clone());
+        true
     }
 }
 
