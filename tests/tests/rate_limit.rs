@@ -439,6 +439,49 @@ async fn route_override_limits_one_route() {
 }
 
 #[tokio::test]
+async fn route_limit_covers_other_spellings() {
+    let mock = MockProcess::start("Spellings");
+    let routes = [
+        route(
+            "/limited/login",
+            &mock.url,
+            "    rate_limiting: {burst: 2, requests_per_second: 1}",
+        ),
+        route("/*rest", &mock.url, "    rate_limiting: {enabled: false}"),
+    ]
+    .concat();
+    let gateway = GatewayProcess::start(&gateway_config(
+        "[]",
+        "{enabled: true, requests_per_second: 1, burst: 1, key: client_ip}",
+        &routes,
+    ));
+    let client = keep_alive_client();
+
+    let mut seen = Vec::new();
+    for path in [
+        "/limited/login",
+        "/limited/%6Cogin",
+        "/limited//login",
+        "/%6cimited/login",
+    ] {
+        let reply = send(&client, &format!("{}{path}", gateway.url), &[]).await;
+        seen.push((path, reply.status.as_u16()));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("/limited/login", 200),
+            ("/limited/%6Cogin", 200),
+            ("/limited//login", 429),
+            ("/%6cimited/login", 429),
+        ]
+    );
+    // The catch-all still serves paths that differ in more than spelling.
+    let other = statuses(&client, &format!("{}/limited/Login", gateway.url), None, 5).await;
+    assert_eq!(other, [200; 5]);
+}
+
+#[tokio::test]
 async fn admin_paths_are_never_limited() {
     let mock = MockProcess::start("Admin");
     let gateway = GatewayProcess::start(&gateway_config(

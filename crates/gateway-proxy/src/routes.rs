@@ -4,6 +4,7 @@
 use gateway_balancer::{Backend, HealthPolicy, Pool};
 use gateway_config::{Config, HealthCheckConfig, route_patterns};
 use http::{HeaderValue, Method, Uri};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -127,9 +128,11 @@ impl RouteTable {
                     message,
                 })?;
             for pattern in patterns {
+                // Patterns go in the form that request paths are matched in.
+                let compiled = match_form(&pattern.pattern).into_owned();
                 if pattern.implicit {
-                    implicit.push((pattern.pattern, index));
-                } else if let Err(error) = router.insert(pattern.pattern, index) {
+                    implicit.push((compiled, index));
+                } else if let Err(error) = router.insert(compiled, index) {
                     return Err(RouteTableError::InvalidPath {
                         path: route.path.clone(),
                         message: error.to_string(),
@@ -189,9 +192,11 @@ impl RouteTable {
         })
     }
 
-    /// Looks up the route for `method` and `path`.
+    /// Looks up the route for `method` and `path`, matching the path in the form
+    /// [`match_form`] returns.
     pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
-        let Ok(matched) = self.router.at(path) else {
+        let path = match_form(path);
+        let Ok(matched) = self.router.at(&path) else {
             return RouteMatch::NotFound;
         };
         let route = &self.routes[*matched.value];
@@ -215,6 +220,70 @@ impl RouteTable {
 
 /// Thresholds for a backend's health. Without active health checks nothing could bring a
 /// backend back, so failed requests never take it out of rotation.
+/// Returns `path` in the form that routes match: percent-encoded unreserved characters
+/// decoded (`%6C` is `l`), other percent-encodings with upper-case hex digits, and repeated
+/// slashes merged into one.
+///
+/// RFC 3986 section 6.2.2 makes the first two equivalent spellings of one path, and NGINX
+/// merges slashes before it picks a location. Without this, `/api/%6Cogin`
+/// or `/api//login` would reach the backend of a `/*rest` route without the methods, rate limit
+/// and CORS policy of an `/api/login` route. The request is still forwarded as sent. A path
+/// with neither a `%` nor a `//`, the usual case, is returned without a copy.
+pub fn match_form(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let first = (0..bytes.len())
+        .find(|&at| bytes[at] == b'%' || (bytes[at] == b'/' && bytes.get(at + 1) == Some(&b'/')));
+    let Some(first) = first else {
+        return Cow::Borrowed(path);
+    };
+
+    let mut normal = Vec::with_capacity(bytes.len());
+    normal.extend_from_slice(&bytes[..first]);
+    let mut at = first;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'%' => match (bytes.get(at + 1), bytes.get(at + 2)) {
+                (Some(&high), Some(&low))
+                    if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() =>
+                {
+                    let value = hex_value(high) << 4 | hex_value(low);
+                    if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                        normal.push(value);
+                    } else {
+                        normal.extend_from_slice(&[
+                            b'%',
+                            high.to_ascii_uppercase(),
+                            low.to_ascii_uppercase(),
+                        ]);
+                    }
+                    at += 3;
+                    continue;
+                }
+                // Not a percent-encoding: kept as it is.
+                _ => normal.push(b'%'),
+            },
+            b'/' if normal.last() == Some(&b'/') => {}
+            _ => normal.push(byte),
+        }
+        at += 1;
+    }
+    // Only ASCII sequences were replaced, and by ASCII, so the bytes are still UTF-8.
+    match String::from_utf8(normal) {
+        Ok(normal) => Cow::Owned(normal),
+        Err(_) => Cow::Borrowed(path),
+    }
+}
+
+/// Returns the value of the hexadecimal digit `digit`.
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
+}
+
 fn health_policy(health: &HealthCheckConfig) -> HealthPolicy {
     if health.enabled {
         HealthPolicy {
@@ -320,6 +389,61 @@ routes:
         for (path, expected) in cases {
             assert_eq!(found(&table, Method::GET, path), expected, "{path}");
         }
+    }
+
+    #[test]
+    fn other_spellings_match_same_route() {
+        let text = r#"
+routes:
+  - path: "/api/login"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    methods: ["POST"]
+  - path: "/%c3%bc/x"
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: "/*rest"
+    backends: [{url: "http://127.0.0.1:9002"}]
+"#;
+        let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        for path in [
+            "/api/login",
+            "/api/%6Cogin",
+            "/api/%6cogin",
+            "/%61pi/login",
+            "/api//login",
+            "//api///login",
+        ] {
+            assert_eq!(found(&table, Method::POST, path), Some(0), "{path}");
+            let get = table.find(&Method::GET, path);
+            assert!(
+                matches!(get, RouteMatch::MethodNotAllowed(_)),
+                "{path}: {get:?}"
+            );
+        }
+        for path in ["/%C3%BC/x", "/%c3%bc/x", "/%C3%bc/x"] {
+            assert_eq!(found(&table, Method::GET, path), Some(1), "{path}");
+        }
+        // Letter case, a trailing slash and reserved characters, encoded or not, still make
+        // another path.
+        for path in ["/api/Login", "/api/login/", "/api/login;x", "/api%2Flogin"] {
+            assert_eq!(found(&table, Method::POST, path), Some(2), "{path}");
+        }
+    }
+
+    #[test]
+    fn match_form_normalizes_only_what_is_equivalent() {
+        let cases = [
+            ("/", "/"),
+            ("/plain/path", "/plain/path"),
+            ("/%41%7a%2D%2e%5F%7E%30", "/Az-._~0"),
+            ("/%2f%3b%c3%bc", "/%2F%3B%C3%BC"),
+            ("/a//b///c/", "/a/b/c/"),
+            ("/%zz/%4/%", "/%zz/%4/%"),
+            ("/%25", "/%25"),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(match_form(path), expected, "{path}");
+        }
+        assert!(matches!(match_form("/plain/path"), Cow::Borrowed(_)));
     }
 
     #[test]
