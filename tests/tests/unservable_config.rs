@@ -320,3 +320,20 @@ routes:
         "cors.allowed_origins[0]",
     );
 }
+
+/// Each worker allocates its backend pools at full size when the gateway starts, so a count
+/// in the quintillions would make the start panic.
+#[test]
+fn check_rejects_a_huge_pool() {
+    assert_rejected(
+        r#"
+proxy:
+  pool_max_idle_per_backend: 1000000000000000000
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "proxy.pool_max_idle_per_backend: must be at most 10000",
+    );
+}

@@ -17,6 +17,13 @@ const KNOWN_METHODS: [&str; 9] = [
 /// never needed to express a ratio.
 pub(crate) const MAX_WEIGHT: u32 = 10_000;
 
+/// Largest `proxy.pool_max_idle_per_backend`. Each worker allocates its pool for each backend
+/// at full size when the gateway starts, about 32 bytes a slot. So a mistyped count in the
+/// millions takes gigabytes before the first request, and a larger one makes the start panic.
+/// An idle connection also holds a file descriptor in the gateway and a connection slot in the
+/// backend, so even 10,000 idle connections to one backend are more than a pool needs.
+pub(crate) const MAX_POOL_IDLE_PER_BACKEND: usize = 10_000;
+
 /// Largest `server.workers`. Current servers have at most a few hundred hardware threads, and a
 /// mistyped count far above that makes the runtime fail to start its threads and abort.
 pub(crate) const MAX_WORKERS: usize = 1024;
@@ -112,6 +119,17 @@ impl Config {
         problems.check_timer("proxy.connect_timeout", proxy.connect_timeout);
         problems.check_timer("proxy.response_timeout", proxy.response_timeout);
         problems.check_timer("proxy.pool_idle_timeout", proxy.pool_idle_timeout);
+        if proxy.pool_max_idle_per_backend > MAX_POOL_IDLE_PER_BACKEND {
+            problems.push(
+                "proxy.pool_max_idle_per_backend",
+                format!(
+                    "must be at most {MAX_POOL_IDLE_PER_BACKEND}, got {}: each worker allocates \
+                     its pool at full size at start, so write the number of idle connections \
+                     to keep per backend, like 256, or 0 to turn pooling off",
+                    proxy.pool_max_idle_per_backend
+                ),
+            );
+        }
     }
 
     fn validate_routes(&self, problems: &mut Problems) {

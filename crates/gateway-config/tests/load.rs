@@ -241,6 +241,28 @@ request_log:
 }
 
 #[test]
+fn huge_pool_size_rejected() {
+    for size in ["0", "10000"] {
+        let text = format!("proxy:\n  pool_max_idle_per_backend: {size}\n{ONE_ROUTE}");
+        if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+            panic!("pool_max_idle_per_backend {size} was rejected: {error}");
+        }
+    }
+    for size in ["10001", "100000000", "1000000000000000000"] {
+        let found = problems(&format!(
+            "proxy:\n  pool_max_idle_per_backend: {size}\n{ONE_ROUTE}"
+        ));
+        assert_eq!(found.len(), 1, "{size}: {found:#?}");
+        assert!(
+            found[0].starts_with(&format!(
+                "proxy.pool_max_idle_per_backend: must be at most 10000, got {size}:"
+            )),
+            "{size}: {found:#?}"
+        );
+    }
+}
+
+#[test]
 fn health_timeout_longer_than_interval_rejected() {
     let text = r#"
 routes:
