@@ -337,3 +337,20 @@ routes:
         "proxy.pool_max_idle_per_backend: must be at most 10000",
     );
 }
+
+/// A health check path that is no valid request target makes every probe fail, which takes
+/// every backend out of rotation.
+#[test]
+fn check_rejects_invalid_health_path() {
+    assert_rejected(
+        r#"
+health_check:
+  path: "/h h"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "health_check.path: \"/h h\" is not a valid request path",
+    );
+}

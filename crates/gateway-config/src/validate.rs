@@ -3,6 +3,7 @@
 use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
 use crate::route_path::{is_admin_path, route_patterns};
+use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -20,7 +21,7 @@ pub(crate) const MAX_WEIGHT: u32 = 10_000;
 /// Largest `proxy.pool_max_idle_per_backend`. Each worker allocates its pool for each backend
 /// at full size when the gateway starts, about 32 bytes a slot. So a mistyped count in the
 /// millions takes gigabytes before the first request, and a larger one makes the start panic.
-/// An idle connection also holds a file descriptor in the gateway and a connection slot in the
+/// An idle connection also uses a file descriptor in the gateway and a connection slot in the
 /// backend, so even 10,000 idle connections to one backend are more than a pool needs.
 pub(crate) const MAX_POOL_IDLE_PER_BACKEND: usize = 10_000;
 
@@ -513,11 +514,8 @@ fn is_origin(origin: &str) -> bool {
 }
 
 fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthCheckConfig) {
-    if !check.path.starts_with('/') {
-        problems.push(
-            format!("{field}.path"),
-            format!("must start with '/', got {:?}", check.path),
-        );
+    if let Err(message) = check_health_path(&check.path) {
+        problems.push(format!("{field}.path"), message);
     }
     let interval_valid = problems.check_timer(&format!("{field}.interval"), check.interval);
     let timeout_valid = problems.check_timer(&format!("{field}.timeout"), check.timeout);
@@ -543,6 +541,43 @@ fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthChe
             "must be at least 1, got 0",
         );
     }
+}
+
+/// Checks that a health check path is a request target in origin form (RFC 9112 section
+/// 3.2.1): a path that starts with `/` and an optional query, as a probe's request line
+/// carries them.
+fn check_health_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("must start with '/', got {path:?}"));
+    }
+    // `PathAndQuery` drops a fragment without an error, but a request never carries one.
+    if path.contains('#') {
+        return Err(format!(
+            "{path:?} contains a fragment ('#...'), which a request never carries: remove it, or write %23 for a literal '#'"
+        ));
+    }
+    if let Err(error) = path.parse::<PathAndQuery>() {
+        return Err(format!(
+            "{path:?} is not a valid request path ({error}), so every probe would fail: write it percent-encoded, like {:?}",
+            percent_encode_target(path)
+        ));
+    }
+    Ok(())
+}
+
+/// Percent-encodes every byte of `target` that RFC 3986 does not allow unencoded in a path or
+/// a query, so that a space becomes `%20`. A `%` is kept, as the start of an encoded byte.
+fn percent_encode_target(target: &str) -> String {
+    let mut encoded = String::with_capacity(target.len() * 3);
+    for byte in target.bytes() {
+        let allowed = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&byte);
+        if allowed {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 #[cfg(test)]

@@ -263,6 +263,46 @@ fn huge_pool_size_rejected() {
 }
 
 #[test]
+fn health_check_path_must_be_request_target() {
+    for path in ["/", "/ready?full=1", "/v1/status%20page", "/a;b/c:d@e"] {
+        let text = format!("health_check:\n  path: \"{path}\"\n{ONE_ROUTE}");
+        if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+            panic!("health check path {path:?} was rejected: {error}");
+        }
+    }
+    for (path, field, fix) in [
+        ("/h h", "health_check.path", "like \"/h%20h\""),
+        ("/a<b>", "health_check.path", "like \"/a%3Cb%3E\""),
+        (
+            "/ready?x=\\\"1\\\"",
+            "health_check.path",
+            "like \"/ready?x=%221%22\"",
+        ),
+        ("/ready#top", "health_check.path", "fragment"),
+        ("health", "health_check.path", "must start with '/'"),
+    ] {
+        let text = format!("health_check:\n  path: \"{path}\"\n{ONE_ROUTE}");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{path}: {found:#?}");
+        assert!(
+            found[0].starts_with(&format!("{field}: ")),
+            "{path}: {found:#?}"
+        );
+        assert!(found[0].contains(fix), "{path}: {found:#?}");
+    }
+
+    // A route's own health check path is checked as well.
+    let found = problems(
+        "routes:\n  - path: /a/*rest\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n    health_check: {path: \"/h h\"}\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].health_check.path: \"/h h\" is not a valid request path"),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn health_timeout_longer_than_interval_rejected() {
     let text = r#"
 routes:
