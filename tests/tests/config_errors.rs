@@ -548,6 +548,16 @@ fn parse_errors_explain_the_fix() {
             "server.workers",
             "must be between 1 and 1024, got `99999999999999999999999`\n",
         ),
+        (
+            "request_log:\n  batch_size: 99999999999999999999\n",
+            "request_log.batch_size",
+            "must be between 1 and 100000, got `99999999999999999999`\n",
+        ),
+        (
+            "proxy:\n  pool_max_idle_per_backend: 18446744073709551616\n",
+            "proxy.pool_max_idle_per_backend",
+            "must be between 0 and 10000, got `18446744073709551616`\n",
+        ),
     ];
     let dir = tempfile::tempdir().expect("temporary folder");
     for (config, field, fix) in cases {

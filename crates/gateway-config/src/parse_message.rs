@@ -120,9 +120,13 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
         .unwrap_or(found);
     let name = field.rsplit('.').next().unwrap_or(field);
     let min = u64::from(!ZERO_ALLOWED.contains(&name));
+    // Validation limits these fields to a lower maximum than their type's.
     let max = match name {
         "weight" => u64::from(crate::validate::MAX_WEIGHT),
         "workers" => crate::validate::MAX_WORKERS as u64,
+        "batch_size" => crate::validate::MAX_BATCH_SIZE as u64,
+        "queue_capacity" => crate::validate::MAX_QUEUE_CAPACITY as u64,
+        "pool_max_idle_per_backend" => crate::validate::MAX_POOL_IDLE_PER_BACKEND as u64,
         _ => max,
     };
 
@@ -138,12 +142,9 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
         .or_else(|| found.strip_suffix(" as i128"))
         .unwrap_or(found);
     let found = yaml_value(found);
-    let range = if max == u64::MAX {
-        format!("at least {min}")
-    } else {
-        format!("between {min} and {max}")
-    };
-    Some(format!("must be {whole}{range}, got {found}"))
+    Some(format!(
+        "must be {whole}between {min} and {max}, got {found}"
+    ))
 }
 
 /// Rewrites serde's `invalid type: FOUND, expected WHAT` in YAML terms, as `must be WHAT, got
@@ -251,9 +252,18 @@ mod tests {
         let cases = [
             ("routes[0].backends[0].weight", "u32", "between 1 and 10000"),
             ("rate_limiting.burst", "u32", "between 1 and 4294967295"),
-            ("request_log.batch_size", "usize", "at least 1"),
+            ("request_log.batch_size", "usize", "between 1 and 100000"),
+            (
+                "request_log.queue_capacity",
+                "usize",
+                "between 1 and 10000000",
+            ),
             ("server.workers", "usize", "between 1 and 1024"),
-            ("proxy.pool_max_idle_per_backend", "usize", "at least 0"),
+            (
+                "proxy.pool_max_idle_per_backend",
+                "usize",
+                "between 0 and 10000",
+            ),
         ];
         for (field, kind, range) in cases {
             let message = format!("invalid type: integer `-1`, expected {kind}");
@@ -289,6 +299,30 @@ mod tests {
             assert_eq!(
                 explain(message, "server.workers", "", None),
                 format!("must be between 1 and 1024, got {got}")
+            );
+        }
+    }
+
+    #[test]
+    fn huge_integer_names_maximum() {
+        let cases = [
+            (
+                "request_log.batch_size",
+                "`99999999999999999999`",
+                "between 1 and 100000",
+            ),
+            (
+                "proxy.pool_max_idle_per_backend",
+                "`18446744073709551616`",
+                "between 0 and 10000",
+            ),
+        ];
+        for (field, got, range) in cases {
+            let message = format!("invalid value: integer {got} as u128, expected usize");
+            assert_eq!(
+                explain(&message, field, "", None),
+                format!("must be {range}, got {got}"),
+                "{field}"
             );
         }
     }

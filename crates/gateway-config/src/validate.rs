@@ -268,10 +268,10 @@ impl Config {
 }
 
 /// Largest `request_log.batch_size` accepted.
-const MAX_BATCH_SIZE: usize = 100_000;
+pub(crate) const MAX_BATCH_SIZE: usize = 100_000;
 
 /// Largest `request_log.queue_capacity` accepted. A queued row takes about 200 bytes.
-const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+pub(crate) const MAX_QUEUE_CAPACITY: usize = 10_000_000;
 
 fn conflicting_route(router: &matchit::Router<usize>, pattern: &str) -> Option<usize> {
     // A literal version of the pattern finds the route that already claims it.
