@@ -354,3 +354,23 @@ routes:
         "health_check.path: \"/h h\" is not a valid request path",
     );
 }
+
+/// No request reaches a route with a `.` or `..` segment, since the gateway responds 400 to
+/// those, nor one with an invalid percent-encoding. An empty segment matches as if it were not
+/// there, so it is rejected as well.
+#[test]
+fn check_rejects_unreachable_route_paths() {
+    for path in ["/f/../g", "/k/.", "/j/%2e%2e", "/k/%zz", "/e//f"] {
+        assert_rejected(
+            &format!(
+                r#"
+routes:
+  - path: "{path}"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#
+            ),
+            "routes[0].path",
+        );
+    }
+}

@@ -3,6 +3,7 @@
 //! The syntax is Gin's, so configuration written for Gin-style routers loads unchanged. It is
 //! translated here into the patterns of the `matchit` radix-tree router that the proxy compiles.
 //! [`is_admin_path`] names the paths the gateway serves itself, which no route can receive.
+//! Paths that no request can match, such as those with a `..` segment, are rejected here.
 
 /// One router pattern produced from a route path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
             percent_encode(path)
         ));
     }
+
+    check_reachable(path)?;
 
     let segments: Vec<&str> = path[1..].split('/').collect();
     let mut pattern = String::with_capacity(path.len() + 8);
@@ -116,6 +119,153 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
 /// and stays reachable.
 pub fn is_admin_path(path: &str) -> bool {
     path == "/health" || path == "/admin" || path.starts_with("/admin/")
+}
+
+/// Checks an ASCII route path for spellings that no request path can match, or that match
+/// other paths than they show. The error message names the path to write instead.
+fn check_reachable(path: &str) -> Result<(), String> {
+    if path.contains('\\') {
+        let fixed = merge_slashes(&path.replace('\\', "/"));
+        return Err(format!(
+            "{path:?} contains '\\', which RFC 3986 does not allow in a path and browsers send as \
+             '/', so their requests would not match: write {fixed:?}, or %5C for a literal \
+             backslash"
+        ));
+    }
+    if let Some(at) = invalid_percent_encoding(path) {
+        let text: String = path[at..].chars().take(3).collect();
+        return Err(format!(
+            "{path:?} contains {text:?}, which is not a percent-encoding ('%' and two hex \
+             digits), so no valid request path matches it: write '%' as %25, like {:?}",
+            format!("{}%25{}", &path[..at], &path[at + 1..])
+        ));
+    }
+    if let Some(segment) = dot_segment(path) {
+        let fix = match resolve_dot_segments(path) {
+            Some(resolved) => format!("write the path it resolves to, {resolved:?}"),
+            None => "remove that segment".to_owned(),
+        };
+        return Err(format!(
+            "segment {segment:?} of {path:?} is a '.' or '..' segment, and the gateway responds \
+             400 to every request whose path has one, so no request can match: {fix}"
+        ));
+    }
+    if path.contains("//") {
+        let merged = merge_slashes(path);
+        return Err(format!(
+            "{path:?} has an empty segment ('//'), but repeated slashes count as one when \
+             routes are matched, so it matches only what {merged:?} matches: write {merged:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Returns `path` with each run of slashes replaced by one.
+fn merge_slashes(path: &str) -> String {
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    merged
+}
+
+/// Returns the byte index of the first `%` in `path` that two hex digits do not follow.
+fn invalid_percent_encoding(path: &str) -> Option<usize> {
+    let bytes = path.as_bytes();
+    (0..bytes.len()).find(|&at| {
+        bytes[at] == b'%'
+            && !(bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
+/// Returns the first segment of the ASCII `path` that the gateway reads as `.` or `..` in a
+/// request path, and so rejects with 400.
+///
+/// This follows the request check in the apigateway binary's router (`has_dot_segment`), so
+/// keep the two in step. Backends decode paths differently, so `%2e` counts as a dot, `\`,
+/// `%2f` and `%5c` end a segment as `/` does, and what follows a `;` or `%3b` in a segment
+/// (its parameters) is ignored.
+fn dot_segment(path: &str) -> Option<&str> {
+    let bytes = path.as_bytes();
+    let mut start = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let separator = if rest[0] == b'/' || rest[0] == b'\\' {
+            1
+        } else if starts_with_encoded(rest, b"2f") || starts_with_encoded(rest, b"5c") {
+            3
+        } else {
+            at += 1;
+            continue;
+        };
+        if dot_count(&path[start..at]).is_some() {
+            return Some(&path[start..at]);
+        }
+        at += separator;
+        start = at;
+    }
+    let last = &path[start..];
+    dot_count(last).map(|_| last)
+}
+
+/// Returns 1 or 2 when `segment` is a `.` or `..` segment as [`dot_segment`] reads it.
+fn dot_count(segment: &str) -> Option<usize> {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while let Some(&byte) = rest.first() {
+        if byte == b';' || starts_with_encoded(rest, b"3b") {
+            break;
+        }
+        if byte == b'.' {
+            rest = &rest[1..];
+        } else if starts_with_encoded(rest, b"2e") {
+            rest = &rest[3..];
+        } else {
+            return None;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots).then_some(dots)
+}
+
+/// Returns whether `bytes` starts with `%` and the two hex digits `hex`, in either case.
+fn starts_with_encoded(bytes: &[u8], hex: &[u8; 2]) -> bool {
+    bytes.len() >= 3 && bytes[0] == b'%' && bytes[1..3].eq_ignore_ascii_case(hex)
+}
+
+/// Returns `path` with its `.` and `..` segments resolved as RFC 3986 section 5.2.4 resolves
+/// them, or `None` when a segment also ends at `\`, `%2f` or `%5c`, where backends disagree
+/// on the result.
+fn resolve_dot_segments(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let mut resolved: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let inner_separator = segment.contains('\\')
+            || (0..segment.len()).any(|at| {
+                let rest = &segment.as_bytes()[at..];
+                starts_with_encoded(rest, b"2f") || starts_with_encoded(rest, b"5c")
+            });
+        if inner_separator && dot_segment(segment).is_some() {
+            return None;
+        }
+        match dot_count(segment) {
+            Some(dots) => {
+                if dots == 2 {
+                    resolved.pop();
+                }
+                // A dot segment at the end leaves the slash before it.
+                if i + 1 == segments.len() {
+                    resolved.push("");
+                }
+            }
+            None => resolved.push(segment),
+        }
+    }
+    Some(format!("/{}", resolved.join("/")))
 }
 
 fn needs_encoding(byte: u8) -> bool {

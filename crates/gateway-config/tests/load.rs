@@ -434,6 +434,68 @@ fn non_ascii_route_path_is_rejected() {
     );
 }
 
+/// Returns a configuration with one route whose path is `path`. YAML keeps a backslash in
+/// single quotes as it is.
+fn route_with_path(path: &str) -> String {
+    format!("routes:\n  - path: '{path}'\n    backends:\n      - url: http://127.0.0.1:9001\n")
+}
+
+#[test]
+fn unreachable_route_paths_are_rejected() {
+    let cases = [
+        ("/f/../g", "segment \"..\"", "\"/g\""),
+        ("/k/.", "segment \".\"", "\"/k/\""),
+        ("/j/%2e%2e", "segment \"%2e%2e\"", "\"/\""),
+        ("/j/.%2E/x", "segment \".%2E\"", "\"/x\""),
+        ("/p/..;v=1/x", "segment \"..;v=1\"", "\"/x\""),
+        ("/p/.%3bv/*rest", "segment \".%3bv\"", "\"/p/*rest\""),
+        ("/s/..%2fx", "segment \"..\"", "remove that segment"),
+        ("/s/x%5C..", "segment \"..\"", "remove that segment"),
+        ("/i/\\x", "browsers send as '/'", "\"/i/x\""),
+        (
+            "/k/%zz",
+            "\"%zz\", which is not a percent-encoding",
+            "\"/k/%25zz\"",
+        ),
+        ("/k/%4", "\"%4\"", "\"/k/%254\""),
+        ("/e//f", "empty segment", "write \"/e/f\""),
+        ("//e/:id", "empty segment", "write \"/e/:id\""),
+        ("/e///*rest", "empty segment", "write \"/e/*rest\""),
+    ];
+    for (path, reason, fix) in cases {
+        let found = problems(&route_with_path(path));
+        assert_eq!(found.len(), 1, "{path}: {found:#?}");
+        assert!(
+            found[0].starts_with("routes[0].path:"),
+            "{path}: {found:#?}"
+        );
+        assert!(found[0].contains(reason), "{path}: {found:#?}");
+        assert!(found[0].contains(fix), "{path}: {found:#?}");
+    }
+}
+
+#[test]
+fn dotted_and_encoded_route_paths_load() {
+    for path in [
+        "/",
+        "/a/",
+        "/a/b.c",
+        "/a/...",
+        "/a/.x",
+        "/a/x.",
+        "/a/%2e%2ex",
+        "/a/;x",
+        "/m/a;b",
+        "/n/a%2Fb",
+        "/n/%25zz",
+        "/api/%C3%BC/*rest",
+    ] {
+        if let Err(error) = Config::from_yaml(&route_with_path(path), "test.yaml") {
+            panic!("{path} was rejected: {error}");
+        }
+    }
+}
+
 #[test]
 fn trusted_proxies_accept_bare_addresses() {
     let text = format!(
