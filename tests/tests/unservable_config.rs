@@ -374,3 +374,21 @@ routes:
         );
     }
 }
+
+/// Routes are matched on a normal form of the path, so two spellings of one path are the same
+/// route, which the start would reject as a conflict.
+#[test]
+fn check_rejects_equivalent_route_spellings() {
+    assert_rejected(
+        r#"
+routes:
+  - path: "/api/login"
+    backends:
+      - url: "http://127.0.0.1:9001"
+  - path: "/api/%6Cogin"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "routes[1].path",
+    );
+}

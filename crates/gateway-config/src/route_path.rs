@@ -8,7 +8,10 @@
 /// One router pattern produced from a route path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern {
-    /// The pattern in `matchit` syntax: `{name}` and `{*name}`.
+    /// The pattern in `matchit` syntax, `{name}` and `{*name}`, with literal segments in the
+    /// form that request paths are matched in: a percent-encoded letter, digit or `-._~`
+    /// decoded, and other percent-encodings in upper-case hex (`/api/%6cogin/%c3%bc` is
+    /// `/api/login/%C3%BC`).
     pub pattern: String,
     /// True for the extra patterns a catch-all adds, `/api/users` and `/api/users/` for
     /// `/api/users/*rest`; an explicit route with the same path takes precedence over them.
@@ -87,7 +90,7 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
                 "segment {segment:?} of {path:?} mixes text with ':' or '*': a parameter must be a whole segment"
             ));
         } else {
-            pattern.push_str(segment);
+            push_match_form(&mut pattern, segment);
         }
     }
 
@@ -158,6 +161,30 @@ fn check_reachable(path: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Appends `segment` to `pattern` in the form that request paths are matched in, which RFC
+/// 3986 section 6.2.2 makes equivalent: a percent-encoded unreserved character (a letter, a
+/// digit or `-._~`) decoded, and other percent-encodings in upper-case hex. Two routes that
+/// differ only in such spellings then conflict when the file loads, as they do in the router.
+/// `segment` contains only valid percent-encodings, which [`check_reachable`] ensures.
+fn push_match_form(pattern: &mut String, segment: &str) {
+    let mut rest = segment;
+    while let Some(at) = rest.find('%') {
+        pattern.push_str(&rest[..at]);
+        let hex = &rest[at + 1..at + 3];
+        match u8::from_str_radix(hex, 16) {
+            Ok(byte) if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) => {
+                pattern.push(char::from(byte));
+            }
+            _ => {
+                pattern.push('%');
+                pattern.push_str(&hex.to_ascii_uppercase());
+            }
+        }
+        rest = &rest[at + 3..];
+    }
+    pattern.push_str(rest);
 }
 
 /// Returns `path` with each run of slashes replaced by one.
@@ -377,6 +404,14 @@ mod tests {
             assert!(error.contains("percent-encoded"), "{path}: {error}");
             assert!(error.contains(encoded), "{path}: {error}");
         }
+    }
+
+    #[test]
+    fn pattern_uses_match_form() {
+        assert_eq!(
+            patterns("/api/%6cogin/%c3%bc/%2f%7E/:id"),
+            vec![("/api/login/%C3%BC/%2F~/{id}".to_owned(), false)]
+        );
     }
 
     #[test]

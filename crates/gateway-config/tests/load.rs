@@ -157,6 +157,35 @@ routes:
 }
 
 #[test]
+fn equivalent_route_spellings_conflict() {
+    let text = r#"
+routes:
+  - path: "/api/login"
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: "/api/%6Cogin"
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: "/%c3%bc/:id"
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: "/%C3%BC/:name"
+    backends: [{url: "http://127.0.0.1:9001"}]
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[1].path: \"/api/%6Cogin\" conflicts with routes[0].path \"/api/login\""
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "routes[3].path: \"/%C3%BC/:name\" conflicts with routes[2].path \"/%c3%bc/:id\""
+        ),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn explicit_route_wins_over_bare_prefix() {
     let text = r#"
 routes:
