@@ -392,3 +392,19 @@ routes:
         "routes[1].path",
     );
 }
+
+#[test]
+fn check_names_path_both_routes_match() {
+    assert_rejected(
+        r#"
+routes:
+  - path: "/a/:id"
+    backends:
+      - url: "http://127.0.0.1:9001"
+  - path: "/a/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001"
+"#,
+        "routes[1].path: \"/a/*rest\" conflicts with routes[0].path \"/a/:id\": both match /a/1",
+    );
+}

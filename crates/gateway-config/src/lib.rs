@@ -14,6 +14,7 @@
 //! - `parse_message`: the parser's messages, reworded with the fix for common mistakes.
 //! - `route_path`: the route path syntax (`:name` for one segment, `*name` for the rest), and
 //!   the paths the gateway serves itself.
+//! - `route_conflict`: pairs of routes that the router cannot order.
 //! - `trusted_proxies`: the networks of `server.trusted_proxies`.
 //! - `validate`: the checks that run after parsing.
 //! - [`error`]: [`ConfigError`] and the [`Problem`] list it carries.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod model;
 mod networks;
 mod parse_message;
+mod route_conflict;
 mod route_path;
 mod validate;
 

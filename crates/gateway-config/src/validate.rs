@@ -2,6 +2,7 @@
 
 use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
+use crate::route_conflict::RouteSet;
 use crate::route_path::{is_admin_path, route_patterns};
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
@@ -143,7 +144,7 @@ impl Config {
 
         // Insert every route's patterns into a router like the proxy's, so conflicts are
         // reported here with both routes named rather than when the proxy starts.
-        let mut router = matchit::Router::new();
+        let mut router = RouteSet::new();
         // Routes that list the same backend URL share one backend, with one health check: the
         // first route's. A later route with other settings would have them ignored.
         let mut first_listed: HashMap<String, usize> = HashMap::new();
@@ -165,16 +166,10 @@ impl Config {
                         if pattern.implicit {
                             continue;
                         }
-                        if router.insert(pattern.pattern.as_str(), i).is_err() {
-                            let other = conflicting_route(&router, &pattern.pattern)
-                                .map(|j| format!("routes[{j}].path {:?}", self.routes[j].path))
-                                .unwrap_or_else(|| "another route".to_owned());
+                        if let Err(conflict) = router.insert(&pattern.pattern, i) {
                             problems.push(
                                 format!("{field}.path"),
-                                format!(
-                                    "{:?} conflicts with {other}: both match the same requests; give each route a distinct path",
-                                    route.path
-                                ),
+                                conflict.message(&route.path, &self.routes),
                             );
                         }
                     }
@@ -272,22 +267,6 @@ pub(crate) const MAX_BATCH_SIZE: usize = 100_000;
 
 /// Largest `request_log.queue_capacity` accepted. A queued row takes about 200 bytes.
 pub(crate) const MAX_QUEUE_CAPACITY: usize = 10_000_000;
-
-fn conflicting_route(router: &matchit::Router<usize>, pattern: &str) -> Option<usize> {
-    // A literal version of the pattern finds the route that already claims it.
-    let probe: String = pattern
-        .split('/')
-        .map(|segment| {
-            if segment.starts_with('{') {
-                "x"
-            } else {
-                segment
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/");
-    router.at(&probe).ok().map(|matched| *matched.value)
-}
 
 fn validate_backend(problems: &mut Problems, field: &str, backend: &BackendConfig) {
     if let Err(message) = check_backend_url(&backend.url) {

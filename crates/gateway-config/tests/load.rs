@@ -157,6 +157,62 @@ routes:
 }
 
 #[test]
+fn overlapping_routes_name_shared_path() {
+    let text = r#"
+routes:
+  - path: "/a/:id"
+    backends: [{url: "http://127.0.0.1:1"}]
+  - path: "/a/*rest"
+    backends: [{url: "http://127.0.0.1:2"}]
+  - path: "/b/:id/c"
+    backends: [{url: "http://127.0.0.1:1"}]
+  - path: "/b/*rest"
+    backends: [{url: "http://127.0.0.1:2"}]
+  - path: "/d/:id"
+    backends: [{url: "http://127.0.0.1:1"}]
+  - path: "/d/:name"
+    backends: [{url: "http://127.0.0.1:2"}]
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    let expect = [
+        "routes[1].path: \"/a/*rest\" conflicts with routes[0].path \"/a/:id\": both match /a/1, but",
+        "routes[3].path: \"/b/*rest\" conflicts with routes[2].path \"/b/:id/c\": both match /b/1/c, but",
+        "routes[5].path: \"/d/:name\" conflicts with routes[4].path \"/d/:id\": both match the same paths",
+    ];
+    for (problem, prefix) in found.iter().zip(expect) {
+        assert!(problem.starts_with(prefix), "{problem}");
+    }
+    for problem in &found[..2] {
+        assert!(
+            problem.contains("one has a literal segment and the other a parameter"),
+            "{problem}"
+        );
+    }
+    assert!(found[2].contains("distinct path"), "{}", found[2]);
+}
+
+#[test]
+fn literal_segment_may_overlap_parameter() {
+    let text = r#"
+routes:
+  - path: "/a/:id"
+    backends: [{url: "http://127.0.0.1:1"}]
+  - path: "/a/list"
+    backends: [{url: "http://127.0.0.1:2"}]
+  - path: "/a/list/*rest"
+    backends: [{url: "http://127.0.0.1:2"}]
+  - path: "/b/:id/c"
+    backends: [{url: "http://127.0.0.1:1"}]
+  - path: "/b/:name/d"
+    backends: [{url: "http://127.0.0.1:2"}]
+"#;
+    if let Err(error) = Config::from_yaml(text, "test.yaml") {
+        panic!("overlapping routes were rejected: {error}");
+    }
+}
+
+#[test]
 fn equivalent_route_spellings_conflict() {
     let text = r#"
 routes:
