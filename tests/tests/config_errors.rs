@@ -3,7 +3,7 @@
 //! (a taken port, an unopenable request log) and the read commands' argument errors name the
 //! field or option to change too.
 
-use gateway_tests::{binary, free_port};
+use gateway_tests::{GatewayProcess, binary, free_port};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -282,6 +282,75 @@ fn run_bounded(args: &[&str]) -> Output {
 /// A route to a port where nothing listens; these cases stop before any request.
 const ROUTE: &str =
     "routes:\n  - path: /api/*rest\n    backends:\n      - url: http://127.0.0.1:9\n";
+
+/// Sections with two settings that have no effect: a route's rate limit fields while rate
+/// limiting is off, and CORS that allows no origin. `{port}` and `{dir}` are left for
+/// [`GatewayProcess::start`] to fill in.
+const WITHOUT_EFFECT: &str = r#"
+server:
+  host: 127.0.0.1
+  port: {port}
+request_log:
+  database: "{dir}/gateway.db"
+health_check:
+  enabled: false
+cors:
+  enabled: true
+  allowed_origins: []
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "http://127.0.0.1:9"
+    rate_limiting:
+      requests_per_second: 5
+"#;
+
+#[test]
+fn check_warns_about_settings_without_effect() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let config = WITHOUT_EFFECT
+        .replace("{port}", &free_port().to_string())
+        .replace("{dir}", &dir.path().display().to_string());
+    let path = write_config(dir.path(), &config);
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "stderr:\n{text}");
+    assert!(
+        stdout(&output).contains("ok"),
+        "stdout {:?}",
+        stdout(&output)
+    );
+    for (field, fix) in [
+        ("routes[0].rate_limiting", "add enabled: true"),
+        ("cors.allowed_origins", "list the allowed origins"),
+    ] {
+        let prefix = format!("apigateway: {path_text}: warning: {field}: ");
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{field} not named:\n{text}"));
+        assert!(line.contains(fix), "{field} gives no fix ({fix:?}): {line}");
+    }
+}
+
+#[test]
+fn start_logs_settings_without_effect() {
+    let gateway = GatewayProcess::start(WITHOUT_EFFECT);
+    let lines = gateway.lines();
+    for (field, fix) in [
+        ("routes[0].rate_limiting", "add enabled: true"),
+        ("cors.allowed_origins", "list the allowed origins"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|line| line.contains(&format!("field={field} ")))
+            .unwrap_or_else(|| panic!("{field} not logged:\n{}", lines.join("\n")));
+        assert!(line.contains("WARN"), "not a warning: {line}");
+        assert!(line.contains(fix), "{field} gives no fix ({fix:?}): {line}");
+    }
+}
 
 #[test]
 fn check_rejects_bad_backend_urls() {

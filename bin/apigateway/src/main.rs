@@ -96,6 +96,9 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
+        for warning in config.warnings() {
+            eprintln!("apigateway: {}: warning: {warning}", cli.config.display());
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -114,6 +117,14 @@ fn main() -> ExitCode {
     };
     gateway_middleware::catch_panic::install_panic_hook();
 
+    for warning in config.warnings() {
+        tracing::warn!(
+            config = %cli.config.display(),
+            field = %warning.field,
+            warning = %warning.message,
+            "configuration setting has no effect"
+        );
+    }
     let mut config = config;
     if let Some(limit) = workers.lowered_for {
         tracing::warn!(

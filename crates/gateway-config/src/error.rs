@@ -40,12 +40,12 @@ pub enum ConfigError {
     },
 }
 
-/// One invalid value: where it is and what to write instead.
+/// One invalid value, or one without effect: where it is and what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// Path of the field, such as `routes[0].backends[1].weight`.
     pub field: String,
-    /// The reason the value is invalid, and how to fix it.
+    /// The reason the value is invalid or has no effect, and how to fix it.
     pub message: String,
 }
 

@@ -17,6 +17,7 @@
 //! - `route_conflict`: pairs of routes that the router cannot order.
 //! - `trusted_proxies`: the networks of `server.trusted_proxies`.
 //! - `validate`: the checks that run after parsing.
+//! - `warnings`: settings that are valid but have no effect, which [`Config::warnings`] lists.
 //! - [`error`]: [`ConfigError`] and the [`Problem`] list it carries.
 
 #![warn(missing_docs)]
@@ -29,6 +30,7 @@ mod parse_message;
 mod route_conflict;
 mod route_path;
 mod validate;
+mod warnings;
 
 pub use error::{ConfigError, Problem};
 pub use model::*;

@@ -1,0 +1,100 @@
+//! Checks for valid settings that do nothing useful, reported as warnings rather than errors.
+
+use crate::Problem;
+use crate::model::Config;
+
+/// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
+const ORIGIN_EXAMPLE: &str = "https://app.example.com";
+
+impl Config {
+    /// Returns the settings that are valid but have no effect, each with the fix, or none.
+    /// The gateway prints them at start and in `--check`, and serves all the same.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        self.warn_rate_limits(&mut warnings);
+        self.warn_cors(&mut warnings);
+        warnings
+    }
+
+    /// Warns about a route's `rate_limiting` fields when the route's rate limit is off. A route
+    /// that leaves out `enabled` inherits the top-level one, and a route with `enabled: true`
+    /// is limited even when the top level is not.
+    fn warn_rate_limits(&self, warnings: &mut Vec<Problem>) {
+        for (i, route) in self.routes.iter().enumerate() {
+            let limit = &route.rate_limiting;
+            if limit.enabled.unwrap_or(self.rate_limiting.enabled) {
+                continue;
+            }
+            let set: Vec<&str> = [
+                ("requests_per_second", limit.requests_per_second.is_some()),
+                ("burst", limit.burst.is_some()),
+                ("key", limit.key.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, is_set)| is_set.then_some(name))
+            .collect();
+            let (names, verb, pronoun) = match set.as_slice() {
+                [] => continue,
+                [name] => ((*name).to_owned(), "has", "it"),
+                [first @ .., last] => (format!("{} and {last}", first.join(", ")), "have", "them"),
+            };
+            let reason = if limit.enabled.is_some() {
+                format!(
+                    "this route sets enabled: false, so it is not rate limited: remove \
+                     {pronoun}, or set enabled: true to limit the route"
+                )
+            } else {
+                format!(
+                    "rate_limiting.enabled is false at the top level and this route does not \
+                     set enabled, so it is not rate limited: add enabled: true to this route's \
+                     rate_limiting to limit it, or remove {pronoun}"
+                )
+            };
+            warnings.push(Problem {
+                field: format!("routes[{i}].rate_limiting"),
+                message: format!("{names} {verb} no effect, because {reason}"),
+            });
+        }
+    }
+
+    /// Warns about an enabled CORS policy with an empty `allowed_origins`, which allows no
+    /// origin. The top-level policy is reported once, when some route uses it unchanged.
+    fn warn_cors(&self, warnings: &mut Vec<Problem>) {
+        let allows_none = |enabled: bool, origins: &[String]| enabled && origins.is_empty();
+        let top_level = &self.cors;
+        let top_level_used = self
+            .routes
+            .iter()
+            .any(|route| route.effective_cors(top_level) == *top_level);
+        if top_level_used && allows_none(top_level.enabled, &top_level.allowed_origins) {
+            warnings.push(Problem {
+                field: "cors.allowed_origins".to_owned(),
+                message: format!(
+                    "is empty while cors.enabled is true, so no origin is allowed and no \
+                     cross-origin script can read a response: list the allowed origins, like \
+                     {ORIGIN_EXAMPLE}, or \"*\" for any, or set enabled: false"
+                ),
+            });
+        }
+
+        for (i, route) in self.routes.iter().enumerate() {
+            let cors = route.effective_cors(top_level);
+            if cors == *top_level || !allows_none(cors.enabled, &cors.allowed_origins) {
+                continue;
+            }
+            let inherited = if route.cors.allowed_origins.is_none() {
+                " (inherited from cors.allowed_origins)"
+            } else {
+                ""
+            };
+            warnings.push(Problem {
+                field: format!("routes[{i}].cors.allowed_origins"),
+                message: format!(
+                    "is empty{inherited} while CORS is enabled for this route, so no origin is \
+                     allowed and no cross-origin script can read a response: list the allowed \
+                     origins, like {ORIGIN_EXAMPLE}, or \"*\" for any, or set enabled: false"
+                ),
+            });
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Warnings for valid settings that have no effect.
+
+use gateway_config::Config;
+
+/// Loads `text`, which must be valid, and returns its warnings as `field: message` lines.
+fn warnings(text: &str) -> Vec<String> {
+    let config = match Config::from_yaml(text, "test.yaml") {
+        Ok(config) => config,
+        Err(error) => panic!("the file was rejected: {error}"),
+    };
+    config.warnings().iter().map(|w| w.to_string()).collect()
+}
+
+/// Returns a configuration of the top-level `sections` and a route to `/a/*rest` with the
+/// `extra` YAML line added to it.
+fn route_with(sections: &str, extra: &str) -> String {
+    format!(
+        "{sections}\nroutes:\n  - path: /a/*rest\n    backends: [{{url: \"http://127.0.0.1:9001\"}}]\n    {extra}\n"
+    )
+}
+
+#[test]
+fn route_rate_limit_without_enabled_warns() {
+    let found = warnings(&route_with(
+        "",
+        "rate_limiting: {requests_per_second: 5, burst: 10}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].rate_limiting: requests_per_second and burst have no effect, because \
+             rate_limiting.enabled is false at the top level"
+        ),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("add enabled: true"), "{found:#?}");
+}
+
+#[test]
+fn route_rate_limit_turned_off_warns() {
+    for top_level in ["", "rate_limiting: {enabled: true}"] {
+        let found = warnings(&route_with(
+            top_level,
+            "rate_limiting: {enabled: false, key: global}",
+        ));
+        assert_eq!(found.len(), 1, "{top_level}: {found:#?}");
+        assert!(
+            found[0].starts_with(
+                "routes[0].rate_limiting: key has no effect, because this route sets enabled: false"
+            ),
+            "{top_level}: {found:#?}"
+        );
+        assert!(found[0].contains("remove it"), "{top_level}: {found:#?}");
+    }
+}
+
+#[test]
+fn effective_rate_limits_do_not_warn() {
+    let cases = [
+        ("", "rate_limiting: {enabled: true, burst: 10}"),
+        (
+            "rate_limiting: {enabled: true}",
+            "rate_limiting: {burst: 10}",
+        ),
+        ("", "rate_limiting: {enabled: false}"),
+        ("", "rate_limiting: {}"),
+        (
+            "rate_limiting: {enabled: false, burst: 10}",
+            "methods: [GET]",
+        ),
+    ];
+    for (top_level, route) in cases {
+        let found = warnings(&route_with(top_level, route));
+        assert!(found.is_empty(), "{top_level} {route}: {found:#?}");
+    }
+}
+
+#[test]
+fn cors_without_origins_warns() {
+    let found = warnings(&route_with(
+        "cors: {enabled: true, allowed_origins: []}",
+        "methods: [GET]",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("cors.allowed_origins: is empty while cors.enabled is true"),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("https://app.example.com"), "{found:#?}");
+
+    let found = warnings(&route_with(
+        "",
+        "cors: {enabled: true, allowed_origins: []}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].cors.allowed_origins: is empty while CORS is enabled"),
+        "{found:#?}"
+    );
+
+    // The route turns CORS on and keeps the top-level list, which is empty.
+    let found = warnings(&route_with(
+        "cors: {allowed_origins: []}",
+        "cors: {enabled: true}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].cors.allowed_origins: is empty (inherited from cors.allowed_origins)"
+        ),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn unused_or_disabled_empty_origins_do_not_warn() {
+    let cases = [
+        ("cors: {allowed_origins: []}", "methods: [GET]"),
+        (
+            "cors: {enabled: true, allowed_origins: []}",
+            "cors: {allowed_origins: [\"*\"]}",
+        ),
+        (
+            "cors: {enabled: true, allowed_origins: []}",
+            "cors: {enabled: false}",
+        ),
+        ("cors: {enabled: true}", "methods: [GET]"),
+    ];
+    for (top_level, route) in cases {
+        let found = warnings(&route_with(top_level, route));
+        assert!(found.is_empty(), "{top_level} {route}: {found:#?}");
+    }
+}
+
+#[test]
+fn committed_config_files_have_no_warnings() {
+    for name in ["gateway.yaml", "gateway.example.yaml"] {
+        let path = format!("{}/../../config/{name}", env!("CARGO_MANIFEST_DIR"));
+        let config = match Config::load(std::path::Path::new(&path)) {
+            Ok(config) => config,
+            Err(error) => panic!("{name}: {error}"),
+        };
+        assert!(
+            config.warnings().is_empty(),
+            "{name}: {:#?}",
+            config.warnings()
+        );
+    }
+}
