@@ -473,7 +473,11 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
             if header != "*" && http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 problems.push(
                     format!("{field}.{name}[{i}]"),
-                    format!("invalid header name {header:?}"),
+                    format!(
+                        "invalid header name {header:?}: a header name is one token of letters, \
+                         digits and the characters !#$%&'*+-.^_`|~, with no spaces, like \
+                         X-Request-Id"
+                    ),
                 );
             }
         }

@@ -921,6 +921,29 @@ cors:
 }
 
 #[test]
+fn invalid_cors_header_name_gets_fix() {
+    let text = format!(
+        "cors:\n  allowed_headers: [\"bad header\", Content-Type]\n  exposed_headers: [\"X:Total\"]\n{ONE_ROUTE}"
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("cors.allowed_headers[0]: invalid header name \"bad header\": "),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("cors.exposed_headers[0]: invalid header name \"X:Total\": "),
+        "{found:#?}"
+    );
+    for problem in &found {
+        assert!(
+            problem.contains("letters, digits and the characters !#$%&'*+-.^_`|~, with no spaces"),
+            "{problem}"
+        );
+    }
+}
+
+#[test]
 fn cors_max_age_is_whole_seconds() {
     let text = r#"
 routes:
