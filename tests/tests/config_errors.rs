@@ -245,6 +245,48 @@ fn missing_file_names_path() {
 }
 
 #[test]
+fn folder_as_config_gives_hint() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("create folder");
+    let with_file = dir.path().join("config");
+    std::fs::create_dir(&with_file).expect("create folder");
+    let inside = write_config(&with_file, ROUTE);
+
+    for (folder, hint) in [
+        (
+            &empty,
+            "pass the YAML configuration file itself with --config PATH".to_owned(),
+        ),
+        (
+            &with_file,
+            format!(
+                "pass the configuration file in it, --config {}",
+                inside.display()
+            ),
+        ),
+    ] {
+        let folder_text = folder.display().to_string();
+        let output = run(&["--check", "--config", &folder_text]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{folder_text}: exit {}",
+            output.status
+        );
+        let text = stderr(&output);
+        assert!(
+            text.contains(&format!("failed to read config file {folder_text}")),
+            "{folder_text}: failure not described:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("hint: {folder_text} is a folder: {hint}")),
+            "{folder_text}: no hint:\n{text}"
+        );
+    }
+}
+
+#[test]
 fn version_prints_version() {
     let output = run(&["--version"]);
     assert!(output.status.success(), "exit {}", output.status);

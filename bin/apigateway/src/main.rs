@@ -471,18 +471,32 @@ fn bind_error_message(host: &str, port: u16, error: &std::io::Error) -> String {
     format!("server.host, server.port: failed to bind the listener to {address}: {error}: {hint}")
 }
 
-/// Returns a hint for a configuration file that does not exist.
-fn config_hint(path: &Path, error: &ConfigError) -> Option<&'static str> {
+/// Returns a hint for a configuration file that does not exist or is a folder.
+fn config_hint(path: &Path, error: &ConfigError) -> Option<String> {
     let ConfigError::Read { source, .. } = error else {
         return None;
     };
-    if source.kind() != ErrorKind::NotFound {
-        return None;
-    }
-    if path == Path::new(DEFAULT_CONFIG) {
-        Some("run from the repository root or pass --config PATH")
-    } else {
-        Some("check the path given to --config")
+    match source.kind() {
+        ErrorKind::NotFound if path == Path::new(DEFAULT_CONFIG) => {
+            Some("run from the repository root or pass --config PATH".to_owned())
+        }
+        ErrorKind::NotFound => Some("check the path given to --config".to_owned()),
+        ErrorKind::IsADirectory => {
+            let inside = path.join("gateway.yaml");
+            if inside.is_file() {
+                Some(format!(
+                    "{} is a folder: pass the configuration file in it, --config {}",
+                    path.display(),
+                    inside.display()
+                ))
+            } else {
+                Some(format!(
+                    "{} is a folder: pass the YAML configuration file itself with --config PATH",
+                    path.display()
+                ))
+            }
+        }
+        _ => None,
     }
 }
 
