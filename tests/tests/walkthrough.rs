@@ -156,6 +156,56 @@ async fn users_split_two_to_one_in_smooth_order() {
 }
 
 #[tokio::test]
+async fn shared_backend_counts_requests_per_route() {
+    let heavy_a = MockProcess::start("HeavyOnA");
+    let heavy_b = MockProcess::start("HeavyOnB");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+health_check: {{enabled: false}}
+request_log:
+  enabled: false
+routes:
+  - path: "/a"
+    backends:
+      - url: "{a}"
+        weight: 5
+      - url: "{b}"
+        weight: 1
+  - path: "/b"
+    backends:
+      - url: "{a}"
+        weight: 1
+      - url: "{b}"
+        weight: 5
+"#,
+        a = heavy_a.url,
+        b = heavy_b.url,
+    ));
+
+    for path in ["/a", "/b"] {
+        for i in 0..60 {
+            let reply = get(&format!("{}{path}", gateway.url)).await;
+            assert_eq!(reply.status, 200, "{path} request {i}: {:?}", reply.body);
+        }
+    }
+
+    let body = get(&format!("{}/admin/backends", gateway.url)).await.json();
+    let requests = |route: usize, url: &str| {
+        body["routes"][route]["backends"]
+            .as_array()
+            .and_then(|backends| backends.iter().find(|entry| entry["url"] == url))
+            .map(|entry| entry["total_requests"].clone())
+    };
+    assert_eq!(requests(0, &heavy_a.url), Some(50.into()), "{body}");
+    assert_eq!(requests(0, &heavy_b.url), Some(10.into()), "{body}");
+    assert_eq!(requests(1, &heavy_a.url), Some(10.into()), "{body}");
+    assert_eq!(requests(1, &heavy_b.url), Some(50.into()), "{body}");
+}
+
+#[tokio::test]
 async fn routes_match_path_and_method() {
     let fleet = Fleet::start();
 

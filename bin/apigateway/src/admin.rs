@@ -275,6 +275,9 @@ fn health_state(
     }
 }
 
+/// Builds the body of `/admin/backends`, which lists each route's backends. `weight` and
+/// `total_requests` belong to the route. The other fields belong to the backend, which every
+/// route that lists its URL shares.
 fn backends(gateway: &Gateway) -> Value {
     let routes: Vec<Value> = gateway
         .table
@@ -284,7 +287,10 @@ fn backends(gateway: &Gateway) -> Value {
             let backends: Vec<Value> = route
                 .pool
                 .backends()
-                .map(|(backend, weight)| backend_json(&backend.snapshot(), weight))
+                .zip(route.pool.request_counts())
+                .map(|((backend, weight), requests)| {
+                    backend_json(&backend.snapshot(), weight, requests)
+                })
                 .collect();
             json!({ "route": &*route.pattern, "backends": backends })
         })
@@ -292,13 +298,13 @@ fn backends(gateway: &Gateway) -> Value {
     json!({ "routes": routes })
 }
 
-fn backend_json(snapshot: &BackendSnapshot, weight: u32) -> Value {
+fn backend_json(snapshot: &BackendSnapshot, weight: u32, requests: u64) -> Value {
     json!({
         "url": snapshot.url,
         "weight": weight,
         "healthy": snapshot.healthy,
         "in_flight": snapshot.in_flight,
-        "total_requests": snapshot.total_requests,
+        "total_requests": requests,
         "total_failures": snapshot.total_failures,
         "consecutive_failures": snapshot.consecutive_failures,
         "consecutive_successes": snapshot.consecutive_successes,

@@ -38,7 +38,11 @@ pub enum Transition {
     Up,
 }
 
-/// A backend that routes send requests to. Several routes listing the same URL share one.
+/// A backend that routes send requests to. Several routes listing the same URL share one, so
+/// its health and in-flight count cover every route, while each route's [`Pool`] counts the
+/// requests it sent.
+///
+/// [`Pool`]: crate::Pool
 #[derive(Debug)]
 pub struct Backend {
     id: u64,
@@ -53,7 +57,6 @@ pub struct Backend {
 pub struct BackendState {
     unhealthy: AtomicBool,
     in_flight: AtomicU64,
-    total: AtomicU64,
     failures_total: AtomicU64,
     consecutive_failures: AtomicU32,
     consecutive_successes: AtomicU32,
@@ -72,10 +75,8 @@ pub struct BackendSnapshot {
     pub url: String,
     /// Whether the balancer picks it.
     pub healthy: bool,
-    /// Requests being forwarded to it now.
+    /// Requests being forwarded to it now, by every route that lists it.
     pub in_flight: u64,
-    /// Requests forwarded to it since start.
-    pub total_requests: u64,
     /// Failed forwards and probes since start.
     pub total_failures: u64,
     /// Failures since the last success.
@@ -133,10 +134,10 @@ impl Backend {
         !self.state.unhealthy.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as started; the returned guard counts it as finished when dropped.
+    /// Counts a request as in flight until the returned guard is dropped.
+    /// [`Pick::start_request`](crate::Pick::start_request) also counts it for the route.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.state.total.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
 
@@ -206,7 +207,6 @@ impl Backend {
             url: self.url_text.to_string(),
             healthy: self.is_healthy(),
             in_flight: state.in_flight.load(Ordering::Relaxed),
-            total_requests: state.total.load(Ordering::Relaxed),
             total_failures: state.failures_total.load(Ordering::Relaxed),
             consecutive_failures: state.consecutive_failures.load(Ordering::Relaxed),
             consecutive_successes: state.consecutive_successes.load(Ordering::Relaxed),
@@ -314,8 +314,6 @@ mod tests {
         drop(first);
         assert_eq!(b.snapshot().in_flight, 1);
         drop(second);
-        let snapshot = b.snapshot();
-        assert_eq!(snapshot.in_flight, 0);
-        assert_eq!(snapshot.total_requests, 2);
+        assert_eq!(b.snapshot().in_flight, 0);
     }
 }

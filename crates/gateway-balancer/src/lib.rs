@@ -7,10 +7,11 @@
 //! # Layout
 //!
 //! - [`backend`]: [`Backend`], its URL and [`BackendState`] with the health state machine.
-//! - [`pool`]: [`Pool`], a route's backends with their weights and the pick.
+//! - [`pool`]: [`Pool`], a route's backends with their weights, the pick and the count of
+//!   requests the route sent to each.
 
 pub mod backend;
 pub mod pool;
 
 pub use backend::{Backend, BackendSnapshot, BackendState, HealthPolicy, InFlight, Transition};
-pub use pool::Pool;
+pub use pool::{Pick, Pool};

@@ -4,30 +4,68 @@
 //! current weight grows by its weight, the largest is picked and lowered by the total. Weights
 //! 2 and 1 give A, B, A rather than A, A, B. The order only depends on the weights, so it is
 //! computed once when the pool is built, and a pick is one atomic increment and an index.
+//!
+//! Routes that list the same URL share one [`Backend`], so its health is the same whatever
+//! route reaches it. The count of requests sent lives in the pool instead, so that each route
+//! counts only its own.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, InFlight};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A route's backends with their weights.
 #[derive(Debug)]
 pub struct Pool {
-    backends: Vec<Arc<Backend>>,
-    weights: Vec<u32>,
-    // One full cycle of the smooth weighted round-robin order, as indexes into `backends`.
+    members: Box<[Member]>,
+    // One full cycle of the smooth weighted round-robin order, as indexes into `members`.
     order: Box<[u32]>,
     next: AtomicUsize,
+}
+
+/// One backend of a pool.
+#[derive(Debug)]
+struct Member {
+    backend: Arc<Backend>,
+    weight: u32,
+    // Requests this pool's route sent to the backend.
+    requests: AtomicU64,
+}
+
+/// A backend that [`Pool::pick`] or [`Pool::pick_other`] chose.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    member: &'a Member,
+}
+
+impl<'a> Pick<'a> {
+    /// Returns the chosen backend.
+    pub fn backend(self) -> &'a Arc<Backend> {
+        &self.member.backend
+    }
+
+    /// Counts a request to the backend, both in the pool's count for its route and in the
+    /// backend's in-flight count. Dropping the returned guard ends the in-flight count.
+    pub fn start_request(self) -> InFlight {
+        self.member.requests.fetch_add(1, Ordering::Relaxed);
+        self.member.backend.start_request()
+    }
 }
 
 impl Pool {
     /// Builds a pool from backends and their weights. A weight of 0 is treated as 1.
     pub fn new(entries: Vec<(Arc<Backend>, u32)>) -> Pool {
-        let (backends, weights): (Vec<_>, Vec<_>) =
-            entries.into_iter().map(|(b, w)| (b, w.max(1))).unzip();
+        let members: Box<[Member]> = entries
+            .into_iter()
+            .map(|(backend, weight)| Member {
+                backend,
+                weight: weight.max(1),
+                requests: AtomicU64::new(0),
+            })
+            .collect();
+        let weights: Vec<u32> = members.iter().map(|member| member.weight).collect();
         let order = smooth_order(&weights).into_boxed_slice();
         Pool {
-            backends,
-            weights,
+            members,
             order,
             next: AtomicUsize::new(0),
         }
@@ -37,28 +75,29 @@ impl Pool {
     ///
     /// An unhealthy backend's turn goes to the next healthy backend in the order, so the
     /// healthy ones keep their relative weights only approximately while another is down.
-    pub fn pick(&self) -> Option<&Arc<Backend>> {
+    pub fn pick(&self) -> Option<Pick<'_>> {
         self.pick_where(|_| true)
     }
 
     /// Picks the next healthy backend other than `exclude`, for a retry.
-    pub fn pick_other(&self, exclude: &Backend) -> Option<&Arc<Backend>> {
+    pub fn pick_other(&self, exclude: &Backend) -> Option<Pick<'_>> {
         self.pick_where(|b| !std::ptr::eq(b, exclude))
     }
 
-    fn pick_where(&self, allowed: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
+    fn pick_where(&self, allowed: impl Fn(&Backend) -> bool) -> Option<Pick<'_>> {
         let len = self.order.len();
         if len == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for step in 0..len {
-            let backend = &self.backends[self.order[(start + step) % len] as usize];
-            if backend.is_healthy() && allowed(backend) {
-                return Some(backend);
+            let member = &self.members[self.order[(start + step) % len] as usize];
+            if member.backend.is_healthy() && allowed(&member.backend) {
+                return Some(Pick { member });
             }
             // After one miss, give up at once when no backend could serve.
-            if step == 0 && !self.backends.iter().any(|b| b.is_healthy() && allowed(b)) {
+            let servable = |m: &Member| m.backend.is_healthy() && allowed(&m.backend);
+            if step == 0 && !self.members.iter().any(servable) {
                 return None;
             }
         }
@@ -67,12 +106,24 @@ impl Pool {
 
     /// Returns the backends with their weights, in configured order.
     pub fn backends(&self) -> impl Iterator<Item = (&Arc<Backend>, u32)> {
-        self.backends.iter().zip(self.weights.iter().copied())
+        self.members
+            .iter()
+            .map(|member| (&member.backend, member.weight))
+    }
+
+    /// Returns how many requests this pool's route sent to each backend since start, in
+    /// configured order. A retry on another backend counts for both backends.
+    pub fn request_counts(&self) -> impl Iterator<Item = u64> {
+        self.members
+            .iter()
+            .map(|member| member.requests.load(Ordering::Relaxed))
     }
 
     /// Returns whether at least one backend is healthy.
     pub fn has_healthy(&self) -> bool {
-        self.backends.iter().any(|b| b.is_healthy())
+        self.members
+            .iter()
+            .any(|member| member.backend.is_healthy())
     }
 }
 
@@ -127,7 +178,7 @@ mod tests {
 
     fn picks(pool: &Pool, n: usize) -> Vec<u16> {
         (0..n)
-            .map(|_| pool.pick().unwrap().url().port_u16().unwrap() - 9001)
+            .map(|_| pool.pick().unwrap().backend().url().port_u16().unwrap() - 9001)
             .collect()
     }
 
@@ -175,6 +226,22 @@ mod tests {
     }
 
     #[test]
+    fn shared_backend_counts_per_pool() {
+        let url = Uri::from_static("http://127.0.0.1:9001");
+        let shared = Arc::new(Backend::new(url, HealthPolicy::default()));
+        let first = Pool::new(vec![(Arc::clone(&shared), 1)]);
+        let second = Pool::new(vec![(Arc::clone(&shared), 1)]);
+        for _ in 0..3 {
+            drop(first.pick().unwrap().start_request());
+        }
+        let in_flight = second.pick().unwrap().start_request();
+        assert_eq!(first.request_counts().collect::<Vec<_>>(), [3]);
+        assert_eq!(second.request_counts().collect::<Vec<_>>(), [1]);
+        assert_eq!(shared.snapshot().in_flight, 1);
+        drop(in_flight);
+    }
+
+    #[test]
     fn all_unhealthy_gives_none() {
         let pool = pool(&[1, 1]);
         for (backend, _) in pool.backends() {
@@ -187,14 +254,14 @@ mod tests {
     #[test]
     fn pick_other_avoids_excluded() {
         let pool = pool(&[1, 1]);
-        let first = Arc::clone(pool.pick().unwrap());
+        let first = pool.pick().unwrap().backend();
         for _ in 0..10 {
-            let other = pool.pick_other(&first).unwrap();
-            assert!(!Arc::ptr_eq(other, &first));
+            let other = pool.pick_other(first).unwrap().backend();
+            assert!(!Arc::ptr_eq(other, first));
         }
         let single = self::pool(&[1]);
-        let only = Arc::clone(single.pick().unwrap());
-        assert!(single.pick_other(&only).is_none());
+        let only = single.pick().unwrap().backend();
+        assert!(single.pick_other(only).is_none());
     }
 
     #[test]

@@ -128,14 +128,13 @@ fn forward(
             backend: None,
             retried: false,
         };
-        let Some(first) = route.pool.pick() else {
+        let Some(mut picked) = route.pool.pick() else {
             return Ok(error_with_info(
                 ProxyError::new(ErrorKind::NoHealthyBackend),
                 info,
                 attach_info,
             ));
         };
-        let mut backend = Arc::clone(first);
         let request = Outgoing {
             parts: &parts,
             peer,
@@ -143,10 +142,11 @@ fn forward(
         };
 
         loop {
-            let in_flight = backend.start_request();
+            let backend = picked.backend();
+            let in_flight = picked.start_request();
             info.backend = Some(Arc::clone(backend.url_text()));
 
-            let error = match exchange(&client, &route, &backend, &request, &mut body).await {
+            let error = match exchange(&client, &route, backend, &request, &mut body).await {
                 Ok((head, connection, sent_all)) => {
                     backend.record_success();
                     let ResponseHead {
@@ -177,13 +177,13 @@ fn forward(
             };
             drop(in_flight);
             if error.counts_against_backend() {
-                note_failure(&backend, &error);
+                note_failure(backend, &error);
             }
 
             // Only a request that never reached a backend may go to another, and only once.
             let retry = error.is_retry_safe() && is_idempotent(&parts.method) && !info.retried;
             let other = if retry {
-                route.pool.pick_other(&backend)
+                route.pool.pick_other(backend)
             } else {
                 None
             };
@@ -195,7 +195,7 @@ fn forward(
                 error = %error,
                 "retrying on another backend"
             );
-            backend = Arc::clone(other);
+            picked = other;
             info.retried = true;
         }
     }
