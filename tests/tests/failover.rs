@@ -3,12 +3,14 @@
 
 use bytes::Bytes;
 use gateway_tests::{
-    GatewayProcess, MockProcess, admin_backends, free_port, get, request, wait_for_health,
+    GatewayProcess, MockProcess, admin_backends, backend_state, free_port, get, request,
+    wait_for_health,
 };
 use http::Method;
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Health check interval of these tests; the bounds below are multiples of it.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -144,6 +146,53 @@ async fn killed_backend_fails_over_and_returns() {
     for entry in admin_backends(&gateway.url).await {
         assert_eq!(entry["in_flight"], 0, "{entry}");
     }
+
+    // The restarted backend keeps its last error, dated before it became healthy again, and
+    // counts its passing checks beyond the healthy threshold of 2.
+    let recovered = wait_for_passing_checks(&gateway.url, &secondary_url, 3).await;
+    assert!(
+        recovered["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "recovered backend lost its last_error: {recovered}"
+    );
+    let failed_at = timestamp(&recovered, "last_error_at");
+    let healthy_at = timestamp(&recovered, "last_transition");
+    assert!(failed_at <= healthy_at, "{recovered}");
+
+    // The backend that never failed counts its passing checks too.
+    let primary_state = wait_for_passing_checks(&gateway.url, &primary.url, 1).await;
+    assert_eq!(primary_state["last_error"], Value::Null, "{primary_state}");
+    assert_eq!(
+        primary_state["last_error_at"],
+        Value::Null,
+        "{primary_state}"
+    );
+}
+
+/// Polls `/admin/backends` until `backend_url` reports at least `count` consecutive passing
+/// checks, for at most two intervals and the margin, and returns its entry.
+async fn wait_for_passing_checks(gateway_url: &str, backend_url: &str, count: u64) -> Value {
+    let deadline = Instant::now() + 2 * INTERVAL + MARGIN;
+    loop {
+        let entry = backend_state(gateway_url, backend_url).await;
+        if entry["consecutive_successes"].as_u64() >= Some(count) {
+            return entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend_url} has fewer than {count} consecutive successes: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Parses the RFC 3339 timestamp in `field` of an `/admin/backends` entry.
+fn timestamp(entry: &Value, field: &str) -> SystemTime {
+    let text = entry[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {entry}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|error| panic!("{field} {text:?}: {error}"))
 }
 
 #[tokio::test]

@@ -311,6 +311,7 @@ fn backend_json(snapshot: &BackendSnapshot, weight: u32, requests: u64) -> Value
         "last_check": snapshot.last_check_ms.map(format_ms),
         "last_transition": snapshot.last_transition_ms.map(format_ms),
         "last_error": snapshot.last_error,
+        "last_error_at": snapshot.last_error_ms.map(format_ms),
     })
 }
 

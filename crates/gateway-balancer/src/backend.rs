@@ -13,12 +13,12 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct HealthPolicy {
     /// Consecutive failures that mark a healthy backend unhealthy.
     pub unhealthy_threshold: u32,
-    /// Consecutive successes that mark an unhealthy backend healthy.
+    /// Consecutive passing health checks that mark an unhealthy backend healthy.
     pub healthy_threshold: u32,
 }
 
 impl Default for HealthPolicy {
-    /// Three failures down, two successes up.
+    /// Three failures down, two passing health checks up.
     fn default() -> Self {
         HealthPolicy {
             unhealthy_threshold: 3,
@@ -62,10 +62,17 @@ pub struct BackendState {
     consecutive_successes: AtomicU32,
     last_check_ms: AtomicU64,
     last_transition_ms: AtomicU64,
-    // Written only by health probes and failed forwards, never on a successful request.
-    last_error: Mutex<Option<String>>,
+    // Written only by failed probes and failed forwards, never on a successful request.
+    last_error: Mutex<Option<LastError>>,
     // Wakes the backend's health check when failed requests mark it unhealthy.
     went_down: tokio::sync::Notify,
+}
+
+/// The message and time of a backend's latest failure.
+#[derive(Debug)]
+struct LastError {
+    message: String,
+    at_ms: u64,
 }
 
 /// A copy of a backend's state at one moment, for reports.
@@ -79,16 +86,21 @@ pub struct BackendSnapshot {
     pub in_flight: u64,
     /// Failed forwards and probes since start.
     pub total_failures: u64,
-    /// Failures since the last success.
+    /// Failed requests and probes since the last successful request or probe.
     pub consecutive_failures: u32,
-    /// Successes since the last failure.
+    /// Passing health checks since the last failed request or probe, also while healthy.
+    /// Successful requests are not counted.
     pub consecutive_successes: u32,
     /// Time of the last probe, in milliseconds since the Unix epoch; `None` before the first.
     pub last_check_ms: Option<u64>,
     /// Time health last changed, in milliseconds since the Unix epoch; `None` if never.
     pub last_transition_ms: Option<u64>,
-    /// The last failure's message.
+    /// The latest failure's message, kept after the backend recovers, or `None` if it never
+    /// failed.
     pub last_error: Option<String>,
+    /// Time of the latest failure in milliseconds since the Unix epoch, or `None` if it never
+    /// failed.
+    pub last_error_ms: Option<u64>,
 }
 
 impl Backend {
@@ -141,18 +153,32 @@ impl Backend {
         InFlight(Arc::clone(self))
     }
 
-    /// Records a successful probe or exchange and returns the health change it caused.
-    pub fn record_success(&self) -> Transition {
-        let state = &self.state;
-        // A success on a healthy backend with no failure streak changes nothing; skipping
-        // the stores keeps the shared cache line clean on the request path.
-        if !state.unhealthy.load(Ordering::Relaxed)
-            && state.consecutive_failures.load(Ordering::Relaxed) == 0
-        {
-            return Transition::None;
+    /// Records a successful exchange with the backend, which ends a failure streak.
+    ///
+    /// It does not count toward `healthy_threshold`, because the balancer never picks an
+    /// unhealthy backend. A request that succeeds on one started before the backend went
+    /// down, so it says nothing about recovery.
+    pub fn record_request_success(&self) {
+        let failures = &self.state.consecutive_failures;
+        // Without a failure streak there is nothing to store, and skipping the store keeps
+        // the shared cache line clean on the request path.
+        if failures.load(Ordering::Relaxed) != 0 {
+            failures.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Records a passing health check and returns the health change it caused.
+    pub fn record_check_success(&self) -> Transition {
+        let state = &self.state;
         state.consecutive_failures.store(0, Ordering::Relaxed);
-        let successes = state.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
+        // Saturates rather than wraps, so that a backend healthy for long never reads as one
+        // that just failed.
+        let (Ok(previous) | Err(previous)) = state.consecutive_successes.fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |count| Some(count.saturating_add(1)),
+        );
+        let successes = previous.saturating_add(1);
         if successes >= self.policy.healthy_threshold
             && state.unhealthy.swap(false, Ordering::Relaxed)
         {
@@ -162,14 +188,17 @@ impl Backend {
         Transition::None
     }
 
-    /// Records a failed probe or connection with its message and returns the health change
-    /// it caused.
+    /// Records a failed probe or request with its message and returns the health change it
+    /// caused.
     pub fn record_failure(&self, error: &str) -> Transition {
         let state = &self.state;
         state.failures_total.fetch_add(1, Ordering::Relaxed);
         state.consecutive_successes.store(0, Ordering::Relaxed);
         if let Ok(mut last) = state.last_error.lock() {
-            *last = Some(error.to_owned());
+            *last = Some(LastError {
+                message: error.to_owned(),
+                at_ms: now_ms(),
+            });
         }
         let failures = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= self.policy.unhealthy_threshold
@@ -203,6 +232,10 @@ impl Backend {
     pub fn snapshot(&self) -> BackendSnapshot {
         let state = &self.state;
         let optional = |value: u64| (value != 0).then_some(value);
+        let (last_error, last_error_ms) = match state.last_error.lock().as_deref() {
+            Ok(Some(last)) => (Some(last.message.clone()), Some(last.at_ms)),
+            _ => (None, None),
+        };
         BackendSnapshot {
             url: self.url_text.to_string(),
             healthy: self.is_healthy(),
@@ -212,7 +245,8 @@ impl Backend {
             consecutive_successes: state.consecutive_successes.load(Ordering::Relaxed),
             last_check_ms: optional(state.last_check_ms.load(Ordering::Relaxed)),
             last_transition_ms: optional(state.last_transition_ms.load(Ordering::Relaxed)),
-            last_error: state.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error,
+            last_error_ms,
         }
     }
 }
@@ -276,11 +310,53 @@ mod tests {
     fn comes_back_after_threshold() {
         let b = backend(1, 2);
         assert_eq!(b.record_failure("timeout"), Transition::Down);
-        assert_eq!(b.record_success(), Transition::None);
+        assert_eq!(b.record_check_success(), Transition::None);
         assert!(!b.is_healthy());
-        assert_eq!(b.record_success(), Transition::Up);
+        assert_eq!(b.record_check_success(), Transition::Up);
         assert!(b.is_healthy());
         assert!(b.snapshot().last_transition_ms.is_some());
+    }
+
+    #[test]
+    fn passing_checks_count_while_healthy() {
+        let never_failed = backend(1, 2);
+        for _ in 0..5 {
+            assert_eq!(never_failed.record_check_success(), Transition::None);
+        }
+        assert_eq!(never_failed.snapshot().consecutive_successes, 5);
+
+        let recovered = backend(1, 2);
+        recovered.record_failure("connection refused");
+        for _ in 0..4 {
+            recovered.record_check_success();
+        }
+        assert!(recovered.is_healthy());
+        assert_eq!(recovered.snapshot().consecutive_successes, 4);
+    }
+
+    #[test]
+    fn last_error_keeps_its_time_after_recovery() {
+        let b = backend(1, 1);
+        assert_eq!(b.snapshot().last_error_ms, None);
+        b.record_failure("connection refused");
+        assert_eq!(b.record_check_success(), Transition::Up);
+
+        let snapshot = b.snapshot();
+        assert!(snapshot.healthy);
+        assert_eq!(snapshot.last_error.as_deref(), Some("connection refused"));
+        let failed_at = snapshot.last_error_ms.unwrap();
+        let recovered_at = snapshot.last_transition_ms.unwrap();
+        assert!(failed_at <= recovered_at, "{failed_at} > {recovered_at}");
+    }
+
+    #[test]
+    fn request_success_does_not_bring_backend_back() {
+        let b = backend(1, 1);
+        b.record_failure("connection refused");
+        b.record_request_success();
+        assert!(!b.is_healthy());
+        assert_eq!(b.snapshot().consecutive_failures, 0);
+        assert_eq!(b.snapshot().consecutive_successes, 0);
     }
 
     #[test]
@@ -288,7 +364,7 @@ mod tests {
         let b = backend(3, 1);
         b.record_failure("x");
         b.record_failure("x");
-        b.record_success();
+        b.record_request_success();
         assert_eq!(b.record_failure("x"), Transition::None);
         assert_eq!(b.record_failure("x"), Transition::None);
         assert!(b.is_healthy());
@@ -300,7 +376,7 @@ mod tests {
         let b = backend(2, 2);
         for _ in 0..10 {
             assert_eq!(b.record_failure("x"), Transition::None);
-            assert_eq!(b.record_success(), Transition::None);
+            assert_eq!(b.record_check_success(), Transition::None);
         }
         assert!(b.is_healthy());
     }

@@ -221,7 +221,7 @@ mod tests {
         let (second, _) = pool.backends().nth(1).unwrap();
         second.record_failure("refused");
         assert!(picks(&pool, 30).iter().all(|&i| i == 0));
-        second.record_success();
+        second.record_check_success();
         assert_eq!(picks(&pool, 30).iter().filter(|&&i| i == 1).count(), 10);
     }
 

@@ -337,7 +337,7 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     /// Consecutive failures that mark a healthy backend unhealthy. Default 3.
     pub unhealthy_threshold: u32,
-    /// Consecutive successes that mark an unhealthy backend healthy. Default 2.
+    /// Consecutive passing probes that mark an unhealthy backend healthy. Default 2.
     pub healthy_threshold: u32,
 }
 

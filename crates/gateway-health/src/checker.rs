@@ -23,8 +23,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 ///
 /// Each task sends `GET` to the backend's URL joined with `path` (`http://h:1/v1` with
 /// `/health` probes `http://h:1/v1/health`) right away and then every `interval`, and records
-/// the result with [`Backend::record_success`] or [`Backend::record_failure`]. A probe fails
-/// on a connect error, on a status outside 2xx, or when it takes longer than `timeout`,
+/// the result with [`Backend::record_check_success`] or [`Backend::record_failure`]. A probe
+/// fails on a connect error, on a status outside 2xx, or when it takes longer than `timeout`,
 /// including reading the response body. The backend's own
 /// [`HealthPolicy`](gateway_balancer::HealthPolicy) decides when it becomes healthy or
 /// unhealthy, so the config's threshold fields take effect only through the policy the backend
@@ -167,7 +167,7 @@ fn record(backend: &Backend, result: Result<(), ProbeError>) {
     backend.mark_checked();
 
     match result {
-        Ok(()) => match backend.record_success() {
+        Ok(()) => match backend.record_check_success() {
             Transition::Up => info!(backend = %url, "backend is healthy again"),
             Transition::None | Transition::Down => trace!("health check passed"),
         },

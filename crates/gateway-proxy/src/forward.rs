@@ -148,7 +148,7 @@ fn forward(
 
             let error = match exchange(&client, &route, backend, &request, &mut body).await {
                 Ok((head, connection, sent_all)) => {
-                    backend.record_success();
+                    backend.record_request_success();
                     let ResponseHead {
                         status,
                         headers,
