@@ -289,6 +289,35 @@ async fn preflight_works_on_route_with_methods() {
 }
 
 #[tokio::test]
+async fn preflight_allows_only_route_methods() {
+    let mock = MockProcess::start("RouteMethods");
+    let policy = POLICY.replace(
+        "allowed_methods: [GET, POST]",
+        "allowed_methods: [GET, POST, PUT]",
+    );
+    assert!(policy.contains("PUT"), "{policy}");
+    let gateway = GatewayProcess::start(&gateway_config(
+        &mock.url,
+        &policy,
+        "    methods: [GET, POST]",
+    ));
+    let url = format!("{}/api/x", gateway.url);
+
+    let post = preflight(&url, ORIGIN, "POST", "").await;
+    let put = preflight(&url, ORIGIN, "PUT", "").await;
+
+    assert_eq!(post.status, 204, "body: {:?}", post.body);
+    assert_eq!(post.header("access-control-allow-origin"), ORIGIN);
+    assert_eq!(
+        list(post.header("access-control-allow-methods")),
+        ["get", "post"]
+    );
+    assert_eq!(put.status, 204, "body: {:?}", put.body);
+    assert_no_cors_headers(&put, "PUT on a route without PUT");
+    assert_eq!(backend_requests(&mock).await, 0);
+}
+
+#[tokio::test]
 async fn rate_limited_response_carries_cors_headers() {
     let mock = MockProcess::start("Limited");
     let config = format!(

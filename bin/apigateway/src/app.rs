@@ -151,7 +151,8 @@ impl Gateway {
 
             let cors = route_config.effective_cors(&config.cors);
             let service = if cors.enabled {
-                let mut policy = CorsPolicy::new(&cors);
+                let mut policy =
+                    CorsPolicy::new(&cors).with_methods_limited_to(|method| route.accepts(method));
                 if is_limited {
                     policy = policy.with_exposed_headers(RATE_LIMIT_HEADERS);
                 }

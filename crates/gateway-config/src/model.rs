@@ -254,7 +254,8 @@ pub struct CorsConfig {
     pub enabled: bool,
     /// Allowed origins, or `*` for any. Default `["*"]`.
     pub allowed_origins: Vec<String>,
-    /// Methods allowed in preflights. Default GET, POST, PUT, DELETE.
+    /// Methods allowed in preflights, of those the route accepts. Default GET, POST, PUT,
+    /// DELETE.
     pub allowed_methods: Vec<String>,
     /// Request headers allowed in preflights, or `*`. Default `Content-Type`, `Authorization`.
     pub allowed_headers: Vec<String>,

@@ -118,6 +118,15 @@ impl CorsPolicy {
         }
     }
 
+    /// Keeps only the allowed methods for which `accepts` returns true, so that a preflight
+    /// never allows a method that the route then rejects with 405.
+    #[must_use]
+    pub fn with_methods_limited_to(mut self, accepts: impl Fn(&Method) -> bool) -> Self {
+        self.methods.retain(|method| accepts(method));
+        self.allow_methods = join(self.methods.iter().map(Method::as_str));
+        self
+    }
+
     /// Adds `names` to `Access-Control-Expose-Headers`, skipping names already exposed, so
     /// scripts can read the headers that a layer inside CORS adds to responses.
     #[must_use]

@@ -145,6 +145,42 @@ fn apply_with_origin_sets_allow_origin() {
 }
 
 #[test]
+fn preflight_allows_only_route_methods() {
+    let policy = CorsPolicy::new(&config(|config| {
+        config.allowed_methods = ["GET", "POST", "PUT"].map(String::from).to_vec();
+    }))
+    .with_methods_limited_to(|method| *method == Method::GET || *method == Method::POST);
+    let preflight = |method: &str| {
+        let mut headers = request_headers(Some(APP));
+        headers.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_str(method).unwrap(),
+        );
+        policy.preflight::<Full<Bytes>>(&headers)
+    };
+
+    let post = preflight("POST");
+    let put = preflight("PUT");
+
+    assert_eq!(post.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
+    assert_eq!(
+        post.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
+        "GET, POST"
+    );
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    assert!(
+        put.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+    assert!(
+        put.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_METHODS)
+            .is_none()
+    );
+}
+
+#[test]
 fn apply_with_disabled_policy_changes_nothing() {
     let policy = CorsPolicy::new(&config(|config| config.enabled = false));
     let mut response = HeaderMap::new();
