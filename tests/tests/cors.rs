@@ -318,6 +318,27 @@ async fn preflight_allows_only_route_methods() {
 }
 
 #[tokio::test]
+async fn several_origins_are_not_allowed() {
+    let (mock, gateway) = start("TwoOrigins");
+    let url = format!("{}/api/x", gateway.url);
+    let origins = [("origin", ORIGIN), ("origin", ORIGIN)];
+
+    let mut fields = origins.to_vec();
+    fields.push(("access-control-request-method", "POST"));
+    let preflight = send(Method::OPTIONS, &url, &fields).await;
+    let actual = send(Method::GET, &url, &origins).await;
+
+    assert_eq!(preflight.status, 204, "body: {:?}", preflight.body);
+    assert_no_cors_headers(&preflight, "preflight with two Origin fields");
+    // The actual request is still forwarded, as it is without CORS. Only the headers that let
+    // a browser's script read the response are withheld.
+    assert_eq!(actual.status, 200);
+    assert_eq!(actual.json()["server"], "TwoOrigins");
+    assert_no_cors_headers(&actual, "request with two Origin fields");
+    assert_eq!(backend_requests(&mock).await, 1);
+}
+
+#[tokio::test]
 async fn rate_limited_response_carries_cors_headers() {
     let mock = MockProcess::start("Limited");
     let config = format!(

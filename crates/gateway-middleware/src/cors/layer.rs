@@ -1,8 +1,8 @@
 //! The tower service, layer and response future around [`CorsPolicy`].
 
-use super::{CorsPolicy, is_preflight};
+use super::{CorsPolicy, OriginFields, is_preflight};
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +42,8 @@ impl<S> Layer<S> for CorsLayer {
 ///   response from this layer and never reaches the inner service, even though that service
 ///   was polled ready.
 /// - Any other request with `Origin`, including a plain `OPTIONS`, goes to the inner service,
-///   and its response gets the headers of [`CorsPolicy::apply_to_response`].
+///   and its response gets the headers of [`CorsPolicy::apply_to_response`]. A request with
+///   several `Origin` fields is treated as one from an origin that is not allowed.
 #[derive(Debug, Clone)]
 pub struct Cors<S> {
     inner: S,
@@ -73,17 +74,16 @@ where
         if !self.policy.is_enabled() {
             return ResponseFuture::forward(self.inner.call(request), None);
         }
-        // A scan of the few fields of a head costs less than a hashed lookup.
-        let origin = request
-            .headers()
-            .iter()
-            .find(|(name, _)| **name == header::ORIGIN);
-        let Some((_, origin)) = origin else {
-            let actual = self.policy.varies_by_origin().then(|| ActualRequest {
-                policy: Arc::clone(&self.policy),
-                origin: RequestOrigin::Missing,
-            });
-            return ResponseFuture::forward(self.inner.call(request), actual);
+        let allow_origin = match OriginFields::of(request.headers()) {
+            OriginFields::Missing => {
+                let actual = self.policy.varies_by_origin().then(|| ActualRequest {
+                    policy: Arc::clone(&self.policy),
+                    origin: RequestOrigin::Missing,
+                });
+                return ResponseFuture::forward(self.inner.call(request), actual);
+            }
+            OriginFields::One(origin) => self.policy.allow_origin(origin),
+            OriginFields::Several => None,
         };
 
         if is_preflight(&request) {
@@ -92,9 +92,7 @@ where
         }
 
         let actual = ActualRequest {
-            origin: RequestOrigin::Sent {
-                allow_origin: self.policy.allow_origin(origin),
-            },
+            origin: RequestOrigin::Sent { allow_origin },
             policy: Arc::clone(&self.policy),
         };
         ResponseFuture::forward(self.inner.call(request), Some(actual))

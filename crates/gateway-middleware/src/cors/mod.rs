@@ -5,6 +5,10 @@
 //! sets or removes `Access-Control-Allow-Origin`, `Access-Control-Allow-Credentials` and
 //! `Access-Control-Expose-Headers` whatever the backend sent. When those headers depend on the
 //! `Origin`, every response carries `Vary: Origin`, including responses to requests without one.
+//!
+//! A request with more than one `Origin` field is treated as one from an origin that is not
+//! allowed. RFC 6454 (section 7.3) forbids a user agent to send more than one, so such a
+//! request comes from some other client, and it gets no `Access-Control-Allow-*` headers.
 
 mod layer;
 #[cfg(test)]
@@ -53,6 +57,33 @@ pub struct CorsPolicy {
     exposed: Vec<HeaderName>,
     expose_headers: Option<HeaderValue>,
     max_age: HeaderValue,
+}
+
+/// The `Origin` fields of a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OriginFields<'a> {
+    /// No `Origin` field.
+    Missing,
+    /// Exactly one `Origin` field, with this value.
+    One(&'a HeaderValue),
+    /// More than one `Origin` field, whose origins are never allowed.
+    Several,
+}
+
+impl OriginFields<'_> {
+    /// Reads the `Origin` fields of a request with `headers`.
+    pub(crate) fn of(headers: &HeaderMap) -> OriginFields<'_> {
+        // A scan of the few fields of a head costs less than a hashed lookup.
+        let mut origins = headers
+            .iter()
+            .filter(|(name, _)| **name == header::ORIGIN)
+            .map(|(_, value)| value);
+        match (origins.next(), origins.next()) {
+            (None, _) => OriginFields::Missing,
+            (Some(origin), None) => OriginFields::One(origin),
+            (Some(_), Some(_)) => OriginFields::Several,
+        }
+    }
 }
 
 /// Returns true when `request` is a CORS preflight: `OPTIONS` with `Origin` and
@@ -170,17 +201,17 @@ impl CorsPolicy {
     }
 
     /// Builds the response to a preflight with request headers `request`: always 204, with the
-    /// `Access-Control-Allow-*` headers only when the origin, the requested method and every
-    /// requested header are allowed.
+    /// `Access-Control-Allow-*` headers only when the request has one `Origin` and that
+    /// origin, the requested method and every requested header are allowed.
     pub fn preflight<B: From<Bytes>>(&self, request: &HeaderMap) -> Response<B> {
         let mut response = Response::new(B::from(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         response.headers_mut().insert(header::VARY, PREFLIGHT_VARY);
 
-        let Some(allow_origin) = request
-            .get(header::ORIGIN)
-            .and_then(|origin| self.allow_origin(origin))
-        else {
+        let OriginFields::One(origin) = OriginFields::of(request) else {
+            return response;
+        };
+        let Some(allow_origin) = self.allow_origin(origin) else {
             return response;
         };
         if !self.allows_method(request) {
@@ -212,15 +243,19 @@ impl CorsPolicy {
     /// headers `request`, for responses the gateway builds outside the [`Cors`] layer. Does
     /// nothing when the policy is disabled.
     ///
-    /// With an `Origin`, this is [`CorsPolicy::apply_to_response`]. Without one, only
+    /// With one `Origin`, this is [`CorsPolicy::apply_to_response`]. With several, it is the
+    /// same for an origin that is not allowed. Without one, only
     /// [`CorsPolicy::add_vary_origin`] applies and the response is otherwise untouched.
     pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
         if !self.enabled {
             return;
         }
-        match request.get(header::ORIGIN) {
-            Some(origin) => self.apply_to_response(self.allow_origin(origin), response),
-            None => self.add_vary_origin(response),
+        match OriginFields::of(request) {
+            OriginFields::One(origin) => {
+                self.apply_to_response(self.allow_origin(origin), response);
+            }
+            OriginFields::Several => self.apply_to_response(None, response),
+            OriginFields::Missing => self.add_vary_origin(response),
         }
     }
 

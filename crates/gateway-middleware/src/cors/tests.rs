@@ -181,6 +181,43 @@ fn preflight_allows_only_route_methods() {
 }
 
 #[test]
+fn several_origins_are_not_allowed() {
+    for origins in [vec![APP], vec!["*"]] {
+        let policy = CorsPolicy::new(&config(|config| {
+            config.allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
+        }));
+        let mut request = request_headers(Some(APP));
+        request.append(header::ORIGIN, HeaderValue::from_static(APP));
+
+        let mut response = HeaderMap::new();
+        response.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        policy.apply(&request, &mut response);
+        request.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("GET"),
+        );
+        let preflight = policy.preflight::<Full<Bytes>>(&request);
+
+        let case = format!("allowed origins {origins:?}");
+        assert!(
+            response.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+            "{case}"
+        );
+        assert_eq!(preflight.status(), StatusCode::NO_CONTENT, "{case}");
+        assert!(
+            preflight
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .is_none(),
+            "{case}"
+        );
+    }
+}
+
+#[test]
 fn apply_with_disabled_policy_changes_nothing() {
     let policy = CorsPolicy::new(&config(|config| config.enabled = false));
     let mut response = HeaderMap::new();
