@@ -313,49 +313,11 @@ fn is_port(port: &[u8]) -> bool {
 /// Backends differ in what they decode before they normalize, so the check takes a wide
 /// reading: `%2e` is a dot, `\`, `%2f` and `%5c` end a segment as `/` does, and a segment's
 /// parameters after `;` or `%3b` (`..;x`, which Tomcat reads as `..`) are ignored. Spellings
-/// outside RFC 3986, such as double encoding (`%252e`) or overlong UTF-8, are passed on. Runs
-/// on every request, so it reads the bytes in place instead of building a decoded copy.
+/// outside RFC 3986, such as double encoding (`%252e`) or overlong UTF-8, are passed on. Route
+/// paths are checked with the same function when the file loads, so no route names a path
+/// that requests cannot reach.
 fn has_dot_segment(path: &str) -> bool {
-    let mut rest = path.as_bytes();
-    // The current segment: its dots so far, whether it had anything else before its
-    // parameters, and whether its parameters began.
-    let mut dots = 0;
-    let mut other = false;
-    let mut parameters = false;
-    loop {
-        let (segment_ends, after) = match rest {
-            [] => (true, rest),
-            [b'/' | b'\\', after @ ..] => (true, after),
-            [b'%', b'2', b'f' | b'F', after @ ..] | [b'%', b'5', b'c' | b'C', after @ ..] => {
-                (true, after)
-            }
-            [_, after @ ..] if parameters => (false, after),
-            [b'.', after @ ..] | [b'%', b'2', b'e' | b'E', after @ ..] => {
-                dots += 1;
-                (false, after)
-            }
-            [b';', after @ ..] | [b'%', b'3', b'b' | b'B', after @ ..] => {
-                parameters = true;
-                (false, after)
-            }
-            [_, after @ ..] => {
-                other = true;
-                (false, after)
-            }
-        };
-        if segment_ends {
-            if !other && (dots == 1 || dots == 2) {
-                return true;
-            }
-            if rest.is_empty() {
-                return false;
-            }
-            dots = 0;
-            other = false;
-            parameters = false;
-        }
-        rest = after;
-    }
+    gateway_config::dot_segment(path).is_some()
 }
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;

@@ -34,7 +34,7 @@ mod warnings;
 
 pub use error::{ConfigError, Problem};
 pub use model::*;
-pub use route_path::{RoutePattern, is_admin_path, route_patterns};
+pub use route_path::{RoutePattern, dot_segment, is_admin_path, match_form, route_patterns};
 
 use std::path::Path;
 

@@ -5,6 +5,8 @@
 //! [`is_admin_path`] names the paths the gateway serves itself, which no route can receive.
 //! Paths that no request can match, such as those with a `..` segment, are rejected here.
 
+use std::borrow::Cow;
+
 /// One router pattern produced from a route path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern {
@@ -90,7 +92,7 @@ pub fn route_patterns(path: &str) -> Result<Vec<RoutePattern>, String> {
                 "segment {segment:?} of {path:?} mixes text with ':' or '*': a parameter must be a whole segment"
             ));
         } else {
-            push_match_form(&mut pattern, segment);
+            pattern.push_str(&match_form(segment));
         }
     }
 
@@ -163,28 +165,68 @@ fn check_reachable(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Appends `segment` to `pattern` in the form that request paths are matched in, which RFC
-/// 3986 section 6.2.2 makes equivalent: a percent-encoded unreserved character (a letter, a
-/// digit or `-._~`) decoded, and other percent-encodings in upper-case hex. Two routes that
-/// differ only in such spellings then conflict when the file loads, as they do in the router.
-/// `segment` contains only valid percent-encodings, which [`check_reachable`] ensures.
-fn push_match_form(pattern: &mut String, segment: &str) {
-    let mut rest = segment;
-    while let Some(at) = rest.find('%') {
-        pattern.push_str(&rest[..at]);
-        let hex = &rest[at + 1..at + 3];
-        match u8::from_str_radix(hex, 16) {
-            Ok(byte) if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) => {
-                pattern.push(char::from(byte));
-            }
-            _ => {
-                pattern.push('%');
-                pattern.push_str(&hex.to_ascii_uppercase());
-            }
+/// Returns `path` in the form that routes match: percent-encoded unreserved characters
+/// decoded (`%6C` is `l`), other percent-encodings with upper-case hex digits, and repeated
+/// slashes merged into one.
+///
+/// RFC 3986 section 6.2.2 makes the first two equivalent spellings of one path, and NGINX
+/// merges slashes before it picks a location. Without this, `/api/%6Cogin`
+/// or `/api//login` would reach the backend of a `/*rest` route without the methods, rate limit
+/// and CORS policy of an `/api/login` route. The request is still forwarded as sent. A path
+/// with neither a `%` nor a `//`, the usual case, is returned without a copy.
+pub fn match_form(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let first = (0..bytes.len())
+        .find(|&at| bytes[at] == b'%' || (bytes[at] == b'/' && bytes.get(at + 1) == Some(&b'/')));
+    let Some(first) = first else {
+        return Cow::Borrowed(path);
+    };
+
+    let mut normal = Vec::with_capacity(bytes.len());
+    normal.extend_from_slice(&bytes[..first]);
+    let mut at = first;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'%' => match (bytes.get(at + 1), bytes.get(at + 2)) {
+                (Some(&high), Some(&low))
+                    if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() =>
+                {
+                    let value = hex_value(high) << 4 | hex_value(low);
+                    if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                        normal.push(value);
+                    } else {
+                        normal.extend_from_slice(&[
+                            b'%',
+                            high.to_ascii_uppercase(),
+                            low.to_ascii_uppercase(),
+                        ]);
+                    }
+                    at += 3;
+                    continue;
+                }
+                // Not a percent-encoding: kept as it is.
+                _ => normal.push(b'%'),
+            },
+            b'/' if normal.last() == Some(&b'/') => {}
+            _ => normal.push(byte),
         }
-        rest = &rest[at + 3..];
+        at += 1;
     }
-    pattern.push_str(rest);
+    // Only ASCII sequences were replaced, and by ASCII, so the bytes are still UTF-8.
+    match String::from_utf8(normal) {
+        Ok(normal) => Cow::Owned(normal),
+        Err(_) => Cow::Borrowed(path),
+    }
+}
+
+/// Returns the value of the hexadecimal digit `digit`.
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
 }
 
 /// Returns `path` with each run of slashes replaced by one.
@@ -208,14 +250,14 @@ fn invalid_percent_encoding(path: &str) -> Option<usize> {
     })
 }
 
-/// Returns the first segment of the ASCII `path` that the gateway reads as `.` or `..` in a
+/// Returns the first segment of `path` that the gateway reads as `.` or `..` in a
 /// request path, and so rejects with 400.
 ///
-/// This follows the request check in the apigateway binary's router (`has_dot_segment`), so
-/// keep the two in step. Backends decode paths differently, so `%2e` counts as a dot, `\`,
+/// The apigateway binary's router rejects requests with this check, so that routes and
+/// requests read paths alike. Backends decode paths differently, so `%2e` counts as a dot, `\`,
 /// `%2f` and `%5c` end a segment as `/` does, and what follows a `;` or `%3b` in a segment
 /// (its parameters) is ignored.
-fn dot_segment(path: &str) -> Option<&str> {
+pub fn dot_segment(path: &str) -> Option<&str> {
     let bytes = path.as_bytes();
     let mut start = 0;
     let mut at = 0;
@@ -404,6 +446,23 @@ mod tests {
             assert!(error.contains("percent-encoded"), "{path}: {error}");
             assert!(error.contains(encoded), "{path}: {error}");
         }
+    }
+
+    #[test]
+    fn match_form_normalizes_only_what_is_equivalent() {
+        let cases = [
+            ("/", "/"),
+            ("/plain/path", "/plain/path"),
+            ("/%41%7a%2D%2e%5F%7E%30", "/Az-._~0"),
+            ("/%2f%3b%c3%bc", "/%2F%3B%C3%BC"),
+            ("/a//b///c/", "/a/b/c/"),
+            ("/%zz/%4/%", "/%zz/%4/%"),
+            ("/%25", "/%25"),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(match_form(path), expected, "{path}");
+        }
+        assert!(matches!(match_form("/plain/path"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -2,9 +2,8 @@
 //! backend pool and settings.
 
 use gateway_balancer::{Backend, HealthPolicy, Pool};
-use gateway_config::{Config, HealthCheckConfig, route_patterns};
+use gateway_config::{Config, HealthCheckConfig, match_form, route_patterns};
 use http::{HeaderValue, Method, Uri};
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -128,11 +127,10 @@ impl RouteTable {
                     message,
                 })?;
             for pattern in patterns {
-                // Patterns go in the form that request paths are matched in.
-                let compiled = match_form(&pattern.pattern).into_owned();
+                // `route_patterns` returns them in the form that request paths are matched in.
                 if pattern.implicit {
-                    implicit.push((compiled, index));
-                } else if let Err(error) = router.insert(compiled, index) {
+                    implicit.push((pattern.pattern, index));
+                } else if let Err(error) = router.insert(pattern.pattern, index) {
                     return Err(RouteTableError::InvalidPath {
                         path: route.path.clone(),
                         message: error.to_string(),
@@ -220,70 +218,6 @@ impl RouteTable {
 
 /// Thresholds for a backend's health. Without active health checks nothing could bring a
 /// backend back, so failed requests never take it out of rotation.
-/// Returns `path` in the form that routes match: percent-encoded unreserved characters
-/// decoded (`%6C` is `l`), other percent-encodings with upper-case hex digits, and repeated
-/// slashes merged into one.
-///
-/// RFC 3986 section 6.2.2 makes the first two equivalent spellings of one path, and NGINX
-/// merges slashes before it picks a location. Without this, `/api/%6Cogin`
-/// or `/api//login` would reach the backend of a `/*rest` route without the methods, rate limit
-/// and CORS policy of an `/api/login` route. The request is still forwarded as sent. A path
-/// with neither a `%` nor a `//`, the usual case, is returned without a copy.
-pub fn match_form(path: &str) -> Cow<'_, str> {
-    let bytes = path.as_bytes();
-    let first = (0..bytes.len())
-        .find(|&at| bytes[at] == b'%' || (bytes[at] == b'/' && bytes.get(at + 1) == Some(&b'/')));
-    let Some(first) = first else {
-        return Cow::Borrowed(path);
-    };
-
-    let mut normal = Vec::with_capacity(bytes.len());
-    normal.extend_from_slice(&bytes[..first]);
-    let mut at = first;
-    while let Some(&byte) = bytes.get(at) {
-        match byte {
-            b'%' => match (bytes.get(at + 1), bytes.get(at + 2)) {
-                (Some(&high), Some(&low))
-                    if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() =>
-                {
-                    let value = hex_value(high) << 4 | hex_value(low);
-                    if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
-                        normal.push(value);
-                    } else {
-                        normal.extend_from_slice(&[
-                            b'%',
-                            high.to_ascii_uppercase(),
-                            low.to_ascii_uppercase(),
-                        ]);
-                    }
-                    at += 3;
-                    continue;
-                }
-                // Not a percent-encoding: kept as it is.
-                _ => normal.push(b'%'),
-            },
-            b'/' if normal.last() == Some(&b'/') => {}
-            _ => normal.push(byte),
-        }
-        at += 1;
-    }
-    // Only ASCII sequences were replaced, and by ASCII, so the bytes are still UTF-8.
-    match String::from_utf8(normal) {
-        Ok(normal) => Cow::Owned(normal),
-        Err(_) => Cow::Borrowed(path),
-    }
-}
-
-/// Returns the value of the hexadecimal digit `digit`.
-fn hex_value(digit: u8) -> u8 {
-    match digit {
-        b'0'..=b'9' => digit - b'0',
-        b'a'..=b'f' => digit - b'a' + 10,
-        b'A'..=b'F' => digit - b'A' + 10,
-        _ => 0,
-    }
-}
-
 fn health_policy(health: &HealthCheckConfig) -> HealthPolicy {
     if health.enabled {
         HealthPolicy {
@@ -427,23 +361,6 @@ routes:
         for path in ["/api/Login", "/api/login/", "/api/login;x", "/api%2Flogin"] {
             assert_eq!(found(&table, Method::POST, path), Some(2), "{path}");
         }
-    }
-
-    #[test]
-    fn match_form_normalizes_only_what_is_equivalent() {
-        let cases = [
-            ("/", "/"),
-            ("/plain/path", "/plain/path"),
-            ("/%41%7a%2D%2e%5F%7E%30", "/Az-._~0"),
-            ("/%2f%3b%c3%bc", "/%2F%3B%C3%BC"),
-            ("/a//b///c/", "/a/b/c/"),
-            ("/%zz/%4/%", "/%zz/%4/%"),
-            ("/%25", "/%25"),
-        ];
-        for (path, expected) in cases {
-            assert_eq!(match_form(path), expected, "{path}");
-        }
-        assert!(matches!(match_form("/plain/path"), Cow::Borrowed(_)));
     }
 
     #[test]
