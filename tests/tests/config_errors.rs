@@ -635,7 +635,7 @@ fn parse_errors_explain_the_fix() {
         ),
         (
             "server:\n\tport: 8080\n",
-            "server",
+            ":2:1:",
             "indent with spaces, not tabs",
         ),
         (
@@ -685,6 +685,52 @@ fn parse_errors_explain_the_fix() {
         let text = stderr(&output);
         assert!(text.contains(field), "{config:?}: field not named:\n{text}");
         assert!(text.contains(fix), "{config:?}: no fix ({fix:?}):\n{text}");
+    }
+}
+
+/// Syntax errors are found where the structure stops making sense, which can be lines after
+/// the fault, so their messages point at the fault rather than at a field path.
+#[test]
+fn syntax_errors_point_at_the_fault() {
+    let cases = [
+        // A key without its colon. The parser stops on the next line, and the path it
+        // reached, `server`, is not where the fault is.
+        (
+            format!("server:\n  port: 9700\nrate_limiting\n  enabled: true\n{ROUTE}"),
+            "a missing `:` after a key",
+            ": server:",
+        ),
+        // An unclosed `{` reads the next section as part of a value.
+        (
+            format!("server: {{host: 127.0.0.1, port: 9700\n{ROUTE}"),
+            "the `{` or `[` opened on line 1 is not closed before line 2",
+            "expected u16",
+        ),
+        // A tab in a comment is not what the parser stopped at.
+        (
+            format!("server:\n  host: `x`\t# note\n{ROUTE}"),
+            "look for an unclosed quote",
+            "indent with spaces",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("temporary folder");
+    for (config, fix, misleading) in cases {
+        let path = write_config(dir.path(), &config);
+        let path_text = path.display().to_string();
+
+        let output = run(&["--check", "--config", &path_text]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{config:?}: exit {}",
+            output.status
+        );
+        let text = stderr(&output);
+        assert!(text.contains(fix), "{config:?}: no fix ({fix:?}):\n{text}");
+        assert!(
+            !text.contains(misleading),
+            "{config:?}: misleading {misleading:?}:\n{text}"
+        );
     }
 }
 

@@ -66,13 +66,20 @@ impl Config {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let field = parse_message::known_path(&error.path().to_string());
+            let raw = error.inner().to_string();
+            // After a syntax error the parser's path is where it stopped making sense of the
+            // structure, often a field before the fault, so none is shown.
+            let field = if parse_message::is_syntax_error(&raw) {
+                String::new()
+            } else {
+                parse_message::known_path(&error.path().to_string())
+            };
             let location = error.inner().location();
             let message = parse_message::explain(
-                &error.inner().to_string(),
+                &raw,
                 &field,
                 text,
-                location.as_ref().map(|l| l.line()),
+                location.as_ref().map(|l| (l.line(), l.column())),
             );
             ConfigError::Parse {
                 file: file.to_owned(),

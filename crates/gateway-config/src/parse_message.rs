@@ -6,8 +6,35 @@
 const ZERO_ALLOWED: [&str; 1] = ["pool_max_idle_per_backend"];
 
 /// Builds the message of a parse error at `field` from the parser's `message`, given the
-/// configuration `text` and the 1-based `line` of the error.
-pub(crate) fn explain(message: &str, field: &str, text: &str, line: Option<usize>) -> String {
+/// configuration `text` and the 1-based line and column of the error.
+pub(crate) fn explain(
+    message: &str,
+    field: &str,
+    text: &str,
+    position: Option<(usize, usize)>,
+) -> String {
+    let explained = explain_message(message, field, text, position);
+    // An unclosed `{` or `[` turns the lines after it into values of the wrong type, or into
+    // a syntax error, often lines later. Either way the bracket is the fault to name.
+    match unclosed_flow(text) {
+        Some((opened, swallowed)) if position.is_some_and(|(line, _)| line >= opened) => {
+            format!(
+                "{explained}: the `{{` or `[` opened on line {opened} is not closed before \
+                 line {swallowed} starts a new field, so the lines after it were read as part \
+                 of it: close it with `}}` or `]`"
+            )
+        }
+        _ => explained,
+    }
+}
+
+/// Builds the message of [`explain`] without the hint for an unclosed bracket.
+fn explain_message(
+    message: &str,
+    field: &str,
+    text: &str,
+    position: Option<(usize, usize)>,
+) -> String {
     let message = parser_message(message, field);
     if let Some(range) = integer_range_message(&message, field) {
         return range;
@@ -15,7 +42,7 @@ pub(crate) fn explain(message: &str, field: &str, text: &str, line: Option<usize
     if let Some(reworded) = type_message(&message, field) {
         return reworded;
     }
-    if is_tab_error(&message, text, line) {
+    if is_tab_error(&message, text, position) {
         return format!("{message}: indent with spaces, not tabs");
     }
     if is_syntax_error(&message) {
@@ -49,7 +76,7 @@ const SYNTAX_HINT: &str = "the YAML is not well formed here or on a line above: 
 
 /// Returns whether `message` is one of the YAML parser's syntax errors, which it words as
 /// what it was doing when the structure broke.
-fn is_syntax_error(message: &str) -> bool {
+pub(crate) fn is_syntax_error(message: &str) -> bool {
     [
         "while parsing",
         "while scanning",
@@ -187,18 +214,57 @@ fn yaml_value(found: &str) -> String {
     }
 }
 
-/// Returns whether the parser rejected a tab, which YAML does not allow in indentation.
-fn is_tab_error(message: &str, text: &str, line: Option<usize>) -> bool {
+/// Returns whether the parser rejected a tab, which YAML does not allow in indentation: its
+/// message names a tab, or it stopped at a character it cannot read, and that character is a
+/// tab.
+fn is_tab_error(message: &str, text: &str, position: Option<(usize, usize)>) -> bool {
     if message.contains("tab character") {
         return true;
     }
-    let line_text = line
-        .and_then(|line| line.checked_sub(1))
-        .and_then(|index| text.lines().nth(index));
-    // NOTE: a tab anywhere on the line counts, so a line with a tab before a comment and
-    // another bad character (a backtick) is blamed on the tab.
-    message.contains("found character that cannot start any token")
-        && line_text.is_some_and(|line| line.contains('\t'))
+    let found = position.and_then(|(line, column)| {
+        let line_text = text.lines().nth(line.checked_sub(1)?)?;
+        line_text.chars().nth(column.checked_sub(1)?)
+    });
+    message.contains("found character that cannot start any token") && found == Some('\t')
+}
+
+/// Returns the line of a `{` or `[` still open where a later line starts a new field at the
+/// left margin, and that later line, both 1-based. Inside brackets YAML reads on across
+/// lines, so `server: {port: 1` followed by `routes:` makes `routes` part of the port's value.
+///
+/// Quotes and comments are skipped. A bracket may be closed on a later, indented line.
+fn unclosed_flow(text: &str) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut opened = 0;
+    for (index, line) in text.lines().enumerate() {
+        let starts_field = line
+            .chars()
+            .next()
+            .is_some_and(|first| !first.is_whitespace() && !"#}]-".contains(first));
+        if depth > 0 && starts_field {
+            return Some((opened, index + 1));
+        }
+        let mut quote = None;
+        let mut previous = ' ';
+        for character in line.chars() {
+            match (quote, character) {
+                (Some(open), _) if character == open => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(character),
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '{' | '[') => {
+                    if depth == 0 {
+                        opened = index + 1;
+                    }
+                    depth += 1;
+                }
+                (None, '}' | ']') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            previous = character;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -429,12 +495,41 @@ mod tests {
         let message =
             "found character that cannot start any token, while scanning for the next token";
         assert!(
-            explain(message, "server", text, Some(2)).ends_with("indent with spaces, not tabs")
+            explain(message, "server", text, Some((2, 1)))
+                .ends_with("indent with spaces, not tabs")
         );
         // Without a tab on the line, the message gets the general hint for a syntax error.
         assert_eq!(
-            explain(message, "server", "server:\n  x\n", Some(2)),
+            explain(message, "server", "server:\n  x\n", Some((2, 3))),
             format!("{message}: {SYNTAX_HINT}")
         );
+    }
+
+    #[test]
+    fn tab_elsewhere_on_line_is_not_blamed() {
+        let text = "server:\n  host: `x`\t# note\n";
+        let message =
+            "found character that cannot start any token, while scanning for the next token";
+        assert_eq!(
+            explain(message, "", text, Some((2, 9))),
+            format!("{message}: {SYNTAX_HINT}")
+        );
+    }
+
+    #[test]
+    fn unclosed_bracket_is_found() {
+        let cases = [
+            ("server: {port: 1\nroutes:\n", Some((1, 2))),
+            ("a: [1,\n  2\nb: 3\n", Some((1, 3))),
+            // Closed on a later, indented line, or at the margin: valid YAML.
+            ("a: [1,\n  2]\nb: 3\n", None),
+            ("routes: [\n  {path: /a},\n]\nb: 1\n", None),
+            // Brackets in quotes and comments do not count.
+            ("a: \"{\"\nb: '['\nc: 1 # {\nd: 2\n", None),
+            ("a: {b: 1}\nc: 2\n", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(unclosed_flow(text), expected, "{text:?}");
+        }
     }
 }
