@@ -35,10 +35,36 @@ async fn loopback_clients_may_use_admin_by_default() {
     }
 }
 
+/// The endpoints are found by the path's match form, as routes are, so another spelling of
+/// an admin path reaches the gateway, never a backend through a catch-all route.
+#[tokio::test]
+async fn admin_path_spellings_reach_gateway() {
+    let (_mock, gateway) = start(
+        "",
+        "  - path: \"/*rest\"\n    backends: [{url: \"http://127.0.0.1:9\"}]",
+    );
+    for path in ["//admin/backends", "/%61dmin/backends", "/admin//backends"] {
+        let reply = get(&format!("{}{path}", gateway.url)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert!(
+            reply.json()["routes"].is_array(),
+            "{path}: not the admin listing"
+        );
+    }
+    let reply = get(&format!("{}/%68ealth", gateway.url)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["status"], "ok");
+}
+
 #[tokio::test]
 async fn unlisted_clients_get_403_except_health() {
     let (_mock, gateway) = start("", "admin: {allowed_clients: [\"192.0.2.0/24\"]}");
-    for path in ["/admin/backends", "/admin/logs", "/admin/nothing-here"] {
+    for path in [
+        "/admin/backends",
+        "/admin/logs",
+        "/admin/nothing-here",
+        "//admin/logs",
+    ] {
         let reply = get(&format!("{}{path}", gateway.url)).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(reply.header("content-type"), "application/json", "{path}");

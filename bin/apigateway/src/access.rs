@@ -232,10 +232,11 @@ impl Fields {
 /// A route whose methods leave out OPTIONS still responds to CORS preflights for its path, so
 /// an OPTIONS request that got any status but 405 belongs to that route.
 fn route_of(table: &RouteTable, method: &Method, path: &str, status: u16) -> Option<Arc<str>> {
-    if admin::is_admin_path(path) {
+    let path = gateway_config::match_form(path);
+    if admin::is_admin_path(&path) {
         return None;
     }
-    match table.find(method, path) {
+    match table.find_match_form(method, &path) {
         RouteMatch::Found(route) => Some(Arc::clone(&route.pattern)),
         RouteMatch::MethodNotAllowed(route) if *method == Method::OPTIONS && status != 405 => {
             Some(Arc::clone(&route.pattern))

@@ -39,7 +39,9 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
         return response;
     }
     let query = request.uri().query().unwrap_or("");
-    let result = match request.uri().path() {
+    // The router found this endpoint by the path's match form, so it is read in that form.
+    let path = gateway_config::match_form(request.uri().path());
+    let result = match &*path {
         "/health" => Ok(health(gateway)),
         "/admin/backends" => Ok(json_response(StatusCode::OK, &backends(gateway))),
         "/admin/logs" => logs(gateway, query).await,

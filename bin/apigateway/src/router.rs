@@ -67,7 +67,10 @@ impl Service<Request<Inbound>> for Router {
                 response: Some(server_options()),
             };
         }
-        if admin::is_admin_path(path) {
+        // Routes and the gateway's own endpoints are found by the same form of the path, so
+        // `//admin/backends` is the gateway's, as `/api//login` is the `/api/login` route's.
+        let path = gateway_config::match_form(path);
+        if admin::is_admin_path(&path) {
             if path != "/health" && !self.admin_allowed(&request) {
                 return RouterFuture::Ready {
                     response: Some(admin::forbidden()),
@@ -79,7 +82,7 @@ impl Service<Request<Inbound>> for Router {
             };
         }
 
-        let response = match self.gateway.table.find(request.method(), path) {
+        let response = match self.gateway.table.find_match_form(request.method(), &path) {
             RouteMatch::Found(route) => return self.dispatch(route.index, request),
             // NOTE: a 404 carries no CORS headers, because no route means no route policy,
             // so a browser reports a network error to a cross-origin script, not the 404.

@@ -146,16 +146,21 @@ fn check_reachable(path: &str) -> Result<(), String> {
         ));
     }
     if let Some(segment) = dot_segment(path) {
-        let fix = match resolve_dot_segments(path) {
-            Some(resolved) => format!("write the path it resolves to, {resolved:?}"),
-            None => "remove that segment".to_owned(),
+        // The path it resolves to is offered only when it would load itself: with its
+        // slashes merged, and outside the gateway's own endpoints.
+        let fix = match resolve_dot_segments(path).map(|resolved| merge_slashes(&resolved)) {
+            Some(resolved) if !is_admin_path(&match_form(&resolved)) => {
+                format!("write the path it resolves to, {resolved:?}")
+            }
+            _ => "remove that segment".to_owned(),
         };
         return Err(format!(
             "segment {segment:?} of {path:?} is a '.' or '..' segment, and the gateway responds \
              400 to every request whose path has one, so no request can match: {fix}"
         ));
     }
-    if path.contains("//") {
+    // A path that is the gateway's own with its slashes merged gets that problem instead.
+    if path.contains("//") && !is_admin_path(&match_form(path)) {
         let merged = merge_slashes(path);
         return Err(format!(
             "{path:?} has an empty segment ('//'), but repeated slashes count as one when \
@@ -165,27 +170,33 @@ fn check_reachable(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Returns `path` in the form that routes match: percent-encoded unreserved characters
-/// decoded (`%6C` is `l`), other percent-encodings with upper-case hex digits, and repeated
-/// slashes merged into one.
+/// Returns `path` in the form that routes match. Percent-encoded unreserved characters are
+/// decoded (`%6C` is `l`), and other percent-encodings get upper-case hex digits. Bytes
+/// outside ASCII are percent-encoded, and a `%` that starts no percent-encoding becomes `%25`.
+/// A `\` is read as `/`, and repeated slashes are merged into one.
 ///
-/// RFC 3986 section 6.2.2 makes the first two equivalent spellings of one path, and NGINX
-/// merges slashes before it picks a location. Without this, `/api/%6Cogin`
-/// or `/api//login` would reach the backend of a `/*rest` route without the methods, rate limit
+/// RFC 3986 section 6.2.2 makes the percent-encodings equivalent spellings of one path, and
+/// NGINX merges slashes before it picks a location. Without this, `/api/%6Cogin` or
+/// `/api//login` would reach the backend of a `/*rest` route without the methods, rate limit
 /// and CORS policy of an `/api/login` route. The request is still forwarded as sent. A path
-/// with neither a `%` nor a `//`, the usual case, is returned without a copy.
+/// without `%`, `\`, `//` or a byte outside ASCII, the usual case, is returned without a copy.
 pub fn match_form(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
-    let first = (0..bytes.len())
-        .find(|&at| bytes[at] == b'%' || (bytes[at] == b'/' && bytes.get(at + 1) == Some(&b'/')));
+    let first = (0..bytes.len()).find(|&at| {
+        let byte = bytes[at];
+        matches!(byte, b'%' | b'\\')
+            || !byte.is_ascii()
+            || (byte == b'/' && bytes.get(at + 1) == Some(&b'/'))
+    });
     let Some(first) = first else {
         return Cow::Borrowed(path);
     };
 
-    let mut normal = Vec::with_capacity(bytes.len());
-    normal.extend_from_slice(&bytes[..first]);
+    let mut normal = String::with_capacity(bytes.len() + 8);
+    normal.push_str(&path[..first]);
     let mut at = first;
     while let Some(&byte) = bytes.get(at) {
+        let mut taken = 1;
         match byte {
             b'%' => match (bytes.get(at + 1), bytes.get(at + 2)) {
                 (Some(&high), Some(&low))
@@ -193,30 +204,36 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
                 {
                     let value = hex_value(high) << 4 | hex_value(low);
                     if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
-                        normal.push(value);
+                        normal.push(char::from(value));
                     } else {
-                        normal.extend_from_slice(&[
-                            b'%',
-                            high.to_ascii_uppercase(),
-                            low.to_ascii_uppercase(),
-                        ]);
+                        push_encoded(&mut normal, value);
                     }
-                    at += 3;
-                    continue;
+                    taken = 3;
                 }
-                // Not a percent-encoding: kept as it is.
-                _ => normal.push(b'%'),
+                // A `%` that starts no percent-encoding is a literal `%`. Written as `%25`,
+                // it cannot join decoded digits after it into a new one (`%%32%34` is not
+                // `%24`).
+                _ => normal.push_str("%25"),
             },
-            b'/' if normal.last() == Some(&b'/') => {}
-            _ => normal.push(byte),
+            // Browsers send `\` as `/`, and some servers read it so.
+            b'/' | b'\\' if normal.ends_with('/') => {}
+            b'\\' => normal.push('/'),
+            // A character outside ASCII, which clients should percent-encode, is matched as
+            // its percent-encoding.
+            _ if !byte.is_ascii() => push_encoded(&mut normal, byte),
+            _ => normal.push(char::from(byte)),
         }
-        at += 1;
+        at += taken;
     }
-    // Only ASCII sequences were replaced, and by ASCII, so the bytes are still UTF-8.
-    match String::from_utf8(normal) {
-        Ok(normal) => Cow::Owned(normal),
-        Err(_) => Cow::Borrowed(path),
-    }
+    Cow::Owned(normal)
+}
+
+/// Appends `byte` percent-encoded, with upper-case hex digits.
+fn push_encoded(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0xF)]));
 }
 
 /// Returns the value of the hexadecimal digit `digit`.
@@ -456,8 +473,14 @@ mod tests {
             ("/%41%7a%2D%2e%5F%7E%30", "/Az-._~0"),
             ("/%2f%3b%c3%bc", "/%2F%3B%C3%BC"),
             ("/a//b///c/", "/a/b/c/"),
-            ("/%zz/%4/%", "/%zz/%4/%"),
+            ("/%zz/%4/%", "/%25zz/%254/%25"),
             ("/%25", "/%25"),
+            // Decoded digits after a stray `%` make no new percent-encoding.
+            ("/a/%%32%34", "/a/%2524"),
+            ("/a/%2%34", "/a/%2524"),
+            ("/api/\u{fc}/1", "/api/%C3%BC/1"),
+            ("/api\\login", "/api/login"),
+            ("/a\\\\b/\\c", "/a/b/c"),
         ];
         for (path, expected) in cases {
             assert_eq!(match_form(path), expected, "{path}");

@@ -3,7 +3,7 @@
 use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
 use crate::route_conflict::RouteSet;
-use crate::route_path::{is_admin_path, route_patterns};
+use crate::route_path::{is_admin_path, match_form, route_patterns};
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use std::collections::HashMap;
@@ -152,7 +152,7 @@ impl Config {
             let field = format!("routes[{i}]");
             match route_patterns(&route.path) {
                 Ok(patterns) => {
-                    if is_admin_path(&route.path) {
+                    if is_admin_path(&match_form(&route.path)) {
                         problems.push(
                             format!("{field}.path"),
                             format!(
@@ -545,7 +545,33 @@ fn check_health_path(path: &str) -> Result<(), String> {
             percent_encode_target(path)
         ));
     }
+    // `PathAndQuery` also takes UTF-8 and `\`, which would go out unencoded on the probe's
+    // request line, where RFC 9112 allows neither.
+    if path.bytes().any(|byte| !is_target_byte(byte)) {
+        return Err(format!(
+            "{path:?} contains characters that a request line cannot carry unencoded: write it percent-encoded, like {:?}",
+            percent_encode_target(path)
+        ));
+    }
+    let bytes = path.as_bytes();
+    let stray = (0..bytes.len()).find(|&at| {
+        bytes[at] == b'%'
+            && !(bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if let Some(at) = stray {
+        return Err(format!(
+            "{path:?} has a '%' that two hex digits do not follow, which is not a percent-encoding: write '%' as %25, like {:?}",
+            format!("{}%25{}", &path[..at], &path[at + 1..])
+        ));
+    }
     Ok(())
+}
+
+/// Returns whether RFC 3986 allows `byte` unencoded in a path or a query, counting `%` as the
+/// start of a percent-encoding.
+fn is_target_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&byte)
 }
 
 /// Percent-encodes every byte of `target` that RFC 3986 does not allow unencoded in a path or
@@ -553,8 +579,7 @@ fn check_health_path(path: &str) -> Result<(), String> {
 fn percent_encode_target(target: &str) -> String {
     let mut encoded = String::with_capacity(target.len() * 3);
     for byte in target.bytes() {
-        let allowed = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&byte);
-        if allowed {
+        if is_target_byte(byte) {
             encoded.push(char::from(byte));
         } else {
             encoded.push_str(&format!("%{byte:02X}"));

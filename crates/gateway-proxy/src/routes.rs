@@ -193,8 +193,12 @@ impl RouteTable {
     /// Looks up the route for `method` and `path`, matching the path in the form
     /// [`match_form`] returns.
     pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
-        let path = match_form(path);
-        let Ok(matched) = self.router.at(&path) else {
+        self.find_match_form(method, &match_form(path))
+    }
+
+    /// Looks up the route for `method` and `path`, a path that [`match_form`] returned.
+    pub fn find_match_form(&self, method: &Method, path: &str) -> RouteMatch<'_> {
+        let Ok(matched) = self.router.at(path) else {
             return RouteMatch::NotFound;
         };
         let route = &self.routes[*matched.value];
@@ -345,6 +349,7 @@ routes:
             "/%61pi/login",
             "/api//login",
             "//api///login",
+            "/api\\login",
         ] {
             assert_eq!(found(&table, Method::POST, path), Some(0), "{path}");
             let get = table.find(&Method::GET, path);
@@ -353,7 +358,7 @@ routes:
                 "{path}: {get:?}"
             );
         }
-        for path in ["/%C3%BC/x", "/%c3%bc/x", "/%C3%bc/x"] {
+        for path in ["/%C3%BC/x", "/%c3%bc/x", "/%C3%bc/x", "/\u{fc}/x"] {
             assert_eq!(found(&table, Method::GET, path), Some(1), "{path}");
         }
         // Letter case, a trailing slash and reserved characters, encoded or not, still make
