@@ -2,7 +2,7 @@
 //!
 //! It echoes each request as JSON and lets the caller shape the response with knobs
 //! (`delay`, `status`, `size`, `chunks`, `chunk_delay`), given as query parameters or
-//! `X-Mock-*` headers.
+//! `X-Mock-*` headers. `/health` and `/_mock/stats` ignore the knobs.
 //!
 //! # Layout
 //!
@@ -44,7 +44,9 @@ use crate::shutdown::ShutdownSignals;
         status / X-Mock-Status            respond with this status code (200 to 599)\n  \
         size / X-Mock-Size                respond with a body of this many bytes of 'x'\n  \
         chunks / X-Mock-Chunks            respond with this many chunks (\"chunk i\\n\")\n  \
-        chunk_delay / X-Mock-Chunk-Delay  wait this many milliseconds between chunks"
+        chunk_delay / X-Mock-Chunk-Delay  wait this many milliseconds between chunks\n\n\
+        /health and /_mock/stats ignore the knobs and always respond at once. To make health\n\
+        checks slow or fail, point health_check.path at another path, such as /hc?delay=600."
 )]
 struct Args {
     /// IP address to listen on.
