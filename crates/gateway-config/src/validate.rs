@@ -202,12 +202,24 @@ impl Config {
             if health != self.health_check {
                 validate_health_check(problems, &format!("{field}.health_check"), &health);
             }
+            let mut in_route: HashMap<String, usize> = HashMap::new();
             for (j, backend) in route.backends.iter().enumerate() {
                 // The proxy shares backends by the URL as parsed, so the key is the same.
                 let key = backend
                     .url
                     .parse::<Uri>()
                     .map_or_else(|_| backend.url.clone(), |url| url.to_string());
+                // Listed twice, one backend would get two turns in the order and two rows in
+                // /admin/backends, where a weight says the same once.
+                if let Some(earlier) = in_route.insert(key.clone(), j) {
+                    problems.push(
+                        format!("{field}.backends[{j}].url"),
+                        format!(
+                            "{:?} is the same backend as backends[{earlier}] ({:?}): list it once, and give it a larger weight for a larger share",
+                            backend.url, route.backends[earlier].url
+                        ),
+                    );
+                }
                 let first = *first_listed.entry(key).or_insert(i);
                 let first_health = self.routes[first].effective_health_check(&self.health_check);
                 // With both checks off, no probe runs, so their other fields do not matter.

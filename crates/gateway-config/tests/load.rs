@@ -348,6 +348,29 @@ fn huge_pool_size_rejected() {
 }
 
 #[test]
+fn backend_listed_twice_in_route_rejected() {
+    let found = problems(
+        "routes:\n  - path: /a/*rest\n    backends:\n      - url: \"http://127.0.0.1:9001\"\n      - url: \"http://127.0.0.1:9002\"\n      - url: \"http://127.0.0.1:9001/\"\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].backends[2].url:"),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].contains("same backend as backends[0]"),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("larger weight"), "{found:#?}");
+
+    // The same backend in two routes is fine.
+    let text = "routes:\n  - path: /a/*rest\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n  - path: /b/*rest\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n";
+    if let Err(error) = Config::from_yaml(text, "test.yaml") {
+        panic!("a backend shared by two routes was rejected: {error}");
+    }
+}
+
+#[test]
 fn admin_path_spellings_are_rejected() {
     for path in ["/%68ealth", "/%61dmin/x", "//admin/*rest"] {
         let found = problems(&route_with_path(path));
