@@ -620,6 +620,22 @@ fn missing_default_config_gives_hint() {
     );
 }
 
+/// Writes `config` into `dir`, checks it with `--check`, expects exit status 2, and returns
+/// what the check printed on stderr.
+fn rejected_config_errors(dir: &Path, config: &str) -> String {
+    let path = write_config(dir, config);
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{config:?}: exit {}",
+        output.status
+    );
+    stderr(&output)
+}
+
 #[test]
 fn parse_errors_explain_the_fix() {
     let cases = [
@@ -672,17 +688,7 @@ fn parse_errors_explain_the_fix() {
     ];
     let dir = tempfile::tempdir().expect("temporary folder");
     for (config, field, fix) in cases {
-        let path = write_config(dir.path(), config);
-        let path_text = path.display().to_string();
-
-        let output = run(&["--check", "--config", &path_text]);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{config:?}: exit {}",
-            output.status
-        );
-        let text = stderr(&output);
+        let text = rejected_config_errors(dir.path(), config);
         assert!(text.contains(field), "{config:?}: field not named:\n{text}");
         assert!(text.contains(fix), "{config:?}: no fix ({fix:?}):\n{text}");
     }
@@ -715,17 +721,7 @@ fn syntax_errors_point_at_the_fault() {
     ];
     let dir = tempfile::tempdir().expect("temporary folder");
     for (config, fix, misleading) in cases {
-        let path = write_config(dir.path(), &config);
-        let path_text = path.display().to_string();
-
-        let output = run(&["--check", "--config", &path_text]);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{config:?}: exit {}",
-            output.status
-        );
-        let text = stderr(&output);
+        let text = rejected_config_errors(dir.path(), &config);
         assert!(text.contains(fix), "{config:?}: no fix ({fix:?}):\n{text}");
         assert!(
             !text.contains(misleading),
