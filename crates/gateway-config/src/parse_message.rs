@@ -208,9 +208,19 @@ fn yaml_value(found: &str) -> String {
         "map" => "a mapping".to_owned(),
         "sequence" => "a sequence".to_owned(),
         _ => match found.strip_prefix("floating point ") {
-            Some(number) => format!("the floating-point number {number}"),
+            Some(number) => format!("the floating-point number {}", short_float(number)),
             None => found.to_owned(),
         },
+    }
+}
+
+/// Returns `number`, a float as serde prints it in backticks, in exponent form when it has
+/// more than 20 characters: serde writes `1e300` out in 301 digits.
+fn short_float(number: &str) -> String {
+    let digits = number.trim_matches('`');
+    match digits.parse::<f64>() {
+        Ok(value) if digits.len() > 20 => format!("`{value:e}`"),
+        _ => number.to_owned(),
     }
 }
 
@@ -531,5 +541,17 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(unclosed_flow(text), expected, "{text:?}");
         }
+    }
+
+    #[test]
+    fn huge_float_is_shown_in_exponent_form() {
+        let long = format!("`1{}`", "0".repeat(300));
+        assert_eq!(short_float(&long), "`1e300`");
+        assert_eq!(short_float("`2.5`"), "`2.5`");
+        let message = format!("invalid type: floating point {long}, expected u32");
+        assert_eq!(
+            explain(&message, "rate_limiting.requests_per_second", "", None),
+            "must be a whole number between 1 and 4294967295, got the floating-point number `1e300`"
+        );
     }
 }
