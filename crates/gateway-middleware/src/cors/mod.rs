@@ -302,8 +302,14 @@ impl CorsPolicy {
         }
     }
 
+    /// Returns whether the preflight's one `Access-Control-Request-Method` names an allowed
+    /// method. A browser sends exactly one (Fetch standard, "CORS-preflight request"), so a
+    /// preflight with several is not allowed rather than judged by its first.
     fn allows_method(&self, request: &HeaderMap) -> bool {
-        let Some(requested) = request.get(header::ACCESS_CONTROL_REQUEST_METHOD) else {
+        let mut fields = request
+            .get_all(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .iter();
+        let (Some(requested), None) = (fields.next(), fields.next()) else {
             return false;
         };
         match Method::from_bytes(requested.as_bytes()) {

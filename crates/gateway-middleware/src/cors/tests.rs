@@ -218,6 +218,30 @@ fn several_origins_are_not_allowed() {
 }
 
 #[test]
+fn several_requested_methods_are_not_allowed() {
+    let policy = CorsPolicy::new(&config(|_| {}));
+    let mut request = request_headers(Some(APP));
+    request.insert(
+        header::ACCESS_CONTROL_REQUEST_METHOD,
+        HeaderValue::from_static("GET"),
+    );
+    let one = policy.preflight::<Full<Bytes>>(&request);
+    request.append(
+        header::ACCESS_CONTROL_REQUEST_METHOD,
+        HeaderValue::from_static("GET"),
+    );
+    let two = policy.preflight::<Full<Bytes>>(&request);
+
+    assert_eq!(one.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
+    assert_eq!(two.status(), StatusCode::NO_CONTENT);
+    assert!(
+        two.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+}
+
+#[test]
 fn apply_with_disabled_policy_changes_nothing() {
     let policy = CorsPolicy::new(&config(|config| config.enabled = false));
     let mut response = HeaderMap::new();
