@@ -157,7 +157,7 @@ impl Backend {
     ///
     /// It does not count toward `healthy_threshold`, because the balancer never picks an
     /// unhealthy backend. A request that succeeds on one started before the backend went
-    /// down, so it says nothing about recovery.
+    /// down, so its success is no evidence of recovery.
     pub fn record_request_success(&self) {
         let failures = &self.state.consecutive_failures;
         // Without a failure streak there is nothing to store, and skipping the store keeps

@@ -196,7 +196,7 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
     normal.push_str(&path[..first]);
     let mut at = first;
     while let Some(&byte) = bytes.get(at) {
-        let mut taken = 1;
+        let mut consumed = 1;
         match byte {
             b'%' => match (bytes.get(at + 1), bytes.get(at + 2)) {
                 (Some(&high), Some(&low))
@@ -208,7 +208,7 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
                     } else {
                         push_encoded(&mut normal, value);
                     }
-                    taken = 3;
+                    consumed = 3;
                 }
                 // A `%` that starts no percent-encoding is a literal `%`. Written as `%25`,
                 // it cannot join decoded digits after it into a new one (`%%32%34` is not
@@ -223,7 +223,7 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
             _ if !byte.is_ascii() => push_encoded(&mut normal, byte),
             _ => normal.push(char::from(byte)),
         }
-        at += taken;
+        at += consumed;
     }
     Cow::Owned(normal)
 }

@@ -210,7 +210,7 @@ impl Config {
                     .parse::<Uri>()
                     .map_or_else(|_| backend.url.clone(), |url| url.to_string());
                 // Listed twice, one backend would get two turns in the order and two rows in
-                // /admin/backends, where a weight says the same once.
+                // /admin/backends, where a weight gives the same share with one entry.
                 if let Some(earlier) = in_route.insert(key.clone(), j) {
                     problems.push(
                         format!("{field}.backends[{j}].url"),

@@ -345,7 +345,7 @@ impl Writer {
                 Err((Some(back), error)) => {
                     records = back;
                     // Released before they count as failed, so that a reader of both counts
-                    // never sees these rows as queued and failed at once.
+                    // never finds these rows queued and failed at once.
                     self.spool.release(rows);
                     self.lose_rows(rows, &error, summary).await;
                     done += rows;

@@ -225,17 +225,18 @@ fn several_requested_methods_are_not_allowed() {
         header::ACCESS_CONTROL_REQUEST_METHOD,
         HeaderValue::from_static("GET"),
     );
-    let one = policy.preflight::<Full<Bytes>>(&request);
+    let single = policy.preflight::<Full<Bytes>>(&request);
     request.append(
         header::ACCESS_CONTROL_REQUEST_METHOD,
         HeaderValue::from_static("GET"),
     );
-    let two = policy.preflight::<Full<Bytes>>(&request);
+    let repeated = policy.preflight::<Full<Bytes>>(&request);
 
-    assert_eq!(one.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
-    assert_eq!(two.status(), StatusCode::NO_CONTENT);
+    assert_eq!(single.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
+    assert_eq!(repeated.status(), StatusCode::NO_CONTENT);
     assert!(
-        two.headers()
+        repeated
+            .headers()
             .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
             .is_none()
     );
