@@ -173,7 +173,8 @@ fn record(backend: &Backend, result: Result<(), ProbeError>) {
         },
         Err(error) => {
             let message = error.message();
-            match backend.record_failure(&message) {
+            // `last_error` also contains failed requests' messages, so the source is named.
+            match backend.record_failure(&format!("health check failed: {message}")) {
                 Transition::Down => {
                     let failures = backend.snapshot().consecutive_failures;
                     warn!(backend = %url, failures, error = %message, "backend is unhealthy");

@@ -103,7 +103,10 @@ async fn failing_backend_becomes_unhealthy() {
     wait_until("backend is unhealthy", || !backend.is_healthy()).await;
     let snapshot = backend.snapshot();
     assert!(snapshot.consecutive_failures >= 3);
-    assert_eq!(snapshot.last_error.as_deref(), Some("status 503"));
+    assert_eq!(
+        snapshot.last_error.as_deref(),
+        Some("health check failed: status 503")
+    );
     assert!(snapshot.last_transition_ms.is_some());
     assert!(mock.request_count() >= 3);
     stop(tasks, sender).await;
@@ -135,7 +138,10 @@ async fn refused_connection_counts_as_failure() {
 
     wait_until("backend is unhealthy", || !backend.is_healthy()).await;
     let snapshot = backend.snapshot();
-    assert_eq!(snapshot.last_error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        snapshot.last_error.as_deref(),
+        Some("health check failed: connection refused")
+    );
     assert!(snapshot.total_failures >= 3);
     stop(tasks, sender).await;
 }
@@ -152,7 +158,7 @@ async fn stopped_backend_becomes_unhealthy() {
 
     wait_until("backend is unhealthy", || !backend.is_healthy()).await;
     wait_until("last error is a refused connection", || {
-        backend.snapshot().last_error.as_deref() == Some("connection refused")
+        backend.snapshot().last_error.as_deref() == Some("health check failed: connection refused")
     })
     .await;
     stop(tasks, sender).await;
@@ -173,7 +179,7 @@ async fn silent_backend_times_out() {
     let snapshot = backend.snapshot();
     assert_eq!(
         snapshot.last_error.as_deref(),
-        Some("timed out after 100ms")
+        Some("health check failed: timed out after 100ms")
     );
     assert!(silent.connection_count() >= 1);
     stop(tasks, sender).await;
@@ -286,7 +292,7 @@ async fn zero_interval_and_timeout_fail_without_panic() {
 
     wait_until("backend is unhealthy", || !backend.is_healthy()).await;
     let last_error = backend.snapshot().last_error.unwrap();
-    assert_eq!(last_error, "timed out after 0ns");
+    assert_eq!(last_error, "health check failed: timed out after 0ns");
     stop(tasks, sender).await;
 }
 
@@ -299,7 +305,7 @@ async fn invalid_path_counts_as_failure() {
     wait_until("backend is unhealthy", || !backend.is_healthy()).await;
     let last_error = backend.snapshot().last_error.unwrap();
     assert!(
-        last_error.starts_with("invalid health check url"),
+        last_error.starts_with("health check failed: invalid health check url"),
         "{last_error}"
     );
     assert_eq!(mock.request_count(), 0);

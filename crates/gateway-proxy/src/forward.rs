@@ -302,7 +302,8 @@ fn exchange_error(error: ExchangeError, timeout: Duration) -> ProxyError {
 /// Counts a failed exchange toward the backend's unhealthy threshold.
 fn note_failure(backend: &Backend, error: &ProxyError) {
     let message = error_chain(error);
-    if backend.record_failure(&message) == Transition::Down {
+    // `last_error` also contains failed probes' messages, so the source is named.
+    if backend.record_failure(&format!("request failed: {message}")) == Transition::Down {
         backend.request_health_check();
         tracing::warn!(
             backend = %backend.url_text(),

@@ -152,7 +152,10 @@ async fn failures_at_threshold_mark_unhealthy() {
     let snapshot = backend.snapshot();
     assert!(snapshot.last_check_ms.is_some());
     assert_eq!(snapshot.consecutive_failures, 1);
-    assert_eq!(snapshot.last_error.as_deref(), Some("status 503"));
+    assert_eq!(
+        snapshot.last_error.as_deref(),
+        Some("health check failed: status 503")
+    );
     assert!(snapshot.healthy);
 
     time::sleep(INTERVAL).await;
