@@ -229,7 +229,7 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
 }
 
 /// Appends `byte` percent-encoded, with upper-case hex digits.
-fn push_encoded(out: &mut String, byte: u8) {
+pub(crate) fn push_encoded(out: &mut String, byte: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.push('%');
     out.push(char::from(HEX[usize::from(byte >> 4)]));
@@ -258,7 +258,7 @@ fn merge_slashes(path: &str) -> String {
 }
 
 /// Returns the byte index of the first `%` in `path` that two hex digits do not follow.
-fn invalid_percent_encoding(path: &str) -> Option<usize> {
+pub(crate) fn invalid_percent_encoding(path: &str) -> Option<usize> {
     let bytes = path.as_bytes();
     (0..bytes.len()).find(|&at| {
         bytes[at] == b'%'
@@ -364,7 +364,7 @@ fn percent_encode(path: &str) -> String {
     let mut encoded = String::with_capacity(path.len() * 3);
     for byte in path.bytes() {
         if needs_encoding(byte) {
-            encoded.push_str(&format!("%{byte:02X}"));
+            push_encoded(&mut encoded, byte);
         } else {
             encoded.push(char::from(byte));
         }

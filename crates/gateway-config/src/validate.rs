@@ -3,7 +3,9 @@
 use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
 use crate::route_conflict::RouteSet;
-use crate::route_path::{is_admin_path, match_form, route_patterns};
+use crate::route_path::{
+    invalid_percent_encoding, is_admin_path, match_form, push_encoded, route_patterns,
+};
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use std::collections::HashMap;
@@ -565,13 +567,7 @@ fn check_health_path(path: &str) -> Result<(), String> {
             percent_encode_target(path)
         ));
     }
-    let bytes = path.as_bytes();
-    let stray = (0..bytes.len()).find(|&at| {
-        bytes[at] == b'%'
-            && !(bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit))
-    });
-    if let Some(at) = stray {
+    if let Some(at) = invalid_percent_encoding(path) {
         return Err(format!(
             "{path:?} has a '%' that two hex digits do not follow, which is not a percent-encoding: write '%' as %25, like {:?}",
             format!("{}%25{}", &path[..at], &path[at + 1..])
@@ -594,7 +590,7 @@ fn percent_encode_target(target: &str) -> String {
         if is_target_byte(byte) {
             encoded.push(char::from(byte));
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            push_encoded(&mut encoded, byte);
         }
     }
     encoded
