@@ -327,6 +327,49 @@ async fn forwarded_clients_get_own_budgets() {
 }
 
 #[tokio::test]
+async fn ipv6_clients_share_their_block_budget() {
+    let mock = MockProcess::start("Ipv6Blocks");
+    let gateway = GatewayProcess::start(&gateway_config(
+        r#"["127.0.0.0/8"]"#,
+        "{enabled: true, requests_per_second: 1, burst: 3, key: client_ip}",
+        &route("/api/*rest", &mock.url, ""),
+    ));
+    let url = format!("{}/api/budget", gateway.url);
+    let client = keep_alive_client();
+
+    let first = statuses(&client, &url, Some("2001:db8:1:2::1"), 2).await;
+    let same_block = statuses(&client, &url, Some("2001:db8:1:2::abcd"), 2).await;
+    let next_block = statuses(&client, &url, Some("2001:db8:1:3::1"), 3).await;
+
+    assert_eq!(first, [200, 200], "2001:db8:1:2::1");
+    assert_eq!(
+        same_block,
+        [200, 429],
+        "another address of the same /64 got a budget of its own"
+    );
+    assert_eq!(next_block, [200, 200, 200], "2001:db8:1:3::1");
+    assert_eq!(backend_requests(&mock).await, 6);
+}
+
+#[tokio::test]
+async fn ipv6_prefix_128_budgets_each_address() {
+    let mock = MockProcess::start("Ipv6Addresses");
+    let gateway = GatewayProcess::start(&gateway_config(
+        r#"["127.0.0.0/8"]"#,
+        "{enabled: true, requests_per_second: 1, burst: 2, key: client_ip, ipv6_prefix: 128}",
+        &route("/api/*rest", &mock.url, ""),
+    ));
+    let url = format!("{}/api/budget", gateway.url);
+    let client = keep_alive_client();
+
+    let first = statuses(&client, &url, Some("2001:db8:1:2::1"), 3).await;
+    let neighbour = statuses(&client, &url, Some("2001:db8:1:2::2"), 3).await;
+
+    assert_eq!(first, [200, 200, 429], "2001:db8:1:2::1");
+    assert_eq!(neighbour, [200, 200, 429], "2001:db8:1:2::2");
+}
+
+#[tokio::test]
 async fn untrusted_forwarded_for_is_ignored() {
     let mock = MockProcess::start("Spoofed");
     let gateway = GatewayProcess::start(&gateway_config(

@@ -187,6 +187,9 @@ pub enum RateLimitKey {
     Global,
 }
 
+/// The default of [`RateLimitConfig::ipv6_prefix`].
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 /// A token-bucket rate limit.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,6 +202,11 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Bucket key. Default `client_ip`.
     pub key: RateLimitKey,
+    /// With the `client_ip` key, the number of leading bits of an IPv6 address that pick its
+    /// bucket. Default 64: one bucket per /64, the smallest block a subscriber's network gets,
+    /// so a client cannot reach a fresh bucket by changing addresses within it. 128 gives each
+    /// address its own bucket. IPv4 addresses are always keyed whole.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RateLimitConfig {
@@ -208,6 +216,7 @@ impl Default for RateLimitConfig {
             requests_per_second: 100,
             burst: 50,
             key: RateLimitKey::ClientIp,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -224,6 +233,8 @@ pub struct RateLimitOverride {
     pub burst: Option<u32>,
     /// Replaces `key`.
     pub key: Option<RateLimitKey>,
+    /// Replaces `ipv6_prefix`.
+    pub ipv6_prefix: Option<u8>,
 }
 
 impl RateLimitOverride {
@@ -234,6 +245,7 @@ impl RateLimitOverride {
             requests_per_second: self.requests_per_second.unwrap_or(base.requests_per_second),
             burst: self.burst.unwrap_or(base.burst),
             key: self.key.unwrap_or(base.key),
+            ipv6_prefix: self.ipv6_prefix.unwrap_or(base.ipv6_prefix),
         }
     }
 
@@ -243,6 +255,7 @@ impl RateLimitOverride {
             && self.requests_per_second.is_none()
             && self.burst.is_none()
             && self.key.is_none()
+            && self.ipv6_prefix.is_none()
     }
 }
 

@@ -154,6 +154,7 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
         "batch_size" => crate::validate::MAX_BATCH_SIZE as u64,
         "queue_capacity" => crate::validate::MAX_QUEUE_CAPACITY as u64,
         "pool_max_idle_per_backend" => crate::validate::MAX_POOL_IDLE_PER_BACKEND as u64,
+        "ipv6_prefix" => u64::from(crate::validate::MAX_IPV6_PREFIX),
         _ => max,
     };
 
@@ -328,6 +329,7 @@ mod tests {
         let cases = [
             ("routes[0].backends[0].weight", "u32", "between 1 and 10000"),
             ("rate_limiting.burst", "u32", "between 1 and 4294967295"),
+            ("rate_limiting.ipv6_prefix", "u8", "between 1 and 128"),
             ("request_log.batch_size", "usize", "between 1 and 100000"),
             (
                 "request_log.queue_capacity",

@@ -28,6 +28,9 @@ pub(crate) const MAX_WEIGHT: u32 = 10_000;
 /// backend, so even 10,000 idle connections to one backend are more than a pool needs.
 pub(crate) const MAX_POOL_IDLE_PER_BACKEND: usize = 10_000;
 
+/// Largest `rate_limiting.ipv6_prefix`: the bits of an IPv6 address.
+pub(crate) const MAX_IPV6_PREFIX: u8 = 128;
+
 /// Largest `server.workers`. Current servers have at most a few hundred hardware threads, and a
 /// mistyped count far above that makes the runtime fail to start its threads and abort.
 pub(crate) const MAX_WORKERS: usize = 1024;
@@ -437,6 +440,21 @@ fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitCo
     }
     if limit.burst == 0 {
         problems.push(format!("{field}.burst"), "must be at least 1, got 0");
+    }
+    if limit.ipv6_prefix == 0 {
+        problems.push(
+            format!("{field}.ipv6_prefix"),
+            "must be between 1 and 128, got 0; for one bucket shared by every client, set \
+             key: global",
+        );
+    } else if limit.ipv6_prefix > MAX_IPV6_PREFIX {
+        problems.push(
+            format!("{field}.ipv6_prefix"),
+            format!(
+                "must be between 1 and 128, got {}; 128 gives each IPv6 address its own bucket",
+                limit.ipv6_prefix
+            ),
+        );
     }
 }
 

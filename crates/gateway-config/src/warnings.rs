@@ -1,7 +1,7 @@
 //! Checks for valid settings that do nothing useful, reported as warnings rather than errors.
 
 use crate::Problem;
-use crate::model::Config;
+use crate::model::{Config, DEFAULT_IPV6_PREFIX, RateLimitKey};
 
 /// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
 const ORIGIN_EXAMPLE: &str = "https://app.example.com";
@@ -12,6 +12,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<Problem> {
         let mut warnings = Vec::new();
         self.warn_rate_limits(&mut warnings);
+        self.warn_ipv6_prefix(&mut warnings);
         self.warn_cors(&mut warnings);
         warnings
     }
@@ -29,6 +30,7 @@ impl Config {
                 ("requests_per_second", limit.requests_per_second.is_some()),
                 ("burst", limit.burst.is_some()),
                 ("key", limit.key.is_some()),
+                ("ipv6_prefix", limit.ipv6_prefix.is_some()),
             ]
             .into_iter()
             .filter_map(|(name, is_set)| is_set.then_some(name))
@@ -54,6 +56,33 @@ impl Config {
                 field: format!("routes[{i}].rate_limiting"),
                 message: format!("{names} {verb} no effect, because {reason}"),
             });
+        }
+    }
+
+    /// Warns about an `ipv6_prefix` set with the `global` key, where every client shares one
+    /// bucket whatever its address. The top level counts as set when it is not the default. A
+    /// route whose limit is off gets the warning for that instead.
+    fn warn_ipv6_prefix(&self, warnings: &mut Vec<Problem>) {
+        let message = "has no effect with key: global, where every client shares one bucket: \
+                       remove it, or set key: client_ip for a bucket per client";
+        let top_level = &self.rate_limiting;
+        if top_level.key == RateLimitKey::Global && top_level.ipv6_prefix != DEFAULT_IPV6_PREFIX {
+            warnings.push(Problem {
+                field: "rate_limiting.ipv6_prefix".to_owned(),
+                message: message.to_owned(),
+            });
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let limit = route.effective_rate_limit(top_level);
+            if limit.enabled
+                && limit.key == RateLimitKey::Global
+                && route.rate_limiting.ipv6_prefix.is_some()
+            {
+                warnings.push(Problem {
+                    field: format!("routes[{i}].rate_limiting.ipv6_prefix"),
+                    message: message.to_owned(),
+                });
+            }
         }
     }
 

@@ -69,7 +69,51 @@ fn minimal_file_gets_defaults() {
     assert_eq!(config.routes[0].backends[0].weight, 1);
     assert!(config.routes[0].methods.is_empty());
     assert!(!config.rate_limiting.enabled);
+    assert_eq!(config.rate_limiting.ipv6_prefix, 64);
     assert!(config.request_log.enabled);
+}
+
+#[test]
+fn ipv6_prefix_out_of_range_is_rejected() {
+    let route = "routes:\n  - path: /a\n    backends: [{url: \"http://127.0.0.1:1\"}]\n";
+    let found = problems(&format!("rate_limiting:\n  ipv6_prefix: 0\n{route}"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("rate_limiting.ipv6_prefix: must be between 1 and 128, got 0"),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("key: global"), "{found:#?}");
+
+    let found = problems(&format!("{route}    rate_limiting: {{ipv6_prefix: 129}}\n"));
+    assert_eq!(
+        found,
+        [
+            "routes[0].rate_limiting.ipv6_prefix: must be between 1 and 128, got 129; 128 gives \
+          each IPv6 address its own bucket"
+        ]
+    );
+
+    // Past the type's range, the message names the field's range, not the type's.
+    let error = Config::from_yaml(
+        &format!("rate_limiting:\n  ipv6_prefix: 300\n{route}"),
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("must be between 1 and 128, got `300`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn route_ipv6_prefix_replaces_top_level() {
+    let text = "rate_limiting: {enabled: true, ipv6_prefix: 48}\nroutes:\n  - path: /a\n    backends: [{url: \"http://127.0.0.1:1\"}]\n    rate_limiting: {ipv6_prefix: 128}\n  - path: /b\n    backends: [{url: \"http://127.0.0.1:1\"}]\n";
+    let config = Config::from_yaml(text, "ok.yaml").unwrap();
+    let first = config.routes[0].effective_rate_limit(&config.rate_limiting);
+    let second = config.routes[1].effective_rate_limit(&config.rate_limiting);
+    assert_eq!(first.ipv6_prefix, 128);
+    assert_eq!(second.ipv6_prefix, 48);
 }
 
 #[test]

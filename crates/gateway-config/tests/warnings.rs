@@ -147,3 +147,29 @@ fn committed_config_files_have_no_warnings() {
         );
     }
 }
+
+#[test]
+fn ipv6_prefix_with_global_key_warns() {
+    let found = warnings(&route_with(
+        "rate_limiting: {enabled: true, key: global, ipv6_prefix: 48}",
+        "rate_limiting: {ipv6_prefix: 56}",
+    ));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("rate_limiting.ipv6_prefix: has no effect with key: global"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("routes[0].rate_limiting.ipv6_prefix: has no effect"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn ipv6_prefix_with_client_key_does_not_warn() {
+    let found = warnings(&route_with(
+        "rate_limiting: {enabled: true, ipv6_prefix: 48}",
+        "rate_limiting: {ipv6_prefix: 128}",
+    ));
+    assert!(found.is_empty(), "{found:#?}");
+}

@@ -13,6 +13,7 @@ fn limiter(key: RateLimitKey) -> RateLimiter {
         requests_per_second: 1_000_000_000,
         burst: 1_000_000_000,
         key,
+        ipv6_prefix: 64,
     })
 }
 

@@ -23,6 +23,7 @@ fn config(requests_per_second: u32, burst: u32) -> RateLimitConfig {
         requests_per_second,
         burst,
         key: RateLimitKey::ClientIp,
+        ipv6_prefix: 64,
     }
 }
 

@@ -314,6 +314,7 @@ fn limited_service()
         requests_per_second: 1,
         burst: 1,
         key: RateLimitKey::Global,
+        ipv6_prefix: 64,
     };
     let clock = FakeRelativeClock::default();
     let limiter = Arc::new(RateLimiter::with_clock(&limit, clock));

@@ -1,4 +1,6 @@
 //! Token-bucket rate limiting per client IP address or for all clients, with governor's GCRA.
+//! An IPv6 client is keyed by its address's prefix (a /64 by default), because one subscriber
+//! holds a whole block and could otherwise take a fresh bucket with each address in it.
 //!
 //! An idle client may send `burst` requests at once, then `requests_per_second` per second on
 //! average. A rejected request costs no token. Responses carry the `RateLimit` fields in the
@@ -30,7 +32,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota};
 use http::header::HeaderName;
 use http::{HeaderValue, Response, StatusCode, header};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -82,6 +84,8 @@ enum Buckets<C: Clock> {
 /// [`RateLimiter::with_clock`] and advance it by hand.
 pub struct RateLimiter<C: Clock = DefaultClock> {
     buckets: Buckets<C>,
+    /// Mask of the first `ipv6_prefix` bits of an IPv6 address, the bits that pick its bucket.
+    ipv6_mask: u128,
     burst: u32,
     replenish_interval: Duration,
     policy: HeaderValue,
@@ -124,6 +128,7 @@ impl<C: Clock> RateLimiter<C> {
 
         RateLimiter {
             buckets,
+            ipv6_mask: prefix_mask(config.ipv6_prefix),
             burst: burst.get(),
             replenish_interval: quota.replenish_interval(),
             policy: HeaderValue::try_from(policy).expect("quotes, digits and ASCII are valid"),
@@ -138,18 +143,28 @@ impl<C: Clock> RateLimiter<C> {
 
     /// Takes a token for `client` if one is left.
     ///
-    /// An IPv4-mapped IPv6 address shares the bucket of its IPv4 address. With the `global`
-    /// key, every client shares one bucket.
+    /// An IPv4-mapped IPv6 address shares the bucket of its IPv4 address, and IPv6 addresses
+    /// that share their first `ipv6_prefix` bits share a bucket. With the `global` key, every
+    /// client shares one bucket.
     pub fn check(&self, client: IpAddr) -> Decision {
         match &self.buckets {
             Buckets::Disabled => Decision::Unlimited,
             Buckets::PerClient(limiter) => {
-                // NOTE: an IPv6 client is keyed by its full address, so one holder of a /64
-                // can spread requests over many buckets. Keying IPv6 by /64 would close that.
-                let outcome = limiter.check_key(&client.to_canonical());
+                let outcome = limiter.check_key(&self.key_of(client));
                 self.decide(outcome, limiter.clock())
             }
             Buckets::Global(limiter) => self.decide(limiter.check(), limiter.clock()),
+        }
+    }
+
+    /// Returns the key of `client`'s bucket: an IPv4 address whole, an IPv6 address cut to
+    /// its prefix.
+    fn key_of(&self, client: IpAddr) -> IpAddr {
+        match client.to_canonical() {
+            IpAddr::V6(address) => {
+                IpAddr::V6(Ipv6Addr::from_bits(address.to_bits() & self.ipv6_mask))
+            }
+            v4 => v4,
         }
     }
 
@@ -293,6 +308,14 @@ fn ratelimit_value(remaining: u32, seconds: u64) -> HeaderValue {
     push(b";t=");
     push(value_store::decimal(seconds, &mut digits));
     value_store::header_value(&text[..length]).expect("quotes, digits and ASCII are valid")
+}
+
+/// Returns the mask of the first `prefix` bits of an IPv6 address. Validation keeps `prefix`
+/// between 1 and 128. A 0 would key every address alike.
+fn prefix_mask(prefix: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0)
 }
 
 fn whole_seconds_up(duration: Duration) -> u64 {

@@ -13,6 +13,7 @@ fn config(requests_per_second: u32, burst: u32, key: RateLimitKey) -> RateLimitC
         requests_per_second,
         burst,
         key,
+        ipv6_prefix: 64,
     }
 }
 
@@ -201,6 +202,63 @@ fn mapped_ipv6_shares_ipv4_bucket() {
     assert_eq!(allowed_count(&limiter, CLIENT, 30), 30);
     assert_eq!(allowed_count(&limiter, mapped, 1000), 20);
     assert_eq!(limiter.tracked_keys(), 1);
+}
+
+#[test]
+fn ipv6_addresses_share_their_prefix_bucket() {
+    let (limiter, _clock) = limiter(100, 50);
+    let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let same_block: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+    let next_block: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+
+    assert_eq!(allowed_count(&limiter, first, 30), 30);
+    assert_eq!(allowed_count(&limiter, same_block, 1000), 20);
+    assert_eq!(allowed_count(&limiter, next_block, 1000), 50);
+    assert_eq!(limiter.tracked_keys(), 2);
+}
+
+#[test]
+fn ipv6_prefix_sets_block_size() {
+    let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let neighbour: IpAddr = "2001:db8:1:2::2".parse().unwrap();
+    let other_subnet: IpAddr = "2001:db8:1:ff::1".parse().unwrap();
+
+    let whole = RateLimitConfig {
+        ipv6_prefix: 128,
+        ..config(100, 50, RateLimitKey::ClientIp)
+    };
+    let limiter = RateLimiter::with_clock(&whole, FakeRelativeClock::default());
+    assert_eq!(allowed_count(&limiter, first, 1000), 50);
+    assert_eq!(allowed_count(&limiter, neighbour, 1000), 50);
+
+    // A /48 spans every /64 of 2001:db8:1::.
+    let wide = RateLimitConfig {
+        ipv6_prefix: 48,
+        ..config(100, 50, RateLimitKey::ClientIp)
+    };
+    let limiter = RateLimiter::with_clock(&wide, FakeRelativeClock::default());
+    assert_eq!(allowed_count(&limiter, first, 30), 30);
+    assert_eq!(allowed_count(&limiter, other_subnet, 1000), 20);
+
+    // An odd length cuts inside a group: /65 splits 2001:db8:1:2:: at its 65th bit.
+    let odd = RateLimitConfig {
+        ipv6_prefix: 65,
+        ..config(100, 50, RateLimitKey::ClientIp)
+    };
+    let limiter = RateLimiter::with_clock(&odd, FakeRelativeClock::default());
+    let low: IpAddr = "2001:db8:1:2:7fff::1".parse().unwrap();
+    let high: IpAddr = "2001:db8:1:2:8000::1".parse().unwrap();
+    assert_eq!(allowed_count(&limiter, first, 30), 30);
+    assert_eq!(allowed_count(&limiter, low, 1000), 20);
+    assert_eq!(allowed_count(&limiter, high, 1000), 50);
+}
+
+#[test]
+fn prefix_masks_keep_leading_bits() {
+    assert_eq!(prefix_mask(128), u128::MAX);
+    assert_eq!(prefix_mask(64), u128::MAX << 64);
+    assert_eq!(prefix_mask(1), 1 << 127);
+    assert_eq!(prefix_mask(0), 0);
 }
 
 #[test]
