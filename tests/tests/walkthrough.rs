@@ -337,6 +337,45 @@ async fn forwarding_headers_are_set() {
 }
 
 #[tokio::test]
+async fn underscore_forwarding_aliases_do_not_reach_backend() {
+    let fleet = Fleet::start();
+
+    let reply = request(
+        Method::GET,
+        &fleet.url("/api/users/alias"),
+        &[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_proto", "https"),
+            ("x_forwarded_host", "spoofed.example"),
+            ("x_request_id", "forged"),
+            ("x_custom", "kept"),
+        ],
+        Bytes::new(),
+    )
+    .await
+    .expect("GET");
+    assert_eq!(reply.status, 200);
+    let echo = reply.json();
+    let headers = echo["headers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no headers in {echo}"));
+    for alias in [
+        "x_forwarded_for",
+        "x-forwarded_proto",
+        "x_forwarded_host",
+        "x_request_id",
+    ] {
+        assert!(
+            !headers.contains_key(alias),
+            "{alias} reached the backend: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x_custom"], "kept");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
 async fn preserve_host_keeps_client_host() {
     let mock = MockProcess::start("Kept");
     let gateway = single_route_gateway(&mock.url, "    preserve_host: true", "");

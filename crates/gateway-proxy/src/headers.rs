@@ -85,7 +85,8 @@ fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 /// `Connection` names is left out, and the gateway's starts with the peer. `Content-Length` is left out too: the
 /// request head's framing writes its own (see `RequestHead::encode`). `Host` becomes `backend_host` unless it is `None`, which keeps the client's.
 /// `X-Forwarded-For` gets `peer` appended (earlier values are joined into one line),
-/// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`.
+/// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`. A field
+/// that names one of these four or `X-Request-Id` with `_` for `-` is left out.
 pub fn write_forwarded_headers(
     out: &mut Vec<u8>,
     headers: &HeaderMap,
@@ -128,8 +129,9 @@ pub fn write_forwarded_headers(
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST;
-        let dropped =
-            is_hop_by_hop(name) || (named_by_connection.contains(name) && *name != X_REQUEST_ID);
+        let dropped = is_hop_by_hop(name)
+            || (named_by_connection.contains(name) && *name != X_REQUEST_ID)
+            || is_alias_of_set_field(name);
         if replaced || dropped {
             continue;
         }
@@ -177,6 +179,33 @@ pub fn write_forwarded_headers(
     if let Some(host) = client_host {
         put(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
     }
+}
+
+/// Returns whether `name` reads as a field that the gateway sets once each `_` is read as `-`
+/// (`X_Forwarded_For`). CGI (RFC 3875 section 4.1.18) and the interfaces that follow it, such
+/// as WSGI and PSGI, name a field's variable with each `-` replaced by `_`. Both spellings
+/// then become one variable, and a backend could read a client's alias as the gateway's value.
+fn is_alias_of_set_field(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    // Checked for every forwarded field, so the lengths are compared before the bytes.
+    if !matches!(name.len(), 12 | 15..=17) || !name.contains(&b'_') {
+        return false;
+    }
+    [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REQUEST_ID,
+    ]
+    .iter()
+    .any(|set| {
+        let set = set.as_str().as_bytes();
+        set.len() == name.len()
+            && set
+                .iter()
+                .zip(name)
+                .all(|(&expected, &byte)| byte == expected || (expected == b'-' && byte == b'_'))
+    })
 }
 
 /// Appends a `Trailer` field that announces only the names of `value` that trailers keep
@@ -366,6 +395,31 @@ mod tests {
         let lines = forwarded(&headers, Some("10.0.0.9"), None);
         assert_eq!(values(&lines, "x-forwarded-proto"), ["http"]);
         assert_eq!(values(&lines, "x-forwarded-host"), ["gateway.example"]);
+    }
+
+    #[test]
+    fn underscore_aliases_of_set_fields_are_dropped() {
+        let headers = map(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_proto", "https"),
+            ("x_forwarded_host", "spoofed.example"),
+            ("x_request_id", "forged"),
+            ("x_forwarded_port", "443"),
+            ("x_custom_field", "kept"),
+        ]);
+        let lines = forwarded(&headers, Some("10.0.0.9"), None);
+        for alias in [
+            "x_forwarded_for",
+            "x-forwarded_proto",
+            "x_forwarded_host",
+            "x_request_id",
+        ] {
+            assert!(values(&lines, alias).is_empty(), "{alias}: {lines:?}");
+        }
+        assert_eq!(values(&lines, "x_forwarded_port"), ["443"]);
+        assert_eq!(values(&lines, "x_custom_field"), ["kept"]);
+        assert_eq!(values(&lines, "x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(values(&lines, "x-forwarded-proto"), ["http"]);
     }
 
     #[test]
