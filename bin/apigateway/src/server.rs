@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 use tower::layer::util::Identity;
 use tower::{Layer, Service};
 
-/// Largest request head accepted; a larger one gets 431 Request Header Fields Too Large.
+/// Largest request head accepted. A larger one gets 431 Request Header Fields Too Large, or
+/// 414 URI Too Long when its request line alone is larger.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How often idle rate-limit buckets are evicted.

@@ -156,19 +156,23 @@ where
             Ok(None) => return Ok(()),
             Err(ReadHeadError::Io(error)) => return Err(ConnectionError::Io(error)),
             Err(ReadHeadError::Incomplete) => return Err(ConnectionError::IncompleteHead),
-            Err(ReadHeadError::TooLarge) => {
-                return reject(
-                    &wire,
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too large",
-                )
-                .await;
+            Err(ReadHeadError::TooLarge | ReadHeadError::Head(HeadError::TooLarge)) => {
+                let line_too_long =
+                    request_line_exceeds(&lock(&wire).buffer, settings.max_head_bytes);
+                return if line_too_long {
+                    reject(&wire, StatusCode::URI_TOO_LONG, "request line too long").await
+                } else {
+                    reject(
+                        &wire,
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "too large",
+                    )
+                    .await
+                };
             }
             Err(ReadHeadError::Head(error)) => {
                 let status = match error {
-                    HeadError::TooManyHeaders | HeadError::TooLarge => {
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                    }
+                    HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 return reject(&wire, status, head_error_reason(error)).await;
@@ -299,6 +303,18 @@ fn head_error_reason(error: HeadError) -> &'static str {
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
     }
+}
+
+/// Returns whether the request line at the start of `buffer`, after any empty lines, runs past
+/// `max_head_bytes` without its line end. Such a head gets 414 URI Too Long rather than 431:
+/// RFC 9110 (section 15.5.15) defines 414 for a target longer than the server will read.
+fn request_line_exceeds(buffer: &[u8], max_head_bytes: usize) -> bool {
+    let start = buffer
+        .iter()
+        .position(|&byte| byte != b'\r' && byte != b'\n')
+        .unwrap_or(buffer.len());
+    let end = buffer.len().min(start.saturating_add(max_head_bytes));
+    !buffer[start..end].contains(&b'\n')
 }
 
 /// Returns whether the drain has begun, and records it in `seen`. The drain only turns on, so

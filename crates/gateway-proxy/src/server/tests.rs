@@ -434,6 +434,39 @@ async fn head_over_limit_in_pieces_rejected() {
 }
 
 #[tokio::test]
+async fn long_request_line_gets_414() {
+    let (address, _drain) = serve(echo).await;
+    let mut head = b"GET /".to_vec();
+    head.extend(std::iter::repeat_n(b'a', SETTINGS.max_head_bytes));
+    head.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    // The server may stop reading and respond before the whole head is written.
+    let _ = stream.write_all(&head).await;
+    let text = read_to_close(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{text}");
+
+    // A target that fits leaves the fields to blame when the head as a whole is too large.
+    let mut head = b"GET /short HTTP/1.1\r\nX-Long: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', SETTINGS.max_head_bytes));
+    head.extend_from_slice(b"\r\n\r\n");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let _ = stream.write_all(&head).await;
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn request_line_length_is_measured_after_empty_lines() {
+    assert!(request_line_exceeds(b"GET /aaaaaaaa", 8));
+    assert!(!request_line_exceeds(b"GET /\r\nX: aaaaaaaa", 8));
+    assert!(!request_line_exceeds(b"\r\n\r\nGET /\r\n", 8));
+    assert!(request_line_exceeds(b"\r\nGET /aaaaaaaa\r\n", 8));
+}
+
+#[tokio::test]
 async fn bare_lf_after_trailers_never_hides_next_request() {
     let (address, _drain) = serve(echo).await;
     let mut stream = send(
