@@ -331,3 +331,51 @@ routes:
     let reply = get(&format!("{}/api/next", gateway.url)).await;
     assert_eq!(reply.status, 503);
 }
+
+#[tokio::test]
+async fn down_backend_share_split_by_weight() {
+    let first = MockProcess::start("First");
+    let mut second = MockProcess::start("Second");
+    let third = MockProcess::start("Third");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+request_log:
+  database: "{{dir}}/gateway.db"
+{HEALTH_CHECK}
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+      - url: "{}"
+      - url: "{}"
+"#,
+        first.url, second.url, third.url
+    ));
+
+    second.kill();
+    let second_url = second.url.clone();
+    if let Err(last) =
+        wait_for_health(&gateway.url, &second_url, false, 3 * INTERVAL + MARGIN).await
+    {
+        panic!("killed backend still healthy after 3 intervals: {last}");
+    }
+
+    // The dead backend's turns are shared by the other two, not all given to the one after it
+    // in the order.
+    let mut first_count = 0;
+    let mut third_count = 0;
+    for i in 0..60 {
+        let reply = get(&format!("{}/api/share/{i}", gateway.url)).await;
+        assert_eq!(reply.status, 200, "request {i}");
+        match reply.header("x-mock-server") {
+            "First" => first_count += 1,
+            "Third" => third_count += 1,
+            other => panic!("request {i} reached {other:?}"),
+        }
+    }
+    assert_eq!(first_count, 30);
+    assert_eq!(third_count, 30);
+}

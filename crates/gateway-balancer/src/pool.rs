@@ -20,6 +20,8 @@ pub struct Pool {
     // One full cycle of the smooth weighted round-robin order, as indexes into `members`.
     order: Box<[u32]>,
     next: AtomicUsize,
+    // Turns handed to a replacement for a backend that could not serve them.
+    replacements: AtomicUsize,
 }
 
 /// One backend of a pool.
@@ -27,6 +29,8 @@ pub struct Pool {
 struct Member {
     backend: Arc<Backend>,
     weight: u32,
+    // The backend's turns in one cycle of `order`.
+    turns: u32,
     // Requests this pool's route sent to the backend.
     requests: AtomicU64,
 }
@@ -54,27 +58,31 @@ impl<'a> Pick<'a> {
 impl Pool {
     /// Builds a pool from backends and their weights. A weight of 0 is treated as 1.
     pub fn new(entries: Vec<(Arc<Backend>, u32)>) -> Pool {
+        let weights: Vec<u32> = entries.iter().map(|(_, weight)| (*weight).max(1)).collect();
+        let order = smooth_order(&weights).into_boxed_slice();
         let members: Box<[Member]> = entries
             .into_iter()
-            .map(|(backend, weight)| Member {
+            .zip(weights)
+            .enumerate()
+            .map(|(index, ((backend, _), weight))| Member {
                 backend,
-                weight: weight.max(1),
+                weight,
+                turns: order.iter().filter(|&&turn| turn as usize == index).count() as u32,
                 requests: AtomicU64::new(0),
             })
             .collect();
-        let weights: Vec<u32> = members.iter().map(|member| member.weight).collect();
-        let order = smooth_order(&weights).into_boxed_slice();
         Pool {
             members,
             order,
             next: AtomicUsize::new(0),
+            replacements: AtomicUsize::new(0),
         }
     }
 
     /// Picks the next healthy backend in weighted order, or `None` when none is healthy.
     ///
-    /// An unhealthy backend's turn goes to the next healthy backend in the order, so the
-    /// healthy ones keep their relative weights only approximately while another is down.
+    /// A turn of an unhealthy backend goes to a replacement (see [`Pool::pick_replacement`]),
+    /// so the healthy backends keep their weights relative to each other.
     pub fn pick(&self) -> Option<Pick<'_>> {
         self.pick_where(|_| true)
     }
@@ -89,19 +97,47 @@ impl Pool {
         if len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for step in 0..len {
-            let member = &self.members[self.order[(start + step) % len] as usize];
-            if member.backend.is_healthy() && allowed(&member.backend) {
-                return Some(Pick { member });
-            }
-            // After one miss, give up at once when no backend could serve.
-            let servable = |m: &Member| m.backend.is_healthy() && allowed(&m.backend);
-            if step == 0 && !self.members.iter().any(servable) {
-                return None;
+        let servable = |member: &Member| member.backend.is_healthy() && allowed(&member.backend);
+        let position = self.next.fetch_add(1, Ordering::Relaxed);
+        let member = &self.members[self.order[position % len] as usize];
+        if servable(member) {
+            return Some(Pick { member });
+        }
+        self.pick_replacement(servable)
+    }
+
+    /// Picks a backend for a turn whose own backend cannot serve.
+    ///
+    /// Replacements take the turns of the order that belong to servable backends, one after
+    /// the other, on a counter of their own. Over a cycle each servable backend then replaces
+    /// in proportion to its weight. Handing the turn to the next servable backend in the order
+    /// would instead give all of a down backend's share to that neighbour. With three equal
+    /// weights and one backend down, one of the other two would then get twice the load.
+    fn pick_replacement(&self, servable: impl Fn(&Member) -> bool) -> Option<Pick<'_>> {
+        let turns: usize = self
+            .members
+            .iter()
+            .filter(|member| servable(member))
+            .map(|member| member.turns as usize)
+            .sum();
+        if turns == 0 {
+            return None;
+        }
+        let mut skip = self.replacements.fetch_add(1, Ordering::Relaxed) % turns;
+        for &index in &self.order {
+            let member = &self.members[index as usize];
+            if servable(member) {
+                if skip == 0 {
+                    return Some(Pick { member });
+                }
+                skip -= 1;
             }
         }
-        None
+        // A backend went down during the scan, so fewer turns were servable than counted.
+        self.members
+            .iter()
+            .find(|member| servable(member))
+            .map(|member| Pick { member })
     }
 
     /// Returns the backends with their weights, in configured order.
@@ -223,6 +259,51 @@ mod tests {
         assert!(picks(&pool, 30).iter().all(|&i| i == 0));
         second.record_check_success();
         assert_eq!(picks(&pool, 30).iter().filter(|&&i| i == 1).count(), 10);
+    }
+
+    /// Counts the picks of each backend in `n` picks.
+    fn shares(pool: &Pool, n: usize) -> Vec<usize> {
+        let picked = picks(pool, n);
+        (0..pool.members.len() as u16)
+            .map(|i| picked.iter().filter(|&&p| p == i).count())
+            .collect()
+    }
+
+    #[test]
+    fn down_backend_share_split_evenly() {
+        let pool = pool(&[1, 1, 1]);
+        let (second, _) = pool.backends().nth(1).unwrap();
+        second.record_failure("refused");
+        assert_eq!(shares(&pool, 300), [150, 0, 150]);
+    }
+
+    #[test]
+    fn down_backend_share_split_by_weight() {
+        let pool = pool(&[3, 2, 1]);
+        let (second, _) = pool.backends().nth(1).unwrap();
+        second.record_failure("refused");
+        assert_eq!(shares(&pool, 120), [90, 0, 30]);
+
+        let (first, _) = pool.backends().next().unwrap();
+        second.record_check_success();
+        first.record_failure("refused");
+        let after = shares(&pool, 120);
+        assert_eq!(after[0], 0);
+        assert_eq!(after[1], 80);
+        assert_eq!(after[2], 40);
+    }
+
+    #[test]
+    fn retries_follow_weights() {
+        let pool = pool(&[1, 2, 1]);
+        let (first, _) = pool.backends().next().unwrap();
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            let other = pool.pick_other(first).unwrap().backend();
+            let port = other.url().port_u16().unwrap();
+            counts[usize::from(port - 9001)] += 1;
+        }
+        assert_eq!(counts, [0, 200, 100]);
     }
 
     #[test]
