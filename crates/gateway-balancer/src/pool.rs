@@ -20,8 +20,9 @@ pub struct Pool {
     // One full cycle of the smooth weighted round-robin order, as indexes into `members`.
     order: Box<[u32]>,
     next: AtomicUsize,
-    // Turns handed to a replacement for a backend that could not serve them.
-    replacements: AtomicUsize,
+    // The position in `order` after the last turn that replaced one of a backend that could
+    // not serve it.
+    replacement_cursor: AtomicUsize,
 }
 
 /// One backend of a pool.
@@ -29,8 +30,6 @@ pub struct Pool {
 struct Member {
     backend: Arc<Backend>,
     weight: u32,
-    // The backend's turns in one cycle of `order`.
-    turns: u32,
     // Requests this pool's route sent to the backend.
     requests: AtomicU64,
 }
@@ -63,11 +62,9 @@ impl Pool {
         let members: Box<[Member]> = entries
             .into_iter()
             .zip(weights)
-            .enumerate()
-            .map(|(index, ((backend, _), weight))| Member {
+            .map(|((backend, _), weight)| Member {
                 backend,
                 weight,
-                turns: order.iter().filter(|&&turn| turn as usize == index).count() as u32,
                 requests: AtomicU64::new(0),
             })
             .collect();
@@ -75,7 +72,7 @@ impl Pool {
             members,
             order,
             next: AtomicUsize::new(0),
-            replacements: AtomicUsize::new(0),
+            replacement_cursor: AtomicUsize::new(0),
         }
     }
 
@@ -108,36 +105,33 @@ impl Pool {
 
     /// Picks a backend for a turn whose own backend cannot serve.
     ///
-    /// Replacements take the turns of the order that belong to servable backends, one after
-    /// the other, on a counter of their own. Over a cycle each servable backend then replaces
-    /// in proportion to its weight. Handing the turn to the next servable backend in the order
-    /// would instead give all of a down backend's share to that neighbour. With three equal
-    /// weights and one backend down, one of the other two would then get twice the load.
+    /// Replacements walk the order on a cursor of their own and take the next turn that
+    /// belongs to a servable backend, so over a cycle each servable backend replaces in
+    /// proportion to its weight. Handing the turn to the next servable backend after the
+    /// missed one would instead give all of a down backend's share to that neighbour. With
+    /// three equal weights and one backend down, one of the other two would get twice the
+    /// load. A walk costs the unservable turns it passes, one cycle at most.
     fn pick_replacement(&self, servable: impl Fn(&Member) -> bool) -> Option<Pick<'_>> {
-        let turns: usize = self
-            .members
-            .iter()
-            .filter(|member| servable(member))
-            .map(|member| member.turns as usize)
-            .sum();
-        if turns == 0 {
-            return None;
+        let mut servable_members = self.members.iter().filter(|member| servable(member));
+        let first = servable_members.next()?;
+        if servable_members.next().is_none() {
+            return Some(Pick { member: first });
         }
-        let mut skip = self.replacements.fetch_add(1, Ordering::Relaxed) % turns;
-        for &index in &self.order {
-            let member = &self.members[index as usize];
+        let len = self.order.len();
+        // Two workers that read the cursor at once may both take the same turn. Each such race
+        // gives one backend one extra turn.
+        let start = self.replacement_cursor.load(Ordering::Relaxed);
+        for step in 0..len {
+            let position = (start + step) % len;
+            let member = &self.members[self.order[position] as usize];
             if servable(member) {
-                if skip == 0 {
-                    return Some(Pick { member });
-                }
-                skip -= 1;
+                self.replacement_cursor
+                    .store((position + 1) % len, Ordering::Relaxed);
+                return Some(Pick { member });
             }
         }
-        // A backend went down during the scan, so fewer turns were servable than counted.
-        self.members
-            .iter()
-            .find(|member| servable(member))
-            .map(|member| Pick { member })
+        // Every servable backend went down during the walk.
+        None
     }
 
     /// Returns the backends with their weights, in configured order.
@@ -291,6 +285,16 @@ mod tests {
         assert_eq!(after[0], 0);
         assert_eq!(after[1], 80);
         assert_eq!(after[2], 40);
+    }
+
+    #[test]
+    fn only_servable_backend_takes_every_turn() {
+        let pool = pool(&[5, 1, 2]);
+        let (first, _) = pool.backends().next().unwrap();
+        let (third, _) = pool.backends().nth(2).unwrap();
+        first.record_failure("refused");
+        third.record_failure("refused");
+        assert_eq!(shares(&pool, 80), [0, 80, 0]);
     }
 
     #[test]
