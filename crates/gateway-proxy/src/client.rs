@@ -214,6 +214,12 @@ impl BackendClient {
             .map(|(_, pool)| pool)
     }
 
+    /// Returns whether the calling worker keeps idle connections to `backend`, so that one
+    /// can carry another request after its response. It does not while pooling is off.
+    pub(crate) fn keeps_idle(&self, backend: &Backend) -> bool {
+        self.pool(backend.id()).is_some()
+    }
+
     /// Maximum wait for a backend's response head.
     pub fn response_timeout(&self) -> Duration {
         self.shared.response_timeout

@@ -49,6 +49,11 @@ pub(crate) struct RequestHead<'a> {
     /// The backend's authority for `Host`, or `None` to keep the client's.
     pub(crate) host: Option<&'a HeaderValue>,
     pub(crate) framing: RequestFraming,
+    /// Whether the connection closes after this exchange, announced with `Connection: close`,
+    /// as HTTP/1.1 asks of a client that will not reuse it. The backend then closes first, so
+    /// the connection's TIME_WAIT stays on its side rather than holding a local port of the
+    /// gateway for a minute.
+    pub(crate) close: bool,
 }
 
 impl RequestHead<'_> {
@@ -72,6 +77,9 @@ impl RequestHead<'_> {
                 out.extend_from_slice(b"\r\n");
             }
             RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        if self.close {
+            out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -377,6 +385,7 @@ mod tests {
             peer: Some("192.0.2.7".parse().unwrap()),
             host: Some(&host),
             framing: RequestFraming::Chunked,
+            close: false,
         };
         head.encode(&mut out);
         assert_eq!(
@@ -400,6 +409,7 @@ mod tests {
             peer: None,
             host: None,
             framing: RequestFraming::Empty,
+            close: false,
         };
         head.encode(&mut out);
         assert_eq!(
@@ -585,6 +595,7 @@ mod tests {
                 peer: None,
                 host: None,
                 framing,
+                close: false,
             }
             .encode(&mut out);
             let text = String::from_utf8(out).unwrap();

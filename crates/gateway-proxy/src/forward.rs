@@ -267,6 +267,7 @@ async fn attempt(
         peer: request.peer,
         host,
         framing: request.framing,
+        close: !client.keeps_idle(backend),
     }
     .encode(connection.head_buffer());
     connection
