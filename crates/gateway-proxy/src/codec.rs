@@ -50,9 +50,9 @@ pub(crate) struct RequestHead<'a> {
     pub(crate) host: Option<&'a HeaderValue>,
     pub(crate) framing: RequestFraming,
     /// Whether the connection closes after this exchange, announced with `Connection: close`,
-    /// as HTTP/1.1 asks of a client that will not reuse it. The backend then closes first, so
-    /// the connection's TIME_WAIT stays on its side rather than holding a local port of the
-    /// gateway for a minute.
+    /// as RFC 9112 (section 9.6) requires of a client that will not reuse it. The backend then
+    /// closes first, so the connection's TIME_WAIT stays on its side rather than holding a
+    /// local port of the gateway for a minute.
     pub(crate) close: bool,
 }
 

@@ -181,7 +181,9 @@ fn forward(
             }
 
             // Only a request that never reached a backend may go to another, and only once.
-            let retry = error.is_retry_safe() && is_idempotent(&parts.method) && !info.retried;
+            // No byte of it was sent, so nothing can run twice, and a POST goes too (NGINX
+            // also passes a POST on after a failed connect).
+            let retry = error.is_retry_safe() && body.is_replayable() && !info.retried;
             let other = if retry {
                 route.pool.pick_other(backend)
             } else {
