@@ -189,11 +189,11 @@ pub(crate) fn parse_response_head(
     // would write 3.2 KB for each response.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut response,
-        buf,
-        &mut fields,
-    );
+    // Whitespace between a field's name and its colon is read and left out: RFC 9112 (section
+    // 5.1) has a proxy remove it from a response, where a server rejects a request with it.
+    let parsed = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .parse_response_with_uninit_headers(&mut response, buf, &mut fields);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
@@ -724,6 +724,15 @@ mod tests {
             assert_eq!(head.headers["x-id"], i.to_string().as_str());
             assert_eq!(head.headers[header::CONTENT_LENGTH], i.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn space_before_colon_is_removed() {
+        let text = "HTTP/1.1 200 OK\r\nX-A : b\r\nContent-Length\t: 2\r\n\r\n";
+        let (_, head) = head(text, &Method::GET);
+        assert_eq!(head.headers["x-a"], "b");
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "2");
+        assert_eq!(head.framing, BodyFraming::Length(2));
     }
 
     #[test]
