@@ -1,6 +1,7 @@
-//! Slow clients. One that announces a body and stops sending it is at fault, so the gateway
-//! must not respond with a 5xx status that blames the backend. One that stops reading must not
-//! keep a response open past the write timeout.
+//! Slow clients and slow responses. A client that announces a body and stops sending it is at
+//! fault, so the gateway must not respond with a 5xx status that blames the backend. A
+//! response that stops moving, because its client stopped reading or its backend stopped
+//! sending, is cut after the write timeout, and one that keeps moving is not.
 
 use gateway_tests::{GatewayProcess, MockProcess, RawConnection};
 use std::time::Duration;
@@ -89,5 +90,74 @@ routes:
     assert!(
         received < size,
         "the whole {size}-byte body arrived, so the write timeout never closed the connection"
+    );
+}
+
+fn streaming_gateway(mock: &MockProcess) -> GatewayProcess {
+    GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  write_timeout: 1s
+request_log:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        mock.url
+    ))
+}
+
+/// A stream that sends a chunk every 400 ms for 3 s outlives a 1 s write timeout.
+#[test]
+fn streamed_response_outlives_write_timeout() {
+    let mock = MockProcess::start("Stream");
+    let gateway = streaming_gateway(&mock);
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .set_read_timeout(Duration::from_secs(10))
+        .expect("read timeout");
+    let response = connection
+        .exchange(b"GET /api/events?chunks=8&chunk_delay=400 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("the stream was cut");
+    assert_eq!(response.status, 200);
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.ends_with("chunk 7\n"), "{body}");
+}
+
+/// A backend that stops sending in the middle of its body has the response cut within two
+/// write timeouts, long before its next chunk.
+#[test]
+fn stalled_backend_response_is_cut() {
+    use std::io::{Read, Write};
+
+    let mock = MockProcess::start("Stalled");
+    let gateway = streaming_gateway(&mock);
+    let mut stream = std::net::TcpStream::connect(gateway.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .write_all(b"GET /api/events?chunks=3&chunk_delay=8000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send request");
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("chunk 0\n"), "{text}");
+    assert!(!text.contains("chunk 1\n"), "{text}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the stalled response stayed open for {elapsed:?}"
     );
 }

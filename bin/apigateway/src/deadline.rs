@@ -1,12 +1,15 @@
 //! The server's read and write timeouts, kept by one timer per connection.
 //!
 //! A connection waits for a request head for at most `server.read_timeout` (counted from the
-//! accept or from the end of the previous response), and sends a response for at most
-//! `server.write_timeout` from its head. A client that stops reading blocks the socket, and
-//! then nothing polls the response body, so the deadline cannot live in the body. Each
-//! connection's task keeps one timer instead and closes the connection when the deadline in
-//! progress has passed. The request path only stores deadlines here, in atomics, so a request
-//! costs no timer registration.
+//! accept or from the end of the previous response). While it sends a response, it may go
+//! `server.write_timeout` without writing a byte, whether the client stopped reading or the
+//! backend stopped sending. A response that keeps moving, such as a long download or an event
+//! stream, is never cut, as NGINX's `send_timeout` bounds only the time between two writes.
+//! A client that stops reading blocks the socket, and then nothing polls the response body,
+//! so the deadline cannot live in the body. Each connection's task keeps one timer instead and
+//! closes the connection when the deadline in progress has passed. The request path only
+//! stores deadlines and marks progress here, in atomics, so a request costs no timer
+//! registration and a write no clock read.
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -51,27 +54,48 @@ pub(crate) struct ConnectionDeadline {
     responding: AtomicBool,
     // Set when a response deadline passed, so that the socket is reset rather than closed.
     expired: AtomicBool,
+    // Set by each write to the client, and cleared when the response deadline moves.
+    progress: AtomicBool,
     read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl ConnectionDeadline {
     /// Creates the deadline of a connection accepted now: its first request head is due
-    /// within `read_timeout`.
-    pub(crate) fn new(read_timeout: Duration) -> ConnectionDeadline {
+    /// within `read_timeout`, and each response may go `write_timeout` without a write.
+    pub(crate) fn new(read_timeout: Duration, write_timeout: Duration) -> ConnectionDeadline {
         let deadline = ConnectionDeadline {
             at_ms: AtomicU64::new(0),
             responding: AtomicBool::new(false),
             expired: AtomicBool::new(false),
+            progress: AtomicBool::new(false),
             read_timeout,
+            write_timeout,
         };
         deadline.await_head();
         deadline
     }
 
-    /// Starts a response deadline at `at`.
-    pub(crate) fn set(&self, at: Instant) {
-        self.store(at);
+    /// Starts a response deadline, one write timeout from now.
+    pub(crate) fn start_response(&self) {
+        self.store(now_for(self.write_timeout) + self.write_timeout);
+        self.progress.store(false, Ordering::Relaxed);
         self.responding.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that bytes of the response were written to the client.
+    pub(crate) fn note_progress(&self) {
+        self.progress.store(true, Ordering::Relaxed);
+    }
+
+    /// Moves a passed response deadline one write timeout past `now` when the response made
+    /// progress since the deadline was set or last moved, and returns whether it did.
+    fn extend_if_progressed(&self, now: Instant) -> bool {
+        if !self.progress.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        self.store(now + self.write_timeout);
+        true
     }
 
     /// Starts waiting for the next request head, due within the read timeout.
@@ -209,7 +233,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        gateway_proxy::socket::poll_write_vectored(&self.stream, cx, &[std::io::IoSlice::new(buf)])
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -217,7 +241,11 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        gateway_proxy::socket::poll_write_vectored(&self.stream, cx, bufs)
+        let written = gateway_proxy::socket::poll_write_vectored(&self.stream, cx, bufs);
+        if let Poll::Ready(Ok(1..)) = written {
+            self.deadline.note_progress();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -238,6 +266,10 @@ impl AsyncWrite for ClientStream {
 /// [`ConnectionDeadline::expire`]), so that the socket is reset however soon the connection
 /// is dropped.
 ///
+/// A response deadline that passes after a write to the client moves one write timeout on
+/// instead. So a response is cut after at least one and at most two write timeouts without a
+/// write, and never while bytes keep going out at least once a write timeout.
+///
 /// The request path moves the deadline without waking this wait, so it checks again at least
 /// every `check_interval`. A deadline set to at least `check_interval` ahead, as every
 /// deadline is when `check_interval` is the shorter of the read and write timeouts, is
@@ -253,6 +285,9 @@ pub(crate) async fn deadline_passed(
             Some(at) if at <= now => {
                 let phase = deadline.phase();
                 if phase == Phase::Response {
+                    if deadline.extend_if_progressed(now) {
+                        continue;
+                    }
                     deadline.expire();
                 }
                 return phase;
@@ -267,10 +302,12 @@ pub(crate) async fn deadline_passed(
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[tokio::test(start_paused = true)]
     async fn passes_after_deadline() {
-        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
-        deadline.set(Instant::now() + Duration::from_secs(5));
+        let deadline = Arc::new(ConnectionDeadline::new(MINUTE, Duration::from_secs(5)));
+        deadline.start_response();
         let started = Instant::now();
         let phase = deadline_passed(&deadline, Duration::from_secs(1)).await;
         assert!(started.elapsed() >= Duration::from_secs(5));
@@ -281,7 +318,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn new_connection_waits_read_timeout_for_head() {
         let started = Instant::now();
-        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(3)));
+        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(3), MINUTE));
         let phase = deadline_passed(&deadline, Duration::from_secs(1)).await;
         assert!(started.elapsed() >= Duration::from_secs(3));
         assert_eq!(phase, Phase::Head);
@@ -289,14 +326,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadline_moved_later_is_waited_for() {
-        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(2)));
+        let deadline = Arc::new(ConnectionDeadline::new(
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        ));
         let started = Instant::now();
         let waiting = tokio::spawn({
             let deadline = Arc::clone(&deadline);
             async move { deadline_passed(&deadline, Duration::from_secs(1)).await }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        deadline.set(Instant::now() + Duration::from_secs(5));
+        deadline.start_response();
         let phase = waiting.await.unwrap();
         assert!(started.elapsed() >= Duration::from_secs(6));
         assert_eq!(phase, Phase::Response);
@@ -305,14 +345,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn response_deadline_during_head_wait() {
         // A 30 s read timeout must not delay a 1 s write timeout set meanwhile.
-        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
+        let deadline = Arc::new(ConnectionDeadline::new(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        ));
         let started = Instant::now();
         let waiting = tokio::spawn({
             let deadline = Arc::clone(&deadline);
             async move { deadline_passed(&deadline, Duration::from_secs(1)).await }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        deadline.set(Instant::now() + Duration::from_secs(1));
+        deadline.start_response();
         let phase = waiting.await.unwrap();
         assert_eq!(phase, Phase::Response);
         assert!(
@@ -324,14 +367,58 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cleared_deadline_never_passes() {
-        let deadline = Arc::new(ConnectionDeadline::new(Duration::from_secs(30)));
-        deadline.set(Instant::now() + Duration::from_secs(1));
+        let deadline = Arc::new(ConnectionDeadline::new(MINUTE, Duration::from_secs(1)));
+        deadline.start_response();
         deadline.clear();
-        let waited = tokio::time::timeout(
-            Duration::from_secs(60),
-            deadline_passed(&deadline, Duration::from_secs(1)),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(MINUTE, deadline_passed(&deadline, Duration::from_secs(1))).await;
         assert!(waited.is_err(), "a cleared deadline must not end the wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_keep_response_alive() {
+        let write_timeout = Duration::from_secs(2);
+        let deadline = Arc::new(ConnectionDeadline::new(MINUTE, write_timeout));
+        deadline.start_response();
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let deadline = Arc::clone(&deadline);
+            async move { deadline_passed(&deadline, write_timeout).await }
+        });
+
+        // A write every 1.5 s for 12 s: far past the write timeout, never 2 s without a write.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert!(!waiting.is_finished(), "cut at {:?}", started.elapsed());
+            deadline.note_progress();
+        }
+
+        // Then the writes stop: cut within one to two write timeouts of the last write.
+        let phase = waiting.await.unwrap();
+        let stalled = started.elapsed() - Duration::from_secs(12);
+        assert_eq!(phase, Phase::Response);
+        assert!(
+            stalled >= write_timeout,
+            "cut after {stalled:?} without a write"
+        );
+        assert!(
+            stalled <= 2 * write_timeout,
+            "cut after {stalled:?} without a write"
+        );
+        assert!(deadline.expired.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_of_earlier_response_is_forgotten() {
+        let write_timeout = Duration::from_secs(2);
+        let deadline = Arc::new(ConnectionDeadline::new(MINUTE, write_timeout));
+        deadline.start_response();
+        deadline.note_progress();
+        deadline.await_head();
+        deadline.start_response();
+        let started = Instant::now();
+        let phase = deadline_passed(&deadline, write_timeout).await;
+        assert_eq!(phase, Phase::Response);
+        assert!(started.elapsed() <= write_timeout + Duration::from_millis(10));
     }
 }

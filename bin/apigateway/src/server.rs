@@ -465,12 +465,11 @@ impl<S: InnerService> Worker<S> {
             };
             let _ = stream.set_nodelay(true);
 
-            let deadline = Arc::new(ConnectionDeadline::new(read_timeout));
+            let deadline = Arc::new(ConnectionDeadline::new(read_timeout, write_timeout));
             let service = ConnectionService {
                 stack: self.stack.clone(),
                 gateway: Arc::clone(&self.gateway),
                 peer,
-                write_timeout,
                 deadline: Arc::clone(&deadline),
             };
             let io = ClientStream::new(stream, Arc::clone(&deadline));
@@ -499,7 +498,7 @@ impl<S: InnerService> Worker<S> {
                             tracing::debug!(
                                 %peer,
                                 timeout = ?write_timeout,
-                                "response not sent within the write timeout, closing the connection"
+                                "response made no progress within the write timeout, closing the connection"
                             );
                         }
                         Phase::Head => tracing::debug!(
@@ -590,7 +589,6 @@ struct ConnectionService<S> {
     stack: Stack<S>,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
-    write_timeout: Duration,
     deadline: Arc<ConnectionDeadline>,
 }
 
@@ -609,7 +607,6 @@ impl<S: InnerService> ConnectionService<S> {
         ConnectionFuture {
             inner: self.stack.clone().call(request),
             deadline: Arc::clone(&self.deadline),
-            write_timeout: self.write_timeout,
         }
     }
 }
@@ -619,7 +616,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: <Stack<S> as Service<Request<Inbound>>>::Future,
         deadline: Arc<ConnectionDeadline>,
-        write_timeout: Duration,
     }
 }
 
@@ -629,12 +625,10 @@ impl<S: InnerService> Future for ConnectionFuture<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(response) = ready!(this.inner.poll(cx));
-        // The head is ready; from here the write timeout bounds sending the response. Until
-        // now the backend's response timeout bounded the wait, and the client's upload was
-        // bounded only between reads, as NGINX bounds it.
-        let timeout = *this.write_timeout;
-        this.deadline
-            .set(crate::deadline::now_for(timeout) + timeout);
+        // The head is ready; from here the write timeout bounds the time between writes of the
+        // response. Until now the backend's response timeout bounded the wait, and the
+        // client's upload was bounded only between reads, as NGINX bounds it.
+        this.deadline.start_response();
         let deadline = Arc::clone(this.deadline);
         Poll::Ready(response.map(|body| DeadlineBody::new(body, deadline)))
     }
