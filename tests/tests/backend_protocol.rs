@@ -36,6 +36,9 @@ enum Step {
     /// Reads the request head only and sends nothing, keeping the connection open for a
     /// while.
     StallBeforeBody,
+    /// Reads the request and its body, then writes the first bytes this many times, 500 ms
+    /// apart, then the second bytes.
+    RepeatThenReply(&'static [u8], u32, &'static [u8]),
 }
 
 /// A backend that handles requests with the steps of its script, in order, across every
@@ -149,6 +152,17 @@ fn serve(stream: TcpStream, script: &Mutex<VecDeque<Step>>, served: &AtomicUsize
             Step::Stall => {
                 thread::sleep(Duration::from_secs(5));
                 return End::ClosedHere;
+            }
+            Step::RepeatThenReply(repeated, times, bytes) => {
+                for _ in 0..times {
+                    if writer.write_all(repeated).is_err() {
+                        return End::ClosedHere;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+                if writer.write_all(bytes).is_err() {
+                    return End::ClosedHere;
+                }
             }
         }
     }
@@ -429,6 +443,26 @@ fn silent_close_resends_get_not_post() {
     assert_eq!(post(&gateway, b"first").body, b"ok");
     assert_eq!(post(&gateway, b"second").status, 502);
     assert_eq!(backend.requests(), 2, "the POST was sent twice");
+}
+
+#[test]
+fn interim_responses_restart_response_timeout() {
+    // Six `102 Processing` responses, 500 ms apart, then the final one: 3 s in all, three
+    // times the response timeout, but never 1 s without a word from the backend.
+    let backend = ScriptedBackend::start(&[Step::RepeatThenReply(
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        6,
+        OK,
+    )]);
+    let gateway = gateway_with(&backend, "proxy: {response_timeout: 1s}");
+    let response = get(&gateway, "/slow");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"ok");
+
+    // Without them, the same wait ends at the response timeout.
+    let backend = ScriptedBackend::start(&[Step::Stall]);
+    let gateway = gateway_with(&backend, "proxy: {response_timeout: 1s}");
+    assert_eq!(get(&gateway, "/slow").status, 504);
 }
 
 #[test]

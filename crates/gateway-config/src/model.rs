@@ -115,8 +115,8 @@ pub struct ProxyConfig {
     /// Maximum time to open a TCP connection to a backend. Default 5s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
-    /// Maximum time from sending a request to receiving the backend's response head.
-    /// Default 30s.
+    /// Maximum wait for the backend's response head without progress: request body bytes
+    /// sent and interim responses received each start the wait again. Default 30s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub response_timeout: Duration,
     /// Time an idle pooled backend connection is kept. Default 90s.

@@ -530,7 +530,7 @@ impl Connection {
     /// response head. Returns the head and whether the whole request was sent.
     ///
     /// The wait ends after `timeout` without progress: no body bytes from the client, none
-    /// written to the backend and no response head. Whose fault that is depends on what the
+    /// written to the backend, no interim response and no final response head. Whose fault that is depends on what the
     /// exchange was waiting for: the client's next body bytes give
     /// [`ExchangeError::ClientTimeout`], anything else (a backend that does not read the body
     /// or does not respond) gives [`ExchangeError::Timeout`].
@@ -547,6 +547,7 @@ impl Connection {
         let mut last_progress = None;
         let mut write_error: Option<io::Error> = None;
         let mut received = false;
+        let mut interim = false;
         std::future::poll_fn(|cx| {
             if write_error.is_none() && !self.send.finished() {
                 match self.poll_send(cx, body) {
@@ -561,7 +562,14 @@ impl Connection {
                     last_progress = Some(clock::now_for(timeout));
                 }
             }
-            match self.poll_head(cx, method, &mut received) {
+            let head = self.poll_head(cx, method, &mut received, &mut interim);
+            // An interim response (`102 Processing`, say) shows that the backend is working
+            // on the request, so it starts the wait again, as a read restarts NGINX's
+            // `proxy_read_timeout`.
+            if std::mem::take(&mut interim) {
+                last_progress = Some(clock::now_for(timeout));
+            }
+            match head {
                 Poll::Ready(Ok(head)) => return Poll::Ready(Ok((head, self.send.finished()))),
                 Poll::Ready(Err(ExchangeError::Io { error, silent })) => {
                     return Poll::Ready(Err(ExchangeError::Io {
@@ -637,12 +645,14 @@ impl Connection {
         }
     }
 
-    /// Reads until a final response head is complete, skipping interim responses.
+    /// Reads until a final response head is complete, skipping interim responses and setting
+    /// `interim` when it skips one.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
         received: &mut bool,
+        interim: &mut bool,
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
         loop {
             if !self.read.filled().is_empty() {
@@ -650,6 +660,7 @@ impl Connection {
                     Ok(Parsed::Partial) => {}
                     Ok(Parsed::Interim(len)) => {
                         self.read.consume(len);
+                        *interim = true;
                         continue;
                     }
                     Ok(Parsed::Head(len, head)) => {
