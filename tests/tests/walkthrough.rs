@@ -336,6 +336,51 @@ async fn forwarding_headers_are_set() {
     assert_eq!(first_hop["headers"]["x-forwarded-for"], "127.0.0.1");
 }
 
+/// A listener on an IPv6 address accepts an IPv4 client as `::ffff:127.0.0.1`. The backend gets
+/// `127.0.0.1`, the address that the access line and the request log show.
+#[tokio::test]
+async fn ipv4_mapped_peer_forwarded_as_ipv4() {
+    // Binding the IPv4-mapped loopback address keeps the listener on this machine. Without
+    // IPv6 sockets there is nothing to check.
+    if let Err(error) = std::net::TcpListener::bind("[::ffff:127.0.0.1]:0") {
+        eprintln!("skipped: cannot bind [::ffff:127.0.0.1]: {error}");
+        return;
+    }
+    let mock = MockProcess::start("Mapped");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: "::ffff:127.0.0.1"
+  port: {{port}}
+request_log:
+  database: "{{dir}}/gateway.db"
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        mock.url
+    ));
+
+    let first_hop = get(&format!("{}/api/mapped", gateway.url)).await;
+    assert_eq!(first_hop.status, 200);
+    assert_eq!(first_hop.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    let reply = request(
+        Method::GET,
+        &format!("{}/api/mapped", gateway.url),
+        &[("x-forwarded-for", "10.1.2.3")],
+        Bytes::new(),
+    )
+    .await
+    .expect("GET");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json()["headers"]["x-forwarded-for"],
+        "10.1.2.3, 127.0.0.1"
+    );
+}
+
 #[tokio::test]
 async fn underscore_forwarding_aliases_do_not_reach_backend() {
     let fleet = Fleet::start();

@@ -596,7 +596,9 @@ impl<S: InnerService> ConnectionService<S> {
     fn call(&self, mut request: Request<Inbound>) -> ConnectionFuture<S> {
         // The head arrived: the read timeout no longer applies.
         self.deadline.clear();
-        request.body_mut().set_peer(self.peer.ip());
+        // A listener on an IPv6 address accepts IPv4 clients as IPv4-mapped addresses
+        // (`::ffff:192.0.2.1`). Backends get the plain IPv4 form, as the access line shows it.
+        request.body_mut().set_peer(self.peer.ip().to_canonical());
         if self.gateway.reads_client_ip() {
             let client = self
                 .gateway
