@@ -81,26 +81,31 @@ impl Pool {
     /// A turn of an unhealthy backend goes to a replacement (see [`Pool::pick_replacement`]),
     /// so the healthy backends keep their weights relative to each other.
     pub fn pick(&self) -> Option<Pick<'_>> {
-        self.pick_where(|_| true)
-    }
-
-    /// Picks the next healthy backend other than `exclude`, for a retry.
-    pub fn pick_other(&self, exclude: &Backend) -> Option<Pick<'_>> {
-        self.pick_where(|b| !std::ptr::eq(b, exclude))
-    }
-
-    fn pick_where(&self, allowed: impl Fn(&Backend) -> bool) -> Option<Pick<'_>> {
         let len = self.order.len();
         if len == 0 {
             return None;
         }
-        let servable = |member: &Member| member.backend.is_healthy() && allowed(&member.backend);
+        let servable = |member: &Member| member.backend.is_healthy();
         let position = self.next.fetch_add(1, Ordering::Relaxed);
         let member = &self.members[self.order[position % len] as usize];
         if servable(member) {
             return Some(Pick { member });
         }
         self.pick_replacement(servable)
+    }
+
+    /// Picks a healthy backend other than `exclude`, for a retry. The retry takes its turn
+    /// from the replacements (see [`Pool::pick_replacement`]), not from the order that first
+    /// attempts follow, so retries leave that order as it is. Taken from it, a retry would
+    /// take the next request's turn: with a dead and a live backend, every first attempt
+    /// would then go to the dead one.
+    pub fn pick_other(&self, exclude: &Backend) -> Option<Pick<'_>> {
+        if self.order.is_empty() {
+            return None;
+        }
+        self.pick_replacement(|member| {
+            member.backend.is_healthy() && !std::ptr::eq(&*member.backend, exclude)
+        })
     }
 
     /// Picks a backend for a turn whose own backend cannot serve.
@@ -295,6 +300,24 @@ mod tests {
         first.record_failure("refused");
         third.record_failure("refused");
         assert_eq!(shares(&pool, 80), [0, 80, 0]);
+    }
+
+    #[test]
+    fn retries_keep_first_attempts_in_turn() {
+        let pool = pool(&[1, 1]);
+        let mut firsts = Vec::new();
+        for _ in 0..10 {
+            let first = pool.pick().unwrap().backend();
+            let port = first.url().port_u16().unwrap();
+            firsts.push(port);
+            if port == 9001 {
+                // The first attempt failed: the retry goes to the other backend.
+                let retry = pool.pick_other(first).unwrap().backend();
+                assert_eq!(retry.url().port_u16(), Some(9002));
+            }
+        }
+        assert_eq!(firsts.iter().filter(|&&port| port == 9001).count(), 5);
+        assert_eq!(firsts.iter().filter(|&&port| port == 9002).count(), 5);
     }
 
     #[test]
