@@ -185,6 +185,23 @@ async fn huge_header_is_rejected() {
 }
 
 #[tokio::test]
+async fn header_count_limit_is_exact() {
+    let (_mock, gateway) = start();
+    let head = |fields: usize| {
+        let mut request = b"GET /api/fields HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 1..fields {
+            request.extend_from_slice(format!("X-Field-{i}: {i}\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"\r\n");
+        request
+    };
+
+    // 100 fields pass the gateway and, with the fields it adds, the backend too.
+    assert_eq!(send_raw(&gateway, &head(100)), Outcome::Status(200));
+    assert_eq!(send_raw(&gateway, &head(101)), Outcome::Status(431));
+}
+
+#[tokio::test]
 async fn unfinished_head_is_cut_off() {
     let (_mock, gateway) = start();
     let mut connection = RawConnection::open(gateway.addr).expect("connect");

@@ -14,6 +14,10 @@ use tokio::net::TcpListener;
 
 use crate::handler::{self, Backend};
 
+/// Header fields a request to the mock may carry: the gateway's limit of 100, with room for the
+/// fields it adds.
+const MAX_HEADERS: usize = 128;
+
 /// Pause after a failed `accept`, so that running out of file descriptors does not turn
 /// into a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -79,8 +83,12 @@ pub(crate) async fn serve(listener: TcpListener, backend: Arc<Backend>) {
             });
 
             // Keep-alive is hyper's default, and it is spelled out because tests rely on it.
+            // The gateway accepts 100 header fields and adds its own forwarding fields, so the
+            // mock takes more than hyper's default of 100: a request the gateway passes on must
+            // not be rejected here.
             let result = http1::Builder::new()
                 .keep_alive(true)
+                .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
 
