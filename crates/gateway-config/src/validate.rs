@@ -57,10 +57,17 @@ impl Problems {
     fn check_timer(&mut self, field: &str, value: Duration) -> bool {
         let valid = (MIN_TIMER..=MAX_TIMER).contains(&value);
         if !valid {
+            // The duration reader takes `M` for months of 2,630,016 s, so `1M` meant as a
+            // minute would show only as that many seconds.
+            let month_hint = if value > MAX_TIMER && value.as_secs() % MONTH_SECS == 0 {
+                " (M is a month, m a minute)"
+            } else {
+                ""
+            };
             self.push(
                 field,
                 format!(
-                    "must be {TIMER_RANGE}, got {}: write a duration like 5s or 500ms",
+                    "must be {TIMER_RANGE}, got {}{month_hint}: write a duration like 5s or 500ms",
                     crate::duration::format(value)
                 ),
             );
@@ -73,6 +80,9 @@ impl Problems {
 /// 1.54 `time::sleep` docs), so a shorter one is no more precise, and a read or write timeout
 /// of a few nanoseconds expires before any request can be served.
 const MIN_TIMER: Duration = Duration::from_millis(1);
+
+/// Seconds in the duration reader's month, `M`: 30.44 days.
+const MONTH_SECS: u64 = 2_630_016;
 
 /// Maximum timeout or interval accepted: a week, far above any useful timeout. The server, the
 /// health checker and the request log writer add these to `Instant::now()`, which panics on

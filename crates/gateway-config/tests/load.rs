@@ -136,6 +136,19 @@ fn unknown_field_names_path_and_line() {
 }
 
 #[test]
+fn month_duration_is_named() {
+    let found = problems(
+        "proxy:\n  connect_timeout: 1M\nroutes:\n  - path: /a\n    backends: [{url: \"http://127.0.0.1:1\"}]\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].starts_with("proxy.connect_timeout:"), "{found:#?}");
+    assert!(
+        found[0].contains("(M is a month, m a minute)"),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn bad_duration_names_field() {
     let text = "server:\n  read_timeout: 30\n";
     let error = Config::from_yaml(text, "bad.yaml").unwrap_err();
