@@ -37,6 +37,18 @@ fn pick(c: &mut Criterion) {
     group.bench_function("five backends, heaviest down", |b| {
         b.iter(|| black_box(degraded.pick()))
     });
+
+    // The heavy backend's turns are nearly the whole cycle, so almost every pick is a
+    // replacement, and the next turn of a light backend is about 5000 turns away.
+    let heavy_down = pool(&[10_000, 1, 1]);
+    if let Some((first, _)) = heavy_down.backends().next() {
+        for _ in 0..3 {
+            first.record_failure("connection refused");
+        }
+    }
+    group.bench_function("weights 10000:1:1, heaviest down", |b| {
+        b.iter(|| black_box(heavy_down.pick()))
+    });
     group.finish();
 }
 
