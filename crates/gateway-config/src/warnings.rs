@@ -60,13 +60,23 @@ impl Config {
     }
 
     /// Warns about an `ipv6_prefix` set with the `global` key, where every client shares one
-    /// bucket whatever its address. The top level counts as set when it is not the default. A
-    /// route whose limit is off gets the warning for that instead.
+    /// bucket whatever its address. The top level counts as set when it is not the default,
+    /// and is not warned about while a route that sets `key: client_ip` inherits its prefix.
+    /// A route whose limit is off gets the warning for that instead.
     fn warn_ipv6_prefix(&self, warnings: &mut Vec<Problem>) {
         let message = "has no effect with key: global, where every client shares one bucket: \
                        remove it, or set key: client_ip for a bucket per client";
         let top_level = &self.rate_limiting;
-        if top_level.key == RateLimitKey::Global && top_level.ipv6_prefix != DEFAULT_IPV6_PREFIX {
+        let inherited_by_client_key = self.routes.iter().any(|route| {
+            let limit = route.effective_rate_limit(top_level);
+            limit.enabled
+                && limit.key == RateLimitKey::ClientIp
+                && route.rate_limiting.ipv6_prefix.is_none()
+        });
+        if top_level.key == RateLimitKey::Global
+            && top_level.ipv6_prefix != DEFAULT_IPV6_PREFIX
+            && !inherited_by_client_key
+        {
             warnings.push(Problem {
                 field: "rate_limiting.ipv6_prefix".to_owned(),
                 message: message.to_owned(),

@@ -173,3 +173,13 @@ fn ipv6_prefix_with_client_key_does_not_warn() {
     ));
     assert!(found.is_empty(), "{found:#?}");
 }
+
+#[test]
+fn inherited_ipv6_prefix_does_not_warn() {
+    // The route keys clients by the top-level /48, so removing it would change the buckets.
+    let found = warnings(&route_with(
+        "rate_limiting: {enabled: true, key: global, ipv6_prefix: 48}",
+        "rate_limiting: {key: client_ip}",
+    ));
+    assert!(found.is_empty(), "{found:#?}");
+}
