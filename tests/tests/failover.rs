@@ -376,3 +376,37 @@ routes:
     assert_eq!(first_count, 30);
     assert_eq!(third_count, 30);
 }
+
+#[tokio::test]
+async fn retries_leave_first_tries_in_turn() {
+    let live = MockProcess::start("Live");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+request_log:
+  database: "{{dir}}/gateway.db"
+health_check:
+  enabled: false
+routes:
+  - path: "/pair/*rest"
+    backends:
+      - url: "{dead}"
+      - url: "{live}"
+"#,
+        live = live.url
+    ));
+
+    // One request at a time, so no other request's pick comes between a first try and its
+    // retry. Each backend keeps every other first try.
+    for i in 0..10 {
+        let reply = get(&format!("{}/pair/item/{i}", gateway.url)).await;
+        assert_eq!(reply.status, 200, "GET {i}");
+    }
+    let dead_state = backend_state(&gateway.url, &dead).await;
+    let live_state = backend_state(&gateway.url, &live.url).await;
+    assert_eq!(dead_state["total_requests"], 5, "{dead_state}");
+    assert_eq!(live_state["total_requests"], 10, "{live_state}");
+}
