@@ -576,6 +576,24 @@ fn trailers_reach_client_that_accepts_them() {
 }
 
 #[test]
+fn space_before_colon_removed_in_head_and_trailers() {
+    let backend = ScriptedBackend::start(&[Step::Reply(
+        b"HTTP/1.1 200 OK\r\nx-a : b\r\ntransfer-encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-checksum : 42\r\n\r\n",
+    )]);
+    let gateway = gateway_for(&backend);
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"GET / HTTP/1.1\r\nhost: gateway\r\nte: trailers\r\nconnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("x-a: b\r\n"), "{text}");
+    // The body ends with its last chunk and the trailer, not cut after the data.
+    assert!(text.contains("hello\r\n0\r\n"), "{text}");
+    assert!(text.contains("x-checksum: 42\r\n"), "{text}");
+}
+
+#[test]
 fn request_with_unknown_transfer_coding_gets_501() {
     let backend = ScriptedBackend::start(&[]);
     let gateway = gateway_for(&backend);

@@ -122,7 +122,7 @@ impl BackendBody {
         let reading = match framing {
             BodyFraming::Empty | BodyFraming::Length(0) => Reading::Done,
             BodyFraming::Length(length) => Reading::Length(length),
-            BodyFraming::Chunked => Reading::Chunked(Box::new(ChunkedDecoder::new())),
+            BodyFraming::Chunked => Reading::Chunked(Box::new(ChunkedDecoder::for_response())),
             BodyFraming::UntilClose => Reading::UntilClose,
         };
         let mut body = BackendBody {

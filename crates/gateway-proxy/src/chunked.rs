@@ -59,9 +59,15 @@ pub(crate) struct ChunkedDecoder {
     digits: usize,
     line: usize,
     trailers: Vec<u8>,
+    // Whether trailer fields may have whitespace before their colon, which is removed. Only
+    // a response's may: RFC 9112 (section 5.1) has a proxy remove it from a response and a
+    // server reject a request with it.
+    space_before_colon: bool,
 }
 
 impl ChunkedDecoder {
+    /// Creates a decoder for a request body, whose trailer fields must not have whitespace
+    /// before their colon.
     pub(crate) fn new() -> ChunkedDecoder {
         ChunkedDecoder {
             state: State::Size,
@@ -69,6 +75,16 @@ impl ChunkedDecoder {
             digits: 0,
             line: 0,
             trailers: Vec::new(),
+            space_before_colon: false,
+        }
+    }
+
+    /// Creates a decoder for a response body, which removes whitespace before a trailer
+    /// field's colon as the response head's parser does.
+    pub(crate) fn for_response() -> ChunkedDecoder {
+        ChunkedDecoder {
+            space_before_colon: true,
+            ..ChunkedDecoder::new()
         }
     }
 
@@ -182,7 +198,7 @@ impl ChunkedDecoder {
                         return Ok((at, Some(Decoded::End)));
                     }
                     if self.trailers.ends_with(b"\r\n\r\n") {
-                        let fields = parse_trailers(&self.trailers)?;
+                        let fields = parse_trailers(&self.trailers, self.space_before_colon)?;
                         self.trailers = Vec::new();
                         self.state = State::TrailersReturned;
                         return Ok((at, Some(Decoded::Trailers(fields))));
@@ -210,16 +226,34 @@ fn hex_value(byte: u8) -> u64 {
     })
 }
 
+/// A status line put before a response's trailer section. httparse removes whitespace before
+/// a field's colon only when it parses a response, so the section is parsed as one.
+const STATUS_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
+
 /// Parses a trailer section and keeps the fields that may follow the content (see
-/// [`is_allowed_in_trailers`]).
-fn parse_trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
+/// [`is_allowed_in_trailers`]). With `space_before_colon`, whitespace between a field's name
+/// and its colon is removed; without it, such a field makes the section invalid.
+fn parse_trailers(section: &[u8], space_before_colon: bool) -> Result<HeaderMap, ChunkError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
-    // The section must end where its first blank line does: nothing may follow.
-    let Ok(httparse::Status::Complete((length, fields))) =
-        httparse::parse_headers(section, &mut fields)
-    else {
-        return Err(ChunkError::Trailers);
+    let response_text;
+    let (length, fields): (usize, &[httparse::Header<'_>]) = if space_before_colon {
+        response_text = [STATUS_LINE, section].concat();
+        let mut response = httparse::Response::new(&mut fields);
+        let parsed = httparse::ParserConfig::default()
+            .allow_spaces_after_header_name_in_responses(true)
+            .parse_response(&mut response, &response_text);
+        let Ok(httparse::Status::Complete(length)) = parsed else {
+            return Err(ChunkError::Trailers);
+        };
+        (length - STATUS_LINE.len(), response.headers)
+    } else {
+        let Ok(httparse::Status::Complete(parsed)) = httparse::parse_headers(section, &mut fields)
+        else {
+            return Err(ChunkError::Trailers);
+        };
+        parsed
     };
+    // The section must end where its first blank line does: nothing may follow.
     if length != section.len() {
         return Err(ChunkError::Trailers);
     }
@@ -290,6 +324,28 @@ mod tests {
             assert_eq!(trailers["x-other"], "a");
             assert!(ended);
         }
+    }
+
+    #[test]
+    fn space_before_trailer_colon() {
+        let body = b"0\r\nx-checksum : 42\r\nx-other\t: a\r\n\r\n";
+        let mut decoder = ChunkedDecoder::for_response();
+        let Ok((_, Some(Decoded::Trailers(trailers)))) = decoder.decode(body) else {
+            panic!("a response's trailers were rejected");
+        };
+        assert_eq!(trailers["x-checksum"], "42");
+        assert_eq!(trailers["x-other"], "a");
+
+        // A request's trailer section with such a field is invalid.
+        let mut decoder = ChunkedDecoder::new();
+        assert_eq!(decoder.decode(body), Err(ChunkError::Trailers));
+
+        // Other faults stay faults in a response, such as a space inside a name.
+        let mut decoder = ChunkedDecoder::for_response();
+        assert_eq!(
+            decoder.decode(b"0\r\nx checksum: 42\r\n\r\n"),
+            Err(ChunkError::Trailers)
+        );
     }
 
     #[test]
