@@ -59,7 +59,7 @@ impl Problems {
         if !valid {
             // The duration reader takes `M` for months of 2,630,016 s, so `1M` meant as a
             // minute would show only as that many seconds.
-            let month_hint = if value > MAX_TIMER && value.as_secs() % MONTH_SECS == 0 {
+            let month_hint = if value > MAX_TIMER && value.as_secs().is_multiple_of(MONTH_SECS) {
                 " (M is a month, m a minute)"
             } else {
                 ""
