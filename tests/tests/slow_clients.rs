@@ -46,21 +46,7 @@ fn slow_reader_is_cut_off_at_write_timeout() {
     use std::io::{Read, Write};
 
     let mock = MockProcess::start("Backend");
-    let gateway = GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  write_timeout: 1s
-request_log:
-  enabled: false
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{}"
-"#,
-        mock.url
-    ));
+    let gateway = one_second_write_timeout(&mock);
 
     // 512 MiB is far more than the socket buffers between the three processes can hold, so
     // the gateway blocks on the client until the write timeout closes the connection.
@@ -93,7 +79,8 @@ routes:
     );
 }
 
-fn streaming_gateway(mock: &MockProcess) -> GatewayProcess {
+/// Starts a gateway in front of `mock` with a write timeout of 1 s and no request log.
+fn one_second_write_timeout(mock: &MockProcess) -> GatewayProcess {
     GatewayProcess::start(&format!(
         r#"
 server:
@@ -115,7 +102,7 @@ routes:
 #[test]
 fn streamed_response_outlives_write_timeout() {
     let mock = MockProcess::start("Stream");
-    let gateway = streaming_gateway(&mock);
+    let gateway = one_second_write_timeout(&mock);
     let mut connection = RawConnection::open(gateway.addr).expect("connect");
     connection
         .set_read_timeout(Duration::from_secs(10))
@@ -135,7 +122,7 @@ fn stalled_backend_response_is_cut() {
     use std::io::{Read, Write};
 
     let mock = MockProcess::start("Stalled");
-    let gateway = streaming_gateway(&mock);
+    let gateway = one_second_write_timeout(&mock);
     let mut stream = std::net::TcpStream::connect(gateway.addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
