@@ -70,7 +70,7 @@ pub struct ServerConfig {
     /// the end of the previous response, so it also closes idle connections. Default 30s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub read_timeout: Duration,
-    /// Longest time a response may go without a byte written to the client. Default 30s.
+    /// Maximum time a response may go without a byte written to the client. Default 30s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub write_timeout: Duration,
     /// Time in-flight requests get to finish after a stop signal. Default 10s.

@@ -232,7 +232,7 @@ const STATUS_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
 
 /// Parses a trailer section and keeps the fields that may follow the content (see
 /// [`is_allowed_in_trailers`]). With `space_before_colon`, whitespace between a field's name
-/// and its colon is removed; without it, such a field makes the section invalid.
+/// and its colon is removed. Without it, such a field makes the section invalid.
 fn parse_trailers(section: &[u8], space_before_colon: bool) -> Result<HeaderMap, ChunkError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
     let response_text;
