@@ -1384,6 +1384,56 @@ async fn gateway_answers_keep_their_route() {
     assert_eq!(routed(405, "POST"), [None]);
 }
 
+#[tokio::test]
+async fn admin_errors_carry_error_kinds() {
+    let mock = MockProcess::start("Users");
+    let config = gateway_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
+        &route_yaml(USERS_ROUTE, &mock.url),
+    );
+    let mut gateway = GatewayProcess::start(&config);
+
+    let cases: [(&[u8], u16); 5] = [
+        (
+            b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            405,
+        ),
+        (b"DELETE /admin/backends HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+        (b"GET /admin/nothing HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+        (b"GET /admin/logs?limit=0 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+    ];
+    for (request, status) in cases {
+        let mut connection = gateway_tests::RawConnection::open(gateway.addr).expect("connect");
+        let reply = connection.exchange(request).expect("exchange");
+        assert_eq!(reply.status, status, "{}", String::from_utf8_lossy(request));
+    }
+
+    stop_cleanly(&mut gateway);
+    let rows = read_rows(&gateway.dir().join("gateway.db")).await;
+    let kinds: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.method.as_str(),
+                row.path.as_str(),
+                row.status,
+                row.error_kind.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("POST", "/health", 405, Some("method_not_allowed")),
+            ("DELETE", "/admin/backends", 405, Some("method_not_allowed")),
+            ("GET", "/admin/nothing", 404, Some("no_route")),
+            ("GET", "/admin/logs", 400, Some("invalid_request")),
+            ("GET", "/health", 200, None),
+        ]
+    );
+}
+
 // --- Disabled ------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use crate::app::{Gateway, RequestLogState};
 use crate::inspect::{parse_start_time, parse_window, reject_zero_duration};
 use bytes::Bytes;
 use gateway_balancer::BackendSnapshot;
-use gateway_proxy::{ProxyBody, error_response};
+use gateway_proxy::{ErrorKind, ProxyBody, error_response};
 use gateway_store::{LogFilter, StatusFilter, now_us};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
@@ -36,6 +36,9 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        response
+            .extensions_mut()
+            .insert(ErrorKind::MethodNotAllowed);
         return response;
     }
     let query = request.uri().query().unwrap_or("");
@@ -53,6 +56,9 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
     };
     result.unwrap_or_else(|AdminError(status, message)| {
         let mut response = error_response(status, &message);
+        if let Some(kind) = admin_error_kind(status) {
+            response.extensions_mut().insert(kind);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -60,6 +66,18 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
         }
         response
     })
+}
+
+/// Returns the request log's error kind for an admin error response with `status`: the kind
+/// that a route's error response with that status gets. A 503 for a busy request log and the
+/// 403 of [`forbidden`] match no kind, so their rows have none.
+fn admin_error_kind(status: StatusCode) -> Option<ErrorKind> {
+    match status {
+        StatusCode::BAD_REQUEST => Some(ErrorKind::InvalidRequest),
+        StatusCode::NOT_FOUND => Some(ErrorKind::NoRoute),
+        StatusCode::INTERNAL_SERVER_ERROR => Some(ErrorKind::Internal),
+        _ => None,
+    }
 }
 
 /// How long a request log query waits for the one running before it, before it gets 503.
