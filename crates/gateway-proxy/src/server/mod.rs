@@ -373,8 +373,10 @@ async fn read_head(
     .await
 }
 
-/// Waits for the service's response. Once the request body has been read, watches the socket
-/// meanwhile: returns `None` when the client closes it or it fails.
+/// Waits for the service's response, watching the socket meanwhile: returns `None` when the
+/// client closes it or it fails. The socket is watched before the service first polls the
+/// request body (while it connects to a backend, say) and after the body has ended, but not
+/// while the body is read, because the body then reports a client that leaves as an error.
 async fn respond<F, B>(wire: &SharedWire, future: F, max_head_bytes: usize) -> Option<Response<B>>
 where
     F: Future<Output = Response<B>>,
@@ -389,11 +391,13 @@ where
             return Poll::Pending;
         }
         let mut wire = lock(wire);
-        if !matches!(wire.body, BodyState::Done) {
+        let body_done = matches!(wire.body, BodyState::Done);
+        if !body_done && wire.body_polled {
             // The body reads the socket itself until it ends.
             return Poll::Pending;
         }
-        // Pipelined bytes wait in the buffer, up to one head's worth.
+        // Body bytes that the service has not polled yet, or pipelined bytes, wait in the
+        // buffer, up to one head's worth.
         while wire.buffer.len() < max_head_bytes {
             match wire.poll_read_more(cx, HEAD_CHUNK) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
@@ -401,7 +405,11 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
-        watching = false;
+        // A full buffer of body bytes empties once the service reads the body, and the socket
+        // is watched again after that.
+        if body_done {
+            watching = false;
+        }
         Poll::Pending
     })
     .await

@@ -311,6 +311,61 @@ async fn client_leaving_cancels_request() {
         .expect("the request is dropped after the client leaves");
 }
 
+/// Waits `delay`, as a forwarder connecting to a backend does, then echoes the request body.
+async fn echo_after(delay: Duration, request: Request<Inbound>) -> Response<Full<Bytes>> {
+    tokio::time::sleep(delay).await;
+    echo(request).await
+}
+
+#[tokio::test]
+async fn leaving_before_body_read_cancels() {
+    let finished = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&finished);
+    let (address, _drain) = serve(move |request: Request<Inbound>| {
+        let counter = Arc::clone(&counter);
+        async move {
+            let response = echo_after(Duration::from_secs(3), request).await;
+            counter.fetch_add(1, Ordering::SeqCst);
+            response
+        }
+    })
+    .await;
+    let stream = send(
+        address,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+
+    // The request is dropped when the client leaves, long before the service would read the
+    // body and respond.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the request ran to its end after the client left"
+    );
+}
+
+#[tokio::test]
+async fn body_read_ahead_reaches_service_whole() {
+    let (address, _drain) =
+        serve(|request: Request<Inbound>| echo_after(Duration::from_millis(300), request)).await;
+    let body = vec![b'x'; 20_000];
+    let mut request = format!(
+        "POST /late HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let mut stream = send(address, &request).await;
+    let text = read_to_close(&mut stream).await;
+    let echoed = text.split("POST /late ").nth(1).expect(&text);
+    assert_eq!(echoed.len(), body.len(), "{text}");
+    assert!(echoed.bytes().all(|byte| byte == b'x'), "{text}");
+}
+
 #[tokio::test]
 async fn drain_closes_idle_then_busy() {
     let (release, released) = watch::channel(false);

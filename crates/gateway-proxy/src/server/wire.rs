@@ -78,6 +78,9 @@ pub(crate) struct Wire {
     /// Bytes of `100 Continue` still to write before the body is read, when the client
     /// waits for it.
     continue_left: usize,
+    /// Whether the service has polled the request body. Until it does, the connection loop
+    /// reads ahead on its own to notice a client that leaves.
+    pub(crate) body_polled: bool,
 }
 
 pub(crate) type SharedWire = Arc<Mutex<Wire>>;
@@ -96,6 +99,7 @@ impl Wire {
             buffer: BytesMut::new(),
             body: BodyState::Done,
             continue_left: 0,
+            body_polled: false,
         }
     }
 
@@ -107,6 +111,7 @@ impl Wire {
             BodyFraming::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
         };
         self.continue_left = if expects_continue { CONTINUE.len() } else { 0 };
+        self.body_polled = false;
     }
 
     /// Waits for bytes to read, as [`Io::poll_read_ready`].
@@ -157,6 +162,7 @@ impl Wire {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, InboundError>>> {
+        self.body_polled = true;
         loop {
             match &mut self.body {
                 BodyState::Done | BodyState::Failed => return Poll::Ready(None),
