@@ -1385,6 +1385,40 @@ async fn gateway_answers_keep_their_route() {
 }
 
 #[tokio::test]
+async fn rejected_requests_name_no_route() {
+    let mock = MockProcess::start("Users");
+    let config = gateway_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
+        &route_yaml(USERS_ROUTE, &mock.url),
+    );
+    let mut gateway = GatewayProcess::start(&config);
+
+    let cases: [&[u8]; 3] = [
+        b"GET /api/users/../etc HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /api/users/%2e%2e/etc HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /api/users/7 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ];
+    for request in cases {
+        let mut connection = gateway_tests::RawConnection::open(gateway.addr).expect("connect");
+        let reply = connection.exchange(request).expect("exchange");
+        assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(request));
+    }
+
+    stop_cleanly(&mut gateway);
+    let rows = read_rows(&gateway.dir().join("gateway.db")).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row.status, 400, "{row:?}");
+        assert_eq!(row.route, None, "{row:?}");
+        assert_eq!(
+            row.error_kind.as_deref(),
+            Some("invalid_request"),
+            "{row:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn admin_errors_carry_error_kinds() {
     let mock = MockProcess::start("Users");
     let config = gateway_config(

@@ -158,10 +158,12 @@ impl RequestHook for AccessHook {
                 Some("client_closed")
             };
         }
-        if state.route.is_none() {
+        if state.route.is_none() && state.error_kind != Some("invalid_request") {
             // The forwarder's responses carry their route. A request that ended without a
             // response, or got one from a layer before the forwarder (a 429 of the rate
             // limit, a CORS preflight), looks it up here: only these pay for a second match.
+            // A request that the router rejected as invalid (a dot segment, a bad `Host`)
+            // was never routed, so it names no route, whatever its path resembles.
             state.route = route_of(
                 &self.shared.table,
                 &state.method,
