@@ -175,7 +175,7 @@ impl RequestHook for AccessHook {
             lines.push(&AccessLine {
                 time: state.started_at + end.latency,
                 method: state.method.as_str(),
-                path: state.uri.path(),
+                path: logged_path(&state.uri),
                 status: state.status,
                 latency: end.latency,
                 backend: state.backend.as_deref(),
@@ -247,6 +247,15 @@ fn route_of(table: &RouteTable, method: &Method, path: &str, status: u16) -> Opt
     }
 }
 
+/// Returns the path that the access line and the row show for a request to `uri`: its path,
+/// or for an authority-form target (`CONNECT host:443`), which has none, the authority.
+fn logged_path(uri: &Uri) -> &str {
+    match uri.path() {
+        "" => uri.authority().map_or("", |authority| authority.as_str()),
+        path => path,
+    }
+}
+
 impl Pending {
     /// Calls `f` with the request's row. Its text is borrowed from the request's own parts,
     /// and the request log copies it into its queue's buffer.
@@ -257,7 +266,7 @@ impl Pending {
             timestamp_us: unix_micros(self.started_at),
             request_id: request_id.as_deref().unwrap_or_default(),
             method: self.method.as_str(),
-            path: self.uri.path(),
+            path: logged_path(&self.uri),
             query: self.uri.query(),
             route: self.route.as_deref(),
             status: self.status,
@@ -312,6 +321,16 @@ mod tests {
         bytes_sent: 10,
         completed: true,
     };
+
+    #[test]
+    fn authority_form_logs_its_authority() {
+        let connect: Uri = "a.example:443".parse().unwrap();
+        assert_eq!(logged_path(&connect), "a.example:443");
+        let origin: Uri = "/api/users/7?page=2".parse().unwrap();
+        assert_eq!(logged_path(&origin), "/api/users/7");
+        let asterisk: Uri = "*".parse().unwrap();
+        assert_eq!(logged_path(&asterisk), "*");
+    }
 
     #[test]
     fn unanswered_route_skips_admin_paths() {
