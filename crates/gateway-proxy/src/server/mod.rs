@@ -375,8 +375,8 @@ async fn read_head(
 
 /// Waits for the service's response, watching the socket meanwhile: returns `None` when the
 /// client closes it or it fails. The socket is watched before the service first polls the
-/// request body (while it connects to a backend, say) and after the body has ended, but not
-/// while the body is read, because the body then reports a client that leaves as an error.
+/// request body (while it connects to a backend, say) and after the body has ended. While the
+/// body is read, the body itself reports a client that leaves, as an error.
 async fn respond<F, B>(wire: &SharedWire, future: F, max_head_bytes: usize) -> Option<Response<B>>
 where
     F: Future<Output = Response<B>>,
