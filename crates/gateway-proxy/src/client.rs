@@ -132,6 +132,8 @@ struct Shared {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
+    /// Whether workers keep idle connections at all: false while pooling is off.
+    pooling: bool,
     /// Idle connections of each worker, by worker index.
     workers: Box<[WorkerPools]>,
 }
@@ -198,6 +200,7 @@ impl BackendClient {
                 connect_timeout: config.connect_timeout,
                 response_timeout: config.response_timeout,
                 idle_timeout: config.pool_idle_timeout,
+                pooling: capacity > 0,
                 workers: pools,
             }),
         }
@@ -214,10 +217,11 @@ impl BackendClient {
             .map(|(_, pool)| pool)
     }
 
-    /// Returns whether the calling worker keeps idle connections to `backend`, so that one
-    /// can carry another request after its response. It does not while pooling is off.
-    pub(crate) fn keeps_idle(&self, backend: &Backend) -> bool {
-        self.pool(backend.id()).is_some()
+    /// Returns whether workers keep idle connections, so that one can carry another request
+    /// after its response. They do not while pooling is off. Decided once, when the client is
+    /// made, so a request pays no pool lookup for it.
+    pub(crate) fn keeps_idle(&self) -> bool {
+        self.shared.pooling
     }
 
     /// Maximum wait for a backend's response head.

@@ -269,7 +269,7 @@ async fn attempt(
         peer: request.peer,
         host,
         framing: request.framing,
-        close: !client.keeps_idle(backend),
+        close: !client.keeps_idle(),
     }
     .encode(connection.head_buffer());
     connection
