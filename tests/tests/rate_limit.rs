@@ -40,6 +40,16 @@ routes:
     )
 }
 
+/// Starts a gateway that trusts `X-Forwarded-For` from loopback peers, with `rate_limiting`
+/// (a YAML flow value) and one route `/api/*rest` to `mock`.
+fn behind_loopback_proxy(mock: &MockProcess, rate_limiting: &str) -> GatewayProcess {
+    GatewayProcess::start(&gateway_config(
+        r#"["127.0.0.0/8"]"#,
+        rate_limiting,
+        &route("/api/*rest", &mock.url, ""),
+    ))
+}
+
 /// Builds one route item for `path` with a single backend and optional extra YAML lines,
 /// each indented by four spaces.
 fn route(path: &str, backend: &str, extra: &str) -> String {
@@ -310,11 +320,10 @@ async fn retry_after_is_long_enough() {
 #[tokio::test]
 async fn forwarded_clients_get_own_budgets() {
     let mock = MockProcess::start("PerClient");
-    let gateway = GatewayProcess::start(&gateway_config(
-        r#"["127.0.0.0/8"]"#,
+    let gateway = behind_loopback_proxy(
+        &mock,
         "{enabled: true, requests_per_second: 1, burst: 5, key: client_ip}",
-        &route("/api/*rest", &mock.url, ""),
-    ));
+    );
     let url = format!("{}/api/budget", gateway.url);
     let client = keep_alive_client();
 
@@ -329,11 +338,10 @@ async fn forwarded_clients_get_own_budgets() {
 #[tokio::test]
 async fn ipv6_clients_share_their_block_budget() {
     let mock = MockProcess::start("Ipv6Blocks");
-    let gateway = GatewayProcess::start(&gateway_config(
-        r#"["127.0.0.0/8"]"#,
+    let gateway = behind_loopback_proxy(
+        &mock,
         "{enabled: true, requests_per_second: 1, burst: 3, key: client_ip}",
-        &route("/api/*rest", &mock.url, ""),
-    ));
+    );
     let url = format!("{}/api/budget", gateway.url);
     let client = keep_alive_client();
 
@@ -354,11 +362,10 @@ async fn ipv6_clients_share_their_block_budget() {
 #[tokio::test]
 async fn ipv6_prefix_128_budgets_each_address() {
     let mock = MockProcess::start("Ipv6Addresses");
-    let gateway = GatewayProcess::start(&gateway_config(
-        r#"["127.0.0.0/8"]"#,
+    let gateway = behind_loopback_proxy(
+        &mock,
         "{enabled: true, requests_per_second: 1, burst: 2, key: client_ip, ipv6_prefix: 128}",
-        &route("/api/*rest", &mock.url, ""),
-    ));
+    );
     let url = format!("{}/api/budget", gateway.url);
     let client = keep_alive_client();
 
@@ -417,11 +424,10 @@ async fn peer_addresses_get_own_budgets() {
 #[tokio::test]
 async fn global_key_shares_one_bucket() {
     let mock = MockProcess::start("Global");
-    let gateway = GatewayProcess::start(&gateway_config(
-        r#"["127.0.0.0/8"]"#,
+    let gateway = behind_loopback_proxy(
+        &mock,
         "{enabled: true, requests_per_second: 1, burst: 5, key: global}",
-        &route("/api/*rest", &mock.url, ""),
-    ));
+    );
     let url = format!("{}/api/shared", gateway.url);
     let client = keep_alive_client();
 
