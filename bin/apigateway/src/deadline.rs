@@ -84,6 +84,11 @@ impl ConnectionDeadline {
     }
 
     /// Records that bytes of the response were written to the client.
+    ///
+    /// NOTE: the gateway writes again only once the socket's send buffer has drained enough,
+    /// so a client that reads steadily but slowly through a large buffer (some MB on loopback)
+    /// can go a write timeout without a write and be reset. `TCP_NOTSENT_LOWAT` would tie the
+    /// writes to its pace, but no dependency sets it without `unsafe`.
     pub(crate) fn note_progress(&self) {
         self.progress.store(true, Ordering::Relaxed);
     }

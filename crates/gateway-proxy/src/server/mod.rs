@@ -126,6 +126,8 @@ where
         // NOTE: a client that stops partway through a head keeps the drain waiting until the
         // read timeout or the shutdown timeout, whichever ends first.
         let draining = drain_begun(&mut drain, &mut drain_seen);
+        // NOTE: a request that the client sends just as its idle connection closes here is
+        // reset unread and gets no row. HTTP/1.1 leaves that race to the client's retry.
         if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
         }
@@ -308,6 +310,8 @@ fn head_error_reason(error: HeadError) -> &'static str {
 /// Returns whether the request line at the start of `buffer`, after any empty lines, runs past
 /// `max_head_bytes` without its line end. Such a head gets 414 URI Too Long rather than 431:
 /// RFC 9110 (section 15.5.15) defines 414 for a target longer than the server will read.
+// NOTE: empty lines before the request line fill the same buffer, so with many of them a
+// request line a little under the limit can still get 414.
 fn request_line_exceeds(buffer: &[u8], max_head_bytes: usize) -> bool {
     let start = buffer
         .iter()
