@@ -32,6 +32,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota};
 use http::header::HeaderName;
 use http::{HeaderValue, Response, StatusCode, header};
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
@@ -293,9 +294,37 @@ impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
     }
 }
 
-/// Formats a `RateLimit` field value: `"default";r=REMAINING;t=SECONDS`.
+/// Slots in each thread's cache of `RateLimit` values.
+const CACHED_VALUES: usize = 64;
+
+thread_local! {
+    /// Recent `RateLimit` values, each in the slot of its remaining count. A client's
+    /// remaining count and refill time take few distinct values under steady traffic, so most
+    /// responses reuse a value instead of formatting and checking a new one.
+    static VALUES: RefCell<[Option<(u32, u64, HeaderValue)>; CACHED_VALUES]> =
+        const { RefCell::new([const { None }; CACHED_VALUES]) };
+}
+
+/// Returns the `RateLimit` field value `"default";r=REMAINING;t=SECONDS`, from the thread's
+/// cache when the same pair was formatted before.
 fn ratelimit_value(remaining: u32, seconds: u64) -> HeaderValue {
-    // Formatted by hand on the stack: the value is at most 45 bytes.
+    VALUES.with_borrow_mut(|values| {
+        let slot = &mut values[remaining as usize % CACHED_VALUES];
+        match slot {
+            Some((r, t, value)) if *r == remaining && *t == seconds => value.clone(),
+            _ => {
+                let value = format_ratelimit(remaining, seconds);
+                *slot = Some((remaining, seconds, value.clone()));
+                value
+            }
+        }
+    })
+}
+
+/// Formats a `RateLimit` field value. A cached value has memory of its own, so that it does
+/// not hold on to a shared buffer of other values.
+fn format_ratelimit(remaining: u32, seconds: u64) -> HeaderValue {
+    // Formatted on the stack: the value is at most 45 bytes.
     let mut text = [0u8; 48];
     let mut length = 0;
     let mut push = |piece: &[u8]| {
@@ -307,7 +336,7 @@ fn ratelimit_value(remaining: u32, seconds: u64) -> HeaderValue {
     push(value_store::decimal(u64::from(remaining), &mut digits));
     push(b";t=");
     push(value_store::decimal(seconds, &mut digits));
-    value_store::header_value(&text[..length]).expect("quotes, digits and ASCII are valid")
+    HeaderValue::from_bytes(&text[..length]).expect("quotes, digits and ASCII are valid")
 }
 
 /// Returns the mask of the first `prefix` bits of an IPv6 address. Validation keeps `prefix`

@@ -322,3 +322,14 @@ fn ratelimit_value_fits_largest_numbers() {
     );
     assert_eq!(super::ratelimit_value(0, 1), "\"default\";r=0;t=1");
 }
+
+#[test]
+fn ratelimit_value_cache_keeps_pairs_apart() {
+    // 5 and 69 share a slot of the cache, and so do two refill times of one count.
+    for _ in 0..2 {
+        assert_eq!(super::ratelimit_value(5, 1), "\"default\";r=5;t=1");
+        assert_eq!(super::ratelimit_value(69, 1), "\"default\";r=69;t=1");
+        assert_eq!(super::ratelimit_value(5, 2), "\"default\";r=5;t=2");
+        assert_eq!(super::ratelimit_value(5, 1), "\"default\";r=5;t=1");
+    }
+}
