@@ -298,9 +298,9 @@ impl<C: Clock> std::fmt::Debug for RateLimiter<C> {
 const CACHED_VALUES: usize = 64;
 
 thread_local! {
-    /// Recent `RateLimit` values, each in the slot of its remaining count. A client's
-    /// remaining count and refill time take few distinct values under steady traffic, so most
-    /// responses reuse a value instead of formatting and checking a new one.
+    /// Recent `RateLimit` values, each in the slot of its remaining count. Under steady traffic
+    /// a client's remaining count and refill time repeat, so a response can often reuse a
+    /// value instead of formatting and checking a new one.
     static VALUES: RefCell<[Option<(u32, u64, HeaderValue)>; CACHED_VALUES]> =
         const { RefCell::new([const { None }; CACHED_VALUES]) };
 }
