@@ -60,28 +60,29 @@ async fn count_rows_with_path(database: &Path, path: &str) -> i64 {
 }
 
 /// Returns the status, route and error kind of the rows with `path`.
-async fn rows_with_path(database: &Path, path: &str) -> Vec<(i64, Option<String>, Option<String>)> {
+/// The status, route, backend and error kind of one request log row.
+type Row = (i64, Option<String>, Option<String>, Option<String>);
+
+async fn rows_with_path(database: &Path, path: &str) -> Vec<Row> {
     let options = SqliteConnectOptions::new()
         .filename(database)
         .busy_timeout(Duration::from_secs(5));
     let mut connection = SqliteConnection::connect_with(&options)
         .await
         .unwrap_or_else(|error| panic!("open {}: {error}", database.display()));
-    let rows = sqlx::query_as("SELECT status, route, error_kind FROM requests WHERE path = ?")
-        .bind(path)
-        .fetch_all(&mut connection)
-        .await
-        .expect("read rows");
+    let rows =
+        sqlx::query_as("SELECT status, route, backend, error_kind FROM requests WHERE path = ?")
+            .bind(path)
+            .fetch_all(&mut connection)
+            .await
+            .expect("read rows");
     connection.close().await.expect("close database");
     rows
 }
 
-/// Stops `gateway` cleanly with SIGTERM, checks that it exits 0, and returns the status, route
-/// and error kind of its request log rows with `path`.
-async fn stop_and_read_rows(
-    gateway: &mut GatewayProcess,
-    path: &str,
-) -> Vec<(i64, Option<String>, Option<String>)> {
+/// Stops `gateway` cleanly with SIGTERM, checks that it exits 0, and returns the status, route,
+/// backend and error kind of its request log rows with `path`.
+async fn stop_and_read_rows(gateway: &mut GatewayProcess, path: &str) -> Vec<Row> {
     gateway.signal("TERM");
     let status = gateway
         .wait_exit(Duration::from_secs(10))
@@ -91,9 +92,10 @@ async fn stop_and_read_rows(
 }
 
 /// A client that closes its connection before the response gets a row with status 499, the
-/// error kind `client_closed` and the route its request matched, although no response named it.
+/// error kind `client_closed`, and the route and the backend of its request, although no
+/// response named them.
 #[tokio::test]
-async fn client_closed_row_names_route() {
+async fn closed_client_row_names_backend() {
     let mock = MockProcess::start("Slow");
     let mut gateway = GatewayProcess::start(&config(&mock.url));
     let slow = start_slow_request(&gateway, &mock, "/api/given-up?delay=3000").await;
@@ -107,6 +109,7 @@ async fn client_closed_row_names_route() {
     let expected = (
         499,
         Some("/api/*rest".to_owned()),
+        Some(mock.url.clone()),
         Some("client_closed".to_owned()),
     );
     assert_eq!(rows, vec![expected]);
@@ -139,6 +142,7 @@ async fn download_left_midway_row_is_incomplete() {
     let expected = (
         200,
         Some("/api/*rest".to_owned()),
+        Some(mock.url.clone()),
         Some("response_incomplete".to_owned()),
     );
     assert_eq!(rows, vec![expected]);
@@ -166,6 +170,8 @@ async fn cut_off_request_gets_line_and_row() {
     assert!(line.contains("status=499"), "{line}");
     assert!(line.contains("completed=false"), "{line}");
     assert!(line.contains("error=\"shutdown\""), "{line}");
+    let backend = format!("backend=\"{}\"", mock.url);
+    assert!(line.contains(&backend), "{line}");
 
     let closed = gateway
         .wait_for_line(&["request log closed"], Duration::from_secs(2))

@@ -150,7 +150,13 @@ impl RequestHook for AccessHook {
         }
         if state.status == 0 {
             // No response was made: the client closed the connection first, or the drain
-            // deadline cut it off. 499 is the status NGINX logs for this case.
+            // deadline cut it off. 499 is the status NGINX logs for this case. A forwarder
+            // dropped while it waited on a backend has just left its route and backend.
+            if let Some(info) = gateway_proxy::take_abandoned() {
+                state.route = Some(info.route);
+                state.backend = info.backend;
+                state.retried = info.retried;
+            }
             state.status = CLIENT_CLOSED_REQUEST;
             state.error_kind = if self.shared.stopped.load(Ordering::Relaxed) {
                 Some("shutdown")

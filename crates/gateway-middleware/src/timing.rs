@@ -123,7 +123,7 @@ where
         });
         ResponseFuture {
             inner: self.inner.call(request),
-            report,
+            report: UnansweredReport(report),
         }
     }
 }
@@ -164,18 +164,23 @@ impl<H: RequestHook> Report<H> {
 pin_project_lite::pin_project! {
     /// Response future of [`Timing`].
     pub struct ResponseFuture<F, H: RequestHook> {
+        // Fields drop in order, so the inner future is gone before the report ends: an inner
+        // service that leaves a record on its way out has left it by then.
         #[pin]
         inner: F,
-        report: Option<Box<Report<H>>>,
+        report: UnansweredReport<H>,
     }
+}
 
-    impl<F, H: RequestHook> PinnedDrop for ResponseFuture<F, H> {
-        fn drop(this: Pin<&mut Self>) {
-            // Dropped before a response: the client went away or the server cut the
-            // connection off. The request still ends, without a response.
-            if let Some(report) = this.project().report.take() {
-                (*report).finish(false);
-            }
+/// The report of a request still waiting for its response. Dropped with it, before a response:
+/// the client went away or the server cut the connection off, and the request still ends,
+/// without a response.
+struct UnansweredReport<H: RequestHook>(Option<Box<Report<H>>>);
+
+impl<H: RequestHook> Drop for UnansweredReport<H> {
+    fn drop(&mut self) {
+        if let Some(report) = self.0.take() {
+            (*report).finish(false);
         }
     }
 }
@@ -191,7 +196,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let mut report = this.report.take();
+        let mut report = this.report.0.take();
         match result {
             Ok(response) => {
                 if let Some(report) = &mut report {
@@ -366,6 +371,49 @@ mod tests {
         drop(future);
         let reports = recorder.0.lock().unwrap().clone();
         assert_eq!(reports, [("/gone".to_owned(), 0, 0, false)]);
+    }
+
+    /// Appends "inner dropped" to its list when dropped.
+    struct DropMark(Arc<Mutex<Vec<&'static str>>>);
+
+    impl Drop for DropMark {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push("inner dropped");
+        }
+    }
+
+    /// A hook that appends "report ended" to a list when a request ends.
+    #[derive(Clone)]
+    struct EndMark(Arc<Mutex<Vec<&'static str>>>);
+
+    impl RequestHook for EndMark {
+        type State = ();
+
+        fn on_request<B>(&self, _: &mut Request<B>) {}
+
+        fn on_response<B>(&self, (): &mut (), _: &Response<B>) {}
+
+        fn on_end(&self, (): (), _: &RequestEnd) {
+            self.0.lock().unwrap().push("report ended");
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_inner_goes_before_report() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let marks = Arc::clone(&events);
+        let mut service = TimingLayer::new(EndMark(Arc::clone(&events))).layer(tower::service_fn(
+            move |_: Request<()>| {
+                let mark = DropMark(Arc::clone(&marks));
+                async move {
+                    let _mark = mark;
+                    std::future::pending::<()>().await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                }
+            },
+        ));
+        drop(service.call(Request::new(())));
+        assert_eq!(*events.lock().unwrap(), ["inner dropped", "report ended"]);
     }
 
     /// A hook that is off: any call to it fails the test.

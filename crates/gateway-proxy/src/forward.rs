@@ -11,6 +11,7 @@ use crate::server::{Inbound, InboundError};
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response, header};
 use http_body::Body;
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -29,6 +30,45 @@ pub struct ForwardInfo {
     pub backend: Option<Arc<str>>,
     /// Whether the request was sent to a second backend after a failed connect.
     pub retried: bool,
+}
+
+thread_local! {
+    /// The record of the last forwarder on this thread that was dropped while it waited on a
+    /// backend, until [`take_abandoned`] takes it.
+    static ABANDONED: RefCell<Option<ForwardInfo>> = const { RefCell::new(None) };
+}
+
+/// Takes the record that a forwarder left when its future was dropped in the middle of an
+/// exchange with a backend: the client left, or the stop cut the request off. Such a request
+/// gets no response to carry its [`ForwardInfo`], so a layer around the forwarder calls this
+/// right after dropping the forwarder's future, on the same thread, to learn the route and the
+/// backend. Only a forwarder that attaches its record leaves one.
+pub fn take_abandoned() -> Option<ForwardInfo> {
+    ABANDONED.with_borrow_mut(Option::take)
+}
+
+/// Leaves a copy of the forwarding record for [`take_abandoned`] when it is dropped armed,
+/// which happens when the exchange it watches is dropped before it ends.
+struct AbandonGuard<'a> {
+    info: Option<&'a ForwardInfo>,
+}
+
+impl AbandonGuard<'_> {
+    fn disarm(mut self) {
+        self.info = None;
+    }
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        // A panic in the exchange also drops it, but then the panic guard makes a response,
+        // and nothing would take the record.
+        if let Some(info) = self.info
+            && !std::thread::panicking()
+        {
+            ABANDONED.with_borrow_mut(|slot| *slot = Some(info.clone()));
+        }
+    }
 }
 
 /// The service that forwards requests of one route to its backend pool.
@@ -146,7 +186,12 @@ fn forward(
             let in_flight = picked.start_request();
             info.backend = Some(Arc::clone(backend.url_text()));
 
-            let error = match exchange(&client, &route, backend, &request, &mut body).await {
+            let guard = AbandonGuard {
+                info: attach_info.then_some(&info),
+            };
+            let result = exchange(&client, &route, backend, &request, &mut body).await;
+            guard.disarm();
+            let error = match result {
                 Ok((head, connection, sent_all)) => {
                     backend.record_request_success();
                     let ResponseHead {

@@ -48,6 +48,6 @@ pub mod worker;
 pub use body::ProxyBody;
 pub use client::BackendClient;
 pub use error::{ErrorKind, ProxyError, Side, error_response};
-pub use forward::{Forward, ForwardInfo};
+pub use forward::{Forward, ForwardInfo, take_abandoned};
 pub use request_body::{ReceivedBytes, RequestBody};
 pub use routes::{Route, RouteMatch, RouteTable};
