@@ -87,8 +87,9 @@ impl ConnectionDeadline {
     ///
     /// NOTE: the gateway writes again only once the socket's send buffer has drained enough,
     /// so a client that reads steadily but slowly through a large buffer (some MB on loopback)
-    /// can go a write timeout without a write and be reset. `TCP_NOTSENT_LOWAT` would tie the
-    /// writes to its pace, but no dependency sets it without `unsafe`.
+    /// can go a write timeout without a write and be reset, as under NGINX's `send_timeout`.
+    /// `TCP_NOTSENT_LOWAT` (socket2's `set_tcp_notsent_lowat`) would tie the writes to its
+    /// pace, at one more system call per connection.
     pub(crate) fn note_progress(&self) {
         self.progress.store(true, Ordering::Relaxed);
     }
