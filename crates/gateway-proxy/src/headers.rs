@@ -86,7 +86,8 @@ fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 /// request head's framing writes its own (see `RequestHead::encode`). `Host` becomes `backend_host` unless it is `None`, which keeps the client's.
 /// `X-Forwarded-For` gets `peer` appended (earlier values are joined into one line),
 /// `X-Forwarded-Proto` becomes `http` and `X-Forwarded-Host` the client's `Host`. A field
-/// that names one of these four or `X-Request-Id` with `_` for `-` is left out.
+/// that names one of these four or `X-Request-Id` with `_` for `-` is left out, and so is
+/// `X-Real-IP`. A client's `Forwarded` gets an element for `peer` appended.
 pub fn write_forwarded_headers(
     out: &mut Vec<u8>,
     headers: &HeaderMap,
@@ -98,6 +99,7 @@ pub fn write_forwarded_headers(
     let mut client_host = None;
     let mut has_connection = false;
     let mut has_forwarded_for = false;
+    let mut has_forwarded = false;
     for (name, value) in headers {
         if *name == header::HOST {
             client_host = client_host.or(Some(value));
@@ -105,6 +107,8 @@ pub fn write_forwarded_headers(
             has_connection = true;
         } else if *name == X_FORWARDED_FOR {
             has_forwarded_for = true;
+        } else if *name == header::FORWARDED {
+            has_forwarded = true;
         }
     }
     if let Some(host) = backend_host.or(client_host) {
@@ -128,10 +132,11 @@ pub fn write_forwarded_headers(
             || *name == header::CONTENT_LENGTH
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST;
+            || *name == X_FORWARDED_HOST
+            || *name == header::FORWARDED;
         let dropped = is_hop_by_hop(name)
             || (named_by_connection.contains(name) && *name != X_REQUEST_ID)
-            || is_alias_of_set_field(name);
+            || is_unforwarded_client_field(name);
         if replaced || dropped {
             continue;
         }
@@ -179,35 +184,86 @@ pub fn write_forwarded_headers(
     if let Some(host) = client_host {
         put(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
     }
+    if has_forwarded && !named_by_connection.contains(&header::FORWARDED) {
+        put_forwarded(out, headers, peer);
+    }
 }
 
-/// Returns whether `name` reads as a field that the gateway sets once each `_` is read as `-`
-/// (`X_Forwarded_For`). CGI (RFC 3875 section 4.1.18) and the interfaces that follow it, such
-/// as WSGI and PSGI, name a field's variable with each `-` replaced by `_`. Both spellings
-/// then become one variable, and a backend could read a client's alias as the gateway's value.
-fn is_alias_of_set_field(name: &HeaderName) -> bool {
+/// Writes a client's `Forwarded` (RFC 7239) as one line, with an element for `peer` appended,
+/// so that the last element is the one the gateway vouches for. A client that sends no
+/// `Forwarded` gets none: the gateway's own record is `X-Forwarded-For`.
+fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
+    out.extend_from_slice(b"forwarded: ");
+    let mut first = true;
+    for value in headers.get_all(header::FORWARDED) {
+        let text = value.as_bytes().trim_ascii();
+        if !text.is_empty() {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(text);
+            first = false;
+        }
+    }
+    if let Some(peer) = peer {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        // An IPv6 address is quoted in brackets, since its colons are not token characters.
+        match peer {
+            IpAddr::V4(peer) => {
+                out.extend_from_slice(b"for=");
+                put_ipv4(out, peer);
+            }
+            IpAddr::V6(peer) => {
+                let _ = write!(out, "for=\"[{peer}]\"");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Returns whether a client's field named `name` is left out because a backend could take it
+/// for the gateway's word:
+///
+/// - `X-Real-IP` in either spelling: one address that the client chose, which backends set up
+///   behind NGINX often read as the client's. The gateway's record of the client is in
+///   `X-Forwarded-For`.
+/// - A field that reads as one the gateway sets once each `_` is read as `-`
+///   (`X_Forwarded_For`). CGI (RFC 3875 section 4.1.18) and the interfaces that follow it,
+///   such as WSGI and PSGI, name a field's variable with each `-` replaced by `_`. Both
+///   spellings then become one variable, and a backend could read a client's alias as the
+///   gateway's value.
+fn is_unforwarded_client_field(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
     // Checked for every forwarded field, so the first letter and the length, which rule out
     // nearly every other field, are compared before the bytes.
-    if name.first() != Some(&b'x') || !matches!(name.len(), 12 | 15..=17) || !name.contains(&b'_') {
+    if name.first() != Some(&b'x') || !matches!(name.len(), 9 | 12 | 15..=17) {
         return false;
     }
-    [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &X_REQUEST_ID,
-    ]
-    .iter()
-    .any(|set| {
-        let set = set.as_str().as_bytes();
+    let reads_as = |set: &[u8]| {
         set.len() == name.len()
             && set
                 .iter()
                 .zip(name)
                 .all(|(&expected, &byte)| byte == expected || (expected == b'-' && byte == b'_'))
-    })
+    };
+    if name.len() == X_REAL_IP.len() {
+        return reads_as(X_REAL_IP);
+    }
+    name.contains(&b'_')
+        && [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_REQUEST_ID,
+        ]
+        .iter()
+        .any(|set| reads_as(set.as_str().as_bytes()))
 }
+
+/// `X-Real-IP`, which the gateway never forwards (see [`is_unforwarded_client_field`]).
+const X_REAL_IP: &[u8] = b"x-real-ip";
 
 /// Appends a `Trailer` field that announces only the names of `value` that trailers keep
 /// (see [`is_allowed_in_trailers`]), or nothing when none is left. The chunked decoder drops
@@ -421,6 +477,40 @@ mod tests {
         assert_eq!(values(&lines, "x_custom_field"), ["kept"]);
         assert_eq!(values(&lines, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(values(&lines, "x-forwarded-proto"), ["http"]);
+    }
+
+    #[test]
+    fn forwarded_gets_peer_element() {
+        let headers = map(&[
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("forwarded", " for=5.6.7.8 "),
+        ]);
+        let lines = forwarded(&headers, Some("10.0.0.9"), None);
+        assert_eq!(
+            values(&lines, "forwarded"),
+            ["for=1.2.3.4;proto=https, for=5.6.7.8, for=10.0.0.9"]
+        );
+        let lines = forwarded(&map(&[("forwarded", "for=1.2.3.4")]), Some("::1"), None);
+        assert_eq!(values(&lines, "forwarded"), ["for=1.2.3.4, for=\"[::1]\""]);
+    }
+
+    #[test]
+    fn forwarded_absent_stays_absent() {
+        let lines = forwarded(&HeaderMap::new(), Some("10.0.0.9"), None);
+        assert!(values(&lines, "forwarded").is_empty(), "{lines:?}");
+    }
+
+    #[test]
+    fn client_real_ip_is_dropped() {
+        let headers = map(&[
+            ("x-real-ip", "9.9.9.9"),
+            ("x_real_ip", "9.9.9.9"),
+            ("x-real-ips", "kept"),
+        ]);
+        let lines = forwarded(&headers, Some("10.0.0.9"), None);
+        assert!(values(&lines, "x-real-ip").is_empty(), "{lines:?}");
+        assert!(values(&lines, "x_real_ip").is_empty(), "{lines:?}");
+        assert_eq!(values(&lines, "x-real-ips"), ["kept"]);
     }
 
     #[test]
