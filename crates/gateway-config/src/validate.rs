@@ -254,10 +254,29 @@ impl Config {
 
     fn validate_request_log(&self, problems: &mut Problems) {
         let log = &self.request_log;
-        if log.database.as_os_str().is_empty() {
+        let database = log.database.as_os_str().as_encoded_bytes();
+        if database.is_empty() {
             problems.push(
                 "request_log.database",
                 "must name a file, like data/gateway.db",
+            );
+        } else if database == b":memory:" {
+            problems.push(
+                "request_log.database",
+                "\":memory:\" names SQLite's in-memory database, which keeps nothing and \
+                 which the log's readers cannot see: name a file, like data/gateway.db",
+            );
+        } else if database.starts_with(b"file:") {
+            // SQLite reads such a name as a URI, so the rows would go to the file the URI
+            // names, while the gateway's checks and `apigateway logs` look at another.
+            problems.push(
+                "request_log.database",
+                format!(
+                    "\"{}\" starts with `file:`, which SQLite reads as a URI: name the file \
+                     itself, like data/gateway.db, or write ./{} for a file of that name",
+                    log.database.display(),
+                    log.database.display()
+                ),
             );
         }
         if log.batch_size == 0 {

@@ -361,6 +361,31 @@ routes:
 }
 
 #[test]
+fn database_names_sqlite_reads_otherwise_rejected() {
+    for (database, expected) in [
+        (
+            ":memory:",
+            "request_log.database: \":memory:\" names SQLite's in-memory database",
+        ),
+        (
+            "file:data/log.db",
+            "request_log.database: \"file:data/log.db\" starts with `file:`",
+        ),
+    ] {
+        let text = format!(
+            "routes:\n  - path: \"/a\"\n    backends: [{{url: \"http://127.0.0.1:1\"}}]\n\
+             request_log:\n  database: \"{database}\"\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].starts_with(expected), "{found:#?}");
+    }
+    let text = "routes:\n  - path: \"/a\"\n    backends: [{url: \"http://127.0.0.1:1\"}]\n\
+                request_log:\n  database: \"./file:data/log.db\"\n";
+    assert!(Config::from_yaml(text, "test.yaml").is_ok());
+}
+
+#[test]
 fn huge_request_log_sizes_rejected() {
     let text = r#"
 routes:

@@ -83,6 +83,10 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
             path: path.to_owned(),
             version,
         },
+        MigrateError::VersionMismatch(version) => StoreError::ChangedMigration {
+            path: path.to_owned(),
+            version,
+        },
         MigrateError::Execute(sqlx::Error::Database(error))
             if is_read_only(error.code().as_deref()) =>
         {
@@ -229,14 +233,27 @@ async fn check_not_foreign(path: &Path, read_wal: ReadWal) -> Result<(), StoreEr
         });
     }
 
-    let latest = MIGRATOR.iter().map(|migration| migration.version).max();
-    match (schema.version, latest) {
-        (Some(version), Some(latest)) if version > latest => Err(StoreError::NewerSchema {
-            path: path.to_owned(),
-            version,
-        }),
-        _ => Ok(()),
+    for (version, checksum) in &schema.applied {
+        match MIGRATOR
+            .iter()
+            .find(|migration| migration.version == *version)
+        {
+            None => {
+                return Err(StoreError::NewerSchema {
+                    path: path.to_owned(),
+                    version: *version,
+                });
+            }
+            Some(migration) if *migration.checksum != checksum[..] => {
+                return Err(StoreError::ChangedMigration {
+                    path: path.to_owned(),
+                    version: *version,
+                });
+            }
+            Some(_) => {}
+        }
     }
+    Ok(())
 }
 
 /// Whether [`check_not_foreign`] reads the -wal file beside a database, which may update the
@@ -263,8 +280,8 @@ struct Schema {
     tables: Vec<String>,
     /// Whether the `requests` table has the log's `ts_us` column.
     requests_has_ts: bool,
-    /// The highest migration applied, when the migration table has one.
-    version: Option<i64>,
+    /// The version and checksum of each migration applied, in order.
+    applied: Vec<(i64, Vec<u8>)>,
 }
 
 impl Schema {
@@ -298,17 +315,17 @@ async fn read_schema(connection: &mut SqliteConnection) -> Result<Schema, sqlx::
     } else {
         false
     };
-    let version = if tables.iter().any(|table| table == MIGRATIONS_TABLE) {
-        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-            .fetch_one(&mut *connection)
+    let applied: Vec<(i64, Vec<u8>)> = if tables.iter().any(|table| table == MIGRATIONS_TABLE) {
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *connection)
             .await?
     } else {
-        None
+        Vec::new()
     };
     Ok(Schema {
         tables,
         requests_has_ts,
-        version,
+        applied,
     })
 }
 

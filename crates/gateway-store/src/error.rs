@@ -113,6 +113,21 @@ pub enum StoreError {
         version: i64,
     },
 
+    /// A migration recorded in the file differs from this version's migration of the same
+    /// number: a modified build wrote the file, or the file was edited.
+    #[error(
+        "request log database {} records schema migration {version} with other contents than \
+         this apigateway's: run the build that wrote it, or move the file away so that this one \
+         starts a new log",
+        path.display()
+    )]
+    ChangedMigration {
+        /// The database file.
+        path: PathBuf,
+        /// The migration whose recorded checksum differs.
+        version: i64,
+    },
+
     /// The path is a symbolic link to a file that does not exist.
     #[error(
         "request log database {} is a symbolic link to a missing file: create the file where \

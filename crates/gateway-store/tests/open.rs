@@ -272,6 +272,40 @@ async fn database_of_newer_version_is_rejected() {
 }
 
 #[tokio::test]
+async fn changed_migration_is_rejected() {
+    use sqlx::{Connection, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (_log, writer) = RequestLog::open(&config).await.unwrap();
+    writer.spawn().shutdown().await.unwrap();
+
+    // A checksum that no build of this schema records, as a modified build would leave it.
+    let url = format!("sqlite://{}", config.database.display());
+    let mut connection = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = x'01' WHERE version = 2")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+
+    let error = gateway_store::check_database(&config.database)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::ChangedMigration { version: 2, .. }),
+        "{error:?}"
+    );
+    let error = RequestLog::open(&config).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::ChangedMigration { version: 2, .. }),
+        "{error:?}"
+    );
+    assert_names_path(&error, &config.database);
+    assert!(error.to_string().contains("move the file away"), "{error}");
+}
+
+#[tokio::test]
 async fn file_in_place_of_folder_fails_check() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("not-a-folder");
