@@ -1154,3 +1154,11 @@ fn parse_errors_use_yaml_terms() {
         }
     }
 }
+
+#[test]
+fn empty_methods_list_rejected() {
+    let text = "routes:\n  - path: /a\n    methods: []\n    backends:\n      - url: http://127.0.0.1:9001\n";
+    let message = parse_error(text);
+    assert!(message.contains("routes[0].methods"), "{message}");
+    assert!(message.contains("leave `methods` out"), "{message}");
+}
