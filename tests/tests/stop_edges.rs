@@ -172,6 +172,14 @@ async fn cut_off_request_gets_line_and_row() {
     assert!(line.contains("error=\"shutdown\""), "{line}");
     let backend = format!("backend=\"{}\"", mock.url);
     assert!(line.contains(&backend), "{line}");
+    let last = gateway.wait_for_line(
+        &["stopped, with connections cut off"],
+        Duration::from_secs(2),
+    );
+    assert!(
+        last.is_some_and(|line| line.contains("cut_off=1")),
+        "{output}"
+    );
 
     let closed = gateway
         .wait_for_line(&["request log closed"], Duration::from_secs(2))

@@ -328,7 +328,13 @@ async fn run(
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Ok(_) => ExitCode::FAILURE,
+        Ok(outcome) => {
+            tracing::warn!(
+                cut_off = outcome.cut_off,
+                "stopped, with connections cut off at the drain deadline"
+            );
+            ExitCode::FAILURE
+        }
         Err(ServeError::RequestLog(error)) => {
             // Most store errors name the file already.
             let mut message = error_chain(&error);
