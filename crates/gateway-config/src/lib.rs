@@ -47,9 +47,29 @@ impl Config {
     /// is not valid YAML for this format, and [`ConfigError::Invalid`] with every problem found
     /// when values are out of range or inconsistent.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             file: path.display().to_string(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|error| {
+            // The position of the first byte that is not UTF-8, counted as a text editor would.
+            let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&byte| byte == b'\n').count() + 1;
+            let line_start = valid
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1;
+            ConfigError::Parse {
+                file: path.display().to_string(),
+                field: String::new(),
+                line: Some(line),
+                column: Some(column),
+                message: "the file is not UTF-8 text: save it as UTF-8".to_owned(),
+            }
         })?;
         Config::from_yaml(&text, &path.display().to_string())
     }

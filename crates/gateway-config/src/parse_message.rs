@@ -48,10 +48,41 @@ fn explain_message(
     if is_syntax_error(&message) {
         return format!("{message}: {SYNTAX_HINT}");
     }
+    if let Some(key) = message
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return duplicate_message(&message, key, field, text);
+    }
     if message == MORE_THAN_ONE_DOCUMENT {
         return "the file contains more than one YAML document: put every section in one document, and remove the `---` lines after its start".to_owned();
     }
     message
+}
+
+/// Words the message of a repeated field. The parser points at the mapping that contains the
+/// field, so for a top-level field the lines of each occurrence are named.
+fn duplicate_message(message: &str, key: &str, field: &str, text: &str) -> String {
+    let lines: Vec<String> = if field.is_empty() {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| {
+                line.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            })
+            .map(|(index, _)| (index + 1).to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if lines.len() >= 2 {
+        format!(
+            "{message}, on lines {}: keep one `{key}:` and move the fields of the others into it",
+            lines.join(" and ")
+        )
+    } else {
+        format!("{message}: keep one `{key}:` and move the fields of the others into it")
+    }
 }
 
 /// Returns the part of a field path that the parser knew: `.` for the top level becomes
@@ -475,11 +506,23 @@ mod tests {
     fn other_messages_are_kept() {
         for message in [
             "missing field `url`",
-            "duplicate field `port`",
             "unknown variant `foo`, expected `client_ip` or `global`",
         ] {
             assert_eq!(explain(message, "x", "", None), message);
         }
+    }
+
+    #[test]
+    fn duplicate_top_level_field_names_lines() {
+        let text = "server:\n  port: 1\nroutes: []\nserver:\n  host: a\n";
+        let reworded = explain("duplicate field `server`", "", text, Some((1, 1)));
+        assert_eq!(
+            reworded,
+            "duplicate field `server`, on lines 1 and 4: keep one `server:` and move the fields \
+             of the others into it"
+        );
+        let nested = explain("duplicate field `port`", "server", text, Some((2, 3)));
+        assert!(nested.ends_with("keep one `port:` and move the fields of the others into it"));
     }
 
     #[test]

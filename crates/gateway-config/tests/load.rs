@@ -1162,3 +1162,16 @@ fn empty_methods_list_rejected() {
     assert!(message.contains("routes[0].methods"), "{message}");
     assert!(message.contains("leave `methods` out"), "{message}");
 }
+
+#[test]
+fn non_utf8_file_names_position() {
+    let path = std::env::temp_dir().join(format!("latin1-{}.yaml", std::process::id()));
+    std::fs::write(&path, b"server:\n  port: 9001 # caf\xe9\n").unwrap();
+    let error = Config::load(&path).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let message = error.to_string();
+    assert!(
+        message.ends_with(":2:19: the file is not UTF-8 text: save it as UTF-8"),
+        "{message}"
+    );
+}
