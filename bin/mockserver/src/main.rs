@@ -69,7 +69,6 @@ struct Args {
     /// member a free port.
     #[arg(
         long,
-        hide = true,
         default_value_t = fleet::DEFAULT_BASE_PORT,
         value_parser = clap::value_parser!(u16).range(0..=i64::from(fleet::MAX_BASE_PORT)),
         requires = "fleet",
