@@ -14,6 +14,7 @@ impl Config {
         self.warn_rate_limits(&mut warnings);
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_cors(&mut warnings);
+        self.warn_cors_methods(&mut warnings);
         warnings
     }
 
@@ -132,6 +133,45 @@ impl Config {
                     "is empty{inherited} while CORS is enabled for this route, so no origin is \
                      allowed and no cross-origin script can read a response: list the allowed \
                      origins, like {ORIGIN_EXAMPLE}, or \"*\" for any, or set enabled: false"
+                ),
+            });
+        }
+    }
+
+    /// Warns about a route with CORS on whose `methods` and effective `allowed_methods` share
+    /// no method, so that every preflight on it is refused. A route that lists `GET` also
+    /// takes `HEAD`.
+    fn warn_cors_methods(&self, warnings: &mut Vec<Problem>) {
+        for (i, route) in self.routes.iter().enumerate() {
+            let cors = route.effective_cors(&self.cors);
+            if !cors.enabled || route.methods.is_empty() {
+                continue;
+            }
+            let takes = |method: &str| {
+                route.methods.iter().any(|listed| {
+                    listed.as_str() == method || (listed.as_str() == "GET" && method == "HEAD")
+                })
+            };
+            if cors.allowed_methods.iter().any(|method| takes(method)) {
+                continue;
+            }
+            let field = if route.cors.allowed_methods.is_some() {
+                format!("routes[{i}].cors.allowed_methods")
+            } else {
+                format!("routes[{i}].methods")
+            };
+            warnings.push(Problem {
+                field,
+                message: format!(
+                    "the route takes {} and CORS allows {} in preflights, so every preflight on \
+                     this route is refused (requests that need none still get the CORS \
+                     headers): add the route's methods to cors.allowed_methods",
+                    route.methods.join(", "),
+                    if cors.allowed_methods.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        cors.allowed_methods.join(", ")
+                    }
                 ),
             });
         }

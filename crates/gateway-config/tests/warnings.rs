@@ -183,3 +183,33 @@ fn inherited_ipv6_prefix_does_not_warn() {
     ));
     assert!(found.is_empty(), "{found:#?}");
 }
+
+#[test]
+fn cors_methods_disjoint_from_route_warns() {
+    let found = warnings(&route_with(
+        "cors: {enabled: true}",
+        "methods: [PATCH]\n    cors: {allowed_methods: [GET]}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].cors.allowed_methods: the route takes PATCH and CORS allows GET in \
+             preflights, so every preflight on this route is refused"
+        ),
+        "{found:#?}"
+    );
+
+    // The top-level list (GET, POST, PUT, DELETE) shares none with PATCH either.
+    let found = warnings(&route_with("cors: {enabled: true}", "methods: [PATCH]"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].starts_with("routes[0].methods: "), "{found:#?}");
+
+    // GET takes HEAD, so a HEAD-only policy shares a method with it.
+    let found = warnings(&route_with(
+        "cors: {enabled: true}",
+        "methods: [GET]\n    cors: {allowed_methods: [HEAD]}",
+    ));
+    assert!(found.is_empty(), "{found:#?}");
+    let found = warnings(&route_with("cors: {enabled: false}", "methods: [PATCH]"));
+    assert!(found.is_empty(), "{found:#?}");
+}
