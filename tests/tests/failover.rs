@@ -410,3 +410,58 @@ routes:
     assert_eq!(dead_state["total_requests"], 5, "{dead_state}");
     assert_eq!(live_state["total_requests"], 10, "{live_state}");
 }
+
+/// A request on a pooled connection whose backend dies while handling it is sent once more to
+/// that backend alone. The backend may have acted on it, so when it cannot be reached the
+/// client gets 502 rather than a second backend's answer.
+#[tokio::test]
+async fn request_held_by_dying_backend_goes_nowhere_else() {
+    let mut dying = MockProcess::start("Dying");
+    let other = MockProcess::start("Other");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  # One worker, so that the DELETE finds the connection the warm-up left in its pool.
+  workers: 1
+request_log:
+  enabled: false
+health_check:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{dying}"
+        weight: 100
+      - url: "{other}"
+        weight: 1
+"#,
+        dying = dying.url,
+        other = other.url
+    ));
+
+    // The first turns go to Dying, and this one leaves a pooled connection to it.
+    let warm = get(&format!("{}/api/warm", gateway.url)).await;
+    assert_eq!(warm.json()["server"], "Dying");
+
+    let url = format!("{}/api/item/1?delay=2000", gateway.url);
+    let pending =
+        tokio::spawn(async move { request(Method::DELETE, &url, &[], Bytes::new()).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_state(&gateway.url, &dying.url).await["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "the DELETE never reached Dying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dying.kill();
+
+    let reply = pending.await.expect("task").expect("DELETE");
+    assert_eq!(
+        reply.status,
+        502,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let served = get(&format!("{}/_mock/stats", other.url)).await;
+    assert_eq!(served.json()["requests"], 0, "Other got the DELETE");
+}

@@ -257,6 +257,13 @@ impl ProxyError {
         }
     }
 
+    /// Marks the error as one that came after the request reached a backend once, so that it
+    /// is not sent to another: the connect of a resend after a pooled connection closed.
+    pub(crate) fn after_earlier_send(mut self) -> ProxyError {
+        self.nothing_sent = false;
+        self
+    }
+
     /// Returns whether the request may go to another backend: only when nothing of it reached a
     /// backend, which is true of failed and timed-out connects alone.
     pub fn is_retry_safe(&self) -> bool {

@@ -276,7 +276,11 @@ async fn exchange(
         Err(error) => return Err(exchange_error(error, timeout)),
     }
     drop(connection);
-    let mut fresh = Box::pin(client.open(backend)).await?;
+    // The backend may have received the request on the closed connection and acted on it
+    // before it went away, so a failed connect now does not send it to another backend.
+    let mut fresh = Box::pin(client.open(backend))
+        .await
+        .map_err(ProxyError::after_earlier_send)?;
     match attempt(client, route, backend, request, &mut fresh, body).await {
         Ok((head, sent_all)) => Ok((head, fresh, sent_all)),
         Err(error) => Err(exchange_error(error, timeout)),
