@@ -509,3 +509,55 @@ fn send_get_to(address: std::net::SocketAddr, path: &str) -> RawConnection {
         .expect("send");
     connection
 }
+
+#[test]
+fn descriptor_shortage_closes_idle_connections() {
+    let mock = MockProcess::start("Idle");
+    let config = format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  workers: 1
+request_log:
+  enabled: false
+health_check:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{}"
+"#,
+        mock.url
+    );
+    let (mut child, _file, address) = start_with_limit("-n 48", &config);
+
+    // Each connection serves one request and stays open, idle. Past the descriptors the
+    // gateway has, a new connection waits in the listener's queue until idle ones close,
+    // which the default read timeout would do only after 30 s.
+    let mut connections = Vec::new();
+    let started = Instant::now();
+    for i in 0..80 {
+        let mut connection = RawConnection::open(address).expect("connect");
+        connection
+            .set_read_timeout(Duration::from_secs(5))
+            .expect("read timeout");
+        let request = format!("GET /api/idle/{i} HTTP/1.1\r\nHost: gateway\r\n\r\n");
+        let reply = connection.exchange(request.as_bytes());
+        assert!(
+            reply.as_ref().is_ok_and(|reply| reply.status == 200),
+            "connection {i} after {:?}: {reply:?}",
+            started.elapsed()
+        );
+        connections.push(connection);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = read_until(&mut child, "\n");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("closing idle client connections to free file descriptors")),
+        "{lines:#?}"
+    );
+}

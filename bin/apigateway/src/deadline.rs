@@ -56,6 +56,8 @@ pub(crate) struct ConnectionDeadline {
     expired: AtomicBool,
     // Set by each write to the client, and cleared when the response deadline moves.
     progress: AtomicBool,
+    // Set once the connection started its first response, so that it is a kept-alive one.
+    responded: AtomicBool,
     read_timeout: Duration,
     write_timeout: Duration,
 }
@@ -69,6 +71,7 @@ impl ConnectionDeadline {
             responding: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             progress: AtomicBool::new(false),
+            responded: AtomicBool::new(false),
             read_timeout,
             write_timeout,
         };
@@ -81,6 +84,7 @@ impl ConnectionDeadline {
         self.store(now_for(self.write_timeout) + self.write_timeout);
         self.progress.store(false, Ordering::Relaxed);
         self.responding.store(true, Ordering::Relaxed);
+        self.responded.store(true, Ordering::Relaxed);
     }
 
     /// Records that bytes of the response were written to the client.
@@ -118,6 +122,15 @@ impl ConnectionDeadline {
     fn store(&self, at: Instant) {
         let ms = at.saturating_duration_since(*EPOCH).as_millis() as u64;
         self.at_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Returns whether the connection waits for its next request head after a response: idle
+    /// and kept alive, or receiving that head. A head that arrived clears the deadline until
+    /// its response starts.
+    pub(crate) fn is_kept_alive_idle(&self) -> bool {
+        self.responded.load(Ordering::Relaxed)
+            && !self.responding.load(Ordering::Relaxed)
+            && self.at_ms.load(Ordering::Relaxed) != 0
     }
 
     /// Returns what the deadline in progress bounds.

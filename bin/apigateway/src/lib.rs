@@ -10,6 +10,7 @@
 //! - `router`: the innermost service, which handles admin paths and dispatches to routes.
 //! - `admin`: `/health` and `/admin/*`.
 //! - `access`: the timing hook that prints the access line and records the request.
+//! - `shed`: closing idle connections when accepts run out of file descriptors.
 //! - [`access_line`]: the access line's format and the thread that writes it to stdout.
 //! - [`fd_limit`]: the open-file limit, raised at start, and the workers it allows.
 //! - [`listen`]: binding the listen address, one listener per worker.
@@ -29,6 +30,7 @@ mod access;
 mod admin;
 mod deadline;
 pub mod router;
+mod shed;
 
 pub use access_line::AccessLines;
 pub use app::{BuildError, Gateway};

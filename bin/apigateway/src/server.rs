@@ -3,8 +3,9 @@
 use crate::access::AccessHook;
 use crate::access_line::AccessLines;
 use crate::app::{Gateway, RequestLogState};
-use crate::deadline::{ClientStream, ConnectionDeadline, DeadlineBody, Phase, deadline_passed};
+use crate::deadline::{ClientStream, ConnectionDeadline, DeadlineBody, Phase};
 pub use crate::router::Router;
+use crate::shed::{Ended, IdleShed, deadline_or_shed};
 use gateway_middleware::catch_panic::{CatchPanic, CatchPanicLayer};
 use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
@@ -241,6 +242,7 @@ where
     let (start_drain, drain) = tokio::sync::watch::channel(false);
     let (start_cut_off, cut_off) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
+    let sheds: Arc<[Arc<IdleShed>]> = (0..workers).map(|_| Arc::default()).collect();
     let worker = Worker {
         stack,
         gateway: Arc::clone(&gateway),
@@ -252,12 +254,15 @@ where
         drain,
         cut_off,
         open: Arc::clone(&open),
+        shed: Arc::clone(&sheds[0]),
+        sheds: Arc::clone(&sheds),
     };
 
     // A worker that ends sends on its channel. One that panicked drops it.
     let mut finished = Vec::with_capacity(runtimes.len());
     for (index, (runtime, listener)) in (1..).zip(runtimes) {
-        let worker = worker.clone();
+        let mut worker = worker.clone();
+        worker.shed = Arc::clone(&sheds[index]);
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -412,6 +417,10 @@ struct Worker<S: InnerService> {
     cut_off: tokio::sync::watch::Receiver<bool>,
     /// Connections open in every worker.
     open: Arc<AtomicUsize>,
+    /// The signal that this worker's idle connections watch.
+    shed: Arc<IdleShed>,
+    /// Every worker's signal: the file descriptors that an accept lacks are the process's.
+    sheds: Arc<[Arc<IdleShed>]>,
 }
 
 impl<S: InnerService> Clone for Worker<S> {
@@ -423,6 +432,8 @@ impl<S: InnerService> Clone for Worker<S> {
             drain: self.drain.clone(),
             cut_off: self.cut_off.clone(),
             open: Arc::clone(&self.open),
+            shed: Arc::clone(&self.shed),
+            sheds: Arc::clone(&self.sheds),
         }
     }
 }
@@ -451,9 +462,21 @@ impl<S: InnerService> Worker<S> {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        // Running out of file descriptors is the usual cause. Pausing lets
-                        // connections close instead of spinning on the error.
+                        // Running out of file descriptors is the usual cause. Idle
+                        // connections are asked to close, and pausing lets them, instead of
+                        // spinning on the error.
                         accept_failures.warn(&error);
+                        if gateway_proxy::client::is_resource_shortage(&error)
+                            && accept_failures.may_shed()
+                        {
+                            tracing::warn!(
+                                %error,
+                                "closing idle client connections to free file descriptors"
+                            );
+                            for shed in self.sheds.iter() {
+                                shed.signal();
+                            }
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -475,13 +498,16 @@ impl<S: InnerService> Worker<S> {
             let io = ClientStream::new(stream, Arc::clone(&deadline));
             let drain = self.drain.clone();
             let open = Arc::clone(&self.open);
+            let shed = Arc::clone(&self.shed);
             let settings = self.settings;
             open.fetch_add(1, Ordering::Relaxed);
             connections.spawn(async move {
                 // The connection's future is made in place inside `select!`: made outside and
                 // pinned here, it would take twice its size in the task, for as long as the
-                // connection lives.
+                // connection lives. Polled in order, the connection first, with no random
+                // pick of which branch goes first on each wake-up.
                 tokio::select! {
+                    biased;
                     result = serve_connection(
                         io,
                         move |request| service.call(request),
@@ -492,8 +518,8 @@ impl<S: InnerService> Worker<S> {
                             tracing::debug!(%peer, %error, "client connection ended with an error");
                         }
                     }
-                    phase = deadline_passed(&deadline, check_interval) => match phase {
-                        Phase::Response => {
+                    ended = deadline_or_shed(&deadline, check_interval, &shed) => match ended {
+                        Ended::Deadline(Phase::Response) => {
                             // The deadline is marked expired, so the socket was reset.
                             tracing::debug!(
                                 %peer,
@@ -501,10 +527,14 @@ impl<S: InnerService> Worker<S> {
                                 "response made no progress within the write timeout, closing the connection"
                             );
                         }
-                        Phase::Head => tracing::debug!(
+                        Ended::Deadline(Phase::Head) => tracing::debug!(
                             %peer,
                             timeout = ?read_timeout,
                             "no request head within the read timeout, closing the connection"
+                        ),
+                        Ended::Shed => tracing::debug!(
+                            %peer,
+                            "idle connection closed to free its file descriptor"
                         ),
                     },
                 }
@@ -532,9 +562,24 @@ impl<S: InnerService> Worker<S> {
 struct AcceptFailures {
     last_warning: Option<std::time::Instant>,
     since_warning: u64,
+    last_shed: Option<std::time::Instant>,
 }
 
 impl AcceptFailures {
+    /// Returns whether idle connections may be asked to close now: at most once a second, so
+    /// that the connections accepted after a signal get to send their requests.
+    fn may_shed(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .last_shed
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.last_shed = Some(now);
+        true
+    }
+
     fn warn(&mut self, error: &std::io::Error) {
         self.since_warning += 1;
         let now = std::time::Instant::now();

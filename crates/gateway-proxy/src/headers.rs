@@ -7,7 +7,7 @@
 use crate::short_copy;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// `X-Forwarded-For`: the chain of client addresses.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -60,23 +60,6 @@ pub fn is_allowed_in_trailers(name: &HeaderName) -> bool {
 /// `Keep-Alive` and `Proxy-Connection`, hop-by-hop headers that `http` has no constant for.
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Appends `ip` in dotted decimal, as its `Display` does, without the formatting machinery:
-/// every proxied request writes its peer's address.
-fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
-    for (index, octet) in ip.octets().into_iter().enumerate() {
-        if index > 0 {
-            out.push(b'.');
-        }
-        if octet >= 100 {
-            out.push(b'0' + octet / 100);
-        }
-        if octet >= 10 {
-            out.push(b'0' + octet / 10 % 10);
-        }
-        out.push(b'0' + octet % 10);
-    }
-}
 
 /// Writes the header fields of a request forwarded to a backend, one `name: value` line each.
 ///
@@ -166,7 +149,7 @@ pub fn write_forwarded_headers(
                 }
             }
             match peer {
-                IpAddr::V4(peer) => put_ipv4(out, peer),
+                IpAddr::V4(peer) => short_copy::append_ipv4(out, peer),
                 // `io::Write` for a Vec only appends, so formatting returns no error.
                 IpAddr::V6(peer) => {
                     let _ = write!(out, "{peer}");
@@ -192,6 +175,8 @@ pub fn write_forwarded_headers(
 /// Writes a client's `Forwarded` (RFC 7239) as one line, with an element for `peer` appended,
 /// so that the last element is the one the gateway vouches for. A client that sends no
 /// `Forwarded` gets none: the gateway's own record is `X-Forwarded-For`.
+#[cold]
+#[inline(never)]
 fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
     out.extend_from_slice(b"forwarded: ");
     let mut first = true;
@@ -213,7 +198,7 @@ fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
         match peer {
             IpAddr::V4(peer) => {
                 out.extend_from_slice(b"for=");
-                put_ipv4(out, peer);
+                short_copy::append_ipv4(out, peer);
             }
             IpAddr::V6(peer) => {
                 let _ = write!(out, "for=\"[{peer}]\"");
@@ -332,18 +317,6 @@ mod tests {
             .filter(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
             .collect()
-    }
-
-    #[test]
-    fn ipv4_is_written_as_display_writes_it() {
-        let mut octets = vec![0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 249, 250, 255];
-        octets.extend(0..=255);
-        for (n, &octet) in octets.iter().enumerate() {
-            let ip = Ipv4Addr::new(octet, octets[(n + 3) % octets.len()], 7, octet);
-            let mut out = Vec::new();
-            put_ipv4(&mut out, ip);
-            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
-        }
     }
 
     #[test]

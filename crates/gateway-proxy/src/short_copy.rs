@@ -6,6 +6,40 @@
 //! the call and its dispatch on the length than in the copy. A micro-benchmark of strings of 3 to 24 bytes on the test machine:
 //! 11 ns an append through `memcpy`, 6 ns through [`append`].
 
+/// Appends `ip` in dotted decimal, as its `Display` writes it. Each octet's digits come from a
+/// table, with a dot after them, and the address is appended once, without its last dot.
+pub fn append_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
+    let mut text = [0u8; 16];
+    let mut length = 0;
+    for octet in ip.octets() {
+        let (digits, count) = OCTETS[usize::from(octet)];
+        text[length..length + 4].copy_from_slice(&digits);
+        length += usize::from(count);
+    }
+    append(out, &text[..length - 1]);
+}
+
+/// Each value of a byte in decimal followed by a dot, padded to four bytes, and the count of
+/// the digits and the dot.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut value = 0;
+    while value < 256 {
+        let hundreds = b'0' + (value / 100) as u8;
+        let tens = b'0' + (value / 10 % 10) as u8;
+        let ones = b'0' + (value % 10) as u8;
+        table[value] = if value >= 100 {
+            ([hundreds, tens, ones, b'.'], 4)
+        } else if value >= 10 {
+            ([tens, ones, b'.', 0], 3)
+        } else {
+            ([ones, b'.', 0, 0], 2)
+        };
+        value += 1;
+    }
+    table
+};
+
 /// Maximum length of a string that [`append`] copies itself.
 const SHORT: usize = 16;
 
@@ -41,6 +75,18 @@ pub fn append(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_is_written_as_display_writes_it() {
+        let mut octets = vec![0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 249, 250, 255];
+        octets.extend(0..=255);
+        for (n, &octet) in octets.iter().enumerate() {
+            let ip = std::net::Ipv4Addr::new(octet, octets[(n + 3) % octets.len()], 7, octet);
+            let mut out = Vec::new();
+            append_ipv4(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
 
     #[test]
     fn every_length_copies_exactly() {
