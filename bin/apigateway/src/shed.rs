@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 /// The signal of one worker's connections to close while they are idle.
 #[derive(Debug, Default)]
 pub(crate) struct IdleShed {
-    /// Counts the signals, so that a connection sees one with a load rather than a lock.
+    /// Counts the signals, so that a connection detects one with a load rather than a lock.
     signals: AtomicU64,
     /// Wakes the idle connections, whose tasks are not polled otherwise.
     notify: Notify,
@@ -34,7 +34,7 @@ impl IdleShed {
     }
 }
 
-/// Why [`deadline_or_shed`] ended a connection.
+/// The reason [`deadline_or_shed`] ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
     /// The deadline of this phase passed (see [`deadline_passed`]).
