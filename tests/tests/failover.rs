@@ -465,3 +465,59 @@ routes:
     let served = get(&format!("{}/_mock/stats", other.url)).await;
     assert_eq!(served.json()["requests"], 0, "Other got the DELETE");
 }
+
+/// A backend whose health endpoint fails leaves rotation after `unhealthy_threshold` checks,
+/// although it still answers the requests sent to it in between.
+#[tokio::test]
+async fn failing_checks_win_over_answered_requests() {
+    let sick = MockProcess::start("Sick");
+    let well = MockProcess::start("Well");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+request_log:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    health_check:
+      path: "/hc?status=503"
+      interval: 300ms
+      timeout: 200ms
+      unhealthy_threshold: 3
+    backends:
+      - url: "{sick}"
+  - path: "/other/*rest"
+    backends:
+      - url: "{well}"
+"#,
+        sick = sick.url,
+        well = well.url
+    ));
+
+    // Requests keep reaching Sick, faster than its checks fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (url, stop) = (
+            format!("{}/api/still-served", gateway.url),
+            Arc::clone(&stop),
+        );
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = get(&url).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let left = wait_for_health(&gateway.url, &sick.url, false, 3 * INTERVAL + MARGIN).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.expect("traffic task");
+    let (entry, _) = left.unwrap_or_else(|entry| panic!("Sick stayed in rotation: {entry}"));
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("health check failed")),
+        "{entry}"
+    );
+}

@@ -543,7 +543,9 @@ routes:
         let backends = gateway.table().backends();
         let fail = |index: usize| {
             for _ in 0..3 {
-                backends[index].0.record_failure("connection refused");
+                backends[index]
+                    .0
+                    .record_request_failure("connection refused");
             }
         };
         fail(0);

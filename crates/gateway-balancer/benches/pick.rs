@@ -31,7 +31,7 @@ fn pick(c: &mut Criterion) {
     let degraded = pool(&[5, 3, 2, 1, 1]);
     if let Some((first, _)) = degraded.backends().next() {
         for _ in 0..3 {
-            first.record_failure("connection refused");
+            first.record_request_failure("connection refused");
         }
     }
     group.bench_function("five backends, heaviest down", |b| {
@@ -43,7 +43,7 @@ fn pick(c: &mut Criterion) {
     let heavy_down = pool(&[10_000, 1, 1]);
     if let Some((first, _)) = heavy_down.backends().next() {
         for _ in 0..3 {
-            first.record_failure("connection refused");
+            first.record_request_failure("connection refused");
         }
     }
     group.bench_function("weights 10000:1:1, heaviest down", |b| {

@@ -58,7 +58,11 @@ pub struct BackendState {
     unhealthy: AtomicBool,
     in_flight: AtomicU64,
     failures_total: AtomicU64,
-    consecutive_failures: AtomicU32,
+    // Failed requests since the last successful request or passing check.
+    request_failures: AtomicU32,
+    // Failed checks since the last passing check. Successful requests leave it alone, so a
+    // backend that fails its checks leaves rotation however much traffic it still serves.
+    check_failures: AtomicU32,
     consecutive_successes: AtomicU32,
     last_check_ms: AtomicU64,
     last_transition_ms: AtomicU64,
@@ -86,7 +90,9 @@ pub struct BackendSnapshot {
     pub in_flight: u64,
     /// Failed forwards and probes since start.
     pub total_failures: u64,
-    /// Failed requests and probes since the last successful request or probe.
+    /// The longer of two failure streaks, either of which takes the backend out at
+    /// `unhealthy_threshold`: failed health checks since the last passing one, and failed
+    /// requests since the last successful request or passing health check.
     pub consecutive_failures: u32,
     /// Passing health checks since the last failed request or probe, also while healthy.
     /// Successful requests are not counted.
@@ -153,13 +159,15 @@ impl Backend {
         InFlight(Arc::clone(self))
     }
 
-    /// Records a successful exchange with the backend, which ends a failure streak.
+    /// Records a successful exchange with the backend, which ends a streak of failed requests
+    /// but not one of failed health checks: a backend whose health endpoint reports it unwell
+    /// may still answer requests, with errors or not.
     ///
     /// It does not count toward `healthy_threshold`, because the balancer never picks an
     /// unhealthy backend. A request that succeeds on one started before the backend went
     /// down, so its success is no evidence of recovery.
     pub fn record_request_success(&self) {
-        let failures = &self.state.consecutive_failures;
+        let failures = &self.state.request_failures;
         // Without a failure streak there is nothing to store, and skipping the store keeps
         // the shared cache line clean on the request path.
         if failures.load(Ordering::Relaxed) != 0 {
@@ -170,7 +178,8 @@ impl Backend {
     /// Records a passing health check and returns the health change it caused.
     pub fn record_check_success(&self) -> Transition {
         let state = &self.state;
-        state.consecutive_failures.store(0, Ordering::Relaxed);
+        state.check_failures.store(0, Ordering::Relaxed);
+        state.request_failures.store(0, Ordering::Relaxed);
         // Saturates rather than wraps, so that a backend healthy for long never reads as one
         // that just failed.
         let (Ok(previous) | Err(previous)) = state.consecutive_successes.fetch_update(
@@ -188,9 +197,19 @@ impl Backend {
         Transition::None
     }
 
-    /// Records a failed probe or request with its message and returns the health change it
-    /// caused.
-    pub fn record_failure(&self, error: &str) -> Transition {
+    /// Records a failed health check with its message and returns the health change it caused.
+    pub fn record_check_failure(&self, error: &str) -> Transition {
+        self.record_failure(&self.state.check_failures, error)
+    }
+
+    /// Records a failed request with its message and returns the health change it caused.
+    pub fn record_request_failure(&self, error: &str) -> Transition {
+        self.record_failure(&self.state.request_failures, error)
+    }
+
+    /// Counts a failure in `streak` and takes the backend out when the streak reaches the
+    /// threshold.
+    fn record_failure(&self, streak: &AtomicU32, error: &str) -> Transition {
         let state = &self.state;
         state.failures_total.fetch_add(1, Ordering::Relaxed);
         state.consecutive_successes.store(0, Ordering::Relaxed);
@@ -200,7 +219,7 @@ impl Backend {
                 at_ms: now_ms(),
             });
         }
-        let failures = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = streak.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= self.policy.unhealthy_threshold
             && !state.unhealthy.swap(true, Ordering::Relaxed)
         {
@@ -241,7 +260,10 @@ impl Backend {
             healthy: self.is_healthy(),
             in_flight: state.in_flight.load(Ordering::Relaxed),
             total_failures: state.failures_total.load(Ordering::Relaxed),
-            consecutive_failures: state.consecutive_failures.load(Ordering::Relaxed),
+            consecutive_failures: state
+                .check_failures
+                .load(Ordering::Relaxed)
+                .max(state.request_failures.load(Ordering::Relaxed)),
             consecutive_successes: state.consecutive_successes.load(Ordering::Relaxed),
             last_check_ms: optional(state.last_check_ms.load(Ordering::Relaxed)),
             last_transition_ms: optional(state.last_transition_ms.load(Ordering::Relaxed)),
@@ -296,12 +318,12 @@ mod tests {
     #[test]
     fn goes_down_after_threshold() {
         let b = backend(3, 2);
-        assert_eq!(b.record_failure("refused"), Transition::None);
-        assert_eq!(b.record_failure("refused"), Transition::None);
+        assert_eq!(b.record_request_failure("refused"), Transition::None);
+        assert_eq!(b.record_request_failure("refused"), Transition::None);
         assert!(b.is_healthy());
-        assert_eq!(b.record_failure("refused"), Transition::Down);
+        assert_eq!(b.record_request_failure("refused"), Transition::Down);
         assert!(!b.is_healthy());
-        assert_eq!(b.record_failure("refused"), Transition::None);
+        assert_eq!(b.record_request_failure("refused"), Transition::None);
         assert_eq!(b.snapshot().consecutive_failures, 4);
         assert_eq!(b.snapshot().last_error.as_deref(), Some("refused"));
     }
@@ -309,7 +331,7 @@ mod tests {
     #[test]
     fn comes_back_after_threshold() {
         let b = backend(1, 2);
-        assert_eq!(b.record_failure("timeout"), Transition::Down);
+        assert_eq!(b.record_check_failure("timeout"), Transition::Down);
         assert_eq!(b.record_check_success(), Transition::None);
         assert!(!b.is_healthy());
         assert_eq!(b.record_check_success(), Transition::Up);
@@ -326,7 +348,7 @@ mod tests {
         assert_eq!(never_failed.snapshot().consecutive_successes, 5);
 
         let recovered = backend(1, 2);
-        recovered.record_failure("connection refused");
+        recovered.record_check_failure("connection refused");
         for _ in 0..4 {
             recovered.record_check_success();
         }
@@ -338,7 +360,7 @@ mod tests {
     fn last_error_keeps_its_time_after_recovery() {
         let b = backend(1, 1);
         assert_eq!(b.snapshot().last_error_ms, None);
-        b.record_failure("connection refused");
+        b.record_check_failure("connection refused");
         assert_eq!(b.record_check_success(), Transition::Up);
 
         let snapshot = b.snapshot();
@@ -352,7 +374,7 @@ mod tests {
     #[test]
     fn request_success_does_not_bring_backend_back() {
         let b = backend(1, 1);
-        b.record_failure("connection refused");
+        b.record_request_failure("connection refused");
         b.record_request_success();
         assert!(!b.is_healthy());
         assert_eq!(b.snapshot().consecutive_failures, 0);
@@ -360,22 +382,49 @@ mod tests {
     }
 
     #[test]
-    fn success_resets_failure_streak() {
+    fn request_success_resets_request_streak() {
         let b = backend(3, 1);
-        b.record_failure("x");
-        b.record_failure("x");
+        b.record_request_failure("x");
+        b.record_request_failure("x");
         b.record_request_success();
-        assert_eq!(b.record_failure("x"), Transition::None);
-        assert_eq!(b.record_failure("x"), Transition::None);
+        assert_eq!(b.record_request_failure("x"), Transition::None);
+        assert_eq!(b.record_request_failure("x"), Transition::None);
         assert!(b.is_healthy());
-        assert_eq!(b.record_failure("x"), Transition::Down);
+        assert_eq!(b.record_request_failure("x"), Transition::Down);
+    }
+
+    #[test]
+    fn request_success_keeps_check_streak() {
+        // A backend whose health endpoint fails while it still serves requests.
+        let b = backend(3, 1);
+        for _ in 0..2 {
+            assert_eq!(b.record_check_failure("status 503"), Transition::None);
+            b.record_request_success();
+        }
+        assert_eq!(b.snapshot().consecutive_failures, 2);
+        assert_eq!(b.record_check_failure("status 503"), Transition::Down);
+    }
+
+    #[test]
+    fn streaks_count_apart() {
+        // Two failed checks and two failed requests: neither streak reached 3.
+        let b = backend(3, 1);
+        b.record_check_failure("status 503");
+        b.record_request_failure("refused");
+        b.record_check_failure("status 503");
+        b.record_request_failure("refused");
+        assert!(b.is_healthy());
+        assert_eq!(b.snapshot().consecutive_failures, 2);
+        // A passing check ends both.
+        b.record_check_success();
+        assert_eq!(b.snapshot().consecutive_failures, 0);
     }
 
     #[test]
     fn flapping_never_reaches_threshold() {
         let b = backend(2, 2);
         for _ in 0..10 {
-            assert_eq!(b.record_failure("x"), Transition::None);
+            assert_eq!(b.record_check_failure("x"), Transition::None);
             assert_eq!(b.record_check_success(), Transition::None);
         }
         assert!(b.is_healthy());

@@ -298,7 +298,7 @@ mod tests {
     fn unhealthy_backend_is_skipped() {
         let pool = pool(&[2, 1]);
         let (second, _) = pool.backends().nth(1).unwrap();
-        second.record_failure("refused");
+        second.record_request_failure("refused");
         assert!(picks(&pool, 30).iter().all(|&i| i == 0));
         second.record_check_success();
         assert_eq!(picks(&pool, 30).iter().filter(|&&i| i == 1).count(), 10);
@@ -316,7 +316,7 @@ mod tests {
     fn down_backend_share_split_evenly() {
         let pool = pool(&[1, 1, 1]);
         let (second, _) = pool.backends().nth(1).unwrap();
-        second.record_failure("refused");
+        second.record_request_failure("refused");
         assert_eq!(shares(&pool, 300), [150, 0, 150]);
     }
 
@@ -324,12 +324,12 @@ mod tests {
     fn down_backend_share_split_by_weight() {
         let pool = pool(&[3, 2, 1]);
         let (second, _) = pool.backends().nth(1).unwrap();
-        second.record_failure("refused");
+        second.record_request_failure("refused");
         assert_eq!(shares(&pool, 120), [90, 0, 30]);
 
         let (first, _) = pool.backends().next().unwrap();
         second.record_check_success();
-        first.record_failure("refused");
+        first.record_request_failure("refused");
         let after = shares(&pool, 120);
         assert_eq!(after[0], 0);
         assert_eq!(after[1], 80);
@@ -341,8 +341,8 @@ mod tests {
         let pool = pool(&[5, 1, 2]);
         let (first, _) = pool.backends().next().unwrap();
         let (third, _) = pool.backends().nth(2).unwrap();
-        first.record_failure("refused");
-        third.record_failure("refused");
+        first.record_request_failure("refused");
+        third.record_request_failure("refused");
         assert_eq!(shares(&pool, 80), [0, 80, 0]);
     }
 
@@ -368,7 +368,7 @@ mod tests {
     fn heavy_down_backend_share_split() {
         let pool = pool(&[10_000, 1, 3]);
         let (first, _) = pool.backends().next().unwrap();
-        first.record_failure("refused");
+        first.record_request_failure("refused");
         assert_eq!(shares(&pool, 4000), [0, 1000, 3000]);
     }
 
@@ -376,7 +376,7 @@ mod tests {
     fn concurrent_replacements_take_each_turn_once() {
         let pool = pool(&[10_000, 1, 1]);
         let (first, _) = pool.backends().next().unwrap();
-        first.record_failure("refused");
+        first.record_request_failure("refused");
         // Two threads pick 20,000 times in all, two cycles of the order. The main turns give
         // the second and third backends two picks each, and the replacements alternate
         // between them, so each gets half unless two threads take the same turn.
@@ -426,7 +426,7 @@ mod tests {
     fn all_unhealthy_gives_none() {
         let pool = pool(&[1, 1]);
         for (backend, _) in pool.backends() {
-            backend.record_failure("refused");
+            backend.record_request_failure("refused");
         }
         assert!(pool.pick().is_none());
         assert!(!pool.has_healthy());

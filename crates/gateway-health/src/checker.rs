@@ -23,7 +23,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 ///
 /// Each task sends `GET` to the backend's URL joined with `path` (`http://h:1/v1` with
 /// `/health` probes `http://h:1/v1/health`) right away and then every `interval`, and records
-/// the result with [`Backend::record_check_success`] or [`Backend::record_failure`]. A probe
+/// the result with [`Backend::record_check_success`] or [`Backend::record_check_failure`]. A probe
 /// fails on a connect error, on a status outside 2xx, or when it takes longer than `timeout`,
 /// including reading the response body. The backend's own
 /// [`HealthPolicy`](gateway_balancer::HealthPolicy) decides when it becomes healthy or
@@ -174,7 +174,7 @@ fn record(backend: &Backend, result: Result<(), ProbeError>) {
         Err(error) => {
             let message = error.message();
             // `last_error` also contains failed requests' messages, so the source is named.
-            match backend.record_failure(&format!("health check failed: {message}")) {
+            match backend.record_check_failure(&format!("health check failed: {message}")) {
                 Transition::Down => {
                     let failures = backend.snapshot().consecutive_failures;
                     warn!(backend = %url, failures, error = %message, "backend is unhealthy");

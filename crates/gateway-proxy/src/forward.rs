@@ -355,7 +355,7 @@ fn exchange_error(error: ExchangeError, timeout: Duration) -> ProxyError {
 fn note_failure(backend: &Backend, error: &ProxyError) {
     let message = error_chain(error);
     // `last_error` also contains failed probes' messages, so the source is named.
-    if backend.record_failure(&format!("request failed: {message}")) == Transition::Down {
+    if backend.record_request_failure(&format!("request failed: {message}")) == Transition::Down {
         backend.request_health_check();
         tracing::warn!(
             backend = %backend.url_text(),

@@ -420,7 +420,7 @@ routes:
         let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
         let (backend, _) = &table.backends()[0];
         for _ in 0..10 {
-            backend.record_failure("connection refused");
+            backend.record_request_failure("connection refused");
         }
         assert!(backend.is_healthy());
     }
