@@ -35,6 +35,7 @@ mod warnings;
 pub use error::{ConfigError, Problem};
 pub use model::*;
 pub use route_path::{RoutePattern, dot_segment, is_admin_path, match_form, route_patterns};
+pub use validate::backend_key;
 
 use std::path::Path;
 

@@ -219,11 +219,11 @@ impl Config {
             }
             let mut in_route: HashMap<String, usize> = HashMap::new();
             for (j, backend) in route.backends.iter().enumerate() {
-                // The proxy shares backends by the URL as parsed, so the key is the same.
+                // The proxy shares backends by the same key.
                 let key = backend
                     .url
                     .parse::<Uri>()
-                    .map_or_else(|_| backend.url.clone(), |url| url.to_string());
+                    .map_or_else(|_| backend.url.clone(), |url| backend_key(&url));
                 // Listed twice, one backend would get two turns in the order and two rows in
                 // /admin/backends, where a weight gives the same share with one entry.
                 if let Some(earlier) = in_route.insert(key.clone(), j) {
@@ -641,6 +641,18 @@ fn percent_encode_target(target: &str) -> String {
         }
     }
     encoded
+}
+
+/// Returns the key under which backend URLs name one backend: the scheme and host in lower
+/// case, the port as a number (80 when left out), and the path without a trailing `/`. So
+/// `http://LOCALHOST:09001/v1/` and `http://localhost:9001/v1` are one backend, with one
+/// health check, as they are one server and forward to the same paths.
+pub fn backend_key(url: &Uri) -> String {
+    let scheme = url.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    let host = url.host().unwrap_or_default().to_ascii_lowercase();
+    let port = url.port_u16().unwrap_or(80);
+    let path = url.path().trim_end_matches('/');
+    format!("{scheme}://{host}:{port}{path}")
 }
 
 #[cfg(test)]

@@ -445,6 +445,24 @@ fn backend_listed_twice_in_route_rejected() {
     );
     assert!(found[0].contains("larger weight"), "{found:#?}");
 
+    // Spellings of one server and prefix: host case, a port's leading zero, a trailing slash.
+    for (first, second) in [
+        ("http://LOCALHOST:9751", "http://localhost:9751"),
+        ("http://127.0.0.1:9751", "http://127.0.0.1:09751"),
+        ("http://127.0.0.1:9751/v1", "http://127.0.0.1:9751/v1/"),
+        ("http://127.0.0.1", "http://127.0.0.1:80"),
+    ] {
+        let text = format!(
+            "routes:\n  - path: /a/*rest\n    backends:\n      - url: \"{first}\"\n      - url: \"{second}\"\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{first} {second}: {found:#?}");
+        assert!(
+            found[0].contains("same backend as backends[0]"),
+            "{found:#?}"
+        );
+    }
+
     // The same backend in two routes is fine.
     let text = "routes:\n  - path: /a/*rest\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n  - path: /b/*rest\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n";
     if let Err(error) = Config::from_yaml(text, "test.yaml") {

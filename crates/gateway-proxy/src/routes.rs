@@ -150,7 +150,7 @@ impl RouteTable {
                             url: backend.url.clone(),
                             source,
                         })?;
-                let key = url.to_string();
+                let key = gateway_config::backend_key(&url);
                 let shared = match by_url.get(&key) {
                     Some(&i) => Arc::clone(&backends[i].0),
                     None => {
