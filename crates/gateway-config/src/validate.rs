@@ -650,9 +650,26 @@ fn percent_encode_target(target: &str) -> String {
 pub fn backend_key(url: &Uri) -> String {
     let scheme = url.scheme_str().unwrap_or("http").to_ascii_lowercase();
     let host = url.host().unwrap_or_default().to_ascii_lowercase();
-    let port = url.port_u16().unwrap_or(80);
+    let authority = url.authority().map_or_else(String::new, |authority| {
+        authority.as_str().to_ascii_lowercase()
+    });
+    let server = match url.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => {
+            // A port that is no number up to 65535 keeps its text, so that the error about it
+            // is not joined by one about a duplicate.
+            let after_host = authority
+                .rsplit_once(']')
+                .map_or(&*authority, |(_, rest)| rest);
+            if after_host.contains(':') {
+                authority
+            } else {
+                format!("{host}:80")
+            }
+        }
+    };
     let path = url.path().trim_end_matches('/');
-    format!("{scheme}://{host}:{port}{path}")
+    format!("{scheme}://{server}{path}")
 }
 
 #[cfg(test)]
