@@ -413,7 +413,7 @@ routes:
 
 /// A request on a pooled connection whose backend dies while handling it is sent once more to
 /// that backend alone. The backend may have acted on it, so when it cannot be reached the
-/// client gets 502 rather than a second backend's answer.
+/// client gets 502 rather than a second backend's response.
 #[tokio::test]
 async fn request_held_by_dying_backend_goes_nowhere_else() {
     let mut dying = MockProcess::start("Dying");
@@ -467,9 +467,9 @@ routes:
 }
 
 /// A backend whose health endpoint fails leaves rotation after `unhealthy_threshold` checks,
-/// although it still answers the requests sent to it in between.
+/// although it still serves the requests sent to it in between.
 #[tokio::test]
-async fn failing_checks_win_over_answered_requests() {
+async fn failing_checks_outweigh_served_requests() {
     let sick = MockProcess::start("Sick");
     let well = MockProcess::start("Well");
     let gateway = GatewayProcess::start(&format!(

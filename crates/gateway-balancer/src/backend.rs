@@ -161,7 +161,7 @@ impl Backend {
 
     /// Records a successful exchange with the backend, which ends a streak of failed requests
     /// but not one of failed health checks: a backend whose health endpoint reports it unwell
-    /// may still answer requests, with errors or not.
+    /// may still respond to requests, with errors or not.
     ///
     /// It does not count toward `healthy_threshold`, because the balancer never picks an
     /// unhealthy backend. A request that succeeds on one started before the backend went
