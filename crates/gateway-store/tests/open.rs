@@ -234,75 +234,71 @@ async fn reader_rejects_empty_database() {
     );
 }
 
-#[tokio::test]
-async fn database_of_newer_version_is_rejected() {
+/// Writes a request log in `dir`, changes its migration table with `statement`, and returns
+/// the errors of the check and of the start on it, which must be the same kind.
+async fn errors_after_migration_change(
+    dir: &std::path::Path,
+    statement: &str,
+) -> (StoreError, StoreError) {
     use sqlx::{Connection, SqliteConnection};
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let config = config(dir);
     let (_log, writer) = RequestLog::open(&config).await.unwrap();
     writer.spawn().shutdown().await.unwrap();
 
-    // A migration this version does not have, as a newer gateway would record it.
     let url = format!("sqlite://{}", config.database.display());
     let mut connection = SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (9999, 'from a newer version', 1, x'00', 0)",
-    )
-    .execute(&mut connection)
-    .await
-    .unwrap();
-    connection.close().await.unwrap();
-
-    let error = gateway_store::check_database(&config.database)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, StoreError::NewerSchema { version: 9999, .. }),
-        "{error:?}"
-    );
-    let error = RequestLog::open(&config).await.unwrap_err();
-    assert!(
-        matches!(error, StoreError::NewerSchema { version: 9999, .. }),
-        "{error:?}"
-    );
-    assert_names_path(&error, &config.database);
-    assert!(error.to_string().contains("move the file away"), "{error}");
-}
-
-#[tokio::test]
-async fn changed_migration_is_rejected() {
-    use sqlx::{Connection, SqliteConnection};
-
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
-    let (_log, writer) = RequestLog::open(&config).await.unwrap();
-    writer.spawn().shutdown().await.unwrap();
-
-    // A checksum that no build of this schema records, as a modified build would leave it.
-    let url = format!("sqlite://{}", config.database.display());
-    let mut connection = SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("UPDATE _sqlx_migrations SET checksum = x'01' WHERE version = 2")
+    sqlx::query(statement)
         .execute(&mut connection)
         .await
         .unwrap();
     connection.close().await.unwrap();
 
-    let error = gateway_store::check_database(&config.database)
+    let checked = gateway_store::check_database(&config.database)
         .await
         .unwrap_err();
+    let started = RequestLog::open(&config).await.unwrap_err();
+    assert_names_path(&started, &config.database);
     assert!(
-        matches!(error, StoreError::ChangedMigration { version: 2, .. }),
-        "{error:?}"
+        started.to_string().contains("move the file away"),
+        "{started}"
     );
-    let error = RequestLog::open(&config).await.unwrap_err();
-    assert!(
-        matches!(error, StoreError::ChangedMigration { version: 2, .. }),
-        "{error:?}"
-    );
-    assert_names_path(&error, &config.database);
-    assert!(error.to_string().contains("move the file away"), "{error}");
+    (checked, started)
+}
+
+#[tokio::test]
+async fn database_of_newer_version_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    // A migration this version does not have, as a newer gateway would record it.
+    let (checked, started) = errors_after_migration_change(
+        dir.path(),
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer version', 1, x'00', 0)",
+    )
+    .await;
+    for error in [checked, started] {
+        assert!(
+            matches!(error, StoreError::NewerSchema { version: 9999, .. }),
+            "{error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn changed_migration_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    // A checksum that no build of this schema records, as a modified build would leave it.
+    let (checked, started) = errors_after_migration_change(
+        dir.path(),
+        "UPDATE _sqlx_migrations SET checksum = x'01' WHERE version = 2",
+    )
+    .await;
+    for error in [checked, started] {
+        assert!(
+            matches!(error, StoreError::ChangedMigration { version: 2, .. }),
+            "{error:?}"
+        );
+    }
 }
 
 #[tokio::test]
