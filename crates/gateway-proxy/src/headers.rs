@@ -180,14 +180,23 @@ pub fn write_forwarded_headers(
 fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
     out.extend_from_slice(b"forwarded: ");
     let mut first = true;
-    for value in headers.get_all(header::FORWARDED) {
-        let text = value.as_bytes().trim_ascii();
-        if !text.is_empty() {
-            if !first {
-                out.extend_from_slice(b", ");
+    let values = headers.get_all(header::FORWARDED);
+    // A value that breaks the syntax, such as an unclosed quote, could make a parser read the
+    // gateway's element as part of the client's, or reject the field whole. Then the client's
+    // elements are all left out.
+    if values
+        .iter()
+        .all(|value| is_valid_forwarded(value.as_bytes()))
+    {
+        for value in values {
+            let text = value.as_bytes().trim_ascii();
+            if !text.is_empty() {
+                if !first {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(text);
+                first = false;
             }
-            out.extend_from_slice(text);
-            first = false;
         }
     }
     if let Some(peer) = peer {
@@ -206,6 +215,74 @@ fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Returns whether `text` is a `Forwarded` value in the syntax of RFC 7239 (section 4): a list
+/// of elements, each of pairs `token=value` separated by `;`, where a value is a token or a
+/// quoted string. Empty elements and pairs are allowed, as the list syntax allows them.
+fn is_valid_forwarded(text: &[u8]) -> bool {
+    let skip_spaces = |mut at: usize| {
+        while text
+            .get(at)
+            .is_some_and(|&byte| byte == b' ' || byte == b'\t')
+        {
+            at += 1;
+        }
+        at
+    };
+    let skip_token = |mut at: usize| {
+        while text.get(at).is_some_and(|&byte| is_token_byte(byte)) {
+            at += 1;
+        }
+        at
+    };
+    let mut at = skip_spaces(0);
+    while at < text.len() {
+        if text[at] == b',' || text[at] == b';' {
+            at = skip_spaces(at + 1);
+            continue;
+        }
+        let name_end = skip_token(at);
+        if name_end == at || text.get(name_end) != Some(&b'=') {
+            return false;
+        }
+        at = name_end + 1;
+        if text.get(at) == Some(&b'"') {
+            at += 1;
+            loop {
+                match text.get(at) {
+                    None => return false,
+                    Some(b'"') => break,
+                    Some(b'\\') if at + 1 < text.len() => at += 2,
+                    Some(&byte)
+                        if byte == b'\t' || (byte >= 0x20 && byte != 0x7f && byte != b'\\') =>
+                    {
+                        at += 1;
+                    }
+                    Some(_) => return false,
+                }
+            }
+            at += 1;
+        } else {
+            let value_end = skip_token(at);
+            if value_end == at {
+                return false;
+            }
+            at = value_end;
+        }
+        at = skip_spaces(at);
+        match text.get(at) {
+            None => return true,
+            Some(b',' | b';') => at = skip_spaces(at + 1),
+            Some(_) => return false,
+        }
+    }
+    true
+}
+
+/// Returns whether `byte` may appear in a token (RFC 9110 section 5.6.2).
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// Returns whether a client's field named `name` is left out because a backend could take it
@@ -465,6 +542,37 @@ mod tests {
         );
         let lines = forwarded(&map(&[("forwarded", "for=1.2.3.4")]), Some("::1"), None);
         assert_eq!(values(&lines, "forwarded"), ["for=1.2.3.4, for=\"[::1]\""]);
+    }
+
+    #[test]
+    fn forwarded_syntax_is_checked() {
+        for valid in [
+            "for=1.2.3.4",
+            "for=\"[2001:db8::1]:80\";proto=https, for=5.6.7.8",
+            "for=\"a\\\"b\";by=x",
+            " , for=1.2.3.4;; ",
+            "",
+        ] {
+            assert!(is_valid_forwarded(valid.as_bytes()), "{valid:?}");
+        }
+        for invalid in [
+            "for=\"x",
+            "for=\"\\",
+            "for=1.1.1.1;by",
+            "for=",
+            "=x",
+            "for=a b",
+            "for=\"a\" b",
+        ] {
+            assert!(!is_valid_forwarded(invalid.as_bytes()), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_with_bad_syntax_is_replaced() {
+        let headers = map(&[("forwarded", "for=1.2.3.4"), ("forwarded", "for=\"x")]);
+        let lines = forwarded(&headers, Some("10.0.0.9"), None);
+        assert_eq!(values(&lines, "forwarded"), ["for=10.0.0.9"]);
     }
 
     #[test]
