@@ -58,6 +58,9 @@ pub(crate) struct ConnectionDeadline {
     progress: AtomicBool,
     // Set once the connection started its first response, so that it is a kept-alive one.
     responded: AtomicBool,
+    // Set when bytes arrive from the client, and cleared when the next head is awaited, so
+    // that a head partly received is told from an idle connection.
+    received: AtomicBool,
     read_timeout: Duration,
     write_timeout: Duration,
 }
@@ -72,6 +75,7 @@ impl ConnectionDeadline {
             expired: AtomicBool::new(false),
             progress: AtomicBool::new(false),
             responded: AtomicBool::new(false),
+            received: AtomicBool::new(false),
             read_timeout,
             write_timeout,
         };
@@ -112,6 +116,12 @@ impl ConnectionDeadline {
     pub(crate) fn await_head(&self) {
         self.store(now_for(self.read_timeout) + self.read_timeout);
         self.responding.store(false, Ordering::Relaxed);
+        self.received.store(false, Ordering::Relaxed);
+    }
+
+    /// Records that bytes arrived from the client.
+    pub(crate) fn note_received(&self) {
+        self.received.store(true, Ordering::Relaxed);
     }
 
     /// Clears the deadline: a request is being handled and the backend's timeouts bound it.
@@ -124,12 +134,13 @@ impl ConnectionDeadline {
         self.at_ms.store(ms + 1, Ordering::Relaxed);
     }
 
-    /// Returns whether the connection waits for its next request head after a response: idle
-    /// and kept alive, or receiving that head. A head that arrived clears the deadline until
-    /// its response starts.
+    /// Returns whether the connection waits for its next request head after a response, with
+    /// no byte of that head received. A head that arrived clears the deadline until its
+    /// response starts.
     pub(crate) fn is_kept_alive_idle(&self) -> bool {
         self.responded.load(Ordering::Relaxed)
             && !self.responding.load(Ordering::Relaxed)
+            && !self.received.load(Ordering::Relaxed)
             && self.at_ms.load(Ordering::Relaxed) != 0
     }
 
@@ -240,7 +251,13 @@ impl AsyncRead for ClientStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.project().stream.poll_read(cx, buf)
+        let this = self.project();
+        let filled = buf.filled().len();
+        let read = this.stream.poll_read(cx, buf);
+        if buf.filled().len() > filled {
+            this.deadline.note_received();
+        }
+        read
     }
 }
 

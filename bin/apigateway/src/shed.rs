@@ -4,8 +4,8 @@
 //! the listen queue. Idle keep-alive connections would hold their descriptors until the read
 //! timeout, so a gateway full of them serves no new client for that long. The worker that
 //! fails to accept signals every worker's [`IdleShed`], and each connection that waits for its
-//! next request head after a response closes, as HTTP/1.1 lets a server close an idle
-//! persistent connection. A new connection that has not sent its first request yet is left
+//! next request head after a response, with no byte of it received, closes, as HTTP/1.1 lets a
+//! server close an idle persistent connection. A new connection that has not sent its first request yet is left
 //! to the read timeout: closing it would fail the request its client is about to send.
 //! Connections in the middle of a request are left alone.
 //!
@@ -151,6 +151,12 @@ mod tests {
 
         // Sending its response.
         deadline.start_response();
+        signal_soon(&shed);
+        assert!(tokio::time::timeout(short, &mut ended).await.is_err());
+
+        // Kept alive, with part of its next head received.
+        deadline.await_head();
+        deadline.note_received();
         signal_soon(&shed);
         assert!(tokio::time::timeout(short, &mut ended).await.is_err());
 
