@@ -160,12 +160,17 @@ impl Config {
             } else {
                 format!("routes[{i}].methods")
             };
+            let list = if route.cors.allowed_methods.is_some() {
+                format!("routes[{i}].cors.allowed_methods")
+            } else {
+                "cors.allowed_methods".to_owned()
+            };
             warnings.push(Problem {
                 field,
                 message: format!(
                     "the route takes {} and CORS allows {} in preflights, so every preflight on \
                      this route is refused (requests that need none still get the CORS \
-                     headers): add the route's methods to cors.allowed_methods",
+                     headers): add the route's methods to {list}",
                     route.methods.join(", "),
                     if cors.allowed_methods.is_empty() {
                         "none".to_owned()

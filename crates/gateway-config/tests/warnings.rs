@@ -199,10 +199,19 @@ fn cors_methods_disjoint_from_route_warns() {
         "{found:#?}"
     );
 
+    assert!(
+        found[0].ends_with("add the route's methods to routes[0].cors.allowed_methods"),
+        "{found:#?}"
+    );
+
     // The top-level list (GET, POST, PUT, DELETE) shares none with PATCH either.
     let found = warnings(&route_with("cors: {enabled: true}", "methods: [PATCH]"));
     assert_eq!(found.len(), 1, "{found:#?}");
     assert!(found[0].starts_with("routes[0].methods: "), "{found:#?}");
+    assert!(
+        found[0].ends_with("add the route's methods to cors.allowed_methods"),
+        "{found:#?}"
+    );
 
     // GET takes HEAD, so a HEAD-only policy shares a method with it.
     let found = warnings(&route_with(
