@@ -52,7 +52,7 @@ fn explain_message(
         .strip_prefix("duplicate field `")
         .and_then(|rest| rest.strip_suffix('`'))
     {
-        return duplicate_message(&message, key, field, text);
+        return duplicate_message(&message, key, text, position);
     }
     if message == MORE_THAN_ONE_DOCUMENT {
         return "the file contains more than one YAML document: put every section in one document, and remove the `---` lines after its start".to_owned();
@@ -61,27 +61,50 @@ fn explain_message(
 }
 
 /// Words the message of a repeated field. The parser points at the mapping that contains the
-/// field, so for a top-level field the lines of each occurrence are named.
-fn duplicate_message(message: &str, key: &str, field: &str, text: &str) -> String {
-    let lines: Vec<String> = if field.is_empty() {
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| {
-                line.strip_prefix(key)
-                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
-            })
-            .map(|(index, _)| (index + 1).to_string())
-            .collect()
-    } else {
-        Vec::new()
+/// field, so the lines of each occurrence at that mapping's indentation are named.
+fn duplicate_message(
+    message: &str,
+    key: &str,
+    text: &str,
+    position: Option<(usize, usize)>,
+) -> String {
+    let fix = format!("keep one `{key}:` and merge into it what the others set");
+    let Some((line, column)) = position else {
+        return format!("{message}: {fix}");
     };
+    let indent = column.saturating_sub(1);
+    let mut lines = Vec::new();
+    for (index, content) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let trimmed = content.trim_start_matches(' ');
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let depth = content.len() - trimmed.len();
+        if depth < indent && index + 1 > line {
+            break;
+        }
+        let name = trimmed.strip_prefix("- ").filter(|_| depth + 2 == indent);
+        let name = match name {
+            Some(rest) => rest,
+            None if depth == indent => trimmed,
+            None => continue,
+        };
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|&quote| {
+                name.strip_prefix(quote)
+                    .and_then(|rest| rest.strip_prefix(key))
+                    .and_then(|rest| rest.strip_prefix(quote))
+            })
+            .or_else(|| name.strip_prefix(key));
+        if unquoted.is_some_and(|rest| rest.trim_start().starts_with(':')) {
+            lines.push((index + 1).to_string());
+        }
+    }
     if lines.len() >= 2 {
-        format!(
-            "{message}, on lines {}: keep one `{key}:` and move the fields of the others into it",
-            lines.join(" and ")
-        )
+        format!("{message}, on lines {}: {fix}", lines.join(" and "))
     } else {
-        format!("{message}: keep one `{key}:` and move the fields of the others into it")
+        format!("{message}: {fix}")
     }
 }
 
@@ -513,16 +536,27 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_top_level_field_names_lines() {
-        let text = "server:\n  port: 1\nroutes: []\nserver:\n  host: a\n";
+    fn duplicate_field_names_lines() {
+        let text = "server:\n  host: a\n  port: 1\n  port: 2\nroutes: []\nserver:\n  host: b\n";
         let reworded = explain("duplicate field `server`", "", text, Some((1, 1)));
         assert_eq!(
             reworded,
-            "duplicate field `server`, on lines 1 and 4: keep one `server:` and move the fields \
-             of the others into it"
+            "duplicate field `server`, on lines 1 and 6: keep one `server:` and merge into it \
+             what the others set"
         );
         let nested = explain("duplicate field `port`", "server", text, Some((2, 3)));
-        assert!(nested.ends_with("keep one `port:` and move the fields of the others into it"));
+        assert_eq!(
+            nested,
+            "duplicate field `port`, on lines 3 and 4: keep one `port:` and merge into it what \
+             the others set"
+        );
+        let quoted = "server: {}\n\"server\": {}\n";
+        let reworded = explain("duplicate field `server`", "", quoted, Some((1, 1)));
+        assert!(reworded.contains("on lines 1 and 2"), "{reworded}");
+        // A list item's mapping starts after its dash.
+        let item = "routes:\n  - path: /a\n    path: /b\n";
+        let reworded = explain("duplicate field `path`", "routes[0]", item, Some((2, 5)));
+        assert!(reworded.contains("on lines 2 and 3"), "{reworded}");
     }
 
     #[test]
