@@ -415,7 +415,7 @@ routes:
 /// that backend alone. The backend may have acted on it, so when it cannot be reached the
 /// client gets 502 rather than a second backend's response.
 #[tokio::test]
-async fn request_held_by_dying_backend_goes_nowhere_else() {
+async fn resend_never_reaches_second_backend() {
     let mut dying = MockProcess::start("Dying");
     let other = MockProcess::start("Other");
     let gateway = GatewayProcess::start(&format!(

@@ -59,7 +59,7 @@ pub(crate) struct ConnectionDeadline {
     // Set once the connection started its first response, so that it is a kept-alive one.
     responded: AtomicBool,
     // Set when bytes arrive from the client, and cleared when the next head is awaited, so
-    // that a head partly received is told from an idle connection.
+    // that a connection with a head partly received does not count as idle.
     received: AtomicBool,
     read_timeout: Duration,
     write_timeout: Duration,

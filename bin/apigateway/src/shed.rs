@@ -9,8 +9,8 @@
 //! to the read timeout: closing it would fail the request its client is about to send.
 //! Connections in the middle of a request are left alone.
 //!
-//! NOTE: so a flood of connections that never send a request still holds the descriptors
-//! until the read timeout; closing the oldest of them would take a list of connections by
+//! NOTE: a flood of connections that never send a request therefore keeps its descriptors
+//! until the read timeout. Closing the oldest of them would take a list of connections by
 //! age, which the workers do not keep.
 
 use crate::deadline::{ConnectionDeadline, Phase, deadline_passed};
