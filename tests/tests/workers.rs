@@ -377,10 +377,10 @@ fn default_workers_fit_file_limit() {
     assert_eq!(warned, cores > 1, "{cores} cores: {lines:#?}");
 }
 
-#[test]
-fn descriptor_shortage_spares_backends() {
-    let mock = MockProcess::start("Spared");
-    let config = format!(
+/// One worker without the request log, a route to `backend_url`, and the `health_check`
+/// section given in flow style.
+fn one_worker_config(backend_url: &str, health_check: &str) -> String {
+    format!(
         r#"
 server:
   host: 127.0.0.1
@@ -388,16 +388,19 @@ server:
   workers: 1
 request_log:
   enabled: false
-health_check:
-  interval: 100ms
-  timeout: 50ms
+health_check: {health_check}
 routes:
   - path: "/api/*rest"
     backends:
-      - url: "{}"
-"#,
-        mock.url
-    );
+      - url: "{backend_url}"
+"#
+    )
+}
+
+#[test]
+fn descriptor_shortage_spares_backends() {
+    let mock = MockProcess::start("Spared");
+    let config = one_worker_config(&mock.url, "{interval: 100ms, timeout: 50ms}");
     let (mut child, _file, address) = start_with_limit("-n 40", &config);
 
     // More connections than the gateway has descriptors for: it accepts the first ones until
@@ -513,23 +516,7 @@ fn send_get_to(address: std::net::SocketAddr, path: &str) -> RawConnection {
 #[test]
 fn descriptor_shortage_closes_idle_connections() {
     let mock = MockProcess::start("Idle");
-    let config = format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  workers: 1
-request_log:
-  enabled: false
-health_check:
-  enabled: false
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{}"
-"#,
-        mock.url
-    );
+    let config = one_worker_config(&mock.url, "{enabled: false}");
     let (mut child, _file, address) = start_with_limit("-n 48", &config);
 
     // Each connection serves one request and stays open, idle. Past the descriptors the
