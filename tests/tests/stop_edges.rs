@@ -172,10 +172,7 @@ async fn cut_off_request_gets_line_and_row() {
     assert!(line.contains("error=\"shutdown\""), "{line}");
     let backend = format!("backend=\"{}\"", mock.url);
     assert!(line.contains(&backend), "{line}");
-    let last = gateway.wait_for_line(
-        &["stopped, with connections cut off"],
-        Duration::from_secs(2),
-    );
+    let last = gateway.wait_for_line(&["stopped, with requests cut off"], Duration::from_secs(2));
     assert!(
         last.is_some_and(|line| line.contains("cut_off=1")),
         "{output}"
@@ -257,5 +254,32 @@ fn unread_stdout_stop_is_bounded() {
     assert!(
         waited < Duration::from_secs(2),
         "gateway took {waited:?} to exit with an unread stdout"
+    );
+}
+
+/// A connection whose client sent part of a head and stopped is closed at the drain deadline,
+/// but no request was in flight, so the stop is clean: exit status 0 and `stopped`.
+#[test]
+fn partial_head_at_deadline_stops_cleanly() {
+    let mock = MockProcess::start("Unused");
+    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut partial = RawConnection::open(gateway.addr).expect("connect");
+    partial
+        .send(b"GET /api/half HTTP/1.1\r\nHost: gateway\r\n")
+        .expect("send part of a head");
+    // Long enough for the gateway to read the bytes before the stop.
+    std::thread::sleep(Duration::from_millis(200));
+
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway exits after the 1 s shutdown_timeout");
+    let output = gateway.lines().join("\n");
+    assert!(status.success(), "exit status {status}:\n{output}");
+    assert!(
+        gateway
+            .wait_for_line(&["stopped"], Duration::from_secs(2))
+            .is_some_and(|line| !line.contains("cut off")),
+        "{output}"
     );
 }

@@ -144,6 +144,12 @@ impl ConnectionDeadline {
             && self.at_ms.load(Ordering::Relaxed) != 0
     }
 
+    /// Returns whether the connection has a request in flight: its head arrived, which clears
+    /// the deadline, or its response is being sent.
+    pub(crate) fn has_request(&self) -> bool {
+        self.responding.load(Ordering::Relaxed) || self.at_ms.load(Ordering::Relaxed) == 0
+    }
+
     /// Returns what the deadline in progress bounds.
     pub(crate) fn phase(&self) -> Phase {
         if self.responding.load(Ordering::Relaxed) {

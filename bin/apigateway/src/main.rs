@@ -331,7 +331,7 @@ async fn run(
         Ok(outcome) => {
             tracing::warn!(
                 cut_off = outcome.cut_off,
-                "stopped, with connections cut off at the drain deadline"
+                "stopped, with requests cut off at the drain deadline"
             );
             ExitCode::FAILURE
         }

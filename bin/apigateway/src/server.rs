@@ -68,7 +68,8 @@ pub const ACCESS_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// The outcome of a server run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOutcome {
-    /// Connections still open when the shutdown deadline passed, cut off; 0 after a clean drain.
+    /// Requests in flight when the shutdown deadline passed, cut off. 0 after a clean drain,
+    /// also when the connections left open had only part of a request head.
     pub cut_off: usize,
 }
 
@@ -243,6 +244,7 @@ where
     let (start_cut_off, cut_off) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
     let sheds: Arc<[Arc<IdleShed>]> = (0..workers).map(|_| Arc::default()).collect();
+    let registries: Vec<Arc<OpenDeadlines>> = (0..workers).map(|_| Arc::default()).collect();
     let worker = Worker {
         stack,
         gateway: Arc::clone(&gateway),
@@ -256,6 +258,7 @@ where
         open: Arc::clone(&open),
         shed: Arc::clone(&sheds[0]),
         sheds: Arc::clone(&sheds),
+        deadlines: Arc::clone(&registries[0]),
     };
 
     // A worker that ends sends on its channel. One that panicked drops it.
@@ -263,6 +266,7 @@ where
     for (index, (runtime, listener)) in (1..).zip(runtimes) {
         let mut worker = worker.clone();
         worker.shed = Arc::clone(&sheds[index]);
+        worker.deadlines = Arc::clone(&registries[index]);
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -342,7 +346,12 @@ where
         tracing::info!("drained");
         ServeOutcome { cut_off: 0 }
     } else {
-        let cut_off = open.load(Ordering::Relaxed);
+        // Connections whose client sent part of a head and stopped are closed too, but they
+        // had no request to cut off.
+        let cut_off = registries
+            .iter()
+            .map(|registry| registry.requests_in_flight())
+            .sum();
         // Ending the tasks drops their requests, which then report to the access line and
         // the request log as cut off by the stop.
         hook.mark_stopped();
@@ -421,6 +430,42 @@ struct Worker<S: InnerService> {
     shed: Arc<IdleShed>,
     /// Every worker's signal: the file descriptors that an accept lacks are the process's.
     sheds: Arc<[Arc<IdleShed>]>,
+    /// The deadlines of this worker's connections, which tell at the stop's deadline whether
+    /// each has a request in flight.
+    deadlines: Arc<OpenDeadlines>,
+}
+
+/// The deadlines of one worker's open connections. Each connection adds its own when it is
+/// accepted. An entry of a closed connection stays until the list is next full, when the
+/// entries of closed connections are dropped, so the list stays within about twice the open
+/// connections.
+#[derive(Debug, Default)]
+struct OpenDeadlines(std::sync::Mutex<Vec<std::sync::Weak<ConnectionDeadline>>>);
+
+impl OpenDeadlines {
+    fn add(&self, deadline: &Arc<ConnectionDeadline>) {
+        let mut list = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if list.len() == list.capacity() {
+            list.retain(|entry| entry.strong_count() > 0);
+        }
+        list.push(Arc::downgrade(deadline));
+    }
+
+    /// Returns how many of the connections have a request in flight: a head that arrived, or
+    /// a response being sent.
+    fn requests_in_flight(&self) -> usize {
+        let list = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|deadline| deadline.has_request())
+            .count()
+    }
 }
 
 impl<S: InnerService> Clone for Worker<S> {
@@ -434,6 +479,7 @@ impl<S: InnerService> Clone for Worker<S> {
             open: Arc::clone(&self.open),
             shed: Arc::clone(&self.shed),
             sheds: Arc::clone(&self.sheds),
+            deadlines: Arc::clone(&self.deadlines),
         }
     }
 }
@@ -489,6 +535,7 @@ impl<S: InnerService> Worker<S> {
             let _ = stream.set_nodelay(true);
 
             let deadline = Arc::new(ConnectionDeadline::new(read_timeout, write_timeout));
+            self.deadlines.add(&deadline);
             let service = ConnectionService {
                 stack: self.stack.clone(),
                 gateway: Arc::clone(&self.gateway),
