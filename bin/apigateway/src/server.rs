@@ -437,8 +437,8 @@ struct Worker<S: InnerService> {
 
 /// The deadlines of one worker's open connections. Each connection adds its own when it is
 /// accepted. An entry of a closed connection stays until the list is next full, when the
-/// entries of closed connections are dropped, so the list stays within about twice the open
-/// connections.
+/// entries of closed connections are dropped, so the list grows to at most about twice the
+/// most connections open at once.
 #[derive(Debug, Default)]
 struct OpenDeadlines(std::sync::Mutex<Vec<std::sync::Weak<ConnectionDeadline>>>);
 
