@@ -54,7 +54,20 @@ pub fn is_allowed_in_trailers(name: &HeaderName) -> bool {
         header::TRAILER,
         header::LOCATION,
     ];
-    !is_hop_by_hop(name) && !NEEDED_BEFORE_CONTENT.contains(name)
+    !is_hop_by_hop(name) && !NEEDED_BEFORE_CONTENT.contains(name) && !is_forwarding_field(name)
+}
+
+/// Returns whether `name` is a field that the gateway sets, replaces or vouches for in the
+/// request head, or one it leaves out of it (see [`is_unforwarded_client_field`]). A client's
+/// trailer of that name could otherwise reach a backend that merges trailers into the header
+/// section, after the gateway's own value.
+fn is_forwarding_field(name: &HeaderName) -> bool {
+    *name == header::FORWARDED
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_REQUEST_ID
+        || is_unforwarded_client_field(name)
 }
 
 /// `Keep-Alive` and `Proxy-Connection`, hop-by-hop headers that `http` has no constant for.
@@ -573,6 +586,25 @@ mod tests {
         let headers = map(&[("forwarded", "for=1.2.3.4"), ("forwarded", "for=\"x")]);
         let lines = forwarded(&headers, Some("10.0.0.9"), None);
         assert_eq!(values(&lines, "forwarded"), ["for=10.0.0.9"]);
+    }
+
+    #[test]
+    fn forwarding_fields_not_allowed_in_trailers() {
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+            "x-real-ip",
+            "x_forwarded_for",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(!is_allowed_in_trailers(&name), "{name}");
+        }
+        assert!(is_allowed_in_trailers(&HeaderName::from_static(
+            "x-checksum"
+        )));
     }
 
     #[test]
