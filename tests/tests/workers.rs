@@ -519,6 +519,14 @@ fn descriptor_shortage_closes_idle_connections() {
     let config = one_worker_config(&mock.url, "{enabled: false}");
     let (mut child, _file, address) = start_with_limit("-n 48", &config);
 
+    // A kept-alive connection whose next head is partly sent, pipelined behind its first
+    // request, is not idle: it must survive the closing.
+    let mut pipelined = RawConnection::open(address).expect("connect");
+    let first = pipelined
+        .exchange(b"GET /api/first HTTP/1.1\r\nHost: gateway\r\n\r\nGET /api/second HTTP/1.1\r\nHo")
+        .expect("first response");
+    assert_eq!(first.status, 200);
+
     // Each connection serves one request and stays open, idle. Past the descriptors the
     // gateway has, a new connection waits in the listener's queue until idle ones close,
     // which the default read timeout would do only after 30 s.
@@ -538,6 +546,14 @@ fn descriptor_shortage_closes_idle_connections() {
         );
         connections.push(connection);
     }
+    pipelined
+        .send(b"st: gateway\r\n\r\n")
+        .expect("rest of the head");
+    let second = pipelined.read_response();
+    assert!(
+        second.as_ref().is_ok_and(|reply| reply.status == 200),
+        "the pipelined head was cut: {second:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     let lines = read_until(&mut child, "\n");

@@ -58,8 +58,9 @@ pub(crate) struct ConnectionDeadline {
     progress: AtomicBool,
     // Set once the connection started its first response, so that it is a kept-alive one.
     responded: AtomicBool,
-    // Set when bytes arrive from the client, and cleared when the next head is awaited, so
-    // that a connection with a head partly received does not count as idle.
+    // Set when bytes arrive from the client, and when the connection starts to wait for its
+    // next head with bytes of it read already, so that a connection with a head partly
+    // received does not count as idle.
     received: AtomicBool,
     read_timeout: Duration,
     write_timeout: Duration,
@@ -116,12 +117,17 @@ impl ConnectionDeadline {
     pub(crate) fn await_head(&self) {
         self.store(now_for(self.read_timeout) + self.read_timeout);
         self.responding.store(false, Ordering::Relaxed);
-        self.received.store(false, Ordering::Relaxed);
     }
 
     /// Records that bytes arrived from the client.
     pub(crate) fn note_received(&self) {
         self.received.store(true, Ordering::Relaxed);
+    }
+
+    /// Records whether bytes of the next head were already read when the connection starts
+    /// to wait for it.
+    pub(crate) fn set_received(&self, received: bool) {
+        self.received.store(received, Ordering::Relaxed);
     }
 
     /// Clears the deadline: a request is being handled and the backend's timeouts bound it.
@@ -248,6 +254,10 @@ impl ClientStream {
 impl gateway_proxy::server::Io for ClientStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.stream.poll_read_ready(cx)
+    }
+
+    fn awaiting_head(&self, buffered: bool) {
+        self.deadline.set_received(buffered);
     }
 }
 

@@ -124,9 +124,10 @@ mod tests {
     async fn kept_alive_connection_closes_on_signal() {
         let shed = Arc::new(IdleShed::default());
         let deadline = ConnectionDeadline::new(MINUTE, MINUTE);
-        // One response sent, and the next head awaited.
+        // One response sent, and the next head awaited with nothing of it read.
         deadline.start_response();
         deadline.await_head();
+        deadline.set_received(false);
         let mut ended = pin!(deadline_or_shed(&deadline, MINUTE, &shed));
         signal_soon(&shed);
         let ended = tokio::time::timeout(Duration::from_secs(5), &mut ended).await;
@@ -154,8 +155,14 @@ mod tests {
         signal_soon(&shed);
         assert!(tokio::time::timeout(short, &mut ended).await.is_err());
 
-        // Kept alive, with part of its next head received.
+        // Kept alive, with part of its next head read ahead during the response.
         deadline.await_head();
+        deadline.set_received(true);
+        signal_soon(&shed);
+        assert!(tokio::time::timeout(short, &mut ended).await.is_err());
+
+        // Kept alive, with part of its next head received while it waited.
+        deadline.set_received(false);
         deadline.note_received();
         signal_soon(&shed);
         assert!(tokio::time::timeout(short, &mut ended).await.is_err());
@@ -163,6 +170,7 @@ mod tests {
         // Kept alive and idle: polled once as the connection's task would be, then the next
         // signal ends it.
         deadline.await_head();
+        deadline.set_received(false);
         assert!(tokio::time::timeout(short, &mut ended).await.is_err());
         signal_soon(&shed);
         let ended = tokio::time::timeout(Duration::from_secs(5), &mut ended).await;

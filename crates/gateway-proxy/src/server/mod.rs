@@ -126,9 +126,15 @@ where
         // NOTE: a client that stops partway through a head keeps the drain waiting until the
         // read timeout or the shutdown timeout, whichever ends first.
         let draining = drain_begun(&mut drain, &mut drain_seen);
+        let buffered = {
+            let wire = lock(&wire);
+            let buffered = !wire.buffer.is_empty();
+            wire.io.awaiting_head(buffered);
+            buffered
+        };
         // NOTE: a request that the client sends just as its idle connection closes here is
         // reset unread and gets no row. HTTP/1.1 leaves that race to the client's retry.
-        if draining && lock(&wire).buffer.is_empty() {
+        if draining && !buffered {
             return Ok(());
         }
         let head = {

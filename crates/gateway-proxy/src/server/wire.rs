@@ -46,6 +46,13 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// Called when the connection starts to wait for its next request head, with whether
+    /// bytes of that head were already read (pipelined, or read ahead during the response).
+    /// The default does nothing.
+    fn awaiting_head(&self, buffered: bool) {
+        let _ = buffered;
+    }
 }
 
 impl Io for tokio::net::TcpStream {
