@@ -126,15 +126,9 @@ where
         // NOTE: a client that stops partway through a head keeps the drain waiting until the
         // read timeout or the shutdown timeout, whichever ends first.
         let draining = drain_begun(&mut drain, &mut drain_seen);
-        let buffered = {
-            let wire = lock(&wire);
-            let buffered = !wire.buffer.is_empty();
-            wire.io.awaiting_head(buffered);
-            buffered
-        };
         // NOTE: a request that the client sends just as its idle connection closes here is
         // reset unread and gets no row. HTTP/1.1 leaves that race to the client's retry.
-        if draining && !buffered {
+        if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
         }
         let head = {
@@ -345,8 +339,14 @@ async fn read_head(
     // Bytes already looked at for the end of the head, so that a head arriving in many small
     // pieces is parsed once per line rather than once per piece.
     let mut scanned = 0;
+    let mut first_poll = true;
     poll_fn(|cx| {
         let mut wire = lock(wire);
+        if first_poll {
+            first_poll = false;
+            let buffered = !wire.buffer.is_empty();
+            wire.io.awaiting_head(buffered);
+        }
         loop {
             let fresh = &wire.buffer[scanned.min(wire.buffer.len())..];
             if !wire.buffer.is_empty() && (scanned == 0 || fresh.contains(&b'\n')) {
