@@ -377,8 +377,8 @@ fn default_workers_fit_file_limit() {
     assert_eq!(warned, cores > 1, "{cores} cores: {lines:#?}");
 }
 
-/// One worker without the request log, a route to `backend_url`, and the `health_check`
-/// section given in flow style.
+/// Returns a configuration of one worker without the request log, a route to `backend_url`,
+/// and the `health_check` section given in flow style.
 fn one_worker_config(backend_url: &str, health_check: &str) -> String {
     format!(
         r#"
