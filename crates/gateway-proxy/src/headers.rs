@@ -230,9 +230,10 @@ fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Returns whether `text` is a `Forwarded` value in the syntax of RFC 7239 (section 4): a list
-/// of elements, each of pairs `token=value` separated by `;`, where a value is a token or a
-/// quoted string. Empty elements and pairs are allowed, as the list syntax allows them.
+/// Returns whether `text` is a `Forwarded` value in the syntax of RFC 7239 (sections 4 and 5):
+/// a list of elements, each of pairs `token=value` separated by `;` without spaces, where a
+/// value is a token or a quoted string and no parameter occurs twice in one element. Empty
+/// elements and pairs are allowed, as the list syntax allows them.
 fn is_valid_forwarded(text: &[u8]) -> bool {
     let skip_spaces = |mut at: usize| {
         while text
@@ -249,48 +250,66 @@ fn is_valid_forwarded(text: &[u8]) -> bool {
         }
         at
     };
-    let mut at = skip_spaces(0);
-    while at < text.len() {
-        if text[at] == b',' || text[at] == b';' {
-            at = skip_spaces(at + 1);
-            continue;
-        }
-        let name_end = skip_token(at);
-        if name_end == at || text.get(name_end) != Some(&b'=') {
-            return false;
-        }
-        at = name_end + 1;
-        if text.get(at) == Some(&b'"') {
-            at += 1;
-            loop {
-                match text.get(at) {
-                    None => return false,
-                    Some(b'"') => break,
-                    Some(b'\\') if at + 1 < text.len() => at += 2,
-                    Some(&byte)
-                        if byte == b'\t' || (byte >= 0x20 && byte != 0x7f && byte != b'\\') =>
-                    {
-                        at += 1;
-                    }
-                    Some(_) => return false,
+    // The parameter names of the element being read: none may occur twice in one element.
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    loop {
+        // Elements are separated by commas with optional spaces around them, and the pairs of
+        // an element by semicolons without spaces.
+        at = skip_spaces(at);
+        names.clear();
+        loop {
+            let name_end = skip_token(at);
+            if name_end > at {
+                let name = &text[at..name_end];
+                if text.get(name_end) != Some(&b'=')
+                    || names.iter().any(|seen| seen.eq_ignore_ascii_case(name))
+                {
+                    return false;
                 }
+                names.push(name);
+                at = name_end + 1;
+                at = match skip_value(text, at) {
+                    Some(end) => end,
+                    None => return false,
+                };
+            }
+            if text.get(at) != Some(&b';') {
+                break;
             }
             at += 1;
-        } else {
-            let value_end = skip_token(at);
-            if value_end == at {
-                return false;
-            }
-            at = value_end;
         }
         at = skip_spaces(at);
         match text.get(at) {
             None => return true,
-            Some(b',' | b';') => at = skip_spaces(at + 1),
+            Some(b',') => at += 1,
             Some(_) => return false,
         }
     }
-    true
+}
+
+/// Returns the end of the `Forwarded` value that starts at `at`, a token or a quoted string,
+/// or `None` when there is no valid value there.
+fn skip_value(text: &[u8], mut at: usize) -> Option<usize> {
+    if text.get(at) != Some(&b'"') {
+        let start = at;
+        while text.get(at).is_some_and(|&byte| is_token_byte(byte)) {
+            at += 1;
+        }
+        return (at > start).then_some(at);
+    }
+    at += 1;
+    loop {
+        match text.get(at) {
+            None => return None,
+            Some(b'"') => return Some(at + 1),
+            Some(b'\\') if at + 1 < text.len() => at += 2,
+            Some(&byte) if byte == b'\t' || (byte >= 0x20 && byte != 0x7f && byte != b'\\') => {
+                at += 1;
+            }
+            Some(_) => return None,
+        }
+    }
 }
 
 /// Returns whether `byte` may appear in a token (RFC 9110 section 5.6.2).
@@ -564,6 +583,7 @@ mod tests {
             "for=\"[2001:db8::1]:80\";proto=https, for=5.6.7.8",
             "for=\"a\\\"b\";by=x",
             " , for=1.2.3.4;; ",
+            "for=a;by=b, for=c;by=d",
             "",
         ] {
             assert!(is_valid_forwarded(valid.as_bytes()), "{valid:?}");
@@ -576,6 +596,9 @@ mod tests {
             "=x",
             "for=a b",
             "for=\"a\" b",
+            "for=a ;by=b",
+            "for=a; by=b",
+            "for=a;For=b",
         ] {
             assert!(!is_valid_forwarded(invalid.as_bytes()), "{invalid:?}");
         }
