@@ -249,10 +249,36 @@ fn read_until(child: &mut Child, part: &str) -> Vec<String> {
     lines
 }
 
+/// A gateway process that is killed when dropped, so that a failed assertion does not leave it
+/// running.
+struct Killed(Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the gateway as [`spawn_with_limit`] does, waits until it listens, and returns it with
 /// its configuration file and address.
-fn start_with_limit(ulimit: &str, config: &str) -> (Child, ConfigFile, std::net::SocketAddr) {
-    let (mut child, file) = spawn_with_limit(ulimit, config, &[]);
+fn start_with_limit(ulimit: &str, config: &str) -> (Killed, ConfigFile, std::net::SocketAddr) {
+    let (child, file) = spawn_with_limit(ulimit, config, &[]);
+    let mut child = Killed(child);
     let started = read_until(&mut child, "listening");
     assert!(
         started
