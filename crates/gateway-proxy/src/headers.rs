@@ -230,10 +230,10 @@ fn put_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, peer: Option<IpAddr>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Returns whether `text` is a `Forwarded` value in the syntax of RFC 7239 (sections 4 and 5):
-/// a list of elements, each of pairs `token=value` separated by `;` without spaces, where a
-/// value is a token or a quoted string and no parameter occurs twice in one element. Empty
-/// elements and pairs are allowed, as the list syntax allows them.
+/// Returns whether `text` is a `Forwarded` value in the syntax of RFC 7239 (sections 4 and 5).
+/// The value is a list of elements, and each element has pairs `token=value` separated by `;`
+/// without spaces. A value is a token or a quoted string, and no parameter occurs twice in one
+/// element. Empty elements and pairs are allowed, as the list syntax allows them.
 fn is_valid_forwarded(text: &[u8]) -> bool {
     let skip_spaces = |mut at: usize| {
         while text
