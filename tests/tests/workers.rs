@@ -539,6 +539,38 @@ fn send_get_to(address: std::net::SocketAddr, path: &str) -> RawConnection {
     connection
 }
 
+/// Connections that never send a byte hold descriptors too. Once the gateway runs out, those
+/// silent for a second since their accept close, and a new client gets in long before the
+/// read timeout (30 s by default) would have freed a descriptor.
+#[test]
+fn descriptor_shortage_closes_silent_connections() {
+    let mock = MockProcess::start("Silent");
+    let config = one_worker_config(&mock.url, "{enabled: false}");
+    let (mut child, _file, address) = start_with_limit("-n 48", &config);
+
+    // More than the descriptors left: the kernel queues the rest until the gateway accepts.
+    let silent: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(address).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    for i in 0..5 {
+        let mut connection = RawConnection::open(address).expect("connect");
+        connection
+            .set_read_timeout(Duration::from_secs(10))
+            .expect("read timeout");
+        let request = format!("GET /api/after-silent/{i} HTTP/1.1\r\nHost: gateway\r\n\r\n");
+        let reply = connection.exchange(request.as_bytes());
+        assert!(
+            reply.as_ref().is_ok_and(|reply| reply.status == 200),
+            "client {i} after {:?}: {reply:?}",
+            started.elapsed()
+        );
+    }
+    drop(silent);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn descriptor_shortage_closes_idle_connections() {
     let mock = MockProcess::start("Idle");

@@ -140,14 +140,22 @@ impl ConnectionDeadline {
         self.at_ms.store(ms + 1, Ordering::Relaxed);
     }
 
-    /// Returns whether the connection waits for its next request head after a response, with
-    /// no byte of that head received. A head that arrived clears the deadline until its
-    /// response starts.
-    pub(crate) fn is_kept_alive_idle(&self) -> bool {
-        self.responded.load(Ordering::Relaxed)
-            && !self.responding.load(Ordering::Relaxed)
-            && !self.received.load(Ordering::Relaxed)
-            && self.at_ms.load(Ordering::Relaxed) != 0
+    /// Returns whether the connection is idle at `now`: it waits for a request head with no
+    /// byte of it received, after a response, or since it was accepted at least `new_grace`
+    /// before `now`. A head that arrived clears the deadline until its response starts.
+    pub(crate) fn is_idle(&self, now: Instant, new_grace: Duration) -> bool {
+        if self.responding.load(Ordering::Relaxed) || self.received.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(due) = self.get() else {
+            return false;
+        };
+        if self.responded.load(Ordering::Relaxed) {
+            return true;
+        }
+        // A new connection's head is due one read timeout after the accept.
+        let accepted = due.checked_sub(self.read_timeout).unwrap_or(*EPOCH);
+        now.saturating_duration_since(accepted) >= new_grace
     }
 
     /// Returns whether the connection has a request in flight: its head arrived, which clears

@@ -1,25 +1,26 @@
 //! Closing idle connections when the process runs out of file descriptors.
 //!
 //! An accept that fails with `EMFILE` (or another shortage) leaves the new client waiting in
-//! the listen queue. Idle keep-alive connections would hold their descriptors until the read
-//! timeout, so a gateway full of them serves no new client for that long. The worker that
-//! fails to accept signals every worker's [`IdleShed`], and each connection that waits for its
-//! next request head after a response, with no byte of it received, closes, as HTTP/1.1 lets a
-//! server close an idle persistent connection. A new connection that has not sent its first request yet is left
-//! to the read timeout: closing it would fail the request its client is about to send.
-//! Connections in the middle of a request are left alone.
-//!
-//! NOTE: a flood of connections that never send a request therefore keeps its descriptors
-//! until the read timeout. Closing the oldest of them would take a list of connections by
-//! age, which the workers do not keep.
+//! the listen queue. Idle connections would hold their descriptors until the read timeout, so
+//! a gateway full of them serves no new client for that long. The worker that fails to accept
+//! signals every worker's [`IdleShed`], and each idle connection closes, as HTTP/1.1 lets a
+//! server close a connection that has no request in progress. Idle means waiting for a request
+//! head with no byte of it received: after a response, or for [`NEW_GRACE`] or more since the
+//! accept. A connection that was accepted just now is spared, since its client is most likely
+//! sending its first request. Connections in the middle of a request are left alone.
 
-use crate::deadline::{ConnectionDeadline, Phase, deadline_passed};
+use crate::deadline::{ConnectionDeadline, Phase, deadline_passed, now_for};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// How long a new connection may go without sending a byte before a signal closes it. A
+/// client usually sends its first request as soon as it connects. A connection silent this
+/// long is more likely one opened ahead of need, or one that will never send.
+pub(crate) const NEW_GRACE: Duration = Duration::from_secs(1);
 
 /// The signal of one worker's connections to close while they are idle.
 #[derive(Debug, Default)]
@@ -43,14 +44,14 @@ impl IdleShed {
 pub(crate) enum Ended {
     /// The deadline of this phase passed (see [`deadline_passed`]).
     Deadline(Phase),
-    /// `shed` was signalled while the connection waited for its next request head after a
-    /// response.
+    /// `shed` was signalled while the connection was idle.
     Shed,
 }
 
 /// Returns when the connection of `deadline` is to end: its deadline passed, or `shed` was
-/// signalled while the connection waited for its next request head after a response. A signal
-/// at another time, while the connection is new or handles a request, is ignored.
+/// signalled while the connection was idle (see [`ConnectionDeadline::is_idle`], with
+/// [`NEW_GRACE`]). A signal at another time, while the connection handles a request or was
+/// accepted just now, is ignored.
 ///
 /// The connection's task polls this on each of its wake-ups, where the signal costs an atomic
 /// load and a comparison of wakers. The wait joins the list of `Notify`, under its lock, on its
@@ -72,7 +73,7 @@ pub(crate) async fn deadline_or_shed(
             let signals = shed.signals.load(Ordering::Acquire);
             if signals != seen {
                 seen = signals;
-                if deadline.is_kept_alive_idle() {
+                if deadline.is_idle(now_for(NEW_GRACE), NEW_GRACE) {
                     return Poll::Ready(Ended::Shed);
                 }
                 notified.set(shed.notify.notified());
@@ -134,6 +135,30 @@ mod tests {
         assert_eq!(ended, Ok(Ended::Shed));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn silent_new_connection_closes_after_grace() {
+        let shed = Arc::new(IdleShed::default());
+        let deadline = ConnectionDeadline::new(MINUTE, MINUTE);
+        let mut ended = pin!(deadline_or_shed(&deadline, MINUTE, &shed));
+
+        // Accepted just now: its first request is most likely on its way.
+        signal_soon(&shed);
+        let short = Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, &mut ended).await.is_err());
+
+        // A byte arrived, then the grace passed: a head is on its way.
+        deadline.note_received();
+        tokio::time::advance(NEW_GRACE).await;
+        signal_soon(&shed);
+        assert!(tokio::time::timeout(short, &mut ended).await.is_err());
+
+        // Silent for the whole grace.
+        deadline.set_received(false);
+        signal_soon(&shed);
+        let ended = tokio::time::timeout(Duration::from_secs(5), &mut ended).await;
+        assert_eq!(ended, Ok(Ended::Shed));
+    }
+
     #[tokio::test]
     async fn busy_or_new_connection_stays_open() {
         let shed = Arc::new(IdleShed::default());
@@ -141,7 +166,7 @@ mod tests {
         let mut ended = pin!(deadline_or_shed(&deadline, MINUTE, &shed));
         let short = Duration::from_millis(50);
 
-        // New: no request yet.
+        // New, accepted within the grace: no request yet.
         signal_soon(&shed);
         assert!(tokio::time::timeout(short, &mut ended).await.is_err());
 
