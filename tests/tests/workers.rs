@@ -585,6 +585,15 @@ fn descriptor_shortage_closes_idle_connections() {
         .expect("first response");
     assert_eq!(first.status, 200);
 
+    // A kept-alive connection that sent only an empty line, which comes before a request
+    // line and is ignored, is as idle as one that sent nothing.
+    let mut empty_line = RawConnection::open(address).expect("connect");
+    let reply = empty_line
+        .exchange(b"GET /api/empty HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .expect("response before the empty line");
+    assert_eq!(reply.status, 200);
+    empty_line.send(b"\r\n").expect("empty line");
+
     // Each connection serves one request and stays open, idle. Past the descriptors the
     // gateway has, a new connection waits in the listener's queue until idle ones close,
     // which the default read timeout would do only after 30 s.
@@ -611,6 +620,13 @@ fn descriptor_shortage_closes_idle_connections() {
     assert!(
         second.as_ref().is_ok_and(|reply| reply.status == 200),
         "the pipelined head was cut: {second:?}"
+    );
+    empty_line
+        .set_read_timeout(Duration::from_secs(1))
+        .expect("read timeout");
+    assert!(
+        empty_line.wait_closed(),
+        "the connection that sent only an empty line stayed open"
     );
     let _ = child.kill();
     let _ = child.wait();

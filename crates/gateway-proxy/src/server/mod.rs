@@ -321,6 +321,12 @@ fn request_line_exceeds(buffer: &[u8], max_head_bytes: usize) -> bool {
     !buffer[start..end].contains(&b'\n')
 }
 
+/// Returns whether `buffer` contains only line ends: empty lines, and perhaps the `\r` of the
+/// next one.
+fn is_empty_lines(buffer: &[u8]) -> bool {
+    buffer.iter().all(|&byte| byte == b'\r' || byte == b'\n')
+}
+
 /// Returns whether the drain has begun, and records it in `seen`. The drain only turns on, so
 /// while the channel is unchanged this costs one atomic load rather than the channel's lock.
 fn drain_begun(drain: &mut watch::Receiver<bool>, seen: &mut bool) -> bool {
@@ -352,6 +358,12 @@ async fn read_head(
             if !wire.buffer.is_empty() && (scanned == 0 || fresh.contains(&b'\n')) {
                 match parse_head(&mut wire.buffer, max_head_bytes) {
                     Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
+                    Ok(None) if is_empty_lines(&wire.buffer) => {
+                        // Empty lines before a request line are ignored (RFC 9112 section
+                        // 2.2), so the connection is as idle as it was before they came.
+                        wire.buffer.clear();
+                        wire.io.awaiting_head(false);
+                    }
                     Ok(None) => {}
                     Err(error) => return Poll::Ready(Err(ReadHeadError::Head(error))),
                 }
