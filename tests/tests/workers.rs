@@ -540,8 +540,8 @@ fn send_get_to(address: std::net::SocketAddr, path: &str) -> RawConnection {
 }
 
 /// Connections that never send a byte hold descriptors too. Once the gateway runs out, those
-/// silent for a second since their accept close, and a new client gets in long before the
-/// read timeout (30 s by default) would have freed a descriptor.
+/// silent for half a second since their accept close, and a new client gets in long before
+/// the read timeout (30 s by default) would have freed a descriptor.
 #[test]
 fn descriptor_shortage_closes_silent_connections() {
     let mock = MockProcess::start("Silent");

@@ -619,7 +619,7 @@ impl AcceptFailures {
         let now = std::time::Instant::now();
         if self
             .last_shed
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+            .is_some_and(|at| now.duration_since(at) < crate::shed::SHED_INTERVAL)
         {
             return false;
         }
@@ -632,7 +632,7 @@ impl AcceptFailures {
         let now = std::time::Instant::now();
         if self
             .last_warning
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+            .is_some_and(|at| now.duration_since(at) < crate::shed::SHED_INTERVAL)
         {
             return;
         }

@@ -17,10 +17,17 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// The shortest time between two signals of a worker's accept loop.
+pub(crate) const SHED_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long a new connection may go without sending a byte before a signal closes it. A
 /// client usually sends its first request as soon as it connects. A connection silent this
 /// long is more likely one opened ahead of need, or one that will never send.
-pub(crate) const NEW_GRACE: Duration = Duration::from_secs(1);
+///
+/// It is shorter than [`SHED_INTERVAL`]: the connections accepted just after one signal, into
+/// the descriptors it freed, must be past their grace at the next signal, or only every other
+/// signal would close any.
+pub(crate) const NEW_GRACE: Duration = Duration::from_millis(500);
 
 /// The signal of one worker's connections to close while they are idle.
 #[derive(Debug, Default)]
