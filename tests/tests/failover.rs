@@ -466,6 +466,57 @@ routes:
     assert_eq!(served.json()["requests"], 0, "Other got the DELETE");
 }
 
+/// A GET asks for no change, so when its resend cannot reach the backend that died while
+/// handling it, another backend serves it.
+#[tokio::test]
+async fn safe_resend_reaches_second_backend() {
+    let mut dying = MockProcess::start("Dying");
+    let other = MockProcess::start("Other");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  # One worker, so that the GET finds the connection the warm-up left in its pool.
+  workers: 1
+request_log:
+  enabled: false
+health_check:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{dying}"
+        weight: 100
+      - url: "{other}"
+        weight: 1
+"#,
+        dying = dying.url,
+        other = other.url
+    ));
+
+    let warm = get(&format!("{}/api/warm", gateway.url)).await;
+    assert_eq!(warm.json()["server"], "Dying");
+
+    let url = format!("{}/api/item/1?delay=2000", gateway.url);
+    let pending = tokio::spawn(async move { request(Method::GET, &url, &[], Bytes::new()).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_state(&gateway.url, &dying.url).await["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "the GET never reached Dying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dying.kill();
+
+    let reply = pending.await.expect("task").expect("GET");
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["server"], "Other");
+}
+
 /// A backend whose health endpoint fails leaves rotation after `unhealthy_threshold` checks,
 /// although it still serves the requests sent to it in between.
 #[tokio::test]

@@ -277,10 +277,16 @@ async fn exchange(
     }
     drop(connection);
     // The backend may have received the request on the closed connection and acted on it
-    // before it went away, so a failed connect now does not send it to another backend.
-    let mut fresh = Box::pin(client.open(backend))
-        .await
-        .map_err(ProxyError::after_earlier_send)?;
+    // before it went away. A safe method requests no change, so when the new connection
+    // cannot be opened it may still go to another backend. A PUT or DELETE may not: the
+    // client gets 502 rather than the same change made twice, on two backends.
+    let mut fresh = Box::pin(client.open(backend)).await.map_err(|error| {
+        if is_safe(&request.parts.method) {
+            error
+        } else {
+            error.after_earlier_send()
+        }
+    })?;
     match attempt(client, route, backend, request, &mut fresh, body).await {
         Ok((head, sent_all)) => Ok((head, fresh, sent_all)),
         Err(error) => Err(exchange_error(error, timeout)),
@@ -383,6 +389,15 @@ fn error_with_info(error: ProxyError, info: ForwardInfo, attach_info: bool) -> R
         response.extensions_mut().insert(info);
     }
     response
+}
+
+/// Methods that RFC 9110 (section 9.2.1) defines as safe: they request no change on the
+/// server, so sending one to a second server is expected to have no effect beyond the response.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Methods that RFC 9110 defines as idempotent, safe to send twice.
