@@ -1,7 +1,7 @@
 //! Who may use the admin endpoints: `admin.allowed_clients` opens `/admin/*` to some client
 //! addresses, loopback by default, while `/health` stays open to every client.
 
-use gateway_tests::{GatewayProcess, MockProcess, get, request};
+use gateway_tests::{GatewayProcess, MockProcess, get, raw_request, request};
 use http::{Method, StatusCode};
 
 /// Starts a gateway with `server_fields` added under `server:` and `sections` at the top level.
@@ -100,4 +100,22 @@ async fn forwarded_client_behind_trusted_proxy_checked() {
         .await
         .expect("GET through a proxy");
     assert_eq!(local.status, StatusCode::OK);
+}
+
+/// A byte outside ASCII that a client put in `X-Forwarded-For` spoils only its own entry. The
+/// address its proxy appended after it is still the client, and not the proxy itself.
+#[tokio::test]
+async fn bytes_outside_ascii_do_not_make_proxy_client() {
+    let (_mock, gateway) = start("  trusted_proxies: [\"127.0.0.1\"]", "");
+    let addr = gateway.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        raw_request(
+            addr,
+            b"GET /admin/backends HTTP/1.1\r\nHost: gateway\r\n\
+              X-Forwarded-For: \xe9, 203.0.113.7\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("request task");
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
 }

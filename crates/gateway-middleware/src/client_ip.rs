@@ -78,8 +78,9 @@ impl TrustedProxies {
     /// peer, the entries of every `X-Forwarded-For` field, in order, are read from the right,
     /// and the first entry outside the trusted networks is the client. When every entry is
     /// trusted, the left-most one is the client. An entry that is not an address (`unknown`,
-    /// a host name, garbage) stops the walk, and the last address read before it is returned:
-    /// the proxy right of it wrote the bad entry, so nothing left of it can be believed.
+    /// a host name, garbage, bytes outside ASCII) stops the walk, and the last address read
+    /// before it is returned: the proxy right of it wrote the bad entry, so nothing left of it
+    /// can be believed.
     ///
     /// Entries may carry a port (`192.0.2.1:5678`, `[2001:db8::1]:80`) or brackets without a
     /// port (`[2001:db8::1]`), and empty list elements are skipped. Every returned address is
@@ -95,16 +96,14 @@ impl TrustedProxies {
         let fields: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
         let mut last_read = peer;
         for field in fields.into_iter().rev() {
-            let Ok(text) = field.to_str() else {
-                return last_read;
-            };
-
-            for entry in text.rsplit(',') {
-                let entry = entry.trim();
+            // Split as bytes: a byte outside ASCII spoils only the entry it is in. The entries
+            // right of it were written by the proxies, after the client's bytes.
+            for entry in field.as_bytes().rsplit(|&byte| byte == b',') {
+                let entry = entry.trim_ascii();
                 if entry.is_empty() {
                     continue;
                 }
-                let Some(ip) = parse_entry(entry) else {
+                let Some(ip) = std::str::from_utf8(entry).ok().and_then(parse_entry) else {
                     return last_read;
                 };
                 if !self.is_trusted(ip) {
@@ -329,6 +328,49 @@ mod tests {
             let expected: IpAddr = expected.parse().unwrap();
             let got = trusted.client_ip(peer, &headers(fields));
             assert_eq!(got, expected, "{case}");
+        }
+    }
+
+    /// A byte outside ASCII spoils only its own entry: the addresses that proxies appended
+    /// right of it still decide the client, and the peer does not become the client.
+    #[test]
+    fn bytes_outside_ascii_spoil_one_entry() {
+        let trusted = proxies(&["10.0.0.0/8", "127.0.0.1/32"]);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+
+        // (case, field as bytes, expected client)
+        let cases: &[(&str, &[u8], &str)] = &[
+            (
+                "client's byte left of its address",
+                b"\xe9, 203.0.113.9",
+                "203.0.113.9",
+            ),
+            (
+                "byte inside a left entry",
+                b"1.1.1\xff.1, 203.0.113.9",
+                "203.0.113.9",
+            ),
+            (
+                "byte behind a trusted proxy",
+                b"\xe9, 203.0.113.9, 10.0.0.2",
+                "203.0.113.9",
+            ),
+            (
+                "byte in the right-most entry",
+                b"203.0.113.9, 10.0.0.2\xe9",
+                "127.0.0.1",
+            ),
+            (
+                "byte right of a trusted proxy",
+                b"203.0.113.9, \xe9, 10.0.0.2",
+                "10.0.0.2",
+            ),
+        ];
+        for (case, field, expected) in cases {
+            let mut headers = HeaderMap::new();
+            headers.append(X_FORWARDED_FOR, HeaderValue::from_bytes(field).unwrap());
+            let expected: IpAddr = expected.parse().unwrap();
+            assert_eq!(trusted.client_ip(peer, &headers), expected, "{case}");
         }
     }
 

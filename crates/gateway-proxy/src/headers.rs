@@ -153,11 +153,12 @@ pub fn write_forwarded_headers(
     match peer {
         Some(peer) => {
             out.extend_from_slice(b"x-forwarded-for: ");
+            // A value with bytes outside ASCII is passed on too: the entries that proxies
+            // appended after a client's bytes are in the same value.
             for value in incoming_for.into_iter().flatten() {
-                let Ok(text) = value.to_str() else { continue };
-                let text = text.trim();
+                let text = value.as_bytes().trim_ascii();
                 if !text.is_empty() {
-                    out.extend_from_slice(text.as_bytes());
+                    out.extend_from_slice(text);
                     out.extend_from_slice(b", ");
                 }
             }
@@ -513,6 +514,22 @@ mod tests {
         assert_eq!(
             values(&lines, "x-forwarded-for"),
             ["1.1.1.1, 2.2.2.2, 127.0.0.1"]
+        );
+    }
+
+    #[test]
+    fn forwarded_for_keeps_bytes_outside_ascii() {
+        // A client's byte outside ASCII, with the address its proxy appended after it.
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_bytes(b"\xe9, 198.51.100.7").unwrap();
+        headers.append(X_FORWARDED_FOR.clone(), value);
+        let mut out = Vec::new();
+        write_forwarded_headers(&mut out, &headers, Some("127.0.0.1".parse().unwrap()), None);
+        let line = b"x-forwarded-for: \xe9, 198.51.100.7, 127.0.0.1\r\n";
+        assert!(
+            out.windows(line.len()).any(|window| window == line),
+            "{}",
+            String::from_utf8_lossy(&out)
         );
     }
 
