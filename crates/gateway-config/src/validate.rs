@@ -499,17 +499,22 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
                 format!("{field}.allowed_origins[{i}]"),
                 format!("wildcards inside an origin are not supported, so {origin:?} would match no request: list each origin, like https://app.example.com, or write \"*\" alone to allow any origin"),
             );
-        } else if !is_origin(origin) {
-            problems.push(
-                format!("{field}.allowed_origins[{i}]"),
-                format!("invalid origin {origin:?}: write scheme and host, like https://app.example.com, or \"*\""),
-            );
+        } else if let Err(fix) = check_origin(origin) {
+            problems.push(format!("{field}.allowed_origins[{i}]"), fix);
         }
     }
     if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
         problems.push(
             format!("{field}.allow_credentials"),
             "cannot be true while allowed_origins contains \"*\", because browsers reject that pair: list the allowed origins instead",
+        );
+    }
+    // On a request with credentials, browsers read `Access-Control-Expose-Headers: *` as a
+    // header named `*` (Fetch standard, CORS protocol), so it would expose nothing.
+    if cors.allow_credentials && cors.exposed_headers.iter().any(|h| h == "*") {
+        problems.push(
+            format!("{field}.exposed_headers"),
+            "cannot contain \"*\" while allow_credentials is true, because browsers then read it as a header named \"*\" and expose nothing: list the header names instead",
         );
     }
     // Access-Control-Max-Age counts whole seconds, so a fraction would be cut, and a value
@@ -545,16 +550,85 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
     }
 }
 
-fn is_origin(origin: &str) -> bool {
-    let Ok(uri) = origin.parse::<Uri>() else {
-        return false;
+/// Checks that `origin` can equal an `Origin` field that a browser sends: a scheme, `://`,
+/// a host and a port other than the scheme's default, and nothing else (RFC 6454 section
+/// 6.1). Returns the problem and its fix otherwise.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let invalid = |reason: &str| {
+        format!(
+            "invalid origin {origin:?}: {reason}; write scheme and host, like \
+             https://app.example.com, or \"*\""
+        )
     };
-    matches!(uri.scheme_str(), Some("http" | "https"))
-        && uri.host().is_some_and(|host| !host.is_empty())
-        && uri
-            .path_and_query()
-            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
-        && !origin.ends_with('/')
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err(invalid("it has no scheme"));
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        "443"
+    } else if scheme.eq_ignore_ascii_case("http") {
+        "80"
+    } else {
+        return Err(invalid("the scheme must be http or https"));
+    };
+    if let Some(extra) = authority.find(['/', '?', '#']) {
+        let reason = match authority.as_bytes()[extra] {
+            b'/' => "an origin has no path",
+            b'?' => "an origin has no query",
+            _ => "an origin has no fragment",
+        };
+        return Err(invalid(reason));
+    }
+    if authority.contains('@') {
+        return Err(invalid("an origin has no user information"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((address, rest)) = bracketed.split_once(']') else {
+                return Err(invalid("the IPv6 address has no closing bracket"));
+            };
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(invalid("the IPv6 address is not valid"));
+            }
+            match rest.strip_prefix(':') {
+                Some(port) => (address, Some(port)),
+                None if rest.is_empty() => (address, None),
+                None => return Err(invalid("only a port may follow the host")),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_valid = !host.is_empty()
+        && host.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':')
+        });
+    if !host_valid {
+        return Err(invalid("the host is missing or not valid"));
+    }
+    if let Some(port) = port {
+        let number = port
+            .bytes()
+            .all(|byte| byte.is_ascii_digit())
+            .then(|| port.parse::<u16>().ok())
+            .flatten()
+            .filter(|&number| number > 0);
+        if number.is_none() {
+            return Err(invalid("the port must be a number from 1 to 65535"));
+        }
+        if port.trim_start_matches('0') == default_port {
+            let without = format!(
+                "{scheme}://{}",
+                &origin[scheme.len() + 3..origin.len() - port.len() - 1]
+            );
+            return Err(format!(
+                "origin {origin:?} would match no request, because browsers leave out the \
+                 default port: write {without:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthCheckConfig) {

@@ -1071,6 +1071,85 @@ cors:
     }
 }
 
+/// Origins are compared whole with a browser's `Origin`, which has a scheme, a host and a
+/// port other than the default, and nothing else: any other entry would match no request.
+#[test]
+fn origin_that_matches_nothing_rejected() {
+    let cases = [
+        ("https://a.example:443", "write \"https://a.example\""),
+        ("HTTP://a.example:080", "write \"HTTP://a.example\""),
+        ("https://b.example#top", "an origin has no fragment"),
+        (
+            "https://user@c.example",
+            "an origin has no user information",
+        ),
+        (
+            "https://d.example:",
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            "https://a.example:99999",
+            "the port must be a number from 1 to 65535",
+        ),
+        ("https://a.example/", "an origin has no path"),
+        ("https://a.example?x=1", "an origin has no query"),
+        ("ftp://a.example", "the scheme must be http or https"),
+        ("a.example", "it has no scheme"),
+        ("https://[::1", "the IPv6 address has no closing bracket"),
+        ("https://", "the host is missing or not valid"),
+    ];
+    for (origin, fix) in cases {
+        let text = format!(
+            "routes:\n  - path: \"/a\"\n    backends: [{{url: \"http://127.0.0.1:1\"}}]\n\
+             cors:\n  enabled: true\n  allowed_origins: [{origin:?}]\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{origin}: {found:#?}");
+        assert!(
+            found[0].starts_with("cors.allowed_origins[0]: "),
+            "{origin}: {found:#?}"
+        );
+        assert!(found[0].contains(fix), "{origin}: {found:#?}");
+    }
+
+    let valid = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+cors:
+  enabled: true
+  allowed_origins: ["https://a.example:8443", "http://localhost:3000", "http://[::1]:8080", "https://B.Example"]
+"#;
+    Config::from_yaml(valid, "test.yaml").unwrap();
+}
+
+/// With credentials, browsers read an exposed `*` as a header named `*`.
+#[test]
+fn exposed_wildcard_with_credentials_rejected() {
+    let text = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+cors:
+  enabled: true
+  allowed_origins: ["https://app.example"]
+  allow_credentials: true
+  exposed_headers: ["*"]
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "cors.exposed_headers: cannot contain \"*\" while allow_credentials is true"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].contains("list the header names instead"),
+        "{found:#?}"
+    );
+}
+
 #[test]
 fn invalid_cors_header_name_gets_fix() {
     let text = format!(
