@@ -68,6 +68,7 @@ async fn unlisted_clients_get_403_except_health() {
         let reply = get(&format!("{}{path}", gateway.url)).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(reply.header("content-type"), "application/json", "{path}");
+        assert_eq!(reply.header("cache-control"), "no-store", "{path}");
     }
     // The method does not matter: the endpoints are closed before they are looked at.
     let reply = request(
@@ -118,4 +119,23 @@ async fn bytes_outside_ascii_do_not_make_proxy_client() {
     .await
     .expect("request task");
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+}
+
+/// Admin errors are not to be stored either: a shared cache may keep a 404 or 405 that is not
+/// marked otherwise.
+#[tokio::test]
+async fn admin_errors_are_not_stored() {
+    let (_mock, gateway) = start("", "");
+    let missing = get(&format!("{}/admin/nothing-here", gateway.url)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.header("cache-control"), "no-store");
+
+    let invalid = get(&format!("{}/admin/logs?limit=0", gateway.url)).await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    assert_eq!(invalid.header("cache-control"), "no-store");
+
+    let url = format!("{}/admin/backends", gateway.url);
+    let post = request(Method::POST, &url, &[], "x").await.expect("POST");
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.header("cache-control"), "no-store");
 }

@@ -23,7 +23,7 @@ pub(crate) use gateway_config::is_admin_path;
 /// Builds the 403 response to an admin request from a client outside
 /// `admin.allowed_clients`.
 pub(crate) fn forbidden() -> Response<ProxyBody> {
-    error_response(
+    admin_error(
         StatusCode::FORBIDDEN,
         "the admin endpoints are not open to this client address",
     )
@@ -32,7 +32,7 @@ pub(crate) fn forbidden() -> Response<ProxyBody> {
 /// Builds the response to an admin request.
 pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        let mut response = admin_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -55,7 +55,7 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
         )),
     };
     result.unwrap_or_else(|AdminError(status, message)| {
-        let mut response = error_response(status, &message);
+        let mut response = admin_error(status, &message);
         if let Some(kind) = admin_error_kind(status) {
             response.extensions_mut().insert(kind);
         }
@@ -66,6 +66,16 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
         }
         response
     })
+}
+
+/// Builds an admin error response. Like every admin response, it is not to be stored: a 404
+/// or 405 may otherwise be cached without being marked cacheable (RFC 9111 section 4.2.2).
+fn admin_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = error_response(status, message);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Returns the request log's error kind for an admin error response with `status`: the kind
