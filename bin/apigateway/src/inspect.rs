@@ -86,7 +86,7 @@ async fn open_reader(config_path: &Path, args: &DatabaseArgs) -> Result<LogReade
 pub(crate) fn parse_start_time(text: &str, now_us: i64) -> Result<i64, StoreError> {
     let text = text.trim();
     match split_utc_offset(text) {
-        Some((local, offset_us)) => parse_since(local, now_us)
+        Some((local, offset_us)) => parse_since(&format!("{local}Z"), now_us)
             .map(|local_us| local_us - offset_us)
             .map_err(|_| StoreError::InvalidSince {
                 value: text.to_owned(),
@@ -96,25 +96,50 @@ pub(crate) fn parse_start_time(text: &str, now_us: i64) -> Result<i64, StoreErro
 }
 
 /// Splits a timestamp ending in `+HH:MM` or `-HH:MM` into the local time and the offset in
-/// microseconds; `None` for anything else.
+/// microseconds; `None` for anything else, such as a time that has a zone already.
 fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
     let at = text.len().checked_sub(6)?;
     let (local, offset) = (text.get(..at)?, text.get(at..)?);
-    // Only a timestamp has an offset: `YYYY-MM-DDTHH:MM:SS` comes first.
-    if local.len() < 19 || local.as_bytes().get(4) != Some(&b'-') {
+    if !is_local_time(local) {
         return None;
     }
-    let sign = match offset.as_bytes().first()? {
+    let sign = match offset.as_bytes()[0] {
         b'+' => 1,
         b'-' => -1,
         _ => return None,
     };
-    let (hours, minutes) = offset[1..].split_once(':')?;
-    let (hours, minutes) = (hours.parse::<i64>().ok()?, minutes.parse::<i64>().ok()?);
+    // Two digits each, as RFC 3339 writes them: `+1:00` or `+01:000` is no offset.
+    let [hour_tens, hour_ones, b':', minute_tens, minute_ones] = offset.as_bytes()[1..] else {
+        return None;
+    };
+    let digits = [hour_tens, hour_ones, minute_tens, minute_ones];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let number = |tens: u8, ones: u8| i64::from(tens - b'0') * 10 + i64::from(ones - b'0');
+    let (hours, minutes) = (
+        number(hour_tens, hour_ones),
+        number(minute_tens, minute_ones),
+    );
     if hours > 23 || minutes > 59 {
         return None;
     }
     Some((local, sign * (hours * 3600 + minutes * 60) * 1_000_000))
+}
+
+/// Returns whether `text` is a date and time without a zone: `YYYY-MM-DDTHH:MM:SS`, with an
+/// optional fraction of a second.
+fn is_local_time(text: &str) -> bool {
+    if text.len() < 19 || text.as_bytes()[4] != b'-' {
+        return false;
+    }
+    match text.get(19..) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('.').is_some_and(|fraction| {
+            !fraction.is_empty() && fraction.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
 }
 
 /// Rejects a duration of zero length as the value of the parameter `name`, because a time
@@ -273,6 +298,25 @@ mod tests {
         ] {
             assert_eq!(split_utc_offset(text), None, "{text}");
         }
+    }
+
+    /// An offset is two digits, a colon and two digits, after a time without a zone, so
+    /// these are rejected rather than read with part of them left out.
+    #[test]
+    fn malformed_offsets_are_rejected() {
+        for text in [
+            "2025-01-31T12:00:00Z+01:00",
+            "2025-01-31T12:00:00++1:00",
+            "2025-01-31T12:00:00+00:00+01:00",
+            "2025-01-31T12:00:00-1:000",
+            "2025-01-31T12:00:00.+01:00",
+            "2025-01-31T12:00:00",
+        ] {
+            let error = parse_start_time(text, 0).unwrap_err();
+            assert!(error.to_string().contains(text), "{error}");
+        }
+        let valid = parse_start_time("2025-01-31T13:00:00+01:00", 0).unwrap();
+        assert_eq!(valid, parse_start_time("2025-01-31T12:00:00Z", 0).unwrap());
     }
 
     #[test]

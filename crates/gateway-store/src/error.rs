@@ -223,7 +223,7 @@ pub enum StoreError {
     /// A start time was neither a duration nor an RFC 3339 timestamp.
     #[error(
         "invalid start time `{value}`: expected a duration such as 5m or 1h, \
-         or a UTC timestamp such as 2025-01-31T12:00:00Z"
+         or a timestamp with its zone, such as 2025-01-31T12:00:00Z or 2025-01-31T13:00:00+01:00"
     )]
     InvalidSince {
         /// The rejected text.

@@ -30,7 +30,7 @@ pub fn format_rfc3339(timestamp_us: i64) -> String {
 
 /// Parses the start of a time window: a duration back from `now_us` such as `5m`, `1h` or
 /// `2days`, or a UTC timestamp such as `2025-01-31T12:00:00Z`. The timestamp may have a space
-/// in place of the `T` and a fraction of a second, and it ends in `Z`, `+00:00` or nothing.
+/// in place of the `T` and a fraction of a second, and it ends in `Z` or `+00:00`.
 ///
 /// # Errors
 ///
@@ -66,7 +66,8 @@ fn has_utc_suffix(text: &str) -> bool {
         Some(fraction) => fraction.trim_start_matches(|c: char| c.is_ascii_digit()),
         None => rest,
     };
-    matches!(rest, "" | "Z" | "+00:00")
+    // RFC 3339 requires a zone, so a time without one is not read as UTC.
+    matches!(rest, "Z" | "+00:00")
 }
 
 #[cfg(test)]
@@ -91,8 +92,6 @@ mod tests {
         let expected = 1_700_000_000_000_000;
         for text in [
             "2023-11-14T22:13:20Z",
-            "2023-11-14T22:13:20",
-            "2023-11-14 22:13:20",
             "2023-11-14T22:13:20+00:00",
             "2023-11-14T22:13:20.000000Z",
         ] {
@@ -115,6 +114,9 @@ mod tests {
             "2023-11-14T22:13:20+02:00",
             "2023-11-14T22:13:20.5+02:00",
             "2023-11-14T22:13:20Zjunk",
+            // Without a zone the time could be anyone's local time.
+            "2023-11-14T22:13:20",
+            "2023-11-14 22:13:20",
         ] {
             let error = parse_since(text, NOW_US).unwrap_err();
             assert!(error.to_string().contains(&format!("`{text}`")), "{error}");
