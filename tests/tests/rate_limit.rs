@@ -182,7 +182,7 @@ fn check_rejection(reply: &Reply, problems: &mut Vec<String>) {
 
     match reply.header("retry-after").parse::<u64>() {
         Ok(seconds) if seconds >= 1 => {
-            let expected = format!("\"default\";r=0;t={seconds}");
+            let expected = format!("\"gateway\";r=0;t={seconds}");
             if reply.header("ratelimit") != expected {
                 problems.push(format!(
                     "429 RateLimit is {:?}, expected {expected:?}",
@@ -195,7 +195,7 @@ fn check_rejection(reply: &Reply, problems: &mut Vec<String>) {
             reply.header("retry-after")
         )),
     }
-    if reply.header("ratelimit-policy") != "\"default\";q=100;w=1" {
+    if reply.header("ratelimit-policy") != "\"gateway\";q=100;w=1" {
         problems.push(format!(
             "429 RateLimit-Policy is {:?}",
             reply.header("ratelimit-policy")
@@ -218,7 +218,7 @@ async fn load(client: KeepAliveClient, url: String, deadline: Instant) -> LoadTa
         match reply.status {
             StatusCode::OK => {
                 tally.accepted += 1;
-                if !reply.header("ratelimit").starts_with("\"default\";r=") {
+                if !reply.header("ratelimit").starts_with("\"gateway\";r=") {
                     tally
                         .problems
                         .push(format!("200 RateLimit is {:?}", reply.header("ratelimit")));

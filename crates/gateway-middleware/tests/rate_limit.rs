@@ -74,7 +74,7 @@ async fn layer_answers_429_without_calling_inner() {
     let client = Some(ip("198.51.100.7"));
 
     // Two allowed requests: the backend's field stays and ours is appended.
-    for expected in ["\"default\";r=1;t=1", "\"default\";r=0;t=2"] {
+    for expected in ["\"gateway\";r=1;t=1", "\"gateway\";r=0;t=2"] {
         let response = service
             .clone()
             .oneshot(request_from(client, None))
@@ -95,8 +95,8 @@ async fn layer_answers_429_without_calling_inner() {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let headers = response.headers();
     assert_eq!(headers[header::CONTENT_TYPE], "application/json");
-    assert_eq!(headers[RATELIMIT_POLICY], "\"default\";q=2;w=2");
-    assert_eq!(headers[RATELIMIT], "\"default\";r=0;t=1");
+    assert_eq!(headers[RATELIMIT_POLICY], "\"gateway\";q=2;w=2");
+    assert_eq!(headers[RATELIMIT], "\"gateway\";r=0;t=1");
     assert_eq!(headers[header::RETRY_AFTER], "1");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, r#"{"error":"rate limit exceeded","status":429}"#);

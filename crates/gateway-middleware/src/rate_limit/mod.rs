@@ -5,14 +5,14 @@
 //! An idle client may send `burst` requests at once, then `requests_per_second` per second on
 //! average. A rejected request costs no token. Responses carry the `RateLimit` fields in the
 //! structured-field form of draft-ietf-httpapi-ratelimit-headers-11 (the same syntax as
-//! revision -10), with one policy named `"default"`:
+//! revision -10), with one policy named `"gateway"`:
 //!
-//! - `RateLimit-Policy: "default";q=QUOTA;w=WINDOW`, where `WINDOW` is the time to refill an
+//! - `RateLimit-Policy: "gateway";q=QUOTA;w=WINDOW`, where `WINDOW` is the time to refill an
 //!   empty bucket, `burst / requests_per_second` seconds rounded up to at least 1, and `QUOTA`
 //!   is `requests_per_second × WINDOW`, the requests a client can keep sending in each window.
 //!   A client that paces itself by the policy gets the configured rate. An idle client can
 //!   send up to `burst` more in its first window. Sent on 429 responses.
-//! - `RateLimit: "default";r=REMAINING;t=SECONDS`. On an allowed response `t` is the time until
+//! - `RateLimit: "gateway";r=REMAINING;t=SECONDS`. On an allowed response `t` is the time until
 //!   the bucket is full again, rounded up. On a 429 response `r` is 0 and `t` equals
 //!   `Retry-After`, the time until the next token, rounded up to at least one second.
 
@@ -125,7 +125,7 @@ impl<C: Clock> RateLimiter<C> {
         // over the window: the burst alone would understate it whenever the window rounds up.
         let window = burst.get().div_ceil(rate.get()).max(1);
         let quota_per_window = u64::from(rate.get()) * u64::from(window);
-        let policy = format!("\"default\";q={quota_per_window};w={window}");
+        let policy = format!("\"gateway\";q={quota_per_window};w={window}");
 
         RateLimiter {
             buckets,
@@ -214,7 +214,7 @@ impl<C: Clock> RateLimiter<C> {
         }
     }
 
-    /// Returns the `RateLimit-Policy` field value, `"default";q=QUOTA;w=WINDOW`.
+    /// Returns the `RateLimit-Policy` field value, `"gateway";q=QUOTA;w=WINDOW`.
     pub fn policy_header(&self) -> &HeaderValue {
         &self.policy
     }
@@ -305,7 +305,7 @@ thread_local! {
         const { RefCell::new([const { None }; CACHED_VALUES]) };
 }
 
-/// Returns the `RateLimit` field value `"default";r=REMAINING;t=SECONDS`, from the thread's
+/// Returns the `RateLimit` field value `"gateway";r=REMAINING;t=SECONDS`, from the thread's
 /// cache when the same pair was formatted before.
 fn ratelimit_value(remaining: u32, seconds: u64) -> HeaderValue {
     VALUES.with_borrow_mut(|values| {
@@ -332,7 +332,7 @@ fn format_ratelimit(remaining: u32, seconds: u64) -> HeaderValue {
         length += piece.len();
     };
     let mut digits = [0u8; 20];
-    push(b"\"default\";r=");
+    push(b"\"gateway\";r=");
     push(value_store::decimal(u64::from(remaining), &mut digits));
     push(b";t=");
     push(value_store::decimal(seconds, &mut digits));

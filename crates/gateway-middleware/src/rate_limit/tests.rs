@@ -140,7 +140,7 @@ fn rejection_headers_round_up() {
         assert_eq!(headers[header::RETRY_AFTER], expected, "{retry_after:?}");
         assert_eq!(
             headers[RATELIMIT],
-            format!("\"default\";r=0;t={expected}").as_str(),
+            format!("\"gateway\";r=0;t={expected}").as_str(),
             "{retry_after:?}"
         );
     }
@@ -173,11 +173,11 @@ fn full_after_counts_missing_tokens() {
 #[test]
 fn policy_quota_is_the_rate_over_a_window_rounded_up() {
     let cases = [
-        (100, 50, "\"default\";q=100;w=1"),
-        (2, 5, "\"default\";q=6;w=3"),
-        (1, 60, "\"default\";q=60;w=60"),
-        (20, 10, "\"default\";q=20;w=1"),
-        (10, 25, "\"default\";q=30;w=3"),
+        (100, 50, "\"gateway\";q=100;w=1"),
+        (2, 5, "\"gateway\";q=6;w=3"),
+        (1, 60, "\"gateway\";q=60;w=60"),
+        (20, 10, "\"gateway\";q=20;w=1"),
+        (10, 25, "\"gateway\";q=30;w=3"),
     ];
     for (rate, burst, expected) in cases {
         let (limiter, _clock) = limiter(rate, burst);
@@ -318,18 +318,18 @@ fn evict_keeps_busy_clients() {
 fn ratelimit_value_fits_largest_numbers() {
     assert_eq!(
         super::ratelimit_value(u32::MAX, u64::MAX),
-        "\"default\";r=4294967295;t=18446744073709551615"
+        "\"gateway\";r=4294967295;t=18446744073709551615"
     );
-    assert_eq!(super::ratelimit_value(0, 1), "\"default\";r=0;t=1");
+    assert_eq!(super::ratelimit_value(0, 1), "\"gateway\";r=0;t=1");
 }
 
 #[test]
 fn ratelimit_value_cache_keeps_pairs_apart() {
     // 5 and 69 share a slot of the cache, and so do two refill times of one count.
     for _ in 0..2 {
-        assert_eq!(super::ratelimit_value(5, 1), "\"default\";r=5;t=1");
-        assert_eq!(super::ratelimit_value(69, 1), "\"default\";r=69;t=1");
-        assert_eq!(super::ratelimit_value(5, 2), "\"default\";r=5;t=2");
-        assert_eq!(super::ratelimit_value(5, 1), "\"default\";r=5;t=1");
+        assert_eq!(super::ratelimit_value(5, 1), "\"gateway\";r=5;t=1");
+        assert_eq!(super::ratelimit_value(69, 1), "\"gateway\";r=69;t=1");
+        assert_eq!(super::ratelimit_value(5, 2), "\"gateway\";r=5;t=2");
+        assert_eq!(super::ratelimit_value(5, 1), "\"gateway\";r=5;t=1");
     }
 }
