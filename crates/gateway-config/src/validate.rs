@@ -462,9 +462,16 @@ fn check_method(problems: &mut Problems, field: &str, method: &str) {
 
 fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitConfig) {
     if limit.requests_per_second == 0 {
+        // The values are checked while the limit is off too, so that turning it on later
+        // cannot fail.
+        let fix = if limit.enabled {
+            "set enabled: false to turn the limit off"
+        } else {
+            "the limit is off, but its values must still be valid: remove the field or set a rate"
+        };
         problems.push(
             format!("{field}.requests_per_second"),
-            "must be at least 1, got 0; set enabled: false to turn the limit off",
+            format!("must be at least 1, got 0; {fix}"),
         );
     }
     if limit.burst == 0 {

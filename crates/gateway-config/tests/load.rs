@@ -1272,3 +1272,24 @@ fn non_utf8_file_names_position() {
         "{message}"
     );
 }
+
+/// A zero rate is invalid whether the limit is on or off, and the fix fits each case.
+#[test]
+fn zero_rate_fix_fits_enabled() {
+    let routes = "routes:\n  - path: \"/a\"\n    backends: [{url: \"http://127.0.0.1:1\"}]\n";
+    let on = problems(&format!(
+        "{routes}rate_limiting: {{enabled: true, requests_per_second: 0}}\n"
+    ));
+    assert_eq!(on.len(), 1, "{on:#?}");
+    assert!(
+        on[0].ends_with("must be at least 1, got 0; set enabled: false to turn the limit off"),
+        "{on:#?}"
+    );
+
+    let off = problems(&format!(
+        "{routes}rate_limiting: {{enabled: false, requests_per_second: 0}}\n"
+    ));
+    assert_eq!(off.len(), 1, "{off:#?}");
+    assert!(off[0].contains("the limit is off"), "{off:#?}");
+    assert!(!off[0].contains("set enabled: false"), "{off:#?}");
+}
