@@ -258,6 +258,18 @@ impl RateLimitOverride {
             && self.key.is_none()
             && self.ipv6_prefix.is_none()
     }
+
+    /// Returns whether the field `name` is set.
+    pub(crate) fn sets(&self, name: &str) -> bool {
+        match name {
+            "enabled" => self.enabled.is_some(),
+            "requests_per_second" => self.requests_per_second.is_some(),
+            "burst" => self.burst.is_some(),
+            "key" => self.key.is_some(),
+            "ipv6_prefix" => self.ipv6_prefix.is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// A CORS policy.
@@ -318,6 +330,20 @@ pub struct CorsOverride {
 }
 
 impl CorsOverride {
+    /// Returns whether the field `name` is set.
+    pub(crate) fn sets(&self, name: &str) -> bool {
+        match name {
+            "enabled" => self.enabled.is_some(),
+            "allowed_origins" => self.allowed_origins.is_some(),
+            "allowed_methods" => self.allowed_methods.is_some(),
+            "allowed_headers" => self.allowed_headers.is_some(),
+            "exposed_headers" => self.exposed_headers.is_some(),
+            "allow_credentials" => self.allow_credentials.is_some(),
+            "max_age" => self.max_age.is_some(),
+            _ => false,
+        }
+    }
+
     /// Returns `base` with this override's fields applied.
     pub fn apply(&self, base: &CorsConfig) -> CorsConfig {
         CorsConfig {
@@ -390,6 +416,19 @@ pub struct HealthCheckOverride {
 }
 
 impl HealthCheckOverride {
+    /// Returns whether the field `name` is set.
+    pub(crate) fn sets(&self, name: &str) -> bool {
+        match name {
+            "enabled" => self.enabled.is_some(),
+            "path" => self.path.is_some(),
+            "interval" => self.interval.is_some(),
+            "timeout" => self.timeout.is_some(),
+            "unhealthy_threshold" => self.unhealthy_threshold.is_some(),
+            "healthy_threshold" => self.healthy_threshold.is_some(),
+            _ => false,
+        }
+    }
+
     /// Returns `base` with this override's fields applied.
     pub fn apply(&self, base: &HealthCheckConfig) -> HealthCheckConfig {
         HealthCheckConfig {

@@ -45,6 +45,34 @@ impl Problems {
         });
     }
 
+    /// Adds the problems `found` in a route's section `section`, except those that the
+    /// top-level section `top_section` has too (in `top`) in a field that the route does not
+    /// set: the top level reports those once.
+    fn add_own(
+        &mut self,
+        found: Problems,
+        section: &str,
+        top: &Problems,
+        top_section: &str,
+        sets: impl Fn(&str) -> bool,
+    ) {
+        for problem in found.0 {
+            let rest = problem.field.strip_prefix(section).unwrap_or_default();
+            let name = rest
+                .trim_start_matches('.')
+                .split(['.', '['])
+                .next()
+                .unwrap_or_default();
+            let inherited = top.0.iter().any(|other| {
+                other.message == problem.message
+                    && other.field.strip_prefix(top_section) == Some(rest)
+            });
+            if !inherited || sets(name) {
+                self.0.push(problem);
+            }
+        }
+    }
+
     /// Checks that a period such as a retention is not zero. `example` is a typical value.
     fn positive(&mut self, field: &str, value: Duration, example: &str) {
         if value.is_zero() {
@@ -205,17 +233,39 @@ impl Config {
                 check_method(problems, &format!("{field}.methods[{j}]"), method);
             }
 
+            // A route's sections are checked with the top-level values they inherit, but a
+            // problem the top level has too is reported there alone, unless the route sets
+            // that field itself.
             let rate_limit = route.effective_rate_limit(&self.rate_limiting);
             if !route.rate_limiting.is_empty() {
-                validate_rate_limit(problems, &format!("{field}.rate_limiting"), &rate_limit);
+                let section = format!("{field}.rate_limiting");
+                let mut found = Problems(Vec::new());
+                validate_rate_limit(&mut found, &section, &rate_limit);
+                let mut top = Problems(Vec::new());
+                validate_rate_limit(&mut top, "rate_limiting", &self.rate_limiting);
+                problems.add_own(found, &section, &top, "rate_limiting", |name| {
+                    route.rate_limiting.sets(name)
+                });
             }
             let cors = route.effective_cors(&self.cors);
             if cors != self.cors {
-                validate_cors(problems, &format!("{field}.cors"), &cors);
+                let section = format!("{field}.cors");
+                let mut found = Problems(Vec::new());
+                validate_cors(&mut found, &section, &cors);
+                let mut top = Problems(Vec::new());
+                validate_cors(&mut top, "cors", &self.cors);
+                problems.add_own(found, &section, &top, "cors", |name| route.cors.sets(name));
             }
             let health = route.effective_health_check(&self.health_check);
             if health != self.health_check {
-                validate_health_check(problems, &format!("{field}.health_check"), &health);
+                let section = format!("{field}.health_check");
+                let mut found = Problems(Vec::new());
+                validate_health_check(&mut found, &section, &health);
+                let mut top = Problems(Vec::new());
+                validate_health_check(&mut top, "health_check", &self.health_check);
+                problems.add_own(found, &section, &top, "health_check", |name| {
+                    route.health_check.sets(name)
+                });
             }
             let mut in_route: HashMap<String, usize> = HashMap::new();
             for (j, backend) in route.backends.iter().enumerate() {
@@ -462,8 +512,8 @@ fn check_method(problems: &mut Problems, field: &str, method: &str) {
 
 fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitConfig) {
     if limit.requests_per_second == 0 {
-        // The values are checked while the limit is off too, so that turning it on later
-        // cannot fail.
+        // The values are checked while the limit is off too, so that an invalid rate is
+        // found before the limit is turned on.
         let fix = if limit.enabled {
             "set enabled: false to turn the limit off"
         } else {

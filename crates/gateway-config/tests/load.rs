@@ -1293,3 +1293,40 @@ fn zero_rate_fix_fits_enabled() {
     assert!(off[0].contains("the limit is off"), "{off:#?}");
     assert!(!off[0].contains("set enabled: false"), "{off:#?}");
 }
+
+/// A route section inherits the top-level values it leaves out. A problem in one of those is
+/// reported once, at the top level, and a route that sets the field itself gets its own.
+#[test]
+fn inherited_problems_reported_once() {
+    let text = r#"
+rate_limiting: {requests_per_second: 0}
+cors:
+  allowed_origins: ["https://*.a.example"]
+  max_age: 1500ms
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    rate_limiting: {burst: 5}
+    cors: {enabled: true}
+  - path: "/b"
+    backends: [{url: "http://127.0.0.1:1"}]
+    rate_limiting: {requests_per_second: 0}
+    cors: {max_age: 2500ms}
+"#;
+    let found = problems(text);
+    let fields: Vec<&str> = found
+        .iter()
+        .map(|problem| problem.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "routes[1].rate_limiting.requests_per_second",
+            "routes[1].cors.max_age",
+            "rate_limiting.requests_per_second",
+            "cors.allowed_origins[0]",
+            "cors.max_age",
+        ],
+        "{found:#?}"
+    );
+}
