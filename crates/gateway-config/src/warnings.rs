@@ -15,7 +15,54 @@ impl Config {
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_cors(&mut warnings);
         self.warn_cors_methods(&mut warnings);
+        self.warn_networks(&mut warnings);
         warnings
+    }
+
+    /// Warns about address lists with an entry that matches no peer, the unspecified address
+    /// (`0.0.0.0` or `::` alone), and about trusting every peer as a proxy.
+    fn warn_networks(&self, warnings: &mut Vec<Problem>) {
+        let lists = [
+            (
+                "admin.allowed_clients",
+                &self.admin.allowed_clients,
+                "client",
+            ),
+            (
+                "server.trusted_proxies",
+                &self.server.trusted_proxies,
+                "proxy",
+            ),
+        ];
+        for (field, list, peer) in lists {
+            for (i, network) in list.iter().enumerate() {
+                if network.addr().is_unspecified()
+                    && network.prefix_len() == network.max_prefix_len()
+                {
+                    warnings.push(Problem {
+                        field: format!("{field}[{i}]"),
+                        message: format!(
+                            "{} is never a peer's address, so it matches no {peer}: list \
+                             addresses or networks, like 10.0.0.0/8, or write 0.0.0.0/0 and \
+                             ::/0 for every address",
+                            network.addr()
+                        ),
+                    });
+                }
+            }
+        }
+        for (i, network) in self.server.trusted_proxies.iter().enumerate() {
+            if network.prefix_len() == 0 {
+                warnings.push(Problem {
+                    field: format!("server.trusted_proxies[{i}]"),
+                    message: format!(
+                        "{network} trusts every peer as a proxy, so any client can choose its \
+                         own address with X-Forwarded-For, for admin access and for its rate \
+                         limit: list only the addresses of your proxies"
+                    ),
+                });
+            }
+        }
     }
 
     /// Warns about a route's `rate_limiting` fields when the route's rate limit is off. A route

@@ -222,3 +222,35 @@ fn cors_methods_disjoint_from_route_warns() {
     let found = warnings(&route_with("cors: {enabled: false}", "methods: [PATCH]"));
     assert!(found.is_empty(), "{found:#?}");
 }
+
+#[test]
+fn networks_that_match_no_peer_or_every_peer_warned() {
+    let found = warnings(
+        r#"
+server:
+  trusted_proxies: ["0.0.0.0/0", "::"]
+admin:
+  allowed_clients: ["0.0.0.0", "127.0.0.1"]
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+"#,
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "admin.allowed_clients[0]: 0.0.0.0 is never a peer's address, so it matches no client"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "server.trusted_proxies[1]: :: is never a peer's address, so it matches no proxy"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].starts_with("server.trusted_proxies[0]: 0.0.0.0/0 trusts every peer as a proxy"),
+        "{found:#?}"
+    );
+}
