@@ -411,11 +411,10 @@ routes:
     assert_eq!(live_state["total_requests"], 10, "{live_state}");
 }
 
-/// A request on a pooled connection whose backend dies while handling it is sent once more to
-/// that backend alone. The backend may have acted on it, so when it cannot be reached the
-/// client gets 502 rather than a second backend's response.
-#[tokio::test]
-async fn resend_never_reaches_second_backend() {
+/// Sends `method` to a gateway in front of `Dying` (weight 100) and `Other` (weight 1), on the
+/// connection to `Dying` that a warm-up left in the pool. `Dying` keeps the request for 2 s
+/// and is killed while it does. Returns the response and the requests `Other` served.
+async fn request_to_dying_backend(method: Method) -> (gateway_tests::Reply, serde_json::Value) {
     let mut dying = MockProcess::start("Dying");
     let other = MockProcess::start("Other");
     let gateway = GatewayProcess::start(&format!(
@@ -423,7 +422,7 @@ async fn resend_never_reaches_second_backend() {
 server:
   host: 127.0.0.1
   port: {{port}}
-  # One worker, so that the DELETE finds the connection the warm-up left in its pool.
+  # One worker, so that the request finds the connection the warm-up left in its pool.
   workers: 1
 request_log:
   enabled: false
@@ -446,68 +445,39 @@ routes:
     assert_eq!(warm.json()["server"], "Dying");
 
     let url = format!("{}/api/item/1?delay=2000", gateway.url);
-    let pending =
-        tokio::spawn(async move { request(Method::DELETE, &url, &[], Bytes::new()).await });
+    let pending = tokio::spawn(async move { request(method, &url, &[], Bytes::new()).await });
     let deadline = Instant::now() + Duration::from_secs(5);
     while backend_state(&gateway.url, &dying.url).await["in_flight"] != 1 {
-        assert!(Instant::now() < deadline, "the DELETE never reached Dying");
+        assert!(Instant::now() < deadline, "the request never reached Dying");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     dying.kill();
 
-    let reply = pending.await.expect("task").expect("DELETE");
+    let reply = pending.await.expect("task").expect("response");
+    let served = get(&format!("{}/_mock/stats", other.url)).await;
+    (reply, served.json()["requests"].clone())
+}
+
+/// A request on a pooled connection whose backend dies while handling it is sent once more to
+/// that backend alone. The backend may have acted on a DELETE, so when it cannot be reached
+/// the client gets 502 rather than a second backend's response.
+#[tokio::test]
+async fn resend_never_reaches_second_backend() {
+    let (reply, other_served) = request_to_dying_backend(Method::DELETE).await;
     assert_eq!(
         reply.status,
         502,
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let served = get(&format!("{}/_mock/stats", other.url)).await;
-    assert_eq!(served.json()["requests"], 0, "Other got the DELETE");
+    assert_eq!(other_served, 0, "Other got the DELETE");
 }
 
-/// A GET asks for no change, so when its resend cannot reach the backend that died while
+/// A GET requests no change, so when its resend cannot reach the backend that died while
 /// handling it, another backend serves it.
 #[tokio::test]
 async fn safe_resend_reaches_second_backend() {
-    let mut dying = MockProcess::start("Dying");
-    let other = MockProcess::start("Other");
-    let gateway = GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  # One worker, so that the GET finds the connection the warm-up left in its pool.
-  workers: 1
-request_log:
-  enabled: false
-health_check:
-  enabled: false
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{dying}"
-        weight: 100
-      - url: "{other}"
-        weight: 1
-"#,
-        dying = dying.url,
-        other = other.url
-    ));
-
-    let warm = get(&format!("{}/api/warm", gateway.url)).await;
-    assert_eq!(warm.json()["server"], "Dying");
-
-    let url = format!("{}/api/item/1?delay=2000", gateway.url);
-    let pending = tokio::spawn(async move { request(Method::GET, &url, &[], Bytes::new()).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend_state(&gateway.url, &dying.url).await["in_flight"] != 1 {
-        assert!(Instant::now() < deadline, "the GET never reached Dying");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    dying.kill();
-
-    let reply = pending.await.expect("task").expect("GET");
+    let (reply, other_served) = request_to_dying_backend(Method::GET).await;
     assert_eq!(
         reply.status,
         200,
@@ -515,6 +485,7 @@ routes:
         String::from_utf8_lossy(&reply.body)
     );
     assert_eq!(reply.json()["server"], "Other");
+    assert_eq!(other_served, 1);
 }
 
 /// A backend whose health endpoint fails leaves rotation after `unhealthy_threshold` checks,

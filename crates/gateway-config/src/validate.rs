@@ -37,6 +37,26 @@ pub(crate) const MAX_WORKERS: usize = 1024;
 
 struct Problems(Vec<Problem>);
 
+/// A section of a route that overrides the top-level section of the same name.
+struct Section<'a> {
+    /// The section's name at the top level, such as `cors`.
+    name: &'static str,
+    /// The section's path in the file, such as `routes[2].cors`.
+    path: String,
+    /// Returns whether the route sets the field of this name.
+    sets: &'a dyn Fn(&str) -> bool,
+}
+
+impl<'a> Section<'a> {
+    fn new(route: &str, name: &'static str, sets: &'a dyn Fn(&str) -> bool) -> Section<'a> {
+        Section {
+            name,
+            path: format!("{route}.{name}"),
+            sets,
+        }
+    }
+}
+
 impl Problems {
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
@@ -45,29 +65,35 @@ impl Problems {
         });
     }
 
-    /// Adds the problems `found` in a route's section `section`, except those that the
-    /// top-level section `top_section` has too (in `top`) in a field that the route does not
-    /// set: the top level reports those once.
-    fn add_own(
+    /// Checks a route's `section` with `validate`, given its values with the top level's
+    /// applied (`effective`) and the top level's own (`top`). A problem that the top level has
+    /// too, in a field that the route does not set, is left to the top level's report.
+    fn check_section<T>(
         &mut self,
-        found: Problems,
-        section: &str,
-        top: &Problems,
-        top_section: &str,
-        sets: impl Fn(&str) -> bool,
+        section: &Section<'_>,
+        effective: &T,
+        top: &T,
+        validate: fn(&mut Problems, &str, &T),
     ) {
+        let mut found = Problems(Vec::new());
+        validate(&mut found, &section.path, effective);
+        let mut inherited = Problems(Vec::new());
+        validate(&mut inherited, section.name, top);
         for problem in found.0 {
-            let rest = problem.field.strip_prefix(section).unwrap_or_default();
+            let rest = problem
+                .field
+                .strip_prefix(&section.path)
+                .unwrap_or_default();
             let name = rest
                 .trim_start_matches('.')
                 .split(['.', '['])
                 .next()
                 .unwrap_or_default();
-            let inherited = top.0.iter().any(|other| {
+            let reported = inherited.0.iter().any(|other| {
                 other.message == problem.message
-                    && other.field.strip_prefix(top_section) == Some(rest)
+                    && other.field.strip_prefix(section.name) == Some(rest)
             });
-            if !inherited || sets(name) {
+            if !reported || (section.sets)(name) {
                 self.0.push(problem);
             }
         }
@@ -233,39 +259,36 @@ impl Config {
                 check_method(problems, &format!("{field}.methods[{j}]"), method);
             }
 
-            // A route's sections are checked with the top-level values they inherit, but a
-            // problem the top level has too is reported there alone, unless the route sets
-            // that field itself.
-            let rate_limit = route.effective_rate_limit(&self.rate_limiting);
+            // A route's sections are checked with the top-level values they inherit.
             if !route.rate_limiting.is_empty() {
-                let section = format!("{field}.rate_limiting");
-                let mut found = Problems(Vec::new());
-                validate_rate_limit(&mut found, &section, &rate_limit);
-                let mut top = Problems(Vec::new());
-                validate_rate_limit(&mut top, "rate_limiting", &self.rate_limiting);
-                problems.add_own(found, &section, &top, "rate_limiting", |name| {
-                    route.rate_limiting.sets(name)
-                });
+                problems.check_section(
+                    &Section::new(&field, "rate_limiting", &|name| {
+                        route.rate_limiting.sets(name)
+                    }),
+                    &route.effective_rate_limit(&self.rate_limiting),
+                    &self.rate_limiting,
+                    validate_rate_limit,
+                );
             }
             let cors = route.effective_cors(&self.cors);
             if cors != self.cors {
-                let section = format!("{field}.cors");
-                let mut found = Problems(Vec::new());
-                validate_cors(&mut found, &section, &cors);
-                let mut top = Problems(Vec::new());
-                validate_cors(&mut top, "cors", &self.cors);
-                problems.add_own(found, &section, &top, "cors", |name| route.cors.sets(name));
+                problems.check_section(
+                    &Section::new(&field, "cors", &|name| route.cors.sets(name)),
+                    &cors,
+                    &self.cors,
+                    validate_cors,
+                );
             }
             let health = route.effective_health_check(&self.health_check);
             if health != self.health_check {
-                let section = format!("{field}.health_check");
-                let mut found = Problems(Vec::new());
-                validate_health_check(&mut found, &section, &health);
-                let mut top = Problems(Vec::new());
-                validate_health_check(&mut top, "health_check", &self.health_check);
-                problems.add_own(found, &section, &top, "health_check", |name| {
-                    route.health_check.sets(name)
-                });
+                problems.check_section(
+                    &Section::new(&field, "health_check", &|name| {
+                        route.health_check.sets(name)
+                    }),
+                    &health,
+                    &self.health_check,
+                    validate_health_check,
+                );
             }
             let mut in_route: HashMap<String, usize> = HashMap::new();
             for (j, backend) in route.backends.iter().enumerate() {
