@@ -223,10 +223,32 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
         .strip_suffix(" as u128")
         .or_else(|| found.strip_suffix(" as i128"))
         .unwrap_or(found);
+    let hint = leading_zero_hint(found);
     let found = yaml_value(found);
     Some(format!(
-        "must be {whole}between {min} and {max}, got {found}"
+        "must be {whole}between {min} and {max}, got {found}{hint}"
     ))
+}
+
+/// Returns a hint for a string of digits with a leading zero, such as `"010"`, which the
+/// YAML parser reads as text rather than as a number.
+fn leading_zero_hint(found: &str) -> String {
+    let digits = found
+        .strip_prefix("string \"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .filter(|digits| {
+            digits.len() > 1
+                && digits.starts_with('0')
+                && digits.bytes().all(|b| b.is_ascii_digit())
+        });
+    match digits {
+        Some(digits) => {
+            let number = digits.trim_start_matches('0');
+            let number = if number.is_empty() { "0" } else { number };
+            format!(": a number with a leading zero is read as text, so write {number}")
+        }
+        None => String::new(),
+    }
 }
 
 /// Rewrites serde's `invalid type: FOUND, expected WHAT` in YAML terms, as `must be WHAT, got
@@ -413,6 +435,20 @@ mod tests {
                 None
             ),
             "must be a whole number between 1 and 65535, got string \"abc\""
+        );
+    }
+
+    #[test]
+    fn leading_zero_gets_hint() {
+        assert_eq!(
+            explain(
+                "invalid type: string \"010\", expected u32",
+                "rate_limiting.burst",
+                "",
+                None
+            ),
+            "must be a whole number between 1 and 4294967295, got string \"010\": a number \
+             with a leading zero is read as text, so write 10"
         );
     }
 
