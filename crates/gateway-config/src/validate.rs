@@ -89,10 +89,12 @@ impl Problems {
                 .split(['.', '['])
                 .next()
                 .unwrap_or_default();
-            let reported = inherited.0.iter().any(|other| {
-                other.message == problem.message
-                    && other.field.strip_prefix(section.name) == Some(rest)
-            });
+            // Compared by field alone: the message may differ with a value the route sets,
+            // such as `enabled`, while the fix belongs to the top level all the same.
+            let reported = inherited
+                .0
+                .iter()
+                .any(|other| other.field.strip_prefix(section.name) == Some(rest));
             if !reported || (section.sets)(name) {
                 self.0.push(problem);
             }

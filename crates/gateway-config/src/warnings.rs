@@ -2,6 +2,7 @@
 
 use crate::Problem;
 use crate::model::{Config, DEFAULT_IPV6_PREFIX, RateLimitKey};
+use ipnet::{IpNet, Ipv4Net};
 
 /// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
 const ORIGIN_EXAMPLE: &str = "https://app.example.com";
@@ -36,6 +37,7 @@ impl Config {
         ];
         for (field, list, peer) in lists {
             for (i, network) in list.iter().enumerate() {
+                let network = canonical(*network);
                 if network.addr().is_unspecified()
                     && network.prefix_len() == network.max_prefix_len()
                 {
@@ -51,12 +53,17 @@ impl Config {
                 }
             }
         }
-        for (i, network) in self.server.trusted_proxies.iter().enumerate() {
+        for (i, written) in self.server.trusted_proxies.iter().enumerate() {
+            let network = canonical(*written);
             if network.prefix_len() == 0 {
+                let peers = match (written, network) {
+                    (IpNet::V6(_), IpNet::V4(_)) => "IPv4 peer",
+                    _ => "peer",
+                };
                 warnings.push(Problem {
                     field: format!("server.trusted_proxies[{i}]"),
                     message: format!(
-                        "{network} trusts every peer as a proxy, so any client can choose its \
+                        "{written} trusts every {peers} as a proxy, so any client can choose its \
                          own address with X-Forwarded-For, for admin access and for its rate \
                          limit: list only the addresses of your proxies"
                     ),
@@ -227,5 +234,19 @@ impl Config {
                 ),
             });
         }
+    }
+}
+
+/// Returns `network` as the gateway compares addresses: a network of IPv4-mapped IPv6
+/// addresses (`::ffff:0.0.0.0/96`) as the IPv4 network it covers.
+fn canonical(network: IpNet) -> IpNet {
+    let IpNet::V6(v6) = network else {
+        return network;
+    };
+    match v6.network().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .map(IpNet::V4)
+            .unwrap_or(network),
+        _ => network,
     }
 }

@@ -1330,3 +1330,22 @@ routes:
         "{found:#?}"
     );
 }
+
+/// An inherited problem stays with the top level even when the route changes its message,
+/// here by turning the limit on.
+#[test]
+fn inherited_problem_with_other_message_reported_once() {
+    let text = r#"
+rate_limiting: {enabled: false, requests_per_second: 0}
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    rate_limiting: {enabled: true}
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("rate_limiting.requests_per_second: "),
+        "{found:#?}"
+    );
+}

@@ -254,3 +254,28 @@ routes:
         "{found:#?}"
     );
 }
+
+/// The gateway compares IPv4-mapped IPv6 addresses as IPv4, so the warnings do too.
+#[test]
+fn mapped_networks_warned_as_ipv4() {
+    let found = warnings(
+        r#"
+server:
+  trusted_proxies: ["::ffff:0.0.0.0/96", "::ffff:0.0.0.0"]
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+"#,
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("server.trusted_proxies[1]: 0.0.0.0 is never a peer's address"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "server.trusted_proxies[0]: ::ffff:0.0.0.0/96 trusts every IPv4 peer as a proxy"
+        ),
+        "{found:#?}"
+    );
+}
