@@ -682,12 +682,57 @@ fn check_origin(origin: &str) -> Result<(), String> {
             None => (authority, None),
         },
     };
+    if !host.is_ascii() {
+        return Err(invalid(
+            "browsers send a host name outside ASCII in its xn-- form (IDNA), so write that",
+        ));
+    }
     let host_valid = !host.is_empty()
         && host.bytes().all(|byte| {
             byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':')
         });
     if !host_valid {
         return Err(invalid("the host is missing or not valid"));
+    }
+    // Browsers send the host as the URL standard writes it: an IPv6 address in its shortest
+    // form, an IPv4 address as four decimal numbers, a port without leading zeros.
+    let written = |host: &str, port: Option<&str>| {
+        let port = port.map(|port| port.trim_start_matches('0'));
+        match port {
+            Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+            _ => format!("{scheme}://{host}"),
+        }
+    };
+    let never = |fix: String| {
+        format!(
+            "origin {origin:?} would match no request, because browsers write it \
+             otherwise: write {fix:?}"
+        )
+    };
+    if let Ok(address) = host.parse::<std::net::Ipv6Addr>() {
+        let shortest = match address.to_ipv4_mapped() {
+            // The URL standard writes the last 32 bits in hexadecimal too.
+            Some(_) => {
+                let segments = address.segments();
+                format!("::ffff:{:x}:{:x}", segments[6], segments[7])
+            }
+            None => address.to_string(),
+        };
+        if !shortest.eq_ignore_ascii_case(host) {
+            return Err(never(written(&format!("[{shortest}]"), port)));
+        }
+    } else if ends_in_number(host)
+        && host
+            .parse::<std::net::Ipv4Addr>()
+            .map(|ip| ip.to_string())
+            .ok()
+            .as_deref()
+            != Some(host)
+    {
+        return Err(invalid(
+            "browsers read a host that ends in a number as an IPv4 address and write it as \
+             four decimal numbers without leading zeros, like 127.0.0.1",
+        ));
     }
     if let Some(port) = port {
         let number = port
@@ -709,8 +754,24 @@ fn check_origin(origin: &str) -> Result<(), String> {
                  default port: write {without:?}"
             ));
         }
+        if port.starts_with('0') {
+            let host = &origin[scheme.len() + 3..origin.len() - port.len() - 1];
+            return Err(never(written(host, Some(port))));
+        }
     }
     Ok(())
+}
+
+/// Returns whether the last label of `host` is a number (decimal, or hexadecimal after `0x`),
+/// which makes the URL standard read the host as an IPv4 address.
+fn ends_in_number(host: &str) -> bool {
+    let last = host.strip_suffix('.').unwrap_or(host);
+    let last = last.rsplit('.').next().unwrap_or(last);
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthCheckConfig) {

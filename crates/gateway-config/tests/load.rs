@@ -1097,6 +1097,30 @@ fn origin_that_matches_nothing_rejected() {
         ("a.example", "it has no scheme"),
         ("https://[::1", "the IPv6 address has no closing bracket"),
         ("https://", "the host is missing or not valid"),
+        ("http://a.example:09700", "write \"http://a.example:9700\""),
+        (
+            "http://[0:0:0:0:0:0:0:1]:9705",
+            "write \"http://[::1]:9705\"",
+        ),
+        ("http://[::1]:09700", "write \"http://[::1]:9700\""),
+        (
+            "http://[::FFFF:127.0.0.1]",
+            "write \"http://[::ffff:7f00:1]\"",
+        ),
+        ("http://127.1", "four decimal numbers without leading zeros"),
+        (
+            "http://0x7f.0.0.1",
+            "four decimal numbers without leading zeros",
+        ),
+        (
+            "http://010.0.0.1",
+            "four decimal numbers without leading zeros",
+        ),
+        (
+            "http://127.000.000.001",
+            "four decimal numbers without leading zeros",
+        ),
+        ("https://bücher.example", "xn-- form"),
     ];
     for (origin, fix) in cases {
         let text = format!(
@@ -1118,7 +1142,7 @@ routes:
     backends: [{url: "http://127.0.0.1:1"}]
 cors:
   enabled: true
-  allowed_origins: ["https://a.example:8443", "http://localhost:3000", "http://[::1]:8080", "https://B.Example"]
+  allowed_origins: ["https://a.example:8443", "http://localhost:3000", "http://[::1]:8080", "https://B.Example", "http://127.0.0.1:3000", "https://xn--bcher-kva.example", "http://[2001:DB8::1]", "http://10.0.0.1"]
 "#;
     Config::from_yaml(valid, "test.yaml").unwrap();
 }
