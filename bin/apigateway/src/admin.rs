@@ -68,6 +68,16 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
     })
 }
 
+/// Returns a hint for a query value with a space: a query string reads `+` as a space, so a
+/// timestamp's `+01:00` arrives as ` 01:00`.
+fn plus_hint(value: &str) -> &'static str {
+    if value.contains(' ') {
+        " (a + in a query string reads as a space: write it as %2B)"
+    } else {
+        ""
+    }
+}
+
 /// Builds an admin error response. Like every admin response, it is not to be stored: a 404
 /// or 405 may otherwise be cached without being marked cacheable (RFC 9111 section 4.2.2).
 fn admin_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -199,14 +209,7 @@ fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
             "since" => {
                 reject_zero_duration("since", &value).map_err(bad_parameter)?;
                 let since = parse_start_time(&value, now_us).map_err(|error| {
-                    // A query string reads `+` as a space, so a timestamp's `+01:00` arrives
-                    // as ` 01:00`.
-                    let hint = if value.contains(' ') {
-                        " (a + in a query string reads as a space: write it as %2B)"
-                    } else {
-                        ""
-                    };
-                    bad_parameter(format!("since: {error}{hint}"))
+                    bad_parameter(format!("since: {error}{}", plus_hint(&value)))
                 })?;
                 filter.since_us = Some(since);
             }
@@ -224,7 +227,8 @@ fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
 async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let window = stats_window(query)?;
-    let since = parse_window(&window, now_us()).map_err(bad_parameter)?;
+    let since = parse_window(&window, now_us())
+        .map_err(|error| bad_parameter(format!("{error}{}", plus_hint(&window))))?;
     let reader = state.reader.clone();
     let stats = one_at_a_time(state, async move { reader.stats(since).await }).await?;
     Ok(json_response(
@@ -476,13 +480,19 @@ mod tests {
     }
 
     #[test]
+    fn decoded_plus_gets_hint() {
+        assert!(plus_hint("2025-01-31T12:00:00 01:00").contains("%2B"));
+        assert_eq!(plus_hint("2025-01-31T12:00:00Z"), "");
+    }
+
+    #[test]
     fn zero_and_invalid_windows_share_hint() {
         let zero = parse_window("0s", NOW_US).unwrap_err();
         let zero_minutes = parse_window("0m", NOW_US).unwrap_err();
         let invalid = parse_window("soon", NOW_US).unwrap_err();
         assert!(zero.contains("longer than zero"), "{zero}");
         assert!(zero_minutes.contains("longer than zero"), "{zero_minutes}");
-        let hint = "write a duration like 5m or 1h, or a start time like";
+        let hint = "write a duration like 5m or 1h, or a start time with its zone like";
         for message in [&zero, &zero_minutes, &invalid] {
             assert!(message.contains(hint), "{message}");
         }

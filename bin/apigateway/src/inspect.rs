@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The fix quoted by every message about an invalid stats window or a zero `since`.
-const WINDOW_HINT: &str =
-    "write a duration like 5m or 1h, or a start time like 2025-01-31T12:00:00Z";
+const WINDOW_HINT: &str = "write a duration like 5m or 1h, or a start time with its zone \
+     like 2025-01-31T12:00:00Z or 2025-01-31T13:00:00+01:00";
 
 /// A failure of a read command.
 #[derive(Debug, thiserror::Error)]

@@ -51,7 +51,9 @@ pub fn parse_since(text: &str, now_us: i64) -> Result<i64, StoreError> {
     if !has_utc_suffix(text) {
         return Err(invalid());
     }
-    humantime::parse_rfc3339_weak(text)
+    // humantime reads only an uppercase `T` and `Z`, which RFC 3339 allows in lowercase too.
+    let upper = text.to_ascii_uppercase();
+    humantime::parse_rfc3339_weak(&upper)
         .map(unix_micros)
         .map_err(|_| invalid())
 }
@@ -63,11 +65,19 @@ fn has_utc_suffix(text: &str) -> bool {
         return false;
     };
     let rest = match rest.strip_prefix('.') {
-        Some(fraction) => fraction.trim_start_matches(|c: char| c.is_ascii_digit()),
+        Some(fraction) => {
+            let after = fraction.trim_start_matches(|c: char| c.is_ascii_digit());
+            // A fraction has at least one digit.
+            if after.len() == fraction.len() {
+                return false;
+            }
+            after
+        }
         None => rest,
     };
-    // RFC 3339 requires a zone, so a time without one is not read as UTC.
-    matches!(rest, "Z" | "+00:00")
+    // RFC 3339 requires a zone, so a time without one is not read as UTC. It allows a
+    // lowercase `z` (section 5.6).
+    matches!(rest, "Z" | "z" | "+00:00")
 }
 
 #[cfg(test)]
@@ -94,6 +104,7 @@ mod tests {
             "2023-11-14T22:13:20Z",
             "2023-11-14T22:13:20+00:00",
             "2023-11-14T22:13:20.000000Z",
+            "2023-11-14t22:13:20z",
         ] {
             assert_eq!(parse_since(text, 0).unwrap(), expected, "{text}");
         }
@@ -114,6 +125,7 @@ mod tests {
             "2023-11-14T22:13:20+02:00",
             "2023-11-14T22:13:20.5+02:00",
             "2023-11-14T22:13:20Zjunk",
+            "2023-11-14T22:13:20.Z",
             // Without a zone the time could be anyone's local time.
             "2023-11-14T22:13:20",
             "2023-11-14 22:13:20",
