@@ -95,8 +95,17 @@ impl Problems {
                 .0
                 .iter()
                 .any(|other| other.field.strip_prefix(section.name) == Some(rest));
-            if !reported || (section.sets)(name) {
+            if (section.sets)(name) {
                 self.0.push(problem);
+            } else if !reported {
+                // A value the route inherits that fails only with the route's own values.
+                self.0.push(Problem {
+                    message: format!(
+                        "{} (this value comes from the top-level {})",
+                        problem.message, section.name
+                    ),
+                    ..problem
+                });
             }
         }
     }

@@ -1373,3 +1373,28 @@ routes:
         "{found:#?}"
     );
 }
+
+/// A top-level value that fails only with a route's own values is reported at the route,
+/// saying where the value comes from.
+#[test]
+fn inherited_value_failing_in_route_named() {
+    let text = r#"
+cors:
+  allowed_origins: ["https://app.example"]
+  exposed_headers: ["*"]
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    cors: {allow_credentials: true}
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].cors.exposed_headers: "),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].ends_with("(this value comes from the top-level cors)"),
+        "{found:#?}"
+    );
+}
