@@ -98,7 +98,8 @@ impl Problems {
             if (section.sets)(name) {
                 self.0.push(problem);
             } else if !reported {
-                // A value the route inherits that fails only with the route's own values.
+                // The inherited value fails only with the route's own values, so the route
+                // reports it, saying where the value comes from.
                 self.0.push(Problem {
                     message: format!(
                         "{} (this value comes from the top-level {})",
@@ -651,9 +652,11 @@ fn check_origin(origin: &str) -> Result<(), String> {
              https://app.example.com, or \"*\""
         )
     };
+
     let Some((scheme, authority)) = origin.split_once("://") else {
         return Err(invalid("it has no scheme"));
     };
+
     let default_port = if scheme.eq_ignore_ascii_case("https") {
         "443"
     } else if scheme.eq_ignore_ascii_case("http") {
@@ -661,6 +664,7 @@ fn check_origin(origin: &str) -> Result<(), String> {
     } else {
         return Err(invalid("the scheme must be http or https"));
     };
+
     if let Some(extra) = authority.find(['/', '?', '#']) {
         let reason = match authority.as_bytes()[extra] {
             b'/' => "an origin has no path",
@@ -669,9 +673,11 @@ fn check_origin(origin: &str) -> Result<(), String> {
         };
         return Err(invalid(reason));
     }
+
     if authority.contains('@') {
         return Err(invalid("an origin has no user information"));
     }
+
     let (host, port) = match authority.strip_prefix('[') {
         Some(bracketed) => {
             let Some((address, rest)) = bracketed.split_once(']') else {
@@ -691,11 +697,13 @@ fn check_origin(origin: &str) -> Result<(), String> {
             None => (authority, None),
         },
     };
+
     if !host.is_ascii() {
         return Err(invalid(
             "browsers send a host name outside ASCII in its xn-- form (IDNA), so write that",
         ));
     }
+
     let host_valid = !host.is_empty()
         && host.bytes().all(|byte| {
             byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':')
@@ -703,6 +711,7 @@ fn check_origin(origin: &str) -> Result<(), String> {
     if !host_valid {
         return Err(invalid("the host is missing or not valid"));
     }
+
     // Browsers send the host as the URL standard writes it: an IPv6 address in its shortest
     // form, an IPv4 address as four decimal numbers, a port without leading zeros.
     let written = |host: &str, port: Option<&str>| {
@@ -718,6 +727,7 @@ fn check_origin(origin: &str) -> Result<(), String> {
              otherwise: write {fix:?}"
         )
     };
+
     if let Ok(address) = host.parse::<std::net::Ipv6Addr>() {
         let shortest = match address.to_ipv4_mapped() {
             // The URL standard writes the last 32 bits in hexadecimal too.
@@ -743,6 +753,7 @@ fn check_origin(origin: &str) -> Result<(), String> {
              four decimal numbers without leading zeros, like 127.0.0.1",
         ));
     }
+
     if let Some(port) = port {
         let number = port
             .bytes()

@@ -224,7 +224,7 @@ fn cors_methods_disjoint_from_route_warns() {
 }
 
 #[test]
-fn networks_that_match_no_peer_or_every_peer_warned() {
+fn unmatched_or_open_networks_warned() {
     let found = warnings(
         r#"
 server:
