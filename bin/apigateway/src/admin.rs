@@ -68,10 +68,17 @@ pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Respons
     })
 }
 
-/// Returns a hint for a query value with a space: a query string reads `+` as a space, so a
-/// timestamp's `+01:00` arrives as ` 01:00`.
+/// Returns a hint for a query value that ends in a space and an offset: a query string reads
+/// `+` as a space, so a timestamp's `+01:00` arrives as ` 01:00`.
 fn plus_hint(value: &str) -> &'static str {
-    if value.contains(' ') {
+    let offset = value.len().checked_sub(6).and_then(|at| value.get(at..));
+    let decoded_plus = offset.is_some_and(|offset| {
+        let bytes = offset.as_bytes();
+        bytes[0] == b' '
+            && bytes[3] == b':'
+            && [1, 2, 4, 5].iter().all(|&i| bytes[i].is_ascii_digit())
+    });
+    if decoded_plus {
         " (a + in a query string reads as a space: write it as %2B)"
     } else {
         ""
@@ -483,6 +490,8 @@ mod tests {
     fn decoded_plus_gets_hint() {
         assert!(plus_hint("2025-01-31T12:00:00 01:00").contains("%2B"));
         assert_eq!(plus_hint("2025-01-31T12:00:00Z"), "");
+        // A space in place of the `T` is no decoded `+`.
+        assert_eq!(plus_hint("2025-01-31 12:00:00"), "");
     }
 
     #[test]

@@ -242,11 +242,8 @@ fn leading_zero_hint(found: &str) -> String {
                 && digits.bytes().all(|b| b.is_ascii_digit())
         });
     match digits {
-        Some(digits) => {
-            let number = digits.trim_start_matches('0');
-            let number = if number.is_empty() { "0" } else { number };
-            format!(": a number with a leading zero is read as text, so write {number}")
-        }
+        Some(_) => ": a number with a leading zero is read as text, so write it without the zero"
+            .to_owned(),
         None => String::new(),
     }
 }
@@ -448,7 +445,7 @@ mod tests {
                 None
             ),
             "must be a whole number between 1 and 4294967295, got string \"010\": a number \
-             with a leading zero is read as text, so write 10"
+             with a leading zero is read as text, so write it without the zero"
         );
     }
 

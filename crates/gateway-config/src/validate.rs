@@ -699,8 +699,9 @@ fn check_origin(origin: &str) -> Result<(), String> {
     };
 
     if !host.is_ascii() {
-        return Err(invalid(
-            "browsers send a host name outside ASCII in its xn-- form (IDNA), so write that",
+        return Err(format!(
+            "invalid origin {origin:?}: browsers send a host name outside ASCII in its ASCII \
+             form (IDNA, with xn-- labels), so write that form"
         ));
     }
 
@@ -712,23 +713,28 @@ fn check_origin(origin: &str) -> Result<(), String> {
         return Err(invalid("the host is missing or not valid"));
     }
 
-    // Browsers send the host as the URL standard writes it: an IPv6 address in its shortest
-    // form, an IPv4 address as four decimal numbers, a port without leading zeros.
-    let written = |host: &str, port: Option<&str>| {
-        let port = port.map(|port| port.trim_start_matches('0'));
-        match port {
-            Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
-            _ => format!("{scheme}://{host}"),
+    // The port first, so that a form to write is offered only with a valid port. Browsers
+    // leave out an empty port, as they leave out the default one.
+    let port = match port {
+        None | Some("") => None,
+        Some(port) => {
+            let number = port
+                .bytes()
+                .all(|byte| byte.is_ascii_digit())
+                .then(|| port.parse::<u16>().ok())
+                .flatten()
+                .filter(|&number| number > 0);
+            let Some(number) = number else {
+                return Err(invalid("the port must be a number from 1 to 65535"));
+            };
+            Some(number)
         }
     };
-    let never = |fix: String| {
-        format!(
-            "origin {origin:?} would match no request, because browsers write it \
-             otherwise: write {fix:?}"
-        )
-    };
 
-    if let Ok(address) = host.parse::<std::net::Ipv6Addr>() {
+    // Browsers send the host and port as the URL standard writes them. An IPv6 address is in
+    // its shortest form, and a host that ends in a number is a dotted-decimal IPv4 address.
+    // A port has no leading zeros, and the scheme's default is left out.
+    let host = if let Ok(address) = host.parse::<std::net::Ipv6Addr>() {
         let shortest = match address.to_ipv4_mapped() {
             // The URL standard writes the last 32 bits in hexadecimal too.
             Some(_) => {
@@ -737,49 +743,78 @@ fn check_origin(origin: &str) -> Result<(), String> {
             }
             None => address.to_string(),
         };
-        if !shortest.eq_ignore_ascii_case(host) {
-            return Err(never(written(&format!("[{shortest}]"), port)));
-        }
-    } else if ends_in_number(host)
-        && host
-            .parse::<std::net::Ipv4Addr>()
-            .map(|ip| ip.to_string())
-            .ok()
-            .as_deref()
-            != Some(host)
-    {
-        return Err(invalid(
-            "browsers read a host that ends in a number as an IPv4 address and write it as \
-             four decimal numbers without leading zeros, like 127.0.0.1",
+        format!("[{shortest}]")
+    } else if ends_in_number(host) {
+        let Some(address) = url_ipv4(host) else {
+            return Err(format!(
+                "invalid origin {origin:?}: browsers reject a host that ends in a number \
+                 unless it is an IPv4 address, so write an address like 127.0.0.1 or a name"
+            ));
+        };
+        address.to_string()
+    } else {
+        host.to_owned()
+    };
+    let default_port = default_port.parse::<u16>().ok();
+    let written = match port.filter(|&port| Some(port) != default_port) {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    };
+    if !written.eq_ignore_ascii_case(origin) {
+        let reason = if port.is_some() && port == default_port {
+            "browsers leave out the default port"
+        } else {
+            "browsers write it otherwise"
+        };
+        return Err(format!(
+            "origin {origin:?} would match no request, because {reason}: write {written:?}"
         ));
     }
-
-    if let Some(port) = port {
-        let number = port
-            .bytes()
-            .all(|byte| byte.is_ascii_digit())
-            .then(|| port.parse::<u16>().ok())
-            .flatten()
-            .filter(|&number| number > 0);
-        if number.is_none() {
-            return Err(invalid("the port must be a number from 1 to 65535"));
-        }
-        if port.trim_start_matches('0') == default_port {
-            let without = format!(
-                "{scheme}://{}",
-                &origin[scheme.len() + 3..origin.len() - port.len() - 1]
-            );
-            return Err(format!(
-                "origin {origin:?} would match no request, because browsers leave out the \
-                 default port: write {without:?}"
-            ));
-        }
-        if port.starts_with('0') {
-            let host = &origin[scheme.len() + 3..origin.len() - port.len() - 1];
-            return Err(never(written(host, Some(port))));
-        }
-    }
     Ok(())
+}
+
+/// Reads `host`, which ends in a number, as the URL standard reads an IPv4 address: up to four
+/// dot-separated numbers in decimal, octal (a leading `0`) or hexadecimal (`0x`), the last
+/// filling the remaining bytes. Returns `None` where browsers reject the host.
+fn url_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut numbers = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        let number = match digits {
+            "" if radix == 16 => 0,
+            "" => return None,
+            digits => u64::from_str_radix(digits, radix).ok()?,
+        };
+        numbers.push(number);
+    }
+    let last = numbers.pop()?;
+    if numbers.iter().any(|&number| number > 255) {
+        return None;
+    }
+    let free_bytes = 4 - numbers.len() as u32;
+    if last >= 256u64.pow(free_bytes) {
+        return None;
+    }
+    let leading = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, &number)| number << (8 * (3 - i as u32)))
+        .sum::<u64>();
+    u32::try_from(leading + last)
+        .ok()
+        .map(std::net::Ipv4Addr::from)
 }
 
 /// Returns whether the last label of `host` is a number (decimal, or hexadecimal after `0x`),

@@ -1083,10 +1083,7 @@ fn origin_that_matches_nothing_rejected() {
             "https://user@c.example",
             "an origin has no user information",
         ),
-        (
-            "https://d.example:",
-            "the port must be a number from 1 to 65535",
-        ),
+        ("https://d.example:", "write \"https://d.example\""),
         (
             "https://a.example:99999",
             "the port must be a number from 1 to 65535",
@@ -1107,20 +1104,24 @@ fn origin_that_matches_nothing_rejected() {
             "http://[::FFFF:127.0.0.1]",
             "write \"http://[::ffff:7f00:1]\"",
         ),
-        ("http://127.1", "four decimal numbers without leading zeros"),
+        ("http://127.1", "write \"http://127.0.0.1\""),
+        ("http://0x7f.0.0.1", "write \"http://127.0.0.1\""),
+        ("http://010.0.0.1", "write \"http://8.0.0.1\""),
+        ("http://127.000.000.001", "write \"http://127.0.0.1\""),
+        ("http://2130706433:80", "write \"http://127.0.0.1\""),
+        ("http://127.0.0.1.", "write \"http://127.0.0.1\""),
+        ("http://256.0.0.1", "unless it is an IPv4 address"),
+        ("http://1.2.3.4.5", "unless it is an IPv4 address"),
+        ("http://09.0.0.1", "unless it is an IPv4 address"),
         (
-            "http://0x7f.0.0.1",
-            "four decimal numbers without leading zeros",
+            "http://[0::1]:99999",
+            "the port must be a number from 1 to 65535",
         ),
         (
-            "http://010.0.0.1",
-            "four decimal numbers without leading zeros",
+            "http://[0::1]:0",
+            "the port must be a number from 1 to 65535",
         ),
-        (
-            "http://127.000.000.001",
-            "four decimal numbers without leading zeros",
-        ),
-        ("https://bücher.example", "xn-- form"),
+        ("https://bücher.example", "xn-- labels"),
     ];
     for (origin, fix) in cases {
         let text = format!(
