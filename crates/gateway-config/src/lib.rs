@@ -34,6 +34,7 @@ mod warnings;
 
 pub use error::{ConfigError, Problem};
 pub use model::*;
+pub use networks::canonical as canonical_network;
 pub use route_path::{RoutePattern, dot_segment, is_admin_path, match_form, route_patterns};
 pub use validate::backend_key;
 

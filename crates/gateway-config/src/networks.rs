@@ -65,6 +65,21 @@ fn parse(entry: &str) -> Result<IpNet, String> {
     }
 }
 
+/// Returns `network` as the gateway compares addresses: a network of IPv4-mapped IPv6
+/// addresses (`::ffff:10.0.0.0/104`) as the IPv4 network it covers, since addresses are
+/// compared in canonical form.
+pub fn canonical(network: IpNet) -> IpNet {
+    let IpNet::V6(v6) = network else {
+        return network;
+    };
+    match v6.network().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .map(IpNet::V4)
+            .unwrap_or(network),
+        _ => network,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

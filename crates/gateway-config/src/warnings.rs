@@ -2,7 +2,8 @@
 
 use crate::Problem;
 use crate::model::{Config, DEFAULT_IPV6_PREFIX, RateLimitKey};
-use ipnet::{IpNet, Ipv4Net};
+use crate::networks::canonical;
+use ipnet::IpNet;
 
 /// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
 const ORIGIN_EXAMPLE: &str = "https://app.example.com";
@@ -234,19 +235,5 @@ impl Config {
                 ),
             });
         }
-    }
-}
-
-/// Returns `network` as the gateway compares addresses: a network of IPv4-mapped IPv6
-/// addresses (`::ffff:0.0.0.0/96`) as the IPv4 network it covers.
-fn canonical(network: IpNet) -> IpNet {
-    let IpNet::V6(v6) = network else {
-        return network;
-    };
-    match v6.network().to_ipv4_mapped() {
-        Some(v4) if v6.prefix_len() >= 96 => Ipv4Net::new(v4, v6.prefix_len() - 96)
-            .map(IpNet::V4)
-            .unwrap_or(network),
-        _ => network,
     }
 }

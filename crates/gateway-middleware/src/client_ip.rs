@@ -1,9 +1,10 @@
 //! The client's IP address, taken from the connection's peer or, behind trusted proxies, from
 //! `X-Forwarded-For`.
 
+use gateway_config::canonical_network;
 use http::header::HeaderValue;
 use http::{Extensions, HeaderMap};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// `X-Forwarded-For`, the de facto header in which each proxy appends the address it received
@@ -133,20 +134,6 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
         IpAddr::V6(inner.parse::<Ipv6Addr>().ok()?)
     };
     Some(ip.to_canonical())
-}
-
-/// Rewrites a network of IPv4-mapped IPv6 addresses (`::ffff:10.0.0.0/104`) as the IPv4
-/// network it covers, because addresses are compared in canonical form.
-fn canonical_network(network: IpNet) -> IpNet {
-    let IpNet::V6(v6) = network else {
-        return network;
-    };
-    match v6.network().to_ipv4_mapped() {
-        Some(v4) if v6.prefix_len() >= 96 => Ipv4Net::new(v4, v6.prefix_len() - 96)
-            .map(IpNet::V4)
-            .unwrap_or(network),
-        _ => network,
-    }
 }
 
 #[cfg(test)]
