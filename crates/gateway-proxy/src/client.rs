@@ -18,18 +18,18 @@ use crate::request_body::RequestBody;
 use crate::socket::BackendSocket;
 use crate::worker;
 use bytes::{Buf, Bytes, BytesMut};
-use crossbeam_queue::ArrayQueue;
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
 use http::{HeaderMap, Method};
 use http_body::Body;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -104,6 +104,7 @@ fn warn_shortage(error: &io::Error) {
     }
 }
 
+#[derive(Debug)]
 struct Idle {
     connection: Box<Connection>,
     /// The time the connection went idle, read as [`clock::now_for`] reads it for the idle
@@ -140,7 +141,34 @@ struct Shared {
 
 /// One worker's idle connections per backend id. A handful of backends is the norm, so a
 /// vector scan beats hashing.
-type WorkerPools = Vec<(u64, ArrayQueue<Idle>)>;
+type WorkerPools = Vec<(u64, IdlePool)>;
+
+/// One worker's idle connections to one backend, oldest first. Requests take the newest: after
+/// a burst, the connections that stay busy are the few that were used last, whose memory is
+/// still in the caches, and the rest reach the idle timeout and close. Taken first in, first out, every idle connection would be used in turn
+/// and none would go.
+///
+/// Only the worker's own thread and the eviction task lock it, so the lock is not contended
+/// on the request path.
+#[derive(Debug)]
+struct IdlePool {
+    idle: Mutex<VecDeque<Idle>>,
+    capacity: usize,
+}
+
+impl IdlePool {
+    fn new(capacity: usize) -> IdlePool {
+        IdlePool {
+            idle: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        // A panic while the lock was held leaves a valid pool, at worst with fewer connections.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl std::fmt::Debug for BackendClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,7 +219,7 @@ impl BackendClient {
                 backend_ids
                     .iter()
                     .filter(|_| capacity > 0)
-                    .map(|&id| (id, ArrayQueue::new(capacity)))
+                    .map(|&id| (id, IdlePool::new(capacity)))
                     .collect()
             })
             .collect();
@@ -208,7 +236,7 @@ impl BackendClient {
 
     /// Returns the calling worker's pool for `backend_id`. A thread marked with a worker index
     /// the client has no pools for gets none, so its connections are not kept.
-    fn pool(&self, backend_id: u64) -> Option<&ArrayQueue<Idle>> {
+    fn pool(&self, backend_id: u64) -> Option<&IdlePool> {
         self.shared
             .workers
             .get(worker::current())?
@@ -295,19 +323,21 @@ impl BackendClient {
     pub fn evict_idle(&self) -> usize {
         let mut closed = 0;
         for (_, pool) in self.shared.workers.iter().flatten() {
-            // Each connection idle now is looked at once; connections that requests return
-            // meanwhile join the back of the queue and wait for the next round.
-            for _ in 0..pool.len() {
-                let Some(mut entry) = pool.pop() else { break };
-                if entry.is_reusable(self.shared.idle_timeout) {
-                    // A full pool drops the connection, which closes it.
-                    if pool.push(entry).is_err() {
-                        closed += 1;
+            // Dropped after the lock is released, which closes them.
+            let mut expired = Vec::new();
+            {
+                let mut idle = pool.lock();
+                let mut kept = VecDeque::with_capacity(idle.len());
+                for mut entry in idle.drain(..) {
+                    if entry.is_reusable(self.shared.idle_timeout) {
+                        kept.push_back(entry);
+                    } else {
+                        expired.push(entry);
                     }
-                } else {
-                    closed += 1;
                 }
+                *idle = kept;
             }
+            closed += expired.len();
         }
         closed
     }
@@ -317,7 +347,11 @@ impl BackendClient {
     fn close_idle(&self, count: usize) -> usize {
         let mut closed = 0;
         for (_, pool) in self.shared.workers.iter().flatten() {
-            while closed < count && pool.pop().is_some() {
+            while closed < count {
+                let Some(entry) = pool.lock().pop_front() else {
+                    break;
+                };
+                drop(entry);
                 closed += 1;
             }
         }
@@ -354,26 +388,35 @@ impl BackendClient {
         })
     }
 
-    // NOTE: the pool is first in, first out, so it reuses the connection that idled longest,
-    // the one most likely to meet the backend's own idle close.
+    /// Takes the newest usable idle connection to `backend_id`. Connections found closed or
+    /// too long idle on the way are closed.
     fn check_out(&self, backend_id: u64) -> Option<Box<Connection>> {
         let pool = self.pool(backend_id)?;
-        while let Some(mut entry) = pool.pop() {
+        loop {
+            let mut entry = pool.lock().pop_back()?;
             if entry.is_reusable(self.shared.idle_timeout) {
                 return Some(entry.connection);
             }
         }
-        None
     }
 
     fn check_in(&self, backend_id: u64, mut connection: Box<Connection>) {
         if let Some(pool) = self.pool(backend_id) {
             connection.release_memory();
-            // A full pool drops the connection, which closes it.
-            let _ = pool.push(Idle {
+            let entry = Idle {
                 connection,
                 since: clock::now_for(self.shared.idle_timeout),
-            });
+            };
+            let mut idle = pool.lock();
+            // A full pool closes its oldest connection to keep the newest.
+            let oldest = if idle.len() >= pool.capacity {
+                idle.pop_front()
+            } else {
+                None
+            };
+            idle.push_back(entry);
+            drop(idle);
+            drop(oldest);
         }
     }
 }
@@ -945,6 +988,50 @@ mod tests {
             "worker 1 lost its connection"
         );
         worker::enter(0);
+    }
+
+    /// The newest idle connection is taken first, so after a burst the ones that stay busy
+    /// are the few used last, and the rest are left to the idle timeout.
+    #[tokio::test]
+    async fn newest_idle_connection_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = client(4, 1);
+        let mut peers = Vec::new();
+        let mut checked_in = Vec::new();
+        for _ in 0..3 {
+            let (returned, peer) = connection(&listener).await;
+            peers.push(peer);
+            checked_in.push(returned.stream.local_addr().unwrap());
+            client.check_in(7, returned);
+        }
+
+        let taken: Vec<_> = (0..3)
+            .map(|_| client.check_out(7).unwrap().stream.local_addr().unwrap())
+            .collect();
+        checked_in.reverse();
+        assert_eq!(taken, checked_in);
+        assert!(client.check_out(7).is_none());
+    }
+
+    /// A full pool keeps the connection just returned and closes its oldest.
+    #[tokio::test]
+    async fn full_pool_closes_oldest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = client(2, 1);
+        let mut peers = Vec::new();
+        let mut checked_in = Vec::new();
+        for _ in 0..3 {
+            let (returned, peer) = connection(&listener).await;
+            peers.push(peer);
+            checked_in.push(returned.stream.local_addr().unwrap());
+            client.check_in(7, returned);
+        }
+
+        let newest = client.check_out(7).unwrap().stream.local_addr().unwrap();
+        let second = client.check_out(7).unwrap().stream.local_addr().unwrap();
+        assert_eq!(newest, checked_in[2]);
+        assert_eq!(second, checked_in[1]);
+        assert!(client.check_out(7).is_none());
     }
 
     #[tokio::test]

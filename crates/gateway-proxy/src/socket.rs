@@ -119,6 +119,12 @@ impl BackendSocket {
         }
     }
 
+    /// Returns the socket's local address, which tells connections apart in tests.
+    #[cfg(test)]
+    pub(crate) fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.fd.get_ref().local_addr()
+    }
+
     /// Returns whether nothing arrived since the last read that drained the socket: no bytes,
     /// no end of stream and no reset. Makes no system call.
     pub(crate) fn is_quiet(&self) -> bool {
