@@ -73,19 +73,11 @@ cleanup() {
 trap cleanup EXIT
 
 ORIGIN_PORT=9131 PORT=9331
+# shellcheck source=lib/targets.sh
+source "$HERE/lib/targets.sh"
 declare -A COUNT=() CALLS=()
 "$ORIGIN_TARGET/release/bench-origin" "127.0.0.1:$ORIGIN_PORT" >"$RUN/origin.log" 2>&1 &
 STARTED+=($!)
-
-ready() { # ready PID: waits up to 60 s for the target to answer
-  local i
-  for i in $(seq 300); do
-    curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/" && return 0
-    kill -0 "$1" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
 
 # measure NAME COMMAND...: runs COMMAND under callgrind and sets COUNT[NAME] to the
 # instructions of the counted requests.
@@ -133,27 +125,6 @@ count_calls() {
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   CALLS[$name]=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$RUN/$name.perf")
-}
-
-# nginx_conf NAME: the peer's configuration with the ports moved and without a master process.
-nginx_conf() {
-  mkdir -p "$RUN/$1/tmp"
-  sed -e "s/127.0.0.1:9101/127.0.0.1:$ORIGIN_PORT/; s/127.0.0.1:92[0-9][0-9]/127.0.0.1:$PORT/" \
-    -e 's/^master_process on;.*/master_process off;/' "$HERE/peers/$1.conf" >"$RUN/$1.conf"
-}
-
-gateway_conf() { # gateway_conf NAME FEATURES(true|false)
-  cat >"$RUN/$1.yaml" <<YAML
-server: {host: 127.0.0.1, port: $PORT, workers: 1}
-routes:
-  - path: "/*rest"
-    backends: [{url: "http://127.0.0.1:$ORIGIN_PORT"}]
-rate_limiting: {enabled: $2, requests_per_second: 10000000, burst: 10000000}
-cors: {enabled: $2}
-health_check: {enabled: $2}
-request_log: {enabled: $2, database: "$RUN/$1.db"}
-logging: {access_log: $2}
-YAML
 }
 
 for name in ${ONLY//,/ }; do

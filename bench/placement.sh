@@ -6,7 +6,7 @@
 #
 # Each target runs alone in front of the benchmark origin (127.0.0.1:9132) and takes
 # REQUESTS requests (default 20,000) at 2,000 per second (h2load, 10 connections of 200/s),
-# after a warm-up of 5,000. perf stat counts, for the target's process over that run:
+# after a warm-up of 5,000. For the target's process over that run, it reports:
 #   cpu ms       task-clock, the CPU time of every thread of the target
 #   user/sys ms  the same split from /proc (10 ms ticks)
 #   syscalls     system calls (the kernel's syscall entry tracepoint)
@@ -77,16 +77,8 @@ cleanup() {
 trap cleanup EXIT
 
 ORIGIN_PORT=9132 PORT=9332
-
-ready() { # ready PID: waits up to 60 s for the target to answer
-  local i
-  for i in $(seq 300); do
-    curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/" && return 0
-    kill -0 "$1" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
+# shellcheck source=lib/targets.sh
+source "$HERE/lib/targets.sh"
 
 # ticks PID: the user and system clock ticks of process PID, every thread included.
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
@@ -97,6 +89,7 @@ run() {
   local placement=$1 name=$2 pin=() origin target counter before after
   shift 2
   [[ $placement == one-core ]] && pin=(taskset -c "$CORE")
+
   "${pin[@]}" "$ORIGIN_TARGET/release/bench-origin" "127.0.0.1:$ORIGIN_PORT" >"$RUN/origin.log" 2>&1 &
   origin=$!
   STARTED+=("$origin")
@@ -105,6 +98,7 @@ run() {
   STARTED+=("$target")
   ready "$target" || { echo "placement.sh: $name did not start, see its log:" >&2; tail "$RUN/$name.log" >&2; exit 1; }
   "${pin[@]}" h2load --h1 -c10 -n5000 "http://127.0.0.1:$PORT/" >/dev/null
+
   "${pin[@]}" perf stat -x, -e task-clock,raw_syscalls:sys_enter,context-switches -p "$target" \
     -o "$RUN/$name.perf" &
   counter=$!
@@ -115,10 +109,12 @@ run() {
   after=$(ticks "$target")
   kill -INT "$counter"
   wait "$counter" || true
+
   grep -q "$REQUESTS succeeded, 0 failed" "$RUN/$name.h2load" \
     || { echo "placement.sh: $name: not every request succeeded:" >&2; cat "$RUN/$name.h2load" >&2; exit 1; }
   kill "$target" "$origin"
   wait "$target" "$origin" 2>/dev/null || true
+
   awk -F, -v p="$placement" -v n="$name" -v before="$before" -v after="$after" -v hz="$(getconf CLK_TCK)" '
     /task-clock/ { cpu = $1 }
     /raw_syscalls:sys_enter/ { calls = $1 }
@@ -128,26 +124,6 @@ run() {
       printf "| %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f |\n", p, n, cpu,
         (a[1] - b[1]) * 1000 / hz, (a[2] - b[2]) * 1000 / hz, calls, switches
     }' "$RUN/$name.perf"
-}
-
-nginx_conf() { # nginx_conf NAME: the peer's configuration with the ports moved, no master
-  mkdir -p "$RUN/$1/tmp"
-  sed -e "s/127.0.0.1:9101/127.0.0.1:$ORIGIN_PORT/; s/127.0.0.1:92[0-9][0-9]/127.0.0.1:$PORT/" \
-    -e 's/^master_process on;.*/master_process off;/' "$HERE/peers/$1.conf" >"$RUN/$1.conf"
-}
-
-gateway_conf() { # gateway_conf NAME FEATURES(true|false)
-  cat >"$RUN/$1.yaml" <<YAML
-server: {host: 127.0.0.1, port: $PORT, workers: 1}
-routes:
-  - path: "/*rest"
-    backends: [{url: "http://127.0.0.1:$ORIGIN_PORT"}]
-rate_limiting: {enabled: $2, requests_per_second: 10000000, burst: 10000000}
-cors: {enabled: $2}
-health_check: {enabled: $2}
-request_log: {enabled: $2, database: "$RUN/$1.db"}
-logging: {access_log: $2}
-YAML
 }
 
 echo "$(date -Is), $(nginx -v 2>&1), $REQUESTS requests at 2,000/s over 10 connections"

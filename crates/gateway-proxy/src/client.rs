@@ -323,21 +323,11 @@ impl BackendClient {
     pub fn evict_idle(&self) -> usize {
         let mut closed = 0;
         for (_, pool) in self.shared.workers.iter().flatten() {
-            // Dropped after the lock is released, which closes them.
-            let mut expired = Vec::new();
-            {
-                let mut idle = pool.lock();
-                let mut kept = VecDeque::with_capacity(idle.len());
-                for mut entry in idle.drain(..) {
-                    if entry.is_reusable(self.shared.idle_timeout) {
-                        kept.push_back(entry);
-                    } else {
-                        expired.push(entry);
-                    }
-                }
-                *idle = kept;
-            }
-            closed += expired.len();
+            let mut idle = pool.lock();
+            let before = idle.len();
+            // Dropping a connection closes it.
+            idle.retain_mut(|entry| entry.is_reusable(self.shared.idle_timeout));
+            closed += before - idle.len();
         }
         closed
     }
@@ -990,27 +980,43 @@ mod tests {
         worker::enter(0);
     }
 
+    /// Returns `count` connections to `listener` into `client`'s pool for backend 7, with
+    /// the accepted ends and the pooled connections' local addresses, in the order returned.
+    async fn fill_pool(
+        client: &BackendClient,
+        listener: &TcpListener,
+        count: usize,
+    ) -> (Vec<TcpStream>, Vec<SocketAddr>) {
+        let mut peers = Vec::new();
+        let mut returned = Vec::new();
+        for _ in 0..count {
+            let (connection, peer) = connection(listener).await;
+            peers.push(peer);
+            returned.push(connection.stream.local_addr().unwrap());
+            client.check_in(7, connection);
+        }
+        (peers, returned)
+    }
+
+    /// Returns the local address of the connection that `client` hands out next.
+    fn next_out(client: &BackendClient) -> Option<SocketAddr> {
+        client
+            .check_out(7)
+            .map(|connection| connection.stream.local_addr().unwrap())
+    }
+
     /// The newest idle connection is taken first, so after a burst the ones that stay busy
     /// are the few used last, and the rest are left to the idle timeout.
     #[tokio::test]
     async fn newest_idle_connection_first() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = client(4, 1);
-        let mut peers = Vec::new();
-        let mut checked_in = Vec::new();
-        for _ in 0..3 {
-            let (returned, peer) = connection(&listener).await;
-            peers.push(peer);
-            checked_in.push(returned.stream.local_addr().unwrap());
-            client.check_in(7, returned);
-        }
+        let (_peers, returned) = fill_pool(&client, &listener, 3).await;
 
-        let taken: Vec<_> = (0..3)
-            .map(|_| client.check_out(7).unwrap().stream.local_addr().unwrap())
-            .collect();
-        checked_in.reverse();
-        assert_eq!(taken, checked_in);
-        assert!(client.check_out(7).is_none());
+        assert_eq!(next_out(&client), Some(returned[2]));
+        assert_eq!(next_out(&client), Some(returned[1]));
+        assert_eq!(next_out(&client), Some(returned[0]));
+        assert_eq!(next_out(&client), None);
     }
 
     /// A full pool keeps the connection just returned and closes its oldest.
@@ -1018,20 +1024,11 @@ mod tests {
     async fn full_pool_closes_oldest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = client(2, 1);
-        let mut peers = Vec::new();
-        let mut checked_in = Vec::new();
-        for _ in 0..3 {
-            let (returned, peer) = connection(&listener).await;
-            peers.push(peer);
-            checked_in.push(returned.stream.local_addr().unwrap());
-            client.check_in(7, returned);
-        }
+        let (_peers, returned) = fill_pool(&client, &listener, 3).await;
 
-        let newest = client.check_out(7).unwrap().stream.local_addr().unwrap();
-        let second = client.check_out(7).unwrap().stream.local_addr().unwrap();
-        assert_eq!(newest, checked_in[2]);
-        assert_eq!(second, checked_in[1]);
-        assert!(client.check_out(7).is_none());
+        assert_eq!(next_out(&client), Some(returned[2]));
+        assert_eq!(next_out(&client), Some(returned[1]));
+        assert_eq!(next_out(&client), None);
     }
 
     #[tokio::test]

@@ -119,7 +119,7 @@ impl BackendSocket {
         }
     }
 
-    /// Returns the socket's local address, which tells connections apart in tests.
+    /// Returns the socket's local address, which identifies a connection in tests.
     #[cfg(test)]
     pub(crate) fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.fd.get_ref().local_addr()
