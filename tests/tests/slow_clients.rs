@@ -79,6 +79,50 @@ fn slow_reader_is_cut_off_at_write_timeout() {
     );
 }
 
+/// A client that reads steadily at 300 KiB/s must keep receiving through a 1 s write timeout.
+/// The body is far larger than the socket buffers, so the gateway keeps writing for as long
+/// as the client reads. At this pace, half of a large send buffer takes longer than the
+/// timeout to drain. So the gateway must write again after each small step that the client
+/// reads, not only when half of the buffer is free.
+#[test]
+fn steady_slow_reader_is_not_cut() {
+    use std::io::{Read, Write};
+
+    const RATE: f64 = 300.0 * 1024.0;
+    const READING: Duration = Duration::from_secs(5);
+    let mock = MockProcess::start("Backend");
+    let gateway = one_second_write_timeout(&mock);
+    let size: u64 = 512 * 1024 * 1024;
+    let mut stream = std::net::TcpStream::connect(gateway.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .write_all(format!("GET /api/big?size={size} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .expect("send request");
+    let started = std::time::Instant::now();
+    let mut received: usize = 0;
+    let mut buffer = [0u8; 16 * 1024];
+    while started.elapsed() < READING {
+        match stream.read(&mut buffer) {
+            Ok(0) => panic!(
+                "closed after {:?} and {received} bytes read",
+                started.elapsed()
+            ),
+            Err(error) => panic!(
+                "read failed after {:?} and {received} bytes: {error}",
+                started.elapsed()
+            ),
+            Ok(n) => received += n,
+        }
+        // Sleeps until the bytes read so far match the rate.
+        let due = Duration::from_secs_f64(received as f64 / RATE);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// Starts a gateway in front of `mock` with a write timeout of 1 s and no request log.
 fn one_second_write_timeout(mock: &MockProcess) -> GatewayProcess {
     GatewayProcess::start(&format!(

@@ -94,11 +94,9 @@ impl ConnectionDeadline {
 
     /// Records that bytes of the response were written to the client.
     ///
-    /// NOTE: the gateway writes again only once the socket's send buffer has drained enough,
-    /// so a client that reads steadily but slowly through a large buffer (some MB on loopback)
-    /// can go a write timeout without a write and be reset, as under NGINX's `send_timeout`.
-    /// `TCP_NOTSENT_LOWAT` (socket2's `set_tcp_notsent_lowat`) would tie the writes to its
-    /// pace, at one more system call per connection.
+    /// The gateway writes again only once the socket can take more. The server caps a client
+    /// socket's unsent bytes (`CLIENT_UNSENT_LIMIT` in `server.rs`), so that happens each time
+    /// a steady reader has read some tens of KiB, however large the kernel grew the buffer.
     pub(crate) fn note_progress(&self) {
         self.progress.store(true, Ordering::Relaxed);
     }
