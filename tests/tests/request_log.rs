@@ -1017,8 +1017,13 @@ async fn readers_agree_with_traffic() {
     let text = String::from_utf8_lossy(&single.stdout);
     assert!(single.status.success(), "logs --limit 1: {text}");
     assert!(
-        text.ends_with("\n1 request\n"),
+        text.contains("\n1 request\n"),
         "logs --limit 1 total line: {text}"
+    );
+    let (_, hint) = text.split_once("\n1 request\n").unwrap_or_default();
+    assert!(
+        hint.starts_with("older requests match: run again with --before "),
+        "logs --limit 1 next page line: {text}"
     );
 
     let logs = cli_json(

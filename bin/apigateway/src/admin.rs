@@ -8,7 +8,7 @@ use crate::inspect::{parse_start_time, parse_window, reject_zero_duration};
 use bytes::Bytes;
 use gateway_balancer::BackendSnapshot;
 use gateway_proxy::{ErrorKind, ProxyBody, error_response};
-use gateway_store::{LogFilter, StatusFilter, now_us};
+use gateway_store::{LogCursor, LogFilter, StatusFilter, now_us};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -173,15 +173,16 @@ fn request_log(gateway: &Gateway) -> Result<&RequestLogState, AdminError> {
     })
 }
 
-/// `GET /admin/logs?limit=&status=&route=&since=`: recent requests, newest first.
+/// `GET /admin/logs?limit=&status=&route=&since=&before=`: recent requests, newest first, and
+/// the `before` value of the next page as `next` (null on the last page).
 async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let filter = logs_filter(query, now_us())?;
     let reader = state.reader.clone();
-    let entries = one_at_a_time(state, async move { reader.recent(&filter).await }).await?;
+    let page = one_at_a_time(state, async move { reader.page(&filter).await }).await?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "count": entries.len(), "entries": entries }),
+        &json!({ "count": page.entries.len(), "entries": page.entries, "next": page.next }),
     ))
 }
 
@@ -220,9 +221,15 @@ fn logs_filter(query: &str, now_us: i64) -> Result<LogFilter, AdminError> {
                 })?;
                 filter.since_us = Some(since);
             }
+            "before" => {
+                let cursor = value
+                    .parse::<LogCursor>()
+                    .map_err(|error| bad_parameter(format!("before: {error}")))?;
+                filter.before = Some(cursor);
+            }
             other => {
                 return Err(bad_parameter(format!(
-                    "unknown parameter {other:?}: use limit, status, route or since"
+                    "unknown parameter {other:?}: use limit, status, route, since or before"
                 )));
             }
         }
@@ -474,6 +481,68 @@ mod tests {
         assert_eq!(filter.route.as_deref(), Some("/a/*rest"));
         assert_eq!(filter.since_us, Some(NOW_US - 60_000_000));
         assert_eq!(stats_window("").unwrap(), DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn before_takes_time_and_id() {
+        let filter = logs_filter("before=1700000000000000.42&limit=5", NOW_US).unwrap();
+        let cursor = filter.before.unwrap();
+        assert_eq!(cursor.ts_us, 1_700_000_000_000_000);
+        assert_eq!(cursor.id, 42);
+        assert_eq!(filter.limit, 5);
+
+        let filter = logs_filter("status=5xx&route=/a/*rest&since=1m&before=5.7", NOW_US).unwrap();
+        assert_eq!(filter.before, Some(LogCursor { ts_us: 5, id: 7 }));
+        assert_eq!(filter.status, Some(StatusFilter::Class(5)));
+        assert_eq!(filter.route.as_deref(), Some("/a/*rest"));
+        assert_eq!(filter.since_us, Some(NOW_US - 60_000_000));
+
+        assert_eq!(logs_filter("", NOW_US).unwrap().before, None);
+    }
+
+    #[test]
+    fn invalid_before_is_rejected_with_format() {
+        for before in [
+            "",
+            "42",
+            "abc",
+            "1700000000000000.",
+            "1700000000000000.42.1",
+            "1700000000000000%2B42",
+            "%2B1700000000000000.42",
+            "1700000000000000.42%20",
+            "99999999999999999999.1",
+        ] {
+            let (status, message) = rejection(logs_filter(&format!("before={before}"), NOW_US));
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{before:?}");
+            assert!(
+                message.starts_with("before: invalid cursor"),
+                "{before:?}: {message}"
+            );
+            assert!(message.contains("<ts_us>.<id>"), "{before:?}: {message}");
+            assert!(message.contains("`next`"), "{before:?}: {message}");
+        }
+        // The message quotes the decoded value.
+        let message = rejection(logs_filter("before=1%2B2", NOW_US)).1;
+        assert!(message.contains("`1+2`"), "{message}");
+    }
+
+    #[test]
+    fn repeated_before_is_rejected() {
+        let (status, message) = rejection(logs_filter("before=5.7&before=5.6", NOW_US));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("\"before\" is repeated"), "{message}");
+    }
+
+    #[test]
+    fn unknown_parameter_lists_before() {
+        let (status, message) = rejection(logs_filter("cursor=5.7", NOW_US));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            message.contains("unknown parameter \"cursor\""),
+            "{message}"
+        );
+        assert!(message.contains("since or before"), "{message}");
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub struct LogsArgs {
     #[arg(long, value_name = "STATUS")]
     pub status: Option<String>,
 
+    /// Only requests older than this cursor, `<ts_us>.<id>`: the value that the previous page
+    /// prints after `--before`, or the `ts_us` and `id` of its last entry.
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
+
     /// Maximum number of requests printed, 1 to 10000.
     #[arg(
         long,

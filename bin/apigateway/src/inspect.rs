@@ -4,7 +4,8 @@
 use crate::cli::{DatabaseArgs, LogsArgs, StatsArgs};
 use gateway_config::Config;
 use gateway_store::{
-    LogFilter, LogReader, Stats, StatusFilter, StoreError, Summary, now_us, parse_since,
+    LogCursor, LogFilter, LogPage, LogReader, Stats, StatusFilter, StoreError, Summary, now_us,
+    parse_since,
 };
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -187,11 +188,16 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
         reject_zero_duration("since", since).map_err(InspectError::Argument)?;
         filter.since_us = Some(parse_start_time(since, now_us())?);
     }
+    if let Some(before) = &args.before {
+        filter.before = Some(before.parse::<LogCursor>()?);
+    }
 
     let reader = open_reader(config_path, &args.database).await?;
-    let entries = reader.recent(&filter).await?;
+    let LogPage { entries, next } = reader.page(&filter).await?;
     reader.close().await;
 
+    // The JSON output is a bare array of entries without `next`, the shape that scripts
+    // already read. A caller builds the next cursor from the last entry's `ts_us` and `id`.
     if args.database.json {
         return Ok(serde_json::to_string_pretty(&entries).unwrap_or_default() + "\n");
     }
@@ -221,6 +227,9 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
         "requests"
     };
     let _ = writeln!(out, "{} {noun}", entries.len());
+    if let Some(next) = next {
+        let _ = writeln!(out, "older requests match: run again with --before {next}");
+    }
     Ok(out)
 }
 
@@ -326,6 +335,38 @@ mod tests {
             error.to_string().contains("2025-13-45T13:00:00+01:00"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn invalid_before_is_rejected_before_open() {
+        let args = |before: &str| LogsArgs {
+            database: DatabaseArgs {
+                database: Some(PathBuf::from("absent.db")),
+                json: false,
+            },
+            since: None,
+            route: None,
+            status: None,
+            before: Some(before.to_owned()),
+            limit: 100,
+        };
+        for before in ["", "42", "1700000000000000.", "+1.2", "1.2.3"] {
+            let error = logs(Path::new("unused.yaml"), &args(before))
+                .await
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("invalid cursor `{before}`")),
+                "{message}"
+            );
+            assert!(message.contains("<ts_us>.<id>"), "{message}");
+        }
+
+        // A valid cursor passes, so the missing database is what fails.
+        let error = logs(Path::new("unused.yaml"), &args("1700000000000000.42"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("not found"), "{error}");
     }
 
     #[tokio::test]

@@ -230,6 +230,16 @@ pub enum StoreError {
         value: String,
     },
 
+    /// A page cursor was not two integers joined by a dot.
+    #[error(
+        "invalid cursor `{value}`: expected <ts_us>.<id> such as 1700000000000000.42, \
+         the `next` value of the previous page or the ts_us and id of its last entry"
+    )]
+    InvalidCursor {
+        /// The rejected text.
+        value: String,
+    },
+
     /// The writer's thread could not be started, or it lost the statement that opens the
     /// database.
     #[error("request log writer thread failed")]

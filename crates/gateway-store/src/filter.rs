@@ -1,10 +1,13 @@
-//! The filters of [`LogReader::recent`](crate::LogReader::recent).
+//! The filters of [`LogReader::page`](crate::LogReader::page) and
+//! [`LogReader::recent`](crate::LogReader::recent), and the cursor that pages through them.
 
 use crate::StoreError;
+use serde::{Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
-/// The conditions on the rows that [`LogReader::recent`](crate::LogReader::recent) returns.
+/// The conditions on the rows that [`LogReader::page`](crate::LogReader::page) and
+/// [`LogReader::recent`](crate::LogReader::recent) return.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFilter {
     /// Maximum rows returned, at most [`LogFilter::MAX_LIMIT`] (larger values are lowered to
@@ -17,6 +20,9 @@ pub struct LogFilter {
     /// Only rows at or after this time, in microseconds since the Unix epoch. Default: any
     /// time.
     pub since_us: Option<i64>,
+    /// Only rows that come after this cursor in the listing's order, newest first. Default:
+    /// start at the newest row.
+    pub before: Option<LogCursor>,
 }
 
 impl LogFilter {
@@ -33,7 +39,61 @@ impl Default for LogFilter {
             status: None,
             route: None,
             since_us: None,
+            before: None,
         }
+    }
+}
+
+/// A row's position in the listing's order, newest first: by `ts_us`, then by `id`.
+///
+/// Its text form is `<ts_us>.<id>`, such as `1700000000000000.42`. The `id` breaks ties
+/// between rows of one microsecond. It cannot be the cursor alone, because the writer inserts
+/// rows as requests end, so `id` order is not `ts_us` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogCursor {
+    /// Time the request started, in microseconds since the Unix epoch.
+    pub ts_us: i64,
+    /// The row id.
+    pub id: i64,
+}
+
+impl FromStr for LogCursor {
+    type Err = StoreError;
+
+    /// Parses `<ts_us>.<id>`: two integers of ASCII digits, each with an optional leading `-`,
+    /// joined by a dot.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || StoreError::InvalidCursor {
+            value: text.to_owned(),
+        };
+        let (ts_us, id) = text.split_once('.').ok_or_else(invalid)?;
+        Ok(LogCursor {
+            ts_us: parse_integer(ts_us).ok_or_else(invalid)?,
+            id: parse_integer(id).ok_or_else(invalid)?,
+        })
+    }
+}
+
+/// Parses an `i64` written as digits with an optional leading `-`. Rust's integer parser also
+/// takes a leading `+`, which the text form never contains.
+fn parse_integer(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+impl fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ts_us, self.id)
+    }
+}
+
+impl Serialize for LogCursor {
+    /// Serializes the text form, `<ts_us>.<id>`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -147,5 +207,82 @@ mod tests {
         for text in ["404", "2xx"] {
             assert_eq!(text.parse::<StatusFilter>().unwrap().to_string(), text);
         }
+    }
+
+    #[test]
+    fn cursor_parses_time_and_id() {
+        let cursor = "1700000000000000.42".parse::<LogCursor>().unwrap();
+        assert_eq!(cursor.ts_us, 1_700_000_000_000_000);
+        assert_eq!(cursor.id, 42);
+
+        let negative = "-5.-7".parse::<LogCursor>().unwrap();
+        assert_eq!(negative, LogCursor { ts_us: -5, id: -7 });
+    }
+
+    #[test]
+    fn cursor_display_round_trips() {
+        for cursor in [
+            LogCursor { ts_us: 0, id: 1 },
+            LogCursor {
+                ts_us: 1_700_000_000_000_000,
+                id: 42,
+            },
+            LogCursor {
+                ts_us: i64::MIN,
+                id: i64::MAX,
+            },
+        ] {
+            let text = cursor.to_string();
+            assert_eq!(text.parse::<LogCursor>().unwrap(), cursor, "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_cursor_is_rejected_by_name() {
+        for text in [
+            "",
+            ".",
+            "42",
+            "1700000000000000",
+            "1700000000000000.",
+            ".42",
+            "1700000000000000.42.1",
+            "1700000000000000,42",
+            "+1700000000000000.42",
+            "1700000000000000.+42",
+            " 1700000000000000.42",
+            "1700000000000000.42 ",
+            "--5.42",
+            "-.42",
+            "1.5e3",
+            "0x10.42",
+            "abc.def",
+            "9223372036854775808.1",
+            "1.9223372036854775808",
+        ] {
+            let error = text.parse::<LogCursor>().unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(&format!("`{text}`")), "{message}");
+            assert!(message.contains("<ts_us>.<id>"), "{message}");
+        }
+    }
+
+    #[test]
+    fn cursor_serializes_as_text() {
+        let cursor = LogCursor {
+            ts_us: 1_700_000_000_000_000,
+            id: 42,
+        };
+        let json = serde_json::to_value(cursor).unwrap();
+        assert_eq!(json, serde_json::json!("1700000000000000.42"));
+    }
+
+    #[test]
+    fn cursors_order_by_time_then_id() {
+        let earlier = LogCursor { ts_us: 5, id: 9 };
+        let same_time = LogCursor { ts_us: 6, id: 1 };
+        let later_id = LogCursor { ts_us: 6, id: 2 };
+        assert!(earlier < same_time);
+        assert!(same_time < later_id);
     }
 }

@@ -35,7 +35,7 @@
 //!   and over the access lines' buffers of `apigateway`.
 //! - `insert` and `retention`: the SQL the writer runs.
 //! - `connect`: opening the file for writing (WAL, migrations) and for reading.
-//! - `reader`, `stats`, `filter`: [`LogReader`] and its queries and filters.
+//! - `reader`, `stats`, `filter`: [`LogReader`] and its queries, filters and page cursor.
 //! - `time`: microsecond timestamps, RFC 3339 output and [`parse_since`].
 //! - [`error`]: the error type, [`StoreError`].
 //! - `migrations/`: the schema, embedded at build time.
@@ -59,9 +59,9 @@ mod writer;
 
 pub use connect::{check_database, check_database_path};
 pub use error::StoreError;
-pub use filter::{LogFilter, StatusFilter};
+pub use filter::{LogCursor, LogFilter, StatusFilter};
 pub use queue::RequestLog;
-pub use reader::{LogEntry, LogReader};
+pub use reader::{LogEntry, LogPage, LogReader};
 pub use record::{RecordRef, RequestRecord};
 pub use stats::{BackendStats, RouteStats, Stats, Summary};
 pub use thread_index::buffer_index;

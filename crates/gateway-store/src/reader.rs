@@ -1,6 +1,6 @@
 //! The read side: recent rows for the admin endpoints and the command line.
 
-use crate::{LogFilter, StoreError, connect, time};
+use crate::{LogCursor, LogFilter, StoreError, connect, time};
 use serde::Serialize;
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row};
@@ -50,6 +50,27 @@ pub struct LogEntry {
     pub error_kind: Option<String>,
     /// Whether the request was sent to a second backend.
     pub retried: bool,
+}
+
+impl LogEntry {
+    /// Returns the entry's position in the listing's order, which
+    /// [`LogFilter::before`] takes to list the entries after it.
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            ts_us: self.ts_us,
+            id: self.id,
+        }
+    }
+}
+
+/// One page of the listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogPage {
+    /// The matching rows, newest first, at most the filter's limit.
+    pub entries: Vec<LogEntry>,
+    /// The cursor of the last entry when more rows matched the filter at the time of the
+    /// query; `None` on the last page. Pass it as [`LogFilter::before`] to read the next page.
+    pub next: Option<LogCursor>,
 }
 
 /// The lowest status in the partial index `requests_errors` (see the migrations).
@@ -106,17 +127,34 @@ impl LogReader {
     ///
     /// Returns [`StoreError::Query`] when SQLite fails.
     pub async fn recent(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError> {
+        Ok(self.page(filter).await?.entries)
+    }
+
+    /// Returns the rows that match `filter`, newest first, and the cursor of the next page.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Query`] when SQLite fails.
+    pub async fn page(&self, filter: &LogFilter) -> Result<LogPage, StoreError> {
+        // One row more than the page shows whether an older row matches.
+        let limit = filter.limit.min(LogFilter::MAX_LIMIT);
         let mut sql = QueryBuilder::new("");
-        push_recent_query(&mut sql, filter);
+        push_recent_query(&mut sql, filter, limit + 1);
         let rows = sql
             .build()
             .fetch_all(&self.pool)
             .await
             .map_err(|source| self.query_error(source))?;
-        rows.iter()
+        let mut entries = rows
+            .iter()
             .map(entry_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|source| self.query_error(source))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| self.query_error(source))?;
+
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        let next = entries.last().filter(|_| more).map(LogEntry::cursor);
+        Ok(LogPage { entries, next })
     }
 
     /// Closes the reader's connections.
@@ -136,8 +174,9 @@ impl LogReader {
     }
 }
 
-/// Appends the listing's query to `sql`: newest first, the filter's terms joined with `AND`.
-fn push_recent_query<'a>(sql: &mut QueryBuilder<'a, Sqlite>, filter: &'a LogFilter) {
+/// Appends the listing's query to `sql`: newest first, the filter's terms joined with `AND`,
+/// at most `limit` rows.
+fn push_recent_query<'a>(sql: &mut QueryBuilder<'a, Sqlite>, filter: &'a LogFilter, limit: u32) {
     sql.push("SELECT ")
         .push(ENTRY_COLUMNS.join(", "))
         .push(" FROM requests");
@@ -161,8 +200,18 @@ fn push_recent_query<'a>(sql: &mut QueryBuilder<'a, Sqlite>, filter: &'a LogFilt
     }
     if let Some(since_us) = filter.since_us {
         sql.push(joiner).push("ts_us >= ").push_bind(since_us);
+        joiner = " AND ";
     }
-    let limit = filter.limit.min(LogFilter::MAX_LIMIT);
+    if let Some(before) = filter.before {
+        // For this row value SQLite seeks the time index to the cursor's `ts_us`, so a page
+        // far back in the table skips the newer rows instead of reading them.
+        sql.push(joiner)
+            .push("(ts_us, id) < (")
+            .push_bind(before.ts_us)
+            .push(", ")
+            .push_bind(before.id)
+            .push(")");
+    }
     sql.push(" ORDER BY ts_us DESC, id DESC LIMIT ")
         .push_bind(limit);
 }
@@ -207,7 +256,7 @@ mod tests {
     /// SQLite's plan for the listing's query, one line per step.
     async fn plan(connection: &mut SqliteConnection, filter: &LogFilter) -> String {
         let mut sql = QueryBuilder::new("EXPLAIN QUERY PLAN ");
-        push_recent_query(&mut sql, filter);
+        push_recent_query(&mut sql, filter, filter.limit);
         let rows = sql.build().fetch_all(connection).await.unwrap();
         rows.iter()
             .map(|row| row.get::<String, _>("detail"))
@@ -250,6 +299,54 @@ mod tests {
             let plan = plan(&mut connection, &filter).await;
             assert!(plan.contains("requests_ts"), "{filter:?}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cursor_seeks_time_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut connection = connect::open_writer(&dir.path().join("requests.db"))
+            .await
+            .unwrap();
+        let before = Some(LogCursor {
+            ts_us: 1_700_000_000_000_000,
+            id: 42,
+        });
+
+        let filters = [
+            LogFilter {
+                before,
+                ..LogFilter::default()
+            },
+            LogFilter {
+                before,
+                route: Some("/users/:id".to_owned()),
+                ..LogFilter::default()
+            },
+            LogFilter {
+                before,
+                status: Some(StatusFilter::Class(2)),
+                since_us: Some(1_600_000_000_000_000),
+                ..LogFilter::default()
+            },
+        ];
+        for filter in filters {
+            let plan = plan(&mut connection, &filter).await;
+            assert!(
+                plan.contains("SEARCH requests USING INDEX requests_ts ("),
+                "{filter:?}: {plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+        }
+
+        for status in ["404", "5xx"] {
+            let filter = LogFilter {
+                before,
+                status: Some(status.parse().unwrap()),
+                ..LogFilter::default()
+            };
+            let plan = plan(&mut connection, &filter).await;
+            assert!(plan.contains("requests_errors"), "{status}: {plan}");
         }
     }
 }

@@ -6,7 +6,10 @@ mod common;
 
 use common::{assert_entry_matches, config, record};
 use gateway_config::RequestLogConfig;
-use gateway_store::{LogFilter, LogReader, RequestLog, RequestRecord, StatusFilter, Summary};
+use gateway_store::{
+    LogCursor, LogEntry, LogFilter, LogPage, LogReader, RequestLog, RequestRecord, StatusFilter,
+    Summary,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +35,7 @@ fn keep_everything(dir: &Path) -> RequestLogConfig {
     }
 }
 
-fn ids(entries: &[gateway_store::LogEntry]) -> Vec<String> {
+fn ids(entries: &[LogEntry]) -> Vec<String> {
     entries
         .iter()
         .map(|entry| entry.request_id.clone())
@@ -146,6 +149,7 @@ async fn recent_applies_each_filter() {
         status: Some(StatusFilter::Code(200)),
         route: Some("/items/:id".to_owned()),
         since_us: Some(BASE_US + 100 * 1_000_000),
+        before: None,
     };
     let expected = expect(&|r| {
         r.status == 200 && r.route.is_some() && r.timestamp_us >= BASE_US + 100 * 1_000_000
@@ -219,6 +223,220 @@ async fn entry_serializes_every_column() {
     assert_eq!(json["bytes_sent"], 42);
     assert_eq!(json["error_kind"], serde_json::Value::Null);
     assert_eq!(json["retried"], true);
+}
+
+/// Reads every page of `filter`, starting at the newest row, and checks that each page but
+/// the last is full and names its last entry as the next cursor.
+async fn walk_pages(reader: &LogReader, filter: &LogFilter) -> Vec<LogPage> {
+    let mut pages = Vec::new();
+    let mut filter = filter.clone();
+    loop {
+        let page = reader.page(&filter).await.unwrap();
+        let Some(next) = page.next else {
+            pages.push(page);
+            return pages;
+        };
+        assert_eq!(
+            page.entries.len(),
+            filter.limit as usize,
+            "page {}",
+            pages.len()
+        );
+        assert_eq!(Some(next), page.entries.last().map(LogEntry::cursor));
+        assert!(pages.len() < 1000, "no last page after 1000 pages");
+        filter.before = Some(next);
+        pages.push(page);
+    }
+}
+
+fn cursors(entries: &[LogEntry]) -> Vec<LogCursor> {
+    entries.iter().map(LogEntry::cursor).collect()
+}
+
+/// 250 records, five to each of 50 microseconds. Consecutive records are seven microseconds
+/// apart modulo 50, so insert order (and `id` order) is not time order.
+fn shared_time_records() -> Vec<RequestRecord> {
+    (0..250u64)
+        .map(|i| record(i, BASE_US + ((i * 7) % 50) as i64))
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_list_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keep_everything(dir.path());
+    write_all(&config, &shared_time_records()).await;
+    let reader = LogReader::open(&config.database).await.unwrap();
+    let everything = reader
+        .recent(&LogFilter {
+            limit: LogFilter::MAX_LIMIT,
+            ..LogFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(everything.len(), 250);
+    let expected = cursors(&everything);
+    assert!(
+        expected.windows(2).all(|pair| pair[0] > pair[1]),
+        "not newest first: {expected:?}"
+    );
+
+    // 7 splits the groups of five rows that share a microsecond, and 10 ends the last page on
+    // the oldest row, where the page must still report that no row is left.
+    for limit in [1, 7, 10, 249, 250, 251, LogFilter::MAX_LIMIT] {
+        let filter = LogFilter {
+            limit,
+            ..LogFilter::default()
+        };
+        let pages = walk_pages(&reader, &filter).await;
+        let walked: Vec<LogCursor> = pages
+            .iter()
+            .flat_map(|page| cursors(&page.entries))
+            .collect();
+        assert_eq!(walked, expected, "limit {limit}");
+        assert_eq!(
+            pages.len(),
+            250_usize.div_ceil(limit as usize),
+            "limit {limit}"
+        );
+        let last = pages.last().unwrap();
+        assert!(!last.entries.is_empty(), "limit {limit}: empty last page");
+        assert_eq!(last.next, None, "limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn pages_keep_other_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keep_everything(dir.path());
+    let mut records = mixed_records();
+    // Rows of one microsecond on both sides of the filters.
+    for i in 150..170u64 {
+        let mut late = record(i, BASE_US + 120 * 1_000_000);
+        if i % 2 == 0 {
+            late.status = 503;
+            late.route = Some(Arc::from("/orders"));
+        }
+        records.push(late);
+    }
+    write_all(&config, &records).await;
+    let reader = LogReader::open(&config.database).await.unwrap();
+
+    let filters = [
+        LogFilter {
+            status: Some(StatusFilter::Class(5)),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            status: Some(StatusFilter::Code(404)),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            route: Some("/orders".to_owned()),
+            since_us: Some(BASE_US + 60 * 1_000_000),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            status: Some(StatusFilter::Code(200)),
+            route: Some("/items/:id".to_owned()),
+            ..LogFilter::default()
+        },
+    ];
+    for filter in filters {
+        let all = reader
+            .recent(&LogFilter {
+                limit: LogFilter::MAX_LIMIT,
+                ..filter.clone()
+            })
+            .await
+            .unwrap();
+        assert!(all.len() > 3, "{filter:?} matches {} rows", all.len());
+
+        let pages = walk_pages(
+            &reader,
+            &LogFilter {
+                limit: 3,
+                ..filter.clone()
+            },
+        )
+        .await;
+        let walked: Vec<LogEntry> = pages.into_iter().flat_map(|page| page.entries).collect();
+        assert_eq!(cursors(&walked), cursors(&all), "{filter:?}");
+        assert_eq!(ids(&walked), ids(&all), "{filter:?}");
+    }
+}
+
+#[tokio::test]
+async fn cursor_is_stable_while_rows_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keep_everything(dir.path());
+    let first: Vec<_> = (0..20u64)
+        .map(|i| record(i, BASE_US + i as i64 * 1_000))
+        .collect();
+    write_all(&config, &first).await;
+    let reader = LogReader::open(&config.database).await.unwrap();
+    let filter = LogFilter {
+        limit: 8,
+        ..LogFilter::default()
+    };
+    let newest = reader.page(&filter).await.unwrap();
+    let next = newest.next.unwrap();
+    assert_eq!(next.ts_us, BASE_US + 12_000);
+
+    // Newer requests, one of the cursor's microsecond (a higher id, so newer in the listing's
+    // order), and an older one that ended late.
+    let later = [
+        record(100, BASE_US + 50_000),
+        record(101, BASE_US + 12_000),
+        record(102, BASE_US + 3_500),
+    ];
+    write_all(&config, &later).await;
+
+    let second = reader
+        .page(&LogFilter {
+            before: Some(next),
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+    let expected: Vec<String> = (4..12).rev().map(|i| format!("req-{i}")).collect();
+    assert_eq!(ids(&second.entries), expected);
+
+    let rest = reader
+        .page(&LogFilter {
+            before: second.next,
+            ..filter
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&rest.entries),
+        ["req-102", "req-3", "req-2", "req-1", "req-0"]
+    );
+    assert_eq!(rest.next, None);
+}
+
+#[tokio::test]
+async fn page_serializes_next_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keep_everything(dir.path());
+    write_all(&config, &[record(1, BASE_US), record(2, BASE_US)]).await;
+    let reader = LogReader::open(&config.database).await.unwrap();
+
+    let filter = LogFilter {
+        limit: 1,
+        ..LogFilter::default()
+    };
+    let page = reader.page(&filter).await.unwrap();
+    let json = serde_json::to_value(&page).unwrap();
+    assert_eq!(json["next"], format!("{BASE_US}.2"));
+    assert_eq!(json["entries"][0]["request_id"], "req-2");
+
+    let before = Some(page.next.unwrap());
+    let last = reader.page(&LogFilter { before, ..filter }).await.unwrap();
+    let json = serde_json::to_value(&last).unwrap();
+    assert_eq!(json["next"], serde_json::Value::Null);
+    assert_eq!(json["entries"][0]["request_id"], "req-1");
 }
 
 /// Builds a record on `route` through `backend` with the given latency and status.
