@@ -16,6 +16,7 @@
 //!   the paths the gateway serves itself.
 //! - `route_conflict`: pairs of routes that the router cannot order.
 //! - `trusted_proxies`: the networks of `server.trusted_proxies`.
+//! - `origin`: the forms of `cors.allowed_origins` entries that a browser can send.
 //! - `validate`: the checks that run after parsing.
 //! - `warnings`: settings that are valid but have no effect, which [`Config::warnings`] lists.
 //! - [`error`]: [`ConfigError`] and the [`Problem`] list it carries.
@@ -26,6 +27,7 @@ mod duration;
 pub mod error;
 pub mod model;
 mod networks;
+mod origin;
 mod parse_message;
 mod route_conflict;
 mod route_path;
