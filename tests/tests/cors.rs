@@ -410,6 +410,83 @@ async fn preflight_takes_no_rate_limit_token() {
     assert_eq!(backend_requests(&mock).await, 1);
 }
 
+#[tokio::test]
+async fn app_and_null_origins_are_echoed() {
+    let mock = MockProcess::start("AppOrigins");
+    let policy = r#"{enabled: true, allowed_origins: ["capacitor://localhost", "null"], allowed_methods: [GET, POST]}"#;
+    // A second route allows credentials for the app's origin, which validation rejects for
+    // "null".
+    let credentials_route = format!(
+        "  - path: \"/app/*rest\"\n    backends:\n      - url: \"{}\"\n    cors: \
+         {{allowed_origins: [\"capacitor://localhost\"], allow_credentials: true}}\n",
+        mock.url
+    );
+    let config = gateway_config(&mock.url, policy, "") + &credentials_route;
+    let gateway = GatewayProcess::start(&config);
+    let api = format!("{}/api/x", gateway.url);
+
+    for origin in ["capacitor://localhost", "null"] {
+        let preflight = preflight(&api, origin, "POST", "").await;
+        let actual = send(Method::GET, &api, &[("origin", origin)]).await;
+
+        assert_eq!(preflight.status, 204, "{origin}: body {:?}", preflight.body);
+        assert_eq!(preflight.header("access-control-allow-origin"), origin);
+        assert_eq!(preflight.header("access-control-allow-credentials"), "");
+        assert!(
+            varies_by_origin(&preflight),
+            "{origin}: preflight Vary is {:?}",
+            preflight.header("vary")
+        );
+        assert_eq!(actual.status, 200, "{origin}");
+        assert_eq!(
+            actual.json()["headers"]["origin"],
+            origin,
+            "Origin reaches the backend"
+        );
+        assert_eq!(actual.header("access-control-allow-origin"), origin);
+        assert!(
+            varies_by_origin(&actual),
+            "{origin}: Vary is {:?}",
+            actual.header("vary")
+        );
+    }
+
+    // Browsers send the scheme in lowercase and keep the case of such a host, so these
+    // come from other clients and are not allowed.
+    for origin in ["Capacitor://localhost", "capacitor://LOCALHOST", "NULL"] {
+        let preflight = preflight(&api, origin, "POST", "").await;
+        let actual = send(Method::GET, &api, &[("origin", origin)]).await;
+
+        assert_eq!(preflight.status, 204, "{origin}");
+        assert_no_cors_headers(&preflight, origin);
+        assert_eq!(actual.status, 200, "{origin}");
+        assert_no_cors_headers(&actual, origin);
+    }
+
+    let app = format!("{}/app/x", gateway.url);
+    let preflight = preflight(&app, "capacitor://localhost", "POST", "").await;
+    let actual = send(Method::GET, &app, &[("origin", "capacitor://localhost")]).await;
+    let null = send(Method::GET, &app, &[("origin", "null")]).await;
+
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        "capacitor://localhost"
+    );
+    assert_eq!(preflight.header("access-control-allow-credentials"), "true");
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        "capacitor://localhost"
+    );
+    assert_eq!(actual.header("access-control-allow-credentials"), "true");
+    assert!(
+        varies_by_origin(&actual),
+        "Vary is {:?}",
+        actual.header("vary")
+    );
+    assert_eq!(null.status, 200);
+    assert_no_cors_headers(&null, "null on the route with credentials");
+}
+
 /// Runs `apigateway --check` on `config` and returns its exit success and combined output.
 fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temporary folder");

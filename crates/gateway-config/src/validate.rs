@@ -2,7 +2,7 @@
 
 use crate::Problem;
 use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
-use crate::origin::check_origin;
+use crate::origin::{OPAQUE_ORIGIN, check_origin};
 use crate::route_conflict::RouteSet;
 use crate::route_path::{
     invalid_percent_encoding, is_admin_path, match_form, push_encoded, route_patterns,
@@ -600,6 +600,16 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
         problems.push(
             format!("{field}.allow_credentials"),
             "cannot be true while allowed_origins contains \"*\", because browsers reject that pair: list the allowed origins instead",
+        );
+    } else if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == OPAQUE_ORIGIN) {
+        // An error rather than a warning, because any website can send `Origin: null` by
+        // running its script in a sandboxed iframe. So this pair lets every website read
+        // responses made with the user's credentials, as `*` with credentials would, which
+        // browsers reject. A page that really has the opaque origin, such as a file: page, can
+        // send a token in a header such as Authorization, which needs no allow_credentials.
+        problems.push(
+            format!("{field}.allow_credentials"),
+            "cannot be true while allowed_origins contains \"null\", because any website can send Origin: null from a sandboxed iframe and would read responses made with the user's cookies or other credentials: set allow_credentials: false and send a token in a header such as Authorization, or remove \"null\"",
         );
     }
     // On a request with credentials, browsers read `Access-Control-Expose-Headers: *` as a

@@ -1,15 +1,18 @@
-//! Checks for valid settings that do nothing useful, reported as warnings rather than errors.
+//! Checks for valid settings that do nothing useful or that expose more than they seem to,
+//! reported as warnings rather than errors.
 
 use crate::Problem;
 use crate::model::{Config, DEFAULT_IPV6_PREFIX, RateLimitKey};
 use crate::networks::canonical;
+use crate::origin::OPAQUE_ORIGIN;
 use ipnet::IpNet;
 
 /// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
 const ORIGIN_EXAMPLE: &str = "https://app.example.com";
 
 impl Config {
-    /// Returns the settings that are valid but have no effect, each with the fix, or none.
+    /// Returns the settings that are valid but have no effect or are risky, each with the fix,
+    /// or none.
     /// The gateway prints them at start and in `--check`, and serves all the same.
     pub fn warnings(&self) -> Vec<Problem> {
         let mut warnings = Vec::new();
@@ -17,8 +20,63 @@ impl Config {
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_cors(&mut warnings);
         self.warn_cors_methods(&mut warnings);
+        self.warn_opaque_origin(&mut warnings);
         self.warn_networks(&mut warnings);
         warnings
+    }
+
+    /// Warns about `null` in an enabled CORS policy's `allowed_origins`. The top-level list is
+    /// reported once, when some route uses it unchanged, and a route's own or inherited list
+    /// where the top-level one is not reported. With `allow_credentials`, validation rejects
+    /// `null` before this runs.
+    fn warn_opaque_origin(&self, warnings: &mut Vec<Problem>) {
+        let risk = "allows every page with an opaque origin, not only yours, because \
+                    browsers send Origin: null from sandboxed iframes, file: pages and some \
+                    redirects, and any website can run its script in a sandboxed iframe: list \
+                    the page's own origin instead where it has one, like capacitor://localhost, \
+                    or keep \"null\" only if any website may read these responses";
+        let opaque = |origins: &[String]| -> Vec<usize> {
+            origins
+                .iter()
+                .enumerate()
+                .filter_map(|(i, origin)| (origin == OPAQUE_ORIGIN).then_some(i))
+                .collect()
+        };
+
+        let top_level = &self.cors;
+        let top_level_used = self
+            .routes
+            .iter()
+            .any(|route| route.effective_cors(top_level) == *top_level);
+        let top_level_warned = top_level_used && top_level.enabled;
+        if top_level_warned {
+            for j in opaque(&top_level.allowed_origins) {
+                warnings.push(Problem {
+                    field: format!("cors.allowed_origins[{j}]"),
+                    message: format!("\"null\" {risk}"),
+                });
+            }
+        }
+
+        for (i, route) in self.routes.iter().enumerate() {
+            let cors = route.effective_cors(top_level);
+            if cors == *top_level || !cors.enabled {
+                continue;
+            }
+            if route.cors.allowed_origins.is_some() {
+                for j in opaque(&cors.allowed_origins) {
+                    warnings.push(Problem {
+                        field: format!("routes[{i}].cors.allowed_origins[{j}]"),
+                        message: format!("\"null\" {risk}"),
+                    });
+                }
+            } else if !top_level_warned && !opaque(&cors.allowed_origins).is_empty() {
+                warnings.push(Problem {
+                    field: format!("routes[{i}].cors.allowed_origins"),
+                    message: format!("\"null\", inherited from cors.allowed_origins, {risk}"),
+                });
+            }
+        }
     }
 
     /// Warns about address lists with an entry that matches no peer, the unspecified address

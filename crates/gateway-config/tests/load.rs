@@ -330,6 +330,58 @@ cors:
     assert!(found[0].contains("list the allowed origins"), "{found:#?}");
 }
 
+/// Any website can send `Origin: null` from a sandboxed iframe, so with credentials allowed
+/// it could read responses made with the user's cookies.
+#[test]
+fn credentials_with_null_origin_rejected() {
+    let top_level = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+cors:
+  enabled: true
+  allowed_origins: ["capacitor://localhost", "null"]
+  allow_credentials: true
+"#;
+    let found = problems(top_level);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "cors.allow_credentials: cannot be true while allowed_origins contains \"null\""
+        ),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("sandboxed iframe"), "{found:#?}");
+    assert!(
+        found[0].contains("set allow_credentials: false"),
+        "{found:#?}"
+    );
+
+    let route = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    cors: {allowed_origins: ["null"]}
+cors:
+  enabled: true
+  allowed_origins: ["capacitor://localhost"]
+  allow_credentials: true
+"#;
+    let found = problems(route);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].cors.allow_credentials: cannot be true"),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].ends_with("(this value comes from the top-level cors)"),
+        "{found:#?}"
+    );
+
+    let without_credentials = top_level.replace("allow_credentials: true", "");
+    Config::from_yaml(&without_credentials, "test.yaml").unwrap();
+}
+
 #[test]
 fn route_overrides_apply_field_by_field() {
     let text = r#"
@@ -1090,7 +1142,10 @@ fn origin_that_matches_nothing_rejected() {
         ),
         ("https://a.example/", "an origin has no path"),
         ("https://a.example?x=1", "an origin has no query"),
-        ("ftp://a.example", "the scheme must be http or https"),
+        ("ftp://a.example", "no request carries an ftp: origin"),
+        ("Capacitor://localhost", "write \"capacitor://localhost\""),
+        ("capacitor://localhost/", "an origin has no path"),
+        ("NULL", "write \"null\""),
         ("a.example", "it has no scheme"),
         ("https://[::1", "the IPv6 address has no closing bracket"),
         ("https://", "the host is missing or not valid"),
@@ -1146,6 +1201,17 @@ cors:
   allowed_origins: ["https://a.example:8443", "http://localhost:3000", "http://[::1]:8080", "https://B.Example", "http://127.0.0.1:3000", "https://xn--bcher-kva.example", "http://[2001:DB8::1]", "http://10.0.0.1"]
 "#;
     Config::from_yaml(valid, "test.yaml").unwrap();
+
+    let app_origins = r#"
+routes:
+  - path: "/a"
+    backends: [{url: "http://127.0.0.1:1"}]
+    cors: {allowed_origins: ["tauri://localhost", "null"]}
+cors:
+  enabled: true
+  allowed_origins: ["capacitor://localhost", "ionic://localhost", "chrome-extension://abcdefghijklmnopabcdefghijklmnop", "moz-extension://0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "app://localhost:8080"]
+"#;
+    Config::from_yaml(app_origins, "test.yaml").unwrap();
 }
 
 /// With credentials, browsers read an exposed `*` as a header named `*`.

@@ -133,6 +133,68 @@ fn unused_or_disabled_empty_origins_do_not_warn() {
 }
 
 #[test]
+fn null_origin_warns() {
+    let found = warnings(&route_with(
+        "cors: {enabled: true, allowed_origins: [\"capacitor://localhost\", \"null\"]}",
+        "methods: [GET]",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "cors.allowed_origins[1]: \"null\" allows every page with an opaque origin"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].contains("any website can run its script in a sandboxed iframe"),
+        "{found:#?}"
+    );
+
+    let found = warnings(&route_with(
+        "cors: {enabled: true}",
+        "cors: {allowed_origins: [\"null\"]}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].cors.allowed_origins[0]: \"null\" allows"),
+        "{found:#?}"
+    );
+
+    // The route turns CORS on and keeps the top-level list, which contains "null".
+    let found = warnings(&route_with(
+        "cors: {allowed_origins: [\"null\"]}",
+        "cors: {enabled: true}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].cors.allowed_origins: \"null\", inherited from cors.allowed_origins, \
+             allows"
+        ),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn disabled_null_origin_does_not_warn() {
+    let cases = [
+        ("cors: {allowed_origins: [\"null\"]}", "methods: [GET]"),
+        (
+            "cors: {enabled: true, allowed_origins: [\"null\"]}",
+            "cors: {enabled: false}",
+        ),
+        (
+            "cors: {enabled: true}",
+            "cors: {enabled: false, allowed_origins: [\"null\"]}",
+        ),
+    ];
+    for (top_level, route) in cases {
+        let found = warnings(&route_with(top_level, route));
+        assert!(found.is_empty(), "{top_level} {route}: {found:#?}");
+    }
+}
+
+#[test]
 fn committed_config_files_have_no_warnings() {
     for name in ["gateway.yaml", "gateway.example.yaml"] {
         let path = format!("{}/../../config/{name}", env!("CARGO_MANIFEST_DIR"));

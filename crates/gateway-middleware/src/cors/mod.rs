@@ -31,7 +31,8 @@ const PREFLIGHT_VARY: HeaderValue = HeaderValue::from_static(
 enum Origins {
     /// `*`: any origin.
     Any,
-    /// Serialized origins (`scheme://host[:port]`), lowercased.
+    /// Serialized origins (`scheme://host[:port]` or `null`), with `http` and `https` ones
+    /// lowercased. See [`origin_matches`].
     List(Vec<String>),
 }
 
@@ -111,7 +112,13 @@ impl CorsPolicy {
                 config
                     .allowed_origins
                     .iter()
-                    .map(|o| o.to_ascii_lowercase())
+                    .map(|origin| {
+                        if is_http_origin(origin.as_bytes()) {
+                            origin.to_ascii_lowercase()
+                        } else {
+                            origin.clone()
+                        }
+                    })
                     .collect(),
             )
         };
@@ -180,16 +187,18 @@ impl CorsPolicy {
     /// Returns the `Access-Control-Allow-Origin` value for a request from `origin`, or `None`
     /// when that origin is not allowed.
     ///
-    /// Origins match exactly on `scheme://host[:port]`, ignoring ASCII case, so
-    /// `HTTPS://App.Example.com` matches `https://app.example.com` but
-    /// `https://app.example.com:443` does not.
+    /// Origins match exactly on `scheme://host[:port]` or `null`, so
+    /// `https://app.example.com:443` does not match `https://app.example.com`. Only `http` and
+    /// `https` origins match ignoring ASCII case: `HTTPS://App.Example.com` matches
+    /// `https://app.example.com`, but `Capacitor://localhost` does not match
+    /// `capacitor://localhost`. See [`origin_matches`] for why.
     pub fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
         match &self.origins {
             Origins::Any if !self.allow_credentials => Some(HeaderValue::from_static("*")),
             Origins::Any => Some(origin.clone()),
             Origins::List(allowed) => allowed
                 .iter()
-                .any(|candidate| candidate.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+                .any(|candidate| origin_matches(candidate, origin.as_bytes()))
                 .then(|| origin.clone()),
         }
     }
@@ -360,6 +369,32 @@ impl CorsPolicy {
             }
         }
     }
+}
+
+/// Returns whether the request's `origin` equals the `allowed` entry of a policy.
+///
+/// Browsers lowercase the scheme and the host of an http or https origin, so those compare
+/// ignoring ASCII case. The URL standard keeps the host of any other scheme as written (an
+/// opaque host), so two such origins that differ only in the case of the host are different
+/// origins, and they compare byte for byte, as `null` does. Browsers send every scheme in
+/// lowercase, so an `Origin` like `Capacitor://localhost` comes from some other client and
+/// matches nothing.
+fn origin_matches(allowed: &str, origin: &[u8]) -> bool {
+    if is_http_origin(origin) {
+        allowed.as_bytes().eq_ignore_ascii_case(origin)
+    } else {
+        allowed.as_bytes() == origin
+    }
+}
+
+/// Returns whether `origin` starts with `http://` or `https://`, in any ASCII case.
+fn is_http_origin(origin: &[u8]) -> bool {
+    let starts_with = |prefix: &[u8]| {
+        origin
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    starts_with(b"http://") || starts_with(b"https://")
 }
 
 /// Appends `Vary: Origin` unless a `Vary` field already names `Origin` or is `*`.

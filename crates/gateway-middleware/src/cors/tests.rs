@@ -144,6 +144,134 @@ fn apply_with_origin_sets_allow_origin() {
     assert_eq!(vary(&denied), ["Origin"]);
 }
 
+/// Origins of hybrid apps and extensions, and the opaque origin, as browsers send them.
+const APP_ORIGINS: [&str; 4] = [
+    "capacitor://localhost",
+    "null",
+    "chrome-extension://abcdefghijklmnopabcdefghijklmnop",
+    "app://MyHost:8080",
+];
+
+/// Builds the request headers of a preflight from `origin` for `POST`.
+fn preflight_headers(origin: &str) -> HeaderMap {
+    let mut headers = request_headers(Some(origin));
+    headers.insert(
+        header::ACCESS_CONTROL_REQUEST_METHOD,
+        HeaderValue::from_static("POST"),
+    );
+    headers
+}
+
+#[test]
+fn app_and_null_origins_are_echoed() {
+    for allow_credentials in [false, true] {
+        let policy = CorsPolicy::new(&config(|config| {
+            config.allowed_origins = APP_ORIGINS.map(String::from).to_vec();
+            config.allow_credentials = allow_credentials;
+        }));
+        for origin in APP_ORIGINS {
+            let case = format!("{origin}, allow_credentials: {allow_credentials}");
+
+            let preflight = policy.preflight::<Full<Bytes>>(&preflight_headers(origin));
+            let mut actual = HeaderMap::new();
+            policy.apply(&request_headers(Some(origin)), &mut actual);
+
+            assert_eq!(preflight.status(), StatusCode::NO_CONTENT, "{case}");
+            assert_eq!(
+                preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+                origin,
+                "{case}"
+            );
+            assert_eq!(preflight.headers()[header::VARY], PREFLIGHT_VARY, "{case}");
+            assert_eq!(
+                actual[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+                origin,
+                "{case}"
+            );
+            assert_eq!(vary(&actual), ["Origin"], "{case}");
+            assert_eq!(
+                actual
+                    .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+                    .is_some(),
+                allow_credentials,
+                "{case}"
+            );
+        }
+    }
+}
+
+#[test]
+fn any_origin_with_credentials_echoes_null() {
+    let policy = CorsPolicy::new(&config(|config| {
+        config.allowed_origins = vec!["*".to_owned()];
+        config.allow_credentials = true;
+    }));
+
+    let preflight = policy.preflight::<Full<Bytes>>(&preflight_headers("null"));
+    let mut actual = HeaderMap::new();
+    policy.apply(&request_headers(Some("null")), &mut actual);
+
+    assert_eq!(
+        preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "null"
+    );
+    assert_eq!(actual[header::ACCESS_CONTROL_ALLOW_ORIGIN], "null");
+    assert_eq!(actual[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    assert_eq!(vary(&actual), ["Origin"]);
+}
+
+#[test]
+fn app_origins_match_exactly() {
+    let policy = CorsPolicy::new(&config(|config| {
+        config.allowed_origins = APP_ORIGINS.map(String::from).to_vec();
+        config
+            .allowed_origins
+            .push("HTTPS://App.Example.com".to_owned());
+    }));
+
+    // Only http and https origins match ignoring case. Browsers send other schemes in
+    // lowercase and keep the host of such an origin as written.
+    let denied = [
+        "Capacitor://localhost",
+        "CAPACITOR://localhost",
+        "capacitor://LOCALHOST",
+        "capacitor://localhost:80",
+        "capacitor://localhost/",
+        "capacitor://localhost.evil.example",
+        "NULL",
+        "Null",
+        "null://",
+        "CHROME-EXTENSION://abcdefghijklmnopabcdefghijklmnop",
+        "app://myhost:8080",
+        "app://MyHost",
+    ];
+    for origin in denied {
+        let preflight = policy.preflight::<Full<Bytes>>(&preflight_headers(origin));
+        let mut actual = HeaderMap::new();
+        policy.apply(&request_headers(Some(origin)), &mut actual);
+
+        assert!(
+            preflight
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .is_none(),
+            "preflight from {origin}"
+        );
+        assert!(
+            actual.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+            "request from {origin}"
+        );
+        assert_eq!(vary(&actual), ["Origin"], "request from {origin}");
+    }
+
+    for origin in [APP, "HTTPS://APP.EXAMPLE.COM"] {
+        let mut actual = HeaderMap::new();
+        policy.apply(&request_headers(Some(origin)), &mut actual);
+
+        assert_eq!(actual[header::ACCESS_CONTROL_ALLOW_ORIGIN], origin);
+    }
+}
+
 #[test]
 fn preflight_allows_only_route_methods() {
     let policy = CorsPolicy::new(&config(|config| {
