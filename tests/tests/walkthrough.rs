@@ -439,6 +439,24 @@ async fn preserve_host_keeps_client_host() {
     assert_eq!(headers["x-forwarded-host"], "public.example:8443");
 }
 
+/// An HTTP/1.0 request may come without `Host`. On a `preserve_host` route there is then no
+/// client value to keep, and the backend gets its own authority, as every HTTP/1.1 request
+/// must carry a `Host`.
+#[tokio::test]
+async fn preserve_host_without_client_host() {
+    let mock = MockProcess::start("Kept");
+    let gateway = single_route_gateway(&mock.url, "    preserve_host: true", "");
+
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let response = connection
+        .exchange(b"GET /api/host HTTP/1.0\r\n\r\n")
+        .expect("HTTP/1.0 exchange");
+    assert_eq!(response.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON body");
+    let authority = mock.url.trim_start_matches("http://");
+    assert_eq!(body["headers"]["host"], authority, "{body}");
+}
+
 #[tokio::test]
 async fn request_id_is_kept_or_generated() {
     let fleet = Fleet::start();

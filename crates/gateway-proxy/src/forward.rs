@@ -309,10 +309,15 @@ async fn attempt(
         .path_and_query()
         .map_or("/", |target| target.as_str());
     let (prefix, host) = match route.target(backend) {
-        Some(target) => (
-            target.prefix.as_deref(),
-            (!route.preserve_host).then_some(&target.host),
-        ),
+        Some(target) => {
+            // An HTTP/1.0 client may send no `Host`. The backend's authority is then written
+            // even on a `preserve_host` route, since an HTTP/1.1 request must carry one.
+            let keeps_client_host = route.preserve_host && parts.headers.contains_key(header::HOST);
+            (
+                target.prefix.as_deref(),
+                (!keeps_client_host).then_some(&target.host),
+            )
+        }
         None => (None, None),
     };
     // Encoded in place, so the head is not kept in the future across the wait below.

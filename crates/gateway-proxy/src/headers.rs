@@ -324,18 +324,14 @@ fn is_token_byte(byte: u8) -> bool {
 /// - `X-Real-IP` in either spelling: one address that the client chose, which backends set up
 ///   behind NGINX often read as the client's. The gateway's record of the client is in
 ///   `X-Forwarded-For`.
-/// - A field that reads as one the gateway sets once each `_` is read as `-`
-///   (`X_Forwarded_For`). CGI (RFC 3875 section 4.1.18) and the interfaces that follow it,
-///   such as WSGI and PSGI, name a field's variable with each `-` replaced by `_`. Both
-///   spellings then become one variable, and a backend could read a client's alias as the
-///   gateway's value.
+/// - A field that reads as one the gateway sets, or one that frames or routes the message,
+///   once each `_` is read as `-` (`X_Forwarded_For`, `Transfer_Encoding`). CGI (RFC 3875
+///   section 4.1.18) and the interfaces that follow it, such as WSGI and PSGI, name a field's
+///   variable with each `-` replaced by `_`. Both spellings then become one variable, and a
+///   backend could read a client's alias as the gateway's value, or as the framing of a body
+///   that the gateway framed otherwise.
 fn is_unforwarded_client_field(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
-    // Checked for every forwarded field, so the first letter and the length, which rule out
-    // nearly every other field, are compared before the bytes.
-    if name.first() != Some(&b'x') || !matches!(name.len(), 9 | 12 | 15..=17) {
-        return false;
-    }
     let reads_as = |set: &[u8]| {
         set.len() == name.len()
             && set
@@ -343,19 +339,43 @@ fn is_unforwarded_client_field(name: &HeaderName) -> bool {
                 .zip(name)
                 .all(|(&expected, &byte)| byte == expected || (expected == b'-' && byte == b'_'))
     };
-    if name.len() == X_REAL_IP.len() {
-        return reads_as(X_REAL_IP);
+    // Checked for every forwarded field, so the length, which rules out most other fields,
+    // is compared before the bytes.
+    if name.len() == X_REAL_IP.len() && reads_as(X_REAL_IP) {
+        return true;
     }
-    name.contains(&b'_')
-        && [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &X_REQUEST_ID,
-        ]
-        .iter()
-        .any(|set| reads_as(set.as_str().as_bytes()))
+    UNDERSCORE_ALIASED_LENGTHS & (1 << name.len().min(31)) != 0
+        && name.contains(&b'_')
+        && UNDERSCORE_ALIASED.iter().any(|set| reads_as(set))
 }
+
+/// The fields whose `_` spellings are left out (see [`is_unforwarded_client_field`]).
+const UNDERSCORE_ALIASED: [&[u8]; 13] = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+    b"forwarded",
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"upgrade",
+    b"trailer",
+];
+
+/// Bit n set when a name in [`UNDERSCORE_ALIASED`] is n bytes long.
+const UNDERSCORE_ALIASED_LENGTHS: u32 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < UNDERSCORE_ALIASED.len() {
+        bits |= 1 << UNDERSCORE_ALIASED[i].len();
+        i += 1;
+    }
+    bits
+};
 
 /// `X-Real-IP`, which the gateway never forwards (see [`is_unforwarded_client_field`]).
 const X_REAL_IP: &[u8] = b"x-real-ip";
@@ -562,6 +582,13 @@ mod tests {
             ("x_request_id", "forged"),
             ("x_forwarded_port", "443"),
             ("x_custom_field", "kept"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "5"),
+            ("host_", "kept"),
+            ("connection_", "kept"),
+            ("keep_alive", "timeout=5"),
+            ("proxy_connection", "close"),
+            ("forwarded_", "kept"),
         ]);
         let lines = forwarded(&headers, Some("10.0.0.9"), None);
         for alias in [
@@ -569,11 +596,18 @@ mod tests {
             "x-forwarded_proto",
             "x_forwarded_host",
             "x_request_id",
+            "transfer_encoding",
+            "content_length",
+            "keep_alive",
+            "proxy_connection",
         ] {
             assert!(values(&lines, alias).is_empty(), "{alias}: {lines:?}");
         }
         assert_eq!(values(&lines, "x_forwarded_port"), ["443"]);
         assert_eq!(values(&lines, "x_custom_field"), ["kept"]);
+        for kept in ["host_", "connection_", "forwarded_"] {
+            assert_eq!(values(&lines, kept), ["kept"], "{kept}: {lines:?}");
+        }
         assert_eq!(values(&lines, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(values(&lines, "x-forwarded-proto"), ["http"]);
     }
