@@ -482,6 +482,13 @@ fn check_backend_url(url: &str) -> Result<(), String> {
         None => return Err(format!("{url:?} has no scheme: write it like http://{url}")),
     }
     match uri.host() {
+        // A zone (`[fe80::1%25eth0]`) names an interface of this machine, which the backend's
+        // `Host` header and the address lookup cannot carry.
+        Some(host) if host.starts_with('[') && host.contains('%') => {
+            return Err(format!(
+                "{url:?} has an IPv6 zone, which backend URLs cannot use: write an address without a zone (not a link-local fe80:: one) or the backend's host name"
+            ));
+        }
         Some(host) if !host.is_empty() => {}
         _ => {
             return Err(format!(

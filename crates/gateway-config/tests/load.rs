@@ -657,6 +657,24 @@ fn server_host_must_be_address_or_name() {
 }
 
 #[test]
+fn backend_url_with_ipv6_zone_rejected() {
+    let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends:
+      - url: "http://[fe80::1%25eth0]:9001"
+      - url: "http://[fe80::1]:9002"
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].backends[0].url:"),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("IPv6 zone"), "{found:#?}");
+}
+
+#[test]
 fn backend_url_port_and_credentials_are_checked() {
     let text = r#"
 routes:
