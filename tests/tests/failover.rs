@@ -471,6 +471,8 @@ async fn resend_never_reaches_second_backend() {
         String::from_utf8_lossy(&reply.body)
     );
     assert_eq!(other_served, 0, "Other got the DELETE");
+    // The DELETE reached the backend, so the failure is the backend's, not a failed connect.
+    assert_eq!(reply.json()["error"], "backend failed");
 }
 
 /// A GET requests no change, so when its resend cannot reach the backend that died while

@@ -259,8 +259,13 @@ impl ProxyError {
 
     /// Marks the error as one that came after the request reached a backend once, so that it
     /// is not sent to another: the connect of a resend after a pooled connection closed.
+    /// A failed connect then becomes a backend failure, as the closed connection would have
+    /// been without the resend, because the backend may have received the request.
     pub(crate) fn after_earlier_send(mut self) -> ProxyError {
         self.nothing_sent = false;
+        if self.kind == ErrorKind::BackendConnect {
+            self.kind = ErrorKind::BackendError;
+        }
         self
     }
 
