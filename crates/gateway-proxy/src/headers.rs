@@ -130,10 +130,13 @@ pub fn write_forwarded_headers(
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST
             || *name == header::FORWARDED;
+        if replaced {
+            continue;
+        }
         let dropped = is_hop_by_hop(name)
             || (named_by_connection.contains(name) && *name != X_REQUEST_ID)
             || is_unforwarded_client_field(name);
-        if replaced || dropped {
+        if dropped {
             continue;
         }
         if *name == header::TRAILER {
@@ -339,12 +342,15 @@ fn is_unforwarded_client_field(name: &HeaderName) -> bool {
                 .zip(name)
                 .all(|(&expected, &byte)| byte == expected || (expected == b'-' && byte == b'_'))
     };
-    // Checked for every forwarded field, so the length, which rules out most other fields,
-    // is compared before the bytes.
     if name.len() == X_REAL_IP.len() && reads_as(X_REAL_IP) {
         return true;
     }
-    UNDERSCORE_ALIASED_LENGTHS & (1 << name.len().min(31)) != 0
+    // Checked for every forwarded field, so the length and the first letter, which rule out
+    // nearly every other field, are compared before the bytes.
+    let first_letters = ALIASED_FIRST_LETTERS.get(name.len()).copied().unwrap_or(0);
+    let first = name.first().map_or(0, |&byte| byte.wrapping_sub(b'a'));
+    first < 26
+        && first_letters & (1 << first) != 0
         && name.contains(&b'_')
         && UNDERSCORE_ALIASED.iter().any(|set| reads_as(set))
 }
@@ -366,15 +372,17 @@ const UNDERSCORE_ALIASED: [&[u8]; 13] = [
     b"trailer",
 ];
 
-/// Bit n set when a name in [`UNDERSCORE_ALIASED`] is n bytes long.
-const UNDERSCORE_ALIASED_LENGTHS: u32 = {
-    let mut bits = 0;
+/// For each length, the first letters of the names in [`UNDERSCORE_ALIASED`] of that length,
+/// as bit 0 for `a` to bit 25 for `z`.
+const ALIASED_FIRST_LETTERS: [u32; 18] = {
+    let mut letters = [0; 18];
     let mut i = 0;
     while i < UNDERSCORE_ALIASED.len() {
-        bits |= 1 << UNDERSCORE_ALIASED[i].len();
+        let name = UNDERSCORE_ALIASED[i];
+        letters[name.len()] |= 1 << (name[0] - b'a');
         i += 1;
     }
-    bits
+    letters
 };
 
 /// `X-Real-IP`, which the gateway never forwards (see [`is_unforwarded_client_field`]).
