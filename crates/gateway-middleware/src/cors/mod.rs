@@ -321,8 +321,15 @@ impl CorsPolicy {
         let (Some(requested), None) = (fields.next(), fields.next()) else {
             return false;
         };
+        // A CORS-safelisted method passes the browser's method check without being listed
+        // (Fetch standard, "CORS-preflight fetch"), so its preflight is judged on the origin
+        // and headers alone. A simple GET, HEAD or POST reaches the route without a preflight
+        // anyway.
         match Method::from_bytes(requested.as_bytes()) {
-            Ok(method) => self.methods.contains(&method),
+            Ok(method) => {
+                matches!(method, Method::GET | Method::HEAD | Method::POST)
+                    || self.methods.contains(&method)
+            }
             Err(_) => false,
         }
     }

@@ -126,6 +126,18 @@ fn apply_without_origin_adds_only_vary() {
     );
 }
 
+/// With `*` and no credentials, a request without `Origin` gets no CORS headers and no
+/// `Vary`: adding them to every response would cost each request two header fields.
+#[test]
+fn any_origin_leaves_request_without_origin() {
+    let any = CorsPolicy::new(&config(|config| {
+        config.allowed_origins = vec!["*".to_owned()];
+    }));
+    let mut response = HeaderMap::new();
+    any.apply(&request_headers(None), &mut response);
+    assert!(response.is_empty(), "{response:?}");
+}
+
 #[test]
 fn apply_with_origin_sets_allow_origin() {
     let policy = CorsPolicy::new(&config(|_| {}));
@@ -270,6 +282,36 @@ fn app_origins_match_exactly() {
 
         assert_eq!(actual[header::ACCESS_CONTROL_ALLOW_ORIGIN], origin);
     }
+}
+
+#[test]
+fn safelisted_methods_pass_preflight_unlisted() {
+    let policy = CorsPolicy::new(&config(|config| {
+        config.allowed_methods = vec!["PUT".to_owned()];
+    }));
+    let preflight = |method: &str| {
+        let mut headers = request_headers(Some(APP));
+        headers.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_str(method).unwrap(),
+        );
+        policy.preflight::<Full<Bytes>>(&headers)
+    };
+    for method in ["GET", "HEAD", "POST", "PUT"] {
+        let response = preflight(method);
+        assert_eq!(
+            response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            APP,
+            "{method}"
+        );
+    }
+    let delete = preflight("DELETE");
+    assert!(
+        delete
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
 }
 
 #[test]
