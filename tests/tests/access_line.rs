@@ -1,5 +1,5 @@
 //! The access line as a user reads it on the gateway's stdout: the JSON format, one line per
-//! request up to a clean stop, and the log level that turns the lines off. Lines of requests
+//! request up to a clean stop, and the log directive that turns the lines off. Lines of requests
 //! cut off by a stop, and a stop with an unread stdout, are tested in `stop_edges.rs`.
 
 use bytes::Bytes;
@@ -113,21 +113,24 @@ async fn clean_stop_prints_every_line() {
     );
 }
 
+/// Access lines follow `logging.access_log`, not the level: a `warn` level keeps them, and
+/// only a directive for the `access` target turns them off.
 #[tokio::test]
-async fn warn_level_turns_lines_off() {
+async fn level_leaves_lines_unless_access_named() {
     let mock = MockProcess::start("Quiet");
     // The gateway's own target stays at info, so that its start line still shows.
-    let gateway = gateway(&mock.url, "  level: \"warn,apigateway=info\"");
+    let warn = gateway(&mock.url, "  level: \"warn,apigateway=info\"");
+    let off = gateway(&mock.url, "  level: \"warn,apigateway=info,access=off\"");
 
     for n in 0..5 {
-        let reply = get(&format!("{}/api/quiet/{n}", gateway.url)).await;
-        assert_eq!(reply.status, 200);
+        assert_eq!(
+            get(&format!("{}/api/quiet/{n}", warn.url)).await.status,
+            200
+        );
+        assert_eq!(get(&format!("{}/api/quiet/{n}", off.url)).await.status, 200);
     }
     // Longer than the writer's flush interval, so a line would have been written by now.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        access_lines(&gateway.lines()).is_empty(),
-        "{:?}",
-        gateway.lines()
-    );
+    assert_eq!(access_lines(&warn.lines()).len(), 5, "{:?}", warn.lines());
+    assert!(access_lines(&off.lines()).is_empty(), "{:?}", off.lines());
 }

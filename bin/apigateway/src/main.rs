@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             config = %cli.config.display(),
             field = %warning.field,
             warning = %warning.message,
-            "configuration setting has no effect"
+            "configuration setting has no effect or is risky"
         );
     }
     let mut config = config;
@@ -151,8 +151,8 @@ fn main() -> ExitCode {
 /// Starts the access line writer and the runtime, and serves `config` until a stop signal.
 /// Returns the exit code and whether stdout blocked the access lines at the stop.
 fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitCode, bool) {
-    // Access lines bypass the subscriber, so its filter is asked once here: a level above
-    // info, or a directive that silences the `access` target, turns them off.
+    // Access lines bypass the subscriber, so its filter is asked once here: a directive that
+    // silences the `access` target (`access=off`) turns them off. The level alone does not.
     let access_lines =
         if config.logging.access_log && tracing::enabled!(target: "access", tracing::Level::INFO) {
             match AccessLines::start(format, std::io::stdout()) {
@@ -684,6 +684,14 @@ fn parse_log_filter(text: &str) -> Result<EnvFilter, String> {
     })
 }
 
+/// Returns whether the log filter `text` has a directive for the `access` target, such as
+/// `access=off`.
+fn names_access_target(text: &str) -> bool {
+    text.split(',')
+        .map(str::trim)
+        .any(|directive| directive.starts_with("access=") || directive.starts_with("access["))
+}
+
 /// Installs the global subscriber with the filter from `RUST_LOG`, or `level` when it is unset.
 ///
 /// # Errors
@@ -693,10 +701,18 @@ fn init_logging(
     format: LogFormat,
     level: &str,
 ) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.is_empty() => parse_log_filter(&value)?,
-        _ => parse_log_filter(level)?,
+    let text = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => value,
+        _ => level.to_owned(),
     };
+    let mut filter = parse_log_filter(&text)?;
+    // Access lines follow `logging.access_log`, not the level, as NGINX's access log is apart
+    // from its error log's level. Only a directive for the `access` target changes them.
+    if !names_access_target(&text)
+        && let Ok(directive) = "access=info".parse()
+    {
+        filter = filter.add_directive(directive);
+    }
 
     // Log lines go through a writer thread, so a request task never blocks on stdout. The
     // thread writes each batch of queued lines through one buffer and flushes it when the

@@ -4,6 +4,7 @@
 use crate::probe::{self, ProbeError};
 use gateway_balancer::{Backend, Transition};
 use gateway_config::HealthCheckConfig;
+use http::StatusCode;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,6 +176,18 @@ fn record(backend: &Backend, result: Result<(), ProbeError>) {
             let message = error.message();
             // `last_error` also contains failed requests' messages, so the source is named.
             match backend.record_check_failure(&format!("health check failed: {message}")) {
+                Transition::Down if matches!(error, ProbeError::Status(StatusCode::NOT_FOUND)) => {
+                    // Health checks are on by default, so a backend without the endpoint
+                    // is the likely cause, not a failing one.
+                    let failures = backend.snapshot().consecutive_failures;
+                    warn!(
+                        backend = %url,
+                        failures,
+                        error = %message,
+                        "backend is unhealthy: it has no endpoint at the health check path; set \
+                         health_check.path to a path it serves, or health_check.enabled: false"
+                    );
+                }
                 Transition::Down => {
                     let failures = backend.snapshot().consecutive_failures;
                     warn!(backend = %url, failures, error = %message, "backend is unhealthy");
