@@ -3,6 +3,7 @@
 use crate::StoreError;
 use crate::reader::ENTRY_COLUMNS;
 use crate::thread::WriterThread;
+use crate::verify::{self, verify_database};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -60,6 +61,7 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
                 source,
             }
         }
+        sqlx::Error::Database(_) => classify_sqlx(source, path),
         _ => StoreError::Open {
             path: path.to_owned(),
             source,
@@ -87,6 +89,10 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
             path: path.to_owned(),
             version,
         },
+        MigrateError::Dirty(version) => StoreError::FailedMigration {
+            path: path.to_owned(),
+            version,
+        },
         MigrateError::Execute(sqlx::Error::Database(error))
             if is_read_only(error.code().as_deref()) =>
         {
@@ -101,6 +107,10 @@ pub(crate) async fn open_writer(path: &Path) -> Result<SqliteConnection, StoreEr
                 path: path.to_owned(),
                 source,
             }
+        }
+        MigrateError::Execute(source @ sqlx::Error::Database(_))
+        | MigrateError::ExecuteMigration(source @ sqlx::Error::Database(_), _) => {
+            classify_sqlx(source, path)
         }
         source => StoreError::Migrate {
             path: path.to_owned(),
@@ -130,7 +140,15 @@ pub(crate) async fn open_insert_connection(
     let checked = open_writer(path).await?;
     // The checks' connection closes first, so the writer has one connection to the file.
     let _ = checked.close().await;
-    reopen_insert_connection(path, thread).await
+    let connection = reopen_insert_connection(path, thread).await?;
+    let owned = path.to_owned();
+    match thread
+        .run(move || verify_database(&connection, &owned).map(|()| connection))
+        .await
+    {
+        Ok(verified) => verified,
+        Err(_) => Err(StoreError::WriterThread { source: None }),
+    }
 }
 
 /// Opens the writer's connection again, on its `thread`, after a failed batch closed it.
@@ -181,6 +199,9 @@ fn writer_options(path: &Path) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
+        // A statement that waited out the busy timeout fails with its own error, so sqlx's
+        // warning about it would only repeat it.
+        .log_slow_statements(log::LevelFilter::Debug, SLOW_READER_STATEMENT)
 }
 
 /// Fails when `path` is not a request log that this version can write: another program's
@@ -299,7 +320,7 @@ impl Schema {
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
 /// Lists the database's tables other than SQLite's own (`sqlite_*`).
-const TABLES_QUERY: &str = "SELECT name FROM sqlite_master WHERE type = 'table' \
+pub(crate) const TABLES_QUERY: &str = "SELECT name FROM sqlite_master WHERE type = 'table' \
      AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";
 
 async fn read_schema(connection: &mut SqliteConnection) -> Result<Schema, sqlx::Error> {
@@ -399,10 +420,7 @@ fn folder_is_writable(path: &Path) -> bool {
 /// read-only without an error, and an up-to-date schema needs no write, so without this check
 /// the gateway would start and then lose every batch.
 async fn ensure_writable(connection: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_error = |source| classify_sqlx(source, path);
     // A table created in a transaction that is rolled back needs a writable file but leaves
     // it as it was. Taking the write lock alone succeeds on a read-only connection.
     sqlx::query("BEGIN IMMEDIATE")
@@ -550,10 +568,16 @@ pub fn check_database_path(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Checks a database path as the gateway's start would, without changing the file: the path
-/// checks of [`check_database_path`], that the file is not another program's database, and
-/// that the process can write the file and its folder. This is what `apigateway --check`
+/// Checks a database path as the gateway's start would, without writing to the database.
+/// It runs the path checks of [`check_database_path`], checks that the file is not another
+/// program's database and that the process can write the file and its folder. On an existing
+/// log it then runs the start's checks: the write lock, the recorded migrations, the
+/// `requests` table and a time-limited integrity check. This is what `apigateway --check`
 /// runs.
+///
+/// The last checks open the file as SQLite does, so a reader's read marks in the -shm file
+/// may change. When no other connection is open and a -wal file remains from a crash, closing
+/// that connection copies the -wal file into the database, as the start would.
 ///
 /// # Errors
 ///
@@ -589,7 +613,59 @@ pub async fn check_database(path: &Path) -> Result<(), StoreError> {
     if !folder_is_writable(path) {
         return Err(read_only());
     }
+    if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() > 0) {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || verify_existing(&owned))
+            .await
+            .map_err(StoreError::WriterTask)??;
+    }
     Ok(())
+}
+
+/// Runs the start's [`verify_database`] on a connection of its own. The connection neither
+/// creates the file nor changes its journal mode. Opening a file in WAL mode creates its -wal
+/// and -shm files when they are missing, and closing the last connection removes them again.
+fn verify_existing(path: &Path) -> Result<(), StoreError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = rusqlite::Connection::open_with_flags(path, flags)
+        .map_err(|source| verify::classify(source, path))?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(|source| verify::classify(source, path))?;
+    let verified = verify_database(&connection, path);
+    let _ = connection.close();
+    verified
+}
+
+/// Maps an SQLite error of the start's sqlx connections as [`verify::classify`] maps the
+/// writer's: a damaged file, a lock held by another process, a read-only file.
+fn classify_sqlx(source: sqlx::Error, path: &Path) -> StoreError {
+    let code = source
+        .as_database_error()
+        .and_then(|error| error.code())
+        .and_then(|code| code.parse::<i32>().ok());
+    let message = source
+        .as_database_error()
+        .map(|error| error.message().to_owned())
+        .unwrap_or_default();
+    match code.map(|code| code & 0xff) {
+        Some(rusqlite::ffi::SQLITE_CORRUPT) => StoreError::Corrupt {
+            path: path.to_owned(),
+            problem: message,
+        },
+        Some(rusqlite::ffi::SQLITE_NOTADB) => not_a_database(path),
+        Some(rusqlite::ffi::SQLITE_BUSY | rusqlite::ffi::SQLITE_LOCKED) => StoreError::Locked {
+            path: path.to_owned(),
+        },
+        Some(rusqlite::ffi::SQLITE_READONLY) => StoreError::ReadOnly {
+            path: path.to_owned(),
+        },
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
+    }
 }
 
 /// Returns whether `path` is missing, an empty file, or a file that starts with SQLite's

@@ -128,6 +128,62 @@ pub enum StoreError {
         version: i64,
     },
 
+    /// SQLite found the file damaged (`SQLITE_CORRUPT`), or `PRAGMA quick_check` reported a
+    /// problem.
+    #[error(
+        "request log database {} is corrupt ({problem}): {}",
+        path.display(),
+        corrupt_fix(path)
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's message, or the problems that the integrity check listed.
+        problem: String,
+    },
+
+    /// Another connection held the write lock for longer than the busy timeout.
+    #[error(
+        "request log database {} is locked: another process has held a write transaction on \
+         it for more than 5s (an `sqlite3` shell in a transaction, a backup tool, another \
+         gateway). End that transaction (`fuser {}` lists the processes that have the file \
+         open), or set request_log.database to another file",
+        path.display(),
+        path.display()
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// A migration is recorded as started but not finished, so the schema is half applied.
+    #[error(
+        "request log database {} records schema migration {version} as failed, so its schema \
+         is half applied: move the file away (with its -wal and -shm files) so that the \
+         gateway creates a new log",
+        path.display()
+    )]
+    FailedMigration {
+        /// The database file.
+        path: PathBuf,
+        /// The migration recorded with `success = 0`.
+        version: i64,
+    },
+
+    /// The file records the log's migrations, but its `requests` table is missing or lacks
+    /// the log's columns: it was edited or damaged.
+    #[error(
+        "request log database {} records the request log's schema, but {problem}: move the \
+         file away (with its -wal and -shm files) so that the gateway creates a new log",
+        path.display()
+    )]
+    BrokenSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The problem with the `requests` table.
+        problem: String,
+    },
+
     /// The path is a symbolic link to a file that does not exist.
     #[error(
         "request log database {} is a symbolic link to a missing file: create the file where \
@@ -252,4 +308,15 @@ pub enum StoreError {
     /// The writer task panicked or was cancelled before it finished.
     #[error("request log writer task failed")]
     WriterTask(#[source] tokio::task::JoinError),
+}
+
+/// Returns the fix for a corrupt request log at `path`, for the start's error and the
+/// writer's run-time error alike.
+pub(crate) fn corrupt_fix(path: &std::path::Path) -> String {
+    let path = path.display();
+    format!(
+        "with the gateway stopped, move the file away (with its -wal and -shm files) so that the \
+         gateway creates a new log, or recover its rows with `sqlite3 {path} .recover | \
+         sqlite3 {path}.recovered` and put {path}.recovered in its place"
+    )
 }

@@ -35,6 +35,7 @@
 //!   and over the access lines' buffers of `apigateway`.
 //! - `insert` and `retention`: the SQL the writer runs.
 //! - `connect`: opening the file for writing (WAL, migrations) and for reading.
+//! - `verify`: the checks of an existing file that the start and `apigateway --check` run.
 //! - `reader`, `stats`, `filter`: [`LogReader`] and its queries, filters and page cursor.
 //! - `time`: microsecond timestamps, RFC 3339 output and [`parse_since`].
 //! - [`error`]: the error type, [`StoreError`].
@@ -55,6 +56,7 @@ mod stats;
 mod thread;
 mod thread_index;
 mod time;
+mod verify;
 mod writer;
 
 pub use connect::{check_database, check_database_path};
