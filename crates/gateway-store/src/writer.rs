@@ -521,6 +521,15 @@ impl Writer {
                 }
                 (deleted == u64::from(chunk)).then_some(cutoff_us)
             }
+            Err(error) if error.is_corrupt() => {
+                error!(
+                    path = %self.path.display(),
+                    %error,
+                    fix = %crate::error::corrupt_fix(&self.path),
+                    "request log retention failed: the database file is corrupt"
+                );
+                None
+            }
             Err(error) => {
                 error!(
                     path = %self.path.display(),
@@ -573,6 +582,21 @@ enum WriteError {
     /// The writer's thread lost the statement: it panicked, and the connection went with it.
     #[error(transparent)]
     Lost(#[from] JobLost),
+}
+
+impl WriteError {
+    /// Returns whether SQLite found the database file damaged (`SQLITE_CORRUPT` or
+    /// `SQLITE_NOTADB`).
+    fn is_corrupt(&self) -> bool {
+        match self {
+            WriteError::Open(StoreError::Corrupt { .. } | StoreError::NotDatabase { .. }) => true,
+            WriteError::Statement(error) => matches!(
+                error.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Time between two checks that the database path still names the writer's file.
@@ -650,12 +674,22 @@ impl FailureWarnings {
             }
             cause = source.source();
         }
-        error!(
-            path = %path.display(),
-            rows = self.unreported,
-            error = %message,
-            "request log batch write failed, rows lost"
-        );
+        if error.is_corrupt() {
+            error!(
+                path = %path.display(),
+                rows = self.unreported,
+                error = %message,
+                fix = %crate::error::corrupt_fix(path),
+                "request log batch write failed, rows lost: the database file is corrupt"
+            );
+        } else {
+            error!(
+                path = %path.display(),
+                rows = self.unreported,
+                error = %message,
+                "request log batch write failed, rows lost"
+            );
+        }
         self.unreported = 0;
         self.last_error = Some(now);
     }
@@ -845,6 +879,33 @@ mod tests {
         assert_eq!(rows_in_error_lines(&output), [10, 5]);
         failures.report_due(path);
         assert_eq!(rows_in_error_lines(&output), [10, 5], "reported once");
+    }
+
+    /// A batch that meets a damaged page fails with `SQLITE_CORRUPT` while the gateway runs.
+    /// Its error line must give the fix, as the start's error does.
+    #[test]
+    fn corrupt_file_error_gives_fix() {
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&output);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || SharedSink(Arc::clone(&sink)))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let path = std::path::Path::new("requests.db");
+        let corrupt = WriteError::Statement(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some("database disk image is malformed".to_owned()),
+        ));
+
+        let mut failures = FailureWarnings::default();
+        failures.report(512, &corrupt, path);
+        let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
+
+        assert_eq!(rows_in_error_lines(&output), [512]);
+        assert!(text.contains("database file is corrupt"), "{text}");
+        assert!(text.contains("move the file away"), "{text}");
+        assert!(text.contains("sqlite3 requests.db .recover"), "{text}");
     }
 
     /// A `tracing` output shared with the test.
