@@ -209,7 +209,8 @@ where
     // The request log opens before the first connection, so that a bad database path stops
     // the start instead of losing rows.
     let writer = if gateway.config.request_log.enabled {
-        let (state, writer) = open_request_log(&gateway.config.request_log).await?;
+        let (state, writer) =
+            open_request_log(&gateway.config.request_log, shutdown_timeout).await?;
         let _ = gateway.request_log.set(state);
         Some(writer)
     } else {
@@ -371,9 +372,28 @@ where
         state.reader.close().await;
     }
 
-    // Every request that finished has queued its row by now; the writer commits them all.
+    // Every request that finished has queued its row by now. The writer commits them, for at
+    // most `server.shutdown_timeout`.
     if let Some(writer) = writer {
+        let queued = gateway.queued_request_log_rows();
+        if queued > 0 {
+            tracing::info!(
+                rows = queued,
+                timeout = ?shutdown_timeout,
+                "waiting for the request log to commit queued rows"
+            );
+        }
         match writer.shutdown().await {
+            Ok(summary) if summary.unwritten > 0 => tracing::warn!(
+                written = summary.written,
+                dropped = summary.dropped,
+                failed = summary.failed,
+                unwritten = summary.unwritten,
+                timeout = ?shutdown_timeout,
+                "request log closed with rows lost: `unwritten` rows were still queued when \
+                 the shutdown timeout passed, `failed` rows were in batches that did not \
+                 commit, `dropped` rows found the queue full"
+            ),
             Ok(summary) if summary.file_replaced => tracing::warn!(
                 written = summary.written,
                 dropped = summary.dropped,
@@ -674,11 +694,14 @@ async fn flush_access_lines(lines: AccessLines) {
     }
 }
 
-/// Opens the request log's queue, writer and reader.
+/// Opens the request log's queue, writer and reader. At the stop, the writer commits queued
+/// rows for at most `stop_timeout`.
 async fn open_request_log(
     config: &gateway_config::RequestLogConfig,
+    stop_timeout: Duration,
 ) -> Result<(RequestLogState, WriterHandle), ServeError> {
     let (log, writer) = RequestLog::open(config).await?;
+    let writer = writer.with_stop_timeout(stop_timeout);
     let reader = LogReader::open(&config.database).await?;
     tracing::info!(database = %config.database.display(), "request log open");
     let state = RequestLogState {

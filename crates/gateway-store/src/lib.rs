@@ -68,4 +68,6 @@ pub use record::{RecordRef, RequestRecord};
 pub use stats::{BackendStats, RouteStats, Stats, Summary};
 pub use thread_index::buffer_index;
 pub use time::{format_rfc3339, now_us, parse_since, unix_micros};
-pub use writer::{DEFAULT_RETENTION_INTERVAL, WriteSummary, Writer, WriterHandle};
+pub use writer::{
+    DEFAULT_RETENTION_INTERVAL, DEFAULT_STOP_TIMEOUT, WriteSummary, Writer, WriterHandle,
+};

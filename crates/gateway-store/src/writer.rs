@@ -9,8 +9,8 @@ use rusqlite::Connection;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,6 +19,10 @@ use tracing::{debug, error, trace, warn};
 
 /// Default time between two retention runs.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Default maximum time that the writer spends committing queued rows once a stop is
+/// requested. See [`Writer::with_stop_timeout`].
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The task that writes queued records to the database, returned by
 /// [`RequestLog::open`](crate::RequestLog::open).
@@ -50,6 +54,12 @@ pub struct Writer {
     flush_interval: Duration,
     retention: Duration,
     retention_interval: Duration,
+    stop_timeout: Duration,
+    /// When [`WriterHandle::shutdown`] was called. A batch in progress then delays the
+    /// writer's reading of the request, but not the stop timeout, which runs from here.
+    stop_requested: Arc<OnceLock<Instant>>,
+    /// When the stop's time for committing queued rows ends, once the writer is stopping.
+    stop_deadline: Option<Instant>,
 }
 
 /// Counts of what a writer did between its start and its stop.
@@ -64,6 +74,8 @@ pub struct WriteSummary {
     pub dropped: u64,
     /// Expired rows deleted.
     pub expired: u64,
+    /// Rows still queued when the stop timeout passed, left unwritten.
+    pub unwritten: u64,
     /// Whether the database file was found removed or replaced while the writer ran, so that
     /// the rows written since went to the file it had opened, not to the one at the path.
     pub file_replaced: bool,
@@ -73,6 +85,7 @@ pub struct WriteSummary {
 #[derive(Debug)]
 pub struct WriterHandle {
     shutdown: oneshot::Sender<()>,
+    stop_requested: Arc<OnceLock<Instant>>,
     task: JoinHandle<WriteSummary>,
 }
 
@@ -84,6 +97,7 @@ impl WriterHandle {
     ///
     /// Returns [`StoreError::WriterTask`] when the writer task panicked or was aborted.
     pub async fn shutdown(self) -> Result<WriteSummary, StoreError> {
+        let _ = self.stop_requested.set(Instant::now());
         // The writer may already have stopped because every handle was dropped.
         let _ = self.shutdown.send(());
         self.task.await.map_err(StoreError::WriterTask)
@@ -123,7 +137,23 @@ impl Writer {
             flush_interval: config.flush_interval,
             retention: config.retention,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            stop_requested: Arc::new(OnceLock::new()),
+            stop_deadline: None,
         }
+    }
+
+    /// Sets the maximum time that the writer spends committing the rows still queued once a
+    /// stop is requested. The default is [`DEFAULT_STOP_TIMEOUT`], ten seconds.
+    ///
+    /// During the stop, each statement waits for another connection's lock only until this
+    /// time is up, not for the full busy timeout of 5s. Rows still queued then are counted in
+    /// [`WriteSummary::unwritten`] and left unwritten. A batch that was already waiting for the
+    /// lock when the stop was requested goes on waiting up to the busy timeout of 5s, so a stop
+    /// timeout shorter than that can be exceeded by the difference.
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> Writer {
+        self.stop_timeout = timeout;
+        self
     }
 
     /// Sets the time between two retention runs. The default is
@@ -147,8 +177,13 @@ impl Writer {
                 std::future::pending::<()>().await;
             }
         };
+        let stop_requested = Arc::clone(&self.stop_requested);
         let task = tokio::spawn(self.run(stop));
-        WriterHandle { shutdown, task }
+        WriterHandle {
+            shutdown,
+            stop_requested,
+            task,
+        }
     }
 
     /// Writes queued records until `shutdown` completes or every [`RequestLog`] is dropped,
@@ -180,8 +215,9 @@ impl Writer {
                 biased;
                 () = &mut shutdown, if !stopping => {
                     debug!(path = %self.path.display(), "request log writer draining");
-                    self.spool.close();
+                    self.start_stop();
                     stopping = true;
+                    retention_cutoff = None;
                     continue;
                 }
                 _ = retention_timer.tick(), if !stopping => {
@@ -225,8 +261,9 @@ impl Writer {
                 tokio::select! {
                     biased;
                     () = &mut shutdown => {
-                        self.spool.close();
+                        self.start_stop();
                         stopping = true;
+                        retention_cutoff = None;
                     }
                     () = self.batch_ready.notify.notified() => {}
                     () = &mut deadline => {
@@ -240,6 +277,10 @@ impl Writer {
             self.write_batch(&mut batch, write_all, &mut summary).await;
             drops.warn_if_due(&self.dropped, &self.path, false);
             self.failures.report_due(&self.path);
+            if self.stop_timed_out() {
+                self.leave_unwritten(&mut batch, &mut summary);
+                break;
+            }
         }
 
         drops.warn_if_due(&self.dropped, &self.path, true);
@@ -331,6 +372,13 @@ impl Writer {
 
         let mut done = 0;
         while done < to_write {
+            if self.stop_timed_out() {
+                // The caller logs these with the rest of the queue.
+                let rest = to_write - done;
+                self.spool.release(rest);
+                summary.unwritten += rest as u64;
+                break;
+            }
             let rows = self.batch_size.min(to_write - done);
             let transaction = Arc::clone(&order);
             match self
@@ -453,9 +501,18 @@ impl Writer {
         T: Send + 'static,
     {
         let mut connection = self.take_connection().await?;
+        // During the stop, a lock held by another process is waited for only until the stop
+        // timeout, so that each batch does not wait the full busy timeout again.
+        let busy_timeout = self
+            .stop_deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
         let (connection, output) = self
             .thread
             .run(move || {
+                if let Some(timeout) = busy_timeout {
+                    // Only fails on a closed connection, which the work then reports.
+                    let _ = connection.busy_timeout(timeout);
+                }
                 let output = work(&mut connection);
                 (connection, output)
             })
@@ -496,6 +553,41 @@ impl Writer {
             .await;
         if let Ok(Err(error)) = closed {
             debug!(path = %self.path.display(), %error, "request log close failed");
+        }
+    }
+
+    /// Closes the queue to new records and starts the stop timeout.
+    fn start_stop(&mut self) {
+        self.spool.close();
+        let requested = self
+            .stop_requested
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now);
+        self.stop_deadline = Some(requested + self.stop_timeout);
+    }
+
+    fn stop_timed_out(&self) -> bool {
+        self.stop_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Releases the records in `batch` and every record still queued without writing them,
+    /// counts them as unwritten and logs how many rows the stop left unwritten.
+    fn leave_unwritten(&mut self, batch: &mut Encoded, summary: &mut WriteSummary) {
+        self.spool.take(batch);
+        let rows = batch.len();
+        self.spool.release(rows);
+        *batch = Encoded::default();
+        summary.unwritten += rows as u64;
+        if summary.unwritten > 0 {
+            error!(
+                path = %self.path.display(),
+                rows = summary.unwritten,
+                timeout = ?self.stop_timeout,
+                "request log stop timed out, rows not written: the database was locked by \
+                 another process or too slow to take them"
+            );
         }
     }
 

@@ -666,3 +666,59 @@ async fn has_requests_table(path: &std::path::Path) -> bool {
     .unwrap();
     tables == 1
 }
+
+/// A lock held by another connection fails each batch only after the busy timeout of 5s. At
+/// the stop, the writer waits for the lock only until its stop timeout, and then leaves the
+/// rest of the queue unwritten instead of waiting 5s for each of its batches.
+#[tokio::test]
+async fn stop_with_held_lock_keeps_to_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let holder = rusqlite::Connection::open(&config.database).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let writer = writer.with_stop_timeout(Duration::from_secs(1)).spawn();
+    for i in 0..5000 {
+        log.record(record(i, now_us()));
+    }
+    let started = std::time::Instant::now();
+    let summary = writer.shutdown().await.unwrap();
+    let elapsed = started.elapsed();
+
+    // One batch may have begun its 5s wait before the stop.
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "the stop took {elapsed:?}: {summary:?}"
+    );
+    assert_eq!(summary.written, 0, "{summary:?}");
+    assert_eq!(summary.failed + summary.unwritten, 5000, "{summary:?}");
+    assert!(summary.unwritten >= 5000 - 2 * 512, "{summary:?}");
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(count_rows(&config.database).await, 0);
+}
+
+/// A lock released before the stop timeout passes costs no rows.
+#[tokio::test]
+async fn stop_waits_for_released_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (log, writer) = RequestLog::open(&config).await.unwrap();
+    let holder = rusqlite::Connection::open(&config.database).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let writer = writer.with_stop_timeout(Duration::from_secs(20)).spawn();
+    for i in 0..2000 {
+        log.record(record(i, now_us()));
+    }
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        holder.execute_batch("ROLLBACK").unwrap();
+    });
+    let summary = writer.shutdown().await.unwrap();
+    release.join().unwrap();
+
+    assert_eq!(summary.written, 2000, "{summary:?}");
+    assert_eq!(summary.unwritten, 0, "{summary:?}");
+    assert_eq!(count_rows(&config.database).await, 2000);
+}
