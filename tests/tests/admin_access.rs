@@ -112,13 +112,48 @@ async fn bytes_outside_ascii_do_not_make_proxy_client() {
     let reply = tokio::task::spawn_blocking(move || {
         raw_request(
             addr,
-            b"GET /admin/backends HTTP/1.1\r\nHost: gateway\r\n\
+            b"GET /admin/backends HTTP/1.1\r\nHost: localhost\r\n\
               X-Forwarded-For: \xe9, 203.0.113.7\r\nConnection: close\r\n\r\n",
         )
     })
     .await
     .expect("request task");
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+}
+
+/// A browser on this machine that a web page's rebound DNS name sent to the gateway is a
+/// loopback client with that name in `Host`, and gets 403. The machine's own names pass.
+#[tokio::test]
+async fn rebound_host_name_gets_403() {
+    let (_mock, gateway) = start("", "");
+    let addr = gateway.addr;
+    let send = |host: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let head = format!(
+                "GET /admin/logs?limit=1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            );
+            raw_request(addr, head.as_bytes())
+        })
+    };
+    let rebound = send("rebind.attacker.example:8080")
+        .await
+        .expect("request task");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(rebound.contains("DNS rebinding"), "{rebound}");
+    for host in ["localhost:8080", "127.0.0.1"] {
+        let reply = send(host).await.expect("request task");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{host}: {reply}");
+    }
+    // `/health` stays open to every client and name.
+    let health = tokio::task::spawn_blocking(move || {
+        raw_request(
+            addr,
+            b"GET /health HTTP/1.1\r\nHost: rebind.attacker.example\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("request task");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 }
 
 /// Admin errors are not to be stored either: a shared cache may keep a 404 or 405 that is not

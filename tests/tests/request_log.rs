@@ -1437,9 +1437,18 @@ async fn admin_errors_carry_error_kinds() {
             b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
             405,
         ),
-        (b"DELETE /admin/backends HTTP/1.1\r\nHost: a\r\n\r\n", 405),
-        (b"GET /admin/nothing HTTP/1.1\r\nHost: a\r\n\r\n", 404),
-        (b"GET /admin/logs?limit=0 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (
+            b"DELETE /admin/backends HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            405,
+        ),
+        (
+            b"GET /admin/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            404,
+        ),
+        (
+            b"GET /admin/logs?limit=0 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            400,
+        ),
         (b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", 200),
     ];
     for (request, status) in cases {

@@ -29,6 +29,15 @@ pub(crate) fn forbidden() -> Response<ProxyBody> {
     )
 }
 
+/// Builds the 403 response to a loopback client whose `Host` names another machine.
+pub(crate) fn forbidden_host() -> Response<ProxyBody> {
+    admin_error(
+        StatusCode::FORBIDDEN,
+        "the admin endpoints answer this machine's clients only for Host localhost or an IP \
+         address, since another name may be a web page's DNS rebinding attack",
+    )
+}
+
 /// Builds the response to an admin request.
 pub(crate) async fn handle<B>(gateway: &Gateway, request: Request<B>) -> Response<ProxyBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {

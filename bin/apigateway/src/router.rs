@@ -25,12 +25,28 @@ impl Router {
         Router { gateway }
     }
 
-    /// Returns whether the client of `request` may use the admin endpoints. A request without
-    /// a known client address (none reaches a listener) is refused.
-    fn admin_allowed(&self, request: &Request<Inbound>) -> bool {
-        self.gateway
+    /// Returns the 403 response for an admin request that the client may not make, or `None`
+    /// when it may. A request without a known client address (none reaches a listener) is
+    /// rejected.
+    ///
+    /// A loopback client must also name this machine in `Host`: `localhost`, a name under
+    /// `.localhost` or an IP address. A web page whose DNS name an attacker points at
+    /// 127.0.0.1 (DNS rebinding) makes the browser on this machine a loopback client that
+    /// sends the attacker's name, and would otherwise read `/admin/logs` as the same origin.
+    fn admin_rejection(&self, request: &Request<Inbound>) -> Option<Response<ProxyBody>> {
+        let allowed = self
+            .gateway
             .client_ip(request)
-            .is_some_and(|ip| self.gateway.admin_clients.contains(ip))
+            .filter(|&ip| self.gateway.admin_clients.contains(ip));
+        match allowed {
+            None => Some(admin::forbidden()),
+            Some(ip) if ip.is_loopback() => {
+                let host = request.headers().get(header::HOST);
+                let named = host.is_none_or(|host| names_this_machine(host.as_bytes()));
+                (!named).then(admin::forbidden_host)
+            }
+            Some(_) => None,
+        }
     }
 
     /// Sends `request` to the service of the route at `index` in the route table.
@@ -71,9 +87,11 @@ impl Service<Request<Inbound>> for Router {
         // `//admin/backends` is the gateway's, as `/api//login` is the `/api/login` route's.
         let path = gateway_config::match_form(path);
         if admin::is_admin_path(&path) {
-            if path != "/health" && !self.admin_allowed(&request) {
+            if path != "/health"
+                && let Some(rejection) = self.admin_rejection(&request)
+            {
                 return RouterFuture::Ready {
-                    response: Some(admin::forbidden()),
+                    response: Some(rejection),
                 };
             }
             let gateway = Arc::clone(&self.gateway);
@@ -109,6 +127,27 @@ impl Service<Request<Inbound>> for Router {
             response: Some(response),
         }
     }
+}
+
+/// Returns whether the `Host` value `host` is `localhost`, a name under `.localhost` (RFC
+/// 6761 section 6.3) or an IP address, with or without a port.
+fn names_this_machine(host: &[u8]) -> bool {
+    if host.starts_with(b"[") {
+        // A bracketed IPv6 address: the router has checked its form.
+        return true;
+    }
+    let name = match host.iter().rposition(|&byte| byte == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let is_localhost = |name: &[u8]| name.eq_ignore_ascii_case(b"localhost");
+    is_localhost(name)
+        || name
+            .iter()
+            .rposition(|&byte| byte == b'.')
+            .is_some_and(|dot| is_localhost(&name[dot + 1..]))
+        || std::str::from_utf8(name).is_ok_and(|name| name.parse::<std::net::Ipv4Addr>().is_ok())
 }
 
 /// Builds the response to `OPTIONS *`: 200 with no content. It has no `Allow` header,
@@ -353,6 +392,36 @@ impl Future for RouterFuture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_machine_names_accepted() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.",
+            "admin.localhost:9000",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "10.0.0.5:80",
+        ] {
+            assert!(names_this_machine(host.as_bytes()), "{host}");
+        }
+    }
+
+    #[test]
+    fn other_names_rejected() {
+        for host in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:8080",
+            "localhost.attacker.example",
+            "notlocalhost",
+            "127.0.0.1.nip.io:8080",
+            "",
+        ] {
+            assert!(!names_this_machine(host.as_bytes()), "{host}");
+        }
+    }
 
     fn checked(request: Request<()>) -> Result<Request<()>, u16> {
         let mut request = request;
