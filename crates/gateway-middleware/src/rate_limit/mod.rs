@@ -33,7 +33,7 @@ use governor::{NotUntil, Quota};
 use http::header::HeaderName;
 use http::{HeaderValue, Response, StatusCode, header};
 use std::cell::RefCell;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -160,8 +160,17 @@ impl<C: Clock> RateLimiter<C> {
 
     /// Returns the key of `client`'s bucket: an IPv4 address whole, an IPv6 address cut to
     /// its prefix.
+    ///
+    /// An address of the well-known NAT64 prefix `64:ff9b::/96` (RFC 6052) is an IPv4 client
+    /// reaching an IPv6-only gateway through a translator, so it is keyed by the IPv4 address
+    /// in its last 32 bits. Cut to a prefix, every IPv4 client of the translator would share
+    /// one bucket.
     fn key_of(&self, client: IpAddr) -> IpAddr {
+        const NAT64_PREFIX: u128 = 0x0064_ff9b_u128 << 96;
         match client.to_canonical() {
+            IpAddr::V6(address) if address.to_bits() >> 32 == NAT64_PREFIX >> 32 => {
+                IpAddr::V4(Ipv4Addr::from_bits(address.to_bits() as u32))
+            }
             IpAddr::V6(address) => {
                 IpAddr::V6(Ipv6Addr::from_bits(address.to_bits() & self.ipv6_mask))
             }

@@ -254,6 +254,20 @@ fn ipv6_prefix_sets_block_size() {
 }
 
 #[test]
+fn nat64_clients_keyed_by_ipv4() {
+    let limiter = RateLimiter::with_clock(
+        &config(100, 50, RateLimitKey::ClientIp),
+        FakeRelativeClock::default(),
+    );
+    let translated: IpAddr = "64:ff9b::c633:640b".parse().unwrap();
+    let same_client: IpAddr = "198.51.100.11".parse().unwrap();
+    let other_client: IpAddr = "64:ff9b::c633:640c".parse().unwrap();
+    assert_eq!(allowed_count(&limiter, translated, 30), 30);
+    assert_eq!(allowed_count(&limiter, same_client, 1000), 20);
+    assert_eq!(allowed_count(&limiter, other_client, 1000), 50);
+}
+
+#[test]
 fn prefix_masks_keep_leading_bits() {
     assert_eq!(prefix_mask(128), u128::MAX);
     assert_eq!(prefix_mask(64), u128::MAX << 64);
