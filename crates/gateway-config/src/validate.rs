@@ -553,6 +553,9 @@ fn check_method(problems: &mut Problems, field: &str, method: &str) {
     }
 }
 
+/// The fastest rate a token bucket can refill at: one token a nanosecond.
+const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000_000;
+
 fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitConfig) {
     if limit.requests_per_second == 0 {
         // The values are checked while the limit is off too, so that an invalid rate is
@@ -565,6 +568,17 @@ fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitCo
         problems.push(
             format!("{field}.requests_per_second"),
             format!("must be at least 1, got 0; {fix}"),
+        );
+    }
+    // The limiter adds a token every 1 / rate seconds, kept in whole nanoseconds, so a faster
+    // rate would refill at once and limit nothing.
+    if limit.requests_per_second > MAX_REQUESTS_PER_SECOND {
+        problems.push(
+            format!("{field}.requests_per_second"),
+            format!(
+                "must be at most {MAX_REQUESTS_PER_SECOND} (one token a nanosecond), got {}; to not limit at all, set enabled: false",
+                limit.requests_per_second
+            ),
         );
     }
     if limit.burst == 0 {

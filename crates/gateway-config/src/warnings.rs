@@ -20,6 +20,7 @@ impl Config {
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_cors(&mut warnings);
         self.warn_cors_methods(&mut warnings);
+        self.warn_cors_max_age(&mut warnings);
         self.warn_opaque_origin(&mut warnings);
         self.warn_networks(&mut warnings);
         warnings
@@ -248,6 +249,32 @@ impl Config {
                      origins, like {ORIGIN_EXAMPLE}, or \"*\" for any, or set enabled: false"
                 ),
             });
+        }
+    }
+
+    /// Warns about an enabled CORS policy whose `max_age` is longer than any browser keeps a
+    /// preflight's result: Firefox keeps it for at most 24 hours and Chromium for 2 (MDN's
+    /// `Access-Control-Max-Age` page). The top level is reported when CORS is on there, and a
+    /// route where it sets its own.
+    fn warn_cors_max_age(&self, warnings: &mut Vec<Problem>) {
+        const BROWSER_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+        let message = "is longer than browsers keep a preflight's result (Firefox at most 24h, \
+                       Chromium 2h), so they send preflights as often as with 24h: write 24h \
+                       or less, like 2h";
+        if self.cors.enabled && self.cors.max_age > BROWSER_LIMIT {
+            warnings.push(Problem {
+                field: "cors.max_age".to_owned(),
+                message: message.to_owned(),
+            });
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let cors = route.effective_cors(&self.cors);
+            if cors.enabled && route.cors.max_age.is_some_and(|age| age > BROWSER_LIMIT) {
+                warnings.push(Problem {
+                    field: format!("routes[{i}].cors.max_age"),
+                    message: message.to_owned(),
+                });
+            }
         }
     }
 

@@ -1483,3 +1483,18 @@ routes:
         "{found:#?}"
     );
 }
+
+#[test]
+fn rate_faster_than_nanosecond_rejected() {
+    let found = problems(&format!(
+        "rate_limiting:\n  requests_per_second: 2000000000\n{ONE_ROUTE}"
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("rate_limiting.requests_per_second: must be at most 1000000000"),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("enabled: false"), "{found:#?}");
+    let fastest = format!("rate_limiting:\n  requests_per_second: 1000000000\n{ONE_ROUTE}");
+    assert!(gateway_config::Config::from_yaml(&fastest, "test.yaml").is_ok());
+}

@@ -341,3 +341,26 @@ routes:
         "{found:#?}"
     );
 }
+
+#[test]
+fn cors_max_age_past_browser_limit_warns() {
+    let found = warnings(&route_with(
+        "cors: {enabled: true, max_age: 30d}",
+        "cors: {max_age: 25h}",
+    ));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("cors.max_age: is longer than"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("routes[0].cors.max_age: is longer than"),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("24h"), "{found:#?}");
+
+    let within = warnings(&route_with("cors: {enabled: true, max_age: 24h}", ""));
+    assert!(within.is_empty(), "{within:#?}");
+    let disabled = warnings(&route_with("cors: {enabled: false, max_age: 30d}", ""));
+    assert!(disabled.is_empty(), "{disabled:#?}");
+}
