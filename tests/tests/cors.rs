@@ -548,3 +548,31 @@ fn credentials_with_any_origin_fail_check() {
         "listed origins with credentials were rejected: {output}"
     );
 }
+
+/// A path that no route serves, and a request rejected before routing, get the top-level
+/// policy's headers, so a script of an allowed origin reads the 404 or 400 instead of a
+/// network failure.
+#[tokio::test]
+async fn unrouted_errors_carry_top_level_headers() {
+    let (_mock, gateway) = start("Unrouted");
+    let origin = [("origin", ORIGIN)];
+
+    let missing = send(Method::GET, &format!("{}/nothing", gateway.url), &origin).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("access-control-allow-origin"), ORIGIN);
+    assert_eq!(missing.header("vary"), "Origin");
+
+    let dot_segment = send(
+        Method::GET,
+        &format!("{}/api/a/%2e%2e/b", gateway.url),
+        &origin,
+    )
+    .await;
+    assert_eq!(dot_segment.status, 400);
+    assert_eq!(dot_segment.header("access-control-allow-origin"), ORIGIN);
+
+    let other = [("origin", "https://evil.example")];
+    let denied = send(Method::GET, &format!("{}/nothing", gateway.url), &other).await;
+    assert_eq!(denied.status, 404);
+    assert!(denied.headers.get("access-control-allow-origin").is_none());
+}

@@ -45,6 +45,9 @@ pub struct Gateway {
     pub(crate) config: Arc<Config>,
     pub(crate) table: Arc<RouteTable>,
     pub(crate) routes: Vec<RouteService>,
+    /// The top-level CORS policy, when it is on, for responses of no route: a path that
+    /// matches none, or a request rejected before routing.
+    pub(crate) unrouted_cors: Option<CorsPolicy>,
     /// Backend connections shared by every route.
     pub(crate) client: BackendClient,
     pub(crate) limiters: Vec<Arc<RateLimiter>>,
@@ -163,7 +166,9 @@ impl Gateway {
             routes.push(service);
         }
 
+        let unrouted_cors = config.cors.enabled.then(|| CorsPolicy::new(&config.cors));
         Ok(Gateway {
+            unrouted_cors,
             client,
             trusted: TrustedProxies::new(config.server.trusted_proxies.clone()),
             admin_clients: NetworkSet::new(config.admin.allowed_clients.clone()),

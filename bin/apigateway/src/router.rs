@@ -49,6 +49,17 @@ impl Router {
         }
     }
 
+    /// Builds the response to a request that no route serves, with the top-level CORS
+    /// headers, so that a script of an allowed origin reads the error rather than a network
+    /// failure.
+    fn unrouted(&self, request: &HeaderMap, error: ProxyError) -> Response<ProxyBody> {
+        let mut response = error.into_response();
+        if let Some(policy) = &self.gateway.unrouted_cors {
+            policy.apply(request, response.headers_mut());
+        }
+        response
+    }
+
     /// Sends `request` to the service of the route at `index` in the route table.
     fn dispatch(&self, index: usize, request: Request<Inbound>) -> RouterFuture {
         // Route services are cheap to clone: every layer keeps its state behind an Arc.
@@ -71,7 +82,7 @@ impl Service<Request<Inbound>> for Router {
     fn call(&mut self, mut request: Request<Inbound>) -> RouterFuture {
         if let Err(error) = check_request(&mut request) {
             return RouterFuture::Ready {
-                response: Some(error.into_response()),
+                response: Some(self.unrouted(request.headers(), error)),
             };
         }
 
@@ -102,9 +113,9 @@ impl Service<Request<Inbound>> for Router {
 
         let response = match self.gateway.table.find_match_form(request.method(), &path) {
             RouteMatch::Found(route) => return self.dispatch(route.index, request),
-            // NOTE: a 404 carries no CORS headers, because no route means no route policy,
-            // so a browser reports a network error to a cross-origin script, not the 404.
-            RouteMatch::NotFound => ProxyError::new(ErrorKind::NoRoute).into_response(),
+            RouteMatch::NotFound => {
+                self.unrouted(request.headers(), ProxyError::new(ErrorKind::NoRoute))
+            }
             RouteMatch::MethodNotAllowed(route) => {
                 let cors = self.gateway.route_cors(route.index);
 
