@@ -28,6 +28,20 @@ pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
     };
 
     let Some((scheme, authority)) = origin.split_once("://") else {
+        // `data:` and `about:` pages have opaque origins, which browsers send as `null`, so
+        // their scheme alone is not an origin.
+        let opaque = ["data:", "about:", "javascript:"].iter().any(|prefix| {
+            origin
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        });
+        if opaque {
+            return Err(format!(
+                "invalid origin {origin:?}: browsers send \"null\" as the origin of such \
+                 pages, so write \"null\" to allow them, which allows every page with an \
+                 opaque origin too"
+            ));
+        }
         return Err(invalid("it has no scheme"));
     };
 

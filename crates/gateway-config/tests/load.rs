@@ -1498,3 +1498,14 @@ fn rate_faster_than_nanosecond_rejected() {
     let fastest = format!("rate_limiting:\n  requests_per_second: 1000000000\n{ONE_ROUTE}");
     assert!(gateway_config::Config::from_yaml(&fastest, "test.yaml").is_ok());
 }
+
+#[test]
+fn opaque_scheme_origin_points_to_null() {
+    for origin in ["data:", "data:text/html,x", "about:blank"] {
+        let found = problems(&format!(
+            "cors:\n  enabled: true\n  allowed_origins: [\"{origin}\"]\n{ONE_ROUTE}"
+        ));
+        assert_eq!(found.len(), 1, "{origin}: {found:#?}");
+        assert!(found[0].contains("write \"null\""), "{origin}: {found:#?}");
+    }
+}
