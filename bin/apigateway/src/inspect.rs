@@ -227,6 +227,17 @@ pub async fn logs(config_path: &Path, args: &LogsArgs) -> Result<String, Inspect
         "requests"
     };
     let _ = writeln!(out, "{} {noun}", entries.len());
+    // A request's path is the likely mistake: the rows name the pattern the request matched.
+    if entries.is_empty()
+        && let Some(route) = &filter.route
+        && !route.contains([':', '*'])
+    {
+        let _ = writeln!(
+            out,
+            "--route compares the route's pattern as configured, like /api/users/:id or \
+             /api/*rest, not a request's path; no row has the pattern {route:?}"
+        );
+    }
     if let Some(next) = next {
         let _ = writeln!(out, "older requests match: run again with --before {next}");
     }
