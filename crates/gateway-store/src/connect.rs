@@ -18,6 +18,13 @@ use std::time::Duration;
 /// `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Size the WAL file is cut back to when a checkpoint has copied all of it (SQLite's
+/// `journal_size_limit`). The WAL file normally stays near the automatic checkpoint's 4 MB,
+/// but a reader that holds a transaction open keeps checkpoints from catching up, and the
+/// file then grows for as long as it does. Without a limit it would keep that size until
+/// the stop; with it, the first checkpoint that catches up gives the space back.
+const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
 /// Time after which a reader's statement is logged as slow, at debug level.
 const SLOW_READER_STATEMENT: Duration = Duration::from_secs(1);
 
@@ -189,6 +196,7 @@ fn connect_for_inserts(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
         ));
     }
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(connection)
 }
 
@@ -716,6 +724,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn insert_connection_limits_wal_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.db");
+        open_writer(&path).await.unwrap().close().await.unwrap();
+        let connection = connect_for_inserts(&path).unwrap();
+        let limit: i64 = connection
+            .query_row("PRAGMA journal_size_limit", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(limit, WAL_SIZE_LIMIT);
+    }
 
     #[tokio::test]
     async fn read_only_connection_is_rejected() {
