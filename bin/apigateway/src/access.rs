@@ -4,8 +4,10 @@
 use crate::access_line::{AccessLine, AccessLines};
 use crate::admin;
 use gateway_middleware::client_ip::ClientIp;
+use gateway_middleware::request_id;
 use gateway_middleware::request_id::X_REQUEST_ID;
-use gateway_middleware::timing::{RequestEnd, RequestHook};
+use gateway_middleware::timing::{RequestEnd, RequestHook, report_unserved};
+use gateway_proxy::server::Rejection;
 use gateway_proxy::{ErrorKind, ForwardInfo, ReceivedBytes, RouteMatch, RouteTable};
 use gateway_store::{RecordRef, RequestLog, unix_micros};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
@@ -58,6 +60,55 @@ impl AccessHook {
     pub(crate) fn mark_stopped(&self) {
         self.shared.stopped.store(true, Ordering::Relaxed);
     }
+
+    /// Reports a request head that the server rejected, through the path that timed requests
+    /// take, so that the access line and the row are built by the same code. `client_ip` is the
+    /// client's address as far as it is known.
+    ///
+    /// A request line that did not parse shows as method and path `-`. The User-Agent is read
+    /// only when every line of the head parsed. A request id is always generated. A rejection
+    /// of the kind `unsupported_transfer_coding` names the route its path matches, as the
+    /// router's own rejection of that kind does, and other rejections name none.
+    pub(crate) fn report_rejection(&self, rejection: &Rejection, client_ip: IpAddr) {
+        if !self.is_active() {
+            return;
+        }
+        let latency = rejection.latency();
+        let now = SystemTime::now();
+        let user_agent = rejection
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(header::USER_AGENT))
+            .cloned();
+        let pending = Pending {
+            started_at: now.checked_sub(latency).unwrap_or(now),
+            method: rejection.method.clone().unwrap_or_else(unknown_method),
+            uri: rejection
+                .uri
+                .clone()
+                .unwrap_or_else(|| Uri::from_static(UNKNOWN)),
+            request_id: Some(request_id::generate()),
+            client_ip: Some(client_ip),
+            user_agent,
+            bytes_received: None,
+            status: rejection.status.as_u16(),
+            route: None,
+            backend: None,
+            retried: false,
+            error_kind: Some(rejection.kind.as_str()),
+        };
+        // NOTE: the server reports a rejection before it writes the response, so the access
+        // line's `completed=true` does not confirm that the client received it.
+        report_unserved(self, Some(pending), rejection.started, true);
+    }
+}
+
+/// The method and path that a rejected request shows when its request line did not parse.
+/// As a target, `-` is an authority, which [`logged_path`] shows as the path.
+const UNKNOWN: &str = "-";
+
+fn unknown_method() -> Method {
+    Method::from_bytes(UNKNOWN.as_bytes()).unwrap_or_default()
 }
 
 /// The record of a request before it ends. Every field is a cheap clone of the request's
@@ -363,6 +414,13 @@ routes:
         for path in ["/health", "/admin/logs", "/admin"] {
             assert_eq!(route_of(&table, &Method::GET, path, 200), None, "{path}");
         }
+    }
+
+    #[test]
+    fn unknown_request_line_logs_dashes() {
+        assert_eq!(unknown_method().as_str(), "-");
+        assert_eq!(logged_path(&Uri::from_static(UNKNOWN)), "-");
+        assert_eq!(Uri::from_static(UNKNOWN).query(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use gateway_middleware::client_ip::ClientIp;
 use gateway_middleware::request_id::{RequestId, RequestIdLayer};
 use gateway_middleware::timing::{RequestHook, TimedBody, Timing, TimingLayer};
 use gateway_proxy::ProxyBody;
-use gateway_proxy::server::{Inbound, ServerSettings, serve_connection};
+use gateway_proxy::server::{Inbound, Rejection, ServerSettings, serve_connection};
 use gateway_store::{LogReader, RequestLog, WriterHandle};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -260,6 +260,10 @@ where
         shed: Arc::clone(&sheds[0]),
         sheds: Arc::clone(&sheds),
         deadlines: Arc::clone(&registries[0]),
+        rejections: Arc::new(Rejections {
+            hook: hook.clone(),
+            gateway: Arc::clone(&gateway),
+        }),
     };
 
     // A worker that ends sends on its channel. One that panicked drops it.
@@ -453,6 +457,7 @@ struct Worker<S: InnerService> {
     /// The deadlines of this worker's connections, which tell at the stop's deadline whether
     /// each has a request in flight.
     deadlines: Arc<OpenDeadlines>,
+    rejections: Arc<Rejections>,
 }
 
 /// The deadlines of one worker's open connections. Each connection adds its own when it is
@@ -500,6 +505,7 @@ impl<S: InnerService> Clone for Worker<S> {
             shed: Arc::clone(&self.shed),
             sheds: Arc::clone(&self.sheds),
             deadlines: Arc::clone(&self.deadlines),
+            rejections: Arc::clone(&self.rejections),
         }
     }
 }
@@ -569,6 +575,7 @@ impl<S: InnerService> Worker<S> {
             let shed = Arc::clone(&self.shed);
             let settings = self.settings;
             open.fetch_add(1, Ordering::Relaxed);
+            let rejections = Arc::clone(&self.rejections);
             connections.spawn(async move {
                 // The connection's future is made in place inside `select!`: made outside and
                 // pinned here, it would take twice its size in the task, for as long as the
@@ -579,6 +586,7 @@ impl<S: InnerService> Worker<S> {
                     result = serve_connection(
                         io,
                         move |request| service.call(request),
+                        move |rejection| rejections.report(peer, &rejection),
                         settings,
                         drain,
                     ) => {
@@ -741,6 +749,25 @@ impl<S: InnerService> ConnectionService<S> {
             inner: self.stack.clone().call(request),
             deadline: Arc::clone(&self.deadline),
         }
+    }
+}
+
+/// The reporter of request heads that the server rejects, shared by a worker's connections.
+struct Rejections {
+    hook: AccessHook,
+    gateway: Arc<Gateway>,
+}
+
+impl Rejections {
+    /// Reports a head rejected on a connection from `peer` to the access line and the request
+    /// log. The client's address is the peer's, or the one that trusted proxies give in
+    /// `X-Forwarded-For` when every line of the head parsed.
+    fn report(&self, peer: SocketAddr, rejection: &Rejection) {
+        let client_ip = match &rejection.headers {
+            Some(headers) => self.gateway.trusted.client_ip(peer.ip(), headers),
+            None => peer.ip().to_canonical(),
+        };
+        self.hook.report_rejection(rejection, client_ip);
     }
 }
 

@@ -161,6 +161,29 @@ impl<H: RequestHook> Report<H> {
     }
 }
 
+/// Reports to `hook` a request that ended before it reached a [`Timing`] service, such as a
+/// request head that the server rejected. `state` is the hook's record of the request and
+/// `started` the time it began. The report takes the same path as a timed request's, and
+/// counts no response body bytes.
+pub fn report_unserved<H: RequestHook>(
+    hook: &H,
+    state: H::State,
+    started: Instant,
+    completed: bool,
+) {
+    let report = Report {
+        hook: hook.clone(),
+        state,
+        started,
+        bytes_sent: 0,
+        bodiless: true,
+        confirmed_writes: false,
+        unconfirmed: None,
+        end_handed_out: false,
+    };
+    report.finish(completed);
+}
+
 pin_project_lite::pin_project! {
     /// Response future of [`Timing`].
     pub struct ResponseFuture<F, H: RequestHook> {
@@ -357,6 +380,19 @@ mod tests {
         assert_eq!(body, "hello");
         let reports = recorder.0.lock().unwrap().clone();
         assert_eq!(reports, [("/a".to_owned(), 200, 5, true)]);
+    }
+
+    #[test]
+    fn unserved_request_reports_once() {
+        let recorder = Recorder::default();
+        report_unserved(
+            &recorder,
+            ("/rejected".to_owned(), 400),
+            Instant::now(),
+            true,
+        );
+        let reports = recorder.0.lock().unwrap().clone();
+        assert_eq!(reports, [("/rejected".to_owned(), 400, 0, true)]);
     }
 
     #[tokio::test]

@@ -36,11 +36,13 @@ pub enum ErrorKind {
     ClientBody,
     /// The client's request body stopped arriving.
     ClientTimeout,
-    /// The request is malformed in a way the HTTP parser lets through.
+    /// The request is malformed: a head that the server rejected with 400, 414 or 431, or a
+    /// request that the HTTP parser lets through and the gateway rejects later.
     InvalidRequest,
     /// The method is one the gateway does not proxy, such as CONNECT.
     UnsupportedMethod,
-    /// The request body uses a transfer coding other than chunked.
+    /// The request body uses a transfer coding other than chunked, or the last coding of its
+    /// `Transfer-Encoding` is not `chunked`.
     UnsupportedTransferCoding,
     /// The gateway ran out of file descriptors, memory or local ports for a backend
     /// connection.

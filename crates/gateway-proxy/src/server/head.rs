@@ -8,7 +8,7 @@ use http::{Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 
 /// Maximum header fields in a request head. A head with more gets 431.
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Header fields that the small position table in [`parse_head`] has room for. A head with
 /// more uses a table of [`MAX_HEADERS`].
@@ -52,16 +52,19 @@ pub(crate) enum HeadError {
     /// `Content-Length` is not a number, or two of them differ.
     #[error("invalid Content-Length")]
     ContentLength,
-    /// `Transfer-Encoding` does not end in `chunked`, comes with `Content-Length`, or comes in
-    /// an HTTP/1.0 request.
+    /// `Transfer-Encoding` comes with `Content-Length`, or comes in an HTTP/1.0 request.
     #[error("invalid Transfer-Encoding")]
     TransferEncoding,
+    /// The last coding of `Transfer-Encoding` is not `chunked`, so the body's end is unknown.
+    #[error("Transfer-Encoding does not end in chunked")]
+    UnsupportedTransferCoding,
 }
 
 /// Parses the request head at the start of `buffer`. Returns `Ok(None)` while the head is
 /// incomplete, and [`HeadError::TooLarge`] for a complete head longer than `max_length`
 /// bytes. A complete head is split off `buffer`, and the request's target and header values
-/// share its storage instead of being copied.
+/// share its storage instead of being copied. On an error, `buffer` still starts with the
+/// head, so that the caller can report what it can read of it.
 pub(crate) fn parse_head(
     buffer: &mut BytesMut,
     max_length: usize,
@@ -106,6 +109,7 @@ pub(crate) fn parse_head(
         *slot = [name_start, name_end, value_start, value_end];
     }
     let head = buffer.split_to(length).freeze();
+    let mut rejected = |error: HeadError| restore(buffer, &head, error);
 
     let target = head.slice(target_start as usize..target_end as usize);
     // RFC 9112 section 3.2.4: an absolute-form OPTIONS target with an empty path requests
@@ -114,7 +118,7 @@ pub(crate) fn parse_head(
     let uri = if method == Method::OPTIONS && is_bare_authority(&target) {
         Uri::from_static("*")
     } else {
-        Uri::from_maybe_shared(target).map_err(|_| HeadError::Malformed)?
+        Uri::from_maybe_shared(target).map_err(|_| rejected(HeadError::Malformed))?
     };
     let version = if minor == 0 {
         Version::HTTP_10
@@ -133,13 +137,13 @@ pub(crate) fn parse_head(
     let mut trailers = false;
     for &[name_start, name_end, value_start, value_end] in spans.iter() {
         let name = field_name::from_token(&head[name_start as usize..name_end as usize])
-            .map_err(|_| HeadError::Malformed)?;
+            .map_err(|_| rejected(HeadError::Malformed))?;
         let value = value_start as usize..value_end as usize;
         let raw = &head[value.clone()];
         if name == header::CONTENT_LENGTH {
-            let declared = parse_length(raw)?;
+            let declared = parse_length(raw).map_err(&mut rejected)?;
             if length.is_some_and(|earlier| earlier != declared) {
-                return Err(HeadError::ContentLength);
+                return Err(rejected(HeadError::ContentLength));
             }
             length = Some(declared);
         } else if name == header::TRANSFER_ENCODING {
@@ -159,16 +163,19 @@ pub(crate) fn parse_head(
         } else if name == header::EXPECT {
             expects_continue = raw.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| rejected(HeadError::Malformed))?;
         headers.append(name, value);
     }
 
     let framing = if transfer_encoding {
         // A request with both is how smuggling starts (RFC 9112 section 6.3), and HTTP/1.0 has
         // no transfer codings: both are rejected rather than guessed at.
-        if !chunked || length.is_some() || version == Version::HTTP_10 {
-            return Err(HeadError::TransferEncoding);
+        if length.is_some() || version == Version::HTTP_10 {
+            return Err(rejected(HeadError::TransferEncoding));
+        }
+        if !chunked {
+            return Err(rejected(HeadError::UnsupportedTransferCoding));
         }
         BodyFraming::Chunked
     } else {
@@ -197,6 +204,16 @@ pub(crate) fn parse_head(
     *request.headers_mut() = headers;
     *request.extensions_mut() = header_pool::take_extensions();
     Ok(Some((request, facts)))
+}
+
+/// Puts the rejected `head` back in front of `buffer` and returns `error`.
+#[cold]
+fn restore(buffer: &mut BytesMut, head: &[u8], error: HeadError) -> HeadError {
+    let mut restored = BytesMut::with_capacity(head.len() + buffer.len());
+    restored.extend_from_slice(head);
+    restored.extend_from_slice(buffer);
+    *buffer = restored;
+    error
 }
 
 /// Parses a `Content-Length` value: digits only, at most 19 of them.
@@ -378,11 +395,35 @@ mod tests {
             assert_eq!(error(text), HeadError::ContentLength, "{text:?}");
         }
         for text in [
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert_eq!(error(text), HeadError::TransferEncoding, "{text:?}");
+        }
+        for text in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ] {
+            assert_eq!(
+                error(text),
+                HeadError::UnsupportedTransferCoding,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejected_head_stays_in_buffer() {
+        for text in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc",
+            "GET http://[::1/ HTTP/1.1\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nNoColon\r\n\r\nabc",
+        ] {
+            let mut buffer = BytesMut::from(text.as_bytes());
+            assert!(parse_head(&mut buffer, 1024).is_err(), "{text:?}");
+            assert_eq!(&buffer[..], text.as_bytes());
         }
     }
 

@@ -9,17 +9,21 @@
 //! arrive.
 //!
 //! What a client gets for a request the gateway cannot read: 400 for a malformed head or
-//! ambiguous body framing, 431 for a head over the size limit or with more than 100 fields.
-//! Both close the connection.
+//! ambiguous body framing, 414 for a request line over the size limit, 431 for a head over
+//! the size limit or with more than 100 fields. Each closes the connection, and the server
+//! reports it to the connection's rejection callback as a [`Rejection`] first.
 
 mod head;
+mod rejection;
 mod response;
 #[cfg(test)]
 mod tests;
 mod wire;
 
+pub use rejection::Rejection;
 pub use wire::{Inbound, InboundError, Io};
 
+use crate::error::ErrorKind;
 use crate::header_pool;
 use crate::server::head::{HeadError, parse_head};
 use crate::server::response::{Exchange, Framing, encode_head, encode_rejection};
@@ -32,7 +36,7 @@ use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 
@@ -96,16 +100,20 @@ pub enum ConnectionError {
 /// # Errors
 ///
 /// Returns a [`ConnectionError`] for a connection that ended with a fault, after doing what
-/// it can for the client (a 4xx for an unreadable head).
-pub async fn serve_connection<I, S, F, B>(
+/// it can for the client (a 4xx for an unreadable head). A head rejected with a 4xx is passed
+/// to `on_reject` before the response is written. A rejection ends the connection, so
+/// `on_reject` runs at most once.
+pub async fn serve_connection<I, S, F, B, R>(
     io: I,
     mut service: S,
+    on_reject: R,
     settings: ServerSettings,
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError>
 where
     I: Io + 'static,
     S: FnMut(Request<Inbound>) -> F,
+    R: FnOnce(Rejection),
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -158,26 +166,52 @@ where
             Ok(None) => return Ok(()),
             Err(ReadHeadError::Io(error)) => return Err(ConnectionError::Io(error)),
             Err(ReadHeadError::Incomplete) => return Err(ConnectionError::IncompleteHead),
-            Err(ReadHeadError::TooLarge | ReadHeadError::Head(HeadError::TooLarge)) => {
+            Err(
+                ReadHeadError::TooLarge(started)
+                | ReadHeadError::Head(HeadError::TooLarge, started),
+            ) => {
                 let line_too_long =
                     request_line_exceeds(&lock(&wire).buffer, settings.max_head_bytes);
-                return if line_too_long {
-                    reject(&wire, StatusCode::URI_TOO_LONG, "request line too long").await
+                let fault = if line_too_long {
+                    Fault {
+                        status: StatusCode::URI_TOO_LONG,
+                        kind: ErrorKind::InvalidRequest,
+                        reason: "request line too long",
+                        fields_parsed: false,
+                    }
                 } else {
-                    reject(
-                        &wire,
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "too large",
-                    )
-                    .await
+                    Fault {
+                        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        kind: ErrorKind::InvalidRequest,
+                        reason: "too large",
+                        fields_parsed: false,
+                    }
                 };
+                return reject(&wire, fault, started, on_reject).await;
             }
-            Err(ReadHeadError::Head(error)) => {
+            Err(ReadHeadError::Head(error, started)) => {
                 let status = match error {
                     HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                return reject(&wire, status, head_error_reason(error)).await;
+                let kind = match error {
+                    HeadError::UnsupportedTransferCoding => ErrorKind::UnsupportedTransferCoding,
+                    _ => ErrorKind::InvalidRequest,
+                };
+                // These faults are found only after every line of the head parsed.
+                let fields_parsed = matches!(
+                    error,
+                    HeadError::ContentLength
+                        | HeadError::TransferEncoding
+                        | HeadError::UnsupportedTransferCoding
+                );
+                let fault = Fault {
+                    status,
+                    kind,
+                    reason: head_error_reason(error),
+                    fields_parsed,
+                };
+                return reject(&wire, fault, started, on_reject).await;
             }
         };
         lock(&wire).start_body(facts.framing, facts.expects_continue);
@@ -290,9 +324,11 @@ impl DrainRegistration {
     }
 }
 
+/// The failure to read a request head. A rejected head carries the time its first bytes were
+/// read, when they came in a read before the one that completed or overfilled the head.
 enum ReadHeadError {
-    Head(HeadError),
-    TooLarge,
+    Head(HeadError, Option<Instant>),
+    TooLarge(Option<Instant>),
     Incomplete,
     Io(io::Error),
 }
@@ -304,6 +340,7 @@ fn head_error_reason(error: HeadError) -> &'static str {
         HeadError::TooLarge => "too large",
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
+        HeadError::UnsupportedTransferCoding => "Transfer-Encoding does not end in chunked",
     }
 }
 
@@ -346,6 +383,9 @@ async fn read_head(
     // pieces is parsed once per line rather than once per piece.
     let mut scanned = 0;
     let mut first_poll = true;
+    // The time of the head's first bytes, which a rejection reports. The clock is read only
+    // for a head that arrives in more than one read, so a head that comes whole costs none.
+    let mut started = None;
     poll_fn(|cx| {
         let mut wire = lock(wire);
         if first_poll {
@@ -364,13 +404,15 @@ async fn read_head(
                         wire.buffer.clear();
                         wire.io.awaiting_head(false);
                     }
-                    Ok(None) => {}
-                    Err(error) => return Poll::Ready(Err(ReadHeadError::Head(error))),
+                    Ok(None) => {
+                        started.get_or_insert_with(Instant::now);
+                    }
+                    Err(error) => return Poll::Ready(Err(ReadHeadError::Head(error, started))),
                 }
             }
             scanned = wire.buffer.len();
             if wire.buffer.len() >= max_head_bytes {
-                return Poll::Ready(Err(ReadHeadError::TooLarge));
+                return Poll::Ready(Err(ReadHeadError::TooLarge(started)));
             }
             if wire.buffer.is_empty() {
                 // Between requests the connection waits without a buffer, and takes one when
@@ -660,12 +702,51 @@ fn discard_arrived(wire: &mut Wire) -> bool {
     }
 }
 
-/// Writes a bodyless rejection with `status` and closes the connection.
+/// The fault found in a rejected head: the status the client gets, and the kind and reason
+/// that the report and the connection's error carry.
+struct Fault {
+    status: StatusCode,
+    kind: ErrorKind,
+    reason: &'static str,
+    /// Whether the parser accepted every line of the head, so its fields can be reported.
+    fields_parsed: bool,
+}
+
+/// Reports the head in the buffer to `on_reject`, writes a bodyless rejection with the
+/// fault's status and closes the connection. `started` is when the head's first bytes were
+/// read, if that was before the last read.
 async fn reject(
     wire: &SharedWire,
-    status: StatusCode,
-    reason: &'static str,
+    fault: Fault,
+    started: Option<Instant>,
+    on_reject: impl FnOnce(Rejection),
 ) -> Result<(), ConnectionError> {
+    let Fault {
+        status,
+        kind,
+        reason,
+        fields_parsed,
+    } = fault;
+    let rejected = Instant::now();
+    let (parts, bytes_read) = {
+        let wire = lock(wire);
+        (
+            rejection::read_parts(&wire.buffer, fields_parsed),
+            wire.buffer.len(),
+        )
+    };
+    on_reject(Rejection {
+        status,
+        kind,
+        reason,
+        started: started.unwrap_or(rejected),
+        rejected,
+        bytes_read,
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+    });
+
     let mut out = Vec::with_capacity(128);
     encode_rejection(&mut out, status);
     let mut pending = Outgoing::new(&out);

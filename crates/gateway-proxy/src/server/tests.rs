@@ -1,6 +1,7 @@
 //! The connection loop over real sockets on 127.0.0.1, with small services.
 
 use super::*;
+use http::Uri;
 use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,20 +49,44 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let (address, start_drain, _rejections) = serve_reporting(settings, service).await;
+    (address, start_drain)
+}
+
+/// Serves as [`serve_with`] does, and also returns the receiver of every rejection reported.
+async fn serve_reporting<S, F, B>(
+    settings: ServerSettings,
+    service: S,
+) -> (
+    SocketAddr,
+    watch::Sender<bool>,
+    tokio::sync::mpsc::UnboundedReceiver<Rejection>,
+)
+where
+    S: FnMut(Request<Inbound>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (start_drain, drain) = watch::channel(false);
+    let (report, rejections) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let service = service.clone();
             let drain = drain.clone();
+            let report = report.clone();
             tokio::spawn(async move {
-                let _ = serve_connection(stream, service, settings, drain).await;
+                let on_reject = move |rejection| {
+                    let _ = report.send(rejection);
+                };
+                let _ = serve_connection(stream, service, on_reject, settings, drain).await;
             });
         }
     });
-    (address, start_drain)
+    (address, start_drain, rejections)
 }
 
 /// Connects to `address` and sends `bytes`.
@@ -430,6 +455,138 @@ async fn unreadable_heads_rejected() {
         text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn rejections_are_reported_before_response() {
+    let (address, _drain, mut rejections) = serve_reporting(SETTINGS, echo).await;
+    let cases: [(&[u8], &str, ErrorKind, Option<&str>); 6] = [
+        (
+            b"POST /cl HTTP/1.1\r\nUser-Agent: probe/1\r\nContent-Length: 1\r\n\
+              Content-Length: 2\r\n\r\n",
+            "400 Bad Request",
+            ErrorKind::InvalidRequest,
+            Some("/cl"),
+        ),
+        (
+            b"POST /te HTTP/1.1\r\nUser-Agent: probe/1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "400 Bad Request",
+            ErrorKind::UnsupportedTransferCoding,
+            Some("/te"),
+        ),
+        (
+            b"POST /both HTTP/1.1\r\nUser-Agent: probe/1\r\nContent-Length: 1\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+            "400 Bad Request",
+            ErrorKind::InvalidRequest,
+            Some("/both"),
+        ),
+        (
+            b"GET /fold HTTP/1.1\r\nUser-Agent: probe/1\r\n folded\r\n\r\n",
+            "400 Bad Request",
+            ErrorKind::InvalidRequest,
+            Some("/fold"),
+        ),
+        (
+            b"GET /nul HTTP/1.1\r\nUser-Agent: a\0b\r\n\r\n",
+            "400 Bad Request",
+            ErrorKind::InvalidRequest,
+            Some("/nul"),
+        ),
+        (
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+            "400 Bad Request",
+            ErrorKind::InvalidRequest,
+            None,
+        ),
+    ];
+    for (request, status, kind, path) in cases {
+        let text = String::from_utf8_lossy(request);
+        let mut stream = send(address, request).await;
+        let response = read_to_close(&mut stream).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{text:?}: {response}"
+        );
+        let rejection = rejections
+            .try_recv()
+            .expect("a rejection reported before the response");
+        assert_eq!(
+            rejection.status.as_u16(),
+            status[..3].parse::<u16>().unwrap()
+        );
+        assert_eq!(rejection.kind, kind, "{text:?}");
+        assert_eq!(rejection.uri.as_ref().map(Uri::path), path, "{text:?}");
+        assert_eq!(rejection.method.is_some(), path.is_some(), "{text:?}");
+        assert_eq!(rejection.bytes_read, request.len(), "{text:?}");
+        assert!(rejection.latency() < Duration::from_secs(1), "{text:?}");
+        let user_agent = rejection
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("user-agent"));
+        // Only heads whose every line parsed report their fields.
+        let whole = text.contains("/cl") || text.contains("/te") || text.contains("/both");
+        assert_eq!(user_agent.is_some(), whole, "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn rejection_latency_counts_from_first_bytes() {
+    let (address, _drain, mut rejections) = serve_reporting(SETTINGS, echo).await;
+    let mut stream = send(address, b"GET /slow HTTP/1.1\r\nUser-Agent: probe/1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"Bad Header\r\n\r\n").await.unwrap();
+    let response = read_to_close(&mut stream).await;
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{response}"
+    );
+    let rejection = rejections.try_recv().unwrap();
+    assert!(
+        rejection.latency() >= Duration::from_millis(200),
+        "{rejection:?}"
+    );
+    assert_eq!(rejection.method, Some(http::Method::GET));
+    assert!(rejection.headers.is_none());
+
+    // A head over the limit names its method and path when its request line ended.
+    let mut head = b"GET /short HTTP/1.1\r\nX-Long: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', SETTINGS.max_head_bytes));
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let _ = stream.write_all(&head).await;
+    let response = read_to_close(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    let rejection = rejections.try_recv().unwrap();
+    assert_eq!(
+        rejection.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(rejection.uri.as_ref().map(Uri::path), Some("/short"));
+
+    let mut head = b"GET /".to_vec();
+    head.extend(std::iter::repeat_n(b'a', SETTINGS.max_head_bytes));
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let _ = stream.write_all(&head).await;
+    let response = read_to_close(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 414 "), "{response}");
+    let rejection = rejections.try_recv().unwrap();
+    assert_eq!(rejection.status, StatusCode::URI_TOO_LONG);
+    assert!(rejection.method.is_none());
+    assert!(rejection.uri.is_none());
+}
+
+#[tokio::test]
+async fn accepted_requests_report_no_rejection() {
+    let (address, _drain, mut rejections) = serve_reporting(SETTINGS, echo).await;
+    let mut stream = send(address, b"GET /a HTTP/1.1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream
+        .write_all(b"Host: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_to_close(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(rejections.try_recv().is_err());
 }
 
 /// A body that does not tell its length.
