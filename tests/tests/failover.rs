@@ -545,3 +545,64 @@ routes:
         "{entry}"
     );
 }
+
+/// Starts a backend that accepts each connection and closes it without reading or answering,
+/// on a thread that ends with the test process. Returns its URL.
+fn closing_backend() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            drop(connection);
+        }
+    });
+    url
+}
+
+/// A backend that closes a new connection before any response byte fails a GET, which
+/// requests no change, over to another backend. A POST may have been acted on, so it gets
+/// 502 instead.
+#[tokio::test]
+async fn closed_connection_sends_only_safe_methods_on() {
+    let closing = closing_backend();
+    let other = MockProcess::start("Other");
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: {{port}}
+  workers: 1
+request_log:
+  enabled: false
+health_check:
+  enabled: false
+routes:
+  - path: "/api/*rest"
+    backends:
+      - url: "{closing}"
+        weight: 100
+      - url: "{other}"
+        weight: 1
+"#,
+        other = other.url
+    ));
+
+    let get_reply = get(&format!("{}/api/item", gateway.url)).await;
+    assert_eq!(
+        get_reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&get_reply.body)
+    );
+    assert_eq!(get_reply.json()["server"], "Other");
+
+    let post = request(
+        Method::POST,
+        &format!("{}/api/item", gateway.url),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .expect("POST");
+    assert_eq!(post.status, 502, "{}", String::from_utf8_lossy(&post.body));
+}

@@ -77,7 +77,8 @@ impl ErrorKind {
 pub struct ProxyError {
     kind: ErrorKind,
     detail: Detail,
-    // True when nothing of the request reached a backend, so another backend may get it.
+    // True when another backend may get the request: nothing of it reached a backend, or a
+    // safe method's every attempt failed before a response byte.
     nothing_sent: bool,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -271,8 +272,17 @@ impl ProxyError {
         self
     }
 
-    /// Returns whether the request may go to another backend: only when nothing of it reached a
-    /// backend, which is true of failed and timed-out connects alone.
+    /// Marks the error of a safe method's last attempt, which failed before a response byte,
+    /// as one after which the request may go to another backend: it requests no change, so
+    /// a second backend's handling of it is harmless.
+    pub(crate) fn retry_elsewhere(mut self) -> ProxyError {
+        self.nothing_sent = true;
+        self
+    }
+
+    /// Returns whether the request may go to another backend: when nothing of it reached a
+    /// backend, which is true of failed and timed-out connects, or when it is a safe method
+    /// whose resend failed before a response byte (see [`ProxyError::retry_elsewhere`]).
     pub fn is_retry_safe(&self) -> bool {
         self.nothing_sent
     }

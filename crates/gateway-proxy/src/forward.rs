@@ -273,6 +273,12 @@ async fn exchange(
         // its idle timeout ended. An idempotent request then goes once on a new connection.
         Err(ExchangeError::Io { silent: true, .. })
             if pooled && body.is_replayable() && is_idempotent(&request.parts.method) => {}
+        // A new connection that closed before a response byte: the backend accepted it and
+        // went away, or closes every connection. A safe method may go to another backend, as
+        // NGINX passes an idempotent request on after such an error.
+        Err(error @ ExchangeError::Io { silent: true, .. }) if is_safe(&request.parts.method) => {
+            return Err(exchange_error(error, timeout).retry_elsewhere());
+        }
         Err(error) => return Err(exchange_error(error, timeout)),
     }
     drop(connection);
@@ -289,6 +295,12 @@ async fn exchange(
     })?;
     match attempt(client, route, backend, request, &mut fresh, body).await {
         Ok((head, sent_all)) => Ok((head, fresh, sent_all)),
+        // The new connection closed before a response byte too: the backend is going away
+        // (it may still have accepted the connection while it exited). A safe method may
+        // then go to another backend, as after a failed connect.
+        Err(error @ ExchangeError::Io { silent: true, .. }) if is_safe(&request.parts.method) => {
+            Err(exchange_error(error, timeout).retry_elsewhere())
+        }
         Err(error) => Err(exchange_error(error, timeout)),
     }
 }
