@@ -103,6 +103,16 @@ fn cases() -> Vec<Case> {
             client_ip: "127.0.0.1",
         },
         Case {
+            name: "HTTP/2 connection preface",
+            bytes: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            status: 505,
+            error_kind: "invalid_request",
+            method: "-",
+            path: "-",
+            user_agent: None,
+            client_ip: "127.0.0.1",
+        },
+        Case {
             name: "request line too long",
             bytes: long_line,
             status: 414,

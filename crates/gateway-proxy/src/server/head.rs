@@ -58,6 +58,26 @@ pub(crate) enum HeadError {
     /// The last coding of `Transfer-Encoding` is not `chunked`, so the body's end is unknown.
     #[error("Transfer-Encoding does not end in chunked")]
     UnsupportedTransferCoding,
+    /// The request line names an HTTP version other than 1.x, such as `HTTP/2.0` (the HTTP/2
+    /// connection preface starts with one).
+    #[error("unsupported HTTP version")]
+    Version,
+}
+
+/// Returns whether the request line at the start of `head` ends in a well-formed version of
+/// another major number than 1, `HTTP/<digit>.<digit>` or `HTTP/<digit>`, for which RFC 9110
+/// (section 15.6.6) has the status 505.
+fn names_other_version(head: &[u8]) -> bool {
+    let line_end = head.iter().position(|&byte| byte == b'\r' || byte == b'\n');
+    let line = &head[..line_end.unwrap_or(head.len())];
+    let version = line.rsplit(|&byte| byte == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major]
+        | [b'H', b'T', b'T', b'P', b'/', major, b'.', b'0'..=b'9'] => {
+            major.is_ascii_digit() && *major != b'1'
+        }
+        _ => false,
+    }
 }
 
 /// Parses the request head at the start of `buffer`. Returns `Ok(None)` while the head is
@@ -76,6 +96,9 @@ pub(crate) fn parse_head(
         Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) if names_other_version(buffer) => {
+            return Err(HeadError::Version);
+        }
         Err(_) => return Err(HeadError::Malformed),
     };
     let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
@@ -446,7 +469,15 @@ mod tests {
             head("GET / HTTP/1.1\r\nNoColon\r\n\r\n"),
             Err(HeadError::Malformed)
         );
-        assert_eq!(head("GET / HTTP/2.0\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(head("GET / HTTP/2.0\r\n\r\n"), Err(HeadError::Version));
+        assert_eq!(
+            head("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Err(HeadError::Version)
+        );
+        assert_eq!(head("GET / HTTP/3\r\n\r\n"), Err(HeadError::Version));
+        assert_eq!(head("GET / HTTP/1.x\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(head("GET / HTTPS/2.0\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(head("GET / HTTP/22.0\r\n\r\n"), Err(HeadError::Malformed));
         let long = format!("GET / HTTP/1.1\r\nx-long: {}\r\n\r\n", "a".repeat(9000));
         assert_eq!(head(&long), Err(HeadError::TooLarge));
         let many: String = (0..=MAX_HEADERS).map(|n| format!("x-{n}: 1\r\n")).collect();

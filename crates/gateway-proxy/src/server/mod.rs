@@ -192,6 +192,7 @@ where
             Err(ReadHeadError::Head(error, started)) => {
                 let status = match error {
                     HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let kind = match error {
@@ -341,6 +342,7 @@ fn head_error_reason(error: HeadError) -> &'static str {
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
         HeadError::UnsupportedTransferCoding => "Transfer-Encoding does not end in chunked",
+        HeadError::Version => "HTTP version not supported: send HTTP/1.1",
     }
 }
 
