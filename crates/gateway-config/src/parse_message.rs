@@ -207,6 +207,7 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
         "workers" => crate::validate::MAX_WORKERS as u64,
         "batch_size" => crate::validate::MAX_BATCH_SIZE as u64,
         "queue_capacity" => crate::validate::MAX_QUEUE_CAPACITY as u64,
+        "max_rows" => crate::validate::MAX_LOG_ROWS,
         "pool_max_idle_per_backend" => crate::validate::MAX_POOL_IDLE_PER_BACKEND as u64,
         "ipv6_prefix" => u64::from(crate::validate::MAX_IPV6_PREFIX),
         _ => max,
@@ -409,6 +410,7 @@ mod tests {
                 "usize",
                 "between 1 and 10000000",
             ),
+            ("request_log.max_rows", "u64", "between 1 and 1000000000"),
             ("server.workers", "usize", "between 1 and 1024"),
             (
                 "proxy.pool_max_idle_per_backend",

@@ -1,7 +1,9 @@
 //! Checks that run after parsing, collecting every problem with its field path.
 
 use crate::Problem;
-use crate::model::{BackendConfig, Config, CorsConfig, HealthCheckConfig, RateLimitConfig};
+use crate::model::{
+    BackendConfig, Config, CorsConfig, DEFAULT_MAX_ROWS, HealthCheckConfig, RateLimitConfig,
+};
 use crate::origin::{OPAQUE_ORIGIN, check_origin};
 use crate::route_conflict::RouteSet;
 use crate::route_path::{
@@ -391,11 +393,25 @@ impl Config {
         }
         problems.check_timer("request_log.flush_interval", log.flush_interval);
         problems.positive("request_log.retention", log.retention, "7d or 30d");
+        if log.max_rows == 0 || log.max_rows > MAX_LOG_ROWS {
+            problems.push(
+                "request_log.max_rows",
+                format!(
+                    "must be between 1 and {MAX_LOG_ROWS}, got {}: write the number of newest \
+                     rows to keep, or leave it out for {DEFAULT_MAX_ROWS}, about 2 to 3 GB",
+                    log.max_rows
+                ),
+            );
+        }
     }
 }
 
 /// Largest `request_log.batch_size` accepted.
 pub(crate) const MAX_BATCH_SIZE: usize = 100_000;
+
+/// Largest `request_log.max_rows` accepted. At 150 to 300 bytes a row, a log of that many rows
+/// takes 150 to 300 GB.
+pub(crate) const MAX_LOG_ROWS: u64 = 1_000_000_000;
 
 /// Largest `request_log.queue_capacity` accepted. A queued row takes about 200 bytes.
 pub(crate) const MAX_QUEUE_CAPACITY: usize = 10_000_000;

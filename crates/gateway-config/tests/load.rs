@@ -460,6 +460,60 @@ request_log:
 }
 
 #[test]
+fn max_rows_defaults_to_ten_million() {
+    let config = Config::from_yaml(ONE_ROUTE, "test.yaml").unwrap();
+    assert_eq!(config.request_log.max_rows, 10_000_000);
+
+    let text = format!("request_log:\n  max_rows: 1000\n{ONE_ROUTE}");
+    let config = Config::from_yaml(&text, "test.yaml").unwrap();
+    assert_eq!(config.request_log.max_rows, 1000);
+}
+
+#[test]
+fn max_rows_out_of_range_rejected() {
+    for rows in ["1", "1000000000"] {
+        let text = format!("request_log:\n  max_rows: {rows}\n{ONE_ROUTE}");
+        if let Err(error) = Config::from_yaml(&text, "test.yaml") {
+            panic!("max_rows {rows} was rejected: {error}");
+        }
+    }
+    for rows in ["0", "1000000001", "18446744073709551615"] {
+        let found = problems(&format!("request_log:\n  max_rows: {rows}\n{ONE_ROUTE}"));
+        assert_eq!(found.len(), 1, "{rows}: {found:#?}");
+        assert!(
+            found[0].starts_with(&format!(
+                "request_log.max_rows: must be between 1 and 1000000000, got {rows}:"
+            )),
+            "{rows}: {found:#?}"
+        );
+        assert!(
+            found[0].contains("or leave it out for 10000000"),
+            "{rows}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn max_rows_parse_errors_name_range() {
+    for (value, got) in [
+        ("-1", "got `-1`"),
+        ("abc", "got string \"abc\""),
+        ("1.5", "got the floating-point number `1.5`"),
+    ] {
+        let error = parse_error(&format!("request_log:\n  max_rows: {value}\n{ONE_ROUTE}"));
+        assert!(
+            error.contains("request_log.max_rows: must be"),
+            "{value}: {error}"
+        );
+        assert!(
+            error.contains("between 1 and 1000000000"),
+            "{value}: {error}"
+        );
+        assert!(error.contains(got), "{value}: {error}");
+    }
+}
+
+#[test]
 fn huge_pool_size_rejected() {
     for size in ["0", "10000"] {
         let text = format!("proxy:\n  pool_max_idle_per_backend: {size}\n{ONE_ROUTE}");

@@ -25,6 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Room for every record, so the figure counts rows written rather than rows dropped.
         queue_capacity: RECORDS,
         retention: Duration::from_secs(7 * 86_400),
+        max_rows: gateway_config::DEFAULT_MAX_ROWS,
     };
     let (log, writer) = RequestLog::open(&config).await?;
 

@@ -5,7 +5,7 @@
 //! record), which puts a copy of the record on a bounded queue without waiting and drops it
 //! (counting the drop) when the queue is full. One [`Writer`] task
 //! drains the queue in batches, one transaction per batch, and deletes rows older than the
-//! retention period in small chunks between batches. [`LogReader`] opens the same file
+//! retention period, and the oldest rows beyond `max_rows`, in small chunks between batches. [`LogReader`] opens the same file
 //! read-only, with or without a running gateway.
 //!
 //! ```no_run
@@ -34,6 +34,7 @@
 //! - `thread_index`: [`buffer_index`], which spreads request threads over the spool's lists,
 //!   and over the access lines' buffers of `apigateway`.
 //! - `insert` and `retention`: the SQL the writer runs.
+//! - `row_cap`: when the writer deletes rows beyond `max_rows`, and its log line about them.
 //! - `connect`: opening the file for writing (WAL, migrations) and for reading.
 //! - `verify`: the checks of an existing file that the start and `apigateway --check` run.
 //! - `reader`, `stats`, `filter`: [`LogReader`] and its queries, filters and page cursor.
@@ -51,6 +52,7 @@ mod queue;
 mod reader;
 pub mod record;
 mod retention;
+mod row_cap;
 mod spool;
 mod stats;
 mod thread;

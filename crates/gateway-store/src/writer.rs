@@ -1,6 +1,8 @@
-//! The writer task: drains the queue into SQLite in batches and deletes expired rows.
+//! The writer task: drains the queue into SQLite in batches and deletes expired rows and the
+//! oldest rows beyond `max_rows`.
 
 use crate::queue::BatchReady;
+use crate::row_cap::RowCap;
 use crate::spool::{Encoded, Position, Spool};
 use crate::thread::{JobLost, WriterThread};
 use crate::{StoreError, connect, insert, retention};
@@ -31,6 +33,12 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// has passed since the first of them arrived, whichever comes first. Between batches it
 /// deletes rows older than `retention`, one chunk of 5000 rows at a time, so that a batch
 /// waits for at most one chunk.
+///
+/// After each transaction that takes the log over `max_rows`, it deletes the oldest rows
+/// down to `max_rows`, also in chunks of 5000. Before the next transaction it deletes at
+/// most as many rows as were committed since the last deletion, or one chunk if that is more.
+/// So a flood cannot outgrow the deletes, and a backlog of excess rows shrinks a chunk at a
+/// time.
 #[derive(Debug)]
 pub struct Writer {
     path: PathBuf,
@@ -54,6 +62,7 @@ pub struct Writer {
     flush_interval: Duration,
     retention: Duration,
     retention_interval: Duration,
+    cap: RowCap,
     stop_timeout: Duration,
     /// When [`WriterHandle::shutdown`] was called. A batch in progress then delays the
     /// writer's reading of the request, but not the stop timeout, which runs from here.
@@ -74,6 +83,8 @@ pub struct WriteSummary {
     pub dropped: u64,
     /// Expired rows deleted.
     pub expired: u64,
+    /// Rows deleted because the log exceeded `max_rows`.
+    pub capped: u64,
     /// Rows still queued when the stop timeout passed, left unwritten.
     pub unwritten: u64,
     /// Whether the database file was found removed or replaced while the writer ran, so that
@@ -137,6 +148,7 @@ impl Writer {
             flush_interval: config.flush_interval,
             retention: config.retention,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            cap: RowCap::new(config.max_rows),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             stop_requested: Arc::new(OnceLock::new()),
             stop_deadline: None,
@@ -157,7 +169,8 @@ impl Writer {
     }
 
     /// Sets the time between two retention runs. The default is
-    /// [`DEFAULT_RETENTION_INTERVAL`], one hour. The first run starts with the writer.
+    /// [`DEFAULT_RETENTION_INTERVAL`], one hour. The first run starts with the writer. Each run
+    /// also checks `max_rows`, which the writer otherwise checks after each transaction.
     pub fn with_retention_interval(mut self, interval: Duration) -> Writer {
         self.retention_interval = interval;
         self
@@ -203,9 +216,13 @@ impl Writer {
         let mut retention_cutoff: Option<i64> = None;
 
         loop {
+            // Expired rows go first, because deleting them may take the log under the cap.
             if let Some(cutoff_us) = retention_cutoff {
                 retention_cutoff = self.delete_expired_chunk(cutoff_us, &mut summary).await;
+            } else if !stopping && self.cap.is_due() {
+                self.delete_over_cap(&mut summary).await;
             }
+            let more_deletes = retention_cutoff.is_some() || (!stopping && self.cap.is_due());
 
             let drop_warning_at = drops.due_at(&self.dropped);
             // Wait for the first record of the next batch, a retention run or the stop. The
@@ -222,10 +239,11 @@ impl Writer {
                 }
                 _ = retention_timer.tick(), if !stopping => {
                     retention_cutoff = Some(crate::now_us().saturating_sub(micros(self.retention)));
+                    self.cap.check_soon();
                     continue;
                 }
                 received = next_records(&self.spool, &self.batch_ready, &mut batch) => received,
-                () = std::future::ready(()), if retention_cutoff.is_some() => continue,
+                () = std::future::ready(()), if more_deletes => continue,
                 // Records dropped in a burst are reported when their interval ends, not at the
                 // next batch, which may come only at the stop.
                 () = tokio::time::sleep_until(drop_warning_at.unwrap_or_else(Instant::now)),
@@ -285,6 +303,7 @@ impl Writer {
 
         drops.warn_if_due(&self.dropped, &self.path, true);
         self.failures.report_unreported(&self.path);
+        self.cap.report(0, &self.path, true);
         summary.dropped = self.dropped.load(Ordering::Relaxed);
         // Closing the last connection copies the WAL into the database file, but the gateway's
         // reader pool may still be open. A passive checkpoint copies it now, so that a copy of
@@ -389,6 +408,13 @@ impl Writer {
                     records = back;
                     summary.written += rows as u64;
                     trace!(rows, "request log batch committed");
+                    self.cap.committed(rows as u64);
+                    // Rows are deleted for the cap after each transaction, not after the whole
+                    // backlog. So once within `max_rows`, the log exceeds it by at most one
+                    // transaction.
+                    if self.stop_deadline.is_none() && self.cap.is_due() {
+                        self.delete_over_cap(summary).await;
+                    }
                 }
                 Err((Some(back), error)) => {
                     records = back;
@@ -589,6 +615,57 @@ impl Writer {
                  another process or too slow to take them"
             );
         }
+    }
+
+    /// Deletes the oldest rows, by `ts_us`, while the log exceeds `max_rows`, in chunks of
+    /// [`retention::CHUNK_ROWS`] that are each a transaction. Stops at `max_rows`, or once it
+    /// deleted [`RowCap::pass_budget`] rows, and leaves the rest to the next pass.
+    async fn delete_over_cap(&mut self, summary: &mut WriteSummary) {
+        let max_rows = self.cap.max_rows();
+        let budget = self.cap.pass_budget();
+        let chunk_rows = retention::CHUNK_ROWS;
+        let mut deleted = 0;
+        loop {
+            let chunk = self
+                .on_connection(move |connection| {
+                    retention::delete_over_cap(connection, max_rows, chunk_rows)
+                })
+                .await
+                .and_then(|chunk| chunk.map_err(WriteError::from));
+            match chunk {
+                Ok(chunk) => {
+                    deleted += chunk.deleted;
+                    let over = self.cap.chunk_done(chunk);
+                    if !over || deleted >= budget {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.cap.pass_failed();
+                    if error.is_corrupt() {
+                        error!(
+                            path = %self.path.display(),
+                            %error,
+                            fix = %crate::error::corrupt_fix(&self.path),
+                            "request log deletion for max_rows failed: the database file is \
+                             corrupt"
+                        );
+                    } else {
+                        error!(
+                            path = %self.path.display(),
+                            %error,
+                            "request log deletion for max_rows failed, retried in a minute"
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            trace!(deleted, max_rows, "request log rows over max_rows deleted");
+        }
+        summary.capped += deleted;
+        self.cap.report(deleted, &self.path, false);
     }
 
     /// Deletes one chunk of rows older than `cutoff_us` and returns the cutoff again when
@@ -1052,6 +1129,7 @@ mod tests {
             flush_interval: Duration::from_millis(20),
             queue_capacity: 65_536,
             retention: Duration::from_secs(86_400),
+            max_rows: gateway_config::DEFAULT_MAX_ROWS,
         };
         let (log, writer) = RequestLog::open(&config).await.unwrap();
         fill_up(&writer);

@@ -23,6 +23,7 @@ pub fn config(dir: &Path) -> RequestLogConfig {
         flush_interval: Duration::from_millis(50),
         queue_capacity: 65_536,
         retention: Duration::from_secs(7 * 86_400),
+        max_rows: gateway_config::DEFAULT_MAX_ROWS,
     }
 }
 
