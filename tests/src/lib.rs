@@ -8,10 +8,12 @@
 
 mod admin;
 mod client;
+mod configs;
 mod process;
 mod raw;
 
 pub use admin::{admin_backends, backend_state, start_slow_request, wait_for_health};
 pub use client::{Reply, get, raw_request, request};
+pub use configs::{log_config, quick_stop_config, route_yaml};
 pub use process::{ConfigFile, GatewayProcess, MockProcess, binary, free_port};
 pub use raw::{RawConnection, RawResponse};

@@ -2,7 +2,7 @@
 //! oldest rows go, `/admin/logs` lists at most the cap and the newest rows, and the gateway
 //! logs that it deleted rows.
 
-use gateway_tests::{GatewayProcess, MockProcess, get};
+use gateway_tests::{GatewayProcess, MockProcess, get, log_config, route_yaml};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -14,24 +14,12 @@ const MAX_ROWS: usize = 50;
 const REQUESTS: usize = 200;
 
 fn start_gateway(backend_url: &str) -> GatewayProcess {
-    GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-health_check:
-  enabled: false
-logging:
-  access_log: false
-request_log:
-  database: "{{dir}}/gateway.db"
-  flush_interval: 20ms
-  max_rows: {MAX_ROWS}
-routes:
-  - path: "{USERS_ROUTE}"
-    backends:
-      - url: "{backend_url}"
-"#
+    let request_log = format!(
+        "  database: \"{{dir}}/gateway.db\"\n  flush_interval: 20ms\n  max_rows: {MAX_ROWS}"
+    );
+    GatewayProcess::start(&log_config(
+        &request_log,
+        &route_yaml(USERS_ROUTE, backend_url),
     ))
 }
 

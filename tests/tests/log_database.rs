@@ -1,34 +1,13 @@
 //! The request log database as an operator meets its failures: a write lock that another
 //! process holds at the stop, and a damaged file at the start and in `apigateway --check`.
 
-use gateway_tests::{GatewayProcess, MockProcess, RawConnection, binary};
+use gateway_tests::{GatewayProcess, MockProcess, RawConnection, binary, quick_stop_config};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Returns a configuration with one route to `backend_url`, a one-second shutdown timeout and
-/// the request log in `{dir}`.
-fn config(backend_url: &str) -> String {
-    format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  shutdown_timeout: 1s
-health_check:
-  enabled: false
-request_log:
-  database: "{{dir}}/gateway.db"
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{backend_url}"
-"#
-    )
-}
 
 /// Sends `count` requests on one keep-alive connection and checks that each gets 200.
 fn send_requests(gateway: &GatewayProcess, count: usize) {
@@ -75,7 +54,7 @@ fn log_field(line: &str, name: &str) -> Option<u64> {
 #[tokio::test]
 async fn stop_with_locked_log_keeps_to_timeout() {
     let mock = MockProcess::start("Locked");
-    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
     let database = gateway.dir().join("gateway.db");
     let holder = hold_write_lock(&database).await;
 
@@ -142,7 +121,7 @@ fn run_gateway(args: &[&str], dir: &Path) -> (Option<i32>, String) {
 /// folder, which contains `gateway.yaml` and `gateway.db`.
 async fn stopped_log(requests: usize) -> tempfile::TempDir {
     let mock = MockProcess::start("Log");
-    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
     send_requests(&gateway, requests);
     gateway.signal("TERM");
     let status = gateway

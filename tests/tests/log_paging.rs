@@ -3,7 +3,7 @@
 //! pages lists every matching row once, also while new requests arrive and when rows share one
 //! `ts_us`.
 
-use gateway_tests::{GatewayProcess, MockProcess, Reply, binary, get};
+use gateway_tests::{GatewayProcess, MockProcess, Reply, binary, get, log_config, route_yaml};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
@@ -24,23 +24,9 @@ const INSERTED: usize = 150;
 type Key = (i64, i64);
 
 fn start_gateway(backend_url: &str) -> GatewayProcess {
-    GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-health_check:
-  enabled: false
-logging:
-  access_log: false
-request_log:
-  database: "{{dir}}/gateway.db"
-  flush_interval: 20ms
-routes:
-  - path: "{USERS_ROUTE}"
-    backends:
-      - url: "{backend_url}"
-"#
+    GatewayProcess::start(&log_config(
+        "  database: \"{dir}/gateway.db\"\n  flush_interval: 20ms",
+        &route_yaml(USERS_ROUTE, backend_url),
     ))
 }
 

@@ -4,7 +4,9 @@
 //! commands, and a database that cannot be opened stops the gateway at start.
 
 use bytes::Bytes;
-use gateway_tests::{GatewayProcess, MockProcess, Reply, binary, free_port, get, request};
+use gateway_tests::{
+    GatewayProcess, MockProcess, Reply, binary, free_port, get, log_config, request, route_yaml,
+};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -22,31 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 const USERS_ROUTE: &str = "/api/users/*filepath";
 const ORDERS_ROUTE: &str = "/api/orders/*filepath";
-
-/// Builds a gateway configuration with health checks and access lines off, so that stdout
-/// carries only the gateway's own events. `request_log` and `routes` are YAML blocks indented under
-/// their keys.
-fn gateway_config(request_log: &str, routes: &str) -> String {
-    format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-health_check:
-  enabled: false
-logging:
-  access_log: false
-request_log:
-{request_log}
-routes:
-{routes}
-"#
-    )
-}
-
-fn route_yaml(path: &str, backend_url: &str) -> String {
-    format!("  - path: \"{path}\"\n    backends:\n      - url: \"{backend_url}\"\n")
-}
 
 // --- A kept-alive client -------------------------------------------------------------------------
 
@@ -367,7 +344,7 @@ fn mixed_plan(i: usize) -> Planned {
 async fn every_request_gets_one_row() {
     const REQUESTS: usize = 10_000;
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -481,7 +458,7 @@ async fn load_until_stopped(addr: SocketAddr, stop: Arc<AtomicBool>, limit: usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_keeps_committed_rows() {
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 100ms",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -576,7 +553,7 @@ async fn kill_keeps_committed_rows() {
 
     // A gateway started on the recovered file appends to it.
     let rows_before = rows.len() as i64;
-    let mut restarted = GatewayProcess::start(&gateway_config(
+    let mut restarted = GatewayProcess::start(&log_config(
         &format!("  database: \"{}\"", database.display()),
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -602,7 +579,7 @@ async fn full_queue_drops_and_counts_rows() {
     const REQUESTS: usize = 2_000;
     const CONNECTIONS: usize = 50;
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  queue_capacity: 1\n  batch_size: 1\n  \
          flush_interval: 10ms",
         &route_yaml(USERS_ROUTE, &mock.url),
@@ -793,7 +770,7 @@ async fn readers_agree_with_traffic() {
     let users = MockProcess::start("Users");
     let orders = MockProcess::start("Orders");
     let routes = route_yaml(USERS_ROUTE, &users.url) + &route_yaml(ORDERS_ROUTE, &orders.url);
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &routes,
     ));
@@ -1144,7 +1121,7 @@ fn run_on_unusable_database(dir: &Path, case: &str) -> (String, Output) {
         }
         _ => panic!("unknown case {case}"),
     }
-    let config = gateway_config(
+    let config = log_config(
         &format!("  database: \"{}\"", database.display()),
         &route_yaml(USERS_ROUTE, "http://127.0.0.1:9"),
     )
@@ -1246,7 +1223,7 @@ async fn commands_reject_other_programs_databases() {
 #[tokio::test]
 async fn removed_database_is_reported_at_stop() {
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -1281,7 +1258,7 @@ async fn removed_database_is_reported_at_stop() {
 #[tokio::test]
 async fn clean_stop_removes_wal_files() {
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -1307,7 +1284,7 @@ async fn clean_stop_removes_wal_files() {
 #[tokio::test]
 async fn bytes_received_counts_arrived_bytes() {
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -1352,7 +1329,7 @@ async fn gateway_answers_keep_their_route() {
          requests_per_second: 1\n      burst: 1\n",
         route_yaml(ORDERS_ROUTE, &mock.url)
     );
-    let config = gateway_config(
+    let config = log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &routes,
     ) + "cors:\n  enabled: true\n  allowed_origins: [\"*\"]\n";
@@ -1397,7 +1374,7 @@ async fn gateway_answers_keep_their_route() {
 #[tokio::test]
 async fn rejected_requests_name_no_route() {
     let mock = MockProcess::start("Users");
-    let config = gateway_config(
+    let config = log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &route_yaml(USERS_ROUTE, &mock.url),
     );
@@ -1431,7 +1408,7 @@ async fn rejected_requests_name_no_route() {
 #[tokio::test]
 async fn admin_errors_carry_error_kinds() {
     let mock = MockProcess::start("Users");
-    let config = gateway_config(
+    let config = log_config(
         "  database: \"{dir}/gateway.db\"\n  flush_interval: 50ms",
         &route_yaml(USERS_ROUTE, &mock.url),
     );
@@ -1492,7 +1469,7 @@ async fn admin_errors_carry_error_kinds() {
 #[tokio::test]
 async fn disabled_log_creates_no_file() {
     let mock = MockProcess::start("Users");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  enabled: false\n  database: \"{dir}/gateway.db\"",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -1546,7 +1523,7 @@ async fn disabled_log_creates_no_file() {
 #[tokio::test]
 async fn drained_request_is_logged() {
     let mock = MockProcess::start("Slow");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));
@@ -1593,7 +1570,7 @@ async fn drained_request_is_logged() {
 async fn restart_deletes_expired_rows() {
     let mock = MockProcess::start("Users");
     let routes = route_yaml(USERS_ROUTE, &mock.url);
-    let mut first = GatewayProcess::start(&gateway_config(
+    let mut first = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"\n  retention: 1s",
         &routes,
     ));
@@ -1613,7 +1590,7 @@ async fn restart_deletes_expired_rows() {
     // The writer deletes rows older than `retention` when it starts, and then only hourly, so
     // the rows of the second run stay.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut second = GatewayProcess::start(&gateway_config(
+    let mut second = GatewayProcess::start(&log_config(
         &format!("  database: \"{}\"\n  retention: 1s", database.display()),
         &routes,
     ));
@@ -1636,7 +1613,7 @@ async fn restart_deletes_expired_rows() {
 #[tokio::test]
 async fn client_abort_is_logged() {
     let mock = MockProcess::start("Slow");
-    let mut gateway = GatewayProcess::start(&gateway_config(
+    let mut gateway = GatewayProcess::start(&log_config(
         "  database: \"{dir}/gateway.db\"",
         &route_yaml(USERS_ROUTE, &mock.url),
     ));

@@ -4,7 +4,8 @@
 //! stop with an unread stdout keeps to the one-second bound that the README gives.
 
 use gateway_tests::{
-    ConfigFile, GatewayProcess, MockProcess, RawConnection, binary, start_slow_request,
+    ConfigFile, GatewayProcess, MockProcess, RawConnection, binary, quick_stop_config,
+    start_slow_request,
 };
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -13,27 +14,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Returns a configuration with one route to `backend_url`, a one-second drain and the request
-/// log in `{dir}`, with `{port}` and `{dir}` left for [`ConfigFile::write`] to fill in.
-fn config(backend_url: &str) -> String {
-    format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  shutdown_timeout: 1s
-health_check:
-  enabled: false
-request_log:
-  database: "{{dir}}/gateway.db"
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{backend_url}"
-"#
-    )
-}
 
 /// Returns the number after `name=` in a `key=value` log line.
 fn log_field(line: &str, name: &str) -> Option<u64> {
@@ -97,7 +77,7 @@ async fn stop_and_read_rows(gateway: &mut GatewayProcess, path: &str) -> Vec<Row
 #[tokio::test]
 async fn closed_client_row_names_backend() {
     let mock = MockProcess::start("Slow");
-    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
     let slow = start_slow_request(&gateway, &mock, "/api/given-up?delay=3000").await;
     slow.abort();
     let _ = slow.await;
@@ -120,7 +100,7 @@ async fn closed_client_row_names_backend() {
 #[tokio::test]
 async fn download_left_midway_row_is_incomplete() {
     let mock = MockProcess::start("Big");
-    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
 
     let mut stream = TcpStream::connect(gateway.addr).expect("connect");
     stream
@@ -154,7 +134,7 @@ async fn download_left_midway_row_is_incomplete() {
 #[tokio::test]
 async fn cut_off_request_gets_line_and_row() {
     let mock = MockProcess::start("Slow");
-    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
     let slow = start_slow_request(&gateway, &mock, "/api/cut-off?delay=5000").await;
 
     gateway.signal("TERM");
@@ -195,7 +175,7 @@ async fn cut_off_request_gets_line_and_row() {
 #[test]
 fn unread_stdout_stop_is_bounded() {
     let mock = MockProcess::start("Backend");
-    let file = ConfigFile::write(&config(&mock.url));
+    let file = ConfigFile::write(&quick_stop_config(&mock.url));
 
     // The pipe is never read, so once its kernel buffer (64 KiB on Linux) is full every
     // write to stdout blocks.
@@ -262,7 +242,7 @@ fn unread_stdout_stop_is_bounded() {
 #[test]
 fn partial_head_at_deadline_stops_cleanly() {
     let mock = MockProcess::start("Unused");
-    let mut gateway = GatewayProcess::start(&config(&mock.url));
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
     let mut partial = RawConnection::open(gateway.addr).expect("connect");
     partial
         .send(b"GET /api/half HTTP/1.1\r\nHost: gateway\r\n")

@@ -1,7 +1,7 @@
 //! Opening the database file for the writer and for readers.
 
 use crate::StoreError;
-use crate::reader::ENTRY_COLUMNS;
+use crate::reader::missing_columns;
 use crate::thread::WriterThread;
 use crate::verify::{self, verify_database};
 use sqlx::migrate::{MigrateError, Migrator};
@@ -518,11 +518,7 @@ async fn check_reader_schema(
         .fetch_all(pool)
         .await
         .map_err(open_error)?;
-    let missing: Vec<&str> = ENTRY_COLUMNS
-        .iter()
-        .copied()
-        .filter(|column| !columns.iter().any(|name| name == column))
-        .collect();
+    let missing = missing_columns(&columns);
     if !missing.is_empty() {
         return Err(StoreError::ForeignRequestsTable {
             path: path.to_owned(),

@@ -97,6 +97,16 @@ pub(crate) const ENTRY_COLUMNS: [&str; 16] = [
     "retried",
 ];
 
+/// Returns the columns of [`ENTRY_COLUMNS`] that are not among `columns`, the columns a
+/// `requests` table has.
+pub(crate) fn missing_columns(columns: &[String]) -> Vec<&'static str> {
+    ENTRY_COLUMNS
+        .iter()
+        .copied()
+        .filter(|column| !columns.iter().any(|name| name == column))
+        .collect()
+}
+
 impl LogReader {
     /// Opens the request log at `path` read-only.
     ///

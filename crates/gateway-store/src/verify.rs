@@ -3,7 +3,7 @@
 //! time-limited integrity check.
 
 use crate::StoreError;
-use crate::reader::ENTRY_COLUMNS;
+use crate::reader::missing_columns;
 use rusqlite::Connection;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -78,11 +78,7 @@ fn check_schema(connection: &Connection, path: &Path) -> Result<(), StoreError> 
         .query_map([], |row| row.get(0))
         .and_then(Iterator::collect)
         .map_err(failed)?;
-    let missing: Vec<&str> = ENTRY_COLUMNS
-        .iter()
-        .copied()
-        .filter(|column| !columns.iter().any(|name| name == column))
-        .collect();
+    let missing = missing_columns(&columns);
     if !missing.is_empty() {
         return Err(StoreError::BrokenSchema {
             path: path.to_owned(),

@@ -1022,13 +1022,7 @@ mod tests {
 
     #[test]
     fn held_back_failures_reported_after_interval() {
-        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = Arc::clone(&output);
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || SharedSink(Arc::clone(&sink)))
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (output, _guard) = capture_logs();
         let path = std::path::Path::new("requests.db");
         let error = WriteError::Lost(JobLost);
 
@@ -1054,13 +1048,7 @@ mod tests {
     /// Its error line must give the fix, as the start's error does.
     #[test]
     fn corrupt_file_error_gives_fix() {
-        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = Arc::clone(&output);
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || SharedSink(Arc::clone(&sink)))
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (output, _guard) = capture_logs();
         let path = std::path::Path::new("requests.db");
         let corrupt = WriteError::Statement(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
@@ -1079,6 +1067,20 @@ mod tests {
 
     /// A `tracing` output shared with the test.
     struct SharedSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    /// Sends this thread's log lines to the returned buffer until the guard drops.
+    fn capture_logs() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&output);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || SharedSink(Arc::clone(&sink)))
+            .finish();
+        (output, tracing::subscriber::set_default(subscriber))
+    }
 
     impl std::io::Write for SharedSink {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
