@@ -156,6 +156,31 @@ async fn rebound_host_name_gets_403() {
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 }
 
+/// The rebinding page's script can also set `X-Forwarded-For`. Behind a trusted loopback
+/// proxy that makes an allowed remote address the client, but the connection's peer is still
+/// loopback, so the name in `Host` is still checked.
+#[tokio::test]
+async fn forwarded_client_does_not_skip_host_check() {
+    let (_mock, gateway) = start(
+        "  trusted_proxies: [\"127.0.0.1\"]",
+        "admin:\n  allowed_clients: [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+    );
+    let addr = gateway.addr;
+    let send = |host: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let head = format!(
+                "GET /admin/backends HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 10.0.0.5\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            raw_request(addr, head.as_bytes())
+        })
+    };
+    let rebound = send("evil.example").await.expect("request task");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    let local = send("127.0.0.1:8080").await.expect("request task");
+    assert!(local.starts_with("HTTP/1.1 200"), "{local}");
+}
+
 /// Admin errors are not to be stored either: a shared cache may keep a 404 or 405 that is not
 /// marked otherwise.
 #[tokio::test]

@@ -29,24 +29,30 @@ impl Router {
     /// when it may. A request without a known client address (none reaches a listener) is
     /// rejected.
     ///
-    /// A loopback client must also name this machine in `Host`: `localhost`, a name under
-    /// `.localhost` or an IP address. A web page whose DNS name an attacker points at
-    /// 127.0.0.1 (DNS rebinding) makes the browser on this machine a loopback client that
-    /// sends the attacker's name, and would otherwise read `/admin/logs` as the same origin.
+    /// A request whose client or connection peer is a loopback address must also name this
+    /// machine in `Host`: `localhost`, a name under `.localhost` or an IP address. A web page
+    /// whose DNS name an attacker points at 127.0.0.1 (DNS rebinding) makes the browser on
+    /// this machine a loopback peer that sends the attacker's name, and would otherwise read
+    /// `/admin/logs` as the same origin. The peer counts too, because the page's script can
+    /// set `X-Forwarded-For`, and a trusted loopback proxy would make that the client.
     fn admin_rejection(&self, request: &Request<Inbound>) -> Option<Response<ProxyBody>> {
-        let allowed = self
+        let Some(client) = self
             .gateway
             .client_ip(request)
-            .filter(|&ip| self.gateway.admin_clients.contains(ip));
-        match allowed {
-            None => Some(admin::forbidden()),
-            Some(ip) if ip.is_loopback() => {
-                let host = request.headers().get(header::HOST);
-                let named = host.is_none_or(|host| names_this_machine(host.as_bytes()));
-                (!named).then(admin::forbidden_host)
-            }
-            Some(_) => None,
+            .filter(|&ip| self.gateway.admin_clients.contains(ip))
+        else {
+            return Some(admin::forbidden());
+        };
+        let peer_is_loopback = request
+            .body()
+            .peer()
+            .is_some_and(|peer| peer.to_canonical().is_loopback());
+        if !client.to_canonical().is_loopback() && !peer_is_loopback {
+            return None;
         }
+        let host = request.headers().get(header::HOST);
+        let named = host.is_none_or(|host| names_this_machine(host.as_bytes()));
+        (!named).then(admin::forbidden_host)
     }
 
     /// Builds the response to a request that no route serves, with the top-level CORS
