@@ -52,6 +52,9 @@ pub struct CorsPolicy {
     origins: Origins,
     allow_credentials: bool,
     methods: Vec<Method>,
+    /// The CORS-safelisted methods (GET, HEAD, POST) that the route accepts, which pass a
+    /// preflight's method check unlisted.
+    safelisted: Vec<Method>,
     request_headers: RequestHeaders,
     allow_methods: Option<HeaderValue>,
     allow_headers: Option<HeaderValue>,
@@ -147,6 +150,7 @@ impl CorsPolicy {
             origins,
             allow_credentials: config.allow_credentials,
             methods,
+            safelisted: vec![Method::GET, Method::HEAD, Method::POST],
             request_headers,
             allow_methods,
             allow_headers,
@@ -161,6 +165,7 @@ impl CorsPolicy {
     #[must_use]
     pub fn with_methods_limited_to(mut self, accepts: impl Fn(&Method) -> bool) -> Self {
         self.methods.retain(|method| accepts(method));
+        self.safelisted.retain(|method| accepts(method));
         self.allow_methods = join(self.methods.iter().map(Method::as_str));
         self
     }
@@ -321,15 +326,12 @@ impl CorsPolicy {
         let (Some(requested), None) = (fields.next(), fields.next()) else {
             return false;
         };
-        // A CORS-safelisted method passes the browser's method check without being listed
-        // (Fetch standard, "CORS-preflight fetch"), so its preflight is judged on the origin
-        // and headers alone. A simple GET, HEAD or POST reaches the route without a preflight
-        // anyway.
+        // A CORS-safelisted method that the route accepts passes the browser's method check
+        // without being listed (Fetch standard, "CORS-preflight fetch"), so its preflight is
+        // judged on the origin and headers alone. A simple GET, HEAD or POST reaches the
+        // route without a preflight anyway.
         match Method::from_bytes(requested.as_bytes()) {
-            Ok(method) => {
-                matches!(method, Method::GET | Method::HEAD | Method::POST)
-                    || self.methods.contains(&method)
-            }
+            Ok(method) => self.safelisted.contains(&method) || self.methods.contains(&method),
             Err(_) => false,
         }
     }

@@ -312,6 +312,24 @@ fn safelisted_methods_pass_preflight_unlisted() {
             .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
             .is_none()
     );
+
+    // On a route that takes only DELETE, a POST preflight is refused: the route would
+    // answer the POST with 405.
+    let delete_only = CorsPolicy::new(&config(|config| {
+        config.allowed_methods = vec!["DELETE".to_owned()];
+    }))
+    .with_methods_limited_to(|method| *method == Method::DELETE);
+    let mut headers = request_headers(Some(APP));
+    headers.insert(
+        header::ACCESS_CONTROL_REQUEST_METHOD,
+        HeaderValue::from_static("POST"),
+    );
+    let post = delete_only.preflight::<Full<Bytes>>(&headers);
+    assert!(
+        post.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
 }
 
 #[test]
