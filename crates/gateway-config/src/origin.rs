@@ -27,21 +27,10 @@ pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
         )
     };
 
+    if let Some(reason) = unsent_scheme(origin) {
+        return Err(format!("invalid origin {origin:?}: {reason}"));
+    }
     let Some((scheme, authority)) = origin.split_once("://") else {
-        // `data:` and `about:` pages have opaque origins, which browsers send as `null`, so
-        // their scheme alone is not an origin.
-        let opaque = ["data:", "about:", "javascript:"].iter().any(|prefix| {
-            origin
-                .get(..prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
-        });
-        if opaque {
-            return Err(format!(
-                "invalid origin {origin:?}: browsers send \"null\" as the origin of such \
-                 pages, so write \"null\" to allow them, which allows every page with an \
-                 opaque origin too"
-            ));
-        }
         return Err(invalid("it has no scheme"));
     };
 
@@ -193,24 +182,37 @@ fn check_scheme(origin: &str, scheme: &str) -> Result<(), String> {
         ));
     }
 
-    // The URL standard parses these schemes specially, and no browser sends an `Origin`
-    // field with any of them.
+    Ok(())
+}
+
+/// Returns why no browser sends `origin`, whose scheme the URL standard treats specially,
+/// with what to write instead, or `None` for any other scheme.
+fn unsent_scheme(origin: &str) -> Option<&'static str> {
+    let scheme = origin.split_once(':').map_or("", |(scheme, _)| scheme);
     let reason = match scheme.to_ascii_lowercase().as_str() {
         "file" => {
             "browsers send \"null\" as the origin of a file: page, so write \"null\" to \
-                   allow such pages, which allows every page with an opaque origin too"
+             allow such pages, which allows every page with an opaque origin too"
+        }
+        "data" | "about" | "javascript" => {
+            "such pages have an opaque origin, which browsers send as \"null\", so write \
+             \"null\" to allow them, which allows every page with an opaque origin too"
+        }
+        "blob" | "filesystem" => {
+            "a blob: or filesystem: URL has the origin of the page that made it \
+             (https://a.example for blob:https://a.example/...), so write that origin"
         }
         "ws" | "wss" => {
-            "a WebSocket handshake carries the origin of the page that opened it, \
-                         so write that page's origin, like https://app.example.com"
+            "a WebSocket handshake carries the origin of the page that opened it, so write \
+             that page's origin, like https://app.example.com"
         }
         "ftp" => {
-            "current browsers load no pages over ftp (Chrome 95 and Firefox 90 removed \
-                  it), so no request carries an ftp: origin"
+            "current browsers load no pages over ftp (Chrome 95 and Firefox 90 removed it), \
+             so no request carries an ftp: origin"
         }
-        _ => return Ok(()),
+        _ => return None,
     };
-    Err(format!("invalid origin {origin:?}: {reason}"))
+    Some(reason)
 }
 
 /// Checks the host and port of an origin whose scheme is neither http nor https, such as

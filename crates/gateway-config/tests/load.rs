@@ -1555,11 +1555,33 @@ fn rate_faster_than_nanosecond_rejected() {
 
 #[test]
 fn opaque_scheme_origin_points_to_null() {
-    for origin in ["data:", "data:text/html,x", "about:blank"] {
+    for origin in [
+        "data:",
+        "data:text/html,x",
+        "about:blank",
+        "data://x",
+        "Data://x",
+        "about://x",
+        "javascript://x",
+    ] {
         let found = problems(&format!(
             "cors:\n  enabled: true\n  allowed_origins: [\"{origin}\"]\n{ONE_ROUTE}"
         ));
         assert_eq!(found.len(), 1, "{origin}: {found:#?}");
         assert!(found[0].contains("write \"null\""), "{origin}: {found:#?}");
+    }
+}
+
+#[test]
+fn blob_origin_points_to_inner_origin() {
+    for origin in ["blob:https://a.example/1", "blob://x", "filesystem://x"] {
+        let found = problems(&format!(
+            "cors:\n  enabled: true\n  allowed_origins: [\"{origin}\"]\n{ONE_ROUTE}"
+        ));
+        assert_eq!(found.len(), 1, "{origin}: {found:#?}");
+        assert!(
+            found[0].contains("write that origin"),
+            "{origin}: {found:#?}"
+        );
     }
 }
