@@ -139,8 +139,11 @@ where
         if draining && lock(&wire).buffer.is_empty() {
             return Ok(());
         }
+        // When the head's first bytes came, kept apart from the read so that the second read
+        // after a stop signal keeps the time that the first one saw.
+        let mut head_started = None;
         let head = {
-            let mut reading = pin!(read_head(&wire, settings.max_head_bytes));
+            let mut reading = pin!(read_head(&wire, settings.max_head_bytes, &mut head_started));
             poll_fn(|cx| {
                 if let Poll::Ready(head) = reading.as_mut().poll(cx) {
                     return Poll::Ready(Some(head));
@@ -159,7 +162,7 @@ where
         let head = match head {
             Some(head) => head,
             None if lock(&wire).buffer.is_empty() => return Ok(()),
-            None => read_head(&wire, settings.max_head_bytes).await,
+            None => read_head(&wire, settings.max_head_bytes, &mut head_started).await,
         };
         let (request, facts) = match head {
             Ok(Some(head)) => head,
@@ -380,14 +383,15 @@ fn drain_begun(drain: &mut watch::Receiver<bool>, seen: &mut bool) -> bool {
 async fn read_head(
     wire: &SharedWire,
     max_head_bytes: usize,
+    started: &mut Option<Instant>,
 ) -> Result<Option<(Request<()>, head::HeadFacts)>, ReadHeadError> {
     // Bytes already looked at for the end of the head, so that a head arriving in many small
     // pieces is parsed once per line rather than once per piece.
     let mut scanned = 0;
     let mut first_poll = true;
-    // The time of the head's first bytes, which a rejection reports. The clock is read only
-    // for a head that arrives in more than one read, so a head that comes whole costs none.
-    let mut started = None;
+    // `started` is the time of the head's first bytes, which a rejection reports. The clock
+    // is read only for a head that arrives in more than one read, so a head that comes whole
+    // costs none.
     poll_fn(|cx| {
         let mut wire = lock(wire);
         if first_poll {
@@ -409,12 +413,14 @@ async fn read_head(
                     Ok(None) => {
                         started.get_or_insert_with(Instant::now);
                     }
-                    Err(error) => return Poll::Ready(Err(ReadHeadError::Head(error, started))),
+                    Err(error) => {
+                        return Poll::Ready(Err(ReadHeadError::Head(error, *started)));
+                    }
                 }
             }
             scanned = wire.buffer.len();
             if wire.buffer.len() >= max_head_bytes {
-                return Poll::Ready(Err(ReadHeadError::TooLarge(started)));
+                return Poll::Ready(Err(ReadHeadError::TooLarge(*started)));
             }
             if wire.buffer.is_empty() {
                 // Between requests the connection waits without a buffer, and takes one when

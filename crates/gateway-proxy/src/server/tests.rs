@@ -575,6 +575,25 @@ async fn rejection_latency_counts_from_first_bytes() {
     assert!(rejection.uri.is_none());
 }
 
+/// A head that started before the drain and turns out bad after it reports its latency from
+/// its first bytes, though the drain restarts its read.
+#[tokio::test]
+async fn rejection_latency_spans_drain() {
+    let (address, drain, mut rejections) = serve_reporting(SETTINGS, echo).await;
+    let mut stream = send(address, b"GET /slow HTTP/1.1\r\nHost: a\r\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(b"Bad Header\r\n\r\n").await.unwrap();
+    let response = read_to_close(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    let rejection = rejections.try_recv().unwrap();
+    assert!(
+        rejection.latency() >= Duration::from_millis(400),
+        "{rejection:?}"
+    );
+}
+
 #[tokio::test]
 async fn accepted_requests_report_no_rejection() {
     let (address, _drain, mut rejections) = serve_reporting(SETTINGS, echo).await;
