@@ -30,8 +30,12 @@ use tower::{Layer, Service};
 /// 414 URI Too Long when its request line alone is larger.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// How often idle rate-limit buckets are evicted.
-const EVICTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How often idle rate-limit buckets are evicted. Buckets of clients that sent a request
+/// since the last eviction stay until the next, so this bounds the memory a flood of new
+/// client addresses can take (about 260 bytes each). A bucket can go once it is full again,
+/// `(burst + 1) / requests_per_second` seconds after its client's last request (half a
+/// second with the defaults), so a short interval evicts most of a flood's.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
 type Stack<S> = RequestId<Timing<CatchPanic<S>, AccessHook>>;
 type StackBody = TimedBody<ProxyBody, AccessHook>;
