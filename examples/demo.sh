@@ -14,7 +14,7 @@ target="${CARGO_TARGET_DIR:-target}/debug"
 fleet=$!
 trap 'kill "$fleet" 2>/dev/null || true' EXIT
 
-# The gateway starts only once the three backends answer. A port that another program holds
+# The gateway starts only once the three backends accept connections. A port that another program holds
 # makes the fleet exit, and the gateway would otherwise send the demo's requests to that
 # program.
 for attempt in $(seq 50); do
@@ -32,6 +32,6 @@ for attempt in $(seq 50); do
   [[ $up -eq 3 ]] && break
   sleep 0.2
 done
-[[ $up -eq 3 ]] || { echo "demo.sh: the mock backends did not answer within 10 s" >&2; exit 1; }
+[[ $up -eq 3 ]] || { echo "demo.sh: the mock backends did not accept connections within 10 s" >&2; exit 1; }
 
 "$target/apigateway" --config config/gateway.yaml

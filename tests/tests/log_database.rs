@@ -236,8 +236,8 @@ async fn broken_logs_fail_check_as_start() {
     }
 }
 
-/// A lock that another process holds for longer than the busy timeout of 5s fails both, with
-/// a message that says so. Waits out that timeout twice.
+/// A lock that another process keeps for longer than the busy timeout of 5s fails both, with
+/// a message that names the cause. Waits out that timeout twice.
 #[tokio::test]
 async fn locked_log_fails_check_as_start() {
     let dir = stopped_log(10).await;

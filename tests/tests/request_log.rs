@@ -974,7 +974,7 @@ async fn readers_agree_with_traffic() {
     );
     let entries = logs.as_array().expect("array");
     assert_eq!(request_ids(entries), all_orders, "logs --route");
-    // A request's path in place of the pattern matches no row, and the text says why.
+    // A request's path in place of the pattern matches no row, and the output explains why.
     let text = run_cli(dir, &["logs", "--database", db, "--route", "/orders/42"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.starts_with("0 requests\n"), "{text}");

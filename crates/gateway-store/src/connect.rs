@@ -20,7 +20,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Size the WAL file is cut back to when a checkpoint has copied all of it (SQLite's
 /// `journal_size_limit`). The WAL file normally stays near the automatic checkpoint's 4 MB,
-/// but a reader that holds a transaction open keeps checkpoints from catching up, and the
+/// but a reader that keeps a transaction open stops checkpoints from catching up, and the
 /// file then grows for as long as it does. Without a limit it would keep that size until
 /// the stop; with it, the first checkpoint that catches up gives the space back.
 const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;

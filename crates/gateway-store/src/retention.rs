@@ -27,9 +27,9 @@ pub(crate) fn delete_expired(
 ///
 /// This id span is an upper bound on the row count, read from the two ends of the rowid B-tree
 /// in O(log n), where `count(*)` reads every page of an index. Rows get increasing ids, so the
-/// span exceeds the count only by the rows deleted from inside it: a slow request's row, which
-/// gets a higher id than rows of requests that began after it, once its age deletes it first,
-/// or rows that another program deleted.
+/// span exceeds the count only by the rows deleted from inside it. A slow request's row gets a
+/// higher id than the rows of requests that began after it, so deleting by age can take it
+/// first. Another program may also delete rows.
 pub(crate) fn id_span(connection: &Connection) -> rusqlite::Result<u64> {
     // Two subqueries, because SQLite (3.40) reads a lone min() or max() from the end of the
     // B-tree, but scans the whole table for both in one SELECT.

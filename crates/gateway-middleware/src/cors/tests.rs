@@ -313,8 +313,8 @@ fn safelisted_methods_pass_preflight_unlisted() {
             .is_none()
     );
 
-    // On a route that takes only DELETE, a POST preflight is refused: the route would
-    // answer the POST with 405.
+    // On a route that takes only DELETE, a POST preflight is rejected: the route would
+    // respond to the POST with 405.
     let delete_only = CorsPolicy::new(&config(|config| {
         config.allowed_methods = vec!["DELETE".to_owned()];
     }))
