@@ -31,6 +31,9 @@ pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
         return Err(format!("invalid origin {origin:?}: {reason}"));
     }
     let Some((scheme, authority)) = origin.split_once("://") else {
+        if origin.contains(':') {
+            return Err(invalid("it has no \"//\" and host after its scheme"));
+        }
         return Err(invalid("it has no scheme"));
     };
 
@@ -187,9 +190,13 @@ fn check_scheme(origin: &str, scheme: &str) -> Result<(), String> {
 
 /// Returns why no browser sends `origin`, whose scheme the URL standard treats specially,
 /// with what to write instead, or `None` for any other scheme.
-fn unsent_scheme(origin: &str) -> Option<&'static str> {
-    let scheme = origin.split_once(':').map_or("", |(scheme, _)| scheme);
-    let reason = match scheme.to_ascii_lowercase().as_str() {
+fn unsent_scheme(origin: &str) -> Option<String> {
+    let (scheme, rest) = origin.split_once(':').unwrap_or(("", ""));
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme == "blob" || scheme == "filesystem" {
+        return Some(inner_origin_advice(rest));
+    }
+    let reason = match scheme.as_str() {
         "file" => {
             "browsers send \"null\" as the origin of a file: page, so write \"null\" to \
              allow such pages, which allows every page with an opaque origin too"
@@ -197,10 +204,6 @@ fn unsent_scheme(origin: &str) -> Option<&'static str> {
         "data" | "about" | "javascript" => {
             "such pages have an opaque origin, which browsers send as \"null\", so write \
              \"null\" to allow them, which allows every page with an opaque origin too"
-        }
-        "blob" | "filesystem" => {
-            "a blob: or filesystem: URL has the origin of the page that made it \
-             (https://a.example for blob:https://a.example/...), so write that origin"
         }
         "ws" | "wss" => {
             "a WebSocket handshake carries the origin of the page that opened it, so write \
@@ -212,7 +215,25 @@ fn unsent_scheme(origin: &str) -> Option<&'static str> {
         }
         _ => return None,
     };
-    Some(reason)
+    Some(reason.to_owned())
+}
+
+/// Returns the advice for a `blob:` or `filesystem:` URL, whose origin is that of the URL
+/// inside it, `inner`: write that origin, or `null` for an opaque one.
+fn inner_origin_advice(inner: &str) -> String {
+    let lead = "a blob: or filesystem: URL has the origin of the page that made it";
+    let inner_origin = inner.split_once("://").and_then(|(scheme, rest)| {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+        (http && !host.is_empty()).then(|| format!("{}://{host}", scheme.to_ascii_lowercase()))
+    });
+    match inner_origin {
+        Some(origin) => format!("{lead}, so write {origin:?}"),
+        None if inner.starts_with("null") || inner.to_ascii_lowercase().starts_with("file:") => {
+            format!("{lead}, which is opaque here, so write \"null\"")
+        }
+        None => format!("{lead}, so write that page's origin, like https://app.example.com"),
+    }
 }
 
 /// Checks the host and port of an origin whose scheme is neither http nor https, such as

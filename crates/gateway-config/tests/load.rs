@@ -1574,14 +1574,23 @@ fn opaque_scheme_origin_points_to_null() {
 
 #[test]
 fn blob_origin_points_to_inner_origin() {
-    for origin in ["blob:https://a.example/1", "blob://x", "filesystem://x"] {
+    for (origin, advice) in [
+        (
+            "blob:https://app.example/1",
+            "write \"https://app.example\"",
+        ),
+        ("blob:null/abc", "write \"null\""),
+        ("blob://x", "write that page's origin"),
+        ("filesystem://x", "write that page's origin"),
+    ] {
         let found = problems(&format!(
             "cors:\n  enabled: true\n  allowed_origins: [\"{origin}\"]\n{ONE_ROUTE}"
         ));
         assert_eq!(found.len(), 1, "{origin}: {found:#?}");
-        assert!(
-            found[0].contains("write that origin"),
-            "{origin}: {found:#?}"
-        );
+        assert!(found[0].contains(advice), "{origin}: {found:#?}");
     }
+    let found = problems(&format!(
+        "cors:\n  enabled: true\n  allowed_origins: [\"mailto:a@b\"]\n{ONE_ROUTE}"
+    ));
+    assert!(found[0].contains("no \"//\" and host"), "{found:#?}");
 }
