@@ -166,27 +166,44 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts the gateway with `config`, a YAML text in which `{port}` stands for a free port
     /// and `{dir}` for a temporary folder that lives as long as the process.
+    ///
+    /// The free port is released before the gateway binds it, so another process can take it
+    /// in between, an outgoing connection of a parallel test included. The gateway then exits
+    /// with status 1, and the start is tried again on another port, up to three times.
     pub fn start(config: &str) -> GatewayProcess {
-        let ConfigFile {
-            dir,
-            path: config_path,
-            port,
-        } = ConfigFile::write(config);
-
-        let mut child = Command::new(binary("apigateway"))
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start apigateway");
-        let (output, found) = Output::capture(&mut child, "listening");
-        if found.recv_timeout(START_TIMEOUT).is_err() {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        let (dir, config_path, port, child, output) = loop {
+            let ConfigFile {
+                dir,
+                path: config_path,
+                port,
+            } = ConfigFile::write(config);
+            let mut child = Command::new(binary("apigateway"))
+                .arg("--config")
+                .arg(&config_path)
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start apigateway");
+            let (output, found) = Output::capture(&mut child, "listening");
+            let port_taken = match found.recv_timeout(START_TIMEOUT) {
+                Ok(_) => break (dir, config_path, port, child, output),
+                // The output ended without the line: the gateway exited.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    matches!(child.wait(), Ok(status) if status.code() == Some(1))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+            };
+            if port_taken && attempt < ATTEMPTS {
+                attempt += 1;
+                continue;
+            }
             let _ = child.kill();
             let lines = output.lines.lock().expect("output lock").join("\n");
             panic!("apigateway did not start; its output:\n{lines}");
-        }
+        };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
         GatewayProcess {
             child,
