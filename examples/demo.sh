@@ -14,9 +14,9 @@ target="${CARGO_TARGET_DIR:-target}/debug"
 fleet=$!
 trap 'kill "$fleet" 2>/dev/null || true' EXIT
 
-# The gateway starts only once the three backends accept connections. A port that another program holds
-# makes the fleet exit, and the gateway would otherwise send the demo's requests to that
-# program.
+# The gateway starts only once the three backends accept connections. A port that another
+# program listens on makes the fleet exit, and the gateway would otherwise send the demo's
+# requests to that program.
 for attempt in $(seq 50); do
   if ! kill -0 "$fleet" 2>/dev/null; then
     echo "demo.sh: the mock backends did not start (is one of ports 9001 to 9003 taken?)." >&2

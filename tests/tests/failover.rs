@@ -411,18 +411,15 @@ routes:
     assert_eq!(live_state["total_requests"], 10, "{live_state}");
 }
 
-/// Sends `method` to a gateway in front of `Dying` (weight 100) and `Other` (weight 1), on the
-/// connection to `Dying` that a warm-up left in the pool. `Dying` keeps the request for 2 s
-/// and is killed while it does. Returns the response and the requests `Other` served.
-async fn request_to_dying_backend(method: Method) -> (gateway_tests::Reply, serde_json::Value) {
-    let mut dying = MockProcess::start("Dying");
-    let other = MockProcess::start("Other");
-    let gateway = GatewayProcess::start(&format!(
+/// Starts a gateway with one worker and one route, `/api/*rest`, to `preferred` (weight 100)
+/// and `other` (weight 1), so that the first requests go to `preferred`. Health checks and the
+/// request log are off.
+fn preferred_and_other(preferred: &str, other: &str) -> GatewayProcess {
+    GatewayProcess::start(&format!(
         r#"
 server:
   host: 127.0.0.1
   port: {{port}}
-  # One worker, so that the request finds the connection the warm-up left in its pool.
   workers: 1
 request_log:
   enabled: false
@@ -431,14 +428,22 @@ health_check:
 routes:
   - path: "/api/*rest"
     backends:
-      - url: "{dying}"
+      - url: "{preferred}"
         weight: 100
       - url: "{other}"
         weight: 1
-"#,
-        dying = dying.url,
-        other = other.url
-    ));
+"#
+    ))
+}
+
+/// Sends `method` to a gateway in front of `Dying` (weight 100) and `Other` (weight 1), on the
+/// connection to `Dying` that a warm-up left in the pool. `Dying` keeps the request for 2 s
+/// and is killed while it does. Returns the response and the requests `Other` served.
+async fn request_to_dying_backend(method: Method) -> (gateway_tests::Reply, serde_json::Value) {
+    let mut dying = MockProcess::start("Dying");
+    let other = MockProcess::start("Other");
+    // One worker, so that the request finds the connection the warm-up left in its pool.
+    let gateway = preferred_and_other(&dying.url, &other.url);
 
     // The first turns go to Dying, and this one leaves a pooled connection to it.
     let warm = get(&format!("{}/api/warm", gateway.url)).await;
@@ -546,7 +551,7 @@ routes:
     );
 }
 
-/// Starts a backend that accepts each connection and closes it without reading or answering,
+/// Starts a backend that accepts each connection and closes it without reading or responding,
 /// on a thread that ends with the test process. Returns its URL.
 fn closing_backend() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -566,26 +571,7 @@ fn closing_backend() -> String {
 async fn closed_connection_sends_only_safe_methods_on() {
     let closing = closing_backend();
     let other = MockProcess::start("Other");
-    let gateway = GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-  workers: 1
-request_log:
-  enabled: false
-health_check:
-  enabled: false
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{closing}"
-        weight: 100
-      - url: "{other}"
-        weight: 1
-"#,
-        other = other.url
-    ));
+    let gateway = preferred_and_other(&closing, &other.url);
 
     let get_reply = get(&format!("{}/api/item", gateway.url)).await;
     assert_eq!(

@@ -35,6 +35,10 @@ impl Router {
     /// this machine a loopback peer that sends the attacker's name, and would otherwise read
     /// `/admin/logs` as the same origin. The peer counts too, because the page's script can
     /// set `X-Forwarded-For`, and a trusted loopback proxy would make that the client.
+    ///
+    /// NOTE: a proxy on this machine that rewrites `Host` hides the browser's name, so the
+    /// check cannot tell a rebinding page behind it. The README advises leaving loopback out
+    /// of `admin.allowed_clients` there.
     fn admin_rejection(&self, request: &Request<Inbound>) -> Option<Response<ProxyBody>> {
         let Some(client) = self
             .gateway

@@ -217,6 +217,8 @@ impl Writer {
 
         loop {
             // Expired rows go first, because deleting them may take the log under the cap.
+            // NOTE: no cap pass runs during the stop, so the rows committed then can leave
+            // the log up to a queue's worth over `max_rows` until the next start trims it.
             if let Some(cutoff_us) = retention_cutoff {
                 retention_cutoff = self.delete_expired_chunk(cutoff_us, &mut summary).await;
             } else if !stopping && self.cap.is_due() {
