@@ -145,10 +145,10 @@ pub struct RouteConfig {
     pub path: String,
     /// The backend pool.
     pub backends: Vec<BackendConfig>,
-    /// Accepted methods. Default: every method. An empty list is rejected, since it would read
-    /// as no method.
-    #[serde(default, deserialize_with = "deserialize_methods")]
-    pub methods: Vec<String>,
+    /// Accepted methods. `None`, the default, accepts every method. An empty list fails
+    /// validation, since it would read as no method.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
     /// Send the client's `Host` header to the backend instead of the backend's authority.
     #[serde(default)]
     pub preserve_host: bool,
@@ -534,20 +534,4 @@ impl RouteConfig {
     pub fn effective_cors(&self, base: &CorsConfig) -> CorsConfig {
         self.cors.apply(base)
     }
-}
-
-/// Reads a route's `methods`, rejecting an empty list: left out, the field allows every
-/// method, and an empty list reads as if it allowed none.
-fn deserialize_methods<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let methods = Vec::<String>::deserialize(deserializer)?;
-    if methods.is_empty() {
-        return Err(serde::de::Error::custom(
-            "an empty list of methods: leave `methods` out to allow every method, or list the \
-             methods the route takes",
-        ));
-    }
-    Ok(methods)
 }

@@ -270,8 +270,18 @@ impl Config {
             for (j, backend) in route.backends.iter().enumerate() {
                 validate_backend(problems, &format!("{field}.backends[{j}]"), backend);
             }
-            for (j, method) in route.methods.iter().enumerate() {
-                check_method(problems, &format!("{field}.methods[{j}]"), method);
+            match &route.methods {
+                Some(methods) if methods.is_empty() => problems.push(
+                    format!("{field}.methods"),
+                    "an empty list of methods: leave `methods` out to accept every method, or \
+                     list the methods the route takes",
+                ),
+                Some(methods) => {
+                    for (j, method) in methods.iter().enumerate() {
+                        check_method(problems, &format!("{field}.methods[{j}]"), method);
+                    }
+                }
+                None => {}
             }
 
             // A route's sections are checked with the top-level values they inherit.

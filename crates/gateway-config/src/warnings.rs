@@ -284,11 +284,14 @@ impl Config {
     fn warn_cors_methods(&self, warnings: &mut Vec<Problem>) {
         for (i, route) in self.routes.iter().enumerate() {
             let cors = route.effective_cors(&self.cors);
-            if !cors.enabled || route.methods.is_empty() {
+            let Some(methods) = route.methods.as_deref() else {
+                continue;
+            };
+            if !cors.enabled || methods.is_empty() {
                 continue;
             }
             let takes = |method: &str| {
-                route.methods.iter().any(|listed| {
+                methods.iter().any(|listed| {
                     listed.as_str() == method || (listed.as_str() == "GET" && method == "HEAD")
                 })
             };
@@ -315,7 +318,7 @@ impl Config {
                     "the route takes {} and CORS allows {} in preflights, so every preflight on \
                      this route is refused (requests that need none still get the CORS \
                      headers): add the route's methods to {list}",
-                    route.methods.join(", "),
+                    methods.join(", "),
                     if cors.allowed_methods.is_empty() {
                         "none".to_owned()
                     } else {

@@ -67,7 +67,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(config.server.host, "0.0.0.0");
     assert_eq!(config.server.port, 8080);
     assert_eq!(config.routes[0].backends[0].weight, 1);
-    assert!(config.routes[0].methods.is_empty());
+    assert!(config.routes[0].methods.is_none());
     assert!(!config.rate_limiting.enabled);
     assert_eq!(config.rate_limiting.ipv6_prefix, 64);
     assert!(config.request_log.enabled);
@@ -1416,11 +1416,20 @@ fn parse_errors_use_yaml_terms() {
 }
 
 #[test]
-fn empty_methods_list_rejected() {
-    let text = "routes:\n  - path: /a\n    methods: []\n    backends:\n      - url: http://127.0.0.1:9001\n";
-    let message = parse_error(text);
-    assert!(message.contains("routes[0].methods"), "{message}");
-    assert!(message.contains("leave `methods` out"), "{message}");
+fn empty_methods_list_rejected_with_other_problems() {
+    let text = "routes:\n  - path: /a\n    methods: []\n    backends:\n      - url: http://127.0.0.1:9001\n        weight: 0\n";
+    let found = problems(text);
+    let methods = found.iter().find(|p| p.starts_with("routes[0].methods: "));
+    assert!(
+        methods.is_some_and(|p| p.contains("leave `methods` out")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("routes[0].backends[0].weight: ")),
+        "{found:#?}"
+    );
 }
 
 #[test]

@@ -165,7 +165,7 @@ impl RouteTable {
                 entries.push((shared, backend.weight));
             }
 
-            let (methods, allow) = method_set(&route.methods);
+            let (methods, allow) = method_set(route.methods.as_deref().unwrap_or_default());
             routes.push(Arc::new(Route {
                 index,
                 pattern: Arc::from(route.path.as_str()),
