@@ -44,6 +44,11 @@ use tokio::sync::watch;
 /// serve another request. A larger rest closes the connection instead.
 const MAX_DISCARD: u64 = 64 * 1024;
 
+/// Maximum time a connection whose response announced keep-alive waits for the rest of a
+/// request body that it discards, the time NGINX's `lingering_timeout` gives by default. A
+/// client slower than that finds the connection closed.
+const DISCARD_WAIT: Duration = Duration::from_secs(5);
+
 /// Time a closing connection keeps reading what the client still sends, so that closing
 /// with unread bytes does not reset the connection before the client has read the response.
 const LINGER: Duration = Duration::from_secs(2);
@@ -236,9 +241,11 @@ where
         let length = body.size_hint().exact();
         // A request body left unread past what is cheap to discard closes the connection, and
         // the response head announces it. The part that has arrived is discarded now, when
-        // nothing else reads the body, because a chunked body's rest has no known size. A body
-        // whose client still waits for `100 Continue` closes the connection too, because the
-        // client may send it anyway and it must not be read as the next request.
+        // nothing else reads the body, because a chunked body's rest has no known size. A
+        // rest of known size up to `MAX_DISCARD` is read and dropped after the response. A
+        // body whose client still waits for `100 Continue` closes the connection too, because
+        // the client may send it anyway and it must not be read as the next request. So does
+        // a 408, which tells the client that its body came too slowly to wait for.
         let unread_elsewhere = Arc::strong_count(&wire) > 1;
         let body_clear = {
             let mut wire = lock(&wire);
@@ -256,7 +263,10 @@ where
         let exchange = Exchange {
             method: &method,
             version,
-            keep_alive: facts.keep_alive && body_clear && !drain_begun(&mut drain, &mut drain_seen),
+            keep_alive: facts.keep_alive
+                && body_clear
+                && parts.status != StatusCode::REQUEST_TIMEOUT
+                && !drain_begun(&mut drain, &mut drain_seen),
             trailers: facts.trailers,
         };
         head_out.clear();
@@ -290,8 +300,9 @@ where
             close(&wire, unread).await;
             return Ok(());
         }
-        // What the response's own reader left of the request body is discarded as well.
-        if !discard_arrived(&mut lock(&wire)) {
+        // What the response's own reader left of the request body is discarded as well, and
+        // the part still on its way is waited for, since the head promised keep-alive.
+        if !discard_arrived(&mut lock(&wire)) && !discard_rest(&wire).await {
             close(&wire, true).await;
             return Ok(());
         }
@@ -708,6 +719,28 @@ fn discard_arrived(wire: &mut Wire) -> bool {
             Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
         }
     }
+}
+
+/// Reads and drops the rest of the request body, waiting up to [`DISCARD_WAIT`] for it to
+/// arrive. Returns whether the body ended, so that the connection can take another request.
+///
+/// Only a body of known length reaches here, with at most [`MAX_DISCARD`] bytes left, so the
+/// wait reads a bounded amount. The wait is boxed, since few requests need it, and the
+/// connection's future would otherwise carry its timer while it idles.
+async fn discard_rest(wire: &SharedWire) -> bool {
+    let rest = poll_fn(|cx| {
+        let mut wire = lock(wire);
+        loop {
+            match ready!(wire.poll_body(cx)) {
+                Some(Ok(_)) => {}
+                None => return Poll::Ready(matches!(wire.body, BodyState::Done)),
+                Some(Err(_)) => return Poll::Ready(false),
+            }
+        }
+    });
+    Box::pin(tokio::time::timeout(DISCARD_WAIT, rest))
+        .await
+        .unwrap_or(false)
 }
 
 /// The fault found in a rejected head: the status the client gets, and the kind and reason

@@ -303,6 +303,77 @@ async fn small_unread_body_discarded() {
 }
 
 #[tokio::test]
+async fn body_rest_after_response_keeps_connection() {
+    let (address, _drain) = serve(|request: Request<Inbound>| async move {
+        Response::new(Full::new(Bytes::from(request.uri().path().to_owned())))
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello",
+    )
+    .await;
+    let first = read_until(&mut stream, "/first", 1).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+
+    // The rest of the body comes after the response, then the next request.
+    stream
+        .write_all(b"worldGET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_until(&mut stream, "/second", 1).await;
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+}
+
+#[tokio::test]
+async fn body_rest_never_sent_closes_after_wait() {
+    let (address, _drain) = serve(|_request: Request<Inbound>| async {
+        Response::new(Full::new(Bytes::from_static(b"early")))
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello",
+    )
+    .await;
+    let sent = Instant::now();
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        DISCARD_WAIT + Duration::from_secs(5),
+        stream.read_to_end(&mut received),
+    )
+    .await
+    .expect("the connection closes")
+    .unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.ends_with("early"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    assert!(sent.elapsed() >= DISCARD_WAIT, "{:?}", sent.elapsed());
+}
+
+#[tokio::test]
+async fn request_timeout_response_closes() {
+    let (address, _drain) = serve(|_request: Request<Inbound>| async {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"slow")));
+        *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+        response
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello",
+    )
+    .await;
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+#[tokio::test]
 async fn client_leaving_cancels_request() {
     let dropped = Arc::new(AtomicUsize::new(0));
     /// Counts its drops.
