@@ -70,6 +70,10 @@ pub struct BackendState {
     last_error: Mutex<Option<LastError>>,
     // Wakes the backend's health check when failed requests mark it unhealthy.
     went_down: tokio::sync::Notify,
+    // When a failed request was last logged, in milliseconds since the Unix epoch, and the
+    // failed requests since then that were not.
+    failure_logged_ms: AtomicU64,
+    failures_unlogged: AtomicU64,
 }
 
 /// The message and time of a backend's latest failure.
@@ -207,6 +211,26 @@ impl Backend {
         self.record_failure(&self.state.request_failures, error)
     }
 
+    /// Decides whether a failed request to this backend is logged: at most one a second, so
+    /// that a backend failing every request cannot flood the log. Returns `None` for a
+    /// failure to leave unlogged, which is counted, or the count of failures left unlogged
+    /// since the last one logged.
+    pub fn take_failure_report(&self) -> Option<u64> {
+        let state = &self.state;
+        let now = now_ms();
+        let last = state.failure_logged_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= FAILURE_LOG_INTERVAL_MS
+            && state
+                .failure_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if !due {
+            state.failures_unlogged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(state.failures_unlogged.swap(0, Ordering::Relaxed))
+    }
+
     /// Counts a failure in `streak` and takes the backend out when the streak reaches the
     /// threshold.
     fn record_failure(&self, streak: &AtomicU32, error: &str) -> Transition {
@@ -290,6 +314,9 @@ impl Drop for InFlight {
     }
 }
 
+/// Minimum time between two logged request failures of one backend.
+const FAILURE_LOG_INTERVAL_MS: u64 = 1000;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -313,6 +340,22 @@ mod tests {
         assert_eq!(&**backend(1, 1).url_text(), "http://127.0.0.1:9001");
         let prefixed = Backend::new(Uri::from_static("http://h:1/v1"), HealthPolicy::default());
         assert_eq!(&**prefixed.url_text(), "http://h:1/v1");
+    }
+
+    #[test]
+    fn failure_reports_limited_per_second() {
+        let b = backend(3, 2);
+        assert_eq!(b.take_failure_report(), Some(0));
+        assert_eq!(b.take_failure_report(), None);
+        assert_eq!(b.take_failure_report(), None);
+
+        // A second later the next failure is logged with the count of those that were not.
+        let logged = b.state.failure_logged_ms.load(Ordering::Relaxed);
+        b.state
+            .failure_logged_ms
+            .store(logged - FAILURE_LOG_INTERVAL_MS, Ordering::Relaxed);
+        assert_eq!(b.take_failure_report(), Some(2));
+        assert_eq!(b.take_failure_report(), None);
     }
 
     #[test]

@@ -374,7 +374,8 @@ fn exchange_error(error: ExchangeError, timeout: Duration) -> ProxyError {
     }
 }
 
-/// Counts a failed exchange toward the backend's unhealthy threshold.
+/// Counts a failed exchange toward the backend's unhealthy threshold, and logs it: every one
+/// that takes the backend out, and at most one a second of the others.
 fn note_failure(backend: &Backend, error: &ProxyError) {
     let message = error_chain(error);
     // `last_error` also contains failed probes' messages, so the source is named.
@@ -384,6 +385,13 @@ fn note_failure(backend: &Backend, error: &ProxyError) {
             backend = %backend.url_text(),
             error = %message,
             "backend is unhealthy after failed requests"
+        );
+    } else if let Some(unlogged) = backend.take_failure_report() {
+        tracing::warn!(
+            backend = %backend.url_text(),
+            error = %message,
+            unlogged,
+            "request to backend failed"
         );
     }
 }
