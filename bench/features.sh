@@ -12,7 +12,12 @@ ROOT=$(cd "$HERE/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CPU=${CPU:-1}
 REQUESTS=100000
-[[ ${1:-} == --quick ]] && REQUESTS=20000
+case ${1:-} in
+  "") ;;
+  --quick) REQUESTS=20000 ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "features.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+esac
 
 for tool in nginx h2load taskset; do
   command -v "$tool" >/dev/null || {

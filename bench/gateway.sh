@@ -18,6 +18,17 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
+# Help is printed before anything is installed or built.
+for arg in "$@"; do
+  if [[ $arg == -h || $arg == --help ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    echo
+    echo "peers.sh's options:"
+    "$HERE/peers.sh" --help
+    exit 0
+  fi
+done
+
 need=()
 for tool in nginx haproxy caddy wrk h2load curl taskset chrt; do
   command -v "$tool" >/dev/null || need+=("$tool")

@@ -401,6 +401,15 @@ fn default_workers_fit_file_limit() {
         .iter()
         .any(|line| line.contains("WARN") && line.contains("fewer workers than CPU cores"));
     assert_eq!(warned, cores > 1, "{cores} cores: {lines:#?}");
+
+    // `--check` prints the same warning and passes.
+    let (child, _file) = spawn_with_limit("-n 32", &config, &["--check"]);
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let checked = stderr.contains("warning: fewer workers than CPU cores")
+        && stderr.contains("workers=1 open_file_limit=32");
+    assert_eq!(checked, cores > 1, "{cores} cores: {stderr}");
 }
 
 /// Returns a configuration of one worker without the request log, a route to `backend_url`,

@@ -99,6 +99,12 @@ fn main() -> ExitCode {
         for warning in config.warnings() {
             eprintln!("apigateway: {}: warning: {warning}", cli.config.display());
         }
+        if let Some(limit) = workers.lowered_for {
+            eprintln!(
+                "apigateway: warning: {}",
+                lowered_workers_message(config.server.worker_count(), workers.count, limit)
+            );
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -131,9 +137,8 @@ fn main() -> ExitCode {
             cores = config.server.worker_count(),
             workers = workers.count,
             open_file_limit = limit,
-            "fewer workers than CPU cores, so that their own file descriptors take at most half \
-             of the open-file limit: raise the hard limit (ulimit -Hn, or LimitNOFILE in a \
-             systemd unit) for one worker per core"
+            "{}",
+            LOWERED_WORKERS
         );
     }
     config.server.workers = Some(workers.count);
@@ -432,6 +437,16 @@ fn resolve_listen_address(host: &str, port: u16) -> Result<Vec<SocketAddr>, Stri
              such as 0.0.0.0 or 127.0.0.1, or to a name this machine resolves"
         )),
     }
+}
+
+/// What the start logs when the open-file limit lowers the default worker count.
+const LOWERED_WORKERS: &str = "fewer workers than CPU cores, so that their own file descriptors \
+     take at most half of the open-file limit: raise the hard limit (ulimit -Hn, or \
+     LimitNOFILE in a systemd unit) for one worker per core";
+
+/// Returns [`LOWERED_WORKERS`] with the counts, as `--check` prints it.
+fn lowered_workers_message(cores: usize, workers: usize, limit: u64) -> String {
+    format!("{LOWERED_WORKERS} (cores={cores} workers={workers} open_file_limit={limit})")
 }
 
 /// Checks that `host` resolves to addresses of this machine, by binding each to a free port.

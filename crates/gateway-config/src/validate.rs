@@ -408,7 +408,7 @@ impl Config {
                 "request_log.max_rows",
                 format!(
                     "must be between 1 and {MAX_LOG_ROWS}, got {}: write the number of newest \
-                     rows to keep, or leave it out for {DEFAULT_MAX_ROWS}, about 2 to 3 GB",
+                     rows to keep, or leave it out for {DEFAULT_MAX_ROWS}, about 1.8 to 3.1 GB",
                     log.max_rows
                 ),
             );
