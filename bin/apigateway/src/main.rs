@@ -439,7 +439,7 @@ fn resolve_listen_address(host: &str, port: u16) -> Result<Vec<SocketAddr>, Stri
     }
 }
 
-/// What the start logs when the open-file limit lowers the default worker count.
+/// The warning logged when the open-file limit lowers the default worker count.
 const LOWERED_WORKERS: &str = "fewer workers than CPU cores, so that their own file descriptors \
      take at most half of the open-file limit: raise the hard limit (ulimit -Hn, or \
      LimitNOFILE in a systemd unit) for one worker per core";
