@@ -53,6 +53,12 @@ const DISCARD_WAIT: Duration = Duration::from_secs(5);
 /// with unread bytes does not reset the connection before the client has read the response.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// Maximum time an idle connection waits for one more request once the drain begins, and
+/// serves it with `Connection: close`. A keep-alive client may send its next request at any
+/// moment, and one sent just before the connection closes would be reset unread. Clients
+/// that stay idle longer see the connection close before they send, and open a new one.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// Maximum bytes read while lingering.
 const MAX_LINGER_BYTES: usize = 1024 * 1024;
 
@@ -134,14 +140,14 @@ where
     let mut drain_seen = *drain.borrow_and_update();
     let mut drain_registered = DrainRegistration::default();
     loop {
-        // An idle connection closes at the drain; one whose next head has started gets to
-        // finish it, and its response closes the connection.
+        // An idle connection closes at the drain once `DRAIN_GRACE` passes without a request.
+        // A connection whose next head has started gets to finish it, and its response closes
+        // the connection.
         // NOTE: a client that stops partway through a head keeps the drain waiting until the
         // read timeout or the shutdown timeout, whichever ends first.
         let draining = drain_begun(&mut drain, &mut drain_seen);
-        // NOTE: a request that the client sends just as its idle connection closes here is
-        // reset unread and gets no row. HTTP/1.1 leaves that race to the client's retry.
-        if draining && lock(&wire).buffer.is_empty() {
+        if draining && lock(&wire).buffer.is_empty() && !request_arrives(&wire).await {
+            close(&wire, false).await;
             return Ok(());
         }
         // When the head's first bytes came, kept apart from the read so that the second read
@@ -166,7 +172,10 @@ where
         };
         let head = match head {
             Some(head) => head,
-            None if lock(&wire).buffer.is_empty() => return Ok(()),
+            None if lock(&wire).buffer.is_empty() && !request_arrives(&wire).await => {
+                close(&wire, false).await;
+                return Ok(());
+            }
             None => read_head(&wire, settings.max_head_bytes, &mut head_started).await,
         };
         let (request, facts) = match head {
@@ -719,6 +728,22 @@ fn discard_arrived(wire: &mut Wire) -> bool {
             Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
         }
     }
+}
+
+/// Waits up to [`DRAIN_GRACE`] for the client of an idle connection to send the start of a
+/// request, reading it into the buffer, and returns whether it came. A read rather than a
+/// readiness check, because readiness can remain from the last request's read. The wait is
+/// boxed, as in [`discard_rest`].
+async fn request_arrives(wire: &SharedWire) -> bool {
+    let received = poll_fn(|cx| lock(wire).poll_read_more(cx, HEAD_CHUNK));
+    let arrived = matches!(
+        Box::pin(tokio::time::timeout(DRAIN_GRACE, received)).await,
+        Ok(Ok(1..))
+    );
+    if !arrived {
+        lock(wire).release_buffer();
+    }
+    arrived
 }
 
 /// Reads and drops the rest of the request body, waiting up to [`DISCARD_WAIT`] for it to

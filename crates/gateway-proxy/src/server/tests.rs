@@ -463,6 +463,42 @@ async fn body_read_ahead_reaches_service_whole() {
 }
 
 #[tokio::test]
+async fn request_just_after_drain_served_with_close() {
+    let (address, start_drain) = serve(echo).await;
+    let mut stream = send(address, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let first = read_until(&mut stream, "/first", 1).await;
+    assert!(!first.contains("connection: close"), "{first}");
+
+    // The client sends its next request on the idle connection just after the drain began.
+    start_drain.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_to_close(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+    assert!(second.contains("connection: close\r\n"), "{second}");
+    assert!(second.ends_with("GET /second "), "{second}");
+}
+
+#[tokio::test]
+async fn idle_connection_closes_after_drain_grace() {
+    let (address, start_drain) = serve(echo).await;
+    let mut stream = send(address, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    read_until(&mut stream, "/first", 1).await;
+
+    start_drain.send(true).unwrap();
+    let began = Instant::now();
+    assert_eq!(read_to_close(&mut stream).await, "");
+    let waited = began.elapsed();
+    assert!(
+        waited >= DRAIN_GRACE - Duration::from_millis(50),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
 async fn drain_closes_idle_then_busy() {
     let (release, released) = watch::channel(false);
     let (address, start_drain) = serve(move |request: Request<Inbound>| {
