@@ -88,6 +88,7 @@ pub struct ProxyError {
 enum Detail {
     None,
     Timeout(Duration),
+    ConnectTimeout(Duration),
     Allow(HeaderValue),
     Reason(&'static str),
 }
@@ -101,6 +102,9 @@ impl fmt::Display for ProxyError {
             (ErrorKind::BackendConnect, _) => f.write_str("failed to connect to backend"),
             (ErrorKind::BackendTimeout, Detail::Timeout(after)) => {
                 write!(f, "backend timed out after {after:?}")
+            }
+            (ErrorKind::BackendTimeout, Detail::ConnectTimeout(after)) => {
+                write!(f, "connecting to the backend timed out after {after:?}")
             }
             (ErrorKind::BackendTimeout, _) => f.write_str("backend timed out"),
             (ErrorKind::BackendError, _) => f.write_str("backend failed"),
@@ -164,7 +168,7 @@ impl ProxyError {
     pub fn connect_timeout(after: Duration) -> ProxyError {
         ProxyError {
             kind: ErrorKind::BackendTimeout,
-            detail: Detail::Timeout(after),
+            detail: Detail::ConnectTimeout(after),
             nothing_sent: true,
             source: None,
         }
@@ -396,6 +400,14 @@ mod tests {
     fn only_connect_failures_retry() {
         assert!(ProxyError::connect("refused").is_retry_safe());
         assert!(ProxyError::connect_timeout(Duration::from_secs(1)).is_retry_safe());
+        assert_eq!(
+            ProxyError::connect_timeout(Duration::from_secs(1)).to_string(),
+            "connecting to the backend timed out after 1s"
+        );
+        assert_eq!(
+            ProxyError::timeout(Duration::from_secs(1)).to_string(),
+            "backend timed out after 1s"
+        );
         assert!(!ProxyError::new(ErrorKind::BackendError).is_retry_safe());
         assert!(!ProxyError::timeout(Duration::from_secs(1)).is_retry_safe());
         assert!(!ProxyError::out_of_resources("no descriptors").is_retry_safe());
