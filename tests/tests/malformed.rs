@@ -220,6 +220,33 @@ async fn unfinished_head_is_cut_off() {
         "connection still open after {waited:?} with read_timeout 1s"
     );
     assert_still_serving(&gateway, "an unfinished head").await;
+
+    // The stalled head is logged as NGINX logs it: 408, though no response was sent.
+    let line = gateway.wait_for_line(
+        &["status=408", "error=\"client_timeout\"", "completed=false"],
+        Duration::from_secs(5),
+    );
+    assert!(line.is_some(), "{:#?}", gateway.lines());
+    let row = wait_for_row(&gateway, "status=408").await;
+    assert_eq!(row["error_kind"], "client_timeout", "{row}");
+    assert_eq!(row["method"], "-", "{row}");
+    assert_eq!(row["client_ip"], "127.0.0.1", "{row}");
+}
+
+/// Waits up to 5 seconds for a request log row that `/admin/logs?QUERY` lists, and returns the
+/// newest.
+async fn wait_for_row(gateway: &GatewayProcess, query: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = get(&format!("{}/admin/logs?{query}", gateway.url)).await;
+        assert_eq!(reply.status, 200, "/admin/logs?{query}");
+        let body = reply.json();
+        if let Some(row) = body["entries"].as_array().and_then(|rows| rows.first()) {
+            return row.clone();
+        }
+        assert!(Instant::now() < deadline, "no row for /admin/logs?{query}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -238,4 +265,11 @@ async fn idle_keep_alive_connection_is_closed() {
         connection.wait_closed(),
         "idle keep-alive connection still open 5 s after read_timeout 1s"
     );
+    // An idle connection that closes had no request, so nothing is logged for it.
+    let timeouts = gateway
+        .lines()
+        .iter()
+        .filter(|line| line.contains("status=408"))
+        .count();
+    assert_eq!(timeouts, 0, "{:#?}", gateway.lines());
 }

@@ -10,12 +10,12 @@ use gateway_middleware::timing::{RequestEnd, RequestHook, report_unserved};
 use gateway_proxy::server::Rejection;
 use gateway_proxy::{ErrorKind, ForwardInfo, ReceivedBytes, RouteMatch, RouteTable};
 use gateway_store::{RecordRef, RequestLog, unix_micros};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Status recorded for a request that ended before any response.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -100,6 +100,37 @@ impl AccessHook {
         // NOTE: the server reports a rejection before it writes the response, so the access
         // line's `completed=true` does not confirm that the client received it.
         report_unserved(self, Some(pending), rejection.started, true);
+    }
+}
+
+impl AccessHook {
+    /// Reports a connection closed because its client sent part of a request head and not
+    /// the rest within the read timeout, `waited` after the wait for the head began. Like
+    /// NGINX, the gateway logs it with status 408 but sends no response, so the line says
+    /// `completed=false`. The head is gone with the connection, so method and path show `-`.
+    pub(crate) fn report_head_timeout(&self, client_ip: IpAddr, waited: Duration) {
+        if !self.is_active() {
+            return;
+        }
+        let now = SystemTime::now();
+        let pending = Pending {
+            started_at: now.checked_sub(waited).unwrap_or(now),
+            method: unknown_method(),
+            uri: Uri::from_static(UNKNOWN),
+            request_id: Some(request_id::generate()),
+            client_ip: Some(client_ip),
+            user_agent: None,
+            bytes_received: None,
+            status: StatusCode::REQUEST_TIMEOUT.as_u16(),
+            route: None,
+            backend: None,
+            retried: false,
+            error_kind: Some(ErrorKind::ClientTimeout.as_str()),
+        };
+        let started = Instant::now()
+            .checked_sub(waited)
+            .unwrap_or_else(Instant::now);
+        report_unserved(self, Some(pending), started, false);
     }
 }
 

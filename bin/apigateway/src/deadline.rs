@@ -128,6 +128,12 @@ impl ConnectionDeadline {
         self.received.store(received, Ordering::Relaxed);
     }
 
+    /// Returns whether bytes of the next request head have arrived since the connection
+    /// started to wait for it.
+    pub(crate) fn head_started(&self) -> bool {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// Clears the deadline: a request is being handled and the backend's timeouts bound it.
     pub(crate) fn clear(&self) {
         self.at_ms.store(0, Ordering::Relaxed);

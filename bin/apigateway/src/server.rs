@@ -580,6 +580,7 @@ impl<S: InnerService> Worker<S> {
             let settings = self.settings;
             open.fetch_add(1, Ordering::Relaxed);
             let rejections = Arc::clone(&self.rejections);
+            let timeouts = Arc::clone(&self.rejections);
             connections.spawn(async move {
                 // The connection's future is made in place inside `select!`: made outside and
                 // pinned here, it would take twice its size in the task, for as long as the
@@ -607,11 +608,18 @@ impl<S: InnerService> Worker<S> {
                                 "response made no progress within the write timeout, closing the connection"
                             );
                         }
-                        Ended::Deadline(Phase::Head) => tracing::debug!(
-                            %peer,
-                            timeout = ?read_timeout,
-                            "no request head within the read timeout, closing the connection"
-                        ),
+                        Ended::Deadline(Phase::Head) => {
+                            tracing::debug!(
+                                %peer,
+                                timeout = ?read_timeout,
+                                "no request head within the read timeout, closing the connection"
+                            );
+                            // A head that started and stalled, as a slowloris client leaves
+                            // it, gets a 408 line and row; an idle keep-alive connection none.
+                            if deadline.head_started() {
+                                timeouts.report_head_timeout(peer, read_timeout);
+                            }
+                        }
                         Ended::Shed => tracing::debug!(
                             %peer,
                             "idle connection closed to free its file descriptor"
@@ -772,6 +780,13 @@ impl Rejections {
             None => peer.ip().to_canonical(),
         };
         self.hook.report_rejection(rejection, client_ip);
+    }
+
+    /// Reports a connection from `peer` closed at the read timeout, `waited`, with part of a
+    /// request head received. The head's fields are gone with it, so the client is the peer.
+    fn report_head_timeout(&self, peer: SocketAddr, waited: Duration) {
+        self.hook
+            .report_head_timeout(peer.ip().to_canonical(), waited);
     }
 }
 
