@@ -195,10 +195,76 @@ impl AccessLines {
     }
 }
 
+/// Minimum time between two reports on stderr of access lines lost to a failing stdout.
+const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the writer thread knows of stdout's failures.
+#[derive(Debug, Default)]
+struct OutputFailures {
+    /// Lines lost since the last report.
+    lost: u64,
+    /// When the last report was printed, while stdout keeps failing.
+    reported: Option<Instant>,
+    /// Whether the last failed write ended in the middle of a line, which the next
+    /// successful write ends first, so that a log reader does not join two lines.
+    partial_line: bool,
+}
+
+impl OutputFailures {
+    /// Writes `lines` to `out`, and reports on stderr when stdout starts to fail, every
+    /// `FAILURE_REPORT_INTERVAL` while it keeps failing, and when it works again. The
+    /// gateway's other log lines go to the same stdout, so stderr is the one place left to
+    /// tell an operator that lines are being lost.
+    fn write<W: Write>(&mut self, out: &mut W, lines: &[u8]) {
+        if self.partial_line && out.write_all(b"\n").is_ok() {
+            self.partial_line = false;
+        }
+        let mut written = 0;
+        let failure = loop {
+            if written == lines.len() {
+                break None;
+            }
+            match out.write(&lines[written..]) {
+                Ok(0) => break Some(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(count) => written += count,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => break Some(error),
+            }
+        };
+        let Some(error) = failure else {
+            if self.reported.take().is_some() {
+                eprintln!(
+                    "apigateway: stdout accepts writes again (access lines lost since the \
+                     last report: {})",
+                    self.lost
+                );
+                self.lost = 0;
+            }
+            return;
+        };
+        let unwritten = &lines[written..];
+        self.partial_line |= written > 0 && lines[written - 1] != b'\n';
+        self.lost += unwritten.iter().filter(|&&byte| byte == b'\n').count() as u64;
+        let due = self
+            .reported
+            .is_none_or(|at| at.elapsed() >= FAILURE_REPORT_INTERVAL);
+        if due {
+            eprintln!(
+                "apigateway: writing access lines to stdout failed: {error} (access lines \
+                 lost since the last report: {}); the gateway keeps serving",
+                self.lost
+            );
+            self.reported = Some(Instant::now());
+            self.lost = 0;
+        }
+    }
+}
+
 /// Runs the writer thread: swaps each non-empty buffer for an empty one and writes it to `out`.
 fn write_lines<W: Write>(shared: &Shared, mut out: W) {
     let mut spare = Vec::new();
     let mut reported_drops = 0;
+    let mut failures = OutputFailures::default();
     loop {
         shared.writing.store(true, Ordering::SeqCst);
         let mut wrote = false;
@@ -211,7 +277,7 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
                 std::mem::swap(&mut *lines, &mut spare);
             }
             // A closed or failing stdout loses the lines, and the gateway keeps serving.
-            let _ = out.write_all(&spare);
+            failures.write(&mut out, &spare);
             spare.clear();
             if spare.capacity() > KEEP_CAPACITY {
                 spare = Vec::new();
@@ -490,6 +556,52 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
+    }
+
+    /// A stdout that takes `room` more bytes, then fails every write until `room` grows.
+    #[derive(Default)]
+    struct FullDisk {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let count = bytes.len().min(self.room);
+            self.written.extend_from_slice(&bytes[..count]);
+            self.room -= count;
+            Ok(count)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failed_write_counts_lost_lines_and_ends_partial_line() {
+        let mut out = FullDisk {
+            room: 15,
+            ..FullDisk::default()
+        };
+        let mut failures = OutputFailures::default();
+        failures.write(&mut out, b"first line\nsecond line\nthird line\n");
+        assert_eq!(out.written, b"first line\nseco");
+        assert!(failures.partial_line);
+        assert!(failures.reported.is_some());
+
+        failures.write(&mut out, b"fourth line\n");
+        assert_eq!(failures.lost, 1);
+
+        out.room = 100;
+        failures.write(&mut out, b"fifth line\n");
+        assert_eq!(out.written, b"first line\nseco\nfifth line\n");
+        assert!(!failures.partial_line);
+        assert!(failures.reported.is_none());
+        assert_eq!(failures.lost, 0);
     }
 
     #[test]
