@@ -193,6 +193,28 @@ fn nested_unknown_field_names_path() {
     );
 }
 
+#[test]
+fn unresolvable_backend_host_warned() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // `.invalid` names never resolve (RFC 2606).
+    let path = write_config(
+        dir.path(),
+        "server:\n  host: 127.0.0.1\nrequest_log:\n  enabled: false\nroutes:\n  - path: \"/a/*rest\"\n    backends:\n      - url: \"http://127.0.0.1:1\"\n      - url: \"http://backend.invalid:8080\"\n",
+    );
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    assert!(output.status.success(), "exit {}", output.status);
+    let text = stderr(&output);
+    assert!(
+        text.contains(
+            "warning: routes[0].backends[1].url: host \"backend.invalid\" does not resolve"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("backends[0]"), "{text}");
+}
+
 /// The parser's own message already contains the field path and the position, so the error
 /// line should contain each once.
 #[test]

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod fd_limit;
 pub mod inspect;
 pub mod listen;
+pub mod resolve;
 pub mod server;
 
 mod access;

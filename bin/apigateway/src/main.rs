@@ -2,9 +2,9 @@
 //! signal.
 
 use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
-use apigateway::fd_limit;
 use apigateway::inspect::InspectError;
 use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve_workers};
+use apigateway::{fd_limit, resolve};
 use clap::Parser;
 use gateway_config::{Config, ConfigError, LogFormat};
 use std::io::ErrorKind;
@@ -105,6 +105,12 @@ fn main() -> ExitCode {
                 lowered_workers_message(config.server.worker_count(), workers.count, limit)
             );
         }
+        for unresolved in resolve::unresolved_backends(&config, resolve::LOOKUP_TIMEOUT) {
+            eprintln!(
+                "apigateway: {}: warning: {unresolved}",
+                cli.config.display()
+            );
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
         );
     }
     config.server.workers = Some(workers.count);
+    warn_unresolved_backends(&config, &cli.config);
     let (code, stdout_blocked) = serve_config(config, &cli.config, format);
     if stdout_blocked {
         // The log writer thread is stuck on the same stdout: waiting for it would only add
@@ -437,6 +444,26 @@ fn resolve_listen_address(host: &str, port: u16) -> Result<Vec<SocketAddr>, Stri
              such as 0.0.0.0 or 127.0.0.1, or to a name this machine resolves"
         )),
     }
+}
+
+/// Looks up the backends' host names on a thread of its own, so that a slow resolver does not
+/// hold up the start, and logs a warning for each that does not resolve.
+fn warn_unresolved_backends(config: &Config, config_path: &Path) {
+    let config = config.clone();
+    let config_path = config_path.display().to_string();
+    let _ = std::thread::Builder::new()
+        .name("resolve".to_owned())
+        .spawn(move || {
+            for unresolved in resolve::unresolved_backends(&config, resolve::LOOKUP_TIMEOUT) {
+                tracing::warn!(
+                    config = %config_path,
+                    field = %unresolved.field,
+                    host = %unresolved.host,
+                    error = %unresolved.error,
+                    "backend host name does not resolve, so requests to it fail until it does"
+                );
+            }
+        });
 }
 
 /// The warning logged when the open-file limit lowers the default worker count.
