@@ -681,6 +681,33 @@ fn http_10_keep_alive_told_of_closing_body() {
     assert!(keep, "{:?}", response.headers);
 }
 
+#[tokio::test]
+async fn body_cut_short_counts_against_backend() {
+    let backend = ScriptedBackend::start(&[Step::ReplyAndClose(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nthe first bytes",
+    )]);
+    let gateway = gateway_for(&backend);
+    let text = gateway_tests::raw_request(
+        gateway.addr,
+        b"GET /short HTTP/1.1\r\nhost: gateway\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+
+    // The failure shows in the backend's state and the log, but leaves it in rotation.
+    let backend_url = format!("http://{}", backend.addr);
+    let state = gateway_tests::backend_state(&gateway.url, &backend_url).await;
+    assert_eq!(state["total_failures"], 1, "{state}");
+    assert_eq!(state["consecutive_failures"], 0, "{state}");
+    assert_eq!(state["healthy"], true, "{state}");
+    let last_error = state["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.starts_with("response body failed: "), "{state}");
+    let logged = gateway.wait_for_line(
+        &["response body from backend failed", &backend_url],
+        Duration::from_secs(5),
+    );
+    assert!(logged.is_some(), "{:#?}", gateway.lines());
+}
+
 #[test]
 fn body_cut_short_still_delivers_head_and_start() {
     // Without the head, a client cannot tell a broken response from a gateway that failed.

@@ -245,6 +245,14 @@ impl Backend {
         self.record_failure(&self.state.request_failures, error)
     }
 
+    /// Records a response body that the backend broke off or garbled after its head. It
+    /// counts in `total_failures` and `last_error`, but not in the failure streak, because
+    /// the head showed the backend up.
+    pub fn record_body_failure(&self, error: &str) {
+        self.state.failures_total.fetch_add(1, Ordering::Relaxed);
+        self.store_last_error(error);
+    }
+
     fn store_last_error(&self, error: &str) {
         if let Ok(mut last) = self.state.last_error.lock() {
             *last = Some(LastError {
@@ -383,6 +391,20 @@ mod tests {
         assert_eq!(&**backend(1, 1).url_text(), "http://127.0.0.1:9001");
         let prefixed = Backend::new(Uri::from_static("http://h:1/v1"), HealthPolicy::default());
         assert_eq!(&**prefixed.url_text(), "http://h:1/v1");
+    }
+
+    #[test]
+    fn body_failure_counted_outside_streak() {
+        let b = backend(1, 1);
+        b.record_body_failure("response body failed: reset");
+        assert!(b.is_healthy());
+        let snapshot = b.snapshot();
+        assert_eq!(snapshot.total_failures, 1);
+        assert_eq!(snapshot.consecutive_failures, 0);
+        assert_eq!(
+            snapshot.last_error.as_deref(),
+            Some("response body failed: reset")
+        );
     }
 
     #[test]

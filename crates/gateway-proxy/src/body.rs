@@ -221,6 +221,9 @@ impl BackendBody {
                         Ok(step) => step,
                         Err(error) => {
                             *reading = Reading::Done;
+                            if let Some(lease) = lease.as_ref() {
+                                lease.note_body_failure(&error);
+                            }
                             release(slot, lease, false);
                             return Poll::Ready(Some(Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
@@ -267,6 +270,9 @@ impl BackendBody {
                         Err(error) => error,
                     };
                     *reading = Reading::Done;
+                    if let Some(lease) = lease.as_ref() {
+                        lease.note_body_failure(&error);
+                    }
                     release(slot, lease, false);
                     return Poll::Ready(Some(Err(error)));
                 }

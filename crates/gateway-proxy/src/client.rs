@@ -189,6 +189,21 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Records that the backend broke off or garbled the response body after its head, and
+    /// logs it at most once a second for the backend.
+    pub(crate) fn note_body_failure(&self, error: &dyn std::fmt::Display) {
+        let backend = self.in_flight.backend();
+        backend.record_body_failure(&format!("response body failed: {error}"));
+        if let Some(unlogged) = backend.take_failure_report() {
+            tracing::warn!(
+                backend = %backend.url_text(),
+                %error,
+                unlogged,
+                "response body from backend failed"
+            );
+        }
+    }
+
     /// Ends the lease: `connection` returns to its backend's pool when given.
     pub(crate) fn finish(self, connection: Option<Box<Connection>>) {
         if let Some(connection) = connection {
