@@ -50,7 +50,8 @@ fn log_field(line: &str, name: &str) -> Option<u64> {
 
 /// While another process holds the write lock, every batch waits out SQLite's busy timeout of
 /// 5s before it fails. The stop waits for the rows only for `server.shutdown_timeout`, logs
-/// that it waits and for how many rows, and counts the rows it leaves unwritten.
+/// that it waits and for how many rows, counts the rows it leaves unwritten, and exits with
+/// status 1 for them.
 #[tokio::test]
 async fn stop_with_locked_log_keeps_to_timeout() {
     let mock = MockProcess::start("Locked");
@@ -72,7 +73,7 @@ async fn stop_with_locked_log_keeps_to_timeout() {
         elapsed < Duration::from_secs(6),
         "the stop took {elapsed:?}"
     );
-    assert!(status.success(), "exit status {status}");
+    assert_eq!(status.code(), Some(1), "exit status {status}");
     let waiting = gateway
         .wait_for_line(&["waiting for the request log"], Duration::ZERO)
         .expect("line that says the stop waits for the request log");
@@ -88,6 +89,14 @@ async fn stop_with_locked_log_keeps_to_timeout() {
         .expect("closing line of the request log");
     assert_eq!(log_field(&closed, "unwritten"), Some(unwritten), "{closed}");
     assert_eq!(log_field(&closed, "written"), Some(0), "{closed}");
+    let stopped = gateway
+        .wait_for_line(&["stopped, with request log rows lost"], Duration::ZERO)
+        .expect("last line that counts the rows lost");
+    assert_eq!(
+        log_field(&stopped, "unwritten_rows"),
+        Some(unwritten),
+        "{stopped}"
+    );
 
     holder.close().await.expect("release the write lock");
 }

@@ -340,10 +340,19 @@ async fn run(
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Ok(outcome) => {
+        Ok(outcome) if outcome.cut_off > 0 => {
             tracing::warn!(
                 cut_off = outcome.cut_off,
+                unwritten_rows = outcome.unwritten_rows,
                 "stopped, with requests cut off at the drain deadline"
+            );
+            ExitCode::FAILURE
+        }
+        Ok(outcome) => {
+            tracing::warn!(
+                unwritten_rows = outcome.unwritten_rows,
+                "stopped, with request log rows lost: they were still queued when the \
+                 shutdown timeout passed"
             );
             ExitCode::FAILURE
         }

@@ -75,12 +75,16 @@ pub struct ServeOutcome {
     /// Requests in flight when the shutdown deadline passed, cut off. 0 after a clean drain,
     /// also when the connections left open had only part of a request head.
     pub cut_off: usize,
+    /// Request log rows still queued when the stop's time for committing them ran out, and
+    /// so lost.
+    pub unwritten_rows: u64,
 }
 
 impl ServeOutcome {
-    /// Returns whether every in-flight request finished before the deadline.
+    /// Returns whether every in-flight request finished before the deadline and the request
+    /// log committed every row queued at the stop.
     pub fn is_clean(&self) -> bool {
-        self.cut_off == 0
+        self.cut_off == 0 && self.unwritten_rows == 0
     }
 }
 
@@ -351,9 +355,12 @@ where
             false
         }
     };
-    let outcome = if drained {
+    let mut outcome = if drained {
         tracing::info!("drained");
-        ServeOutcome { cut_off: 0 }
+        ServeOutcome {
+            cut_off: 0,
+            unwritten_rows: 0,
+        }
     } else {
         // Connections whose client sent part of a head and stopped are closed too, but they
         // had no request to cut off.
@@ -366,7 +373,10 @@ where
         hook.mark_stopped();
         let _ = start_cut_off.send(true);
         workers.await;
-        ServeOutcome { cut_off }
+        ServeOutcome {
+            cut_off,
+            unwritten_rows: 0,
+        }
     };
     gateway.stop_now.done.notify_one();
 
@@ -391,7 +401,11 @@ where
                 "waiting for the request log to commit queued rows"
             );
         }
-        match writer.shutdown().await {
+        let summary = writer.shutdown().await;
+        if let Ok(summary) = &summary {
+            outcome.unwritten_rows = summary.unwritten;
+        }
+        match summary {
             Ok(summary) if summary.unwritten > 0 => tracing::warn!(
                 written = summary.written,
                 dropped = summary.dropped,
