@@ -330,59 +330,6 @@ routes:
 }
 
 #[tokio::test]
-async fn slow_urls_spare_backends_that_serve_others() {
-    // Six slow requests time out together, three on each backend, while fast ones that
-    // started after them succeed on both. The timeouts tell of the slow URL, not of the
-    // backends, which stay in rotation.
-    let first = MockProcess::start("First");
-    let second = MockProcess::start("Second");
-    let gateway = GatewayProcess::start(&format!(
-        r#"
-server:
-  host: 127.0.0.1
-  port: {{port}}
-proxy:
-  response_timeout: 1s
-request_log:
-  database: "{{dir}}/gateway.db"
-health_check:
-  interval: 60s
-  unhealthy_threshold: 3
-routes:
-  - path: "/api/*rest"
-    backends:
-      - url: "{}"
-      - url: "{}"
-"#,
-        first.url, second.url
-    ));
-    let slow: Vec<_> = (0..6)
-        .map(|i| {
-            let url = format!("{}/api/slow/{i}?delay=2000", gateway.url);
-            tokio::spawn(async move { get(&url).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for i in 0..4 {
-        let reply = get(&format!("{}/api/fast/{i}", gateway.url)).await;
-        assert_eq!(reply.status, 200, "fast request {i}");
-    }
-    for (i, request) in slow.into_iter().enumerate() {
-        let reply = request.await.expect("slow request task");
-        assert_eq!(reply.status, 504, "slow request {i}");
-    }
-
-    for backend in [&first.url, &second.url] {
-        let state = gateway_tests::backend_state(&gateway.url, backend).await;
-        assert_eq!(state["healthy"], true, "{state}");
-        assert_eq!(state["total_failures"], 3, "{state}");
-        assert_eq!(state["consecutive_failures"], 0, "{state}");
-    }
-    let reply = get(&format!("{}/api/after", gateway.url)).await;
-    assert_eq!(reply.status, 200);
-}
-
-#[tokio::test]
 async fn down_backend_share_split_by_weight() {
     let first = MockProcess::start("First");
     let mut second = MockProcess::start("Second");

@@ -70,10 +70,6 @@ pub struct BackendState {
     last_error: Mutex<Option<LastError>>,
     // Wakes the backend's health check when failed requests mark it unhealthy.
     went_down: tokio::sync::Notify,
-    // When the latest request that got a response head from the backend started, in
-    // milliseconds of the caller's monotonic clock, refreshed at most every
-    // `RESPONSE_MARK_INTERVAL_MS`.
-    last_response_ms: AtomicU64,
     // When a failed request was last logged, in milliseconds since the Unix epoch, and the
     // failed requests since then that were not.
     failure_logged_ms: AtomicU64,
@@ -174,43 +170,13 @@ impl Backend {
     /// It does not count toward `healthy_threshold`, because the balancer never picks an
     /// unhealthy backend. A request that succeeds on one started before the backend went
     /// down, so its success is no evidence of recovery.
-    ///
-    /// `started_ms` is when the request started, in milliseconds of a monotonic clock that
-    /// every caller shares, the one of
-    /// [`record_request_failure_since`](Backend::record_request_failure_since). The
-    /// response came later, so a request that failed before that time started before it.
-    pub fn record_request_success(&self, started_ms: u64) {
-        let state = &self.state;
+    pub fn record_request_success(&self) {
+        let failures = &self.state.request_failures;
         // Without a failure streak there is nothing to store, and skipping the store keeps
-        // the shared cache line clean on the request path. The time of the last response is
-        // stored a few times a second at most, for the same reason.
-        if state.request_failures.load(Ordering::Relaxed) != 0 {
-            state.request_failures.store(0, Ordering::Relaxed);
+        // the shared cache line clean on the request path.
+        if failures.load(Ordering::Relaxed) != 0 {
+            failures.store(0, Ordering::Relaxed);
         }
-        let marked = state.last_response_ms.load(Ordering::Relaxed);
-        if started_ms.saturating_sub(marked) >= RESPONSE_MARK_INTERVAL_MS {
-            state.last_response_ms.store(started_ms, Ordering::Relaxed);
-        }
-    }
-
-    /// Records a failed request that started at `started_ms`, on the clock of
-    /// [`record_request_success`](Backend::record_request_success), and returns the health
-    /// change it caused.
-    ///
-    /// A failure of a request that started before another request that got a response does
-    /// not extend the failure streak: the backend has responded since, so the failure tells of
-    /// that request, such as a slow URL, rather than of the backend. It still counts in
-    /// `total_failures` and `last_error`. Without this, a few slow requests that time out
-    /// together would take out a backend that serves every other request at once.
-    pub fn record_request_failure_since(&self, error: &str, started_ms: u64) -> Transition {
-        let state = &self.state;
-        let last_response = state.last_response_ms.load(Ordering::Relaxed);
-        if last_response != 0 && last_response > started_ms {
-            state.failures_total.fetch_add(1, Ordering::Relaxed);
-            self.store_last_error(error);
-            return Transition::None;
-        }
-        self.record_request_failure(error)
     }
 
     /// Records a passing health check and returns the health change it caused.
@@ -360,11 +326,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Minimum time between two stores of a backend's last response time. A failure is compared
-/// with it, so a response to a request that started up to this long after a failed one may
-/// go unseen.
-const RESPONSE_MARK_INTERVAL_MS: u64 = 100;
-
 /// Minimum time between two logged request failures of one backend.
 const FAILURE_LOG_INTERVAL_MS: u64 = 1000;
 
@@ -421,47 +382,6 @@ mod tests {
             .store(logged - FAILURE_LOG_INTERVAL_MS, Ordering::Relaxed);
         assert_eq!(b.take_failure_report(), Some(2));
         assert_eq!(b.take_failure_report(), None);
-    }
-
-    #[test]
-    fn failures_begun_before_response_spare_streak() {
-        let b = backend(3, 2);
-        b.record_request_success(10_000);
-        for _ in 0..5 {
-            let transition = b.record_request_failure_since("timed out", 9_000);
-            assert_eq!(transition, Transition::None);
-        }
-        assert!(b.is_healthy());
-        assert_eq!(b.snapshot().total_failures, 5);
-        assert_eq!(b.snapshot().consecutive_failures, 0);
-        assert_eq!(b.snapshot().last_error.as_deref(), Some("timed out"));
-
-        // Requests that started after the last response extend the streak.
-        assert_eq!(
-            b.record_request_failure_since("refused", 10_001),
-            Transition::None
-        );
-        assert_eq!(
-            b.record_request_failure_since("refused", 10_001),
-            Transition::None
-        );
-        assert_eq!(
-            b.record_request_failure_since("refused", 10_001),
-            Transition::Down
-        );
-    }
-
-    #[test]
-    fn response_time_stored_at_most_every_interval() {
-        let b = backend(3, 2);
-        b.record_request_success(10_000);
-        b.record_request_success(10_000 + RESPONSE_MARK_INTERVAL_MS - 1);
-        assert_eq!(b.state.last_response_ms.load(Ordering::Relaxed), 10_000);
-        b.record_request_success(10_000 + RESPONSE_MARK_INTERVAL_MS);
-        assert_eq!(
-            b.state.last_response_ms.load(Ordering::Relaxed),
-            10_000 + RESPONSE_MARK_INTERVAL_MS
-        );
     }
 
     #[test]
@@ -524,7 +444,7 @@ mod tests {
     fn request_success_does_not_bring_backend_back() {
         let b = backend(1, 1);
         b.record_request_failure("connection refused");
-        b.record_request_success(1);
+        b.record_request_success();
         assert!(!b.is_healthy());
         assert_eq!(b.snapshot().consecutive_failures, 0);
         assert_eq!(b.snapshot().consecutive_successes, 0);
@@ -535,7 +455,7 @@ mod tests {
         let b = backend(3, 1);
         b.record_request_failure("x");
         b.record_request_failure("x");
-        b.record_request_success(1);
+        b.record_request_success();
         assert_eq!(b.record_request_failure("x"), Transition::None);
         assert_eq!(b.record_request_failure("x"), Transition::None);
         assert!(b.is_healthy());
@@ -548,7 +468,7 @@ mod tests {
         let b = backend(3, 1);
         for _ in 0..2 {
             assert_eq!(b.record_check_failure("status 503"), Transition::None);
-            b.record_request_success(1);
+            b.record_request_success();
         }
         assert_eq!(b.snapshot().consecutive_failures, 2);
         assert_eq!(b.record_check_failure("status 503"), Transition::Down);

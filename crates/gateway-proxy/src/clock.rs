@@ -37,12 +37,6 @@ pub fn now_for(timeout: Duration) -> Instant {
     }
 }
 
-/// Returns the coarse clock's reading in milliseconds, a monotonic count from an unspecified
-/// start, for the backends' record of their last response.
-pub fn coarse_ms() -> u64 {
-    u64::try_from(coarse().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Returns the current time from the coarse clock. It is at most one scheduler tick away from
 /// [`Instant::now`], either way, and never goes back.
 pub fn coarse_now() -> Instant {

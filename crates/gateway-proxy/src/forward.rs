@@ -4,10 +4,10 @@ use crate::body::{BackendBody, ProxyBody};
 use crate::client::{BackendClient, Connection, ExchangeError};
 use crate::codec::{RequestFraming, RequestHead, ResponseHead};
 use crate::error::{ErrorKind, ProxyError};
+use crate::header_pool;
 use crate::request_body::{ReceivedBytes, RequestBody};
 use crate::routes::Route;
 use crate::server::{Inbound, InboundError};
-use crate::{clock, header_pool};
 use gateway_balancer::{Backend, Transition};
 use http::{Method, Request, Response, header};
 use http_body::Body;
@@ -180,9 +180,6 @@ fn forward(
             peer,
             framing,
         };
-        // A failure of this request counts toward its backend's failure streak only if the
-        // backend has not responded to another request since this one started.
-        let started_ms = clock::coarse_ms();
 
         loop {
             let backend = picked.backend();
@@ -196,7 +193,7 @@ fn forward(
             guard.disarm();
             let error = match result {
                 Ok((head, connection, sent_all)) => {
-                    backend.record_request_success(started_ms);
+                    backend.record_request_success();
                     let ResponseHead {
                         status,
                         headers,
@@ -225,7 +222,7 @@ fn forward(
             };
             drop(in_flight);
             if error.counts_against_backend() {
-                note_failure(backend, &error, started_ms);
+                note_failure(backend, &error);
             }
 
             // Only a request that never reached a backend may go to another, and only once.
@@ -379,11 +376,10 @@ fn exchange_error(error: ExchangeError, timeout: Duration) -> ProxyError {
 
 /// Counts a failed exchange toward the backend's unhealthy threshold, and logs it: every one
 /// that takes the backend out, and at most one a second of the others.
-fn note_failure(backend: &Backend, error: &ProxyError, started_ms: u64) {
+fn note_failure(backend: &Backend, error: &ProxyError) {
     let message = error_chain(error);
     // `last_error` also contains failed probes' messages, so the source is named.
-    let recorded = format!("request failed: {message}");
-    if backend.record_request_failure_since(&recorded, started_ms) == Transition::Down {
+    if backend.record_request_failure(&format!("request failed: {message}")) == Transition::Down {
         backend.request_health_check();
         tracing::warn!(
             backend = %backend.url_text(),
