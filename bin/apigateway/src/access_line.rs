@@ -233,11 +233,10 @@ impl OutputFailures {
         };
         let Some(error) = failure else {
             if self.reported.take().is_some() {
-                eprintln!(
-                    "apigateway: stdout accepts writes again (access lines lost since the \
-                     last report: {})",
+                report(format_args!(
+                    "stdout accepts writes again (access lines lost since the last report: {})",
                     self.lost
-                );
+                ));
                 self.lost = 0;
             }
             return;
@@ -249,15 +248,22 @@ impl OutputFailures {
             .reported
             .is_none_or(|at| at.elapsed() >= FAILURE_REPORT_INTERVAL);
         if due {
-            eprintln!(
-                "apigateway: writing access lines to stdout failed: {error} (access lines \
-                 lost since the last report: {}); the gateway keeps serving",
+            report(format_args!(
+                "writing access lines to stdout failed: {error} (access lines lost since the \
+                 last report: {}); the gateway keeps serving",
                 self.lost
-            );
+            ));
             self.reported = Some(Instant::now());
             self.lost = 0;
         }
     }
+}
+
+/// Writes `message` as one line on stderr. Unlike `eprintln!`, it does not panic when stderr
+/// fails too, as it does when both go to one full disk: the message is then lost, and the
+/// writer thread goes on.
+fn report(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "apigateway: {message}");
 }
 
 /// Runs the writer thread: swaps each non-empty buffer for an empty one and writes it to `out`.
