@@ -250,6 +250,32 @@ async fn wait_for_row(gateway: &GatewayProcess, query: &str) -> serde_json::Valu
 }
 
 #[tokio::test]
+async fn stalled_body_after_404_is_no_408() {
+    let (_mock, gateway) = start();
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .set_read_timeout(Duration::from_secs(5))
+        .expect("read timeout");
+    // The 404 comes before the body, whose rest never does. The connection waits for that
+    // rest past the read timeout of 1 s, which must not read as a stalled head.
+    connection
+        .send(b"POST /nothing HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        .expect("send head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    connection.send(b"part").expect("send part of the body");
+    assert!(connection.wait_closed(), "connection still open after 5 s");
+
+    let not_found = gateway.wait_for_line(&["status=404"], Duration::from_secs(2));
+    assert!(not_found.is_some(), "{:#?}", gateway.lines());
+    let timeouts = gateway
+        .lines()
+        .iter()
+        .filter(|line| line.contains("status=408"))
+        .count();
+    assert_eq!(timeouts, 0, "{:#?}", gateway.lines());
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connection_is_closed() {
     let (_mock, gateway) = start();
     let mut connection = RawConnection::open(gateway.addr).expect("connect");

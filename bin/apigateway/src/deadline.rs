@@ -62,6 +62,9 @@ pub(crate) struct ConnectionDeadline {
     // next head with bytes of it read already, so that a connection with a head partly
     // received does not count as idle.
     received: AtomicBool,
+    // When the part of a head that the connection waits on began to arrive, in milliseconds
+    // since EPOCH plus one, and 0 while it waits for none.
+    partial_head_ms: AtomicU64,
     read_timeout: Duration,
     write_timeout: Duration,
 }
@@ -77,6 +80,7 @@ impl ConnectionDeadline {
             progress: AtomicBool::new(false),
             responded: AtomicBool::new(false),
             received: AtomicBool::new(false),
+            partial_head_ms: AtomicU64::new(0),
             read_timeout,
             write_timeout,
         };
@@ -115,6 +119,21 @@ impl ConnectionDeadline {
     pub(crate) fn await_head(&self) {
         self.store(now_for(self.read_timeout) + self.read_timeout);
         self.responding.store(false, Ordering::Relaxed);
+        self.partial_head_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Records that part of the awaited head has arrived and its rest is awaited.
+    pub(crate) fn note_partial_head(&self) {
+        let ms = Instant::now().saturating_duration_since(*EPOCH).as_millis() as u64;
+        self.partial_head_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Returns when part of the awaited head began to arrive, if it has and its rest has not.
+    pub(crate) fn partial_head_since(&self) -> Option<Instant> {
+        match self.partial_head_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(*EPOCH + Duration::from_millis(ms - 1)),
+        }
     }
 
     /// Records that bytes arrived from the client.
@@ -126,12 +145,6 @@ impl ConnectionDeadline {
     /// to wait for it.
     pub(crate) fn set_received(&self, received: bool) {
         self.received.store(received, Ordering::Relaxed);
-    }
-
-    /// Returns whether bytes of the next request head have arrived since the connection
-    /// started to wait for it.
-    pub(crate) fn head_started(&self) -> bool {
-        self.received.load(Ordering::Relaxed)
     }
 
     /// Clears the deadline: a request is being handled and the backend's timeouts bound it.
@@ -270,6 +283,10 @@ impl gateway_proxy::server::Io for ClientStream {
 
     fn awaiting_head(&self, buffered: bool) {
         self.deadline.set_received(buffered);
+    }
+
+    fn head_partial(&self) {
+        self.deadline.note_partial_head();
     }
 }
 

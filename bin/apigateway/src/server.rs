@@ -630,8 +630,8 @@ impl<S: InnerService> Worker<S> {
                             );
                             // A head that started and stalled, as a slowloris client leaves
                             // it, gets a 408 line and row; an idle keep-alive connection none.
-                            if deadline.head_started() {
-                                timeouts.report_head_timeout(peer, read_timeout);
+                            if let Some(since) = deadline.partial_head_since() {
+                                timeouts.report_head_timeout(peer, since.elapsed());
                             }
                         }
                         Ended::Shed => tracing::debug!(

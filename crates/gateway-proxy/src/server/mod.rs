@@ -431,7 +431,10 @@ async fn read_head(
                         wire.io.awaiting_head(false);
                     }
                     Ok(None) => {
-                        started.get_or_insert_with(Instant::now);
+                        if started.is_none() {
+                            *started = Some(Instant::now());
+                            wire.io.head_partial();
+                        }
                     }
                     Err(error) => {
                         return Poll::Ready(Err(ReadHeadError::Head(error, *started)));

@@ -53,6 +53,11 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {
     fn awaiting_head(&self, buffered: bool) {
         let _ = buffered;
     }
+
+    /// Called once per head when part of it has arrived and the rest is awaited, the moment a
+    /// slow or stalled client is first seen. A head that arrives whole makes no call. The
+    /// default does nothing.
+    fn head_partial(&self) {}
 }
 
 impl Io for tokio::net::TcpStream {
