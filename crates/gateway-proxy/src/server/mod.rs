@@ -311,7 +311,7 @@ where
         }
         // What the response's own reader left of the request body is discarded as well, and
         // the part still on its way is waited for, since the head promised keep-alive.
-        if !discard_arrived(&mut lock(&wire)) && !discard_rest(&wire).await {
+        if !discard_arrived(&mut lock(&wire)) && !discard_rest(&wire, &drain).await {
             close(&wire, true).await;
             return Ok(());
         }
@@ -750,12 +750,17 @@ async fn request_arrives(wire: &SharedWire) -> bool {
 }
 
 /// Reads and drops the rest of the request body, waiting up to [`DISCARD_WAIT`] for it to
-/// arrive. Returns whether the body ended, so that the connection can take another request.
+/// arrive, but not past the start of the drain. Returns whether the body ended, so that the
+/// connection can take another request.
 ///
 /// Only a body of known length reaches here, with at most [`MAX_DISCARD`] bytes left, so the
 /// wait reads a bounded amount. The wait is boxed, since few requests need it, and the
 /// connection's future would otherwise carry its timer while it idles.
-async fn discard_rest(wire: &SharedWire) -> bool {
+async fn discard_rest(wire: &SharedWire, drain: &watch::Receiver<bool>) -> bool {
+    if *drain.borrow() {
+        return false;
+    }
+    let mut drain = drain.clone();
     let rest = poll_fn(|cx| {
         let mut wire = lock(wire);
         loop {
@@ -766,9 +771,13 @@ async fn discard_rest(wire: &SharedWire) -> bool {
             }
         }
     });
-    Box::pin(tokio::time::timeout(DISCARD_WAIT, rest))
-        .await
-        .unwrap_or(false)
+    let wait = async move {
+        tokio::select! {
+            discarded = tokio::time::timeout(DISCARD_WAIT, rest) => discarded.unwrap_or(false),
+            _ = drain.wait_for(|draining| *draining) => false,
+        }
+    };
+    Box::pin(wait).await
 }
 
 /// The fault found in a rejected head: the status the client gets, and the kind and reason

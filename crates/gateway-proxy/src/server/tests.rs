@@ -353,6 +353,28 @@ async fn body_rest_never_sent_closes_after_wait() {
 }
 
 #[tokio::test]
+async fn drain_ends_wait_for_body_rest() {
+    let (address, start_drain) = serve(|_request: Request<Inbound>| async {
+        Response::new(Full::new(Bytes::from_static(b"early")))
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello",
+    )
+    .await;
+    read_until(&mut stream, "early", 1).await;
+
+    // The connection waits for the body's rest; the drain ends the wait.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    start_drain.send(true).unwrap();
+    let drained = Instant::now();
+    assert_eq!(read_to_close(&mut stream).await, "");
+    let waited = drained.elapsed();
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
 async fn request_timeout_response_closes() {
     let (address, _drain) = serve(|_request: Request<Inbound>| async {
         let mut response = Response::new(Full::new(Bytes::from_static(b"slow")));
