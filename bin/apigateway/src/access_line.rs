@@ -81,6 +81,9 @@ struct Shared {
     /// True once a flush gave up because stdout blocked.
     blocked: AtomicBool,
     dropped: AtomicU64,
+    /// Lines that a failing stdout lost since the writer last reported on stderr, for the
+    /// stop to report.
+    lost_unreported: AtomicU64,
     writer: Thread,
 }
 
@@ -123,6 +126,7 @@ impl AccessLines {
             writing: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            lost_unreported: AtomicU64::new(0),
             writer: handle.thread().clone(),
         });
         // The thread waits for this before its loop, so it is still there to receive it.
@@ -172,6 +176,21 @@ impl AccessLines {
     /// flush has given up, later ones return false at once while the writer is still stuck,
     /// so a stop that flushes several times waits only once.
     pub fn flush(&self, timeout: Duration) -> bool {
+        let flushed = self.wait_written(timeout);
+        // Lines lost since the writer's last report would otherwise go unreported, since the
+        // writer reports at most once a minute and the process may end sooner.
+        let lost = self.shared.lost_unreported.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            report(format_args!(
+                "access lines lost to failed writes to stdout since the last report: {lost}"
+            ));
+        }
+        flushed
+    }
+
+    /// Wakes the writer and waits up to `timeout` for it to write every buffered line.
+    /// Returns whether it did.
+    fn wait_written(&self, timeout: Duration) -> bool {
         let shared = &*self.shared;
         if shared.blocked.load(Ordering::Relaxed) && shared.writing.load(Ordering::SeqCst) {
             return false;
@@ -284,6 +303,9 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             }
             // A closed or failing stdout loses the lines, and the gateway keeps serving.
             failures.write(&mut out, &spare);
+            shared
+                .lost_unreported
+                .store(failures.lost, Ordering::Relaxed);
             spare.clear();
             if spare.capacity() > KEEP_CAPACITY {
                 spare = Vec::new();
@@ -732,6 +754,23 @@ mod tests {
             "2023-11-14T22:13:20.000005Z 2023-11-14T22:13:21.000000Z \
              2023-11-14T22:13:20.999999Z"
         );
+    }
+
+    #[test]
+    fn lines_lost_after_last_report_counted_at_stop() {
+        let lines = AccessLines::start(LogFormat::Text, FullDisk::default()).unwrap();
+        // The first failure is reported at once, so it leaves nothing unreported.
+        lines.push(&sample());
+        assert!(lines.wait_written(Duration::from_secs(5)));
+        assert_eq!(lines.shared.lost_unreported.load(Ordering::Relaxed), 0);
+
+        // Later failures within the minute wait for the next report, or for the stop's.
+        lines.push(&sample());
+        lines.push(&sample());
+        assert!(lines.wait_written(Duration::from_secs(5)));
+        assert_eq!(lines.shared.lost_unreported.load(Ordering::Relaxed), 2);
+        assert!(lines.flush(Duration::from_secs(5)));
+        assert_eq!(lines.shared.lost_unreported.load(Ordering::Relaxed), 0);
     }
 
     #[test]
