@@ -105,8 +105,8 @@ impl AccessHook {
 
 impl AccessHook {
     /// Reports a connection closed because its client sent part of a request head and not
-    /// the rest within the read timeout, `waited` after the wait for the head began. Like
-    /// NGINX, the gateway logs it with status 408 but sends no response, so the line says
+    /// the rest within the read timeout, `waited` after the head's first bytes. Like
+    /// NGINX, the gateway logs it with status 408 but sends no response, so the line has
     /// `completed=false`. The head is gone with the connection, so method and path show `-`.
     pub(crate) fn report_head_timeout(&self, client_ip: IpAddr, waited: Duration) {
         if !self.is_active() {

@@ -217,7 +217,7 @@ impl AccessLines {
 /// Minimum time between two reports on stderr of access lines lost to a failing stdout.
 const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What the writer thread knows of stdout's failures.
+/// The writer thread's record of stdout's failures.
 #[derive(Debug, Default)]
 struct OutputFailures {
     /// Lines lost since the last report.
@@ -610,7 +610,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_write_counts_lost_lines_and_ends_partial_line() {
+    fn failed_write_counts_and_ends_line() {
         let mut out = FullDisk {
             room: 15,
             ..FullDisk::default()

@@ -254,7 +254,7 @@ where
         // rest of known size up to `MAX_DISCARD` is read and dropped after the response. A
         // body whose client still waits for `100 Continue` closes the connection too, because
         // the client may send it anyway and it must not be read as the next request. So does
-        // a 408, which tells the client that its body came too slowly to wait for.
+        // a 408, because its status means that the body came too slowly to wait for.
         let unread_elsewhere = Arc::strong_count(&wire) > 1;
         let body_clear = {
             let mut wire = lock(&wire);
