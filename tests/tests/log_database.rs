@@ -89,14 +89,42 @@ async fn stop_with_locked_log_keeps_to_timeout() {
         .expect("closing line of the request log");
     assert_eq!(log_field(&closed, "unwritten"), Some(unwritten), "{closed}");
     assert_eq!(log_field(&closed, "written"), Some(0), "{closed}");
+    // The rows lost at the stop are those left queued and those of the batch that was
+    // waiting for the lock when the stop began, which fails during it.
+    let failed = log_field(&closed, "failed").expect("failed= in the closing line");
     let stopped = gateway
         .wait_for_line(&["stopped, with request log rows lost"], Duration::ZERO)
         .expect("last line that counts the rows lost");
-    assert_eq!(
-        log_field(&stopped, "unwritten_rows"),
-        Some(unwritten),
-        "{stopped}"
-    );
+    let lost = log_field(&stopped, "lost_rows").expect("lost_rows= in the last line");
+    assert!(lost >= unwritten, "{stopped}");
+    assert!(lost <= unwritten + failed, "{stopped}");
+
+    holder.close().await.expect("release the write lock");
+}
+
+/// A batch that waits for the lock when the stop begins fails during it: its rows are lost at
+/// the stop though none is left queued, and the exit status says so.
+#[tokio::test]
+async fn stop_losing_batch_in_flight_exits_1() {
+    let mock = MockProcess::start("Locked");
+    let mut gateway = GatewayProcess::start(&quick_stop_config(&mock.url));
+    let database = gateway.dir().join("gateway.db");
+    let holder = hold_write_lock(&database).await;
+
+    send_requests(&gateway, 20);
+    // The batch of 20 rows leaves the queue within the flush interval of 1 s and waits for
+    // the lock.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gateway.signal("TERM");
+    let status = gateway
+        .wait_exit(Duration::from_secs(60))
+        .expect("gateway exits after SIGTERM");
+
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    let stopped = gateway
+        .wait_for_line(&["stopped, with request log rows lost"], Duration::ZERO)
+        .expect("last line that counts the rows lost");
+    assert_eq!(log_field(&stopped, "lost_rows"), Some(20), "{stopped}");
 
     holder.close().await.expect("release the write lock");
 }

@@ -84,6 +84,8 @@ struct Shared {
     /// Lines that a failing stdout lost since the writer last reported on stderr, for the
     /// stop to report.
     lost_unreported: AtomicU64,
+    /// Whether the writer's last write to stdout failed.
+    stdout_failing: AtomicBool,
     writer: Thread,
 }
 
@@ -127,6 +129,7 @@ impl AccessLines {
             blocked: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             lost_unreported: AtomicU64::new(0),
+            stdout_failing: AtomicBool::new(false),
             writer: handle.thread().clone(),
         });
         // The thread waits for this before its loop, so it is still there to receive it.
@@ -165,6 +168,12 @@ impl AccessLines {
         self.shared.blocked.load(Ordering::Relaxed)
     }
 
+    /// Returns whether the last write to stdout failed, as it does on a full disk or when the
+    /// reader has exited.
+    pub fn stdout_failing(&self) -> bool {
+        self.shared.stdout_failing.load(Ordering::Relaxed)
+    }
+
     /// Returns how many lines were dropped because stdout did not keep up.
     #[cfg(test)]
     fn dropped(&self) -> u64 {
@@ -181,7 +190,7 @@ impl AccessLines {
         // writer reports at most once a minute and the process may end sooner.
         let lost = self.shared.lost_unreported.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            report(format_args!(
+            let _ = report(format_args!(
                 "access lines lost to failed writes to stdout since the last report: {lost}"
             ));
         }
@@ -218,8 +227,11 @@ impl AccessLines {
 const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The writer thread's record of stdout's failures.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OutputFailures {
+    /// Writes a report line on stderr, and returns whether it was written: [`report`], or a
+    /// stand-in in tests.
+    report: fn(std::fmt::Arguments<'_>) -> bool,
     /// Lines lost since the last report.
     lost: u64,
     /// When the last report was printed, while stdout keeps failing.
@@ -227,6 +239,20 @@ struct OutputFailures {
     /// Whether the last failed write ended in the middle of a line, which the next
     /// successful write ends first, so that a log reader does not join two lines.
     partial_line: bool,
+    /// Whether the last write failed.
+    failing: bool,
+}
+
+impl Default for OutputFailures {
+    fn default() -> OutputFailures {
+        OutputFailures {
+            report,
+            lost: 0,
+            reported: None,
+            partial_line: false,
+            failing: false,
+        }
+    }
 }
 
 impl OutputFailures {
@@ -251,15 +277,18 @@ impl OutputFailures {
             }
         };
         let Some(error) = failure else {
-            if self.reported.take().is_some() {
-                report(format_args!(
+            self.failing = false;
+            if self.reported.take().is_some()
+                && (self.report)(format_args!(
                     "stdout accepts writes again (access lines lost since the last report: {})",
                     self.lost
-                ));
+                ))
+            {
                 self.lost = 0;
             }
             return;
         };
+        self.failing = true;
         let unwritten = &lines[written..];
         self.partial_line |= written > 0 && lines[written - 1] != b'\n';
         self.lost += unwritten.iter().filter(|&&byte| byte == b'\n').count() as u64;
@@ -267,22 +296,25 @@ impl OutputFailures {
             .reported
             .is_none_or(|at| at.elapsed() >= FAILURE_REPORT_INTERVAL);
         if due {
-            report(format_args!(
+            let reported = (self.report)(format_args!(
                 "writing access lines to stdout failed: {error} (access lines lost since the \
                  last report: {}); the gateway keeps serving",
                 self.lost
             ));
             self.reported = Some(Instant::now());
-            self.lost = 0;
+            // A report that stderr lost too leaves the count for the next one.
+            if reported {
+                self.lost = 0;
+            }
         }
     }
 }
 
-/// Writes `message` as one line on stderr. Unlike `eprintln!`, it does not panic when stderr
-/// fails too, as it does when both go to one full disk: the message is then lost, and the
-/// writer thread goes on.
-fn report(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "apigateway: {message}");
+/// Writes `message` as one line on stderr, and returns whether it was written. Unlike
+/// `eprintln!`, it does not panic when stderr fails too, as it does when both go to one full
+/// disk: the message is then lost, and the writer thread goes on.
+fn report(message: std::fmt::Arguments<'_>) -> bool {
+    writeln!(std::io::stderr().lock(), "apigateway: {message}").is_ok()
 }
 
 /// Runs the writer thread: swaps each non-empty buffer for an empty one and writes it to `out`.
@@ -306,6 +338,9 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             shared
                 .lost_unreported
                 .store(failures.lost, Ordering::Relaxed);
+            shared
+                .stdout_failing
+                .store(failures.failing, Ordering::Relaxed);
             spare.clear();
             if spare.capacity() > KEEP_CAPACITY {
                 spare = Vec::new();
@@ -754,6 +789,23 @@ mod tests {
             "2023-11-14T22:13:20.000005Z 2023-11-14T22:13:21.000000Z \
              2023-11-14T22:13:20.999999Z"
         );
+    }
+
+    #[test]
+    fn lost_report_keeps_count() {
+        let mut out = FullDisk::default();
+        let mut failures = OutputFailures {
+            report: |_| false,
+            ..OutputFailures::default()
+        };
+        failures.write(&mut out, b"first line\nsecond line\n");
+        assert_eq!(failures.lost, 2);
+        assert!(failures.reported.is_some());
+
+        out.room = 100;
+        failures.write(&mut out, b"third line\n");
+        assert_eq!(failures.lost, 2);
+        assert!(!failures.failing);
     }
 
     #[test]

@@ -196,7 +196,10 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitC
     // `serve` has drained or ended every connection and flushed the access lines. A flush it
     // gave up on may still run on a blocking thread, which gets the same bound.
     runtime.shutdown_timeout(ACCESS_FLUSH_TIMEOUT);
-    let stdout_blocked = access_lines.is_some_and(|lines| lines.stdout_blocked());
+    // A stdout that fails, as one whose reader has exited does, would also hold the log
+    // writer's flush at the stop for its full second.
+    let stdout_blocked =
+        access_lines.is_some_and(|lines| lines.stdout_blocked() || lines.stdout_failing());
     (code, stdout_blocked)
 }
 
@@ -343,16 +346,16 @@ async fn run(
         Ok(outcome) if outcome.cut_off > 0 => {
             tracing::warn!(
                 cut_off = outcome.cut_off,
-                unwritten_rows = outcome.unwritten_rows,
+                lost_rows = outcome.lost_rows,
                 "stopped, with requests cut off at the drain deadline"
             );
             ExitCode::FAILURE
         }
         Ok(outcome) => {
             tracing::warn!(
-                unwritten_rows = outcome.unwritten_rows,
+                lost_rows = outcome.lost_rows,
                 "stopped, with request log rows lost: they were still queued when the \
-                 shutdown timeout passed"
+                 shutdown timeout passed, or in batches that failed during the stop"
             );
             ExitCode::FAILURE
         }

@@ -75,16 +75,16 @@ pub struct ServeOutcome {
     /// Requests in flight when the shutdown deadline passed, cut off. 0 after a clean drain,
     /// also when the connections left open had only part of a request head.
     pub cut_off: usize,
-    /// Request log rows still queued when the stop's time for committing them ran out, and
-    /// so lost.
-    pub unwritten_rows: u64,
+    /// Request log rows lost at the stop: still queued when the stop's time for committing
+    /// them ran out, or in a batch that failed once the stop had begun.
+    pub lost_rows: u64,
 }
 
 impl ServeOutcome {
     /// Returns whether every in-flight request finished before the deadline and the request
     /// log committed every row queued at the stop.
     pub fn is_clean(&self) -> bool {
-        self.cut_off == 0 && self.unwritten_rows == 0
+        self.cut_off == 0 && self.lost_rows == 0
     }
 }
 
@@ -327,6 +327,8 @@ where
 
     gateway.start_draining();
     let _ = start_drain.send(true);
+    // Batches that fail from here on lose rows at the stop, as rows still queued at its end do.
+    let failed_before_stop = gateway.request_log_losses().map_or(0, |(_, failed)| failed);
     tracing::info!(
         connections = open.load(Ordering::Relaxed),
         timeout = ?shutdown_timeout,
@@ -359,7 +361,7 @@ where
         tracing::info!("drained");
         ServeOutcome {
             cut_off: 0,
-            unwritten_rows: 0,
+            lost_rows: 0,
         }
     } else {
         // Connections whose client sent part of a head and stopped are closed too, but they
@@ -375,7 +377,7 @@ where
         workers.await;
         ServeOutcome {
             cut_off,
-            unwritten_rows: 0,
+            lost_rows: 0,
         }
     };
     gateway.stop_now.done.notify_one();
@@ -403,7 +405,8 @@ where
         }
         let summary = writer.shutdown().await;
         if let Ok(summary) = &summary {
-            outcome.unwritten_rows = summary.unwritten;
+            let failed_in_stop = summary.failed.saturating_sub(failed_before_stop);
+            outcome.lost_rows = summary.unwritten.saturating_add(failed_in_stop);
         }
         match summary {
             Ok(summary) if summary.unwritten > 0 => tracing::warn!(
