@@ -102,8 +102,8 @@ async fn stop_with_locked_log_keeps_to_timeout() {
     holder.close().await.expect("release the write lock");
 }
 
-/// A batch that waits for the lock when the stop begins fails during it: its rows are lost at
-/// the stop though none is left queued, and the exit status says so.
+/// A batch that waits for the lock when the stop begins fails during it. Its rows are lost at
+/// the stop though none is left queued, so the exit status is 1.
 #[tokio::test]
 async fn stop_losing_batch_in_flight_exits_1() {
     let mock = MockProcess::start("Locked");
