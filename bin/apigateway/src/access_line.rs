@@ -223,12 +223,14 @@ impl AccessLines {
     }
 }
 
-/// Minimum time between two reports on stderr of access lines lost to a failing stdout.
+/// Minimum time between two reports on stderr of lines lost to a failing stdout.
 const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The writer thread's record of stdout's failures.
+/// A writer thread's record of stdout's failures.
 #[derive(Debug)]
 struct OutputFailures {
+    /// What the lines are, for the reports: `access lines` or `log lines`.
+    kind: &'static str,
     /// Writes a report line on stderr, and returns whether it was written: [`report`], or a
     /// stand-in in tests.
     report: fn(std::fmt::Arguments<'_>) -> bool,
@@ -246,6 +248,7 @@ struct OutputFailures {
 impl Default for OutputFailures {
     fn default() -> OutputFailures {
         OutputFailures {
+            kind: "access lines",
             report,
             lost: 0,
             reported: None,
@@ -280,8 +283,8 @@ impl OutputFailures {
             self.failing = false;
             if self.reported.take().is_some()
                 && (self.report)(format_args!(
-                    "stdout accepts writes again (access lines lost since the last report: {})",
-                    self.lost
+                    "stdout accepts writes again ({} lost since the last report: {})",
+                    self.kind, self.lost
                 ))
             {
                 self.lost = 0;
@@ -297,9 +300,9 @@ impl OutputFailures {
             .is_none_or(|at| at.elapsed() >= FAILURE_REPORT_INTERVAL);
         if due {
             let reported = (self.report)(format_args!(
-                "writing access lines to stdout failed: {error} (access lines lost since the \
-                 last report: {}); the gateway keeps serving",
-                self.lost
+                "writing {} to stdout failed: {error} ({} lost since the last report: {}); the \
+                 gateway keeps serving",
+                self.kind, self.kind, self.lost
             ));
             self.reported = Some(Instant::now());
             // A report that stderr lost too leaves the count for the next one.
@@ -307,6 +310,47 @@ impl OutputFailures {
                 self.lost = 0;
             }
         }
+    }
+}
+
+/// Stdout for the gateway's other log lines, written by `tracing`'s writer thread, which
+/// drops a failed write's lines without a word. This one reports them on stderr as the
+/// access lines' writer does, ends a line that a failure cut short, and never returns an
+/// error, so that a buffer in front of it moves on rather than writing the lines again.
+#[derive(Debug)]
+pub struct ReportingStdout {
+    out: std::io::Stdout,
+    failures: OutputFailures,
+}
+
+impl ReportingStdout {
+    /// Creates the writer for the log lines that are not access lines.
+    pub fn new() -> ReportingStdout {
+        ReportingStdout {
+            out: std::io::stdout(),
+            failures: OutputFailures {
+                kind: "log lines",
+                ..OutputFailures::default()
+            },
+        }
+    }
+}
+
+impl Default for ReportingStdout {
+    fn default() -> ReportingStdout {
+        ReportingStdout::new()
+    }
+}
+
+impl Write for ReportingStdout {
+    fn write(&mut self, lines: &[u8]) -> std::io::Result<usize> {
+        self.failures.write(&mut self.out, lines);
+        Ok(lines.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `apigateway` command: loads the configuration, sets up logging and serves until a stop
 //! signal.
 
+use apigateway::access_line::ReportingStdout;
 use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
 use apigateway::inspect::InspectError;
 use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve_workers};
@@ -771,7 +772,7 @@ fn init_logging(
     // Log lines go through a writer thread, so a request task never blocks on stdout. The
     // thread writes each batch of queued lines through one buffer and flushes it when the
     // queue is empty, so a busy gateway makes one write per batch instead of one per line.
-    let stdout = std::io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, std::io::stdout());
+    let stdout = std::io::BufWriter::with_capacity(STDOUT_BUFFER_BYTES, ReportingStdout::new());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(stdout);
