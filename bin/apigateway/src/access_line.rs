@@ -229,7 +229,7 @@ const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// A writer thread's record of stdout's failures.
 #[derive(Debug)]
 struct OutputFailures {
-    /// What the lines are, for the reports: `access lines` or `log lines`.
+    /// The name of the lines in reports: `access lines` or `log lines`.
     kind: &'static str,
     /// Writes a report line on stderr, and returns whether it was written: [`report`], or a
     /// stand-in in tests.
@@ -314,8 +314,8 @@ impl OutputFailures {
 }
 
 /// Stdout for the gateway's other log lines, written by `tracing`'s writer thread, which
-/// drops a failed write's lines without a word. This one reports them on stderr as the
-/// access lines' writer does, ends a line that a failure cut short, and never returns an
+/// drops a failed write's lines without a word. This writer reports them on stderr as the
+/// access lines' writer does, and ends a line that a failure cut short. It never returns an
 /// error, so that a buffer in front of it moves on rather than writing the lines again.
 #[derive(Debug)]
 pub struct ReportingStdout {
