@@ -201,6 +201,16 @@ async fn header_count_limit_is_exact() {
     assert_eq!(send_raw(&gateway, &head(101)), Outcome::Status(431));
 }
 
+#[test]
+fn trace_gets_405_unless_listed() {
+    let (_mock, gateway) = start();
+    let outcome = send_raw(
+        &gateway,
+        b"TRACE /api/echo HTTP/1.1\r\nHost: a\r\nCookie: session=secret\r\n\r\n",
+    );
+    assert_eq!(outcome, Outcome::Status(405));
+}
+
 #[tokio::test]
 async fn unfinished_head_is_cut_off() {
     let (_mock, gateway) = start();

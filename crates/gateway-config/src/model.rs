@@ -145,7 +145,7 @@ pub struct RouteConfig {
     pub path: String,
     /// The backend pool.
     pub backends: Vec<BackendConfig>,
-    /// Accepted methods. `None`, the default, accepts every method. An empty list fails
+    /// Accepted methods. `None`, the default, accepts every method but TRACE. An empty list fails
     /// validation, since it would read as no method.
     #[serde(default)]
     pub methods: Option<Vec<String>>,

@@ -273,7 +273,7 @@ impl Config {
             match &route.methods {
                 Some(methods) if methods.is_empty() => problems.push(
                     format!("{field}.methods"),
-                    "an empty list of methods: leave `methods` out to accept every method, or \
+                    "an empty list of methods: leave `methods` out to accept every method but TRACE, or \
                      list the methods the route takes",
                 ),
                 Some(methods) => {

@@ -20,6 +20,12 @@ const METHODS: [Method; 9] = [
     Method::CONNECT,
 ];
 
+/// The bit of a route's method set that accepts methods outside [`METHODS`].
+const EXTENSION_METHODS: u16 = 1 << 15;
+
+/// The bit of TRACE in a route's method set.
+const TRACE: u16 = 1 << 7;
+
 /// One route, ready for the request path.
 #[derive(Debug)]
 pub struct Route {
@@ -31,7 +37,8 @@ pub struct Route {
     pub pool: Pool,
     /// Whether the client's `Host` header is forwarded.
     pub preserve_host: bool,
-    // Bit i set when METHODS[i] is accepted; every bit set when the route lists none.
+    // Bit i set when METHODS[i] is accepted, and `EXTENSION_METHODS` when methods outside
+    // METHODS are, as they are when the route lists none.
     methods: u16,
     allow: HeaderValue,
     targets: Vec<Target>,
@@ -51,7 +58,7 @@ impl Route {
     pub fn accepts(&self, method: &Method) -> bool {
         match METHODS.iter().position(|m| m == method) {
             Some(i) => self.methods & (1 << i) != 0,
-            None => self.methods == u16::MAX,
+            None => self.methods & EXTENSION_METHODS != 0,
         }
     }
 
@@ -262,8 +269,12 @@ fn method_set(methods: &[String]) -> (u16, HeaderValue) {
     if bits & 1 != 0 {
         bits |= 1 << 1;
     }
+    // A route that lists no methods accepts every method but TRACE, which a route must
+    // list to accept. A backend that answers TRACE echoes the request back, cookies and
+    // credentials included, which cross-site tracing attacks read. NGINX answers TRACE with
+    // 405 as well.
     if methods.is_empty() {
-        bits = u16::MAX;
+        bits = u16::MAX & !TRACE;
     }
     let listed: Vec<&str> = METHODS
         .iter()
@@ -386,11 +397,36 @@ routes:
     }
 
     #[test]
-    fn route_without_methods_accepts_any() {
+    fn route_without_methods_accepts_any_but_trace() {
         let table = table();
         assert_eq!(found(&table, Method::PATCH, "/api/orders/1"), Some(1));
         let custom = Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(found(&table, custom, "/api/orders/1"), Some(1));
+        match table.find(&Method::TRACE, "/api/orders/1") {
+            RouteMatch::MethodNotAllowed(route) => {
+                let allow = route.allow().to_str().unwrap();
+                assert!(allow.contains("PATCH"), "{allow}");
+                assert!(!allow.contains("TRACE"), "{allow}");
+            }
+            other => panic!("expected 405, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn listed_trace_is_accepted() {
+        assert_eq!(
+            METHODS[7],
+            Method::TRACE,
+            "TRACE's bit must follow its place"
+        );
+        let text = r#"
+routes:
+  - path: "/debug/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    methods: ["GET", "TRACE"]
+"#;
+        let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        assert_eq!(found(&table, Method::TRACE, "/debug/x"), Some(0));
     }
 
     #[test]
