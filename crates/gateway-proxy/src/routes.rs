@@ -274,7 +274,7 @@ fn method_set(methods: &[String]) -> (u16, HeaderValue) {
     // credentials included, which cross-site tracing attacks read. NGINX answers TRACE with
     // 405 as well.
     if methods.is_empty() {
-        bits = u16::MAX & !TRACE;
+        bits = !TRACE;
     }
     let listed: Vec<&str> = METHODS
         .iter()
