@@ -319,7 +319,7 @@ impl OutputFailures {
 /// error, so that a buffer in front of it moves on rather than writing the lines again.
 #[derive(Debug)]
 pub struct ReportingStdout {
-    out: std::io::Stdout,
+    out: RawStdout,
     failures: OutputFailures,
 }
 
@@ -327,7 +327,7 @@ impl ReportingStdout {
     /// Creates the writer for the log lines that are not access lines.
     pub fn new() -> ReportingStdout {
         ReportingStdout {
-            out: std::io::stdout(),
+            out: RawStdout,
             failures: OutputFailures {
                 kind: "log lines",
                 ..OutputFailures::default()
@@ -350,6 +350,25 @@ impl Write for ReportingStdout {
 
     fn flush(&mut self) -> std::io::Result<()> {
         let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// The process's stdout, written with one `write` call per call and no buffer of its own.
+/// std's `Stdout` keeps a line buffer that takes the rest of a partial write and reports
+/// success, so a line that a full disk cut short would go uncounted, and its rest would come
+/// out ahead of the next writer's lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawStdout;
+
+impl Write for RawStdout {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsFd;
+        let stdout = std::io::stdout();
+        rustix::io::write(stdout.as_fd(), bytes).map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The `apigateway` command: loads the configuration, sets up logging and serves until a stop
 //! signal.
 
-use apigateway::access_line::ReportingStdout;
+use apigateway::access_line::{RawStdout, ReportingStdout};
 use apigateway::cli::{Cli, Command, DEFAULT_CONFIG, LogFormatArg};
 use apigateway::inspect::InspectError;
 use apigateway::{ACCESS_FLUSH_TIMEOUT, AccessLines, Gateway, ServeError, serve_workers};
@@ -168,7 +168,7 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitC
     // silences the `access` target (`access=off`) turns them off. The level alone does not.
     let access_lines =
         if config.logging.access_log && tracing::enabled!(target: "access", tracing::Level::INFO) {
-            match AccessLines::start(format, std::io::stdout()) {
+            match AccessLines::start(format, RawStdout) {
                 Ok(lines) => Some(lines),
                 Err(error) => {
                     tracing::error!(%error, "failed to start the access log writer thread");
