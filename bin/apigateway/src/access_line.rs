@@ -84,8 +84,6 @@ struct Shared {
     /// Lines that a failing stdout lost since the writer last reported on stderr, for the
     /// stop to report.
     lost_unreported: AtomicU64,
-    /// Whether the writer's last write to stdout failed.
-    stdout_failing: AtomicBool,
     writer: Thread,
 }
 
@@ -129,7 +127,6 @@ impl AccessLines {
             blocked: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             lost_unreported: AtomicU64::new(0),
-            stdout_failing: AtomicBool::new(false),
             writer: handle.thread().clone(),
         });
         // The thread waits for this before its loop, so it is still there to receive it.
@@ -166,12 +163,6 @@ impl AccessLines {
     /// Returns whether a flush gave up because stdout blocked.
     pub fn stdout_blocked(&self) -> bool {
         self.shared.blocked.load(Ordering::Relaxed)
-    }
-
-    /// Returns whether the last write to stdout failed, as it does on a full disk or when the
-    /// reader has exited.
-    pub fn stdout_failing(&self) -> bool {
-        self.shared.stdout_failing.load(Ordering::Relaxed)
     }
 
     /// Returns how many lines were dropped because stdout did not keep up.
@@ -345,12 +336,27 @@ impl Default for ReportingStdout {
 impl Write for ReportingStdout {
     fn write(&mut self, lines: &[u8]) -> std::io::Result<usize> {
         self.failures.write(&mut self.out, lines);
+        LOG_LINES_UNREPORTED.store(self.failures.lost, Ordering::Relaxed);
         Ok(lines.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         let _ = self.out.flush();
         Ok(())
+    }
+}
+
+/// Log lines that [`ReportingStdout`] lost since its last report, for the stop to report.
+static LOG_LINES_UNREPORTED: AtomicU64 = AtomicU64::new(0);
+
+/// Reports on stderr the log lines, other than access lines, that a failing stdout lost since
+/// the last report. The stop calls it once the log writer has written its queue.
+pub fn report_lost_log_lines() {
+    let lost = LOG_LINES_UNREPORTED.swap(0, Ordering::Relaxed);
+    if lost > 0 {
+        let _ = report(format_args!(
+            "log lines lost to failed writes to stdout since the last report: {lost}"
+        ));
     }
 }
 
@@ -401,9 +407,6 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             shared
                 .lost_unreported
                 .store(failures.lost, Ordering::Relaxed);
-            shared
-                .stdout_failing
-                .store(failures.failing, Ordering::Relaxed);
             spare.clear();
             if spare.capacity() > KEEP_CAPACITY {
                 spare = Vec::new();

@@ -197,10 +197,7 @@ fn serve_config(config: Config, config_path: &Path, format: LogFormat) -> (ExitC
     // `serve` has drained or ended every connection and flushed the access lines. A flush it
     // gave up on may still run on a blocking thread, which gets the same bound.
     runtime.shutdown_timeout(ACCESS_FLUSH_TIMEOUT);
-    // A stdout that fails, as one whose reader has exited does, would also hold the log
-    // writer's flush at the stop for its full second.
-    let stdout_blocked =
-        access_lines.is_some_and(|lines| lines.stdout_blocked() || lines.stdout_failing());
+    let stdout_blocked = access_lines.is_some_and(|lines| lines.stdout_blocked());
     (code, stdout_blocked)
 }
 
@@ -656,6 +653,7 @@ fn flush_log() {
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     drop(guard);
+    apigateway::access_line::report_lost_log_lines();
 }
 
 /// Leaves the log writer thread and its queued lines to end with the process, without waiting.
