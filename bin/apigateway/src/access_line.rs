@@ -232,8 +232,6 @@ struct OutputFailures {
     /// Whether the last failed write ended in the middle of a line, which the next
     /// successful write ends first, so that a log reader does not join two lines.
     partial_line: bool,
-    /// Whether the last write failed.
-    failing: bool,
 }
 
 impl Default for OutputFailures {
@@ -244,7 +242,6 @@ impl Default for OutputFailures {
             lost: 0,
             reported: None,
             partial_line: false,
-            failing: false,
         }
     }
 }
@@ -271,7 +268,6 @@ impl OutputFailures {
             }
         };
         let Some(error) = failure else {
-            self.failing = false;
             if self.reported.take().is_some()
                 && (self.report)(format_args!(
                     "stdout accepts writes again ({} lost since the last report: {})",
@@ -282,7 +278,6 @@ impl OutputFailures {
             }
             return;
         };
-        self.failing = true;
         let unwritten = &lines[written..];
         self.partial_line |= written > 0 && lines[written - 1] != b'\n';
         self.lost += unwritten.iter().filter(|&&byte| byte == b'\n').count() as u64;
@@ -362,8 +357,8 @@ pub fn report_lost_log_lines() {
 
 /// The process's stdout, written with one `write` call per call and no buffer of its own.
 /// std's `Stdout` keeps a line buffer that takes the rest of a partial write and reports
-/// success, so a line that a full disk cut short would go uncounted, and its rest would come
-/// out ahead of the next writer's lines.
+/// success. A line that a full disk cut short would then go uncounted, and its rest would
+/// come out ahead of the next writer's lines.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RawStdout;
 
@@ -871,7 +866,7 @@ mod tests {
         out.room = 100;
         failures.write(&mut out, b"third line\n");
         assert_eq!(failures.lost, 2);
-        assert!(!failures.failing);
+        assert!(failures.reported.is_none());
     }
 
     #[test]

@@ -271,8 +271,8 @@ fn method_set(methods: &[String]) -> (u16, HeaderValue) {
         bits |= 1 << 1;
     }
     // A route that lists no methods accepts every method but TRACE, which a route must
-    // list to accept. A backend that answers TRACE echoes the request back, cookies and
-    // credentials included, which cross-site tracing attacks read. NGINX answers TRACE with
+    // list to accept. A backend that handles TRACE echoes the request back, cookies and
+    // credentials included, which cross-site tracing attacks read. NGINX rejects TRACE with
     // 405 as well. CONNECT is left out too, because the server answers it with 501 before
     // routing, so its `Allow` does not offer it.
     if methods.is_empty() {
