@@ -16,6 +16,8 @@ pub struct RawResponse {
     /// Header names in lowercase, with their values, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Chunks of data in a chunked body, the last chunk not counted; 0 for other bodies.
+    pub chunks: usize,
 }
 
 impl RawResponse {
@@ -123,6 +125,7 @@ impl RawConnection {
             status,
             headers,
             body: Vec::new(),
+            chunks: 0,
         };
 
         let chunked = response
@@ -130,7 +133,7 @@ impl RawConnection {
             .is_some_and(|value| value.eq_ignore_ascii_case("chunked"));
         let length = response.header("content-length").map(str::to_owned);
         if chunked {
-            response.body = self.read_chunked()?;
+            (response.body, response.chunks) = self.read_chunked()?;
         } else if let Some(length) = length {
             let length: usize = length
                 .parse()
@@ -176,8 +179,10 @@ impl RawConnection {
         Ok(line.trim_end_matches(['\r', '\n']).to_owned())
     }
 
-    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+    /// Reads a chunked body; returns its data and the number of chunks that held it.
+    fn read_chunked(&mut self) -> io::Result<(Vec<u8>, usize)> {
         let mut body = Vec::new();
+        let mut chunks = 0;
         loop {
             let line = self.read_line()?;
             let size_text = line.split(';').next().unwrap_or("").trim();
@@ -186,8 +191,9 @@ impl RawConnection {
             if size == 0 {
                 // Trailer fields, if any, end with an empty line.
                 while !self.read_line()?.is_empty() {}
-                return Ok(body);
+                return Ok((body, chunks));
             }
+            chunks += 1;
             let start = body.len();
             body.resize(start + size, 0);
             self.reader.read_exact(&mut body[start..])?;

@@ -4,7 +4,7 @@ use crate::chunked::{ChunkedDecoder, Decoded};
 use crate::client::{Connection, Lease};
 use crate::codec::BodyFraming;
 use crate::request_body::RequestBody;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -217,26 +217,32 @@ impl BackendBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Reading::Chunked(decoder) if buffered > 0 => {
-                    let (used, found) = match decoder.decode(connection.buffered()) {
-                        Ok(step) => step,
-                        Err(error) => {
-                            *reading = Reading::Done;
-                            if let Some(lease) = lease.as_ref() {
-                                lease.note_body_failure(&error);
+                    let mut joined = BytesMut::new();
+                    let (used, found) =
+                        match decoder.decode_joined(connection.buffered(), &mut joined) {
+                            Ok(step) => step,
+                            Err(error) => {
+                                *reading = Reading::Done;
+                                if let Some(lease) = lease.as_ref() {
+                                    lease.note_body_failure(&error);
+                                }
+                                release(slot, lease, false);
+                                return Poll::Ready(Some(Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    error,
+                                ))));
                             }
-                            release(slot, lease, false);
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                error,
-                            ))));
-                        }
-                    };
+                        };
                     match found {
                         None => connection.consume(used),
                         Some(Decoded::Data(range)) => {
                             let data = connection.copy(range);
                             connection.consume(used);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Some(Decoded::Joined) => {
+                            connection.consume(used);
+                            return Poll::Ready(Some(Ok(Frame::data(joined.freeze()))));
                         }
                         Some(Decoded::Trailers(trailers)) => {
                             // Trailers end the body, and a server may stop polling after

@@ -2,6 +2,7 @@
 //! size.
 
 use crate::headers::is_allowed_in_trailers;
+use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use std::ops::Range;
@@ -12,12 +13,18 @@ const MAX_SIZE_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Most trailer fields.
 const MAX_TRAILER_FIELDS: usize = 64;
+/// Largest chunk whose data [`ChunkedDecoder::decode_joined`] copies to join it with others.
+/// Copying a few KiB costs less than the write that a chunk of its own would take.
+const MAX_JOINED_CHUNK: u64 = 4096;
 
 /// The result of one decoding step.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Decoded {
     /// Body data: this range of the input.
     Data(Range<usize>),
+    /// Body data of several chunks, copied to the buffer given to
+    /// [`ChunkedDecoder::decode_joined`].
+    Joined,
     /// The trailer fields after the last chunk.
     Trailers(HeaderMap),
     /// The body ended.
@@ -89,8 +96,61 @@ impl ChunkedDecoder {
     }
 
     /// Decodes from the start of `input`. Returns the bytes consumed and what they held, or
-    /// `None` when every byte was consumed and more input is needed.
+    /// `None` when every byte was consumed and more input is needed. The gateway itself uses
+    /// [`ChunkedDecoder::decode_joined`]; this is the plain step that the tests check.
+    #[cfg(test)]
     pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Decoded>), ChunkError> {
+        self.step(input, false)
+    }
+
+    /// Decodes like [`ChunkedDecoder::decode`], but when the data of a small chunk is followed
+    /// in `input` by more small chunks, copies the data of them all to `joined` and returns
+    /// [`Decoded::Joined`]. So a body sent in many small chunks is passed on in pieces as
+    /// large as the reads that brought it, not one write per chunk, which would let a peer
+    /// that picks one-byte chunks cost the gateway a system call per byte. Chunks larger than
+    /// [`MAX_JOINED_CHUNK`] are not copied, and the last chunk, the trailers and the end are
+    /// left for the next call.
+    pub(crate) fn decode_joined(
+        &mut self,
+        input: &[u8],
+        joined: &mut BytesMut,
+    ) -> Result<(usize, Option<Decoded>), ChunkError> {
+        let (mut at, found) = self.step(input, false)?;
+        let Some(Decoded::Data(first)) = found else {
+            return Ok((at, found));
+        };
+        if first.len() as u64 > MAX_JOINED_CHUNK {
+            return Ok((at, Some(Decoded::Data(first))));
+        }
+        let mut more = false;
+        while at < input.len() {
+            let (used, found) = self.step(&input[at..], true)?;
+            let Some(Decoded::Data(range)) = found else {
+                at += used;
+                break;
+            };
+            if !more {
+                more = true;
+                joined.reserve(input.len() - first.start);
+                joined.extend_from_slice(&input[first.clone()]);
+            }
+            joined.extend_from_slice(&input[at + range.start..at + range.end]);
+            at += used;
+        }
+        if more {
+            Ok((at, Some(Decoded::Joined)))
+        } else {
+            Ok((at, Some(Decoded::Data(first))))
+        }
+    }
+
+    /// One decoding step. With `joining`, returns `None` instead of going on to the data of a
+    /// chunk larger than [`MAX_JOINED_CHUNK`], or past the last chunk's size line.
+    fn step(
+        &mut self,
+        input: &[u8],
+        joining: bool,
+    ) -> Result<(usize, Option<Decoded>), ChunkError> {
         let mut at = 0;
         loop {
             match self.state {
@@ -169,6 +229,9 @@ impl ChunkedDecoder {
                     } else {
                         State::Data
                     };
+                    if joining && (self.size == 0 || self.size > MAX_JOINED_CHUNK) {
+                        return Ok((at, None));
+                    }
                 }
                 State::DataCr => {
                     if byte != b'\r' {
@@ -292,6 +355,7 @@ mod tests {
                     Some(Decoded::Data(range)) => data.extend_from_slice(&buffered[range]),
                     Some(Decoded::Trailers(map)) => trailers = map,
                     Some(Decoded::End) => return Ok((data, trailers, true)),
+                    Some(Decoded::Joined) => panic!("`decode` joined chunks"),
                     None => {}
                 }
                 buffered.drain(..used);
@@ -416,6 +480,103 @@ mod tests {
         let (data, _, ended) = decode_in_pieces(body, 1).unwrap();
         assert_eq!(data, b"abcde");
         assert!(ended);
+    }
+
+    /// Decodes `input` fed in pieces of `step` bytes with [`ChunkedDecoder::decode_joined`];
+    /// returns each piece of data it passed on, and whether the end was reached.
+    fn decode_joined_in_pieces(input: &[u8], step: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut decoder = ChunkedDecoder::new();
+        let mut pieces = Vec::new();
+        let mut buffered: Vec<u8> = Vec::new();
+        for piece in input.chunks(step) {
+            buffered.extend_from_slice(piece);
+            loop {
+                let mut joined = BytesMut::new();
+                let (used, found) = decoder.decode_joined(&buffered, &mut joined).unwrap();
+                let found_something = found.is_some();
+                match found {
+                    Some(Decoded::Data(range)) => pieces.push(buffered[range].to_vec()),
+                    Some(Decoded::Joined) => pieces.push(joined.to_vec()),
+                    Some(Decoded::Trailers(_)) => {}
+                    Some(Decoded::End) => return (pieces, true),
+                    None => {}
+                }
+                buffered.drain(..used);
+                if !found_something {
+                    break;
+                }
+            }
+        }
+        (pieces, false)
+    }
+
+    fn chunked(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for chunk in chunks {
+            body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            body.extend_from_slice(chunk);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
+        body
+    }
+
+    #[test]
+    fn small_chunks_read_together_are_joined() {
+        let letters: Vec<&[u8]> = (0..500).map(|_| &b"ab"[..]).collect();
+        let body = chunked(&letters);
+        let (pieces, ended) = decode_joined_in_pieces(&body, body.len());
+        assert!(ended);
+        assert_eq!(pieces, vec![b"ab".repeat(500)]);
+
+        // Fed in pieces, each read's chunks come out together, and none is lost or repeated.
+        for step in [1, 3, 64, 1000] {
+            let (pieces, ended) = decode_joined_in_pieces(&body, step);
+            assert!(ended, "step {step}");
+            assert_eq!(pieces.concat(), b"ab".repeat(500), "step {step}");
+            if step >= 64 {
+                assert!(
+                    pieces.len() <= body.len() / step + 1,
+                    "step {step}: {}",
+                    pieces.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn large_chunks_are_not_joined() {
+        let large = vec![b'x'; MAX_JOINED_CHUNK as usize + 1];
+        let body = chunked(&[b"a", b"b", &large, b"c", &large]);
+        let (pieces, ended) = decode_joined_in_pieces(&body, body.len());
+        assert!(ended);
+        let lengths: Vec<usize> = pieces.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [2, large.len(), 1, large.len()]);
+        assert_eq!(
+            pieces.concat(),
+            [b"ab", &large[..], b"c", &large[..]].concat()
+        );
+    }
+
+    #[test]
+    fn joining_leaves_the_trailers_and_errors_in_place() {
+        let body = chunked(&[b"abc", b"de"]);
+        let mut decoder = ChunkedDecoder::new();
+        let mut joined = BytesMut::new();
+        let (used, found) = decoder.decode_joined(&body, &mut joined).unwrap();
+        assert_eq!(found, Some(Decoded::Joined));
+        assert_eq!(&joined[..], b"abcde");
+        // The last chunk's size line was read; its trailers come next.
+        assert_eq!(&body[used..], b"x-checksum: 1\r\n\r\n");
+        let Ok((_, Some(Decoded::Trailers(trailers)))) = decoder.decode(&body[used..]) else {
+            panic!("the trailers were lost");
+        };
+        assert_eq!(trailers["x-checksum"], "1");
+
+        // A fault after data that was joined is reported, not skipped.
+        let mut decoder = ChunkedDecoder::new();
+        let result = decoder.decode_joined(b"1\r\na\r\n1\r\nbX", &mut BytesMut::new());
+        assert_eq!(result, Err(ChunkError::MissingCrlf));
     }
 
     #[test]

@@ -190,10 +190,15 @@ impl Wire {
                 // Decoded even with nothing buffered: after the trailers, the end needs no
                 // more input.
                 BodyState::Chunked(decoder) => {
-                    match decoder.decode(&self.buffer) {
+                    let mut joined = BytesMut::new();
+                    match decoder.decode_joined(&self.buffer, &mut joined) {
                         Ok((used, Some(Decoded::Data(range)))) => {
                             let data = self.buffer.split_to(used).freeze().slice(range);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok((used, Some(Decoded::Joined))) => {
+                            let _ = self.buffer.split_to(used);
+                            return Poll::Ready(Some(Ok(Frame::data(joined.freeze()))));
                         }
                         Ok((used, Some(Decoded::Trailers(fields)))) => {
                             let _ = self.buffer.split_to(used);
