@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
@@ -380,6 +380,69 @@ fn tiny_request_chunks_are_passed_on_together() {
     assert!(
         (1..=TINY_CHUNK_COUNT / 20).contains(&chunks),
         "{chunks} chunks reached the backend"
+    );
+}
+
+/// A client that leaves while its response waits for more of the backend's body is noticed at
+/// once, and the backend connection closes with it, rather than one or two write timeouts
+/// (30 s each here) later.
+#[test]
+fn client_leaving_mid_response_closes_the_backend_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("backend address");
+    let (closed_after, closes) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone backend socket"));
+        read_head(&mut reader).expect("request head");
+        let mut writer = stream;
+        writer
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .expect("write the start of the response");
+        let started = Instant::now();
+        writer
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        // Returns at the gateway's close, or after the read timeout.
+        let _ = reader.read(&mut [0u8; 1]);
+        let _ = closed_after.send(started.elapsed());
+    });
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server: {{host: 127.0.0.1, port: {{port}}, workers: 1, write_timeout: 30s}}
+routes:
+  - path: "/*rest"
+    backends:
+      - url: "http://{addr}"
+health_check: {{enabled: false}}
+request_log: {{enabled: false}}
+"#
+    ));
+
+    let mut client = TcpStream::connect(gateway.addr).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .expect("send request");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !received.windows(5).any(|window| window == b"first") {
+        let read = client
+            .read(&mut buffer)
+            .expect("read the start of the response");
+        assert!(read > 0, "the gateway closed the connection early");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    drop(client);
+
+    let elapsed = closes
+        .recv_timeout(Duration::from_secs(25))
+        .expect("the backend thread reports");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the backend connection stayed open {elapsed:?} after the client left"
     );
 }
 

@@ -99,6 +99,9 @@ pub enum ConnectionError {
         /// Bytes that were never sent.
         missing: u64,
     },
+    /// The client closed the connection while the response body was on its way.
+    #[error("client closed the connection before the end of the response")]
+    ClientClosed,
 }
 
 /// Serves HTTP/1.1 requests on `io` with `service` until the client closes the connection,
@@ -298,6 +301,7 @@ where
                 framing,
                 trailers: facts.trailers,
                 confirm: settings.confirm_writes,
+                max_head_bytes: settings.max_head_bytes,
             };
             write_response(&wire, &head_out, body, sending).await?;
         }
@@ -485,29 +489,53 @@ where
         if !watching {
             return Poll::Pending;
         }
-        let mut wire = lock(wire);
-        let body_done = matches!(wire.body, BodyState::Done);
-        if !body_done && wire.body_polled {
-            // The body reads the socket itself until it ends.
-            return Poll::Pending;
-        }
-        // Body bytes that the service has not polled yet, or pipelined bytes, wait in the
-        // buffer, up to one head's worth.
-        while wire.buffer.len() < max_head_bytes {
-            match wire.poll_read_more(cx, HEAD_CHUNK) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Pending => return Poll::Pending,
+        match poll_client_closed(&mut lock(wire), cx, max_head_bytes) {
+            Watch::Closed => Poll::Ready(None),
+            Watch::Open => Poll::Pending,
+            Watch::Stopped => {
+                watching = false;
+                Poll::Pending
             }
         }
-        // A full buffer of body bytes empties once the service reads the body, and the socket
-        // is watched again after that.
-        if body_done {
-            watching = false;
-        }
-        Poll::Pending
     })
     .await
+}
+
+/// What a poll of [`poll_client_closed`] found.
+enum Watch {
+    /// The client closed the connection, or it failed.
+    Closed,
+    /// The connection is open, and the task is woken when the client sends more.
+    Open,
+    /// A head's worth of bytes after a whole request body waits in the buffer, so the socket
+    /// is no longer read, and a close is noticed only at the next read or write.
+    Stopped,
+}
+
+/// Reads what the client sends while its request is served, to notice the client closing the
+/// connection (NGINX does the same), so that the request stops holding a backend and its
+/// connection. Body bytes that the service has not polled yet, or pipelined bytes, wait in the
+/// buffer, up to one head's worth. While the request body's own reader reads the socket, this
+/// reads nothing.
+fn poll_client_closed(wire: &mut Wire, cx: &mut Context<'_>, max_head_bytes: usize) -> Watch {
+    let body_done = matches!(wire.body, BodyState::Done);
+    if !body_done && wire.body_polled {
+        return Watch::Open;
+    }
+    while wire.buffer.len() < max_head_bytes {
+        match wire.poll_read_more(cx, HEAD_CHUNK) {
+            Poll::Ready(Ok(0) | Err(_)) => return Watch::Closed,
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Watch::Open,
+        }
+    }
+    // A full buffer of body bytes empties once the service reads the body, and the socket is
+    // watched again after that.
+    if body_done {
+        Watch::Stopped
+    } else {
+        Watch::Open
+    }
 }
 
 /// The way a response body goes out: its framing, its trailers and the confirming poll.
@@ -518,6 +546,9 @@ struct Sending {
     trailers: bool,
     /// Whether to poll the body once more after the response's last byte is written.
     confirm: bool,
+    /// Bytes of what the client sends next that are read ahead while waiting for the body
+    /// (see [`poll_client_closed`]).
+    max_head_bytes: usize,
 }
 
 /// Writes `head` and the body's frames with the framing and options of `sending`.
@@ -542,6 +573,7 @@ where
         ..
     } = sending;
     let mut out = Outgoing::new(head);
+    let mut watching = true;
     let mut sent: u64 = 0;
     let mut ended = framing == Framing::None;
     // The body is polled once before the head is written, so that a body that is ready goes
@@ -565,6 +597,17 @@ where
                 Poll::Pending if !polled => {
                     polled = true;
                     continue;
+                }
+                // Everything so far is written, and the body waits for its backend.
+                Poll::Pending if watching => {
+                    return match poll_client_closed(&mut lock(wire), cx, sending.max_head_bytes) {
+                        Watch::Closed => Poll::Ready(Err(ConnectionError::ClientClosed)),
+                        Watch::Open => Poll::Pending,
+                        Watch::Stopped => {
+                            watching = false;
+                            Poll::Pending
+                        }
+                    };
                 }
                 Poll::Pending => return Poll::Pending,
             };
