@@ -211,6 +211,27 @@ fn trace_gets_405_unless_listed() {
     assert_eq!(outcome, Outcome::Status(405));
 }
 
+/// The bytes a client sends right after CONNECT belong to the tunnel it asked for, so none of
+/// them is read as a request: the gateway answers 501 and closes.
+#[tokio::test]
+async fn connect_gets_501_and_a_closed_connection() {
+    let (_mock, gateway) = start();
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    connection
+        .set_read_timeout(Duration::from_secs(5))
+        .expect("read timeout");
+    let response = connection
+        .exchange(
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\
+              GET /api/tunnelled HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .expect("response to CONNECT");
+    assert_eq!(response.status, 501);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(connection.wait_closed(), "the connection stayed open");
+    assert_still_serving(&gateway, "CONNECT").await;
+}
+
 #[tokio::test]
 async fn unfinished_head_is_cut_off() {
     let (_mock, gateway) = start();

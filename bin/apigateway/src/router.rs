@@ -91,8 +91,17 @@ impl Service<Request<Inbound>> for Router {
 
     fn call(&mut self, mut request: Request<Inbound>) -> RouterFuture {
         if let Err(error) = check_request(&mut request) {
+            let mut response = self.unrouted(request.headers(), error);
+            if request.method() == Method::CONNECT {
+                // A client may send its tunnel's first bytes right after CONNECT, without
+                // waiting for the response. They are not a request, so none is read from
+                // them: the connection closes, as NGINX closes it.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return RouterFuture::Ready {
-                response: Some(self.unrouted(request.headers(), error)),
+                response: Some(response),
             };
         }
 
