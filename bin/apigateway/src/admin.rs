@@ -8,7 +8,7 @@ use crate::inspect::{parse_start_time, parse_window, reject_zero_duration};
 use bytes::Bytes;
 use gateway_balancer::BackendSnapshot;
 use gateway_proxy::{ErrorKind, ProxyBody, error_response};
-use gateway_store::{LogCursor, LogFilter, StatusFilter, now_us};
+use gateway_store::{LogCursor, LogFilter, QueryCancel, StatusFilter, now_us};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -116,19 +116,27 @@ fn admin_error_kind(status: StatusCode) -> Option<ErrorKind> {
     }
 }
 
+/// Bytes of row text after which a page of `/admin/logs` ends, even short of its `limit`. Rows
+/// with 64 KiB paths and `User-Agent` values would otherwise make a page of 10,000 rows more
+/// than a gigabyte, held in memory several times over while it is built.
+const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long a request log query waits for the one running before it, before it gets 503.
 const QUERY_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs `query` on the request log once no other admin query runs. A query can take seconds
-/// of CPU on a large table, on the cores that also serve requests, so queries run one at a
-/// time. One that waits longer than [`QUERY_WAIT`] gets 503 with `Retry-After`.
+/// Runs the query that `query` makes on the request log once no other admin query runs. A
+/// query can take seconds of CPU on a large table, on the cores that also serve requests, so
+/// queries run one at a time. One that waits longer than [`QUERY_WAIT`] gets 503 with
+/// `Retry-After`.
 ///
-/// The query runs in a task of its own that keeps the slot until SQLite has finished, because
-/// SQLite goes on with a statement whose client has left.
-async fn one_at_a_time<T, F>(state: &RequestLogState, query: F) -> Result<T, AdminError>
+/// The query runs in a task of its own that keeps the slot until the query ends. When the
+/// client leaves, this future is dropped and sets the [`QueryCancel`] that `query` received,
+/// so that SQLite abandons the query rather than finishing it for no one.
+async fn one_at_a_time<T, F, Q>(state: &RequestLogState, query: Q) -> Result<T, AdminError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, gateway_store::StoreError>> + Send + 'static,
+    Q: FnOnce(QueryCancel) -> F,
 {
     let slot = Arc::clone(&state.query_slot).acquire_owned();
     let Ok(Ok(permit)) = tokio::time::timeout(QUERY_WAIT, slot).await else {
@@ -137,6 +145,9 @@ where
             "another request log query is running: try again when it ends".to_owned(),
         ));
     };
+    let cancel = QueryCancel::default();
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let query = query(cancel);
     let task = tokio::spawn(async move {
         let result = query.await;
         drop(permit);
@@ -151,6 +162,15 @@ where
                 "request log query failed".to_owned(),
             ))
         }
+    }
+}
+
+/// Sets its [`QueryCancel`] when dropped.
+struct CancelOnDrop(QueryCancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
@@ -188,7 +208,10 @@ async fn logs(gateway: &Gateway, query: &str) -> AdminResult {
     let state = request_log(gateway)?;
     let filter = logs_filter(query, now_us())?;
     let reader = state.reader.clone();
-    let page = one_at_a_time(state, async move { reader.page(&filter).await }).await?;
+    let page = one_at_a_time(state, |cancel| async move {
+        reader.page_within(&filter, PAGE_BYTES, &cancel).await
+    })
+    .await?;
     // Serialized straight from the rows, without a `json!` tree of them. Three listings of
     // 10,000 rows (4 MB of text each) took the process from 15 to 111 MB of RSS with the
     // tree and to 82 MB without, since the allocator keeps much of what a response used.
@@ -271,7 +294,10 @@ async fn stats(gateway: &Gateway, query: &str) -> AdminResult {
     let since = parse_window(&window, now_us())
         .map_err(|error| bad_parameter(format!("{error}{}", plus_hint(&window))))?;
     let reader = state.reader.clone();
-    let stats = one_at_a_time(state, async move { reader.stats(since).await }).await?;
+    let stats = one_at_a_time(state, |cancel| async move {
+        reader.stats_cancellable(since, &cancel).await
+    })
+    .await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -441,28 +467,34 @@ mod tests {
             let reader = state.reader.clone();
             async move { reader.recent(&LogFilter::default()).await }
         };
-        let entries = one_at_a_time(&state, recent()).await.unwrap();
+        let entries = one_at_a_time(&state, |_| recent()).await.unwrap();
         assert!(entries.is_empty());
 
-        // A query whose client gives up keeps the slot until the query itself ends.
+        // A query whose client gives up is cancelled, and keeps the slot until the query
+        // itself ends.
         let (finish, finished) = tokio::sync::oneshot::channel::<()>();
-        let long_query = async move {
-            let _ = finished.await;
-            Ok(())
+        let mut given = None;
+        let long_query = |cancel: QueryCancel| {
+            given = Some(cancel);
+            async move {
+                let _ = finished.await;
+                Ok(())
+            }
         };
         let gave_up =
             tokio::time::timeout(Duration::from_millis(50), one_at_a_time(&state, long_query))
                 .await;
         assert!(gave_up.is_err(), "the long query ended early");
+        assert!(given.is_some_and(|cancel| cancel.is_cancelled()));
 
         let started = std::time::Instant::now();
-        let (status, message) = rejection(one_at_a_time(&state, recent()).await);
+        let (status, message) = rejection(one_at_a_time(&state, |_| recent()).await);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(message.contains("another request log query"), "{message}");
         assert!(started.elapsed() >= QUERY_WAIT, "{:?}", started.elapsed());
 
         finish.send(()).unwrap();
-        assert!(one_at_a_time(&state, recent()).await.is_ok());
+        assert!(one_at_a_time(&state, |_| recent()).await.is_ok());
         writer.spawn().shutdown().await.unwrap();
     }
 

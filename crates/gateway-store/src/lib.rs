@@ -65,7 +65,7 @@ pub use connect::{check_database, check_database_path};
 pub use error::StoreError;
 pub use filter::{LogCursor, LogFilter, StatusFilter};
 pub use queue::RequestLog;
-pub use reader::{LogEntry, LogPage, LogReader};
+pub use reader::{LogEntry, LogPage, LogReader, QueryCancel};
 pub use record::{RecordRef, RequestRecord};
 pub use stats::{BackendStats, RouteStats, Stats, Summary};
 pub use thread_index::buffer_index;

@@ -1,10 +1,40 @@
 //! The read side: recent rows for the admin endpoints and the command line.
 
 use crate::{LogCursor, LogFilter, StoreError, connect, time};
+use futures_core::Stream;
 use serde::Serialize;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row};
 use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Steps of SQLite's virtual machine between two checks of a [`QueryCancel`], a fraction of a
+/// millisecond of work. One step can take longer, such as the sort of a window's rows.
+const CANCEL_CHECK_STEPS: i32 = 10_000;
+
+/// Bytes of JSON that an entry takes beyond its text fields: the field names, the numbers and
+/// the timestamp, rounded up.
+const ENTRY_OVERHEAD_BYTES: usize = 400;
+
+/// A flag that stops a request log query in progress. Once it is set, SQLite abandons the
+/// query within [`CANCEL_CHECK_STEPS`] steps, and the query returns an error.
+#[derive(Debug, Clone, Default)]
+pub struct QueryCancel(Arc<AtomicBool>);
+
+impl QueryCancel {
+    /// Stops the queries that run with this flag.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns whether [`QueryCancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// A read-only view of a request log, usable while a gateway writes to it or without one.
 #[derive(Debug, Clone)]
@@ -53,6 +83,22 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// Returns about how many bytes the entry takes as JSON, at least as many for text
+    /// without characters to escape.
+    fn approximate_json_bytes(&self) -> usize {
+        let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+        ENTRY_OVERHEAD_BYTES
+            + self.request_id.len()
+            + self.method.len()
+            + self.path.len()
+            + optional(&self.query)
+            + optional(&self.route)
+            + optional(&self.client_ip)
+            + optional(&self.user_agent)
+            + optional(&self.backend)
+            + optional(&self.error_kind)
+    }
+
     /// Returns the entry's position in the listing's order, which
     /// [`LogFilter::before`] takes to list the entries after it.
     pub fn cursor(&self) -> LogCursor {
@@ -146,25 +192,73 @@ impl LogReader {
     ///
     /// Returns [`StoreError::Query`] when SQLite fails.
     pub async fn page(&self, filter: &LogFilter) -> Result<LogPage, StoreError> {
-        // One row more than the page shows whether an older row matches.
-        let limit = filter.limit.min(LogFilter::MAX_LIMIT);
-        let mut sql = QueryBuilder::new("");
-        push_recent_query(&mut sql, filter, limit + 1);
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
+        self.page_within(filter, usize::MAX, &QueryCancel::default())
             .await
-            .map_err(|source| self.query_error(source))?;
-        let mut entries = rows
-            .iter()
-            .map(entry_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| self.query_error(source))?;
+    }
 
-        let more = entries.len() > limit as usize;
-        entries.truncate(limit as usize);
+    /// Returns the rows that match `filter`, newest first, and the cursor of the next page,
+    /// like [`LogReader::page`]. The page also ends before the row that would take its text
+    /// past about `max_bytes`, though it always holds one row, so that a page of long paths
+    /// and `User-Agent` values stays a bounded size in memory. The query stops when `cancel`
+    /// is set.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Query`] when SQLite fails or the query was cancelled.
+    pub async fn page_within(
+        &self,
+        filter: &LogFilter,
+        max_bytes: usize,
+        cancel: &QueryCancel,
+    ) -> Result<LogPage, StoreError> {
+        let limit = filter.limit.min(LogFilter::MAX_LIMIT) as usize;
+        let mut connection = self.connection_with_cancel(cancel).await?;
+        let mut sql = QueryBuilder::new("");
+        // One row more than the page shows whether an older row matches.
+        push_recent_query(&mut sql, filter, limit as u32 + 1);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        let read = async {
+            let query = sql.build();
+            // Rows are read one at a time, so that no more than the page's rows are held.
+            let mut rows = pin!(query.fetch(&mut *connection));
+            while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+                let entry = entry_from_row(&row?)?;
+                bytes += entry.approximate_json_bytes();
+                if entries.len() == limit || (bytes > max_bytes && !entries.is_empty()) {
+                    more = true;
+                    break;
+                }
+                entries.push(entry);
+            }
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        remove_cancel(&mut connection).await;
+        read.map_err(|source| self.query_error(source))?;
         let next = entries.last().filter(|_| more).map(LogEntry::cursor);
         Ok(LogPage { entries, next })
+    }
+
+    /// Takes a connection from the pool and makes its queries stop once `cancel` is set. The
+    /// caller passes the connection to [`remove_cancel`] before it goes back to the pool.
+    pub(crate) async fn connection_with_cancel(
+        &self,
+        cancel: &QueryCancel,
+    ) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|source| self.query_error(source))?;
+        let flag = Arc::clone(&cancel.0);
+        connection
+            .lock_handle()
+            .await
+            .map_err(|source| self.query_error(source))?
+            .set_progress_handler(CANCEL_CHECK_STEPS, move || !flag.load(Ordering::Relaxed));
+        Ok(connection)
     }
 
     /// Closes the reader's connections.
@@ -172,15 +266,27 @@ impl LogReader {
         self.pool.close().await;
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     pub(crate) fn query_error(&self, source: sqlx::Error) -> StoreError {
         StoreError::Query {
             path: self.path.clone(),
             source,
         }
+    }
+}
+
+/// Removes what [`LogReader::connection_with_cancel`] set on `connection`. A connection whose
+/// handler cannot be removed is closed rather than kept, since its next query would stop once
+/// the last one's flag was set.
+pub(crate) async fn remove_cancel(connection: &mut PoolConnection<Sqlite>) {
+    let removed = match connection.lock_handle().await {
+        Ok(mut handle) => {
+            handle.remove_progress_handler();
+            true
+        }
+        Err(_) => false,
+    };
+    if !removed {
+        connection.close_on_drop();
     }
 }
 

@@ -1,10 +1,13 @@
 //! Per-route and per-backend totals and latency percentiles over a time window.
 
-use crate::reader::unsigned;
+use crate::reader::{QueryCancel, remove_cancel, unsigned};
 use crate::{LogReader, StoreError, time};
 use serde::Serialize;
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Connection, Row};
+
+/// One group's key, a route or a backend, and its totals.
+type Group = (Option<String>, Summary);
 
 /// Totals and latency percentiles since a point in time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,22 +96,24 @@ impl LogReader {
     ///
     /// Returns [`StoreError::Query`] when SQLite fails.
     pub async fn stats(&self, since_us: i64) -> Result<Stats, StoreError> {
-        // One read transaction, so that all three groupings see the same rows while a writer
-        // commits.
-        let mut transaction = self
-            .pool()
-            .begin()
+        self.stats_cancellable(since_us, &QueryCancel::default())
             .await
-            .map_err(|source| self.query_error(source))?;
-        let total = self.summaries(&mut transaction, "NULL", since_us).await?;
-        let routes = self.summaries(&mut transaction, "route", since_us).await?;
-        let backends = self
-            .summaries(&mut transaction, "backend", since_us)
-            .await?;
-        transaction
-            .commit()
-            .await
-            .map_err(|source| self.query_error(source))?;
+    }
+
+    /// Computes the totals of [`LogReader::stats`], stopping when `cancel` is set.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Query`] when SQLite fails or the query was cancelled.
+    pub async fn stats_cancellable(
+        &self,
+        since_us: i64,
+        cancel: &QueryCancel,
+    ) -> Result<Stats, StoreError> {
+        let mut connection = self.connection_with_cancel(cancel).await?;
+        let groups = self.groupings(&mut connection, since_us).await;
+        remove_cancel(&mut connection).await;
+        let (total, routes, backends) = groups?;
 
         let total = total.into_iter().next().map(|(_, summary)| summary);
         Ok(Stats {
@@ -126,13 +131,37 @@ impl LogReader {
         })
     }
 
+    /// Runs the three groupings of [`LogReader::stats`] on `connection`.
+    async fn groupings(
+        &self,
+        connection: &mut SqliteConnection,
+        since_us: i64,
+    ) -> Result<(Vec<Group>, Vec<Group>, Vec<Group>), StoreError> {
+        // One read transaction, so that all three groupings see the same rows while a writer
+        // commits.
+        let mut transaction = connection
+            .begin()
+            .await
+            .map_err(|source| self.query_error(source))?;
+        let total = self.summaries(&mut transaction, "NULL", since_us).await?;
+        let routes = self.summaries(&mut transaction, "route", since_us).await?;
+        let backends = self
+            .summaries(&mut transaction, "backend", since_us)
+            .await?;
+        transaction
+            .commit()
+            .await
+            .map_err(|source| self.query_error(source))?;
+        Ok((total, routes, backends))
+    }
+
     /// Runs [`SUMMARY_SQL`] grouped by `key`, a column name or `NULL` for one group.
     async fn summaries(
         &self,
         connection: &mut SqliteConnection,
         key: &'static str,
         since_us: i64,
-    ) -> Result<Vec<(Option<String>, Summary)>, StoreError> {
+    ) -> Result<Vec<Group>, StoreError> {
         let sql = SUMMARY_SQL.replace("{key}", key);
         let rows = sqlx::query(&sql)
             .bind(since_us)

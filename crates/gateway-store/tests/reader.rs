@@ -7,8 +7,8 @@ mod common;
 use common::{assert_entry_matches, config, record};
 use gateway_config::RequestLogConfig;
 use gateway_store::{
-    LogCursor, LogEntry, LogFilter, LogPage, LogReader, RequestLog, RequestRecord, StatusFilter,
-    Summary,
+    LogCursor, LogEntry, LogFilter, LogPage, LogReader, QueryCancel, RequestLog, RequestRecord,
+    StatusFilter, Summary,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -302,6 +302,83 @@ async fn pages_list_every_row_once() {
         let last = pages.last().unwrap();
         assert!(!last.entries.is_empty(), "limit {limit}: empty last page");
         assert_eq!(last.next, None, "limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn page_ends_early_at_its_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keep_everything(dir.path());
+    // 40 rows whose `User-Agent` takes 10 KB each.
+    let records: Vec<RequestRecord> = (0..40u64)
+        .map(|i| RequestRecord {
+            user_agent: Some("a".repeat(10_000)),
+            ..record(i, BASE_US + i as i64)
+        })
+        .collect();
+    write_all(&config, &records).await;
+    let reader = LogReader::open(&config.database).await.unwrap();
+    let everything = cursors(&reader.recent(&LogFilter::default()).await.unwrap());
+    assert_eq!(everything.len(), 40);
+
+    let mut filter = LogFilter::default();
+    let mut walked = Vec::new();
+    let never = QueryCancel::default();
+    loop {
+        let page = reader.page_within(&filter, 35_000, &never).await.unwrap();
+        // Three rows fit in 35,000 bytes, and a fourth would not.
+        assert!(
+            page.entries.len() == 3 || page.next.is_none(),
+            "{} rows on a page",
+            page.entries.len()
+        );
+        walked.extend(cursors(&page.entries));
+        match page.next {
+            Some(next) => filter.before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(walked, everything, "a row was lost or repeated");
+
+    // A row larger than the whole budget still makes a page, so that paging goes on.
+    let page = reader
+        .page_within(&LogFilter::default(), 10, &never)
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert!(page.next.is_some());
+}
+
+#[tokio::test]
+async fn cancelled_query_stops_and_leaves_the_reader_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keep_everything(dir.path());
+    let records: Vec<RequestRecord> = (0..5_000u64)
+        .map(|i| record(i, BASE_US + i as i64))
+        .collect();
+    write_all(&config, &records).await;
+    let reader = LogReader::open(&config.database).await.unwrap();
+
+    let cancel = QueryCancel::default();
+    cancel.cancel();
+    assert!(reader.stats_cancellable(BASE_US, &cancel).await.is_err());
+    let filter = LogFilter {
+        route: Some("/no/such/route".to_owned()),
+        ..LogFilter::default()
+    };
+    assert!(
+        reader
+            .page_within(&filter, usize::MAX, &cancel)
+            .await
+            .is_err()
+    );
+
+    // The flag of a cancelled query stays with that query: the connections it used serve the
+    // next queries whole.
+    for _ in 0..4 {
+        let stats = reader.stats(BASE_US).await.unwrap();
+        assert_eq!(stats.total.requests, 5_000);
+        assert_eq!(reader.page(&filter).await.unwrap().entries.len(), 0);
     }
 }
 
