@@ -12,9 +12,9 @@
 //!   is `requests_per_second × WINDOW`, the requests a client can keep sending in each window.
 //!   A client that paces itself by the policy gets the configured rate. An idle client can
 //!   send up to `burst` more in its first window. Sent on 429 responses.
-//! - `RateLimit: "gateway";r=REMAINING;t=SECONDS`. On an allowed response `t` is the time until
-//!   the bucket is full again, rounded up. On a 429 response `r` is 0 and `t` equals
-//!   `Retry-After`, the time until the next token, rounded up to at least one second.
+//! - `RateLimit: "gateway";r=REMAINING;t=SECONDS`, where `t` is the time until the bucket is
+//!   full again, rounded up, on every response. On a 429 response `r` is 0, and `Retry-After`
+//!   is the time until the next token, rounded up to at least one second.
 
 mod layer;
 #[cfg(test)]
@@ -233,12 +233,16 @@ impl<C: Clock> RateLimiter<C> {
     /// `RateLimit-Policy`, `RateLimit` and `Retry-After` headers.
     pub fn rejection<B: From<bytes::Bytes>>(&self, retry_after: Duration) -> Response<B> {
         let seconds = whole_seconds_up(retry_after).max(1);
+        // The next token comes after `retry_after`, and the others of an empty bucket follow
+        // one interval apart.
+        let full_after = retry_after + self.replenish_interval * self.burst.saturating_sub(1);
+        let full_seconds = whole_seconds_up(full_after).max(1);
 
         let mut response =
             json::error_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", None);
         let headers = response.headers_mut();
         headers.insert(RATELIMIT_POLICY, self.policy.clone());
-        headers.insert(RATELIMIT, ratelimit_value(0, seconds));
+        headers.insert(RATELIMIT, ratelimit_value(0, full_seconds));
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         response
     }

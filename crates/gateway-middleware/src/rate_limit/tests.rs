@@ -127,20 +127,21 @@ fn retry_after_is_time_to_next_token() {
 fn rejection_headers_round_up() {
     let (limiter, _clock) = limiter(1, 5);
 
+    // With one token a second and a burst of 5, the bucket is full 4 s after the next token.
     let cases = [
-        (Duration::from_millis(700), "1"),
-        (Duration::from_millis(1), "1"),
-        (Duration::ZERO, "1"),
-        (Duration::from_secs(2), "2"),
-        (Duration::from_millis(2001), "3"),
+        (Duration::from_millis(700), "1", "5"),
+        (Duration::from_millis(1), "1", "5"),
+        (Duration::ZERO, "1", "4"),
+        (Duration::from_secs(2), "2", "6"),
+        (Duration::from_millis(2001), "3", "7"),
     ];
-    for (retry_after, expected) in cases {
+    for (retry_after, expected, full) in cases {
         let response: Response<bytes::Bytes> = limiter.rejection(retry_after);
         let headers = response.headers();
         assert_eq!(headers[header::RETRY_AFTER], expected, "{retry_after:?}");
         assert_eq!(
             headers[RATELIMIT],
-            format!("\"gateway\";r=0;t={expected}").as_str(),
+            format!("\"gateway\";r=0;t={full}").as_str(),
             "{retry_after:?}"
         );
     }
