@@ -2,7 +2,7 @@
 //! fields and the body framing they declare.
 
 use crate::{field_name, header_pool};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
@@ -141,7 +141,12 @@ pub(crate) fn parse_head(
     let uri = if method == Method::OPTIONS && is_bare_authority(&target) {
         Uri::from_static("*")
     } else {
-        Uri::from_maybe_shared(target).map_err(|_| rejected(HeadError::Malformed))?
+        match Uri::from_maybe_shared(target.clone()) {
+            Ok(uri) => uri,
+            Err(_) => encode_unsafe_characters(&target)
+                .and_then(|encoded| Uri::from_maybe_shared(encoded).ok())
+                .ok_or_else(|| rejected(HeadError::Malformed))?,
+        }
     };
     let version = if minor == 0 {
         Version::HTTP_10
@@ -280,6 +285,41 @@ fn last_token(value: &[u8]) -> Option<&[u8]> {
         .find(|token| !token.is_empty())
 }
 
+/// Characters that RFC 3986 does not allow in a URI but that clients such as curl send as
+/// they are in a target, as in `?q="a b"`. `http::Uri` rejects `"` in a query and `<`, `>`
+/// and `` ` `` in a path.
+const UNSAFE_TARGET_CHARACTERS: &[u8] = b"\"<>`";
+
+/// Returns `target` with every character of [`UNSAFE_TARGET_CHARACTERS`] percent-encoded, as a
+/// browser sends them, also where `http::Uri` would take one, or `None` when it has none. A target that `http::Uri` rejects only for
+/// these is then forwarded encoded, where NGINX forwards it as it came, rather than rejected
+/// with a 400 that names nothing. The encoded form means the same to a server that decodes
+/// the target.
+fn encode_unsafe_characters(target: &[u8]) -> Option<Bytes> {
+    if !target
+        .iter()
+        .any(|byte| UNSAFE_TARGET_CHARACTERS.contains(byte))
+    {
+        return None;
+    }
+    let mut encoded = Vec::with_capacity(target.len() + 16);
+    for &byte in target {
+        if UNSAFE_TARGET_CHARACTERS.contains(&byte) {
+            encoded.extend_from_slice(&[
+                b'%',
+                HEX_DIGITS[usize::from(byte >> 4)],
+                HEX_DIGITS[usize::from(byte & 0xf)],
+            ]);
+        } else {
+            encoded.push(byte);
+        }
+    }
+    Some(Bytes::from(encoded))
+}
+
+/// Upper-case hexadecimal digits, as RFC 3986 (section 2.1) recommends for percent-encoding.
+const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +384,23 @@ mod tests {
                 expects_continue: false,
                 trailers: false,
             }
+        );
+    }
+
+    #[test]
+    fn unsafe_target_characters_are_encoded() {
+        let target = |text: &str| parse(text).unwrap().0.uri().clone();
+        assert_eq!(
+            target("GET /a<b>?q=\"x\"&r=`y` HTTP/1.1\r\n\r\n"),
+            "/a%3Cb%3E?q=%22x%22&r=%60y%60"
+        );
+        assert_eq!(target("GET /a`b\"c HTTP/1.1\r\n\r\n"), "/a%60b%22c");
+        // Targets that `Uri` takes as they are stay unchanged.
+        assert_eq!(target("GET /a\"b{c}|^ HTTP/1.1\r\n\r\n"), "/a\"b{c}|^");
+        // Other characters that a target may not hold are still rejected.
+        assert_eq!(
+            parse("GET /a\x01b HTTP/1.1\r\n\r\n").unwrap_err(),
+            HeadError::Malformed
         );
     }
 
