@@ -18,6 +18,7 @@ impl Config {
         let mut warnings = Vec::new();
         self.warn_rate_limits(&mut warnings);
         self.warn_ipv6_prefix(&mut warnings);
+        self.warn_route_cors(&mut warnings);
         self.warn_cors(&mut warnings);
         self.warn_cors_methods(&mut warnings);
         self.warn_cors_max_age(&mut warnings);
@@ -150,10 +151,8 @@ impl Config {
             .into_iter()
             .filter_map(|(name, is_set)| is_set.then_some(name))
             .collect();
-            let (names, verb, pronoun) = match set.as_slice() {
-                [] => continue,
-                [name] => ((*name).to_owned(), "has", "it"),
-                [first @ .., last] => (format!("{} and {last}", first.join(", ")), "have", "them"),
+            let Some((names, verb, pronoun)) = join_field_names(&set) else {
+                continue;
             };
             let reason = if limit.enabled.is_some() {
                 format!(
@@ -169,6 +168,48 @@ impl Config {
             };
             warnings.push(Problem {
                 field: format!("routes[{i}].rate_limiting"),
+                message: format!("{names} {verb} no effect, because {reason}"),
+            });
+        }
+    }
+
+    /// Warns about a route's `cors` fields when CORS is off for the route. A route that leaves
+    /// out `enabled` inherits the top-level one, and a route with `enabled: true` has CORS on
+    /// even when the top level does not.
+    fn warn_route_cors(&self, warnings: &mut Vec<Problem>) {
+        for (i, route) in self.routes.iter().enumerate() {
+            let cors = &route.cors;
+            if cors.enabled.unwrap_or(self.cors.enabled) {
+                continue;
+            }
+            let set: Vec<&str> = [
+                "allowed_origins",
+                "allowed_methods",
+                "allowed_headers",
+                "exposed_headers",
+                "allow_credentials",
+                "max_age",
+            ]
+            .into_iter()
+            .filter(|name| cors.sets(name))
+            .collect();
+            let Some((names, verb, pronoun)) = join_field_names(&set) else {
+                continue;
+            };
+            let reason = if cors.enabled.is_some() {
+                format!(
+                    "this route sets enabled: false, so CORS is off for this route: remove \
+                     {pronoun}, or set enabled: true to turn CORS on for the route"
+                )
+            } else {
+                format!(
+                    "cors.enabled is false at the top level and this route does not set \
+                     enabled, so CORS is off for this route: add enabled: true to this route's \
+                     cors to turn it on, or remove {pronoun}"
+                )
+            };
+            warnings.push(Problem {
+                field: format!("routes[{i}].cors"),
                 message: format!("{names} {verb} no effect, because {reason}"),
             });
         }
@@ -327,5 +368,15 @@ impl Config {
                 ),
             });
         }
+    }
+}
+
+/// Joins the names of the fields that a warning is about into a phrase ("a, b and c"), with
+/// the verb and pronoun that agree with it, or returns `None` when there are none.
+fn join_field_names(names: &[&str]) -> Option<(String, &'static str, &'static str)> {
+    match names {
+        [] => None,
+        [name] => Some(((*name).to_owned(), "has", "it")),
+        [first @ .., last] => Some((format!("{} and {last}", first.join(", ")), "have", "them")),
     }
 }

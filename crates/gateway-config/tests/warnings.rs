@@ -76,6 +76,70 @@ fn effective_rate_limits_do_not_warn() {
 }
 
 #[test]
+fn route_cors_without_enabled_warns() {
+    let found = warnings(&route_with(
+        "",
+        "cors: {allowed_origins: [\"https://app.example.com\"]}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].cors: allowed_origins has no effect, because cors.enabled is false at \
+             the top level and this route does not set enabled"
+        ),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("add enabled: true"), "{found:#?}");
+
+    let found = warnings(&route_with(
+        "cors: {enabled: false}",
+        "cors: {allowed_methods: [GET], allowed_headers: [X-Token], max_age: 1m}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].cors: allowed_methods, allowed_headers and max_age have no effect"
+        ),
+        "{found:#?}"
+    );
+    assert!(found[0].contains("or remove them"), "{found:#?}");
+}
+
+#[test]
+fn route_cors_turned_off_warns() {
+    for top_level in ["", "cors: {enabled: true}"] {
+        let found = warnings(&route_with(
+            top_level,
+            "cors: {enabled: false, exposed_headers: [X-Id]}",
+        ));
+        assert_eq!(found.len(), 1, "{top_level}: {found:#?}");
+        assert!(
+            found[0].starts_with(
+                "routes[0].cors: exposed_headers has no effect, because this route sets \
+                 enabled: false"
+            ),
+            "{top_level}: {found:#?}"
+        );
+        assert!(found[0].contains("remove it"), "{top_level}: {found:#?}");
+    }
+}
+
+#[test]
+fn effective_route_cors_does_not_warn() {
+    let cases = [
+        ("", "cors: {enabled: true, exposed_headers: [X-Id]}"),
+        ("cors: {enabled: true}", "cors: {exposed_headers: [X-Id]}"),
+        ("", "cors: {enabled: false}"),
+        ("", "cors: {}"),
+        ("cors: {enabled: false, max_age: 1m}", "methods: [GET]"),
+    ];
+    for (top_level, route) in cases {
+        let found = warnings(&route_with(top_level, route));
+        assert!(found.is_empty(), "{top_level} {route}: {found:#?}");
+    }
+}
+
+#[test]
 fn cors_without_origins_warns() {
     let found = warnings(&route_with(
         "cors: {enabled: true, allowed_origins: []}",
@@ -183,15 +247,22 @@ fn disabled_null_origin_does_not_warn() {
             "cors: {enabled: true, allowed_origins: [\"null\"]}",
             "cors: {enabled: false}",
         ),
-        (
-            "cors: {enabled: true}",
-            "cors: {enabled: false, allowed_origins: [\"null\"]}",
-        ),
     ];
     for (top_level, route) in cases {
         let found = warnings(&route_with(top_level, route));
         assert!(found.is_empty(), "{top_level} {route}: {found:#?}");
     }
+
+    // The route's list has no effect, which is the only warning it gets.
+    let found = warnings(&route_with(
+        "cors: {enabled: true}",
+        "cors: {enabled: false, allowed_origins: [\"null\"]}",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].cors: allowed_origins has no effect"),
+        "{found:#?}"
+    );
 }
 
 #[test]
