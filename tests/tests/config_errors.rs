@@ -436,6 +436,8 @@ routes:
       - url: "http://127.0.0.1:99999"
       - url: "http://user:secret@127.0.0.1:9001"
       - url: "http://127.0.0.1:0"
+      - url: "http://127.0.0.1:9756/../x"
+      - url: "http://127.0.0.1:9757/%zz"
 "#,
     );
     let path_text = path.display().to_string();
@@ -447,6 +449,11 @@ routes:
         ("routes[0].backends[0].url", "1 to 65535"),
         ("routes[0].backends[1].url", "user name or password"),
         ("routes[0].backends[2].url", "port 0"),
+        (
+            "routes[0].backends[3].url",
+            "write the URL it resolves to, \"http://127.0.0.1:9756/x\"",
+        ),
+        ("routes[0].backends[4].url", "write '%' as %25"),
     ] {
         let line = text
             .lines()

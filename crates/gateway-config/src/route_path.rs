@@ -326,7 +326,7 @@ fn starts_with_encoded(bytes: &[u8], hex: &[u8; 2]) -> bool {
 /// Returns `path` with its `.` and `..` segments resolved as RFC 3986 section 5.2.4 resolves
 /// them, or `None` when a segment also ends at `\`, `%2f` or `%5c`, where backends disagree
 /// on the result.
-fn resolve_dot_segments(path: &str) -> Option<String> {
+pub(crate) fn resolve_dot_segments(path: &str) -> Option<String> {
     let segments: Vec<&str> = path[1..].split('/').collect();
     let mut resolved: Vec<&str> = Vec::with_capacity(segments.len());
     for (i, segment) in segments.iter().enumerate() {

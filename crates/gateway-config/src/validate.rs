@@ -7,7 +7,8 @@ use crate::model::{
 use crate::origin::{OPAQUE_ORIGIN, check_origin};
 use crate::route_conflict::RouteSet;
 use crate::route_path::{
-    invalid_percent_encoding, is_admin_path, match_form, push_encoded, route_patterns,
+    dot_segment, invalid_percent_encoding, is_admin_path, match_form, push_encoded,
+    resolve_dot_segments, route_patterns,
 };
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
@@ -551,6 +552,41 @@ fn check_backend_url(url: &str) -> Result<(), String> {
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!("{url:?} must not have a query or fragment"));
+    }
+    check_backend_path(url, uri.path())
+}
+
+/// Checks the path prefix of a backend URL for the spellings that route paths reject. The
+/// gateway puts the prefix in front of every path it forwards, so a `.` or `..` segment would
+/// send requests to other paths than the prefix, and a `%` must start a percent-encoding.
+/// `path` is the URL's path as written, at the end of `url`, since a query or fragment was
+/// rejected before.
+fn check_backend_path(url: &str, path: &str) -> Result<(), String> {
+    // A URL without a path gets "/" from the parser, which needs no check.
+    let Some(before_path) = url.strip_suffix(path) else {
+        return Ok(());
+    };
+    if let Some(at) = invalid_percent_encoding(path) {
+        let text: String = path[at..].chars().take(3).collect();
+        return Err(format!(
+            "{url:?} contains {text:?} in its path, which is not a percent-encoding ('%' and two \
+             hex digits), so the backend would reject or misread every forwarded path: write '%' \
+             as %25, like {:?}",
+            format!("{before_path}{}%25{}", &path[..at], &path[at + 1..])
+        ));
+    }
+    if let Some(segment) = dot_segment(path) {
+        let fix = match resolve_dot_segments(path) {
+            Some(resolved) => {
+                let resolved_url = format!("{before_path}{resolved}");
+                format!("write the URL it resolves to, {resolved_url:?}")
+            }
+            None => "remove that segment".to_owned(),
+        };
+        return Err(format!(
+            "segment {segment:?} of the path of {url:?} is a '.' or '..' segment, which the \
+             backend would resolve, so requests would reach other paths than the prefix: {fix}"
+        ));
     }
     Ok(())
 }

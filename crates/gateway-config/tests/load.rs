@@ -1603,3 +1603,86 @@ fn blob_origin_points_to_inner_origin() {
     ));
     assert!(found[0].contains("no \"//\" and host"), "{found:#?}");
 }
+
+#[test]
+fn backend_url_path_prefix_is_checked() {
+    let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001/../x"
+      - url: "http://127.0.0.1:9002/%zz"
+      - url: "http://127.0.0.1:9003/v1/%2E%2e/x"
+      - url: "http://127.0.0.1:9004/v1/.;x"
+      - url: "http://127.0.0.1:9005/v1/%2"
+      - url: "http://127.0.0.1:9006/v1/..%2Fx"
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 6, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].backends[0].url: segment \"..\" of the path of \
+             \"http://127.0.0.1:9001/../x\" is a '.' or '..' segment"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].ends_with("write the URL it resolves to, \"http://127.0.0.1:9001/x\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "routes[0].backends[1].url: \"http://127.0.0.1:9002/%zz\" contains \"%zz\" in its \
+             path, which is not a percent-encoding"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].ends_with("like \"http://127.0.0.1:9002/%25zz\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].starts_with("routes[0].backends[2].url: segment \"%2E%2e\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].ends_with("\"http://127.0.0.1:9003/x\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[3].starts_with("routes[0].backends[3].url: segment \".;x\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[3].ends_with("\"http://127.0.0.1:9004/v1/\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[4].starts_with("routes[0].backends[4].url: \"http://127.0.0.1:9005/v1/%2\" contains"),
+        "{found:#?}"
+    );
+    assert!(
+        found[5].starts_with("routes[0].backends[5].url: segment \"..\""),
+        "{found:#?}"
+    );
+    assert!(found[5].ends_with("remove that segment"), "{found:#?}");
+}
+
+#[test]
+fn backend_url_path_prefix_accepts_valid_spellings() {
+    // Dots inside a segment, percent-encodings and a trailing slash make a valid prefix.
+    let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends:
+      - url: "http://127.0.0.1:9001/v1.2/..x/%2E%2E%2Ex/"
+      - url: "http://127.0.0.1:9002/%25/%C3%BC"
+      - url: "http://127.0.0.1:9003"
+      - url: "http://127.0.0.1:9004/"
+"#;
+    let config = match Config::from_yaml(text, "test.yaml") {
+        Ok(config) => config,
+        Err(error) => panic!("the file was rejected: {error}"),
+    };
+    assert_eq!(config.routes[0].backends.len(), 4);
+}
