@@ -25,8 +25,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// Each task sends `GET` to the backend's URL joined with `path` (`http://h:1/v1` with
 /// `/health` probes `http://h:1/v1/health`) right away and then every `interval`, and records
 /// the result with [`Backend::record_check_success`] or [`Backend::record_check_failure`]. A probe
-/// fails on a connect error, on a status outside 2xx, or when it takes longer than `timeout`,
-/// including reading the response body. The backend's own
+/// fails on a connect error, on a status outside 2xx and 3xx (redirects are not followed), or
+/// when it takes longer than `timeout`, including reading the response body. The backend's own
 /// [`HealthPolicy`](gateway_balancer::HealthPolicy) decides when it becomes healthy or
 /// unhealthy, so the config's threshold fields take effect only through the policy the backend
 /// was built with.

@@ -60,7 +60,7 @@ pub(crate) enum ProbeError {
     /// The probe, including the response body, took longer than the health check timeout.
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
-    /// The backend responded with a status outside 2xx.
+    /// The backend responded with a status outside 2xx and 3xx.
     #[error("status {}", .0.as_u16())]
     Status(StatusCode),
 }
@@ -187,8 +187,8 @@ pub(crate) fn probe_url(base: &Uri, path: &str) -> Result<Uri, InvalidProbeUrl> 
     }
 }
 
-/// Sends one `GET` to `url`, reads and discards the response body, and succeeds on a 2xx
-/// status. The whole exchange must finish within `timeout`.
+/// Sends one `GET` to `url`, reads and discards the response body, and succeeds on a status
+/// that [`status_passes`] accepts. The whole exchange must finish within `timeout`.
 pub(crate) async fn probe(
     client: &ProbeClient,
     url: &Uri,
@@ -228,10 +228,18 @@ async fn exchange(client: &ProbeClient, url: &Uri) -> Result<(), ProbeError> {
         }
     }
 
-    if !status.is_success() {
+    if !status_passes(status) {
         return Err(ProbeError::Status(status));
     }
     body_result
+}
+
+/// Returns whether a probe's response status counts as passing: 2xx and 3xx, as HAProxy's
+/// `option httpchk` and NGINX Plus's `health_check` count them by default (nginx.org's
+/// `ngx_http_upstream_hc_module` page). A redirect is not followed, so a `/health` that
+/// redirects to `/health/` passes.
+fn status_passes(status: StatusCode) -> bool {
+    status.is_success() || status.is_redirection()
 }
 
 #[cfg(test)]
@@ -303,6 +311,18 @@ mod tests {
         assert!(has_route_to(&Uri::from_static("http://localhost:9/health")).await);
         // A broadcast address has no route for a socket that did not ask for broadcasts.
         assert!(!has_route_to(&Uri::from_static("http://255.255.255.255:9/health")).await);
+    }
+
+    #[test]
+    fn success_and_redirect_statuses_pass() {
+        for code in [200, 204, 299, 300, 301, 302, 304, 307, 308, 399] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(status_passes(status), "{code} fails");
+        }
+        for code in [100, 101, 199, 400, 404, 429, 500, 503, 599] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(!status_passes(status), "{code} passes");
+        }
     }
 
     #[test]

@@ -113,6 +113,40 @@ async fn failing_backend_becomes_unhealthy() {
 }
 
 #[tokio::test]
+async fn redirecting_backend_stays_healthy() {
+    for code in [301, 302, 307, 308] {
+        let mock = MockBackend::start("/health", status(code)).await;
+        let backend = backend(&mock.url(), 1, 1);
+        let (tasks, sender) = start(vec![(Arc::clone(&backend), check("/health"))]);
+
+        wait_until("three probes arrived", || mock.request_count() >= 3).await;
+        let snapshot = backend.snapshot();
+        assert!(snapshot.healthy, "{code}: {snapshot:?}");
+        assert_eq!(snapshot.total_failures, 0, "{code}");
+        assert_eq!(snapshot.last_error, None, "{code}");
+        // The probe does not follow the redirect to /health/, which would get 404.
+        for request in mock.requests() {
+            assert_eq!(request.path, "/health", "{code}");
+        }
+        stop(tasks, sender).await;
+    }
+}
+
+#[tokio::test]
+async fn client_error_status_counts_as_failure() {
+    let mock = MockBackend::start("/health", status(404)).await;
+    let backend = backend(&mock.url(), 1, 1);
+    let (tasks, sender) = start(vec![(Arc::clone(&backend), check("/health"))]);
+
+    wait_until("backend is unhealthy", || !backend.is_healthy()).await;
+    assert_eq!(
+        backend.snapshot().last_error.as_deref(),
+        Some("health check failed: status 404")
+    );
+    stop(tasks, sender).await;
+}
+
+#[tokio::test]
 async fn unhealthy_backend_recovers() {
     let code = status(503);
     let mock = MockBackend::start("/health", Arc::clone(&code)).await;

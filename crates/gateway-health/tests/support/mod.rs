@@ -135,6 +135,13 @@ fn respond(
     };
     let mut response = Response::new(Full::new(Bytes::from_static(b"{\"status\":\"checked\"}")));
     *response.status_mut() = status;
+    // A redirect points to the path with a slash added, to which the backend responds with 404.
+    if status.is_redirection() {
+        let location = format!("{health_path}/");
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location.parse().unwrap());
+    }
     response
 }
 
