@@ -361,7 +361,15 @@ mod tests {
             before: Some(before.to_owned()),
             limit: 100,
         };
-        for before in ["", "42", "1700000000000000.", "+1.2", "1.2.3"] {
+        for before in [
+            "",
+            "42",
+            "1700000000000000.",
+            "+1.2",
+            "-1.5",
+            "1.-5",
+            "1.2.3",
+        ] {
             let error = logs(Path::new("unused.yaml"), &args(before))
                 .await
                 .unwrap_err();

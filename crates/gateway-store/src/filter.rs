@@ -60,8 +60,8 @@ pub struct LogCursor {
 impl FromStr for LogCursor {
     type Err = StoreError;
 
-    /// Parses `<ts_us>.<id>`: two integers of ASCII digits, each with an optional leading `-`,
-    /// joined by a dot.
+    /// Parses `<ts_us>.<id>`: two integers of ASCII digits joined by a dot. Neither part is
+    /// ever negative, so a sign is rejected.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || StoreError::InvalidCursor {
             value: text.to_owned(),
@@ -74,11 +74,10 @@ impl FromStr for LogCursor {
     }
 }
 
-/// Parses an `i64` written as digits with an optional leading `-`. Rust's integer parser also
-/// takes a leading `+`, which the text form never contains.
+/// Parses a non-negative `i64` written as ASCII digits alone. Rust's integer parser also takes
+/// a leading `+` or `-`, which the text form never contains.
 fn parse_integer(text: &str) -> Option<i64> {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
     text.parse().ok()
@@ -215,8 +214,10 @@ mod tests {
         assert_eq!(cursor.ts_us, 1_700_000_000_000_000);
         assert_eq!(cursor.id, 42);
 
-        let negative = "-5.-7".parse::<LogCursor>().unwrap();
-        assert_eq!(negative, LogCursor { ts_us: -5, id: -7 });
+        let zero = "0.0".parse::<LogCursor>().unwrap();
+        assert_eq!(zero, LogCursor { ts_us: 0, id: 0 });
+        let leading_zeros = "007.0042".parse::<LogCursor>().unwrap();
+        assert_eq!(leading_zeros, LogCursor { ts_us: 7, id: 42 });
     }
 
     #[test]
@@ -228,7 +229,7 @@ mod tests {
                 id: 42,
             },
             LogCursor {
-                ts_us: i64::MIN,
+                ts_us: i64::MAX,
                 id: i64::MAX,
             },
         ] {
@@ -254,6 +255,11 @@ mod tests {
             "1700000000000000.42 ",
             "--5.42",
             "-.42",
+            "-1.5",
+            "1.-5",
+            "-5.-7",
+            "-0.0",
+            "0.-0",
             "1.5e3",
             "0x10.42",
             "abc.def",
