@@ -347,9 +347,10 @@ fn run_bounded(args: &[&str]) -> Output {
 const ROUTE: &str =
     "routes:\n  - path: /api/*rest\n    backends:\n      - url: http://127.0.0.1:9\n";
 
-/// Sections with three settings that have no effect: a route's rate limit fields while rate
-/// limiting is off, a route's CORS fields while its CORS is off, and CORS that allows no
-/// origin. `{port}` and `{dir}` are left for [`GatewayProcess::start`] to fill in.
+/// Sections with four settings that have no effect: a route's rate limit fields while rate
+/// limiting is off, a route's CORS fields while its CORS is off, a method listed twice, and
+/// CORS that allows no origin. `{port}` and `{dir}` are left for [`GatewayProcess::start`] to
+/// fill in.
 const WITHOUT_EFFECT: &str = r#"
 server:
   host: 127.0.0.1
@@ -370,6 +371,7 @@ routes:
   - path: "/b/*rest"
     backends:
       - url: "http://127.0.0.1:9"
+    methods: [GET, GET]
     cors:
       enabled: false
       allowed_origins: ["https://app.example.com"]
@@ -395,6 +397,7 @@ fn check_warns_about_settings_without_effect() {
     for (field, fix) in [
         ("routes[0].rate_limiting", "add enabled: true"),
         ("routes[1].cors", "set enabled: true"),
+        ("routes[1].methods", "list each method once"),
         ("cors.allowed_origins", "list the allowed origins"),
     ] {
         let prefix = format!("apigateway: {path_text}: warning: {field}: ");
@@ -413,6 +416,7 @@ fn start_logs_settings_without_effect() {
     for (field, fix) in [
         ("routes[0].rate_limiting", "add enabled: true"),
         ("routes[1].cors", "set enabled: true"),
+        ("routes[1].methods", "list each method once"),
         ("cors.allowed_origins", "list the allowed origins"),
     ] {
         let line = lines

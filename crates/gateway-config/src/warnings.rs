@@ -16,6 +16,7 @@ impl Config {
     /// The gateway prints them at start and in `--check`, and serves all the same.
     pub fn warnings(&self) -> Vec<Problem> {
         let mut warnings = Vec::new();
+        self.warn_repeated_methods(&mut warnings);
         self.warn_rate_limits(&mut warnings);
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_route_cors(&mut warnings);
@@ -130,6 +131,39 @@ impl Config {
                     ),
                 });
             }
+        }
+    }
+
+    /// Warns about a method that a route's `methods` lists more than once. The route accepts
+    /// each listed method, so a repeat changes nothing, but it may hide a typo for another
+    /// method.
+    fn warn_repeated_methods(&self, warnings: &mut Vec<Problem>) {
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some(methods) = route.methods.as_deref() else {
+                continue;
+            };
+            let mut unique: Vec<&str> = Vec::with_capacity(methods.len());
+            let mut repeated: Vec<&str> = Vec::new();
+            for method in methods {
+                if !unique.contains(&method.as_str()) {
+                    unique.push(method);
+                } else if !repeated.contains(&method.as_str()) {
+                    repeated.push(method);
+                }
+            }
+            let (names, verb) = match repeated.as_slice() {
+                [] => continue,
+                [method] => ((*method).to_owned(), "is"),
+                [first @ .., last] => (format!("{} and {last}", first.join(", ")), "are"),
+            };
+            warnings.push(Problem {
+                field: format!("routes[{i}].methods"),
+                message: format!(
+                    "{names} {verb} listed more than once, which has no effect: list each method \
+                     once, like [{}]",
+                    unique.join(", ")
+                ),
+            });
         }
     }
 

@@ -76,6 +76,37 @@ fn effective_rate_limits_do_not_warn() {
 }
 
 #[test]
+fn repeated_method_warns() {
+    let found = warnings(&route_with("", "methods: [GET, POST, GET]"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        found[0],
+        "routes[0].methods: GET is listed more than once, which has no effect: list each method \
+         once, like [GET, POST]"
+    );
+
+    let found = warnings(&route_with(
+        "",
+        "methods: [PUT, GET, PUT, DELETE, GET, PUT]",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("routes[0].methods: PUT and GET are listed more than once"),
+        "{found:#?}"
+    );
+    assert!(found[0].ends_with("like [PUT, GET, DELETE]"), "{found:#?}");
+}
+
+#[test]
+fn distinct_methods_do_not_warn() {
+    // GET takes HEAD as well, but listing both is no repeat.
+    for methods in ["[GET]", "[GET, HEAD]", "[GET, POST, PUT, DELETE]"] {
+        let found = warnings(&route_with("", &format!("methods: {methods}")));
+        assert!(found.is_empty(), "{methods}: {found:#?}");
+    }
+}
+
+#[test]
 fn route_cors_without_enabled_warns() {
     let found = warnings(&route_with(
         "",
