@@ -493,6 +493,16 @@ async fn drop_warning_is_rate_limited() {
     }
     let writer = writer.spawn();
     assert_eq!(wait_for_rows(&config.database, 4).await, 4);
+    // The writer warns after its commit, which the query above can see first. The second
+    // burst of drops must come after that warning.
+    let waited = std::time::Instant::now();
+    while buffer.warnings().is_empty() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "no drop warning"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     for i in 100..200 {
         log.record(record(i, now_us()));
