@@ -320,6 +320,34 @@ async fn retry_after_is_long_enough() {
 }
 
 #[tokio::test]
+async fn decimal_rate_limits_and_reports() {
+    let mock = MockProcess::start("Decimal");
+    let gateway = GatewayProcess::start(&gateway_config(
+        "[]",
+        "{enabled: true, requests_per_second: 0.2, burst: 2, key: client_ip}",
+        &route("/api/*rest", &mock.url, ""),
+    ));
+    let url = format!("{}/api/login", gateway.url);
+    let client = keep_alive_client();
+
+    // One token every 5 s, so each missing token adds 5 s until the bucket is full.
+    let first = send(&client, &url, &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("ratelimit"), "\"gateway\";r=1;t=5");
+    let second = send(&client, &url, &[]).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("ratelimit"), "\"gateway\";r=0;t=10");
+
+    // The next token is under 5 s away, so both fields round up to whole seconds.
+    let rejected = send(&client, &url, &[]).await;
+    assert_eq!(rejected.status, 429);
+    assert_eq!(rejected.header("retry-after"), "5");
+    assert_eq!(rejected.header("ratelimit"), "\"gateway\";r=0;t=10");
+    assert_eq!(rejected.header("ratelimit-policy"), "\"gateway\";q=2;w=10");
+    assert_eq!(backend_requests(&mock).await, 2);
+}
+
+#[tokio::test]
 async fn forwarded_clients_get_own_budgets() {
     let mock = MockProcess::start("PerClient");
     let gateway = behind_loopback_proxy(

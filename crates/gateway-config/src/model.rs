@@ -191,14 +191,24 @@ pub enum RateLimitKey {
 /// The default of [`RateLimitConfig::ipv6_prefix`].
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
+/// The slowest [`RateLimitConfig::requests_per_second`]: one request per hour. Buckets live in
+/// memory and start full after a restart or reload, so a slower limit would not hold, and an
+/// idle client's bucket would stay in memory for `burst` hours or more.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 1.0 / 3600.0;
+
+/// The fastest [`RateLimitConfig::requests_per_second`]: one token a nanosecond, the
+/// resolution of the limiter's clock.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 1e9;
+
 /// A token-bucket rate limit.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Whether the limit applies. Default false.
     pub enabled: bool,
-    /// Tokens added per second. Default 100.
-    pub requests_per_second: u32,
+    /// Tokens added per second, a whole or decimal number such as `0.2` (one token every 5
+    /// seconds), from [`MIN_REQUESTS_PER_SECOND`] to [`MAX_REQUESTS_PER_SECOND`]. Default 100.
+    pub requests_per_second: f64,
     /// Bucket size: requests an idle client may send at once. Default 50.
     pub burst: u32,
     /// Bucket key. Default `client_ip`.
@@ -214,7 +224,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             enabled: false,
-            requests_per_second: 100,
+            requests_per_second: 100.0,
             burst: 50,
             key: RateLimitKey::ClientIp,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
@@ -229,7 +239,7 @@ pub struct RateLimitOverride {
     /// Replaces `enabled`.
     pub enabled: Option<bool>,
     /// Replaces `requests_per_second`.
-    pub requests_per_second: Option<u32>,
+    pub requests_per_second: Option<f64>,
     /// Replaces `burst`.
     pub burst: Option<u32>,
     /// Replaces `key`.

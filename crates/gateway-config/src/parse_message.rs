@@ -39,6 +39,9 @@ fn explain_message(
     if let Some(range) = integer_range_message(&message, field) {
         return range;
     }
+    if let Some(number) = decimal_message(&message) {
+        return number;
+    }
     if let Some(reworded) = type_message(&message, field) {
         return reworded;
     }
@@ -228,6 +231,21 @@ fn integer_range_message(message: &str, field: &str) -> Option<String> {
     let found = yaml_value(found);
     Some(format!(
         "must be {whole}between {min} and {max}, got {found}{hint}"
+    ))
+}
+
+/// Rewrites serde's `invalid type: string "fast", expected f64` for a field that takes a
+/// decimal number, such as `rate_limiting.requests_per_second`. Validation checks the range.
+fn decimal_message(message: &str) -> Option<String> {
+    let found = message.strip_suffix(", expected f64")?;
+    let found = found
+        .strip_prefix("invalid type: ")
+        .or_else(|| found.strip_prefix("invalid value: "))
+        .unwrap_or(found);
+    let hint = leading_zero_hint(found);
+    let found = yaml_value(found);
+    Some(format!(
+        "must be a number, whole or decimal, such as 10 or 0.5, got {found}{hint}"
     ))
 }
 
@@ -435,6 +453,28 @@ mod tests {
             ),
             "must be a whole number between 1 and 65535, got string \"abc\""
         );
+    }
+
+    #[test]
+    fn decimal_fields_name_their_form() {
+        let cases = [
+            (
+                "invalid type: string \"fast\", expected f64",
+                "got string \"fast\"",
+            ),
+            (
+                "invalid type: unit value, expected f64",
+                "got an empty value",
+            ),
+            ("invalid type: map, expected f64", "got a mapping"),
+        ];
+        for (message, got) in cases {
+            assert_eq!(
+                explain(message, "rate_limiting.requests_per_second", "", None),
+                format!("must be a number, whole or decimal, such as 10 or 0.5, {got}"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
@@ -664,7 +704,7 @@ mod tests {
         assert_eq!(short_float("`2.5`"), "`2.5`");
         let message = format!("invalid type: floating point {long}, expected u32");
         assert_eq!(
-            explain(&message, "rate_limiting.requests_per_second", "", None),
+            explain(&message, "rate_limiting.burst", "", None),
             "must be a whole number between 1 and 4294967295, got the floating-point number `1e300`"
         );
     }

@@ -2,7 +2,8 @@
 
 use crate::Problem;
 use crate::model::{
-    BackendConfig, Config, CorsConfig, DEFAULT_MAX_ROWS, HealthCheckConfig, RateLimitConfig,
+    BackendConfig, Config, CorsConfig, DEFAULT_MAX_ROWS, HealthCheckConfig,
+    MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND, RateLimitConfig,
 };
 use crate::origin::{OPAQUE_ORIGIN, check_origin};
 use crate::route_conflict::RouteSet;
@@ -615,31 +616,45 @@ fn check_method(problems: &mut Problems, field: &str, method: &str) {
     }
 }
 
-/// The fastest rate a token bucket can refill at: one token a nanosecond.
-const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000_000;
-
 fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitConfig) {
-    if limit.requests_per_second == 0 {
-        // The values are checked while the limit is off too, so that an invalid rate is
-        // found before the limit is turned on.
-        let fix = if limit.enabled {
-            "set enabled: false to turn the limit off"
-        } else {
-            "the limit is off, but its values must still be valid: remove the field or set a rate"
-        };
+    let rate = limit.requests_per_second;
+    let rate_field = format!("{field}.requests_per_second");
+    // The values are checked while the limit is off too, so that an invalid rate is found
+    // before the limit is turned on.
+    let off_fix = if limit.enabled {
+        "set enabled: false to turn the limit off"
+    } else {
+        "the limit is off, but its values must still be valid: remove the field or set a rate"
+    };
+    if rate.is_nan() {
+        problems.push(rate_field, format!("must be a number, got .nan; {off_fix}"));
+    } else if rate <= 0.0 {
         problems.push(
-            format!("{field}.requests_per_second"),
-            format!("must be at least 1, got 0; {fix}"),
-        );
-    }
-    // The limiter adds a token every 1 / rate seconds, kept in whole nanoseconds, so a faster
-    // rate would refill at once and limit nothing.
-    if limit.requests_per_second > MAX_REQUESTS_PER_SECOND {
-        problems.push(
-            format!("{field}.requests_per_second"),
+            rate_field,
             format!(
-                "must be at most {MAX_REQUESTS_PER_SECOND} (one token a nanosecond), got {}; to not limit at all, set enabled: false",
-                limit.requests_per_second
+                "must be greater than 0, got {}; {off_fix}",
+                yaml_number(rate)
+            ),
+        );
+    } else if rate < MIN_REQUESTS_PER_SECOND {
+        problems.push(
+            rate_field,
+            format!(
+                "must be at least one request per hour (1/3600, written 0.000278 or more), got \
+                 {}: buckets live in memory and start full again after a restart or reload, so \
+                 a slower limit would not hold; for a stricter limit, also lower burst",
+                yaml_number(rate)
+            ),
+        );
+    } else if rate > MAX_REQUESTS_PER_SECOND {
+        // The limiter adds a token every 1 / rate seconds, kept in whole nanoseconds, so a
+        // faster rate would refill at once and limit nothing.
+        problems.push(
+            rate_field,
+            format!(
+                "must be at most {MAX_REQUESTS_PER_SECOND} (one token a nanosecond), got {}; to \
+                 not limit at all, set enabled: false",
+                yaml_number(rate)
             ),
         );
     }
@@ -660,6 +675,22 @@ fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitCo
                 limit.ipv6_prefix
             ),
         );
+    }
+}
+
+/// Formats `number` for a message: `.inf` and `-.inf` for infinities as YAML spells them,
+/// whole numbers without a fractional part, and numbers longer than 20 characters, such as
+/// `1e-30`, in exponent form.
+fn yaml_number(number: f64) -> String {
+    if number.is_infinite() {
+        let sign = if number < 0.0 { "-" } else { "" };
+        return format!("{sign}.inf");
+    }
+    let text = number.to_string();
+    if text.len() > 20 {
+        format!("{number:e}")
+    } else {
+        text
     }
 }
 

@@ -407,7 +407,7 @@ routes:
     assert_eq!(health.healthy_threshold, 2);
     let limit = route.effective_rate_limit(&config.rate_limiting);
     assert!(limit.enabled);
-    assert_eq!(limit.requests_per_second, 10);
+    assert_eq!(limit.requests_per_second, 10.0);
     assert_eq!(limit.burst, 3);
     assert_eq!(limit.key, RateLimitKey::Global);
 }
@@ -1454,7 +1454,7 @@ fn zero_rate_fix_fits_enabled() {
     ));
     assert_eq!(on.len(), 1, "{on:#?}");
     assert!(
-        on[0].ends_with("must be at least 1, got 0; set enabled: false to turn the limit off"),
+        on[0].ends_with("must be greater than 0, got 0; set enabled: false to turn the limit off"),
         "{on:#?}"
     );
 
@@ -1560,6 +1560,83 @@ fn rate_faster_than_nanosecond_rejected() {
     assert!(found[0].contains("enabled: false"), "{found:#?}");
     let fastest = format!("rate_limiting:\n  requests_per_second: 1000000000\n{ONE_ROUTE}");
     assert!(gateway_config::Config::from_yaml(&fastest, "test.yaml").is_ok());
+}
+
+#[test]
+fn decimal_rates_accepted() {
+    let text = format!(
+        "rate_limiting:\n  requests_per_second: 0.2\n{ONE_ROUTE}    rate_limiting: \
+         {{requests_per_second: 0.000278}}\n"
+    );
+    let config = Config::from_yaml(&text, "test.yaml").unwrap();
+    assert_eq!(config.rate_limiting.requests_per_second, 0.2);
+    let route = config.routes[0].effective_rate_limit(&config.rate_limiting);
+    assert_eq!(route.requests_per_second, 0.000278);
+
+    for (written, value) in [("2.5", 2.5), ("1e3", 1000.0), ("7", 7.0), ("100", 100.0)] {
+        let text = format!("rate_limiting:\n  requests_per_second: {written}\n{ONE_ROUTE}");
+        let config = Config::from_yaml(&text, "test.yaml").unwrap();
+        assert_eq!(config.rate_limiting.requests_per_second, value, "{written}");
+    }
+}
+
+#[test]
+fn rate_below_one_per_hour_rejected() {
+    for (written, shown) in [("0.0002", "0.0002"), ("1e-30", "1e-30")] {
+        let found = problems(&format!(
+            "rate_limiting:\n  requests_per_second: {written}\n{ONE_ROUTE}"
+        ));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with(
+                "rate_limiting.requests_per_second: must be at least one request per hour \
+                 (1/3600, written 0.000278 or more), got "
+            ),
+            "{found:#?}"
+        );
+        assert!(found[0].contains(&format!("got {shown}: ")), "{found:#?}");
+        assert!(found[0].contains("restart or reload"), "{found:#?}");
+    }
+}
+
+#[test]
+fn rate_not_positive_or_not_finite_rejected() {
+    let cases = [
+        ("-1", "must be greater than 0, got -1; "),
+        ("-0.5", "must be greater than 0, got -0.5; "),
+        ("-.inf", "must be greater than 0, got -.inf; "),
+        (".nan", "must be a number, got .nan; "),
+        (
+            ".inf",
+            "must be at most 1000000000 (one token a nanosecond), got .inf; ",
+        ),
+    ];
+    for (written, message) in cases {
+        let found = problems(&format!(
+            "{ONE_ROUTE}    rate_limiting: {{enabled: true, requests_per_second: {written}}}\n"
+        ));
+        assert_eq!(found.len(), 1, "{written}: {found:#?}");
+        assert!(
+            found[0].starts_with(&format!(
+                "routes[0].rate_limiting.requests_per_second: {message}"
+            )),
+            "{found:#?}"
+        );
+    }
+}
+
+#[test]
+fn rate_of_wrong_type_names_number() {
+    let message = parse_error(&format!(
+        "rate_limiting:\n  requests_per_second: fast\n{ONE_ROUTE}"
+    ));
+    assert!(
+        message.ends_with(
+            "rate_limiting.requests_per_second: must be a number, whole or decimal, such as 10 \
+             or 0.5, got string \"fast\""
+        ),
+        "{message}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ fn limiter(key: RateLimitKey) -> RateLimiter {
     // A limit no benchmark loop reaches, so every check takes the allowed path.
     RateLimiter::new(&RateLimitConfig {
         enabled: true,
-        requests_per_second: 1_000_000_000,
+        requests_per_second: 1e9,
         burst: 1_000_000_000,
         key,
         ipv6_prefix: 64,

@@ -17,7 +17,7 @@ use tower::{Layer, Service, ServiceExt};
 
 type Limiter = RateLimiter<FakeRelativeClock>;
 
-fn config(requests_per_second: u32, burst: u32) -> RateLimitConfig {
+fn config(requests_per_second: f64, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
         enabled: true,
         requests_per_second,
@@ -68,7 +68,7 @@ fn ip(text: &str) -> IpAddr {
 
 #[tokio::test]
 async fn layer_answers_429_without_calling_inner() {
-    let (limiter, _clock) = limiter(&config(1, 2));
+    let (limiter, _clock) = limiter(&config(1.0, 2));
     let calls = Arc::new(AtomicUsize::new(0));
     let service = RateLimitLayer::new(limiter).layer(counting_service(Arc::clone(&calls)));
     let client = Some(ip("198.51.100.7"));
@@ -108,7 +108,7 @@ async fn layer_answers_429_without_calling_inner() {
 
 #[tokio::test]
 async fn layer_allows_again_after_refill() {
-    let (limiter, clock) = limiter(&config(1, 1));
+    let (limiter, clock) = limiter(&config(1.0, 1));
     let calls = Arc::new(AtomicUsize::new(0));
     let service = RateLimitLayer::new(limiter).layer(counting_service(Arc::clone(&calls)));
     let client = Some(ip("198.51.100.7"));
@@ -138,7 +138,7 @@ async fn layer_allows_again_after_refill() {
 
 #[tokio::test]
 async fn client_ip_extension_wins_over_peer() {
-    let (limiter, _clock) = limiter(&config(1, 1));
+    let (limiter, _clock) = limiter(&config(1.0, 1));
     let calls = Arc::new(AtomicUsize::new(0));
     let service = RateLimitLayer::new(Arc::clone(&limiter)).layer(counting_service(calls));
     let proxy: SocketAddr = "10.0.0.1:40000".parse().unwrap();
@@ -154,7 +154,7 @@ async fn client_ip_extension_wins_over_peer() {
 
 #[tokio::test]
 async fn peer_address_keys_without_client_ip() {
-    let (limiter, _clock) = limiter(&config(1, 1));
+    let (limiter, _clock) = limiter(&config(1.0, 1));
     let calls = Arc::new(AtomicUsize::new(0));
     let service = RateLimitLayer::new(Arc::clone(&limiter)).layer(counting_service(calls));
 
@@ -186,7 +186,7 @@ async fn peer_address_keys_without_client_ip() {
 
 #[tokio::test]
 async fn request_without_address_uses_unspecified() {
-    let (limiter, _clock) = limiter(&config(1, 1));
+    let (limiter, _clock) = limiter(&config(1.0, 1));
     let calls = Arc::new(AtomicUsize::new(0));
     let service = RateLimitLayer::new(Arc::clone(&limiter)).layer(counting_service(calls));
 
@@ -214,7 +214,7 @@ async fn request_without_address_uses_unspecified() {
 
 #[tokio::test]
 async fn disabled_limiter_passes_through() {
-    let mut config = config(1, 1);
+    let mut config = config(1.0, 1);
     config.enabled = false;
     let (limiter, _clock) = limiter(&config);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -232,7 +232,7 @@ async fn disabled_limiter_passes_through() {
 
 #[test]
 fn idle_buckets_are_evicted() {
-    let (limiter, clock) = limiter(&config(100, 50));
+    let (limiter, clock) = limiter(&config(100.0, 50));
 
     for n in 0..100_000u32 {
         let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
@@ -253,7 +253,7 @@ fn idle_buckets_are_evicted() {
 
 #[tokio::test(start_paused = true)]
 async fn eviction_task_runs_until_shutdown() {
-    let (limiter, clock) = limiter(&config(100, 50));
+    let (limiter, clock) = limiter(&config(100.0, 50));
     for n in 0..1000u32 {
         limiter.check(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)));
     }
@@ -277,7 +277,7 @@ async fn eviction_task_runs_until_shutdown() {
 
 #[tokio::test(start_paused = true)]
 async fn eviction_task_ends_with_limiter() {
-    let (limiter, _clock) = limiter(&config(100, 50));
+    let (limiter, _clock) = limiter(&config(100.0, 50));
     let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let task = limiter.spawn_eviction(Duration::from_secs(1), shutdown_rx);
 

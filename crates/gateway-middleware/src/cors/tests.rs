@@ -499,7 +499,7 @@ fn limited_service()
 -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> {
     let limit = RateLimitConfig {
         enabled: true,
-        requests_per_second: 1,
+        requests_per_second: 1.0,
         burst: 1,
         key: RateLimitKey::Global,
         ipv6_prefix: 64,

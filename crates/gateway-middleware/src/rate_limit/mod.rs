@@ -3,15 +3,19 @@
 //! holds a whole block and could otherwise take a fresh bucket with each address in it.
 //!
 //! An idle client may send `burst` requests at once, then `requests_per_second` per second on
-//! average. A rejected request costs no token. Responses carry the `RateLimit` fields in the
-//! structured-field form of draft-ietf-httpapi-ratelimit-headers-11 (the same syntax as
-//! revision -10), with one policy named `"gateway"`:
+//! average, one token every `1 / requests_per_second` seconds. The rate may be a decimal
+//! number, such as `0.2` for one request every 5 seconds. A rejected request costs no token.
+//! Responses carry the `RateLimit` fields in the structured-field form of
+//! draft-ietf-httpapi-ratelimit-headers-11 (the same syntax as revision -10), with one policy
+//! named `"gateway"`:
 //!
 //! - `RateLimit-Policy: "gateway";q=QUOTA;w=WINDOW`, where `WINDOW` is the time to refill an
 //!   empty bucket, `burst / requests_per_second` seconds rounded up to at least 1, and `QUOTA`
 //!   is `requests_per_second × WINDOW`, the requests a client can keep sending in each window.
-//!   A client that paces itself by the policy gets the configured rate. An idle client can
-//!   send up to `burst` more in its first window. Sent on 429 responses.
+//!   The draft takes whole numbers, so with a decimal rate `QUOTA` is rounded down: rate 0.3
+//!   and burst 5 give `w=17` and `q=5`. A client that paces itself by the policy gets at most
+//!   the configured rate. An idle client can send up to `burst` more in its first window.
+//!   Sent on 429 responses.
 //! - `RateLimit: "gateway";r=REMAINING;t=SECONDS`, where `t` is the time until the bucket is
 //!   full again, rounded up, on every response. On a 429 response `r` is 0, and `Retry-After`
 //!   is the time until the next token, rounded up to at least one second.
@@ -24,7 +28,9 @@ pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};
 
 use crate::json;
 use crate::value_store;
-use gateway_config::{RateLimitConfig, RateLimitKey};
+use gateway_config::{
+    MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND, RateLimitConfig, RateLimitKey,
+};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::keyed::DashMapStateStore;
@@ -95,8 +101,10 @@ pub struct RateLimiter<C: Clock = DefaultClock> {
 impl RateLimiter {
     /// Creates a limiter on the real clock.
     ///
-    /// `requests_per_second` and `burst` below 1 are raised to 1, because governor cannot
-    /// represent them. Config validation rejects such values before they get here.
+    /// A `requests_per_second` outside [`MIN_REQUESTS_PER_SECOND`] to
+    /// [`MAX_REQUESTS_PER_SECOND`] is moved to the nearer bound, NaN to the minimum, and a
+    /// `burst` of 0 is raised to 1, because governor cannot represent them. Config validation
+    /// rejects such values before they get here.
     pub fn new(config: &RateLimitConfig) -> Self {
         Self::with_clock(config, DefaultClock::default())
     }
@@ -105,9 +113,11 @@ impl RateLimiter {
 impl<C: Clock> RateLimiter<C> {
     /// Creates a limiter on `clock`. See [`RateLimiter::new`].
     pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
-        let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let rate = supported_rate(config.requests_per_second);
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_second(rate).allow_burst(burst);
+        let quota = Quota::with_period(token_interval(rate))
+            .expect("token_interval is at least 1 ns")
+            .allow_burst(burst);
 
         let buckets = match (config.enabled, config.key) {
             (false, _) => Buckets::Disabled,
@@ -121,10 +131,7 @@ impl<C: Clock> RateLimiter<C> {
             ),
         };
 
-        // The draft's window is whole seconds and at least 1. The quota is the sustained rate
-        // over the window: the burst alone would understate it whenever the window rounds up.
-        let window = burst.get().div_ceil(rate.get()).max(1);
-        let quota_per_window = u64::from(rate.get()) * u64::from(window);
+        let (quota_per_window, window) = policy_quota_and_window(rate, burst.get());
         let policy = format!("\"gateway\";q={quota_per_window};w={window}");
 
         RateLimiter {
@@ -358,6 +365,52 @@ fn prefix_mask(prefix: u8) -> u128 {
     u128::MAX
         .checked_shl(128 - u32::from(prefix.min(128)))
         .unwrap_or(0)
+}
+
+/// Returns `rate` moved into the range that config validation accepts, NaN to its minimum.
+fn supported_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        MIN_REQUESTS_PER_SECOND
+    } else {
+        rate.clamp(MIN_REQUESTS_PER_SECOND, MAX_REQUESTS_PER_SECOND)
+    }
+}
+
+/// Returns the time between two tokens at `rate` requests per second, in whole nanoseconds.
+/// A whole rate gets the interval of governor's `Quota::per_second`, one second divided by the
+/// rate and truncated. A decimal rate gets the nearest nanosecond, because most decimals are
+/// not exact in binary: `1e9 / 0.00032` comes out as 3124999999999.9995, not 3125 s. `rate`
+/// must be in the range of [`supported_rate`].
+fn token_interval(rate: f64) -> Duration {
+    if rate.fract() == 0.0 {
+        // At most 1e9, so it fits a u32.
+        Duration::from_secs(1) / rate as u32
+    } else {
+        Duration::from_nanos((1e9 / rate).round() as u64)
+    }
+}
+
+/// Returns the `RateLimit-Policy` quota and window: the window is the time to refill an
+/// empty bucket in whole seconds, rounded up to at least 1, and the quota is the requests at
+/// `rate` in that window, rounded down. Both are exact for a whole rate.
+fn policy_quota_and_window(rate: f64, burst: u32) -> (u64, u64) {
+    let window = without_float_error(f64::from(burst) / rate).ceil().max(1.0);
+    let quota = without_float_error(rate * window).floor();
+    // Both are below 2^53: the quota is at most burst + rate, and the window at most
+    // burst × 3600, so the casts are exact.
+    (quota as u64, window as u64)
+}
+
+/// Returns the nearest whole number when `value` is within a relative 1e-12 of it, else
+/// `value`. A decimal rate such as `0.57` is not exact in binary, so `0.57 × 100` comes out
+/// as 56.99999999999999, which rounding down would turn into 56.
+fn without_float_error(value: f64) -> f64 {
+    let nearest = value.round();
+    if (value - nearest).abs() <= nearest.abs() * 1e-12 {
+        nearest
+    } else {
+        value
+    }
 }
 
 fn whole_seconds_up(duration: Duration) -> u64 {
