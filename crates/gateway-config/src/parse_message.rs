@@ -57,6 +57,13 @@ fn explain_message(
     {
         return duplicate_message(&message, key, text, position);
     }
+    if message.starts_with(MERGE_KEY) {
+        return format!(
+            "{MERGE_KEY}: YAML merge keys (`<<: *anchor` or `<<: {{...}}`) are not supported, \
+             so write the merged fields out in this mapping instead. A value that repeats whole \
+             can be written once with an anchor (`&name`) and reused with an alias (`*name`)"
+        );
+    }
     if message == MORE_THAN_ONE_DOCUMENT {
         return "the file contains more than one YAML document: put every section in one document, and remove the `---` lines after its start".to_owned();
     }
@@ -144,6 +151,10 @@ pub(crate) fn is_syntax_error(message: &str) -> bool {
     .iter()
     .any(|phrase| message.contains(phrase))
 }
+
+/// The start of serde's message for a YAML merge key. serde_yaml_ng 0.10 does not apply
+/// merge keys while it deserializes, so `<<` reaches the struct as a field name.
+const MERGE_KEY: &str = "unknown field `<<`";
 
 /// serde_yaml_ng's message for a file with a second document after a `---` line.
 const MORE_THAN_ONE_DOCUMENT: &str =
@@ -632,6 +643,26 @@ mod tests {
         let item = "routes:\n  - path: /a\n    path: /b\n";
         let reworded = explain("duplicate field `path`", "routes[0]", item, Some((2, 5)));
         assert!(reworded.contains("on lines 2 and 3"), "{reworded}");
+    }
+
+    #[test]
+    fn merge_key_gets_fix() {
+        let message = "unknown field `<<`, expected one of `enabled`, `path`, `interval`";
+        let reworded = explain(message, "health_check.<<", "", None);
+        assert!(
+            reworded.starts_with("unknown field `<<`: YAML merge keys"),
+            "{reworded}"
+        );
+        assert!(reworded.contains("are not supported"), "{reworded}");
+        assert!(
+            reworded.contains("write the merged fields out in this mapping"),
+            "{reworded}"
+        );
+        assert!(!reworded.contains("expected one of"), "{reworded}");
+
+        // Another unknown field keeps serde's list of the expected ones.
+        let other = "unknown field `<<x`, expected one of `enabled`, `path`";
+        assert_eq!(explain(other, "health_check.<<x", "", None), other);
     }
 
     #[test]

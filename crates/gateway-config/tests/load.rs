@@ -1763,3 +1763,30 @@ routes:
     };
     assert_eq!(config.routes[0].backends.len(), 4);
 }
+
+#[test]
+fn merge_key_named_with_fix() {
+    let routes = "routes:\n  - path: /a\n    backends: [{url: \"http://127.0.0.1:1\"}]\n";
+    let cases = [
+        (
+            "health_check:\n  <<: {timeout: 2s}\n",
+            "test.yaml:2:3: health_check.<<: unknown field `<<`: YAML merge keys",
+        ),
+        (
+            "health_check: &common\n  timeout: 2s\nrate_limiting: {}\ncors:\n  <<: *common\n",
+            "test.yaml:5:3: cors.<<: unknown field `<<`: YAML merge keys",
+        ),
+    ];
+    for (section, start) in cases {
+        let message = parse_error(&format!("{section}{routes}"));
+        assert!(message.starts_with(start), "{message}");
+        assert!(message.contains("write the merged fields out"), "{message}");
+        assert!(!message.contains("expected one of"), "{message}");
+    }
+
+    // A whole value reused with an alias is valid YAML that serde reads.
+    let alias = "routes:\n  - path: /a\n    backends: &pool [{url: \"http://127.0.0.1:1\"}]\n  \
+                 - path: /b\n    backends: *pool\n";
+    let config = Config::from_yaml(alias, "test.yaml").unwrap();
+    assert_eq!(config.routes[1].backends.len(), 1);
+}
