@@ -799,7 +799,7 @@ fn validate_health_check(problems: &mut Problems, field: &str, check: &HealthChe
 
 /// Checks that a health check path is a request target in origin form (RFC 9112 section
 /// 3.2.1): a path that starts with `/` and an optional query, as a probe's request line
-/// carries them.
+/// carries them, without `.` or `..` segments.
 fn check_health_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("must start with '/', got {path:?}"));
@@ -828,6 +828,27 @@ fn check_health_path(path: &str) -> Result<(), String> {
         return Err(format!(
             "{path:?} has a '%' that two hex digits do not follow, which is not a percent-encoding: write '%' as %25, like {:?}",
             format!("{}%25{}", &path[..at], &path[at + 1..])
+        ));
+    }
+    // The probe goes to the backend URL's path prefix followed by this path, so a `.` or `..`
+    // segment, which the backend resolves, would probe a path outside the prefix. A query is
+    // not resolved, so dots in it are kept.
+    let (path_only, query) = match path.find('?') {
+        Some(at) => path.split_at(at),
+        None => (path, ""),
+    };
+    if let Some(segment) = dot_segment(path_only) {
+        let fix = match resolve_dot_segments(path_only) {
+            Some(resolved) => format!(
+                "write the path it resolves to, {:?}",
+                format!("{resolved}{query}")
+            ),
+            None => "remove that segment".to_owned(),
+        };
+        return Err(format!(
+            "segment {segment:?} of {path:?} is a '.' or '..' segment, which the backend would \
+             resolve, so probes would reach other paths than the backend URL's prefix followed \
+             by this path: {fix}"
         ));
     }
     Ok(())
@@ -894,5 +915,59 @@ mod tests {
             .expect("range text");
         assert_eq!(crate::duration::parse(min), Ok(MIN_TIMER));
         assert_eq!(crate::duration::parse(max), Ok(MAX_TIMER));
+    }
+
+    #[test]
+    fn health_path_dot_segments_rejected() {
+        let cases = [
+            (
+                "/../health",
+                "\"..\"",
+                "write the path it resolves to, \"/health\"",
+            ),
+            (
+                "/./health",
+                "\".\"",
+                "write the path it resolves to, \"/health\"",
+            ),
+            ("/v1/../health", "\"..\"", "resolves to, \"/health\""),
+            ("/a/%2e%2e/health", "\"%2e%2e\"", "resolves to, \"/health\""),
+            ("/a/%2E./health", "\"%2E.\"", "resolves to, \"/health\""),
+            ("/health/..", "\"..\"", "resolves to, \"/\""),
+            ("/health/..;x=1", "\"..;x=1\"", "resolves to, \"/\""),
+            (
+                "/../health?full=1",
+                "\"..\"",
+                "resolves to, \"/health?full=1\"",
+            ),
+            ("/a/..%2fhealth", "\"..\"", "remove that segment"),
+            ("/a/..%5Chealth", "\"..\"", "remove that segment"),
+        ];
+        for (path, segment, fix) in cases {
+            let message = check_health_path(path).expect_err(path);
+            assert!(
+                message.starts_with(&format!("segment {segment} of {path:?} is a '.' or '..'")),
+                "{path}: {message}"
+            );
+            assert!(
+                message.contains("backend URL's prefix"),
+                "{path}: {message}"
+            );
+            assert!(message.ends_with(fix), "{path}: {message}");
+        }
+    }
+
+    #[test]
+    fn health_path_dots_inside_names_accepted() {
+        for path in [
+            "/health",
+            "/.well-known/health",
+            "/..health",
+            "/a.b/c..d",
+            "/health?next=../x",
+            "/health?path=/./a",
+        ] {
+            assert_eq!(check_health_path(path), Ok(()), "{path}");
+        }
     }
 }

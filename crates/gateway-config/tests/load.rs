@@ -621,6 +621,25 @@ fn health_check_path_must_be_request_target() {
         assert!(found[0].contains(fix), "{path}: {found:#?}");
     }
 
+    // A dot segment would make the probe leave the backend URL's path prefix.
+    let found = problems(&format!(
+        "health_check:\n  path: \"/../health\"\n{ONE_ROUTE}    health_check: {{path: \"/v1/%2e%2e/ready\"}}\n"
+    ));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0]
+            .starts_with("routes[0].health_check.path: segment \"%2e%2e\" of \"/v1/%2e%2e/ready\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].ends_with("write the path it resolves to, \"/ready\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("health_check.path: segment \"..\" of \"/../health\""),
+        "{found:#?}"
+    );
+
     // A route's own health check path is checked as well.
     let found = problems(
         "routes:\n  - path: /a/*rest\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n    health_check: {path: \"/h h\"}\n",
