@@ -172,21 +172,21 @@ fn check_reachable(path: &str) -> Result<(), String> {
 
 /// Returns `path` in the form that routes match. Percent-encoded unreserved characters are
 /// decoded (`%6C` is `l`), and other percent-encodings get upper-case hex digits. Bytes
-/// outside ASCII are percent-encoded, and a `%` that starts no percent-encoding becomes `%25`.
-/// A `\` is read as `/`, and repeated slashes are merged into one.
+/// outside ASCII and the ASCII characters that RFC 3986 leaves out of URIs (`"`, `<`, `>`,
+/// `^`, `` ` ``, `{`, `|`, `}`) are percent-encoded, and a `%` that starts no
+/// percent-encoding becomes `%25`. A `\` is read as `/`, and repeated slashes are merged
+/// into one.
 ///
 /// RFC 3986 section 6.2.2 makes the percent-encodings equivalent spellings of one path, and
 /// NGINX merges slashes before it picks a location. Without this, `/api/%6Cogin` or
 /// `/api//login` would reach the backend of a `/*rest` route without the methods, rate limit
 /// and CORS policy of an `/api/login` route. The request is still forwarded as sent. A path
-/// without `%`, `\`, `//` or a byte outside ASCII, the usual case, is returned without a copy.
+/// without `%`, `\`, `//` or a byte to encode, the usual case, is returned without a copy.
 pub fn match_form(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
     let first = (0..bytes.len()).find(|&at| {
         let byte = bytes[at];
-        matches!(byte, b'%' | b'\\')
-            || !byte.is_ascii()
-            || (byte == b'/' && bytes.get(at + 1) == Some(&b'/'))
+        MATCH_FORM_SPECIAL[usize::from(byte)] || (byte == b'/' && bytes.get(at + 1) == Some(&b'/'))
     });
     let Some(first) = first else {
         return Cow::Borrowed(path);
@@ -218,15 +218,36 @@ pub fn match_form(path: &str) -> Cow<'_, str> {
             // Browsers send `\` as `/`, and some servers read it so.
             b'/' | b'\\' if normal.ends_with('/') => {}
             b'\\' => normal.push('/'),
-            // A character outside ASCII, which clients should percent-encode, is matched as
-            // its percent-encoding.
-            _ if !byte.is_ascii() => push_encoded(&mut normal, byte),
+            // A character that clients should percent-encode is matched as its
+            // percent-encoding.
+            _ if !byte.is_ascii() || is_unsafe_ascii(byte) => push_encoded(&mut normal, byte),
             _ => normal.push(char::from(byte)),
         }
         at += consumed;
     }
     Cow::Owned(normal)
 }
+
+/// Returns whether `byte` is one of the printable ASCII characters that RFC 3986 (appendix A)
+/// allows in no part of a URI, other than the space and `\`. Clients should send them
+/// percent-encoded, and some send them as they are.
+const fn is_unsafe_ascii(byte: u8) -> bool {
+    matches!(byte, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+/// The bytes after which [`match_form`] must copy a path: `%`, `\`, bytes outside ASCII and
+/// those of [`is_unsafe_ascii`]. A table, because the scan of every request's path tests each
+/// byte.
+static MATCH_FORM_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let value = byte as u8;
+        table[byte] = value == b'%' || value == b'\\' || value >= 0x80 || is_unsafe_ascii(value);
+        byte += 1;
+    }
+    table
+};
 
 /// Appends `byte` percent-encoded, with upper-case hex digits.
 pub(crate) fn push_encoded(out: &mut String, byte: u8) {
@@ -481,6 +502,9 @@ mod tests {
             ("/api/\u{fc}/1", "/api/%C3%BC/1"),
             ("/api\\login", "/api/login"),
             ("/a\\\\b/\\c", "/a/b/c"),
+            // Characters that a URI must not hold match their percent-encodings.
+            ("/x\"y/<a>/^`{|}", "/x%22y/%3Ca%3E/%5E%60%7B%7C%7D"),
+            ("/x%22y", "/x%22y"),
         ];
         for (path, expected) in cases {
             assert_eq!(match_form(path), expected, "{path}");

@@ -353,8 +353,20 @@ routes:
     backends: [{url: "http://127.0.0.1:9001"}]
   - path: "/*rest"
     backends: [{url: "http://127.0.0.1:9002"}]
+  - path: "/x%22y/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+  - path: '/a"b/<c>'
+    backends: [{url: "http://127.0.0.1:9001"}]
 "#;
         let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        // A character that a URI must not hold, sent as it is or encoded, takes the route
+        // written either way.
+        for path in ["/x%22y/1", "/x\"y/1"] {
+            assert_eq!(found(&table, Method::GET, path), Some(3), "{path}");
+        }
+        for path in ["/a\"b/<c>", "/a%22b/%3Cc%3E", "/a%22b/<c%3e"] {
+            assert_eq!(found(&table, Method::GET, path), Some(4), "{path}");
+        }
         for path in [
             "/api/login",
             "/api/%6Cogin",

@@ -285,26 +285,43 @@ fn last_token(value: &[u8]) -> Option<&[u8]> {
         .find(|token| !token.is_empty())
 }
 
-/// Characters that RFC 3986 does not allow in a URI but that clients such as curl send as
-/// they are in a target, as in `?q="a b"`. `http::Uri` rejects `"` in a query and `<`, `>`
-/// and `` ` `` in a path.
-const UNSAFE_TARGET_CHARACTERS: &[u8] = b"\"<>`";
+/// Characters that `http::Uri` rejects in a path, though clients such as curl send them as
+/// they are. RFC 3986 allows them in no part of a URI.
+const UNSAFE_PATH_CHARACTERS: &[u8] = b"<>`";
 
-/// Returns `target` with every character of [`UNSAFE_TARGET_CHARACTERS`] percent-encoded, as a
-/// browser sends them, also where `http::Uri` would take one, or `None` when it has none. A target that `http::Uri` rejects only for
-/// these is then forwarded encoded, where NGINX forwards it as it came, rather than rejected
-/// with a 400 that names nothing. The encoded form means the same to a server that decodes
-/// the target.
+/// Characters that `http::Uri` rejects in a query, as in curl's `?q="a"`.
+const UNSAFE_QUERY_CHARACTERS: &[u8] = b"\"<>";
+
+/// Returns `target` with the characters that `http::Uri` rejects where they stand
+/// ([`UNSAFE_PATH_CHARACTERS`] before the `?`, [`UNSAFE_QUERY_CHARACTERS`] after it)
+/// percent-encoded, as a browser sends them, or `None` when it has none. A target that was
+/// rejected only for these is then forwarded encoded, where NGINX forwards it as it came,
+/// rather than rejected with a 400 that names nothing. The encoded form means the same to a
+/// server that decodes the target, and routes match either spelling (see `match_form`).
+/// Characters that `Uri` takes, such as a `"` in a path, are left as they came, so that a
+/// path is forwarded the same whatever its query holds.
 fn encode_unsafe_characters(target: &[u8]) -> Option<Bytes> {
+    let query_at = target
+        .iter()
+        .position(|&byte| byte == b'?')
+        .unwrap_or(target.len());
+    let is_unsafe = |at: usize, byte: &u8| {
+        if at < query_at {
+            UNSAFE_PATH_CHARACTERS.contains(byte)
+        } else {
+            UNSAFE_QUERY_CHARACTERS.contains(byte)
+        }
+    };
     if !target
         .iter()
-        .any(|byte| UNSAFE_TARGET_CHARACTERS.contains(byte))
+        .enumerate()
+        .any(|(at, byte)| is_unsafe(at, byte))
     {
         return None;
     }
     let mut encoded = Vec::with_capacity(target.len() + 16);
-    for &byte in target {
-        if UNSAFE_TARGET_CHARACTERS.contains(&byte) {
+    for (at, &byte) in target.iter().enumerate() {
+        if is_unsafe(at, &byte) {
             encoded.extend_from_slice(&[
                 b'%',
                 HEX_DIGITS[usize::from(byte >> 4)],
@@ -392,9 +409,12 @@ mod tests {
         let target = |text: &str| parse(text).unwrap().0.uri().clone();
         assert_eq!(
             target("GET /a<b>?q=\"x\"&r=`y` HTTP/1.1\r\n\r\n"),
-            "/a%3Cb%3E?q=%22x%22&r=%60y%60"
+            "/a%3Cb%3E?q=%22x%22&r=`y`"
         );
-        assert_eq!(target("GET /a`b\"c HTTP/1.1\r\n\r\n"), "/a%60b%22c");
+        // A `"` in a path is left as it came, whatever the query holds, so that the path is
+        // forwarded the same either way.
+        assert_eq!(target("GET /a`b\"c HTTP/1.1\r\n\r\n"), "/a%60b\"c");
+        assert_eq!(target("GET /a\"b?q=< HTTP/1.1\r\n\r\n"), "/a\"b?q=%3C");
         // Targets that `Uri` takes as they are stay unchanged.
         assert_eq!(target("GET /a\"b{c}|^ HTTP/1.1\r\n\r\n"), "/a\"b{c}|^");
         // Other characters that a target may not hold are still rejected.
