@@ -124,7 +124,16 @@ impl ChunkedDecoder {
         }
         let mut more = false;
         while at < input.len() {
-            let (used, found) = self.step(&input[at..], true)?;
+            // A fault after data goes out with the next call, so that the data before it is
+            // passed on first, as it is without joining. The step is undone for that.
+            let before = (self.state, self.size, self.digits, self.line);
+            let (used, found) = match self.step(&input[at..], true) {
+                Ok(step) => step,
+                Err(_) => {
+                    (self.state, self.size, self.digits, self.line) = before;
+                    break;
+                }
+            };
             let Some(Decoded::Data(range)) = found else {
                 at += used;
                 break;
@@ -573,10 +582,25 @@ mod tests {
         };
         assert_eq!(trailers["x-checksum"], "1");
 
-        // A fault after data that was joined is reported, not skipped.
+        // The data before a fault is passed on, and the fault comes with the next call.
         let mut decoder = ChunkedDecoder::new();
-        let result = decoder.decode_joined(b"1\r\na\r\n1\r\nbX", &mut BytesMut::new());
+        let input = b"1\r\na\r\n1\r\nb\r\n2\r\ncdX";
+        let mut joined = BytesMut::new();
+        let (used, found) = decoder.decode_joined(input, &mut joined).unwrap();
+        assert_eq!(found, Some(Decoded::Joined));
+        assert_eq!(&joined[..], b"abcd");
+        let result = decoder.decode_joined(&input[used..], &mut BytesMut::new());
         assert_eq!(result, Err(ChunkError::MissingCrlf));
+        // A fault in a size line, after some of its bytes were read, is found again there.
+        let mut decoder = ChunkedDecoder::new();
+        let input = b"1\r\na\r\n1\r\nb\r\n12x\r\n";
+        let mut joined = BytesMut::new();
+        let (used, found) = decoder.decode_joined(input, &mut joined).unwrap();
+        assert_eq!(found, Some(Decoded::Joined));
+        assert_eq!(&joined[..], b"ab");
+        assert_eq!(&input[used..], b"\r\n12x\r\n");
+        let result = decoder.decode_joined(&input[used..], &mut BytesMut::new());
+        assert_eq!(result, Err(ChunkError::SizeLine));
     }
 
     #[test]
