@@ -567,6 +567,24 @@ fn check_backend_path(url: &str, path: &str) -> Result<(), String> {
     let Some(before_path) = url.strip_suffix(path) else {
         return Ok(());
     };
+    if path.contains('\\') {
+        let fixed = format!("{before_path}{}", path.replace('\\', "/"));
+        return Err(format!(
+            "{url:?} contains '\\' in its path, which RFC 3986 does not allow, and backends \
+             differ on it (many read it as '/'): write {fixed:?}, or %5C for a literal backslash"
+        ));
+    }
+    if path.contains("//") {
+        let mut merged = path.to_owned();
+        while merged.contains("//") {
+            merged = merged.replace("//", "/");
+        }
+        return Err(format!(
+            "{url:?} has an empty segment ('//') in its path, which backends differ on (NGINX \
+             merges repeated slashes, others keep them): write {:?}",
+            format!("{before_path}{merged}")
+        ));
+    }
     if let Some(at) = invalid_percent_encoding(path) {
         let text: String = path[at..].chars().take(3).collect();
         return Err(format!(

@@ -1765,6 +1765,40 @@ routes:
 }
 
 #[test]
+fn backend_url_path_prefix_rejects_backslash_and_empty_segment() {
+    let text = r#"
+routes:
+  - path: "/a/*rest"
+    backends:
+      - url: 'http://127.0.0.1:9001/x\y'
+      - url: "http://127.0.0.1:9002/a//b"
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].backends[0].url: \"http://127.0.0.1:9001/x\\\\y\" contains '\\' in its \
+             path"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].contains("write \"http://127.0.0.1:9001/x/y\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(
+            "routes[0].backends[1].url: \"http://127.0.0.1:9002/a//b\" has an empty segment"
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].ends_with("write \"http://127.0.0.1:9002/a/b\""),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn backend_url_path_prefix_accepts_valid_spellings() {
     // Dots inside a segment, percent-encodings and a trailing slash make a valid prefix.
     let text = r#"
