@@ -17,6 +17,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<Problem> {
         let mut warnings = Vec::new();
         self.warn_repeated_methods(&mut warnings);
+        self.warn_connect(&mut warnings);
         self.warn_rate_limits(&mut warnings);
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_route_cors(&mut warnings);
@@ -129,6 +130,39 @@ impl Config {
                          own address with X-Forwarded-For, for admin access and for its rate \
                          limit: list only the addresses of your proxies"
                     ),
+                });
+            }
+        }
+    }
+
+    /// Warns about CONNECT in a route's `methods` or in a CORS `allowed_methods`: the gateway
+    /// opens no tunnels and answers every CONNECT with 501, whatever the route allows.
+    fn warn_connect(&self, warnings: &mut Vec<Problem>) {
+        let lists_connect = |methods: &[String]| methods.iter().any(|method| method == "CONNECT");
+        let message = "CONNECT is listed, but the gateway opens no tunnels and answers every \
+                       CONNECT with 501: remove it";
+        if lists_connect(&self.cors.allowed_methods) {
+            warnings.push(Problem {
+                field: "cors.allowed_methods".to_owned(),
+                message: message.to_owned(),
+            });
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.methods.as_deref().is_some_and(lists_connect) {
+                warnings.push(Problem {
+                    field: format!("routes[{i}].methods"),
+                    message: message.to_owned(),
+                });
+            }
+            if route
+                .cors
+                .allowed_methods
+                .as_deref()
+                .is_some_and(lists_connect)
+            {
+                warnings.push(Problem {
+                    field: format!("routes[{i}].cors.allowed_methods"),
+                    message: message.to_owned(),
                 });
             }
         }

@@ -98,6 +98,28 @@ fn repeated_method_warns() {
 }
 
 #[test]
+fn connect_in_methods_warns() {
+    let found = warnings(&route_with(
+        "cors: {enabled: true, allowed_methods: [GET, CONNECT]}",
+        "methods: [CONNECT, GET]\n    cors: {allowed_methods: [CONNECT]}",
+    ));
+    let fields: Vec<&str> = found
+        .iter()
+        .filter(|warning| warning.contains("answers every CONNECT with 501"))
+        .map(|warning| warning.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "cors.allowed_methods",
+            "routes[0].methods",
+            "routes[0].cors.allowed_methods"
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn distinct_methods_do_not_warn() {
     // GET takes HEAD as well, but listing both is no repeat.
     for methods in ["[GET]", "[GET, HEAD]", "[GET, POST, PUT, DELETE]"] {
