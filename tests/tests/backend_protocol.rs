@@ -351,7 +351,7 @@ static TINY_CHUNKS_RESPONSE: LazyLock<Vec<u8>> = LazyLock::new(|| {
 /// A peer that sends a body in one-byte chunks would otherwise cost a write, a system call,
 /// per byte. The chunks that one read brings are passed on as one.
 #[test]
-fn tiny_response_chunks_are_passed_on_together() {
+fn tiny_response_chunks_are_joined() {
     let backend = ScriptedBackend::start(&[Step::Reply(&TINY_CHUNKS_RESPONSE)]);
     let gateway = gateway_for(&backend);
     let response = get(&gateway, "/");
@@ -367,7 +367,7 @@ fn tiny_response_chunks_are_passed_on_together() {
 }
 
 #[test]
-fn tiny_request_chunks_are_passed_on_together() {
+fn tiny_request_chunks_are_joined() {
     let backend = ScriptedBackend::start(&[]);
     let gateway = gateway_for(&backend);
     let mut request =
@@ -387,7 +387,7 @@ fn tiny_request_chunks_are_passed_on_together() {
 /// once, and the backend connection closes with it, rather than one or two write timeouts
 /// (30 s each here) later.
 #[test]
-fn client_leaving_mid_response_closes_the_backend_connection() {
+fn client_leaving_mid_response_frees_backend() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
     let addr = listener.local_addr().expect("backend address");
     let (closed_after, closes) = std::sync::mpsc::channel();

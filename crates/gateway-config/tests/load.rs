@@ -1765,7 +1765,7 @@ routes:
 }
 
 #[test]
-fn backend_url_path_prefix_rejects_backslash_and_empty_segment() {
+fn backend_prefix_rejects_backslash_and_empty_segment() {
     let text = r#"
 routes:
   - path: "/a/*rest"

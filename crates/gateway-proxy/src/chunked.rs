@@ -568,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn joining_leaves_the_trailers_and_errors_in_place() {
+    fn joining_stops_before_trailers_and_faults() {
         let body = chunked(&[b"abc", b"de"]);
         let mut decoder = ChunkedDecoder::new();
         let mut joined = BytesMut::new();

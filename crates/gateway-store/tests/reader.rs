@@ -306,7 +306,7 @@ async fn pages_list_every_row_once() {
 }
 
 #[tokio::test]
-async fn page_ends_early_at_its_byte_budget() {
+async fn page_ends_at_byte_budget() {
     let dir = tempfile::tempdir().unwrap();
     let config = keep_everything(dir.path());
     // 40 rows whose `User-Agent` takes 10 KB each.
@@ -350,7 +350,7 @@ async fn page_ends_early_at_its_byte_budget() {
 }
 
 #[tokio::test]
-async fn cancelled_query_stops_and_leaves_the_reader_working() {
+async fn cancelled_query_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let config = keep_everything(dir.path());
     let records: Vec<RequestRecord> = (0..5_000u64)
