@@ -208,6 +208,7 @@ pub struct RateLimitConfig {
     pub enabled: bool,
     /// Tokens added per second, a whole or decimal number such as `0.2` (one token every 5
     /// seconds), from [`MIN_REQUESTS_PER_SECOND`] to [`MAX_REQUESTS_PER_SECOND`]. Default 100.
+    #[serde(deserialize_with = "rate::deserialize")]
     pub requests_per_second: f64,
     /// Bucket size: requests an idle client may send at once. Default 50.
     pub burst: u32,
@@ -239,6 +240,7 @@ pub struct RateLimitOverride {
     /// Replaces `enabled`.
     pub enabled: Option<bool>,
     /// Replaces `requests_per_second`.
+    #[serde(deserialize_with = "rate::deserialize_optional")]
     pub requests_per_second: Option<f64>,
     /// Replaces `burst`.
     pub burst: Option<u32>,
@@ -543,5 +545,57 @@ impl RouteConfig {
     /// Returns this route's CORS policy: the top-level one with the route's fields applied.
     pub fn effective_cors(&self, base: &CorsConfig) -> CorsConfig {
         self.cors.apply(base)
+    }
+}
+
+/// Reads `requests_per_second`: a decimal, or a whole number in any of YAML's notations
+/// (`16`, `0x10`, `0o20`). serde_yaml_ng gives a hexadecimal or octal integer to a plain `f64`
+/// field as a type error, so the value is read as whatever YAML made of it.
+mod rate {
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+
+    /// A rate read from either a YAML integer or a float.
+    struct Rate(f64);
+
+    impl<'de> Deserialize<'de> for Rate {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Rate, D::Error> {
+            deserializer.deserialize_any(RateVisitor).map(Rate)
+        }
+    }
+
+    struct RateVisitor;
+
+    impl Visitor<'_> for RateVisitor {
+        type Value = f64;
+
+        // The same word as a plain `f64` field's, so that the parse messages that name the
+        // field's form stay as they are.
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("f64")
+        }
+
+        fn visit_f64<E: Error>(self, value: f64) -> Result<f64, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Rate::deserialize(deserializer).map(|rate| rate.0)
+    }
+
+    pub(super) fn deserialize_optional<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<f64>, D::Error> {
+        Option::<Rate>::deserialize(deserializer).map(|rate| rate.map(|rate| rate.0))
     }
 }

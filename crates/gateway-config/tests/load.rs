@@ -1591,8 +1591,20 @@ fn decimal_rates_accepted() {
     assert_eq!(config.rate_limiting.requests_per_second, 0.2);
     let route = config.routes[0].effective_rate_limit(&config.rate_limiting);
     assert_eq!(route.requests_per_second, 0.000278);
+    let text = format!("{ONE_ROUTE}    rate_limiting: {{requests_per_second: 0x10}}\n");
+    let config = Config::from_yaml(&text, "test.yaml").unwrap();
+    let route = config.routes[0].effective_rate_limit(&config.rate_limiting);
+    assert_eq!(route.requests_per_second, 16.0);
 
-    for (written, value) in [("2.5", 2.5), ("1e3", 1000.0), ("7", 7.0), ("100", 100.0)] {
+    // YAML's other integer notations are whole numbers too.
+    for (written, value) in [
+        ("2.5", 2.5),
+        ("1e3", 1000.0),
+        ("7", 7.0),
+        ("100", 100.0),
+        ("0x10", 16.0),
+        ("0o20", 16.0),
+    ] {
         let text = format!("rate_limiting:\n  requests_per_second: {written}\n{ONE_ROUTE}");
         let config = Config::from_yaml(&text, "test.yaml").unwrap();
         assert_eq!(config.rate_limiting.requests_per_second, value, "{written}");
@@ -1772,9 +1784,15 @@ routes:
     backends:
       - url: 'http://127.0.0.1:9001/x\y'
       - url: "http://127.0.0.1:9002/a//b"
+      - url: 'http://127.0.0.1:9003/a/\v1'
 "#;
     let found = problems(text);
-    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found.len(), 3, "{found:#?}");
+    // The URL offered instead loads itself: its slashes are merged.
+    assert!(
+        found[2].contains("write \"http://127.0.0.1:9003/a/v1\""),
+        "{found:#?}"
+    );
     assert!(
         found[0].starts_with(
             "routes[0].backends[0].url: \"http://127.0.0.1:9001/x\\\\y\" contains '\\' in its \
