@@ -268,7 +268,7 @@ fn hex_value(digit: u8) -> u8 {
 }
 
 /// Returns `path` with each run of slashes replaced by one.
-fn merge_slashes(path: &str) -> String {
+pub(crate) fn merge_slashes(path: &str) -> String {
     let mut merged = String::with_capacity(path.len());
     for c in path.chars() {
         if !(c == '/' && merged.ends_with('/')) {

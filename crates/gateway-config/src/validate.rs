@@ -8,7 +8,7 @@ use crate::model::{
 use crate::origin::{OPAQUE_ORIGIN, check_origin};
 use crate::route_conflict::RouteSet;
 use crate::route_path::{
-    dot_segment, invalid_percent_encoding, is_admin_path, match_form, push_encoded,
+    dot_segment, invalid_percent_encoding, is_admin_path, match_form, merge_slashes, push_encoded,
     resolve_dot_segments, route_patterns,
 };
 use http::uri::PathAndQuery;
@@ -568,21 +568,17 @@ fn check_backend_path(url: &str, path: &str) -> Result<(), String> {
         return Ok(());
     };
     if path.contains('\\') {
-        let fixed = format!("{before_path}{}", path.replace('\\', "/"));
+        let fixed = format!("{before_path}{}", merge_slashes(&path.replace('\\', "/")));
         return Err(format!(
             "{url:?} contains '\\' in its path, which RFC 3986 does not allow, and backends \
              differ on it (many read it as '/'): write {fixed:?}, or %5C for a literal backslash"
         ));
     }
     if path.contains("//") {
-        let mut merged = path.to_owned();
-        while merged.contains("//") {
-            merged = merged.replace("//", "/");
-        }
         return Err(format!(
             "{url:?} has an empty segment ('//') in its path, which backends differ on (NGINX \
              merges repeated slashes, others keep them): write {:?}",
-            format!("{before_path}{merged}")
+            format!("{before_path}{}", merge_slashes(path))
         ));
     }
     if let Some(at) = invalid_percent_encoding(path) {
