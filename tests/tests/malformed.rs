@@ -212,7 +212,7 @@ fn trace_gets_405_unless_listed() {
 }
 
 /// The bytes a client sends right after CONNECT belong to the tunnel it asked for, so none of
-/// them is read as a request: the gateway answers 501 and closes.
+/// them is read as a request: the gateway responds with 501 and closes.
 #[tokio::test]
 async fn connect_gets_501_and_closes() {
     let (_mock, gateway) = start();

@@ -473,9 +473,9 @@ mod tests {
         // A query whose client gives up is cancelled, and keeps the slot until the query
         // itself ends.
         let (finish, finished) = tokio::sync::oneshot::channel::<()>();
-        let mut given = None;
+        let mut received = None;
         let long_query = |cancel: QueryCancel| {
-            given = Some(cancel);
+            received = Some(cancel);
             async move {
                 let _ = finished.await;
                 Ok(())
@@ -485,7 +485,7 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(50), one_at_a_time(&state, long_query))
                 .await;
         assert!(gave_up.is_err(), "the long query ended early");
-        assert!(given.is_some_and(|cancel| cancel.is_cancelled()));
+        assert!(received.is_some_and(|cancel| cancel.is_cancelled()));
 
         let started = std::time::Instant::now();
         let (status, message) = rejection(one_at_a_time(&state, |_| recent()).await);

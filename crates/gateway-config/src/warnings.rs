@@ -136,11 +136,11 @@ impl Config {
     }
 
     /// Warns about CONNECT in a route's `methods` or in a CORS `allowed_methods`: the gateway
-    /// opens no tunnels and answers every CONNECT with 501, whatever the route allows.
+    /// opens no tunnels and responds to every CONNECT with 501, whatever the route allows.
     fn warn_connect(&self, warnings: &mut Vec<Problem>) {
         let lists_connect = |methods: &[String]| methods.iter().any(|method| method == "CONNECT");
-        let message = "CONNECT is listed, but the gateway opens no tunnels and answers every \
-                       CONNECT with 501: remove it";
+        let message = "CONNECT is listed, but the gateway opens no tunnels and responds to \
+                       every CONNECT with 501: remove it";
         if lists_connect(&self.cors.allowed_methods) {
             warnings.push(Problem {
                 field: "cors.allowed_methods".to_owned(),

@@ -105,7 +105,7 @@ fn connect_in_methods_warns() {
     ));
     let fields: Vec<&str> = found
         .iter()
-        .filter(|warning| warning.contains("answers every CONNECT with 501"))
+        .filter(|warning| warning.contains("responds to every CONNECT with 501"))
         .map(|warning| warning.split(':').next().unwrap_or(""))
         .collect();
     assert_eq!(

@@ -96,8 +96,8 @@ async fn layer_answers_429_without_calling_inner() {
     let headers = response.headers();
     assert_eq!(headers[header::CONTENT_TYPE], "application/json");
     assert_eq!(headers[RATELIMIT_POLICY], "\"gateway\";q=2;w=2");
-    // The bucket of 2 is full one second after the next token, like the last allowed
-    // response's `t` said.
+    // The bucket of 2 is full one second after the next token, matching the `t` of the last
+    // allowed response.
     assert_eq!(headers[RATELIMIT], "\"gateway\";r=0;t=2");
     assert_eq!(headers[header::RETRY_AFTER], "1");
     let body = response.into_body().collect().await.unwrap().to_bytes();

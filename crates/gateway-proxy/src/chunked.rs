@@ -106,8 +106,8 @@ impl ChunkedDecoder {
     /// Decodes like [`ChunkedDecoder::decode`], but when the data of a small chunk is followed
     /// in `input` by more small chunks, copies the data of them all to `joined` and returns
     /// [`Decoded::Joined`]. So a body sent in many small chunks is passed on in pieces as
-    /// large as the reads that brought it, not one write per chunk, which would let a peer
-    /// that picks one-byte chunks cost the gateway a system call per byte. Chunks larger than
+    /// large as the reads that brought it, not one write per chunk. A write per chunk would let
+    /// a peer that picks one-byte chunks cost the gateway a system call per byte. Chunks larger than
     /// [`MAX_JOINED_CHUNK`] are not copied, and the last chunk, the trailers and the end are
     /// left for the next call.
     pub(crate) fn decode_joined(
@@ -153,7 +153,7 @@ impl ChunkedDecoder {
         }
     }
 
-    /// One decoding step. With `joining`, returns `None` instead of going on to the data of a
+    /// Decodes one step. With `joining`, returns `None` instead of going on to the data of a
     /// chunk larger than [`MAX_JOINED_CHUNK`], or past the last chunk's size line.
     fn step(
         &mut self,

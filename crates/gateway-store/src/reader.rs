@@ -198,7 +198,7 @@ impl LogReader {
 
     /// Returns the rows that match `filter`, newest first, and the cursor of the next page,
     /// like [`LogReader::page`]. The page also ends before the row that would take its text
-    /// past about `max_bytes`, though it always holds one row, so that a page of long paths
+    /// past about `max_bytes`, though it always contains one row, so that a page of long paths
     /// and `User-Agent` values stays a bounded size in memory. The query stops when `cancel`
     /// is set.
     ///

@@ -501,7 +501,7 @@ where
     .await
 }
 
-/// What a poll of [`poll_client_closed`] found.
+/// The outcome of a poll of [`poll_client_closed`].
 enum Watch {
     /// The client closed the connection, or it failed.
     Closed,
