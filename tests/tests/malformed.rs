@@ -232,6 +232,19 @@ async fn connect_gets_501_and_closes() {
     assert_still_serving(&gateway, "CONNECT").await;
 }
 
+/// A target of characters that go to the backend percent-encoded, too long for the URI
+/// parser once encoded, gets the status of a target that is too long as sent.
+#[tokio::test]
+async fn target_too_long_once_encoded_gets_414() {
+    let (_mock, gateway) = start();
+    let request = format!(
+        "GET /api/{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "<".repeat(30_000)
+    );
+    assert_eq!(send_raw(&gateway, request.as_bytes()), Outcome::Status(414));
+    assert_still_serving(&gateway, "a target too long once encoded").await;
+}
+
 #[tokio::test]
 async fn unfinished_head_is_cut_off() {
     let (_mock, gateway) = start();

@@ -49,6 +49,10 @@ pub(crate) enum HeadError {
     /// The head is longer than the gateway accepts.
     #[error("request head too large")]
     TooLarge,
+    /// The request target is longer than `http::Uri` holds, as written or once its unsafe
+    /// characters are percent-encoded.
+    #[error("request target too long")]
+    TargetTooLong,
     /// `Content-Length` is not a number, or two of them differ.
     #[error("invalid Content-Length")]
     ContentLength,
@@ -143,9 +147,17 @@ pub(crate) fn parse_head(
     } else {
         match Uri::from_maybe_shared(target.clone()) {
             Ok(uri) => uri,
-            Err(_) => encode_unsafe_characters(&target)
-                .and_then(|encoded| Uri::from_maybe_shared(encoded).ok())
-                .ok_or_else(|| rejected(HeadError::Malformed))?,
+            Err(_) => {
+                let encoded = encode_unsafe_characters(&target);
+                let length = encoded.as_ref().map_or(target.len(), Bytes::len);
+                match encoded.map(Uri::from_maybe_shared) {
+                    Some(Ok(uri)) => uri,
+                    _ if length > MAX_TARGET_BYTES => {
+                        return Err(rejected(HeadError::TargetTooLong));
+                    }
+                    _ => return Err(rejected(HeadError::Malformed)),
+                }
+            }
         }
     };
     let version = if minor == 0 {
@@ -334,6 +346,9 @@ fn encode_unsafe_characters(target: &[u8]) -> Option<Bytes> {
     Some(Bytes::from(encoded))
 }
 
+/// The longest request target that `http::Uri` parses.
+const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
+
 /// Upper-case hexadecimal digits, as RFC 3986 (section 2.1) recommends for percent-encoding.
 const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
 
@@ -417,6 +432,13 @@ mod tests {
         assert_eq!(target("GET /a\"b?q=< HTTP/1.1\r\n\r\n"), "/a\"b?q=%3C");
         // Targets that `Uri` takes as they are stay unchanged.
         assert_eq!(target("GET /a\"b{c}|^ HTTP/1.1\r\n\r\n"), "/a\"b{c}|^");
+        // A target that encoding makes too long for `Uri` is named as such.
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "<".repeat(30_000));
+        let mut buffer = BytesMut::from(long.as_bytes());
+        assert_eq!(
+            parse_head(&mut buffer, 128 * 1024).unwrap_err(),
+            HeadError::TargetTooLong
+        );
         // Other characters that a target may not hold are still rejected.
         assert_eq!(
             parse("GET /a\x01b HTTP/1.1\r\n\r\n").unwrap_err(),

@@ -213,6 +213,7 @@ where
                 let status = match error {
                     HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                    HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let kind = match error {
@@ -366,6 +367,7 @@ fn head_error_reason(error: HeadError) -> &'static str {
         HeadError::Malformed => "malformed head",
         HeadError::TooManyHeaders => "too many header fields",
         HeadError::TooLarge => "too large",
+        HeadError::TargetTooLong => "request target too long",
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
         HeadError::UnsupportedTransferCoding => "Transfer-Encoding does not end in chunked",
