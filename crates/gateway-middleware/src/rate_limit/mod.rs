@@ -19,6 +19,10 @@
 //! - `RateLimit: "gateway";r=REMAINING;t=SECONDS`, where `t` is the time until the bucket is
 //!   full again, rounded up, on every response. On a 429 response `r` is 0, and `Retry-After`
 //!   is the time until the next token, rounded up to at least one second.
+//!
+//! NOTE: on an allowed response `t` is the missing tokens times the token interval, since
+//! governor's snapshot gives the tokens left but not the time to the next one. It can read up
+//! to one interval long, which a slow decimal rate makes seconds.
 
 mod layer;
 #[cfg(test)]
