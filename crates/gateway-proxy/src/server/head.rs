@@ -304,36 +304,26 @@ const UNSAFE_PATH_CHARACTERS: &[u8] = b"<>`";
 /// Characters that `http::Uri` rejects in a query, as in curl's `?q="a"`.
 const UNSAFE_QUERY_CHARACTERS: &[u8] = b"\"<>";
 
-/// Returns `target` with the characters that `http::Uri` rejects where they stand
-/// ([`UNSAFE_PATH_CHARACTERS`] before the `?`, [`UNSAFE_QUERY_CHARACTERS`] after it)
-/// percent-encoded, as a browser sends them, or `None` when it has none. A target that was
-/// rejected only for these is then forwarded encoded, where NGINX forwards it as it came,
-/// rather than rejected with a 400 that names nothing. The encoded form means the same to a
-/// server that decodes the target, and routes match either spelling (see `match_form`).
-/// Characters that `Uri` takes, such as a `"` in a path, are left as they came, so that a
-/// path is forwarded the same whatever its query holds.
+/// Returns `target` with [`UNSAFE_PATH_CHARACTERS`] before its `?` and
+/// [`UNSAFE_QUERY_CHARACTERS`] after it percent-encoded, as a browser sends them, or `None`
+/// when it has none. Such a target is forwarded encoded (NGINX forwards it as it came) rather
+/// than rejected with a 400 that names nothing. Characters that `Uri` takes, such as a `"` in a
+/// path, stay as they came, so that a path is forwarded the same whatever its query holds.
 fn encode_unsafe_characters(target: &[u8]) -> Option<Bytes> {
     let query_at = target
         .iter()
         .position(|&byte| byte == b'?')
         .unwrap_or(target.len());
-    let is_unsafe = |at: usize, byte: &u8| {
-        if at < query_at {
-            UNSAFE_PATH_CHARACTERS.contains(byte)
-        } else {
-            UNSAFE_QUERY_CHARACTERS.contains(byte)
-        }
-    };
-    if !target
-        .iter()
-        .enumerate()
-        .any(|(at, byte)| is_unsafe(at, byte))
-    {
-        return None;
-    }
     let mut encoded = Vec::with_capacity(target.len() + 16);
+    let mut changed = false;
     for (at, &byte) in target.iter().enumerate() {
-        if is_unsafe(at, &byte) {
+        let unsafe_here = if at < query_at {
+            UNSAFE_PATH_CHARACTERS
+        } else {
+            UNSAFE_QUERY_CHARACTERS
+        };
+        if unsafe_here.contains(&byte) {
+            changed = true;
             encoded.extend_from_slice(&[
                 b'%',
                 HEX_DIGITS[usize::from(byte >> 4)],
@@ -343,10 +333,10 @@ fn encode_unsafe_characters(target: &[u8]) -> Option<Bytes> {
             encoded.push(byte);
         }
     }
-    Some(Bytes::from(encoded))
+    changed.then(|| Bytes::from(encoded))
 }
 
-/// The longest request target that `http::Uri` parses.
+/// Maximum length of a request target that `http::Uri` parses.
 const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 
 /// Upper-case hexadecimal digits, as RFC 3986 (section 2.1) recommends for percent-encoding.

@@ -488,19 +488,34 @@ where
         if let Poll::Ready(response) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
-        if !watching {
-            return Poll::Pending;
-        }
-        match poll_client_closed(&mut lock(wire), cx, max_head_bytes) {
-            Watch::Closed => Poll::Ready(None),
-            Watch::Open => Poll::Pending,
-            Watch::Stopped => {
-                watching = false;
-                Poll::Pending
-            }
+        if client_closed(&mut watching, wire, cx, max_head_bytes) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     })
     .await
+}
+
+/// Polls [`poll_client_closed`] while `watching` is set, and clears it once the watch stops.
+/// Returns whether the client closed the connection.
+fn client_closed(
+    watching: &mut bool,
+    wire: &SharedWire,
+    cx: &mut Context<'_>,
+    max_head_bytes: usize,
+) -> bool {
+    if !*watching {
+        return false;
+    }
+    match poll_client_closed(&mut lock(wire), cx, max_head_bytes) {
+        Watch::Closed => true,
+        Watch::Open => false,
+        Watch::Stopped => {
+            *watching = false;
+            false
+        }
+    }
 }
 
 /// The outcome of a poll of [`poll_client_closed`].
@@ -601,15 +616,8 @@ where
                     continue;
                 }
                 // Everything so far is written, and the body waits for its backend.
-                Poll::Pending if watching => {
-                    return match poll_client_closed(&mut lock(wire), cx, sending.max_head_bytes) {
-                        Watch::Closed => Poll::Ready(Err(ConnectionError::ClientClosed)),
-                        Watch::Open => Poll::Pending,
-                        Watch::Stopped => {
-                            watching = false;
-                            Poll::Pending
-                        }
-                    };
+                Poll::Pending if client_closed(&mut watching, wire, cx, sending.max_head_bytes) => {
+                    return Poll::Ready(Err(ConnectionError::ClientClosed));
                 }
                 Poll::Pending => return Poll::Pending,
             };
