@@ -34,8 +34,8 @@ fn repo_file(name: &str) -> String {
     format!("{}/../{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A file with one problem of each kind: zero port, zero weight, invalid URL, unknown
-/// method, a route that repeats another's path, and a scheme other than http.
+/// A file with one problem of each kind: zero port, zero weight, invalid URL, a standard
+/// method in lowercase, a route that repeats another's path, and a scheme other than http.
 const BROKEN: &str = r#"
 server:
   host: 127.0.0.1
@@ -46,7 +46,7 @@ routes:
       - url: "http://127.0.0.1:9001"
         weight: 0
       - url: "not a url"
-    methods: ["GET", "FETCH"]
+    methods: ["GET", "post"]
   - path: "/api/users/*rest"
     backends:
       - url: "ftp://127.0.0.1:9002"
@@ -57,7 +57,7 @@ const BROKEN_FIELDS: [(&str, &str); 6] = [
     ("server.port", "65535"),
     ("routes[0].backends[0].weight", "at least 1"),
     ("routes[0].backends[1].url", "http://"),
-    ("routes[0].methods[1]", "GET"),
+    ("routes[0].methods[1]", "POST"),
     ("routes[1].path", "distinct path"),
     ("routes[1].backends[0].url", "http://"),
 ];

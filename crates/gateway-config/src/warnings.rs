@@ -5,6 +5,7 @@ use crate::Problem;
 use crate::model::{Config, DEFAULT_IPV6_PREFIX, RateLimitKey};
 use crate::networks::canonical;
 use crate::origin::OPAQUE_ORIGIN;
+use crate::validate::{STANDARD_METHODS, is_method_token};
 use ipnet::IpNet;
 
 /// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
@@ -18,6 +19,7 @@ impl Config {
         let mut warnings = Vec::new();
         self.warn_repeated_methods(&mut warnings);
         self.warn_connect(&mut warnings);
+        self.warn_method_case(&mut warnings);
         self.warn_rate_limits(&mut warnings);
         self.warn_ipv6_prefix(&mut warnings);
         self.warn_route_cors(&mut warnings);
@@ -163,6 +165,46 @@ impl Config {
                 warnings.push(Problem {
                     field: format!("routes[{i}].cors.allowed_methods"),
                     message: message.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Warns about a method outside [`STANDARD_METHODS`] with lowercase letters (`Purge`) in a
+    /// route's `methods` or in a CORS `allowed_methods`. Methods are case-sensitive and
+    /// clients nearly always send them in capitals, so such an entry likely matches no
+    /// request. It stays valid, because a client may send exactly that spelling. A standard
+    /// method in another case is an error instead.
+    fn warn_method_case(&self, warnings: &mut Vec<Problem>) {
+        let mut lists: Vec<(String, &[String])> = vec![(
+            "cors.allowed_methods".to_owned(),
+            &self.cors.allowed_methods,
+        )];
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(methods) = &route.methods {
+                lists.push((format!("routes[{i}].methods"), methods));
+            }
+            if let Some(methods) = &route.cors.allowed_methods {
+                lists.push((format!("routes[{i}].cors.allowed_methods"), methods));
+            }
+        }
+        for (field, methods) in lists {
+            for (j, method) in methods.iter().enumerate() {
+                let capitals = method.to_ascii_uppercase();
+                if capitals == *method
+                    || !is_method_token(method)
+                    || STANDARD_METHODS.contains(&capitals.as_str())
+                {
+                    continue;
+                }
+                warnings.push(Problem {
+                    field: format!("{field}[{j}]"),
+                    message: format!(
+                        "{method:?} has lowercase letters, but methods are case-sensitive and \
+                         clients nearly always send them in capitals, so a {capitals} request \
+                         would not match it: write {capitals:?}, unless clients send \
+                         {method:?} as written"
+                    ),
                 });
             }
         }

@@ -397,6 +397,31 @@ mod tests {
     }
 
     #[test]
+    fn request_head_keeps_extension_method() {
+        let headers = HeaderMap::new();
+        for name in ["PURGE", "VERSION-CONTROL-X"] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            let head = RequestHead {
+                method: &method,
+                prefix: None,
+                target: "/a",
+                headers: &headers,
+                peer: None,
+                host: None,
+                framing: RequestFraming::Empty,
+                close: false,
+            };
+            head.encode(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.starts_with(&format!("{name} /a HTTP/1.1\r\n")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn request_head_keeps_client_host() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("client.example"));

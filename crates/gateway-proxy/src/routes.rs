@@ -20,7 +20,7 @@ const METHODS: [Method; 9] = [
     Method::CONNECT,
 ];
 
-/// The bit of a route's method set that accepts methods outside [`METHODS`].
+/// The bit of a route's method set that accepts every method outside [`METHODS`].
 const EXTENSION_METHODS: u16 = 1 << 15;
 
 /// The bits of TRACE and CONNECT in a route's method set.
@@ -41,6 +41,9 @@ pub struct Route {
     // Bit i set when METHODS[i] is accepted, and `EXTENSION_METHODS` when methods outside
     // METHODS are, as they are when the route lists none.
     methods: u16,
+    // The methods outside METHODS that the route lists, such as PURGE. Only a request with
+    // such a method compares them, so standard methods cost one bit test.
+    extensions: Box<[Method]>,
     allow: HeaderValue,
     targets: Vec<Target>,
 }
@@ -59,7 +62,7 @@ impl Route {
     pub fn accepts(&self, method: &Method) -> bool {
         match METHODS.iter().position(|m| m == method) {
             Some(i) => self.methods & (1 << i) != 0,
-            None => self.methods & EXTENSION_METHODS != 0,
+            None => self.methods & EXTENSION_METHODS != 0 || self.extensions.contains(method),
         }
     }
 
@@ -173,13 +176,18 @@ impl RouteTable {
                 entries.push((shared, backend.weight));
             }
 
-            let (methods, allow) = method_set(route.methods.as_deref().unwrap_or_default());
+            let MethodSet {
+                bits: methods,
+                extensions,
+                allow,
+            } = method_set(route.methods.as_deref().unwrap_or_default());
             routes.push(Arc::new(Route {
                 index,
                 pattern: Arc::from(route.path.as_str()),
                 pool: Pool::new(entries),
                 preserve_host: route.preserve_host,
                 methods,
+                extensions,
                 allow,
                 targets,
             }));
@@ -258,11 +266,24 @@ fn target_for(backend: &Backend, url: &Uri) -> Result<Target, RouteTableError> {
     })
 }
 
-fn method_set(methods: &[String]) -> (u16, HeaderValue) {
+/// A route's accepted methods, compiled from its `methods` list.
+struct MethodSet {
+    bits: u16,
+    extensions: Box<[Method]>,
+    allow: HeaderValue,
+}
+
+fn method_set(methods: &[String]) -> MethodSet {
     let mut bits = 0u16;
+    let mut extensions: Vec<Method> = Vec::new();
     for method in methods {
         if let Some(i) = METHODS.iter().position(|m| m.as_str() == method) {
             bits |= 1 << i;
+        } else if let Ok(extension) = Method::from_bytes(method.as_bytes())
+            && !extensions.contains(&extension)
+        {
+            // Validation has rejected a method that is not a token, so none is skipped here.
+            extensions.push(extension);
         }
     }
     // RFC 9110 section 9.3.2: a resource that supports GET responds to HEAD the same way, without
@@ -278,15 +299,22 @@ fn method_set(methods: &[String]) -> (u16, HeaderValue) {
     if methods.is_empty() {
         bits = !(TRACE | CONNECT);
     }
+    // The standard methods go first, in the order of METHODS, then the extension methods in
+    // the order the route lists them.
     let listed: Vec<&str> = METHODS
         .iter()
         .enumerate()
         .filter(|(i, _)| bits & (1 << i) != 0)
         .map(|(_, m)| m.as_str())
+        .chain(extensions.iter().map(Method::as_str))
         .collect();
     let allow = HeaderValue::from_str(&listed.join(", "))
         .unwrap_or_else(|_| HeaderValue::from_static("GET"));
-    (bits, allow)
+    MethodSet {
+        bits,
+        extensions: extensions.into_boxed_slice(),
+        allow,
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +471,57 @@ routes:
 "#;
         let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
         assert_eq!(found(&table, Method::TRACE, "/debug/x"), Some(0));
+    }
+
+    fn method(name: &str) -> Method {
+        Method::from_bytes(name.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn listed_extension_methods_accepted() {
+        let text = r#"
+routes:
+  - path: "/dav/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    methods: ["GET", "PURGE", "PROPFIND", "PURGE", "VERSION-CONTROL-X"]
+"#;
+        let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        // VERSION-CONTROL-X is longer than the 15 bytes that `Method` stores inline (http
+        // 1.5), so it is compared in its allocated form.
+        for name in ["GET", "HEAD", "PURGE", "PROPFIND", "VERSION-CONTROL-X"] {
+            assert_eq!(found(&table, method(name), "/dav/a"), Some(0), "{name}");
+        }
+        // Methods are case-sensitive, so `purge` is another method than PURGE.
+        for name in ["POST", "MKCOL", "purge", "PURGEX", "TRACE"] {
+            match table.find(&method(name), "/dav/a") {
+                RouteMatch::MethodNotAllowed(route) => {
+                    assert_eq!(
+                        route.allow(),
+                        "GET, HEAD, PURGE, PROPFIND, VERSION-CONTROL-X",
+                        "{name}"
+                    );
+                }
+                other => panic!("{name}: expected 405, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn extension_methods_alone_reject_get() {
+        let text = r#"
+routes:
+  - path: "/cache/*rest"
+    backends: [{url: "http://127.0.0.1:9001"}]
+    methods: ["PURGE"]
+"#;
+        let table = RouteTable::new(&Config::from_yaml(text, "test.yaml").unwrap()).unwrap();
+        assert_eq!(found(&table, method("PURGE"), "/cache/x"), Some(0));
+        for standard in METHODS {
+            match table.find(&standard, "/cache/x") {
+                RouteMatch::MethodNotAllowed(route) => assert_eq!(route.allow(), "PURGE"),
+                other => panic!("{standard}: expected 405, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -369,6 +369,47 @@ fn preflight_allows_only_route_methods() {
 }
 
 #[test]
+fn extension_methods_follow_allowed_methods() {
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+    let policy = CorsPolicy::new(&config(|config| {
+        config.allowed_methods = ["GET", "PURGE", "MKCOL"].map(String::from).to_vec();
+    }))
+    .with_methods_limited_to(|method| {
+        *method == Method::GET || *method == purge || *method == propfind
+    });
+    let preflight = |method: &str| {
+        let mut headers = request_headers(Some(APP));
+        headers.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_str(method).unwrap(),
+        );
+        policy.preflight::<Full<Bytes>>(&headers)
+    };
+
+    let allowed = preflight("PURGE");
+    assert_eq!(allowed.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], APP);
+    assert_eq!(
+        allowed.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
+        "GET, PURGE"
+    );
+
+    // PROPFIND is the route's but not listed, MKCOL listed but not the route's, and a
+    // method is case-sensitive, so `purge` is not PURGE.
+    for method in ["PROPFIND", "MKCOL", "purge"] {
+        let refused = preflight(method);
+        assert_eq!(refused.status(), StatusCode::NO_CONTENT, "{method}");
+        assert!(
+            refused
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .is_none(),
+            "{method}"
+        );
+    }
+}
+
+#[test]
 fn several_origins_are_not_allowed() {
     for origins in [vec![APP], vec!["*"]] {
         let policy = CorsPolicy::new(&config(|config| {

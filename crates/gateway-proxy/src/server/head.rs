@@ -410,6 +410,33 @@ mod tests {
     }
 
     #[test]
+    fn extension_methods_are_kept() {
+        for name in [
+            "PURGE",
+            "PROPFIND",
+            "MKCOL",
+            "M-SEARCH",
+            "VERSION-CONTROL-X",
+            "purge",
+            "!#$%&'*+-.^_`|~09",
+        ] {
+            let (request, _) = parse(&format!("{name} /a HTTP/1.1\r\nHost: gw\r\n\r\n"))
+                .unwrap_or_else(|error| panic!("{name}: {error:?}"));
+            assert_eq!(request.method().as_str(), name);
+            assert_eq!(request.uri(), "/a", "{name}");
+        }
+        // A method is a token, so a separator in it makes the request line malformed.
+        for line in [
+            "PUR\"GE /a HTTP/1.1",
+            "PUR(GE /a HTTP/1.1",
+            "PURGE: /a HTTP/1.1",
+        ] {
+            let head = format!("{line}\r\nHost: gw\r\n\r\n");
+            assert_eq!(parse(&head).unwrap_err(), HeadError::Malformed, "{line}");
+        }
+    }
+
+    #[test]
     fn unsafe_target_characters_are_encoded() {
         let target = |text: &str| parse(text).unwrap().0.uri().clone();
         assert_eq!(

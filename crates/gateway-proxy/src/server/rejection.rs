@@ -129,6 +129,13 @@ mod tests {
     }
 
     #[test]
+    fn extension_method_is_named() {
+        let parts = read_parts(b"PROPFIND /dav/a HTTP/1.1\r\nX-Long: aaaa", false);
+        assert_eq!(parts.method.as_ref().map(Method::as_str), Some("PROPFIND"));
+        assert_eq!(parts.uri.as_ref().map(Uri::path), Some("/dav/a"));
+    }
+
+    #[test]
     fn unparsed_fields_are_left_out() {
         let parts = read_parts(
             b"GET /x HTTP/1.1\r\nUser-Agent: a\r\n folded\r\n\r\n",

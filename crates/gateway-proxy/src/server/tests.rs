@@ -169,6 +169,21 @@ impl Body for CountedPolls {
 }
 
 #[tokio::test]
+async fn extension_method_reaches_service() {
+    let (address, _drain) = serve(echo).await;
+    let mut stream = send(
+        address,
+        b"PURGE /cache/a HTTP/1.1\r\nHost: a\r\n\r\n\
+          PROPFIND /dav HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nConnection: close\r\n\r\n<a/>",
+    )
+    .await;
+    let text = read_to_close(&mut stream).await;
+    let purge = text.find("PURGE /cache/a ").expect(&text);
+    let propfind = text.find("PROPFIND /dav <a/>").expect(&text);
+    assert!(purge < propfind, "{text}");
+}
+
+#[tokio::test]
 async fn written_response_is_confirmed_by_one_more_poll() {
     for (confirm_writes, expected) in [(false, 2), (true, 3)] {
         let polls = Arc::new(AtomicUsize::new(0));
