@@ -5,12 +5,13 @@ use http::header::{HeaderValue, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as _;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// `User-Agent` of every probe, so backends can tell probes from client traffic.
@@ -57,9 +58,17 @@ pub(crate) enum ProbeError {
     /// The connection broke while the response body was read.
     #[error("reading response body failed")]
     Body(#[source] hyper::Error),
-    /// The probe, including the response body, took longer than the health check timeout.
-    #[error("timed out after {0:?}")]
-    TimedOut(Duration),
+    /// The TCP connection, with the look-up of a host name before it, did not complete within
+    /// the health check timeout.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimedOut(Duration),
+    /// The connection was open, but the response head did not arrive within the health check
+    /// timeout.
+    #[error("no response within {0:?}")]
+    NoResponse(Duration),
+    /// The response head arrived, but the body did not end within the health check timeout.
+    #[error("response body not complete within {0:?}")]
+    BodyTimedOut(Duration),
     /// The backend responded with a status outside 2xx and 3xx.
     #[error("status {}", .0.as_u16())]
     Status(StatusCode),
@@ -188,25 +197,49 @@ pub(crate) fn probe_url(base: &Uri, path: &str) -> Result<Uri, InvalidProbeUrl> 
 }
 
 /// Sends one `GET` to `url`, reads and discards the response body, and succeeds on a status
-/// that [`status_passes`] accepts. The whole exchange must finish within `timeout`.
+/// that [`status_passes`] accepts. The whole exchange must finish within `timeout`. A probe
+/// that runs out of time reports the step it was in: the connect, the wait for the response
+/// head, or the body.
 pub(crate) async fn probe(
     client: &ProbeClient,
     url: &Uri,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    match tokio::time::timeout(timeout, exchange(client, url)).await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(ProbeError::TimedOut(timeout)),
-    }
-}
-
-async fn exchange(client: &ProbeClient, url: &Uri) -> Result<(), ProbeError> {
     let mut request = Request::new(Empty::new());
     *request.uri_mut() = url.clone();
     request
         .headers_mut()
         .insert(USER_AGENT, HeaderValue::from_static(PROBE_USER_AGENT));
 
+    // The client sets the captured connection once the request has one, pooled or new, so
+    // after a timeout it distinguishes a connect that never completed from a backend that
+    // did not respond.
+    // NOTE: when a pooled connection closes before the request goes out, the client sends
+    // it again on a new connection, and the capture shows the pooled one until the new one
+    // is open. A connect that then times out is reported as no response.
+    let connection = capture_connection(&mut request);
+    let head_received = AtomicBool::new(false);
+    let exchange = exchange(client, request, url, &head_received);
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_elapsed) if connection.connection_metadata().is_none() => {
+            Err(ProbeError::ConnectTimedOut(timeout))
+        }
+        Err(_elapsed) if !head_received.load(Ordering::Relaxed) => {
+            Err(ProbeError::NoResponse(timeout))
+        }
+        Err(_elapsed) => Err(ProbeError::BodyTimedOut(timeout)),
+    }
+}
+
+/// Sends `request` to `url` and reads the response, setting `head_received` once the
+/// response head has arrived.
+async fn exchange(
+    client: &ProbeClient,
+    request: Request<Empty<Bytes>>,
+    url: &Uri,
+    head_received: &AtomicBool,
+) -> Result<(), ProbeError> {
     let response = match client.request(request).await {
         Ok(response) => response,
         Err(error) => {
@@ -215,6 +248,7 @@ async fn exchange(client: &ProbeClient, url: &Uri) -> Result<(), ProbeError> {
             return Err(ProbeError::from_client(error, routable));
         }
     };
+    head_received.store(true, Ordering::Relaxed);
     let status = response.status();
 
     // Reading the body to its end, frame by frame without keeping it, lets the connection
@@ -243,99 +277,4 @@ fn status_passes(status: StatusCode) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn joined(base: &'static str, path: &str) -> String {
-        match probe_url(&Uri::from_static(base), path) {
-            Ok(url) => url.to_string(),
-            Err(error) => ProbeError::from(error).message(),
-        }
-    }
-
-    #[test]
-    fn probe_url_joins_base_and_path() {
-        assert_eq!(joined("http://h:1", "/health"), "http://h:1/health");
-        assert_eq!(joined("http://h:1/", "/health"), "http://h:1/health");
-        assert_eq!(joined("http://h:1/v1", "/health"), "http://h:1/v1/health");
-        assert_eq!(joined("http://h:1/v1/", "/health"), "http://h:1/v1/health");
-        assert_eq!(joined("http://h:1/v1", "health"), "http://h:1/v1/health");
-        assert_eq!(joined("http://h:1", "/"), "http://h:1/");
-        assert_eq!(
-            joined("http://h:1", "/ready?full=1"),
-            "http://h:1/ready?full=1"
-        );
-    }
-
-    #[test]
-    fn probe_url_rejects_invalid_path() {
-        let message = joined("http://h:1", "/health check");
-        assert!(
-            message.starts_with("invalid health check url \"http://h:1/health check\": "),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn probe_url_rejects_relative_base() {
-        let message = joined("/v1", "/health");
-        assert!(message.starts_with("invalid health check url"), "{message}");
-    }
-
-    /// An error that wraps an I/O error, as the HTTP client's connect errors do.
-    #[derive(Debug, thiserror::Error)]
-    #[error("tcp open error")]
-    struct Wrapped(#[source] io::Error);
-
-    #[test]
-    fn descriptor_shortage_found_in_chain() {
-        use rustix::io::Errno;
-        let shortages = [
-            Errno::MFILE,
-            Errno::NFILE,
-            Errno::NOBUFS,
-            Errno::NOMEM,
-            Errno::ADDRNOTAVAIL,
-        ];
-        for errno in shortages {
-            let wrapped = Wrapped(io::Error::from_raw_os_error(errno.raw_os_error()));
-            assert_eq!(resource_shortage(&wrapped), Some(errno.raw_os_error()));
-        }
-        let rejected = Wrapped(io::Error::from(io::ErrorKind::ConnectionRefused));
-        assert_eq!(resource_shortage(&rejected), None);
-    }
-
-    #[tokio::test]
-    async fn route_found_for_loopback_only() {
-        assert!(has_route_to(&Uri::from_static("http://127.0.0.1:9/health")).await);
-        assert!(has_route_to(&Uri::from_static("http://localhost:9/health")).await);
-        // A broadcast address has no route for a socket that did not ask for broadcasts.
-        assert!(!has_route_to(&Uri::from_static("http://255.255.255.255:9/health")).await);
-    }
-
-    #[test]
-    fn success_and_redirect_statuses_pass() {
-        for code in [200, 204, 299, 300, 301, 302, 304, 307, 308, 399] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(status_passes(status), "{code} fails");
-        }
-        for code in [100, 101, 199, 400, 404, 429, 500, 503, 599] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(!status_passes(status), "{code} passes");
-        }
-    }
-
-    #[test]
-    fn error_messages_are_short() {
-        assert_eq!(
-            ProbeError::ConnectionRefused.message(),
-            "connection refused"
-        );
-        let timed_out = ProbeError::TimedOut(Duration::from_secs(2));
-        assert_eq!(timed_out.message(), "timed out after 2s");
-        let sub_second = ProbeError::TimedOut(Duration::from_millis(150));
-        assert_eq!(sub_second.message(), "timed out after 150ms");
-        let status = ProbeError::Status(StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(status.message(), "status 503");
-    }
-}
+mod tests;

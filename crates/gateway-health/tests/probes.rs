@@ -213,7 +213,7 @@ async fn silent_backend_times_out() {
     let snapshot = backend.snapshot();
     assert_eq!(
         snapshot.last_error.as_deref(),
-        Some("health check failed: timed out after 100ms")
+        Some("health check failed: no response within 100ms")
     );
     assert!(silent.connection_count() >= 1);
     stop(tasks, sender).await;
@@ -325,8 +325,16 @@ async fn zero_interval_and_timeout_fail_without_panic() {
     let (tasks, sender) = start(vec![(Arc::clone(&backend), config)]);
 
     wait_until("backend is unhealthy", || !backend.is_healthy()).await;
+    // The timer may fire before or after the connect to 127.0.0.1 completes.
     let last_error = backend.snapshot().last_error.unwrap();
-    assert_eq!(last_error, "health check failed: timed out after 0ns");
+    assert!(
+        [
+            "health check failed: connect timed out after 0ns",
+            "health check failed: no response within 0ns"
+        ]
+        .contains(&last_error.as_str()),
+        "{last_error}"
+    );
     stop(tasks, sender).await;
 }
 
