@@ -147,6 +147,23 @@ impl RawConnection {
         Ok(response)
     }
 
+    /// Reads the interim (1xx) responses that come first, then the final response. Returns
+    /// the interim ones in the order received, and the final one.
+    ///
+    /// # Errors
+    ///
+    /// As [`RawConnection::exchange`].
+    pub fn read_final_response(&mut self) -> io::Result<(Vec<RawResponse>, RawResponse)> {
+        let mut interim = Vec::new();
+        loop {
+            let response = self.read_response()?;
+            if !(100..200).contains(&response.status) {
+                return Ok((interim, response));
+            }
+            interim.push(response);
+        }
+    }
+
     /// Waits up to the read timeout for the server to close the connection, discarding any
     /// bytes it sends first, and returns whether it closed (end of stream or reset).
     pub fn wait_closed(&mut self) -> bool {

@@ -15,12 +15,13 @@ use crate::clock;
 use crate::codec::{self, Parsed, RequestFraming, ResponseHead};
 use crate::error::ProxyError;
 use crate::request_body::RequestBody;
+use crate::server::interim::{self, MAX_INTERIM_RESPONSES};
 use crate::socket::BackendSocket;
 use crate::worker;
 use bytes::{Buf, Bytes, BytesMut};
 use gateway_balancer::{Backend, InFlight};
 use gateway_config::ProxyConfig;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, StatusCode};
 use http_body::Body;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -581,8 +582,14 @@ impl Connection {
     /// Sends the queued head and `body`, framed as `framing`, and waits for the final
     /// response head. Returns the head and whether the whole request was sent.
     ///
+    /// The first [`MAX_INTERIM_RESPONSES`] interim responses are offered to the client as
+    /// they arrive (see [`interim::offer`]), except `100 Continue`. That one responds to the
+    /// client's `Expect` only on the backend's hop, and the server sends the client its own
+    /// when the body is first read. Later interim responses are read and dropped.
+    ///
     /// The wait ends after `timeout` without progress: no body bytes from the client, none
-    /// written to the backend, no interim response and no final response head. Whose fault that is depends on what the
+    /// written to the backend, none of the first [`MAX_INTERIM_RESPONSES`] interim responses
+    /// and no final response head. Whose fault that is depends on what the
     /// exchange was waiting for: the client's next body bytes give
     /// [`ExchangeError::ClientTimeout`], anything else (a backend that does not read the body
     /// or does not respond) gives [`ExchangeError::Timeout`].
@@ -599,7 +606,7 @@ impl Connection {
         let mut last_progress = None;
         let mut write_error: Option<io::Error> = None;
         let mut received = false;
-        let mut interim = false;
+        let mut interim = Interim::default();
         std::future::poll_fn(|cx| {
             if write_error.is_none() && !self.send.finished() {
                 match self.poll_send(cx, body) {
@@ -618,7 +625,7 @@ impl Connection {
             // An interim response (`102 Processing`, say) shows that the backend is working
             // on the request, so it starts the wait again, as a read restarts NGINX's
             // `proxy_read_timeout`.
-            if std::mem::take(&mut interim) {
+            if std::mem::take(&mut interim.restart) {
                 last_progress = Some(clock::now_for(timeout));
             }
             match head {
@@ -697,22 +704,29 @@ impl Connection {
         }
     }
 
-    /// Reads until a final response head is complete, skipping interim responses and setting
-    /// `interim` when it skips one.
+    /// Reads until a final response head is complete. Interim responses on the way are
+    /// counted in `interim`, and offered to the client while they are within the count that
+    /// [`MAX_INTERIM_RESPONSES`] allows.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
         received: &mut bool,
-        interim: &mut bool,
+        interim: &mut Interim,
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
         loop {
             if !self.read.filled().is_empty() {
                 match codec::parse_response_head(self.read.filled(), method, &mut self.copies) {
                     Ok(Parsed::Partial) => {}
-                    Ok(Parsed::Interim(len)) => {
+                    Ok(Parsed::Interim(len, status)) => {
+                        if interim.count < MAX_INTERIM_RESPONSES {
+                            interim.count += 1;
+                            interim.restart = true;
+                            if status != StatusCode::CONTINUE && interim::is_open() {
+                                offer_interim(&self.read.filled()[..len]);
+                            }
+                        }
                         self.read.consume(len);
-                        *interim = true;
                         continue;
                     }
                     Ok(Parsed::Head(len, head)) => {
@@ -777,6 +791,28 @@ impl Connection {
     /// Reads more bytes into the buffer; `Ok(0)` means the backend closed the connection.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read.poll_fill(&self.stream, cx)
+    }
+}
+
+/// The interim responses of one exchange.
+#[derive(Debug, Default)]
+struct Interim {
+    /// Interim responses read, up to [`MAX_INTERIM_RESPONSES`].
+    count: usize,
+    /// Set when one of them arrived since the flag was last taken, to restart the wait.
+    restart: bool,
+}
+
+/// Offers the interim response at the start of `head` to the client. One whose fields a
+/// header map does not take is dropped, as every interim response was before the gateway
+/// forwarded them, rather than failing the exchange.
+#[cold]
+fn offer_interim(head: &[u8]) {
+    match codec::parse_interim_head(head) {
+        Ok((status, headers)) => {
+            interim::offer(status, &headers);
+        }
+        Err(error) => tracing::debug!(%error, "dropped an interim response from a backend"),
     }
 }
 
@@ -1128,6 +1164,95 @@ mod tests {
         assert_eq!(client.close_idle(2), 2);
         assert_eq!(client.close_idle(8), 1);
         assert_eq!(client.close_idle(8), 0);
+    }
+
+    const OK_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+    /// Sends a GET on `connection` and polls the exchange as the server polls a request,
+    /// with interim responses taken. Returns the result and what was offered to the client.
+    async fn exchange_collecting(
+        connection: &mut Connection,
+        timeout: Duration,
+    ) -> (Result<(ResponseHead, bool), ExchangeError>, String) {
+        connection
+            .head_buffer()
+            .extend_from_slice(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        let mut body = RequestBody::new(crate::server::Inbound::empty(), None);
+        let exchange = connection.exchange(&mut body, RequestFraming::Empty, &Method::GET, timeout);
+        let mut exchange = std::pin::pin!(exchange);
+        let mut offered = Vec::new();
+        let result = std::future::poll_fn(|cx| {
+            let (polled, taken) = interim::collect(|| exchange.as_mut().poll(cx));
+            offered.extend(taken.unwrap_or_default());
+            polled
+        })
+        .await;
+        (result, String::from_utf8(offered).unwrap())
+    }
+
+    #[tokio::test]
+    async fn interim_responses_offered_up_to_cap() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut connection, mut backend) = connection(&listener).await;
+        let mut sent = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        for i in 0..MAX_INTERIM_RESPONSES + 2 {
+            sent.extend_from_slice(
+                format!("HTTP/1.1 103 Early Hints\r\nlink: </{i}>\r\n\r\n").as_bytes(),
+            );
+        }
+        sent.extend_from_slice(OK_HEAD);
+        backend.write_all(&sent).await.unwrap();
+
+        let (result, offered) = exchange_collecting(&mut connection, Duration::from_secs(5)).await;
+        assert_eq!(result.unwrap().0.status, StatusCode::OK);
+        // The 100 counts toward the cap but is never offered.
+        assert!(!offered.contains("100 Continue"), "{offered}");
+        assert_eq!(
+            offered.matches("HTTP/1.1 103 Early Hints\r\n").count(),
+            MAX_INTERIM_RESPONSES - 1,
+            "{offered}"
+        );
+        assert!(offered.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </0>\r\n\r\n"));
+        assert!(!offered.contains(&format!("</{}>", MAX_INTERIM_RESPONSES - 1)));
+    }
+
+    /// Interim responses past the cap no longer restart the response timeout, so a backend
+    /// that keeps sending them gets a timeout rather than holding the request.
+    #[tokio::test]
+    async fn endless_interim_responses_time_out() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut connection, mut backend) = connection(&listener).await;
+        // Under 100 ms, so that the wait reads the precise clock.
+        let timeout = Duration::from_millis(95);
+        let started = Instant::now();
+        let backend = tokio::spawn(async move {
+            // One every 10 ms for 2 s, each well within the timeout of the one before, then
+            // the final response.
+            for _ in 0..200 {
+                backend
+                    .write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = backend.write_all(OK_HEAD).await;
+            backend
+        });
+
+        let (result, offered) = exchange_collecting(&mut connection, timeout).await;
+        let waited = started.elapsed();
+        assert!(matches!(result, Err(ExchangeError::Timeout)), "{result:?}");
+        assert!(
+            waited < Duration::from_secs(1),
+            "timed out after {waited:?}"
+        );
+        assert_eq!(
+            offered.matches("HTTP/1.1 102 Processing\r\n\r\n").count(),
+            MAX_INTERIM_RESPONSES
+        );
+        backend.abort();
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use crate::header_pool;
 use crate::headers::{is_hop_by_hop, write_forwarded_headers};
 use crate::short_copy;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
@@ -132,8 +132,9 @@ pub(crate) struct ResponseHead {
 pub(crate) enum Parsed {
     /// The head is not complete yet.
     Partial,
-    /// An interim (1xx) response of this many bytes, to be skipped.
-    Interim(usize),
+    /// An interim (1xx) response of this many bytes, with its status. Its fields are read
+    /// only when it is forwarded (see [`parse_interim_head`]).
+    Interim(usize, StatusCode),
     /// A final response head of this many bytes.
     Head(usize, ResponseHead),
 }
@@ -221,7 +222,7 @@ pub(crate) fn parse_response_head(
         return Err(HeadError::Upgrade);
     }
     if status.is_informational() {
-        return Ok(Parsed::Interim(len));
+        return Ok(Parsed::Interim(len, status));
     }
 
     // First pass: read the connection and framing headers.
@@ -314,11 +315,7 @@ pub(crate) fn parse_response_head(
             }
             continue;
         }
-        if is_hop_by_hop(&name)
-            || named_by_connection
-                .iter()
-                .any(|named| name.as_str().eq_ignore_ascii_case(named))
-        {
+        if stays_on_hop(&name, &named_by_connection) {
             continue;
         }
         // The value is a slice of the copied head, so no header copies its bytes again.
@@ -337,6 +334,71 @@ pub(crate) fn parse_response_head(
             keep_alive,
         },
     ))
+}
+
+/// Returns whether a response field named `name` stays on the backend's hop: a hop-by-hop
+/// field, or one that the response's `Connection` names (`named_by_connection`).
+#[inline]
+fn stays_on_hop(name: &HeaderName, named_by_connection: &[&str]) -> bool {
+    is_hop_by_hop(name)
+        || named_by_connection
+            .iter()
+            .any(|named| name.as_str().eq_ignore_ascii_case(named))
+}
+
+/// Reads the interim (1xx) response that `head` contains whole, as [`parse_response_head`]
+/// found it, and returns its status and the fields that the client gets.
+///
+/// The fields are those of a final response head: hop-by-hop fields and the fields that
+/// `Connection` names are left out. `Content-Length` is left out too, since a 1xx response has
+/// no content. The values are copied, because interim responses are rare and short-lived.
+///
+/// # Errors
+///
+/// Returns [`HeadError`] for a head that is not a whole interim response, or a field name or
+/// value that a header map does not take.
+pub(crate) fn parse_interim_head(head: &[u8]) -> Result<(StatusCode, HeaderMap), HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let parsed = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .parse_response(&mut response, head);
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Header("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Header("too many fields")),
+        Err(error) => return Err(HeadError::Syntax(error)),
+    }
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .filter(|status| status.is_informational() && *status != StatusCode::SWITCHING_PROTOCOLS)
+        .ok_or(HeadError::Header("invalid status"))?;
+
+    let mut named_by_connection: Vec<&str> = Vec::new();
+    for field in response.headers.iter() {
+        if field.name.eq_ignore_ascii_case("connection") {
+            let value = std::str::from_utf8(field.value)
+                .map_err(|_| HeadError::Header("Connection is not text"))?;
+            named_by_connection.extend(value.split(',').map(str::trim).filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !token.eq_ignore_ascii_case("keep-alive")
+            }));
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = field_name::from_token(field.name.as_bytes())
+            .map_err(|_| HeadError::Header("invalid field name"))?;
+        if name == header::CONTENT_LENGTH || stays_on_hop(&name, &named_by_connection) {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| HeadError::Header("invalid field value"))?;
+        headers.append(name, value);
+    }
+    Ok((status, headers))
 }
 
 fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
@@ -546,11 +608,16 @@ mod tests {
     }
 
     #[test]
-    fn interim_skipped_and_101_rejected() {
+    fn interim_found_and_101_rejected() {
         let text = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert!(matches!(
             parse_response_head(text, &Method::POST, &mut BytesMut::new()),
-            Ok(Parsed::Interim(25))
+            Ok(Parsed::Interim(25, StatusCode::CONTINUE))
+        ));
+        let text = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+        assert!(matches!(
+            parse_response_head(text, &Method::GET, &mut BytesMut::new()),
+            Ok(Parsed::Interim(len, StatusCode::EARLY_HINTS)) if len == text.len()
         ));
         assert_eq!(
             parse_response_head(
@@ -561,6 +628,33 @@ mod tests {
             .unwrap_err(),
             HeadError::Upgrade
         );
+    }
+
+    #[test]
+    fn interim_head_keeps_end_to_end_fields() {
+        let text = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
+                    Connection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                    Content-Length: 0\r\nLink : </b.js>; rel=preload\r\n\r\n";
+        let (status, headers) = parse_interim_head(text.as_bytes()).unwrap();
+        assert_eq!(status, StatusCode::EARLY_HINTS);
+        let links: Vec<_> = headers.get_all(header::LINK).iter().collect();
+        assert_eq!(links, ["</a.css>; rel=preload", "</b.js>; rel=preload"]);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+    }
+
+    #[test]
+    fn interim_head_with_unusable_status_rejected() {
+        for text in [
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_interim_head(text.as_bytes()).unwrap_err(),
+                HeadError::Header("invalid status"),
+                "{text}"
+            );
+        }
+        assert!(parse_interim_head(b"HTTP/1.1 103 Early Hints\r\n").is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! body reads the socket when polled, and a response is written straight from its frames,
 //! its head and first data in one write. Between requests a connection keeps a small buffer
 //! for response heads and no read buffer: it takes one from its thread's spares when bytes
-//! arrive.
+//! arrive. Interim (1xx) responses that the service offers while it runs reach an HTTP/1.1
+//! client ahead of the final response (see the `interim` module).
 //!
 //! What a client gets for a request the gateway cannot read: 400 for a malformed head or
 //! ambiguous body framing, 414 for a request line over the size limit, 431 for a head over
@@ -14,6 +15,7 @@
 //! reports it to the connection's rejection callback as a [`Rejection`] first.
 
 mod head;
+pub(crate) mod interim;
 mod rejection;
 mod response;
 #[cfg(test)]
@@ -29,7 +31,7 @@ use crate::server::head::{HeadError, parse_head};
 use crate::server::response::{Exchange, Framing, encode_head, encode_rejection};
 use crate::server::wire::{BodyState, HEAD_CHUNK, SharedWire, Wire, lock};
 use bytes::{Buf, Bytes};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
@@ -243,11 +245,17 @@ where
         let request = request.map(|()| body);
 
         // The service's future is boxed, so that the connection's own future, which lives as
-        // long as the connection, stays small while the connection idles.
+        // long as the connection, stays small while the connection idles. An HTTP/1.0 client
+        // gets no interim response (RFC 9110 section 15.2).
         let future = Box::pin(service(request));
-        let Some(response) = respond(&wire, future, settings.max_head_bytes).await else {
+        let forwards_interim = version >= Version::HTTP_11;
+        let response = match respond(&wire, future, settings.max_head_bytes, forwards_interim).await
+        {
+            Ok(Some(response)) => response,
             // The client closed the connection; the request was dropped.
-            return Ok(());
+            Ok(None) => return Ok(()),
+            // Writing an interim response failed, and the request was dropped.
+            Err(error) => return Err(ConnectionError::Io(error)),
         };
 
         let (parts, body) = response.into_parts();
@@ -260,8 +268,14 @@ where
         // the client may send it anyway and it must not be read as the next request. So does
         // a 408, because its status means that the body came too slowly to wait for.
         let unread_elsewhere = Arc::strong_count(&wire) > 1;
+        head_out.clear();
         let body_clear = {
             let mut wire = lock(&wire);
+            // Interim responses that the client has not taken yet go out first, in the
+            // same write as the final head.
+            if wire.has_unsent_interim() {
+                wire.take_unsent_interim(&mut head_out);
+            }
             if !unread_elsewhere && !wire.continue_unsent() {
                 let _ = discard_arrived(&mut wire);
             }
@@ -282,7 +296,6 @@ where
                 && !drain_begun(&mut drain, &mut drain_seen),
             trailers: facts.trailers,
         };
-        head_out.clear();
         let (framing, keep_alive) = encode_head(
             &mut head_out,
             parts.status,
@@ -478,18 +491,50 @@ async fn read_head(
 /// client closes it or it fails. The socket is watched before the service first polls the
 /// request body (while it connects to a backend, say) and after the body has ended. While the
 /// body is read, the body itself reports a client that leaves, as an error.
-async fn respond<F, B>(wire: &SharedWire, future: F, max_head_bytes: usize) -> Option<Response<B>>
+///
+/// With `forwards_interim`, the interim responses that the service offers (see [`interim`])
+/// are written to the client as they come. Those still unwritten when the response is ready
+/// stay queued on the wire, for the final head to follow.
+///
+/// # Errors
+///
+/// Returns the error of a failed write of an interim response.
+async fn respond<F, B>(
+    wire: &SharedWire,
+    future: F,
+    max_head_bytes: usize,
+    forwards_interim: bool,
+) -> io::Result<Option<Response<B>>>
 where
     F: Future<Output = Response<B>>,
 {
     let mut future = pin!(future);
     let mut watching = true;
+    // Whether interim responses were queued and may still be unwritten.
+    let mut interim_queued = false;
     poll_fn(|cx| {
-        if let Poll::Ready(response) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
+        let polled = if forwards_interim {
+            let (polled, offered) = interim::collect(|| future.as_mut().poll(cx));
+            if let Some(offered) = offered {
+                lock(wire).queue_interim(offered);
+                interim_queued = true;
+            }
+            polled
+        } else {
+            future.as_mut().poll(cx)
+        };
+        if let Poll::Ready(response) = polled {
+            return Poll::Ready(Ok(Some(response)));
+        }
+        if interim_queued {
+            match lock(wire).poll_flush_interim(cx) {
+                Poll::Ready(Ok(())) => interim_queued = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
+            }
         }
         if client_closed(&mut watching, wire, cx, max_head_bytes) {
-            Poll::Ready(None)
+            Poll::Ready(Ok(None))
         } else {
             Poll::Pending
         }

@@ -69,11 +69,7 @@ pub(crate) fn encode_head(
         Framing::Close
     };
 
-    out.extend_from_slice(b"HTTP/1.1 ");
-    short_copy::append(out, status.as_str().as_bytes());
-    out.push(b' ');
-    short_copy::append(out, status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    put_status_line(out, status);
     // A bodyless response keeps the length it declares: to HEAD, it is the length a GET
     // would get.
     let keep_length = framing == Framing::None && status != StatusCode::NO_CONTENT;
@@ -142,6 +138,42 @@ pub(crate) fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
+}
+
+/// Appends an interim (1xx) response head with the fields of `headers`.
+///
+/// The fields that [`encode_head`] leaves out or writes itself for a final response are left
+/// out: `Connection`, `Transfer-Encoding` and `Content-Length`, which a 1xx response must not
+/// carry because it has no content (RFC 9110 section 8.6, RFC 9112 section 6.1), and `Trailer`,
+/// since no trailer section follows. The caller has removed the hop-by-hop fields. No `Date`
+/// is added, since RFC 9110 (section 6.6.1) requires it only on 2xx, 3xx and 4xx responses.
+pub(crate) fn encode_interim(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    put_status_line(out, status);
+    for (name, value) in headers {
+        let left_out = *name == header::CONNECTION
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::CONTENT_LENGTH
+            || *name == header::TRAILER;
+        if left_out {
+            continue;
+        }
+        short_copy::append(out, name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        short_copy::append(out, value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the status line for `status`, with its standard reason phrase, or none for a code
+/// that has no standard phrase.
+#[inline]
+fn put_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    short_copy::append(out, status.as_str().as_bytes());
+    out.push(b' ');
+    short_copy::append(out, status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends a bodyless response with `status` that closes the connection, for a request the
@@ -325,6 +357,40 @@ mod tests {
         let (framing, _) = encode_head(&mut out, StatusCode::OK, &map, None, exchange);
         assert_eq!(framing, Framing::Chunked);
         assert!(!String::from_utf8(out).unwrap().contains("trailer"));
+    }
+
+    #[test]
+    fn interim_head_leaves_out_framing_fields() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("link", "</a.css>; rel=preload"),
+            ("content-length", "0"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "close"),
+            ("trailer", "x-sum"),
+            ("link", "</b.js>; rel=preload"),
+        ] {
+            headers.append(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut out = Vec::new();
+        encode_interim(&mut out, StatusCode::EARLY_HINTS, &headers);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\
+             link: </b.js>; rel=preload\r\n\r\n"
+        );
+
+        // A code without a standard reason phrase keeps the space before the empty phrase.
+        let mut out = Vec::new();
+        encode_interim(
+            &mut out,
+            StatusCode::from_u16(199).unwrap(),
+            &HeaderMap::new(),
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 199 \r\n\r\n");
     }
 
     #[test]

@@ -929,3 +929,165 @@ async fn size_hint_counts_bytes_left() {
         "{text}"
     );
 }
+
+/// Offers `103 Early Hints` with a `Link` field, as a forwarder does for a backend's.
+fn offer_hints() -> bool {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::LINK,
+        http::HeaderValue::from_static("</a.css>; rel=preload"),
+    );
+    interim::offer(StatusCode::EARLY_HINTS, &headers)
+}
+
+/// Offers early hints, waits a moment so that they are written on their own, then reads the
+/// body and responds with it.
+async fn hints_then_echo(request: Request<Inbound>) -> Response<Full<Bytes>> {
+    offer_hints();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    echo(request).await
+}
+
+#[tokio::test]
+async fn interim_responses_precede_final_one() {
+    let (address, _drain) = serve(hints_then_echo).await;
+    let mut stream = send(address, b"GET /hints HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let hints = read_until(&mut stream, "\r\n\r\n", 1).await;
+    assert_eq!(
+        hints,
+        "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
+    );
+    let text = read_until(&mut stream, "GET /hints ", 1).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    // Offered in the poll that also returns the response, they go out in front of its head.
+    let (address, _drain) = serve(|request: Request<Inbound>| async move {
+        offer_hints();
+        echo(request).await
+    })
+    .await;
+    let mut stream = send(address, b"GET /same HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let text = read_until(&mut stream, "GET /same ", 1).await;
+    assert!(
+        text.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn http_10_client_gets_no_interim_response() {
+    let offers_taken = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&offers_taken);
+    let (address, _drain) = serve(move |request: Request<Inbound>| {
+        let counted = Arc::clone(&counted);
+        async move {
+            if offer_hints() {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            echo(request).await
+        }
+    })
+    .await;
+    let mut stream = send(address, b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    let text = read_to_close(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("103"), "{text}");
+    assert_eq!(
+        offers_taken.load(Ordering::SeqCst),
+        0,
+        "the offer was taken"
+    );
+}
+
+#[tokio::test]
+async fn interim_and_continue_never_interleave() {
+    // The hints come before the body is read, so before the gateway's own `100 Continue`.
+    let (address, _drain) = serve(hints_then_echo).await;
+    let mut stream = send(
+        address,
+        b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    let interim = read_until(&mut stream, "\r\n\r\n", 2).await;
+    assert_eq!(
+        interim,
+        "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n\
+         HTTP/1.1 100 Continue\r\n\r\n"
+    );
+    stream.write_all(b"hi").await.unwrap();
+    let text = read_until(&mut stream, "POST /up hi", 1).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+
+    // Hints offered after the body was read follow the one `100 Continue`.
+    let (address, _drain) = serve(|request: Request<Inbound>| async move {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        offer_hints();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        echo(Request::from_parts(parts, Inbound::empty())).await;
+        Response::new(Full::new(body))
+    })
+    .await;
+    let mut stream = send(
+        address,
+        b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    let interim = read_until(&mut stream, "\r\n\r\n", 1).await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hi").await.unwrap();
+    let text = read_until(&mut stream, "hi", 1).await;
+    assert!(
+        text.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+}
+
+#[tokio::test]
+async fn failed_interim_write_drops_request() {
+    /// Counts its drops. The service's future owns one.
+    struct DropMark(Arc<AtomicUsize>);
+    impl Drop for DropMark {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    // The client sends its request and goes away before anything is written to it.
+    let (mut client, server) = tokio::io::duplex(1024);
+    client
+        .write_all(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    drop(client);
+
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&dropped);
+    let service = move |_request: Request<Inbound>| {
+        let mark = DropMark(Arc::clone(&counted));
+        async move {
+            let _mark = mark;
+            offer_hints();
+            std::future::pending::<Response<Full<Bytes>>>().await
+        }
+    };
+    let (_start_drain, drain) = watch::channel(false);
+    let served = serve_connection(server, service, |_| {}, SETTINGS, drain);
+    let result = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the connection ends");
+    assert!(
+        matches!(result, Err(ConnectionError::Io(ref error)) if error.kind() == io::ErrorKind::BrokenPipe),
+        "{result:?}"
+    );
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the request was not dropped"
+    );
+}

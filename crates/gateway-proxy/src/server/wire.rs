@@ -90,6 +90,11 @@ pub(crate) struct Wire {
     /// Bytes of `100 Continue` still to write before the body is read, when the client
     /// waits for it.
     continue_left: usize,
+    /// Interim responses from the backend, encoded for the client and not yet written whole
+    /// (see [`Wire::poll_flush_interim`]).
+    interim: Vec<u8>,
+    /// Bytes of `interim` written so far.
+    interim_sent: usize,
     /// Whether the service has polled the request body. Until it does, the connection loop
     /// reads ahead on its own to notice a client that leaves.
     pub(crate) body_polled: bool,
@@ -111,6 +116,8 @@ impl Wire {
             buffer: BytesMut::new(),
             body: BodyState::Done,
             continue_left: 0,
+            interim: Vec::new(),
+            interim_sent: 0,
             body_polled: false,
         }
     }
@@ -241,9 +248,15 @@ impl Wire {
         }
     }
 
-    /// Writes what is left of `100 Continue`, if the client waits for it.
+    /// Writes what is left of `100 Continue`, if the client waits for it, after the interim
+    /// responses queued before it.
     fn poll_send_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.continue_left > 0 {
+            // Checked only while `100 Continue` is due, so a body read without one pays
+            // nothing for it. One response must not start inside another.
+            if self.continue_left == CONTINUE.len() && !self.interim.is_empty() {
+                ready!(self.poll_write_interim(cx))?;
+            }
             let rest = &CONTINUE[CONTINUE.len() - self.continue_left..];
             let written = ready!(Pin::new(&mut self.io).poll_write(cx, rest))?;
             if written == 0 {
@@ -252,6 +265,61 @@ impl Wire {
             self.continue_left -= written;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Queues interim responses encoded for the client, to be written by
+    /// [`Wire::poll_flush_interim`] or ahead of the final response head
+    /// ([`Wire::take_unsent_interim`]).
+    pub(crate) fn queue_interim(&mut self, encoded: Vec<u8>) {
+        if self.interim.is_empty() {
+            self.interim = encoded;
+            self.interim_sent = 0;
+        } else {
+            self.interim.extend_from_slice(&encoded);
+        }
+    }
+
+    /// Writes the queued interim responses, after the rest of a `100 Continue` that is partly
+    /// written, so that no response starts inside another. Ready once all of them are
+    /// written.
+    pub(crate) fn poll_flush_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.continue_left > 0 && self.continue_left < CONTINUE.len() {
+            ready!(self.poll_send_continue(cx))?;
+        }
+        self.poll_write_interim(cx)
+    }
+
+    /// Writes the queued interim responses, and frees their buffer once they are written.
+    fn poll_write_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.interim_sent < self.interim.len() {
+            let rest = &self.interim[self.interim_sent..];
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, rest))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.interim_sent += written;
+        }
+        self.interim = Vec::new();
+        self.interim_sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Returns whether interim responses wait to be written.
+    pub(crate) fn has_unsent_interim(&self) -> bool {
+        !self.interim.is_empty()
+    }
+
+    /// Moves what is unwritten of the queued interim responses to `out`, which the final
+    /// response head follows, with the rest of a `100 Continue` that is partly written in
+    /// front of them.
+    pub(crate) fn take_unsent_interim(&mut self, out: &mut Vec<u8>) {
+        if self.continue_left > 0 && self.continue_left < CONTINUE.len() {
+            out.extend_from_slice(&CONTINUE[CONTINUE.len() - self.continue_left..]);
+            self.continue_left = 0;
+        }
+        out.extend_from_slice(&self.interim[self.interim_sent..]);
+        self.interim = Vec::new();
+        self.interim_sent = 0;
     }
 
     /// Returns whether `100 Continue` was due and never sent: the request body was never
