@@ -116,7 +116,7 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
     /// Maximum wait for the backend's response head without progress: request body bytes
-    /// sent and each of the first 10 interim responses received start the wait again.
+    /// sent and each interim response received start the wait again.
     /// Default 30s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub response_timeout: Duration,

@@ -588,8 +588,7 @@ impl Connection {
     /// when the body is first read. Later interim responses are read and dropped.
     ///
     /// The wait ends after `timeout` without progress: no body bytes from the client, none
-    /// written to the backend, none of the first [`MAX_INTERIM_RESPONSES`] interim responses
-    /// and no final response head. Whose fault that is depends on what the
+    /// written to the backend, no interim response and no final response head. Whose fault that is depends on what the
     /// exchange was waiting for: the client's next body bytes give
     /// [`ExchangeError::ClientTimeout`], anything else (a backend that does not read the body
     /// or does not respond) gives [`ExchangeError::Timeout`].
@@ -719,9 +718,9 @@ impl Connection {
                 match codec::parse_response_head(self.read.filled(), method, &mut self.copies) {
                     Ok(Parsed::Partial) => {}
                     Ok(Parsed::Interim(len, status)) => {
+                        interim.restart = true;
                         if interim.count < MAX_INTERIM_RESPONSES {
                             interim.count += 1;
-                            interim.restart = true;
                             if status != StatusCode::CONTINUE && interim::is_open() {
                                 offer_interim(&self.read.filled()[..len]);
                             }
@@ -797,7 +796,7 @@ impl Connection {
 /// The interim responses of one exchange.
 #[derive(Debug, Default)]
 struct Interim {
-    /// Interim responses read, up to [`MAX_INTERIM_RESPONSES`].
+    /// Interim responses counted toward [`MAX_INTERIM_RESPONSES`].
     count: usize,
     /// Set when one of them arrived since the flag was last taken, to restart the wait.
     restart: bool,
@@ -1217,42 +1216,36 @@ mod tests {
         assert!(!offered.contains(&format!("</{}>", MAX_INTERIM_RESPONSES - 1)));
     }
 
-    /// Interim responses past the cap no longer restart the response timeout, so a backend
-    /// that keeps sending them gets a timeout rather than holding the request.
+    /// Interim responses past the cap are not offered but still restart the response
+    /// timeout, so a backend that keeps reporting progress is not cut off.
     #[tokio::test]
-    async fn endless_interim_responses_time_out() {
+    async fn interim_responses_past_cap_restart_timeout() {
         use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut connection, mut backend) = connection(&listener).await;
         // Under 100 ms, so that the wait reads the precise clock.
         let timeout = Duration::from_millis(95);
-        let started = Instant::now();
         let backend = tokio::spawn(async move {
-            // One every 10 ms for 2 s, each well within the timeout of the one before, then
-            // the final response.
-            for _ in 0..200 {
+            // One every 10 ms, 400 ms in all: four response timeouts, and 40 interim
+            // responses, four times the cap.
+            for _ in 0..40 {
                 backend
                     .write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let _ = backend.write_all(OK_HEAD).await;
+            backend.write_all(OK_HEAD).await.unwrap();
             backend
         });
 
         let (result, offered) = exchange_collecting(&mut connection, timeout).await;
-        let waited = started.elapsed();
-        assert!(matches!(result, Err(ExchangeError::Timeout)), "{result:?}");
-        assert!(
-            waited < Duration::from_secs(1),
-            "timed out after {waited:?}"
-        );
+        assert_eq!(result.unwrap().0.status, StatusCode::OK);
         assert_eq!(
             offered.matches("HTTP/1.1 102 Processing\r\n\r\n").count(),
             MAX_INTERIM_RESPONSES
         );
-        backend.abort();
+        drop(backend.await.unwrap());
     }
 
     #[tokio::test]

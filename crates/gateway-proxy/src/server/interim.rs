@@ -14,11 +14,10 @@ use crate::server::response::encode_interim;
 use http::{HeaderMap, StatusCode};
 use std::cell::{Cell, RefCell};
 
-/// Most interim responses that one request takes from its backend. Each of them restarts the
-/// response timeout, and each but `100 Continue` is offered to the client. Later ones are read
-/// and dropped without restarting the timeout. So interim responses alone keep a request
-/// waiting for at most this many response timeouts plus one, and a client that does not read
-/// gets at most this many heads queued for it.
+/// Most interim responses of one request that are offered to the client, `100 Continue`
+/// counted though it is never offered. Later ones are read and dropped, so a client that does
+/// not read gets at most this many heads queued for it. Every interim response restarts the
+/// response timeout, offered or not.
 pub(crate) const MAX_INTERIM_RESPONSES: usize = 10;
 
 /// The state of the slot: closed, open to offers, or open with an offer taken.
