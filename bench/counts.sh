@@ -17,11 +17,13 @@
 #   nginx-log  the same with its buffered access log on            (bench/peers/nginx-log.conf)
 #   gw         the plain proxy (request log, access line, rate limit and CORS off)
 #   gw-full    every feature on, as shipped
+#   gw-pgo, gw-full-pgo  the same two, built with profile-guided optimization by bench/pgo.sh
+#              (only when named in --only; PGO_BINARY=FILE uses a binary pgo.sh already built)
 # Installs nginx, h2load, valgrind, curl and perf from the distribution's packages when one is
 # missing, builds the gateway and the origin in release mode, and uses ports 9131 and 9331.
 # Usage: bench/counts.sh [--quick] [--only a,b] [--keep DIR]
 #   --quick  4,000 counted requests
-#   --only   the targets to run, from nginx, nginx-log, gw and gw-full
+#   --only   the targets to run, from nginx, nginx-log, gw, gw-full, gw-pgo and gw-full-pgo
 #   --keep   keep the callgrind output files in DIR, for callgrind_annotate
 set -euo pipefail
 
@@ -44,8 +46,11 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 for name in ${ONLY//,/ }; do
-  [[ $name =~ ^(nginx|nginx-log|gw|gw-full)$ ]] \
-    || { echo "counts.sh: unknown target '$name': pick from nginx, nginx-log, gw, gw-full" >&2; exit 2; }
+  [[ $name =~ ^(nginx|nginx-log|gw|gw-full|gw-pgo|gw-full-pgo)$ ]] || {
+    echo "counts.sh: unknown target '$name': pick from nginx, nginx-log, gw, gw-full, gw-pgo," \
+      "gw-full-pgo" >&2
+    exit 2
+  }
 done
 
 need=()
@@ -64,6 +69,13 @@ ORIGIN_TARGET=${ORIGIN_TARGET:-${TMPDIR:-/tmp}/peer-bench-origin}
 
 RUN=$(mktemp -d /tmp/gateway-counts.XXXXXX)
 cp "$CARGO_TARGET_DIR/release/apigateway" "$RUN/apigateway"
+if [[ ,$ONLY, == *-pgo,* ]]; then
+  if [[ -n ${PGO_BINARY:-} ]]; then
+    cp "$PGO_BINARY" "$RUN/apigateway-pgo"
+  else
+    "$HERE/pgo.sh" --out "$RUN/apigateway-pgo" >/dev/null
+  fi
+fi
 STARTED=()
 cleanup() {
   for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -138,6 +150,12 @@ for name in ${ONLY//,/ }; do
     gw-full)
       gateway_conf gw-full true
       command=("$RUN/apigateway" --config "$RUN/gw-full.yaml") ;;
+    gw-pgo)
+      gateway_conf gw-pgo false
+      command=("$RUN/apigateway-pgo" --config "$RUN/gw-pgo.yaml") ;;
+    gw-full-pgo)
+      gateway_conf gw-full-pgo true
+      command=("$RUN/apigateway-pgo" --config "$RUN/gw-full-pgo.yaml") ;;
     *) echo "counts.sh: unknown target '$name'" >&2; exit 2 ;;
   esac
   measure "$name" "${command[@]}"

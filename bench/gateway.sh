@@ -10,7 +10,11 @@
 #   gw-2w      the plain proxy with two worker threads (port 9303); peers.sh pins every proxy
 #              to PROXY_CPU, so it only scales when PROXY_CPU names two cores (PROXY_CPU=0,1)
 #   nginx-log  nginx with its access log on, the peer for gw-full (port 9204)
-# Every argument is passed to peers.sh (--quick, --rounds N, --only a,b, --out DIR).
+# With --pgo, also the gateway built with profile-guided optimization by bench/pgo.sh
+# (PGO_BINARY=FILE uses a binary pgo.sh already built):
+#   gw-pgo       the plain proxy (port 9304)
+#   gw-full-pgo  every feature on (port 9305)
+# Every other argument is passed to peers.sh (--quick, --rounds N, --only a,b, --out DIR).
 # Results: the table peers.sh prints; copy the figures to bench/RESULTS.md.
 set -euo pipefail
 
@@ -38,6 +42,12 @@ if [[ ${#need[@]} -gt 0 ]]; then
   apt-get update -qq
   apt-get install -y -qq nginx haproxy caddy wrk nghttp2-client curl util-linux >/dev/null
 fi
+
+PGO=false
+args=()
+for arg in "$@"; do
+  if [[ $arg == --pgo ]]; then PGO=true; else args+=("$arg"); fi
+done
 
 (cd "$ROOT" && cargo build --release --locked -p apigateway)
 BIN="$CARGO_TARGET_DIR/release/apigateway"
@@ -78,10 +88,27 @@ write_config "$CONF/full.yaml" 9302 1 on
 write_config "$CONF/two.yaml" 9303 2 off
 mkdir -p "$CONF/nginx-log/tmp"
 
+pgo_targets=()
+if $PGO; then
+  PGO_BIN="$CONF/apigateway-pgo"
+  if [[ -n ${PGO_BINARY:-} ]]; then
+    cp "$PGO_BINARY" "$PGO_BIN"
+  else
+    "$HERE/pgo.sh" --out "$PGO_BIN" >/dev/null
+  fi
+  write_config "$CONF/plain-pgo.yaml" 9304 1 off
+  write_config "$CONF/full-pgo.yaml" 9305 1 on
+  pgo_targets=(
+    --target gw-pgo=http://127.0.0.1:9304/ --cmd gw-pgo="$PGO_BIN --config $CONF/plain-pgo.yaml"
+    --target gw-full-pgo=http://127.0.0.1:9305/
+    --cmd gw-full-pgo="$PGO_BIN --config $CONF/full-pgo.yaml"
+  )
+fi
+
 "$HERE/peers.sh" \
   --target gw=http://127.0.0.1:9301/ --cmd gw="$BIN --config $CONF/plain.yaml" \
   --target gw-full=http://127.0.0.1:9302/ --cmd gw-full="$BIN --config $CONF/full.yaml" \
   --target gw-2w=http://127.0.0.1:9303/ --cmd gw-2w="$BIN --config $CONF/two.yaml" \
   --target nginx-log=http://127.0.0.1:9204/ \
   --cmd nginx-log="nginx -p $CONF/nginx-log -c $HERE/peers/nginx-log.conf" \
-  "$@"
+  "${pgo_targets[@]}" "${args[@]}"
