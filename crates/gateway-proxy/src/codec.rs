@@ -338,12 +338,17 @@ pub(crate) fn parse_response_head(
 
 /// Returns whether a response field named `name` stays on the backend's hop: a hop-by-hop
 /// field, or one that the response's `Connection` names (`named_by_connection`).
-#[inline]
+// Always inlined: the final head's loop calls it for each field, and the interim path, the
+// other caller, would otherwise keep it out of line.
+#[inline(always)]
 fn stays_on_hop(name: &HeaderName, named_by_connection: &[&str]) -> bool {
+    // Most responses name nothing in `Connection`, and the length check keeps the search out
+    // of their loop.
     is_hop_by_hop(name)
-        || named_by_connection
-            .iter()
-            .any(|named| name.as_str().eq_ignore_ascii_case(named))
+        || (!named_by_connection.is_empty()
+            && named_by_connection
+                .iter()
+                .any(|named| name.as_str().eq_ignore_ascii_case(named)))
 }
 
 /// Reads the interim (1xx) response that `head` contains whole, as [`parse_response_head`]

@@ -51,29 +51,44 @@ pub(crate) fn offer(status: StatusCode, headers: &HeaderMap) -> bool {
     true
 }
 
-/// Runs `poll` with offers taken, and returns its result with the interim responses offered
-/// during it, encoded for the client, if any.
-pub(crate) fn collect<T>(poll: impl FnOnce() -> T) -> (T, Option<Vec<u8>>) {
+/// Opens the slot to offers until [`Collecting::finish`], which returns what was offered.
+/// The service's future is polled in between, where it stays, so that its output is not moved
+/// through this module.
+pub(crate) fn open() -> Collecting {
     SLOT.set(Slot::Open);
-    // A panic in `poll` drops this, which closes the slot and drops what was offered, so
-    // that a later poll neither takes offers it did not collect nor sends them.
-    let closer = Closer;
-    let result = poll();
-    std::mem::forget(closer);
-    let offered = (SLOT.replace(Slot::Closed) == Slot::Offered)
-        .then(|| OFFERED.with_borrow_mut(std::mem::take));
-    (result, offered)
+    Collecting
 }
 
-/// Closes the slot and drops what was offered in it when dropped.
-struct Closer;
+/// The slot, open to offers. Dropping it unfinished (when the poll panics) closes the slot and
+/// drops what was offered, so that a later poll neither takes offers it did not open for nor
+/// sends them.
+pub(crate) struct Collecting;
 
-impl Drop for Closer {
+impl Collecting {
+    /// Closes the slot and returns the interim responses offered since [`open`], encoded for
+    /// the client, if any.
+    pub(crate) fn finish(self) -> Option<Vec<u8>> {
+        std::mem::forget(self);
+        (SLOT.replace(Slot::Closed) == Slot::Offered)
+            .then(|| OFFERED.with_borrow_mut(std::mem::take))
+    }
+}
+
+impl Drop for Collecting {
     fn drop(&mut self) {
         if SLOT.replace(Slot::Closed) == Slot::Offered {
             OFFERED.with_borrow_mut(Vec::clear);
         }
     }
+}
+
+/// Runs `poll` between [`open`] and [`Collecting::finish`], and returns its result with what
+/// was offered during it.
+#[cfg(test)]
+pub(crate) fn collect<T>(poll: impl FnOnce() -> T) -> (T, Option<Vec<u8>>) {
+    let collecting = open();
+    let result = poll();
+    (result, collecting.finish())
 }
 
 #[cfg(test)]

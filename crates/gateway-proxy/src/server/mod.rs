@@ -249,13 +249,18 @@ where
         // gets no interim response (RFC 9110 section 15.2).
         let future = Box::pin(service(request));
         let forwards_interim = version >= Version::HTTP_11;
-        let response = match respond(&wire, future, settings.max_head_bytes, forwards_interim).await
-        {
-            Ok(Some(response)) => response,
-            // The client closed the connection; the request was dropped.
-            Ok(None) => return Ok(()),
-            // Writing an interim response failed, and the request was dropped.
-            Err(error) => return Err(ConnectionError::Io(error)),
+        let mut interim_error = None;
+        let Some(response) = respond(
+            &wire,
+            future,
+            settings.max_head_bytes,
+            forwards_interim.then_some(&mut interim_error),
+        )
+        .await
+        else {
+            // The request was dropped: the client closed the connection, or writing an
+            // interim response failed.
+            return interim_error.map_or(Ok(()), |error| Err(ConnectionError::Io(error)));
         };
 
         let (parts, body) = response.into_parts();
@@ -492,19 +497,17 @@ async fn read_head(
 /// request body (while it connects to a backend, say) and after the body has ended. While the
 /// body is read, the body itself reports a client that leaves, as an error.
 ///
-/// With `forwards_interim`, the interim responses that the service offers (see [`interim`])
-/// are written to the client as they come. Those still unwritten when the response is ready
-/// stay queued on the wire, for the final head to follow.
-///
-/// # Errors
-///
-/// Returns the error of a failed write of an interim response.
+/// With `interim_error`, the interim responses that the service offers (see [`interim`]) are
+/// written to the client as they come. Those still unwritten when the response is ready stay
+/// queued on the wire, for the final head to follow. A failed write of one returns `None`
+/// with its error in `interim_error`. The error is kept apart from the output so that the
+/// response, which is large, is not moved once more through a `Result`.
 async fn respond<F, B>(
     wire: &SharedWire,
     future: F,
     max_head_bytes: usize,
-    forwards_interim: bool,
-) -> io::Result<Option<Response<B>>>
+    mut interim_error: Option<&mut Option<io::Error>>,
+) -> Option<Response<B>>
 where
     F: Future<Output = Response<B>>,
 {
@@ -513,28 +516,31 @@ where
     // Whether interim responses were queued and may still be unwritten.
     let mut interim_queued = false;
     poll_fn(|cx| {
-        let polled = if forwards_interim {
-            let (polled, offered) = interim::collect(|| future.as_mut().poll(cx));
-            if let Some(offered) = offered {
+        let collecting = interim_error.is_some().then(interim::open);
+        if let Poll::Ready(response) = future.as_mut().poll(cx) {
+            if let Some(offered) = collecting.and_then(interim::Collecting::finish) {
                 lock(wire).queue_interim(offered);
-                interim_queued = true;
             }
-            polled
-        } else {
-            future.as_mut().poll(cx)
-        };
-        if let Poll::Ready(response) = polled {
-            return Poll::Ready(Ok(Some(response)));
+            return Poll::Ready(Some(response));
+        }
+        if let Some(offered) = collecting.and_then(interim::Collecting::finish) {
+            lock(wire).queue_interim(offered);
+            interim_queued = true;
         }
         if interim_queued {
             match lock(wire).poll_flush_interim(cx) {
                 Poll::Ready(Ok(())) => interim_queued = false,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Err(error)) => {
+                    if let Some(slot) = interim_error.as_deref_mut() {
+                        *slot = Some(error);
+                    }
+                    return Poll::Ready(None);
+                }
                 Poll::Pending => {}
             }
         }
         if client_closed(&mut watching, wire, cx, max_head_bytes) {
-            Poll::Ready(Ok(None))
+            Poll::Ready(None)
         } else {
             Poll::Pending
         }

@@ -167,7 +167,9 @@ pub(crate) fn encode_interim(out: &mut Vec<u8>, status: StatusCode, headers: &He
 
 /// Appends the status line for `status`, with its standard reason phrase, or none for a code
 /// that has no standard phrase.
-#[inline]
+// Always inlined into the final head's encoder, for the reason `stays_on_hop` in the codec
+// is.
+#[inline(always)]
 fn put_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
     short_copy::append(out, status.as_str().as_bytes());
