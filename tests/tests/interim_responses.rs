@@ -226,3 +226,65 @@ fn interim_responses_capped_per_request() {
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"hello");
 }
+
+/// Starts a backend that, for each connection, reads a request head and then sends
+/// `102 Processing` every 100 ms for 5 s without reading the body or responding.
+fn start_processing_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("backend address");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|read| read > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let mut writer = reader.into_inner();
+                for _ in 0..50 {
+                    if writer
+                        .write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn stalled_upload_times_out_despite_interim_responses() {
+    let backend = start_processing_backend();
+    let gateway = GatewayProcess::start(&format!(
+        r#"
+server: {{host: 127.0.0.1, port: {{port}}, workers: 1}}
+routes:
+  - path: "/*rest"
+    backends:
+      - url: "http://{backend}"
+proxy: {{response_timeout: 1s}}
+health_check: {{enabled: false}}
+request_log: {{enabled: false}}
+"#
+    ));
+    let mut connection = RawConnection::open(gateway.addr).expect("connect");
+    let started = std::time::Instant::now();
+    connection
+        .send(b"POST /upload HTTP/1.1\r\nhost: gateway\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .expect("send part of the body");
+
+    // The backend's progress does not excuse the client's stalled body: the wait for its next
+    // bytes ends with 408 after one response timeout, long before the backend stops.
+    let (interim, response) = connection.read_final_response().expect("response");
+    assert_eq!(response.status, 408, "{response:?}");
+    assert!(!interim.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -245,6 +245,19 @@ async fn target_too_long_once_encoded_gets_414() {
     assert_still_serving(&gateway, "a target too long once encoded").await;
 }
 
+/// A method longer than any route may list gets 501 rather than reaching a backend, also on a
+/// route that lists no methods and so takes extension methods.
+#[tokio::test]
+async fn method_too_long_gets_501() {
+    let (_mock, gateway) = start();
+    let request = format!(
+        "{} /api/users HTTP/1.1\r\nHost: a\r\n\r\n",
+        "PURGE".repeat(100)
+    );
+    assert_eq!(send_raw(&gateway, request.as_bytes()), Outcome::Status(501));
+    assert_still_serving(&gateway, "a method too long").await;
+}
+
 #[tokio::test]
 async fn unfinished_head_is_cut_off() {
     let (_mock, gateway) = start();

@@ -623,8 +623,10 @@ impl Connection {
             let head = self.poll_head(cx, method, &mut received, &mut interim);
             // An interim response (`102 Processing`, say) shows that the backend is working
             // on the request, so it starts the wait again, as a read restarts NGINX's
-            // `proxy_read_timeout`.
-            if std::mem::take(&mut interim.restart) {
+            // `proxy_read_timeout`. Not while the body waits on a client that stopped sending
+            // it, which the backend's progress does not excuse.
+            if std::mem::take(&mut interim.restart) && !self.waits_on_client(write_error.is_some())
+            {
                 last_progress = Some(clock::now_for(timeout));
             }
             match head {
@@ -640,15 +642,19 @@ impl Connection {
             }
             let since = *last_progress.get_or_insert_with(|| clock::now_for(timeout));
             ready!(self.poll_timer(cx, since + timeout));
-            let client_stalled =
-                write_error.is_none() && !self.send.finished() && self.send.waiting_for_client;
-            Poll::Ready(Err(if client_stalled {
+            Poll::Ready(Err(if self.waits_on_client(write_error.is_some()) {
                 ExchangeError::ClientTimeout
             } else {
                 ExchangeError::Timeout
             }))
         })
         .await
+    }
+
+    /// Returns whether sending the request waits on the client's next body bytes, with
+    /// `write_failed` set when a write to the backend has failed.
+    fn waits_on_client(&self, write_failed: bool) -> bool {
+        !write_failed && !self.send.finished() && self.send.waiting_for_client
     }
 
     /// Polls the response timer for `deadline`; ready once the deadline has passed.

@@ -356,7 +356,7 @@ fn stays_on_hop(name: &HeaderName, named_by_connection: &[&str]) -> bool {
 ///
 /// The fields are those of a final response head: hop-by-hop fields and the fields that
 /// `Connection` names are left out. `Content-Length` is left out too, since a 1xx response has
-/// no content. The values are copied, because interim responses are rare and short-lived.
+/// no content, and so are the `Access-Control-*` fields. The values are copied, because interim responses are rare and short-lived.
 ///
 /// # Errors
 ///
@@ -396,7 +396,12 @@ pub(crate) fn parse_interim_head(head: &[u8]) -> Result<(StatusCode, HeaderMap),
     for field in response.headers.iter() {
         let name = field_name::from_token(field.name.as_bytes())
             .map_err(|_| HeadError::Header("invalid field name"))?;
-        if name == header::CONTENT_LENGTH || stays_on_hop(&name, &named_by_connection) {
+        // The `Access-Control-*` fields are left out too: the route's CORS policy sets them on
+        // the final response only, and a backend's own would contradict it.
+        if name == header::CONTENT_LENGTH
+            || stays_on_hop(&name, &named_by_connection)
+            || name.as_str().starts_with("access-control-")
+        {
             continue;
         }
         let value = HeaderValue::from_bytes(field.value)
@@ -639,7 +644,8 @@ mod tests {
     fn interim_head_keeps_end_to_end_fields() {
         let text = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
                     Connection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
-                    Content-Length: 0\r\nLink : </b.js>; rel=preload\r\n\r\n";
+                    Content-Length: 0\r\nLink : </b.js>; rel=preload\r\n\
+                    Access-Control-Allow-Origin: *\r\n\r\n";
         let (status, headers) = parse_interim_head(text.as_bytes()).unwrap();
         assert_eq!(status, StatusCode::EARLY_HINTS);
         let links: Vec<_> = headers.get_all(header::LINK).iter().collect();

@@ -14,6 +14,11 @@ pub(crate) const MAX_HEADERS: usize = 100;
 /// more uses a table of [`MAX_HEADERS`].
 const FEW_HEADERS: usize = 16;
 
+/// The longest method the gateway takes, as long as the longest a route may list. A longer
+/// one gets 501, as RFC 9112 section 3 advises for a method longer than any the server
+/// implements, rather than reaching a backend, the access line and the request log.
+pub(crate) const MAX_METHOD_BYTES: usize = 32;
+
 /// The framing of a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFraming {
@@ -62,6 +67,9 @@ pub(crate) enum HeadError {
     /// The last coding of `Transfer-Encoding` is not `chunked`, so the body's end is unknown.
     #[error("Transfer-Encoding does not end in chunked")]
     UnsupportedTransferCoding,
+    /// The method is longer than [`MAX_METHOD_BYTES`].
+    #[error("method too long")]
+    MethodTooLong,
     /// The request line names an HTTP version other than 1.x, such as `HTTP/2.0` (the HTTP/2
     /// connection preface starts with one).
     #[error("unsupported HTTP version")]
@@ -117,6 +125,9 @@ pub(crate) fn parse_head(
         let start = piece.as_ptr() as usize - base;
         [start as u32, (start + piece.len()) as u32]
     };
+    if method.len() > MAX_METHOD_BYTES {
+        return Err(HeadError::MethodTooLong);
+    }
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed)?;
     let [target_start, target_end] = span(target.as_bytes());
     // Most heads have a few fields, and a table for them costs less to zero than one for the
@@ -406,6 +417,18 @@ mod tests {
                 expects_continue: false,
                 trailers: false,
             }
+        );
+    }
+
+    #[test]
+    fn methods_longer_than_any_route_lists_rejected() {
+        let longest = "M".repeat(MAX_METHOD_BYTES);
+        let (request, _) = parse(&format!("{longest} /a HTTP/1.1\r\n\r\n")).unwrap();
+        assert_eq!(request.method().as_str(), longest);
+        let longer = "M".repeat(MAX_METHOD_BYTES + 1);
+        assert_eq!(
+            parse(&format!("{longer} /a HTTP/1.1\r\n\r\n")).unwrap_err(),
+            HeadError::MethodTooLong
         );
     }
 

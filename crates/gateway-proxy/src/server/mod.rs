@@ -216,6 +216,7 @@ where
                     HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                     HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
+                    HeadError::MethodTooLong => StatusCode::NOT_IMPLEMENTED,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 let kind = match error {
@@ -386,6 +387,7 @@ fn head_error_reason(error: HeadError) -> &'static str {
         HeadError::TooManyHeaders => "too many header fields",
         HeadError::TooLarge => "too large",
         HeadError::TargetTooLong => "request target too long",
+        HeadError::MethodTooLong => "method too long",
         HeadError::ContentLength => "invalid Content-Length",
         HeadError::TransferEncoding => "invalid Transfer-Encoding",
         HeadError::UnsupportedTransferCoding => "Transfer-Encoding does not end in chunked",
@@ -516,7 +518,9 @@ where
     // Whether interim responses were queued and may still be unwritten.
     let mut interim_queued = false;
     poll_fn(|cx| {
-        let collecting = interim_error.is_some().then(interim::open);
+        // While earlier interim responses wait for a client that does not read, later ones are
+        // not taken, so that what waits stays bounded; the hand-over drops them.
+        let collecting = (interim_error.is_some() && !interim_queued).then(interim::open);
         if let Poll::Ready(response) = future.as_mut().poll(cx) {
             if let Some(offered) = collecting.and_then(interim::Collecting::finish) {
                 lock(wire).queue_interim(offered);

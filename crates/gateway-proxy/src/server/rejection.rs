@@ -1,7 +1,7 @@
 //! The report of a request head that the server rejected, with what could be read of it.
 
 use crate::error::ErrorKind;
-use crate::server::head::MAX_HEADERS;
+use crate::server::head::{MAX_HEADERS, MAX_METHOD_BYTES};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ pub(crate) struct HeadParts {
 /// `fields_parsed` is true because the head's parser accepted every line of it.
 ///
 /// The request line counts only when it ended and has the form `method SP target SP
-/// HTTP/1.x`, with a valid method and target. This parser is separate from the one for
+/// HTTP/1.x`, with a valid method of at most [`MAX_METHOD_BYTES`] and a valid target. This parser is separate from the one for
 /// accepted heads because a second caller of that one changed how the compiler inlined it
 /// on the request path.
 pub(crate) fn read_parts(buffer: &[u8], fields_parsed: bool) -> HeadParts {
@@ -74,6 +74,7 @@ pub(crate) fn read_parts(buffer: &[u8], fields_parsed: bool) -> HeadParts {
     if let (Some(method), Some(target), Some(version), None) =
         (pieces.next(), pieces.next(), pieces.next(), pieces.next())
         && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+        && method.len() <= MAX_METHOD_BYTES
         && let (Ok(method), Ok(uri)) = (Method::from_bytes(method), Uri::try_from(target))
     {
         parts.method = Some(method);
@@ -133,6 +134,9 @@ mod tests {
         let parts = read_parts(b"PROPFIND /dav/a HTTP/1.1\r\nX-Long: aaaa", false);
         assert_eq!(parts.method.as_ref().map(Method::as_str), Some("PROPFIND"));
         assert_eq!(parts.uri.as_ref().map(Uri::path), Some("/dav/a"));
+        // A method too long to take is not recorded.
+        let line = format!("{} /a HTTP/1.1\r\n", "M".repeat(MAX_METHOD_BYTES + 1));
+        assert!(read_parts(line.as_bytes(), false).method.is_none());
     }
 
     #[test]
