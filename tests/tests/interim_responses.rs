@@ -257,7 +257,7 @@ fn start_processing_backend() -> SocketAddr {
 }
 
 #[test]
-fn stalled_upload_times_out_despite_interim_responses() {
+fn stalled_upload_still_gets_408() {
     let backend = start_processing_backend();
     let gateway = GatewayProcess::start(&format!(
         r#"
