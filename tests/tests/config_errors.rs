@@ -127,6 +127,46 @@ fn check_lists_every_problem() {
     );
 }
 
+/// YAML's null and boolean words and numbers reach a method list as text, so `--check`
+/// must reject them rather than pass a route that takes a method named `~`.
+#[test]
+fn check_rejects_yaml_words_as_methods() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let config = format!("{ROUTE}    methods: [PURGE, ~, null, yes, 12, .inf]\n");
+    let path = write_config(dir.path(), &config);
+    let path_text = path.display().to_string();
+
+    let output = run(&["--check", "--config", &path_text]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{text}");
+    for (field, reason) in [
+        ("routes[0].methods[1]", "YAML reads ~ as a null value"),
+        (
+            "routes[0].methods[2]",
+            "YAML reads the word null as a null value",
+        ),
+        (
+            "routes[0].methods[3]",
+            "YAML 1.1 reads the word yes as a boolean",
+        ),
+        ("routes[0].methods[4]", "must start with a letter"),
+        ("routes[0].methods[5]", "must start with a letter"),
+    ] {
+        let line = text
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("{field} not named:\n{text}"));
+        assert!(
+            line.contains(reason),
+            "{field} gives no reason ({reason:?}): {line}"
+        );
+    }
+    assert!(
+        !text.contains("routes[0].methods[0]"),
+        "PURGE rejected:\n{text}"
+    );
+}
+
 #[test]
 fn start_with_invalid_config_fails() {
     let dir = tempfile::tempdir().expect("temporary folder");

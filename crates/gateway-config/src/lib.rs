@@ -12,6 +12,7 @@
 //! - [`model`]: the serde types of every section, with their defaults.
 //! - `duration`: durations written as `30s`, `500ms` or `1m`.
 //! - `parse_message`: the parser's messages, reworded with the fix for common mistakes.
+//! - `method`: the method names that method lists take, and the messages for the others.
 //! - `route_path`: the route path syntax (`:name` for one segment, `*name` for the rest), and
 //!   the paths the gateway serves itself.
 //! - `route_conflict`: pairs of routes that the router cannot order.
@@ -25,6 +26,7 @@
 
 mod duration;
 pub mod error;
+mod method;
 pub mod model;
 mod networks;
 mod origin;

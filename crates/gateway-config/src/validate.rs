@@ -1,6 +1,7 @@
 //! Checks that run after parsing, collecting every problem with its field path.
 
 use crate::Problem;
+use crate::method::check_method;
 use crate::model::{
     BackendConfig, Config, CorsConfig, DEFAULT_MAX_ROWS, HealthCheckConfig,
     MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND, RateLimitConfig,
@@ -11,26 +12,11 @@ use crate::route_path::{
     dot_segment, invalid_percent_encoding, is_admin_path, match_form, merge_slashes, push_encoded,
     resolve_dot_segments, route_patterns,
 };
+use http::Uri;
 use http::uri::PathAndQuery;
-use http::{Method, Uri};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
-
-/// The methods of RFC 9110 and PATCH (RFC 5789). Clients send them in capitals, so another
-/// spelling of one of them in a method list is an error.
-pub(crate) const STANDARD_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
-];
-
-/// Maximum length of a method name, in bytes. Methods in use, such as WebDAV's
-/// VERSION-CONTROL (15 bytes), are far shorter, so a longer name is more likely a pasted value
-/// than a method.
-pub(crate) const MAX_METHOD_LENGTH: usize = 32;
-
-/// The characters that RFC 9110 (section 5.6.2, `tchar`) allows in a method besides ASCII
-/// letters and digits.
-const METHOD_PUNCTUATION: &[u8] = b"!#$%&'*+-.^_`|~";
 
 /// Largest backend weight; larger weights make the round-robin counters overflow-prone and are
 /// never needed to express a ratio.
@@ -290,7 +276,9 @@ impl Config {
                 ),
                 Some(methods) => {
                     for (j, method) in methods.iter().enumerate() {
-                        check_method(problems, &format!("{field}.methods[{j}]"), method);
+                        if let Err(message) = check_method(method) {
+                            problems.push(format!("{field}.methods[{j}]"), message);
+                        }
                     }
                 }
                 None => {}
@@ -627,80 +615,6 @@ fn port_text(authority: &str) -> Option<&str> {
     after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
-/// Checks that `method` is one that a request line can carry: a token of RFC 9110 (section
-/// 9.1) of at most [`MAX_METHOD_LENGTH`] bytes. Any such method is accepted, so that routes
-/// can take extension methods such as PURGE or WebDAV's PROPFIND. A standard method in
-/// another case (`get`) is rejected, because methods are case-sensitive and clients send
-/// those in capitals, so it would match no request.
-fn check_method(problems: &mut Problems, field: &str, method: &str) {
-    if method.is_empty() {
-        problems.push(
-            field,
-            "the method is empty: write a method name, like GET or PURGE",
-        );
-        return;
-    }
-    if !is_method_token(method) {
-        // A list written as one item, such as "GET, POST", gets the list to write instead. A
-        // space alone separates a list only of standard methods, so that "PUR GE" is taken for
-        // one mistyped method.
-        let items: Vec<&str> = method
-            .split(|c: char| c == ',' || c.is_ascii_whitespace())
-            .filter(|item| !item.is_empty())
-            .collect();
-        let is_list = items.len() > 1
-            && items.iter().all(|item| is_method_token(item))
-            && (method.contains(',')
-                || items
-                    .iter()
-                    .all(|item| STANDARD_METHODS.contains(&item.to_ascii_uppercase().as_str())));
-        let fix = if is_list {
-            format!(
-                "list each method as an item of its own, like [{}]",
-                items.join(", ")
-            )
-        } else {
-            "a method is one token of letters, digits and the characters !#$%&'*+-.^_`|~, \
-             with no spaces, like GET or PURGE"
-                .to_owned()
-        };
-        problems.push(field, format!("invalid HTTP method {method:?}: {fix}"));
-        return;
-    }
-    if method.len() > MAX_METHOD_LENGTH {
-        problems.push(
-            field,
-            format!(
-                "invalid HTTP method {method:?}: it is {} bytes long, and a method may have at \
-                 most {MAX_METHOD_LENGTH} bytes: write the method name alone, like PURGE",
-                method.len()
-            ),
-        );
-        return;
-    }
-    let capitals = method.to_ascii_uppercase();
-    if capitals != method && STANDARD_METHODS.contains(&capitals.as_str()) {
-        problems.push(
-            field,
-            format!(
-                "{method:?} matches no request, because methods are case-sensitive and clients \
-                 send {capitals} in capitals: write it in capitals: {capitals:?}"
-            ),
-        );
-    } else {
-        debug_assert!(Method::from_bytes(method.as_bytes()).is_ok());
-    }
-}
-
-/// Returns whether `text` is a token of RFC 9110 (section 5.6.2): one or more ASCII letters,
-/// digits and the characters of [`METHOD_PUNCTUATION`].
-pub(crate) fn is_method_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || METHOD_PUNCTUATION.contains(&byte))
-}
-
 fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimitConfig) {
     let rate = limit.requests_per_second;
     let rate_field = format!("{field}.requests_per_second");
@@ -831,7 +745,9 @@ fn validate_cors(problems: &mut Problems, field: &str, cors: &CorsConfig) {
         );
     }
     for (i, method) in cors.allowed_methods.iter().enumerate() {
-        check_method(problems, &format!("{field}.allowed_methods[{i}]"), method);
+        if let Err(message) = check_method(method) {
+            problems.push(format!("{field}.allowed_methods[{i}]"), message);
+        }
     }
     for (list, name) in [
         (&cors.allowed_headers, "allowed_headers"),

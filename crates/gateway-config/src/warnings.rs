@@ -2,10 +2,10 @@
 //! reported as warnings rather than errors.
 
 use crate::Problem;
+use crate::method::{check_method, yaml_list};
 use crate::model::{Config, DEFAULT_IPV6_PREFIX, RateLimitKey};
 use crate::networks::canonical;
 use crate::origin::OPAQUE_ORIGIN;
-use crate::validate::{STANDARD_METHODS, is_method_token};
 use ipnet::IpNet;
 
 /// An example of an `allowed_origins` entry, quoted by the warning for an empty list.
@@ -170,11 +170,12 @@ impl Config {
         }
     }
 
-    /// Warns about a method outside [`STANDARD_METHODS`] with lowercase letters (`Purge`) in a
-    /// route's `methods` or in a CORS `allowed_methods`. Methods are case-sensitive and
-    /// clients nearly always send them in capitals, so such an entry likely matches no
-    /// request. It stays valid, because a client may send exactly that spelling. A standard
-    /// method in another case is an error instead.
+    /// Warns about an extension method with lowercase letters (`Purge`) in a route's
+    /// `methods` or in a CORS `allowed_methods`. Methods are case-sensitive and clients nearly
+    /// always send them in capitals, so such an entry likely matches no request, and where the
+    /// list has the capitals too, it is redundant for requests that send those. It stays
+    /// valid, because a client may send exactly that spelling. A standard method in another
+    /// case is an error instead.
     fn warn_method_case(&self, warnings: &mut Vec<Problem>) {
         let mut lists: Vec<(String, &[String])> = vec![(
             "cors.allowed_methods".to_owned(),
@@ -191,20 +192,27 @@ impl Config {
         for (field, methods) in lists {
             for (j, method) in methods.iter().enumerate() {
                 let capitals = method.to_ascii_uppercase();
-                if capitals == *method
-                    || !is_method_token(method)
-                    || STANDARD_METHODS.contains(&capitals.as_str())
-                {
+                // Skips what validation rejects, such as a standard method in another case.
+                if capitals == *method || check_method(method).is_err() {
                     continue;
                 }
-                warnings.push(Problem {
-                    field: format!("{field}[{j}]"),
-                    message: format!(
+                let message = match methods.iter().position(|other| *other == capitals) {
+                    Some(k) => format!(
+                        "{method:?} is redundant for {capitals} requests, which match \
+                         {field}[{k}], and because methods are case-sensitive, it matches only \
+                         requests that send {method:?} as written: remove it unless clients \
+                         send that spelling"
+                    ),
+                    None => format!(
                         "{method:?} has lowercase letters, but methods are case-sensitive and \
-                         clients nearly always send them in capitals, so a {capitals} request \
+                         clients nearly always send them in capitals, so {capitals} requests \
                          would not match it: write {capitals:?}, unless clients send \
                          {method:?} as written"
                     ),
+                };
+                warnings.push(Problem {
+                    field: format!("{field}[{j}]"),
+                    message,
                 });
             }
         }
@@ -236,8 +244,8 @@ impl Config {
                 field: format!("routes[{i}].methods"),
                 message: format!(
                     "{names} {verb} listed more than once, which has no effect: list each method \
-                     once, like [{}]",
-                    unique.join(", ")
+                     once, like {}",
+                    yaml_list(unique)
                 ),
             });
         }

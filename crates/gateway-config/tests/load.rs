@@ -183,8 +183,8 @@ routes:
     let expect = [
         "server.port: must be between 1 and 65535, got 0",
         "routes[0].backends[1].weight: must be at least 1, got 0",
-        "routes[0].methods[1]: invalid HTTP method \"GET POST\": list each method as an item of its own, like [GET, POST]",
-        "routes[0].methods[2]: \"post\" matches no request, because methods are case-sensitive and clients send POST in capitals: write it in capitals: \"POST\"",
+        "routes[0].methods[1]: invalid HTTP method \"GET POST\": list each method as an item of its own, like [\"GET\", \"POST\"]",
+        "routes[0].methods[2]: \"post\" is not POST, because methods are case-sensitive, and clients send the standard methods in capitals, so \"post\" would match only requests that send it as written: write it in capitals, \"POST\"",
         "routes[1].path: \"/api/users/*other\" conflicts with routes[0].path \"/api/users/*filepath\": both match",
         "routes[1].backends[0].url:",
         "routes[2].backends: must list at least one backend",

@@ -82,7 +82,7 @@ fn repeated_method_warns() {
     assert_eq!(
         found[0],
         "routes[0].methods: GET is listed more than once, which has no effect: list each method \
-         once, like [GET, POST]"
+         once, like [\"GET\", \"POST\"]"
     );
 
     let found = warnings(&route_with(
@@ -94,7 +94,10 @@ fn repeated_method_warns() {
         found[0].starts_with("routes[0].methods: PUT and GET are listed more than once"),
         "{found:#?}"
     );
-    assert!(found[0].ends_with("like [PUT, GET, DELETE]"), "{found:#?}");
+    assert!(
+        found[0].ends_with(r#"like ["PUT", "GET", "DELETE"]"#),
+        "{found:#?}"
+    );
 }
 
 #[test]
