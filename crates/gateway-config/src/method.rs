@@ -2,6 +2,7 @@
 //! messages for those they reject.
 
 use http::Method;
+use serde::{Deserialize, Deserializer, de};
 
 /// The methods of RFC 9110 and PATCH (RFC 5789). Clients send them in capitals, so another
 /// spelling of one of them in a method list is an error.
@@ -182,6 +183,22 @@ fn yaml_quote(text: &str) -> String {
     }
     quoted.push('"');
     quoted
+}
+
+/// Reads a method list that may be left out. Written without a value (`methods:`, `~` or
+/// `null`) it is an error rather than the default, because the default accepts every method,
+/// the opposite of what an empty-looking list suggests.
+pub(crate) fn deserialize_list<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    match Option::<Vec<String>>::deserialize(deserializer)? {
+        Some(list) => Ok(Some(list)),
+        None => Err(de::Error::custom(
+            "the method list has no value (nothing after the colon, ~ or null): list the \
+             methods, like [\"GET\", \"POST\"], or remove the field for its default",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Every struct rejects unknown fields and fills missing ones from its `Default`, so a file with
 //! one route is a complete configuration.
 
-use crate::{duration, networks};
+use crate::{duration, method, networks};
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -147,8 +147,9 @@ pub struct RouteConfig {
     /// The backend pool.
     pub backends: Vec<BackendConfig>,
     /// Accepted methods. `None`, the default, accepts every method but TRACE. An empty list fails
-    /// validation, since it would read as no method.
-    #[serde(default)]
+    /// validation, since it would read as no method, and so does the field written without a
+    /// value.
+    #[serde(default, deserialize_with = "method::deserialize_list")]
     pub methods: Option<Vec<String>>,
     /// Send the client's `Host` header to the backend instead of the backend's authority.
     #[serde(default)]
@@ -329,7 +330,8 @@ pub struct CorsOverride {
     pub enabled: Option<bool>,
     /// Replaces `allowed_origins`.
     pub allowed_origins: Option<Vec<String>>,
-    /// Replaces `allowed_methods`.
+    /// Replaces `allowed_methods`. The field written without a value fails, as `methods` does.
+    #[serde(default, deserialize_with = "method::deserialize_list")]
     pub allowed_methods: Option<Vec<String>>,
     /// Replaces `allowed_headers`.
     pub allowed_headers: Option<Vec<String>>,

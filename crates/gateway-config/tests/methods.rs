@@ -378,3 +378,34 @@ fn connect_still_warns() {
         .collect();
     assert_eq!(connect.len(), 3, "{found:#?}");
 }
+
+/// A method list written without a value is rejected rather than read as the default, which
+/// for a route accepts every method.
+#[test]
+fn method_list_without_value_rejected() {
+    for value in ["~", "null", ""] {
+        for (route_methods, route_cors) in [(value, "[GET]"), ("[GET]", value)] {
+            let text = format!(
+                r#"
+routes:
+  - path: /a/*rest
+    backends: [{{url: "http://127.0.0.1:9001"}}]
+    methods: {route_methods}
+    cors:
+      allowed_methods: {route_cors}
+"#
+            );
+            let error = Config::from_yaml(&text, "test.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("test.yaml"), "{error}");
+            assert!(error.contains("the method list has no value"), "{error}");
+            let field = if route_methods == value {
+                "methods"
+            } else {
+                "allowed_methods"
+            };
+            assert!(error.contains(field), "{error}");
+        }
+    }
+}
