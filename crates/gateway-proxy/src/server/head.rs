@@ -14,9 +14,9 @@ pub(crate) const MAX_HEADERS: usize = 100;
 /// more uses a table of [`MAX_HEADERS`].
 const FEW_HEADERS: usize = 16;
 
-/// The longest method the gateway takes, as long as the longest a route may list. A longer
-/// one gets 501, as RFC 9112 section 3 advises for a method longer than any the server
-/// implements, rather than reaching a backend, the access line and the request log.
+/// Maximum length of a request's method, the same as of a method a route lists. A longer one
+/// gets 501 (RFC 9112 section 3 advises it for a method longer than any the server
+/// implements), and its method reaches neither a backend nor the logs.
 pub(crate) const MAX_METHOD_BYTES: usize = 32;
 
 /// The framing of a request body.

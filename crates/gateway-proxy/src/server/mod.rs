@@ -519,7 +519,7 @@ where
     let mut interim_queued = false;
     poll_fn(|cx| {
         // While earlier interim responses wait for a client that does not read, later ones are
-        // not taken, so that what waits stays bounded; the hand-over drops them.
+        // not taken, so the hand-over drops them and what waits stays bounded.
         let collecting = (interim_error.is_some() && !interim_queued).then(interim::open);
         if let Poll::Ready(response) = future.as_mut().poll(cx) {
             if let Some(offered) = collecting.and_then(interim::Collecting::finish) {
