@@ -1,7 +1,7 @@
-//! Extension methods end to end: a route that lists PURGE and WebDAV's PROPFIND forwards them
-//! through the real gateway to a real mock backend, rejects other methods with 405 and an
-//! `Allow` that names them, responds to CORS preflights by `allowed_methods`, and records
-//! them in the access line and the request log.
+//! Extension methods end to end, through the real gateway to a real mock backend. A route that
+//! lists PURGE and WebDAV's PROPFIND forwards them and rejects other methods with 405 and an
+//! `Allow` that names them. CORS preflights follow `allowed_methods`, and the access line and
+//! the request log record the methods as sent.
 
 use bytes::Bytes;
 use gateway_tests::{GatewayProcess, MockProcess, Reply, get, request};

@@ -121,7 +121,7 @@ async fn full_listener() -> (TcpListener, Vec<TcpStream>) {
     let listener = socket.listen(0).unwrap();
     let address = listener.local_addr().unwrap();
 
-    // The queue may hold more connections than the backlog (Linux holds one more), so
+    // The queue may take more connections than the backlog (Linux takes one more), so
     // connections are opened until one stays pending.
     let mut queued = Vec::new();
     for _ in 0..64 {

@@ -17,6 +17,8 @@ const FEW_HEADERS: usize = 16;
 /// Maximum length of a request's method, the same as of a method a route lists. A longer one
 /// gets 501 (RFC 9112 section 3 advises it for a method longer than any the server
 /// implements), and its method reaches neither a backend nor the logs.
+// NOTE: a request line over the head limit gets 414 before its method is read, so a method of
+// about 64 KiB or more gets 414 rather than 501.
 pub(crate) const MAX_METHOD_BYTES: usize = 32;
 
 /// The framing of a request body.

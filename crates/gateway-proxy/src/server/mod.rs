@@ -515,6 +515,8 @@ where
 {
     let mut future = pin!(future);
     let mut watching = true;
+    // NOTE: `server.write_timeout` starts with the final response, so a client that reads
+    // none of its queued interim responses is held as long as the backend keeps sending them.
     // Whether interim responses were queued and may still be unwritten.
     let mut interim_queued = false;
     poll_fn(|cx| {
